@@ -1,0 +1,29 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export SHIPCAST_CONFIG ?= deploy/partners.example.yaml
+
+.PHONY: run test services install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# A real (not editable) install: the suite tests what `pip install .` gives.
+install: $(BIN)/python
+	$(BIN)/pip install -q '.[test]'
+
+services:
+	deploy/services.sh
+
+run: services install
+	@test -n "$$SHIPCAST_API_TOKEN" || echo "SHIPCAST_API_TOKEN not set: using the development token 'dev-token'"
+	SHIPCAST_API_TOKEN=$${SHIPCAST_API_TOKEN:-dev-token} $(BIN)/shipcast run
+
+test: services install
+	$(BIN)/mypy -p shipcast
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info shipcast.db*

@@ -1,0 +1,5 @@
+"""``python -m shipcast`` is the ``shipcast`` command."""
+
+from .cli import main
+
+main()

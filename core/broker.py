@@ -1,0 +1,209 @@
+"""The broker connection and the :class:`Publisher`.
+
+One robust connection per process. Publishing uses its own channel with
+publisher confirms; every publish has a timeout, and an unconfirmed publish is
+an error, never silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from .envelope import Event, parse_events
+from .exceptions import BrokerUnavailable, PublishNotConfirmed
+from .settings import Settings
+from .topology import declare_exchange
+
+log = logging.getLogger(__name__)
+
+#: Header naming the target a retried or dead-lettered copy is for.
+TARGET_HEADER = "x-shipcast-target"
+#: Header counting the retry tiers a copy has been through.
+ATTEMPT_HEADER = "x-shipcast-attempt"
+#: Header saying why a message was dead-lettered.
+REASON_HEADER = "x-shipcast-reason"
+
+_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+def event_message(event: Event, body: bytes | None = None, headers: dict[str, Any] | None = None) -> aio_pika.Message:
+    """The AMQP message carrying an event: persistent JSON, id and type in properties."""
+    return aio_pika.Message(
+        body if body is not None else event.to_json(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=event.event_id,
+        type=event.event_type,
+        timestamp=datetime.now(UTC),
+        app_id="shipcast",
+        headers=headers or {},
+    )
+
+
+class Broker:
+    """One robust connection to RabbitMQ, opened in the background.
+
+    ``start()`` returns at once; until the broker answers, :meth:`require`
+    raises :class:`BrokerUnavailable`, so ingest can answer 503 instead of
+    hanging. After a drop, aio-pika reconnects and restores channels, queues
+    and consumers by itself.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.connection: AbstractRobustConnection | None = None
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect(), name="shipcast-broker-connect")
+
+    async def connect(self, timeout: float | None = None) -> Broker:
+        """Start and wait until connected (or raise :class:`BrokerUnavailable`)."""
+        await self.start()
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(f"no answer from RabbitMQ at {self._safe_url} in {timeout}s") from None
+        return self
+
+    @property
+    def _safe_url(self) -> str:
+        url = aio_pika.connection.make_url(self.settings.amqp_url)
+        return str(url.with_password("***")) if url.password else str(url)
+
+    async def _connect(self) -> None:
+        delay = 0.2
+        while self.connection is None:
+            try:
+                connection = await aio_pika.connect_robust(
+                    self.settings.amqp_url, reconnect_interval=1, client_properties={"connection_name": "shipcast"}
+                )
+                channel = await connection.channel(publisher_confirms=True)
+                self._exchange = await declare_exchange(channel)
+                self._publish_channel = channel
+                self.connection = connection
+            except _BROKER_ERRORS as exc:
+                log.warning("RabbitMQ at %s unreachable (%s); retrying", self._safe_url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._ready.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and self.connection.connected.is_set() and not self.connection.is_closed
+
+    def require(self) -> AbstractRobustConnection:
+        if not self.connected:
+            raise BrokerUnavailable(f"RabbitMQ at {self._safe_url} is unreachable")
+        assert self.connection is not None
+        return self.connection
+
+    async def publish(self, message: aio_pika.Message, routing_key: str, *, exchange: str | None = None) -> None:
+        """Publish and wait for the broker's confirm.
+
+        ``exchange`` ``""`` sends to the queue named ``routing_key``; the default
+        is the events exchange.
+
+        :raises BrokerUnavailable: not connected.
+        :raises PublishNotConfirmed: nacked, or no confirm within the timeout.
+        """
+        self.require()
+        assert self._publish_channel is not None and self._exchange is not None
+        target = self._exchange if exchange is None else self._publish_channel.default_exchange
+        try:
+            confirmation = await target.publish(
+                message, routing_key, timeout=self.settings.publish_timeout, mandatory=exchange == ""
+            )
+        except TimeoutError as exc:
+            raise PublishNotConfirmed(f"no confirm for {routing_key} in {self.settings.publish_timeout}s") from exc
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise PublishNotConfirmed(f"broker refused {routing_key}: {exc}") from exc
+        except _BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"lost RabbitMQ while publishing {routing_key}: {exc}") from exc
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise PublishNotConfirmed(f"broker did not ack {routing_key}: {confirmation!r}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None
+        self._ready.clear()
+
+
+class Publisher:
+    """Publish events from Python (the OMS side) with ingest's guarantees.
+
+    Every event is validated first; a batch with one invalid event publishes
+    nothing. :meth:`publish` returns the event ids only once RabbitMQ has
+    confirmed every one::
+
+        async with Publisher() as publisher:
+            ids = await publisher.publish({"event_type": "OFD", ...})
+    """
+
+    def __init__(self, amqp_url: str | None = None, *, broker: Broker | None = None,
+                 settings: Settings | None = None, connect_timeout: float = 10.0) -> None:
+        if settings is None:
+            settings = Settings(amqp_url=amqp_url) if amqp_url else Settings()
+        self.settings = settings
+        self._own = broker is None
+        self.broker = broker or Broker(settings)
+        self.connect_timeout = connect_timeout
+
+    async def __aenter__(self) -> Publisher:
+        if self._own:
+            await self.broker.connect(self.connect_timeout)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own:
+            await self.broker.close()
+
+    async def publish(self, *events: Event | dict[str, Any]) -> list[str]:
+        """Validate and publish events; return their ids once all are confirmed.
+
+        :raises InvalidEvent: any event invalid (nothing is published).
+        :raises BrokerUnavailable, PublishNotConfirmed: not all were confirmed;
+            some may have been, and publishing the same ids again is safe
+            because consumers deduplicate on ``event_id``.
+        """
+        parsed = parse_events(list(events))
+        return await self.publish_valid(parsed)
+
+    async def publish_valid(self, events: Sequence[Event]) -> list[str]:
+        """Publish events already validated by :func:`parse_events`."""
+        self.broker.require()
+        await _gather_all(self.broker.publish(event_message(event), event.routing_key) for event in events)
+        return [event.event_id for event in events]
+
+
+async def _gather_all(coroutines: Iterable[Any]) -> None:
+    """Await every coroutine; raise the first error only after all finished,
+    so no publish is left running unobserved."""
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

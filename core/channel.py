@@ -1,0 +1,152 @@
+"""What a channel is: the base class every channel plugin subclasses.
+
+A channel is configured by class attributes (its name, prefetch, queue
+arguments, the marshmallow schema of its per-partner config) and does three
+things: say which routing keys a partner's config binds, resolve an event into
+targets, and deliver to one target. It never touches the broker: the core
+declares its queues, consumes, retries and dead-letters for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from marshmallow import Schema, ValidationError, fields, validates
+
+from .topology import ChannelTopology
+
+if TYPE_CHECKING:
+    from .envelope import Event
+    from .partners import Partner
+    from .services import Services
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place an event goes: a webhook endpoint, a phone number, a page.
+
+    :param id: unique within the channel for this partner; retries and the
+        delivery log are keyed on ``(event_id, channel, id)``.
+    :param address: where it goes, for people (a URL, a masked phone number).
+    :param options: whatever the channel needs to deliver (a secret, a template).
+    """
+
+    id: str
+    address: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a successful delivery reports back for the attempt log."""
+
+    status: int | None = None
+    response: str | None = None
+
+
+class EventList(fields.List):  # type: ignore[type-arg]
+    """A list of event types, or ``["*"]`` for all of them."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(), load_default=lambda: ["*"], **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        from .plugin_manager import event_types
+
+        items = super()._deserialize(value, attr, data, **kwargs)
+        if not items:
+            raise ValidationError("must list at least one event type, or '*'")
+        known = event_types()
+        unknown = [item for item in items if item != "*" and item not in known]
+        if unknown:
+            raise ValidationError(
+                f"unknown event types {unknown}; known: {', '.join(known)} or '*'"
+            )
+        return items
+
+
+class ChannelConfig(Schema):
+    """The config every channel accepts: which event types it serves."""
+
+    events = EventList()
+
+    @validates("events")
+    def _no_mix(self, value: list[str], **_: Any) -> None:
+        if "*" in value and len(value) > 1:
+            raise ValidationError("'*' already means every event type; list nothing else with it")
+
+
+def routing_keys(partner_id: str, events: Sequence[str]) -> set[str]:
+    """The routing keys for a partner's list of event types (``*`` for all)."""
+    if "*" in events:
+        return {f"{partner_id}.*"}
+    return {f"{partner_id}.{event_type}" for event_type in events}
+
+
+class Channel:
+    """Base class of every channel. Subclass it, set the class attributes,
+    implement :meth:`targets` and :meth:`deliver`, and register the class with
+    the ``shipcast_channels`` hook."""
+
+    #: The channel's name: ``[a-z][a-z0-9_]*``; its queue is ``shipcast.<name>``.
+    name: ClassVar[str]
+    #: One line for ``shipcast status`` and the docs.
+    description: ClassVar[str] = ""
+    #: Unacknowledged messages in flight per worker: how many deliveries run at once.
+    prefetch: ClassVar[int] = 64
+    #: Extra arguments for the work queue (``x-max-length``, ...).
+    queue_arguments: ClassVar[Mapping[str, Any]] = {}
+    #: Routing keys bound whatever the partners say (``#`` for every event).
+    static_bindings: ClassVar[tuple[str, ...]] = ()
+    #: Whether the core logs each delivery and skips targets already delivered.
+    records_deliveries: ClassVar[bool] = True
+    #: The marshmallow schema of this channel's section of a partner's config.
+    config_schema: ClassVar[type[Schema]] = ChannelConfig
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+
+    @classmethod
+    def topology(cls, delays: Sequence[int]) -> ChannelTopology:
+        """The channel's queues; the core declares them."""
+        return ChannelTopology.build(
+            cls.name, delays, arguments=cls.queue_arguments, bindings=cls.static_bindings
+        )
+
+    @classmethod
+    def prepare(
+        cls, partner_id: str, config: dict[str, Any], stored: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """Complete a partner's validated config before it is stored, e.g. by
+        generating secrets. ``stored`` is the config stored before, if any."""
+        return config
+
+    @classmethod
+    def bindings(cls, partner_id: str, config: Mapping[str, Any]) -> set[str]:
+        """The routing keys a partner's config for this channel binds."""
+        return routing_keys(partner_id, config.get("events", ["*"]))
+
+    async def start(self) -> None:
+        """Open what the channel needs (HTTP clients, SMTP pools)."""
+
+    async def close(self) -> None:
+        """Release what :meth:`start` opened."""
+
+    def targets(self, event: Event, partner: Partner | None) -> list[Target]:
+        """Resolve an event into the targets to deliver it to.
+
+        ``partner`` is ``None`` when the event's partner has no stored config.
+        """
+        raise NotImplementedError
+
+    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered | None:
+        """Deliver ``event`` (``body`` is its envelope as JSON) to one target.
+
+        Return normally on success; raise
+        :class:`~shipcast.exceptions.RetryableDelivery` or
+        :class:`~shipcast.exceptions.PermanentDelivery` on failure.
+        """
+        raise NotImplementedError

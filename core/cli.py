@@ -1,0 +1,368 @@
+"""The ``shipcast`` command line. ``shipcast --help`` lists every command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from . import __version__
+from .exceptions import ConfigError, InvalidEvent, ShipcastError
+from .runtime import run_async, select_channels, serve
+from .services import Services
+
+T = TypeVar("T")
+
+
+def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    result: list[T] = []
+
+    async def main() -> None:
+        result.append(await factory())
+
+    try:
+        run_async(main())
+    except ShipcastError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return result[0]
+
+
+@asynccontextmanager
+async def _services(*, broker: bool = True) -> Any:
+    services = Services.from_settings()
+    await services.store.open()
+    if broker:
+        await services.broker.connect(timeout=15)
+    try:
+        yield services
+    finally:
+        await services.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shipcast")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+def main(verbose: bool) -> None:
+    """shipcast: order events in, signed webhooks and no-code channels out.
+
+    Settings come from SHIPCAST_* environment variables (see README).
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@main.command()
+def run() -> None:
+    """The API and every channel worker in one process."""
+    names = select_channels([])
+    _announce()
+    _run(lambda: serve(api=True, worker_names=names))
+
+
+@main.command()
+def api() -> None:
+    """The HTTP API only (ingest, admin, plugin routes)."""
+    _announce()
+    _run(lambda: serve(api=True, worker_names=[]))
+
+
+@main.command()
+@click.option("--channel", "names", multiple=True, metavar="NAME",
+              help="Channel to work on; repeat for several. Default: all.")
+def worker(names: tuple[str, ...]) -> None:
+    """Channel workers only; run as many as you like, they compete on the queues."""
+    try:
+        selected = select_channels(names)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channel") from exc
+    _run(lambda: serve(api=False, worker_names=selected))
+
+
+def _announce() -> None:
+    from .settings import Settings
+
+    settings = Settings()
+    click.echo(f"shipcast {__version__}: API on http://{settings.host}:{settings.port} "
+               f"(docs at /docs), RabbitMQ UI at {settings.management_url.split('@')[-1]}", err=True)
+    if not settings.api_token:
+        click.echo("warning: SHIPCAST_API_TOKEN is not set: the API refuses every request", err=True)
+
+
+# -- partners ----------------------------------------------------------------
+
+@main.group()
+def partners() -> None:
+    """Apply and list partner configs."""
+
+
+@partners.command("apply")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def partners_apply(path: Path) -> None:
+    """Validate a partners file, store it, and make the bindings match."""
+    from .partners import load_partners_file
+    from .reconcile import apply_partners
+
+    loaded = load_partners_file(path) if path.exists() else None
+    if loaded is None:
+        raise click.ClickException(f"{path}: no such file")
+
+    async def apply() -> Any:
+        async with _services() as services:
+            return await apply_partners(services, loaded)
+
+    try:
+        changes = _run(apply)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for partner in loaded:
+        click.echo(f"applied {partner.id} ({partner.name}): {', '.join(sorted(partner.channels)) or 'no channels'}")
+    for queue, keys in sorted(changes.added.items()):
+        click.echo(f"  bound   {queue} <- {', '.join(sorted(keys))}")
+    for queue, keys in sorted(changes.removed.items()):
+        click.echo(f"  unbound {queue} <- {', '.join(sorted(keys))}")
+
+
+@partners.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (secrets redacted).")
+def partners_list(as_json: bool) -> None:
+    """Applied partners and their channels (secrets are never printed)."""
+    from .redact import redact
+
+    async def fetch() -> Any:
+        async with _services(broker=False) as services:
+            return await services.store.get_partners()
+
+    found = _run(fetch)
+    if as_json:
+        click.echo(json.dumps([redact(p.to_dict()) for p in found], indent=2))
+        return
+    if not found:
+        click.echo("no partners applied yet: shipcast partners apply -f FILE")
+    for partner in found:
+        click.echo(f"{partner.id:<20} {partner.name:<30} {', '.join(sorted(partner.channels)) or '-'}")
+
+
+# -- publish -------------------------------------------------------------------
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, line
+
+
+@main.command()
+@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="One JSON event per line.")
+@click.option("--batch", default=100, show_default=True, help="Events confirmed together.")
+def publish(path: Path, batch: int) -> None:
+    """Publish events from a JSON Lines file, with a progress bar and a summary.
+
+    Invalid lines are reported with their line number and not published."""
+    from .envelope import parse_event
+
+    async def go() -> tuple[int, list[str], int]:
+        lines = list(_lines(path))
+        invalid: list[str] = []
+        published = failed = 0
+        async with _services() as services:
+            with click.progressbar(length=len(lines), label=f"publishing {path.name}", file=sys.stderr,
+                                   show_pos=True) as bar:
+                for start in range(0, len(lines), batch):
+                    chunk = lines[start:start + batch]
+                    valid = []
+                    for number, line in chunk:
+                        try:
+                            valid.append(parse_event(line.encode()))
+                        except InvalidEvent as exc:
+                            invalid.append(f"line {number}: {exc}")
+                    try:
+                        await services.publisher.publish_valid(valid)
+                        published += len(valid)
+                    except ShipcastError as exc:
+                        failed += len(valid)
+                        invalid.append(f"lines {chunk[0][0]}-{chunk[-1][0]}: not confirmed: {exc}")
+                    bar.update(len(chunk))
+        return published, invalid, failed
+
+    published, problems, failed = _run(go)
+    for problem in problems:
+        click.echo(problem, err=True)
+    invalid = sum(1 for problem in problems if "not confirmed" not in problem)
+    click.echo(f"published {published}, invalid {invalid}, unconfirmed {failed}")
+    if problems:
+        sys.exit(1)
+
+
+# -- deliveries ------------------------------------------------------------------
+
+def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--event", "event_id", help="Event id."),
+        click.option("--partner", "partner_id", help="Partner id."),
+        click.option("--channel", help="Channel name."),
+        click.option("--status", type=click.Choice(["delivered", "retrying", "dead"])),
+        click.option("--limit", default=100, show_default=True),
+    ]):
+        func = option(func)
+    return func
+
+
+@main.group()
+def deliveries() -> None:
+    """The delivery log: list and replay."""
+
+
+@deliveries.command("list")
+@_filters
+@click.option("--json", "as_json", is_flag=True)
+def deliveries_list(as_json: bool, **filters: Any) -> None:
+    """Deliveries, newest first."""
+
+    async def fetch() -> Any:
+        async with _services(broker=False) as services:
+            return await services.store.list_deliveries(**filters)
+
+    rows = _run(fetch)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        click.echo(f"{row['updated_at']:%Y-%m-%d %H:%M:%S}  {row['status']:<9} {row['channel']:<9} "
+                   f"{row['partner_id']}/{row['target']:<12} {row['event_id']}  attempts={row['attempts']}"
+                   f"{'  ' + str(row['last_error']) if row['last_error'] else ''}")
+    if not rows:
+        click.echo("no deliveries match")
+
+
+@deliveries.command("replay")
+@_filters
+def deliveries_replay(**filters: Any) -> None:
+    """Send matching deliveries again, even ones delivered before."""
+    from .replay import replay_deliveries
+
+    if not any(filters[key] for key in ("event_id", "partner_id", "channel", "status")):
+        raise click.UsageError("say what to replay: --event, --partner, --channel or --status")
+
+    async def go() -> int:
+        async with _services() as services:
+            return await replay_deliveries(services, **filters)
+
+    click.echo(f"replayed {_run(go)} deliveries")
+
+
+# -- dead letters ----------------------------------------------------------------
+
+@main.group()
+def dead() -> None:
+    """The parking lot of each channel: list and replay."""
+
+
+def _topology(channel: str) -> Any:
+    from .plugin_manager import channels
+    from .settings import Settings
+
+    known = channels()
+    if channel not in known:
+        raise click.BadParameter(f"unknown channel; installed: {', '.join(sorted(known))}", param_hint="--channel")
+    return known[channel].topology(Settings().retry_delays)
+
+
+@dead.command("list")
+@click.option("--channel", required=True)
+@click.option("--limit", default=100, show_default=True)
+def dead_list(channel: str, limit: int) -> None:
+    """Show parked messages (they stay parked)."""
+    from .worker import list_dead
+
+    topology = _topology(channel)
+
+    async def fetch() -> Any:
+        async with _services(broker=True) as services:
+            return await list_dead(services.broker, topology, limit)
+
+    letters = _run(fetch)
+    for letter in letters:
+        click.echo(f"{letter.failed_at or '-':<32} {letter.event_id or '-':<40} target={letter.target or '-'} "
+                   f"attempts={letter.attempts or '-'}  {letter.reason or ''}")
+    click.echo(f"{len(letters)} dead letters in {topology.dead.name}")
+
+
+@dead.command("replay")
+@click.option("--channel", required=True)
+@click.option("--event", "event_ids", multiple=True, help="Only these event ids (repeatable).")
+@click.option("--limit", type=int, help="At most this many.")
+def dead_replay(channel: str, event_ids: tuple[str, ...], limit: int | None) -> None:
+    """Move parked messages back to the work queue with a fresh retry count."""
+    from .worker import replay_dead
+
+    topology = _topology(channel)
+
+    async def go() -> int:
+        async with _services(broker=True) as services:
+            return await replay_dead(services.broker, topology, limit=limit,
+                                     event_ids=set(event_ids) or None)
+
+    click.echo(f"replayed {_run(go)} dead letters into {topology.work.name}")
+
+
+# -- status and schema -------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Queues, consumers, rates and dead letters, from the RabbitMQ management API."""
+    from .management import Management
+    from .settings import Settings
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with Management(Settings()) as management:
+            return [q for q in await management.queues() if q["name"].startswith("shipcast.")]
+
+    queues = _run(fetch)
+    rows = []
+    for queue in sorted(queues, key=lambda q: q["name"]):
+        stats = queue.get("message_stats") or {}
+        rows.append({
+            "queue": queue["name"], "ready": queue.get("messages_ready", 0),
+            "unacked": queue.get("messages_unacknowledged", 0), "consumers": queue.get("consumers", 0),
+            "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
+            "ack_rate": (stats.get("ack_details") or {}).get("rate", 0.0),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'queue':<36} {'ready':>8} {'unacked':>8} {'consumers':>9} {'in/s':>8} {'acked/s':>8}")
+    for row in rows:
+        click.echo(f"{row['queue']:<36} {row['ready']:>8} {row['unacked']:>8} {row['consumers']:>9} "
+                   f"{row['publish_rate']:>8.1f} {row['ack_rate']:>8.1f}")
+    dead_total = sum(row["ready"] + row["unacked"] for row in rows if row["queue"].endswith(".dead"))
+    click.echo(f"dead letters: {dead_total}" if rows else "no shipcast queues yet: start `shipcast run`")
+
+
+@main.command()
+@click.option("--example", "example_type", metavar="TYPE", help="Print a realistic sample event of TYPE instead.")
+def schema(example_type: str | None) -> None:
+    """Print the envelope's JSON Schema (or a sample event)."""
+    from .envelope import json_schema
+    from .plugin_manager import event_types
+
+    if example_type is None:
+        click.echo(json.dumps(json_schema(), indent=2))
+        return
+    registry = event_types()
+    if example_type not in registry:
+        raise click.BadParameter(f"unknown event type; known: {', '.join(registry)}", param_hint="--example")
+    from .examples import example
+
+    click.echo(orjson.dumps(orjson.loads(example(example_type).to_json()), option=orjson.OPT_INDENT_2).decode())

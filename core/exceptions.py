@@ -1,0 +1,122 @@
+"""The errors shipcast raises, all rooted at :class:`ShipcastError`.
+
+Third-party errors (httpx, aio-pika, SQLAlchemy, marshmallow) are mapped to
+these at the boundary with ``raise ... from exc``, so callers catch ours::
+
+    ShipcastError
+    ├── ConfigError                 a partners file, template or setting is wrong
+    ├── InvalidEvent                an event breaks the envelope or its type's row
+    ├── BrokerError
+    │   ├── BrokerUnavailable       no connection to RabbitMQ right now
+    │   └── PublishNotConfirmed     the broker did not confirm a publish in time
+    ├── StoreError                  the database refused or is unreachable
+    └── DeliveryError               raised by a channel while delivering one target
+        ├── RetryableDelivery       try again later (timeouts, 5xx, connection errors)
+        └── PermanentDelivery       never retry (refused destination, 410, bad target)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ShipcastError(Exception):
+    """Root of every error shipcast raises on purpose."""
+
+
+class ConfigError(ShipcastError):
+    """A partners file, template or setting is invalid.
+
+    ``errors`` maps a dotted location (``acme.channels.webhook.endpoints.0.url``)
+    to the messages about it.
+    """
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        self.errors = errors or {}
+        lines = [message] + [f"  {loc}: {'; '.join(msgs)}" for loc, msgs in self.errors.items()]
+        super().__init__("\n".join(lines))
+
+
+class InvalidEvent(ShipcastError):
+    """One or more events are invalid.
+
+    ``errors`` is a list of ``{"loc": [...], "msg": str, "type": str}`` in the
+    shape of pydantic and FastAPI errors, one per offending field.
+    """
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        summary = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in errors
+        )
+        super().__init__(f"invalid event: {summary}")
+
+
+class BrokerError(ShipcastError):
+    """Something went wrong talking to RabbitMQ."""
+
+
+class BrokerUnavailable(BrokerError):
+    """There is no open connection to RabbitMQ."""
+
+
+class PublishNotConfirmed(BrokerError):
+    """The broker did not confirm a publish (nack, return or timeout)."""
+
+
+class StoreError(ShipcastError):
+    """The database refused a statement or cannot be reached."""
+
+
+class DeliveryError(ShipcastError):
+    """A channel could not deliver an event to one target.
+
+    ``status`` is the remote status (an HTTP code, a provider error code) when
+    there is one; ``response`` the start of the remote answer.
+    """
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, response: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.status = status
+        self.response = response
+        super().__init__(reason)
+
+
+class RetryableDelivery(DeliveryError):
+    """Delivery failed for now; the worker schedules a retry.
+
+    ``retry_after`` (seconds) asks for no retry before then, as an HTTP
+    ``Retry-After`` header does.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        response: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason, status=status, response=response)
+        self.retry_after = retry_after
+
+
+class PermanentDelivery(DeliveryError):
+    """Delivery can never succeed; the worker dead-letters at once.
+
+    ``disable_target`` asks the core to stop sending to this target at all
+    (an HTTP 410 Gone, for example).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        response: str | None = None,
+        disable_target: bool = False,
+    ) -> None:
+        super().__init__(reason, status=status, response=response)
+        self.disable_target = disable_target

@@ -1,0 +1,59 @@
+"""The one place shipcast's hooks are declared.
+
+Hooks register things: event types, channels, HTTP routes. Work that awaits
+(delivering) lives in the methods of the objects a hook returns, because pluggy
+calls hooks synchronously. Every hook is documented in ``docs/plugins.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from .channel import Channel
+    from .event_types import EventType
+
+hookspec = pluggy.HookspecMarker("shipcast")
+hookimpl = pluggy.HookimplMarker("shipcast")
+
+
+@hookspec
+def shipcast_event_types() -> list[EventType]:
+    """Register event types: rows saying which field groups an event of that type
+    requires and which must be null.
+
+    Two plugins may register the same row; registering different rows under one
+    name is an error at start-up.
+
+    :return: a list of :class:`shipcast.event_types.EventType`.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def shipcast_channels() -> list[type[Channel]]:
+    """Register channels: each a subclass of :class:`shipcast.Channel` that
+    describes its queue and delivers to targets.
+
+    Channel names must be unique; the core declares each channel's queue,
+    retry tiers and parking lot, and runs its worker.
+
+    :return: a list of channel classes (not instances).
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def shipcast_routers() -> list[APIRouter]:
+    """Add HTTP routes to the API (callbacks, pages, admin views).
+
+    Routes are mounted as given, so a router should carry its own prefix.
+    Handlers reach the running services through ``request.app.state.services``.
+
+    :return: a list of :class:`fastapi.APIRouter`.
+    """
+    raise NotImplementedError

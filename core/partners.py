@@ -1,0 +1,145 @@
+"""The partners file: load it, validate it with marshmallow, explain errors.
+
+Each channel validates its own section with its ``config_schema``, so the core
+knows no channel by name. Errors name the file, the partner and the field::
+
+    partners.yaml: partner 'acme': channels.webhook.endpoints.0.url: Not a valid URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from .envelope import PARTNER_ID_PATTERN
+from .exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class Partner:
+    """A partner's applied config: who they are and which channels serve them."""
+
+    id: str
+    name: str
+    branding: Mapping[str, Any] = field(default_factory=dict)
+    channels: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "branding": dict(self.branding),
+                "channels": {name: dict(config) for name, config in self.channels.items()}}
+
+
+class BrandingSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    logo_url = fields.Url(schemes={"https", "http"})
+    primary_color = fields.String(validate=validate.Regexp(r"^#[0-9a-fA-F]{6}$", error="must be a colour like #0a7cff"))
+    support_phone = fields.String(validate=validate.Regexp(r"^\+[0-9]{6,15}$", error="must be E.164, like +919876543210"))
+    support_email = fields.Email()
+
+
+class ChannelsField(fields.Field):  # type: ignore[type-arg]
+    """``channels:`` maps a registered channel's name to its config, validated by
+    that channel's own schema."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
+        from .plugin_manager import channels
+
+        if not isinstance(value, Mapping):
+            raise ValidationError("must be a mapping of channel name to config")
+        known = channels()
+        errors: dict[str, Any] = {}
+        loaded: dict[str, Any] = {}
+        for name, config in value.items():
+            if name not in known:
+                errors[name] = [f"unknown channel; installed: {', '.join(sorted(known))}"]
+                continue
+            try:
+                loaded[name] = known[name].config_schema(unknown=RAISE).load(config or {})
+            except ValidationError as exc:
+                errors[name] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+        return loaded
+
+
+class PartnerSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    id = fields.String(required=True, validate=validate.Regexp(
+        PARTNER_ID_PATTERN, error="must match [a-z0-9_-]+ (at most 64 characters)"))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    branding = fields.Nested(BrandingSchema, load_default=dict)
+    channels = ChannelsField(load_default=dict)
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    if isinstance(messages, Mapping):
+        flat: dict[str, list[str]] = {}
+        for key, value in messages.items():
+            where = key if key == "_schema" else f"{prefix}.{key}" if prefix else str(key)
+            if key == "_schema":
+                where = prefix or "(partner)"
+            for loc, msgs in _flatten(value, where).items():
+                flat.setdefault(loc, []).extend(msgs)
+        return flat
+    if isinstance(messages, list) and all(isinstance(item, str) for item in messages):
+        return {prefix or "(file)": list(messages)}
+    if isinstance(messages, list):
+        flat = {}
+        for item in messages:
+            for loc, msgs in _flatten(item, prefix).items():
+                flat.setdefault(loc, []).extend(msgs)
+        return flat
+    return {prefix or "(file)": [str(messages)]}
+
+
+def load_partners(data: Any, source: str = "<partners>") -> list[Partner]:
+    """Validate a parsed partners document (``{"partners": [...]}``).
+
+    :raises ConfigError: naming ``source``, each partner and each field wrong;
+        nothing is returned unless every partner is valid.
+    """
+    if not isinstance(data, Mapping) or set(data) != {"partners"}:
+        raise ConfigError(f"{source}: must be a mapping with one key, 'partners'")
+    items = data["partners"]
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: 'partners' must be a list")
+    errors: dict[str, list[str]] = {}
+    partners: list[Partner] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        label = f"partner {item.get('id')!r}" if isinstance(item, Mapping) and item.get("id") else f"partner #{index}"
+        try:
+            loaded = PartnerSchema().load(item if isinstance(item, Mapping) else {})
+        except ValidationError as exc:
+            for loc, msgs in _flatten(exc.messages).items():
+                errors[f"{label}: {loc}"] = msgs
+            continue
+        if loaded["id"] in seen:
+            errors[f"{label}: id"] = ["duplicate partner id"]
+            continue
+        seen.add(loaded["id"])
+        partners.append(Partner(loaded["id"], loaded["name"], loaded["branding"], loaded["channels"]))
+    if errors:
+        raise ConfigError(f"{source}: invalid partners file", errors)
+    return partners
+
+
+def load_partners_file(path: str | Path) -> list[Partner]:
+    """Read and validate a YAML partners file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return load_partners(data, str(path))

@@ -1,0 +1,312 @@
+"""The store: events, deliveries, attempts, partners (SQLAlchemy async Core).
+
+SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) is used at
+scale. Both run the same statements; only upserts differ by dialect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .envelope import Event
+from .exceptions import StoreError
+from .partners import Partner
+
+metadata = sa.MetaData()
+UtcDateTime = sa.DateTime(timezone=True)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("event_id", sa.String(100), primary_key=True),
+    sa.Column("partner_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("order_id", sa.String(100), nullable=False),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("occurred_at", UtcDateTime, nullable=False),
+    sa.Column("stored_at", UtcDateTime, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_events_partner_stored", "partner_id", "stored_at"),
+    sa.Index("ix_events_order", "partner_id", "order_id", "sequence"),
+)
+
+deliveries = sa.Table(
+    "deliveries", metadata,
+    sa.Column("event_id", sa.String(100), primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("target", sa.String(200), primary_key=True),
+    sa.Column("partner_id", sa.String(64), nullable=False),
+    sa.Column("address", sa.String(2000), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # delivered | retrying | dead
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_deliveries_status", "status", "updated_at"),
+)
+
+attempts = sa.Table(
+    "attempts", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(100), nullable=False),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # delivered | retry | dead
+    sa.Column("status", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("response", sa.Text),
+    sa.Index("ix_attempts_delivery", "event_id", "channel", "target"),
+)
+
+partners = sa.Table(
+    "partners", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+disabled_targets = sa.Table(
+    "disabled_targets", metadata,
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("partner_id", sa.String(64), primary_key=True),
+    sa.Column("target", sa.String(200), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("disabled_at", UtcDateTime, nullable=False),
+)
+
+#: How much of a remote answer the attempt log keeps.
+RESPONSE_EXCERPT = 1024
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at delivering an event to one target, as the worker saw it."""
+
+    event_id: str
+    channel: str
+    target: str
+    partner_id: str
+    address: str
+    outcome: str  # delivered | retry | dead
+    attempt: int
+    latency_ms: float
+    status: int | None = None
+    error: str | None = None
+    response: str | None = None
+    at: datetime | None = None
+
+
+class Store:
+    """Async access to the database named by ``SHIPCAST_DATABASE_URL``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine | None = None
+
+    async def open(self) -> Store:
+        if self.engine is not None:
+            return self
+        kwargs: dict[str, Any] = {}
+        if self.url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        engine = create_async_engine(self.url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            @sa.event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_connection: Any, _: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.close()
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        except (SQLAlchemyError, OSError) as exc:
+            await engine.dispose()
+            raise StoreError(f"cannot open the store at {self._safe_url}: {exc}") from exc
+        self.engine = engine
+        return self
+
+    @property
+    def _safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
+            self.engine = None
+
+    def _insert(self, table: sa.Table) -> Any:
+        assert self.engine is not None, "Store.open() first"
+        return (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(table)
+
+    async def _run(self, statements: Iterable[tuple[Any, Any]]) -> None:
+        assert self.engine is not None, "Store.open() first"
+        try:
+            async with self.engine.begin() as conn:
+                for statement, params in statements:
+                    if params is None:
+                        await conn.execute(statement)
+                    elif not params:
+                        continue
+                    else:
+                        await conn.execute(statement, params)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    async def _rows(self, query: Any) -> list[sa.Row[Any]]:
+        assert self.engine is not None, "Store.open() first"
+        try:
+            async with self.engine.connect() as conn:
+                return list((await conn.execute(query)).all())
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+
+    # -- partners ---------------------------------------------------------
+
+    async def put_partners(self, items: Sequence[Partner]) -> None:
+        """Upsert partners and re-enable their disabled targets (the operator
+        has just re-asserted their config)."""
+        stamp = now()
+        rows = [{"id": p.id, "name": p.name, "config": orjson.dumps(p.to_dict()).decode(),
+                 "updated_at": stamp} for p in items]
+        upsert = self._insert(partners)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[partners.c.id],
+            set_={"name": upsert.excluded.name, "config": upsert.excluded.config,
+                  "updated_at": upsert.excluded.updated_at})
+        ids = [p.id for p in items]
+        await self._run([(upsert, rows),
+                         (disabled_targets.delete().where(disabled_targets.c.partner_id.in_(ids)), None)])
+
+    async def get_partners(self) -> list[Partner]:
+        rows = await self._rows(sa.select(partners.c.config).order_by(partners.c.id))
+        return [_partner(row.config) for row in rows]
+
+    async def get_partner(self, partner_id: str) -> Partner | None:
+        rows = await self._rows(sa.select(partners.c.config).where(partners.c.id == partner_id))
+        return _partner(rows[0].config) if rows else None
+
+    async def delete_partner(self, partner_id: str) -> bool:
+        rows = await self._rows(sa.select(partners.c.id).where(partners.c.id == partner_id))
+        await self._run([(partners.delete().where(partners.c.id == partner_id), None)])
+        return bool(rows)
+
+    # -- disabled targets -------------------------------------------------
+
+    async def disable_target(self, channel: str, partner_id: str, target: str, reason: str) -> None:
+        insert = self._insert(disabled_targets).on_conflict_do_nothing()
+        await self._run([(insert, [{"channel": channel, "partner_id": partner_id, "target": target,
+                                    "reason": reason, "disabled_at": now()}])])
+
+    async def get_disabled_targets(self) -> set[tuple[str, str, str]]:
+        rows = await self._rows(sa.select(disabled_targets.c.channel, disabled_targets.c.partner_id,
+                                          disabled_targets.c.target))
+        return {(row.channel, row.partner_id, row.target) for row in rows}
+
+    # -- events -----------------------------------------------------------
+
+    async def save_events(self, items: Sequence[Event]) -> None:
+        """Store events; an event already stored is left as it is."""
+        stamp = now()
+        rows = [{"event_id": e.event_id, "partner_id": e.partner_id, "event_type": e.event_type,
+                 "order_id": e.order.order_id, "sequence": e.sequence, "occurred_at": e.occurred_at,
+                 "stored_at": stamp, "body": e.model_dump_json()} for e in items]
+        await self._run([(self._insert(events).on_conflict_do_nothing(), rows)])
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))
+        return orjson.loads(rows[0].body) if rows else None
+
+    async def list_events(self, *, partner_id: str | None = None, since: datetime | None = None,
+                          limit: int = 1000) -> list[dict[str, Any]]:
+        query = sa.select(events.c.body).order_by(events.c.stored_at, events.c.event_id).limit(limit)
+        if partner_id:
+            query = query.where(events.c.partner_id == partner_id)
+        if since:
+            query = query.where(events.c.stored_at >= since)
+        return [orjson.loads(row.body) for row in await self._rows(query)]
+
+    # -- deliveries -------------------------------------------------------
+
+    async def delivered_targets(self, event_id: str, channel: str) -> set[str]:
+        rows = await self._rows(sa.select(deliveries.c.target).where(
+            deliveries.c.event_id == event_id, deliveries.c.channel == channel,
+            deliveries.c.status == "delivered"))
+        return {row.target for row in rows}
+
+    async def record(self, items: Sequence[Attempt]) -> None:
+        """Log attempts and upsert the deliveries they belong to, in one
+        transaction. A delivered row is never turned back into a failure."""
+        if not items:
+            return
+        stamp = now()
+        attempt_rows = [{"event_id": a.event_id, "channel": a.channel, "target": a.target,
+                         "at": a.at or stamp, "outcome": a.outcome, "status": a.status,
+                         "error": a.error, "latency_ms": a.latency_ms,
+                         "response": a.response[:RESPONSE_EXCERPT] if a.response else None}
+                        for a in items]
+        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}
+        latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for a in items:
+            latest[(a.event_id, a.channel, a.target)] = {
+                "event_id": a.event_id, "channel": a.channel, "target": a.target,
+                "partner_id": a.partner_id, "address": a.address, "status": state[a.outcome],
+                "attempts": a.attempt, "last_status": a.status, "last_error": a.error,
+                "updated_at": a.at or stamp}
+        upsert = self._insert(deliveries)
+        keep_delivered = deliveries.c.status == "delivered"
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[deliveries.c.event_id, deliveries.c.channel, deliveries.c.target],
+            set_={
+                "status": sa.case((keep_delivered, deliveries.c.status), else_=upsert.excluded.status),
+                "attempts": sa.func.max(deliveries.c.attempts, upsert.excluded.attempts)
+                if self.engine is not None and self.engine.dialect.name == "sqlite"
+                else sa.func.greatest(deliveries.c.attempts, upsert.excluded.attempts),
+                "last_status": upsert.excluded.last_status,
+                "last_error": upsert.excluded.last_error,
+                "updated_at": upsert.excluded.updated_at,
+            })
+        await self._run([(attempts.insert(), attempt_rows), (upsert, list(latest.values()))])
+
+    async def list_deliveries(self, *, event_id: str | None = None, partner_id: str | None = None,
+                              channel: str | None = None, status: str | None = None,
+                              limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(deliveries).order_by(deliveries.c.updated_at.desc()).limit(limit)
+        for column, value in (("event_id", event_id), ("partner_id", partner_id),
+                              ("channel", channel), ("status", status)):
+            if value:
+                query = query.where(deliveries.c[column] == value)
+        return [{**row._asdict(), "updated_at": _aware(row.updated_at)} for row in await self._rows(query)]
+
+    async def list_attempts(self, event_id: str, channel: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(attempts).where(attempts.c.event_id == event_id).order_by(attempts.c.id)
+        if channel:
+            query = query.where(attempts.c.channel == channel)
+        return [{**row._asdict(), "at": _aware(row.at)} for row in await self._rows(query)]
+
+
+def _partner(config: str) -> Partner:
+    data = orjson.loads(config)
+    return Partner(data["id"], data["name"], data.get("branding", {}), data.get("channels", {}))

@@ -1,0 +1,1 @@
+"""shipcast's built-in channels, one module or sub-package each."""

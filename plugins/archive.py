@@ -1,0 +1,53 @@
+"""The archive channel: stores every event, off the ingest path.
+
+Its table is the event log for replay, the order timeline for the tracking
+page, and the source of "resend everything since T". It binds ``#``, so every
+event is archived whatever the partners' configs say.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shipcast import hookimpl
+from shipcast.batching import Batcher
+from shipcast.channel import Channel, Delivered, Target
+from shipcast.envelope import Event
+from shipcast.exceptions import RetryableDelivery, StoreError
+from shipcast.partners import Partner
+
+_TARGET = Target("store", "events table")
+
+
+class ArchiveChannel(Channel):
+    name = "archive"
+    description = "Stores every event: the event log, order timelines, replay source"
+    prefetch = 500
+    static_bindings = ("#",)
+    records_deliveries = False  # the stored event is its own record
+
+    @classmethod
+    def bindings(cls, partner_id: str, config: Any) -> set[str]:
+        return set()
+
+    async def start(self) -> None:
+        # Concurrent deliveries share one insert: write-behind in batches.
+        self._batcher: Batcher[Event] = Batcher(self.services.store.save_events)
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    def targets(self, event: Event, partner: Partner | None) -> list[Target]:
+        return [_TARGET]
+
+    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
+        try:
+            await self._batcher.submit(event)
+        except StoreError as exc:
+            raise RetryableDelivery(f"archive write failed: {exc}") from exc
+        return Delivered()
+
+
+@hookimpl
+def shipcast_channels() -> list[type[Channel]]:
+    return [ArchiveChannel]

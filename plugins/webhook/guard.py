@@ -1,0 +1,78 @@
+"""Where a webhook may connect: public addresses, plus the networks listed in
+``SHIPCAST_WEBHOOK_ALLOWED_NETWORKS``.
+
+The check runs inside the HTTP client's resolver, so the address checked is
+the address connected to: a name cannot re-resolve to a private address
+between the check and the connect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class DestinationRefused(OSError):
+    """The destination resolves only to addresses webhooks may not reach."""
+
+
+def refusal(address: str, allowed: Sequence[Network]) -> str | None:
+    """Why ``address`` may not be connected to, or ``None`` when it may."""
+    ip: Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in network for network in allowed):
+        return None
+    if not ip.is_global or ip.is_multicast:
+        return f"{ip} is not a public address (set SHIPCAST_WEBHOOK_ALLOWED_NETWORKS to allow it)"
+    return None
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp does, then drops every refused address."""
+
+    def __init__(self, allowed: Sequence[Network]) -> None:
+        self.allowed = tuple(allowed)
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        kept = [result for result in results if refusal(result["host"], self.allowed) is None]
+        if not kept:
+            reason = refusal(results[0]["host"], self.allowed) if results else "no address"
+            raise DestinationRefused(f"{host}: {reason}")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def literal_refusal(host: str, allowed: Sequence[Network]) -> str | None:
+    """Check a host that is an IP literal (the HTTP client skips the resolver
+    for those); names return ``None`` and are checked at resolve time."""
+    try:
+        return refusal(host.strip("[]"), allowed)
+    except ValueError:
+        return None
+
+
+def find_refusal(exc: BaseException | None) -> DestinationRefused | None:
+    """The :class:`DestinationRefused` somewhere in an exception's chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DestinationRefused):
+            return exc
+        inner: Any = getattr(exc, "os_error", None)
+        if isinstance(inner, DestinationRefused):
+            return inner
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,0 +1,1 @@
+"""Jinja2 templates shipped with shipcast, one folder per channel."""

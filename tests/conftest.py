@@ -1,0 +1,130 @@
+"""Shared fixtures: a RabbitMQ virtual host per test, SQLite and PostgreSQL
+stores, a local webhook receiver, and shipcast running in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from shipcast.settings import Settings
+
+from .helpers import Receiver, ShipcastProcess
+
+AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
+MANAGEMENT = os.environ.get("TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+TOKEN = "test-token-" + uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def management() -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=_mgmt_base(),
+                      auth=("guest", "guest"), timeout=30) as client:
+        client.get("/api/overview").raise_for_status()
+        yield client
+
+
+def _mgmt_base() -> str:
+    rest = MANAGEMENT.split("://", 1)[1].split("@")[-1]
+    return f"http://{rest}"
+
+
+@pytest.fixture
+def vhost(management: httpx.Client) -> Iterator[str]:
+    """A fresh RabbitMQ virtual host: exchanges, queues and bindings of one test
+    cannot meet another's."""
+    name = f"shipcast-test-{uuid.uuid4().hex[:10]}"
+    management.put(f"/api/vhosts/{name}").raise_for_status()
+    management.put(f"/api/permissions/{name}/guest",
+                   json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    yield name
+    management.delete(f"/api/vhosts/{name}")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database for this test session, dropped at the end."""
+    name = f"shipcast_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(statement: str) -> None:
+        engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each store test runs twice: on SQLite and on PostgreSQL (emptied first)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'shipcast.db'}"
+        return
+    url = request.getfixturevalue("pg_database")
+    from shipcast.store import metadata
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'shipcast.db'}"
+
+
+def make_settings(vhost: str, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        amqp_url=f"amqp://guest:guest@{AMQP_HOST}/{vhost}",
+        database_url=database_url,
+        management_url=MANAGEMENT,
+        api_token=TOKEN,
+        retry_schedule="1,2",
+        webhook_allowed_networks="127.0.0.0/8",
+        webhook_timeout=2,
+        config="/nonexistent/shipcast.yaml",
+        port=free_port(),
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(vhost: str, sqlite_url: str) -> Settings:
+    return make_settings(vhost, sqlite_url)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver() as server:
+        yield server
+
+
+@pytest.fixture
+async def shipcast(settings: Settings) -> AsyncIterator[ShipcastProcess]:
+    """shipcast's API and every channel worker, in this process, on real sockets."""
+    async with ShipcastProcess(settings) as running:
+        yield running

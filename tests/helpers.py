@@ -1,0 +1,246 @@
+"""Test helpers that stand in for the outside world at the network edge:
+a partner's webhook receiver, a TCP proxy in front of RabbitMQ that can drop
+the connection, and shipcast itself, in-process or as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+from aiohttp import web
+
+from shipcast.api import create_app
+from shipcast.partners import load_partners
+from shipcast.reconcile import apply_partners
+from shipcast.runtime import start_workers, stop_workers
+from shipcast.services import Services
+from shipcast.settings import Settings
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until ``check()`` returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout}s: {check}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A partner's HTTP endpoint. ``script`` lists the statuses to answer in
+    order (then ``default``); every request is recorded, whatever the answer."""
+
+    default: int = 200
+    script: list[int] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    requests: list[Received] = field(default_factory=list)
+    answered: list[int] = field(default_factory=list)
+    port: int = 0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append(Received(dict(request.headers), body, time.monotonic()))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status = self.script.pop(0) if self.script else self.default
+        self.answered.append(status)
+        return web.Response(status=status, text=f"answer {status}", headers=self.headers)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.headers["webhook-id"] for r in self.requests]
+
+    async def __aenter__(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+def partners_doc(partner_id: str, url: str, events: Sequence[str] = ("*",), **endpoint: Any) -> dict[str, Any]:
+    return {"partners": [{
+        "id": partner_id, "name": partner_id.title(),
+        "channels": {"webhook": {"endpoints": [{"id": "main", "url": url, "events": list(events), **endpoint}]}},
+    }]}
+
+
+class ShipcastProcess:
+    """shipcast's API and channel workers in this process, on a real port."""
+
+    def __init__(self, settings: Settings, channels: Sequence[str] | None = None, *, workers: bool = True) -> None:
+        self.settings = settings
+        self.channels = channels
+        self.with_workers = workers
+        self.services = Services.from_settings(settings)
+        self.base_url = f"http://127.0.0.1:{settings.port}"
+
+    async def __aenter__(self) -> ShipcastProcess:
+        from shipcast.plugin_manager import channels
+
+        await self.services.start()
+        self.workers = []
+        if self.with_workers:
+            names = list(self.channels) if self.channels is not None else sorted(channels())
+            self.workers = await start_workers(self.services, names)
+        app = create_app(self.services, manage_services=False)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.settings.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._serving = asyncio.create_task(self.server.serve())
+        await eventually(lambda: self.server.started, timeout=10)
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=30,
+                                      headers={"authorization": f"Bearer {self.settings.api_token}"})
+        return self
+
+    async def apply(self, doc: dict[str, Any]) -> None:
+        await apply_partners(self.services, load_partners(doc, "test"))
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+        self.server.should_exit = True
+        await self._serving
+        await stop_workers(self.workers)
+        await self.services.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a subprocess these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPCAST_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"SHIPCAST_{name.upper()}"] = str(value)
+    return env
+
+
+class Subprocess:
+    """A real ``shipcast`` command in its own process."""
+
+    def __init__(self, settings: Settings, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = [str(Path(sys.executable).with_name("shipcast")), *args]
+        self.env = {**settings_env(settings), **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Subprocess:
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> str:
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        assert self.process.stdout is not None
+        return self.process.stdout.read().decode(errors="replace")
+
+
+def run_cli(settings: Settings, *args: str, input: str | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``shipcast ARGS`` to completion."""
+    return subprocess.run([str(Path(sys.executable).with_name("shipcast")), *args],
+                          env={**settings_env(settings), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout, input=input)
+
+
+class BrokerProxy:
+    """A TCP proxy in front of RabbitMQ: ``cut()`` drops every connection and
+    refuses new ones, as a broker outage does; ``restore()`` ends the outage."""
+
+    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        for task in (asyncio.create_task(self._pipe(reader, up_writer)),
+                     asyncio.create_task(self._pipe(up_reader, writer))):
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def start(self) -> BrokerProxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+        for task in list(self._pipes):
+            task.cancel()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self.cut()
