@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from . import __version__, metrics
@@ -149,6 +149,12 @@ async def schema() -> dict[str, Any]:
     return json_schema()
 
 
+def _public_url(url: str) -> str:
+    """A URL without its credentials."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+
 def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     """The ASGI app. With ``manage_services`` the app opens and closes the
     services itself; ``shipcast run`` shares them with the workers instead."""
@@ -183,6 +189,16 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        from .plugin_manager import channels
+        from .templating import environment
+
+        page = environment().get_template("console/index.html").render(
+            version=__version__, broker_up=services.broker.connected, channels=sorted(channels()),
+            management_url=_public_url(services.settings.management_url))
+        return HTMLResponse(page)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -47,7 +47,8 @@ class InvalidEvent(ShipcastError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         self.errors = errors
         summary = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in errors
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" if error["loc"] else error["msg"]
+            for error in errors
         )
         super().__init__(f"invalid event: {summary}")
 

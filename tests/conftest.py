@@ -3,7 +3,6 @@ stores, a local webhook receiver, and shipcast running in-process."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
@@ -57,31 +56,31 @@ def vhost(management: httpx.Client) -> Iterator[str]:
     management.delete(f"/api/vhosts/{name}")
 
 
+async def _pg_admin(statement: str) -> None:
+    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
+async def pg_database() -> AsyncIterator[str]:
     """A PostgreSQL database for this test session, dropped at the end."""
     name = f"shipcast_test_{uuid.uuid4().hex[:10]}"
-
-    async def admin(statement: str) -> None:
-        engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(sa.text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    await _pg_admin(f'CREATE DATABASE "{name}"')
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str) -> AsyncIterator[str]:
     """Each store test runs twice: on SQLite and on PostgreSQL (emptied first)."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'shipcast.db'}"
         return
-    url = request.getfixturevalue("pg_database")
+    url = pg_database
     from shipcast.store import metadata
 
     engine = create_async_engine(url)

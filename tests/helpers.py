@@ -173,15 +173,16 @@ class Subprocess:
         self.process.wait(10)
 
     def stop(self) -> str:
+        """Stop gracefully (SIGTERM; SIGKILL after 20 s) and return the output."""
         assert self.process is not None
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        assert self.process.stdout is not None
-        return self.process.stdout.read().decode(errors="replace")
+        try:
+            output, _ = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            output, _ = self.process.communicate()
+        return output.decode(errors="replace")
 
 
 def run_cli(settings: Settings, *args: str, input: str | None = None, timeout: float = 60,

@@ -325,3 +325,10 @@ async def test_health_metrics_and_openapi(shipcast: ShipcastProcess) -> None:
     document = (await shipcast.http.get("/openapi.json")).json()
     assert "/v1/events" in document["paths"] and "Event" in document["components"]["schemas"]
     assert TOKEN not in str(document)
+
+
+async def test_the_index_page_links_the_docs_and_hides_credentials(shipcast: ShipcastProcess) -> None:
+    response = await shipcast.http.get("/", headers={"authorization": ""})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert 'href="/docs"' in response.text and "connected" in response.text
+    assert "<code>webhook</code>" in response.text and "guest:guest" not in response.text

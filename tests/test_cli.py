@@ -1,0 +1,123 @@
+"""The shipcast command line, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from shipcast.examples import example
+from shipcast.settings import Settings
+
+from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli
+
+pytestmark = pytest.mark.broker
+
+
+def test_help_lists_every_command(settings: Settings) -> None:
+    result = run_cli(settings, "--help")
+    for command in ("run", "api", "worker", "partners", "publish", "deliveries", "dead", "status", "schema"):
+        assert f"  {command} " in result.stdout
+
+
+@pytest.mark.parametrize("event_type", ["OFD", "DEL", "FAIL", "RET"])
+def test_schema_and_examples_agree(settings: Settings, event_type: str) -> None:
+    schema = json.loads(run_cli(settings, "schema").stdout)
+    sample = json.loads(run_cli(settings, "schema", "--example", event_type).stdout)
+    jsonschema.Draft202012Validator(schema).validate(sample)
+    assert sample["event_type"] == event_type
+
+
+def test_schema_example_of_an_unknown_type_is_refused(settings: Settings) -> None:
+    result = run_cli(settings, "schema", "--example", "NOPE")
+    assert result.returncode == 2 and "unknown event type; known: DEL, FAIL, OFD, RET" in result.stderr
+
+
+def test_worker_refuses_an_unknown_channel(settings: Settings) -> None:
+    result = run_cli(settings, "worker", "--channel", "pigeon")
+    assert result.returncode == 2 and "installed: archive, webhook" in result.stderr
+
+
+async def test_publish_file_progress_summary_and_delivery_commands(settings: Settings, tmp_path: Path) -> None:
+    async with Receiver() as receiver, ShipcastProcess(settings) as shipcast:
+        await shipcast.apply(partners_doc("acme", receiver.url))
+        events = [orjson.loads(example("OFD", partner_id="acme", order_id=f"O{i}").to_json()) for i in range(250)]
+        lines = [json.dumps(e) for e in events]
+        lines.insert(10, '{"event_type": "DEL", "partner_id": "acme"}')
+        lines.insert(20, "this is not json")
+        path = tmp_path / "events.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+
+        result = run_cli(settings, "publish", "-f", str(path), "--batch", "100")
+        assert result.returncode == 1  # some lines were refused
+        assert "published 250, invalid 2, unconfirmed 0" in result.stdout
+        assert "line 11: invalid event: occurred_at: Field required" in result.stderr
+        assert "line 21: invalid event: not JSON" in result.stderr
+        assert "publishing events.jsonl" in result.stderr  # the progress bar
+        await eventually(lambda: len(set(receiver.ids)) == 250)
+        assert set(receiver.ids) == {e["event_id"] for e in events}
+
+        listed = await eventually(lambda: _listed(settings, 250))
+        assert all(row["status"] == "delivered" for row in listed)
+
+        replayed = run_cli(settings, "deliveries", "replay", "--event", events[0]["event_id"])
+        assert replayed.stdout.strip() == "replayed 1 deliveries"
+        await eventually(lambda: receiver.ids.count(events[0]["event_id"]) == 2)
+        assert run_cli(settings, "deliveries", "replay").returncode == 2  # says what to replay
+
+        status = run_cli(settings, "status")
+        assert status.returncode == 0
+        assert "shipcast.webhook " in status.stdout and "dead letters: 0" in status.stdout
+
+
+def _listed(settings: Settings, n: int) -> list[dict[str, object]] | None:
+    result = run_cli(settings, "deliveries", "list", "--channel", "webhook", "--limit", "1000", "--json")
+    rows = json.loads(result.stdout)
+    return rows if len(rows) == n else None
+
+
+async def test_dead_list_and_replay_from_the_command_line(settings: Settings) -> None:
+    async with Receiver(default=500) as receiver, ShipcastProcess(settings) as shipcast:
+        await shipcast.apply(partners_doc("acme", receiver.url))
+        event = example("FAIL", partner_id="acme")
+        await shipcast.services.publisher.publish(event)
+        await eventually(lambda: "1 dead letters" in run_cli(settings, "dead", "list", "--channel", "webhook").stdout,
+                         timeout=20)
+        listed = run_cli(settings, "dead", "list", "--channel", "webhook").stdout
+        assert event.event_id in listed and "retries exhausted after 3 attempts: HTTP 500" in listed
+
+        receiver.default = 200
+        result = run_cli(settings, "dead", "replay", "--channel", "webhook")
+        assert result.stdout.strip() == "replayed 1 dead letters into shipcast.webhook"
+        await eventually(lambda: receiver.answered[-1:] == [200])
+        assert "0 dead letters" in run_cli(settings, "dead", "list", "--channel", "webhook").stdout
+
+
+@pytest.mark.slow
+def test_pip_install_dot_gives_a_working_command_with_templates(tmp_path: Path) -> None:
+    """A real, non-editable install of the project into a fresh target."""
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",
+                                                                "__pycache__", "*.db*"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(source)], check=True, timeout=300)
+    assert (target / "shipcast" / "py.typed").exists()
+    assert (target / "shipcast" / "plugins" / "webhook" / "signing.py").exists()
+    templates = sorted(p.relative_to(target) for p in (target / "shipcast" / "templates").rglob("*.html"))
+    assert templates, "no templates were installed"
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([str(target / "bin" / "shipcast"), "schema", "--example", "OFD"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["event_type"] == "OFD"
+    where = subprocess.run([sys.executable, "-c", "import shipcast, shipcast.plugins.webhook as w; print(w.__file__)"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.startswith(str(target))

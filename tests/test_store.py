@@ -1,0 +1,101 @@
+"""The store, written once and run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shipcast.batching import Batcher
+from shipcast.examples import example
+from shipcast.exceptions import StoreError
+from shipcast.partners import Partner
+from shipcast.store import Attempt, Store
+
+pytestmark = pytest.mark.store
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = await Store(database_url).open()
+    yield store
+    await store.close()
+
+
+def attempt(event_id: str, outcome: str, n: int, target: str = "main", **kw: object) -> Attempt:
+    return Attempt(event_id=event_id, channel="webhook", target=target, partner_id="acme",
+                   address="https://x.example.com/", outcome=outcome, attempt=n, latency_ms=12.5, **kw)  # type: ignore[arg-type]
+
+
+async def test_events_are_stored_once_and_read_back(store: Store) -> None:
+    event = example("OFD")
+    await store.save_events([event])
+    await store.save_events([event])  # a redelivered archive message
+    assert await store.get_event(event.event_id) == event.model_dump(mode="json", by_alias=True)
+    assert [e["event_id"] for e in await store.list_events(partner_id="acme")] == [event.event_id]
+    assert await store.list_events(partner_id="other") == []
+    assert await store.get_event("evt_missing") is None
+
+
+async def test_attempts_and_deliveries(store: Store) -> None:
+    await store.record([attempt("e1", "retry", 1, status=500, error="HTTP 500", response="oops")])
+    await store.record([attempt("e1", "retry", 2, error="timed out after 15s")])
+    await store.record([attempt("e1", "delivered", 3, status=200, response="x" * 5000)])
+    [delivery] = await store.list_deliveries(event_id="e1")
+    assert (delivery["status"], delivery["attempts"], delivery["last_status"]) == ("delivered", 3, 200)
+    attempts = await store.list_attempts("e1")
+    assert [(a["outcome"], a["status"], a["error"]) for a in attempts] == [
+        ("retry", 500, "HTTP 500"), ("retry", None, "timed out after 15s"), ("delivered", 200, None)]
+    assert len(attempts[2]["response"]) == 1024
+    assert attempts[0]["at"].tzinfo is not None and attempts[0]["latency_ms"] == 12.5
+    assert await store.delivered_targets("e1", "webhook") == {"main"}
+
+
+async def test_a_delivered_delivery_is_never_turned_back_into_a_failure(store: Store) -> None:
+    await store.record([attempt("e2", "delivered", 1, status=200)])
+    await store.record([attempt("e2", "dead", 1, error="late duplicate")])
+    [delivery] = await store.list_deliveries(event_id="e2")
+    assert delivery["status"] == "delivered"
+
+
+async def test_concurrent_records_are_batched_and_all_committed(store: Store) -> None:
+    writes: list[int] = []
+
+    async def write(items: object) -> None:
+        writes.append(len(items))  # type: ignore[arg-type]
+        await store.record(items)  # type: ignore[arg-type]
+
+    batcher: Batcher[Attempt] = Batcher(write)
+    await asyncio.gather(*(batcher.submit(attempt(f"b{i}", "delivered", 1, status=200)) for i in range(200)))
+    await batcher.close()
+    assert sum(writes) == 200 and len(writes) < 10
+    assert len(await store.list_deliveries(status="delivered", limit=1000)) == 200
+
+
+async def test_a_failed_batch_raises_to_every_waiter(store: Store) -> None:
+    async def broken(items: object) -> None:
+        raise StoreError("disk full")
+
+    batcher: Batcher[int] = Batcher(broken)
+    results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+    await batcher.close()
+    assert [type(r) for r in results] == [StoreError, StoreError]
+
+
+async def test_partners_and_disabled_targets(store: Store) -> None:
+    acme = Partner("acme", "Acme", {"primary_color": "#000000"}, {"webhook": {"endpoints": []}})
+    await store.put_partners([acme])
+    await store.put_partners([Partner("acme", "Acme Retail", {}, {})])
+    assert [p.name for p in await store.get_partners()] == ["Acme Retail"]
+    await store.disable_target("webhook", "acme", "main", "HTTP 410")
+    await store.disable_target("webhook", "acme", "main", "HTTP 410")
+    assert await store.get_disabled_targets() == {("webhook", "acme", "main")}
+    await store.put_partners([acme])  # re-applying re-enables
+    assert await store.get_disabled_targets() == set()
+    assert await store.delete_partner("acme") and await store.get_partner("acme") is None
+
+
+async def test_an_unreachable_database_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="cannot open the store"):
+        await Store("postgresql+asyncpg://nobody@127.0.0.1:1/none").open()
