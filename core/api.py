@@ -37,7 +37,9 @@ def services_of(request: Request) -> Services:
 
 def require_token(request: Request,
                   credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    """The dependency every admin and ingest route carries (plugins' too)."""
+    """The dependency every admin and ingest route carries. Plugin routes are
+    mounted as they are: one that needs the token adds this dependency itself
+    (a tracking page or a provider's callback must stay reachable without it)."""
     expected = services_of(request).settings.api_token
     if not expected:
         raise HTTPException(401, "SHIPCAST_API_TOKEN is not set on the server: every request is refused",
@@ -196,7 +198,7 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
         from .templating import environment
 
         page = environment().get_template("console/index.html").render(
-            version=__version__, broker_up=services.broker.connected, channels=sorted(channels()),
+            version=__version__, broker_up=services.broker.connected, channels={name: cls.description for name, cls in sorted(channels().items())},
             management_url=_public_url(services.settings.management_url))
         return HTMLResponse(page)
 
@@ -206,8 +208,10 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        ready = services.broker.connected
-        return JSONResponse({"broker": "up" if ready else "down"}, status_code=200 if ready else 503)
+        broker = services.broker.connected
+        ready = broker and services.started
+        return JSONResponse({"broker": "up" if broker else "down", "started": services.started},
+                            status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from .envelope import Event, parse_events
 from .exceptions import BrokerUnavailable, PublishNotConfirmed
 from .settings import Settings
-from .topology import declare_exchange
+from .topology import declare, declare_exchange
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,31 @@ class Broker:
                 connection = await aio_pika.connect_robust(
                     self.settings.amqp_url, reconnect_interval=1, client_properties={"connection_name": "shipcast"}
                 )
-                channel = await connection.channel(publisher_confirms=True)
-                self._exchange = await declare_exchange(channel)
-                self._publish_channel = channel
-                self.connection = connection
             except _BROKER_ERRORS as exc:
                 log.warning("RabbitMQ at %s unreachable (%s); retrying", self._safe_url, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            try:
+                channel = await connection.channel(publisher_confirms=True)
+                self._exchange = await declare_exchange(channel)
+                await self._declare_channels(channel)
+                self._publish_channel = channel
+                self.connection = connection
+            except _BROKER_ERRORS as exc:
+                await connection.close()
+                log.warning("RabbitMQ at %s unreachable (%s); retrying", self._safe_url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         self._ready.set()
+
+    async def _declare_channels(self, channel: AbstractChannel) -> None:
+        """Every registered channel's queues exist before the first publish, so
+        the archive's ``#`` binding catches every event from the start."""
+        from .plugin_manager import channels
+
+        for channel_class in channels().values():
+            await declare(channel, channel_class.topology(self.settings.retry_delays))
 
     @property
     def connected(self) -> bool:
@@ -126,7 +142,7 @@ class Broker:
         target = self._exchange if exchange is None else self._publish_channel.default_exchange
         try:
             confirmation = await target.publish(
-                message, routing_key, timeout=self.settings.publish_timeout, mandatory=exchange == ""
+                message, routing_key, timeout=self.settings.publish_timeout, mandatory=True
             )
         except TimeoutError as exc:
             raise PublishNotConfirmed(f"no confirm for {routing_key} in {self.settings.publish_timeout}s") from exc
@@ -135,7 +151,8 @@ class Broker:
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"lost RabbitMQ while publishing {routing_key}: {exc}") from exc
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise PublishNotConfirmed(f"broker did not ack {routing_key}: {confirmation!r}")
+            # A returned message (no queue bound) is acked too, but reached nobody.
+            raise PublishNotConfirmed(f"no queue is bound for {routing_key}: nothing received it")
 
     async def close(self) -> None:
         if self._task is not None:

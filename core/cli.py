@@ -112,9 +112,10 @@ def partners_apply(path: Path) -> None:
     from .partners import load_partners_file
     from .reconcile import apply_partners
 
-    loaded = load_partners_file(path) if path.exists() else None
-    if loaded is None:
-        raise click.ClickException(f"{path}: no such file")
+    try:
+        loaded = load_partners_file(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     async def apply() -> Any:
         async with _services() as services:

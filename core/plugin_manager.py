@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -29,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "shipcast.plugins.archive",
 )
 _ALWAYS = {"shipcast.event_types"}
+_CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def _allowed() -> set[str] | None:
@@ -79,10 +81,20 @@ def event_types() -> EventTypeRegistry:
 @cache
 def channels() -> dict[str, type[Channel]]:
     """Every registered channel class, by name."""
+    from .channel import Channel
+
     found: dict[str, type[Channel]] = {}
-    for group in reversed(get_plugin_manager().hook.shipcast_channels()):
-        for channel in group:
-            if channel.name in found and found[channel.name] is not channel:
-                raise ConfigError(f"two plugins register a channel named {channel.name!r}")
-            found[channel.name] = channel
+    pm = get_plugin_manager()
+    for impl in pm.hook.shipcast_channels.get_hookimpls():
+        registered: list[Any] = impl.function()  # type: ignore[assignment]
+        for channel in registered:
+            where = f"plugin {impl.plugin_name!r}"
+            if not (isinstance(channel, type) and issubclass(channel, Channel)):
+                raise ConfigError(f"{where} registers {channel!r}, which is not a Channel subclass")
+            name = getattr(channel, "name", None)
+            if not isinstance(name, str) or not _CHANNEL_NAME.match(name):
+                raise ConfigError(f"{where}: channel {channel.__name__} needs a name matching {_CHANNEL_NAME.pattern}")
+            if name in found and found[name] is not channel:
+                raise ConfigError(f"{where}: another plugin already registers a channel named {name!r}")
+            found[name] = channel
     return found

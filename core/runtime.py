@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 import uvicorn
@@ -44,6 +45,7 @@ async def start_workers(services: Services, names: Sequence[str]) -> list[Channe
     workers = [ChannelWorker(known[name](services), services) for name in names]
     for worker in workers:
         await worker.start()
+    services.started = True
     return workers
 
 
@@ -51,47 +53,61 @@ async def stop_workers(workers: Sequence[ChannelWorker]) -> None:
     await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
 
 
-async def _until_signalled() -> None:
+class ApiServer(uvicorn.Server):
+    """uvicorn, minus its signal handling: shipcast handles SIGINT and SIGTERM
+    itself, so workers drain after the API stops, and the process then exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def api_server(services: Services) -> ApiServer:
+    from .api import create_app
+
+    app = create_app(services, manage_services=False)
+    return ApiServer(uvicorn.Config(app, host=services.settings.host, port=services.settings.port,
+                                    log_level="info", access_log=False, lifespan="on"))
+
+
+async def serve(*, api: bool, worker_names: Sequence[str], services: Services | None = None) -> None:
+    """Run the API and/or workers until SIGINT or SIGTERM, then stop taking
+    requests and messages, finish those in flight, and return."""
+    services = services or Services.from_settings()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-async def serve(*, api: bool, worker_names: Sequence[str], services: Services | None = None) -> None:
-    """Run the API and/or workers until SIGINT or SIGTERM, then drain and stop."""
-    services = services or Services.from_settings()
     await services.start()
-    workers: list[ChannelWorker] = []
+    tasks: list[asyncio.Task[Any]] = []
     starting = asyncio.create_task(start_workers(services, worker_names)) if worker_names else None
+    if starting is None:
+        services.started = True
+    else:
+        tasks.append(starting)
+    server = api_server(services) if api else None
+    if server is not None:
+        tasks.append(asyncio.create_task(server.serve()))
+    stopping = asyncio.create_task(stop.wait())
+    workers: list[ChannelWorker] = []
     try:
-        if api:
-            from .api import create_app
-
-            app = create_app(services, manage_services=False)
-            config = uvicorn.Config(app, host=services.settings.host, port=services.settings.port,
-                                    log_level="info", access_log=False, lifespan="on")
-            server = uvicorn.Server(config)
-            serving = asyncio.create_task(server.serve())
-            waiters = {serving} | ({starting} if starting else set())
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_EXCEPTION)
-            if starting in done and starting.exception():
-                server.should_exit = True
-                await serving
-                raise starting.exception()  # type: ignore[misc]
-            if not serving.done():
-                await serving
-        else:
-            if starting is not None:
-                workers = await starting
-            await _until_signalled()
+        pending = set(tasks)
+        while not stop.is_set():
+            done, pending = await asyncio.wait(pending | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopping}:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+                if task is starting:
+                    workers = task.result()  # type: ignore[assignment]
+                elif server is not None:
+                    stop.set()  # the API stopped on its own
     finally:
-        if starting is not None:
-            if not starting.done():
-                starting.cancel()
-            with contextlib.suppress(BaseException):
-                workers = workers or starting.result()
+        stopping.cancel()
+        if server is not None:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if starting is not None and starting.done() and not starting.cancelled() and not starting.exception():
+            workers = starting.result()
         await stop_workers(workers)
         await services.close()
 

@@ -69,6 +69,8 @@ class Services:
     settings: Settings
     store: Store
     broker: Broker
+    #: Set once start-up is complete (config applied, workers consuming).
+    started: bool = field(default=False, init=False)
     partners: PartnerCache = field(init=False)
     recorder: Batcher[Attempt] = field(init=False)
     publisher: Publisher = field(init=False)

@@ -18,13 +18,11 @@ from typing import Any
 
 import httpx
 import orjson
-import uvicorn
 from aiohttp import web
 
-from shipcast.api import create_app
 from shipcast.partners import load_partners
 from shipcast.reconcile import apply_partners
-from shipcast.runtime import start_workers, stop_workers
+from shipcast.runtime import api_server, start_workers, stop_workers
 from shipcast.services import Services
 from shipcast.settings import Settings
 
@@ -123,11 +121,8 @@ class ShipcastProcess:
         if self.with_workers:
             names = list(self.channels) if self.channels is not None else sorted(channels())
             self.workers = await start_workers(self.services, names)
-        app = create_app(self.services, manage_services=False)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.settings.port, log_level="warning",
-                                lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.server = api_server(self.services)
+        self.server.config.log_level = "warning"
         self._serving = asyncio.create_task(self.server.serve())
         await eventually(lambda: self.server.started, timeout=10)
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=30,

@@ -121,3 +121,40 @@ def test_pip_install_dot_gives_a_working_command_with_templates(tmp_path: Path) 
     where = subprocess.run([sys.executable, "-c", "import shipcast, shipcast.plugins.webhook as w; print(w.__file__)"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert where.stdout.startswith(str(target))
+
+
+@pytest.mark.slow
+async def test_run_applies_the_config_file_and_serves_api_and_workers(settings: Settings, tmp_path: Path) -> None:
+    import httpx
+    import yaml
+
+    from .conftest import TOKEN
+    from .helpers import Subprocess
+
+    async with Receiver() as receiver:
+        config = tmp_path / "shipcast.yaml"
+        config.write_text(yaml.safe_dump(partners_doc("acme", receiver.url)))
+        process = Subprocess(settings, "run", env={"SHIPCAST_CONFIG": str(config)}).start()
+        output = ""
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}",
+                                         headers={"authorization": f"Bearer {TOKEN}"}) as http:
+                await eventually(lambda: _ready(http), timeout=30)
+                event = orjson.loads(example("OFD", partner_id="acme").to_json())
+                await eventually(lambda: _posted(http, event), timeout=30)
+                await eventually(lambda: receiver.ids == [event["event_id"]], timeout=30)
+        finally:
+            output = process.stop()
+        assert process.process is not None and process.process.returncode == 0, output
+        assert "applied 1 partners from" in output
+
+
+async def _ready(http: object) -> bool:
+    try:
+        return (await http.get("/readyz")).status_code == 200  # type: ignore[attr-defined,no-any-return]
+    except Exception:
+        return False
+
+
+async def _posted(http: object, event: dict[str, object]) -> bool:
+    return (await http.post("/v1/events", json=event)).status_code == 202  # type: ignore[attr-defined,no-any-return]

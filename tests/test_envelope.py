@@ -171,3 +171,12 @@ class TestJsonSchema:
         body = copy.deepcopy(sample("OFD"))
         body["event_type"] = "TELEPORTED"
         assert list(jsonschema.Draft202012Validator(self.schema).iter_errors(body))
+
+
+def test_the_published_schema_is_the_generated_one() -> None:
+    """docs/event.schema.json is what `shipcast schema` prints; regenerate it
+    with `shipcast schema > docs/event.schema.json` when the models change."""
+    from pathlib import Path
+
+    published = Path(__file__).resolve().parents[1] / "docs" / "event.schema.json"
+    assert orjson.loads(published.read_bytes()) == json_schema()

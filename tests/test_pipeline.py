@@ -332,3 +332,11 @@ async def test_the_index_page_links_the_docs_and_hides_credentials(shipcast: Shi
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert 'href="/docs"' in response.text and "connected" in response.text
     assert "<code>webhook</code>" in response.text and "guest:guest" not in response.text
+
+
+async def test_a_publish_nobody_receives_is_an_error_not_a_silent_drop(shipcast: ShipcastProcess) -> None:
+    from shipcast.broker import event_message
+    from shipcast.exceptions import PublishNotConfirmed
+
+    with pytest.raises(PublishNotConfirmed, match="no queue is bound for shipcast.nowhere"):
+        await shipcast.services.broker.publish(event_message(example("OFD")), "shipcast.nowhere", exchange="")
