@@ -8,7 +8,7 @@ export SHIPCAST_CONFIG ?= deploy/partners.example.yaml
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
 # A real (not editable) install: the suite tests what `pip install .` gives.
 install: $(BIN)/python
@@ -27,3 +27,8 @@ test: services install
 
 clean:
 	rm -rf $(VENV) build *.egg-info shipcast.db*
+
+# Benchmarks against the floor and Celery (not part of `make test`); QUICK=1 for small counts.
+bench: services $(BIN)/python
+	$(BIN)/pip install -q '.[test,bench]'
+	$(BIN)/python -m tests.benchmarks.run $(if $(QUICK),--quick,)
