@@ -46,20 +46,38 @@ class Batcher(Generic[T]):
             await asyncio.sleep(0)  # let deliveries finishing in this tick join the batch
             while self._pending:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-                try:
-                    await self.write([item for item, _ in batch])
-                except Exception as exc:  # each waiter decides what a failed write means
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
+                await self._write(batch)
+
+    async def _write(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        try:
+            await self.write([item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
+                return
+            # One bad item must not fail its neighbours: write them one by one.
+            for entry in batch:
+                await self._write([entry])
+        else:
+            for _, future in batch:
+                _settle(future, None)
 
     async def close(self) -> None:
+        """Write what is pending, then stop; nobody is left waiting."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            await self._write(pending)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)

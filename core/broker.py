@@ -50,6 +50,29 @@ def event_message(event: Event, body: bytes | None = None, headers: dict[str, An
     )
 
 
+def header_int(value: Any) -> int | None:
+    """An integer header, tolerating strings and junk from foreign publishers."""
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def header_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def copy_message(message: aio_pika.abc.AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """A persistent copy of a consumed message with new headers (for a retry
+    tier, the parking lot, or a replay)."""
+    return aio_pika.Message(
+        message.body, headers=headers, content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=message.message_id,
+        type=message.type, timestamp=message.timestamp, app_id="shipcast")
+
+
 class Broker:
     """One robust connection to RabbitMQ, opened in the background.
 

@@ -172,10 +172,11 @@ def publish(path: Path, batch: int) -> None:
     Invalid lines are reported with their line number and not published."""
     from .envelope import parse_event
 
-    async def go() -> tuple[int, list[str], int]:
+    async def go() -> tuple[int, list[str], list[str]]:
         lines = list(_lines(path))
         invalid: list[str] = []
-        published = failed = 0
+        unconfirmed: list[str] = []
+        published = 0
         async with _services() as services:
             with click.progressbar(length=len(lines), label=f"publishing {path.name}", file=sys.stderr,
                                    show_pos=True) as bar:
@@ -191,17 +192,16 @@ def publish(path: Path, batch: int) -> None:
                         await services.publisher.publish_valid(valid)
                         published += len(valid)
                     except ShipcastError as exc:
-                        failed += len(valid)
-                        invalid.append(f"lines {chunk[0][0]}-{chunk[-1][0]}: not confirmed: {exc}")
+                        unconfirmed += [event.event_id for event in valid]
+                        click.echo(f"lines {chunk[0][0]}-{chunk[-1][0]}: not confirmed: {exc}", err=True)
                     bar.update(len(chunk))
-        return published, invalid, failed
+        return published, invalid, unconfirmed
 
-    published, problems, failed = _run(go)
-    for problem in problems:
+    published, invalid, unconfirmed = _run(go)
+    for problem in invalid:
         click.echo(problem, err=True)
-    invalid = sum(1 for problem in problems if "not confirmed" not in problem)
-    click.echo(f"published {published}, invalid {invalid}, unconfirmed {failed}")
-    if problems:
+    click.echo(f"published {published}, invalid {len(invalid)}, unconfirmed {len(unconfirmed)}")
+    if invalid or unconfirmed:
         sys.exit(1)
 
 
@@ -284,7 +284,7 @@ def _topology(channel: str) -> Any:
 @click.option("--limit", default=100, show_default=True)
 def dead_list(channel: str, limit: int) -> None:
     """Show parked messages (they stay parked)."""
-    from .worker import list_dead
+    from .parking import list_dead
 
     topology = _topology(channel)
 
@@ -305,7 +305,7 @@ def dead_list(channel: str, limit: int) -> None:
 @click.option("--limit", type=int, help="At most this many.")
 def dead_replay(channel: str, event_ids: tuple[str, ...], limit: int | None) -> None:
     """Move parked messages back to the work queue with a fresh retry count."""
-    from .worker import replay_dead
+    from .parking import replay_dead
 
     topology = _topology(channel)
 

@@ -144,7 +144,7 @@ class Event(BaseModel):
     schema_version: Literal["1.0"] = SCHEMA_VERSION
     occurred_at: Timestamp = Field(..., description="RFC 3339, UTC")
     partner_id: str = Field(..., pattern=PARTNER_ID_PATTERN)
-    sequence: int = Field(..., ge=0, description="Per order, increasing")
+    sequence: int = Field(..., ge=0, le=2**63 - 1, description="Per order, increasing")
     order: Order
     rider: Rider | None = None
     otp: Otp | None = None

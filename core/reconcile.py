@@ -15,7 +15,7 @@ from .management import Management
 from .partners import Partner
 from .plugin_manager import channels
 from .services import Services
-from .topology import declare, declare_exchange, declare_queue
+from .topology import declare, declare_exchange
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,12 @@ async def reconcile_bindings(services: Services) -> BindingChanges:
         async with Management(services.settings) as management:
             for name, channel in channels().items():
                 topology = channel.topology(services.settings.retry_delays)
-                await declare(amqp, topology)
+                queue = await declare(amqp, topology)
                 wanted = set(channel.static_bindings)
                 for partner in all_partners:
                     if name in partner.channels:
                         wanted |= channel.bindings(partner.id, partner.channels[name])
                 current = await management.queue_bindings(topology.work.name)
-                queue = await declare_queue(amqp, topology.work)
                 for key in sorted(wanted - current):
                     await queue.bind(exchange, key)
                 for key in sorted(current - wanted):

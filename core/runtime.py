@@ -31,7 +31,8 @@ def select_channels(names: Sequence[str]) -> list[str]:
 
 
 async def start_workers(services: Services, names: Sequence[str]) -> list[ChannelWorker]:
-    """Wait for the broker, apply the config file, then start one worker per channel."""
+    """Wait for the broker, apply the partners file (``SHIPCAST_CONFIG``) if
+    there is one, then start one worker per named channel (none for the API alone)."""
     await services.broker.connect()
     config = Path(services.settings.config)
     if config.is_file():
@@ -40,9 +41,10 @@ async def start_workers(services: Services, names: Sequence[str]) -> list[Channe
         log.info("applied %d partners from %s", len(partners), config)
     else:
         await reconcile_bindings(services)
-    await services.listen_for_changes()
     known = channels()
     workers = [ChannelWorker(known[name](services), services) for name in names]
+    if workers:
+        await services.listen_for_changes()
     for worker in workers:
         await worker.start()
     services.started = True
@@ -79,12 +81,8 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await services.start()
-    tasks: list[asyncio.Task[Any]] = []
-    starting = asyncio.create_task(start_workers(services, worker_names)) if worker_names else None
-    if starting is None:
-        services.started = True
-    else:
-        tasks.append(starting)
+    starting = asyncio.create_task(start_workers(services, worker_names))
+    tasks: list[asyncio.Task[Any]] = [starting]
     server = api_server(services) if api else None
     if server is not None:
         tasks.append(asyncio.create_task(server.serve()))
@@ -103,10 +101,11 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
                     stop.set()  # the API stopped on its own
     finally:
         stopping.cancel()
+        starting.cancel()  # still waiting for the broker: give up
         if server is not None:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
-        if starting is not None and starting.done() and not starting.cancelled() and not starting.exception():
+        if not starting.cancelled() and starting.exception() is None:
             workers = starting.result()
         await stop_workers(workers)
         await services.close()

@@ -40,8 +40,12 @@ class PartnerCache:
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
-    async def reload(self) -> None:
+    async def reload(self, *, if_older_than: float | None = None) -> None:
+        """Load every partner config; with ``if_older_than``, skip it when
+        another caller reloaded while this one waited for the lock."""
         async with self._lock:
+            if if_older_than is not None and time.monotonic() - self._loaded_at <= if_older_than:
+                return
             partners = await self.store.get_partners()
             self._disabled = await self.store.get_disabled_targets()
             self._partners = {partner.id: partner for partner in partners}
@@ -52,9 +56,11 @@ class PartnerCache:
 
     async def get(self, partner_id: str) -> Partner | None:
         age = time.monotonic() - self._loaded_at
-        if age > self.max_age or (partner_id not in self._partners and age > 1.0):
+        if age > self.max_age:
+            await self.reload(if_older_than=self.max_age)
+        elif partner_id not in self._partners and age > 1.0:
             # An unknown partner may have just been applied: look again, at most once a second.
-            await self.reload()
+            await self.reload(if_older_than=1.0)
         return self._partners.get(partner_id)
 
     def is_disabled(self, channel: str, partner_id: str, target: str) -> bool:

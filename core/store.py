@@ -288,7 +288,8 @@ class Store:
                 "last_error": upsert.excluded.last_error,
                 "updated_at": upsert.excluded.updated_at,
             })
-        await self._run([(attempts.insert(), attempt_rows), (upsert, list(latest.values()))])
+        # Rows in key order: two workers upserting overlapping rows take locks in one order.
+        await self._run([(attempts.insert(), attempt_rows), (upsert, [latest[key] for key in sorted(latest)])])
 
     async def list_deliveries(self, *, event_id: str | None = None, partner_id: str | None = None,
                               channel: str | None = None, status: str | None = None,

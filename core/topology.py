@@ -63,6 +63,8 @@ class ChannelTopology:
                 "x-delivery-limit": DELIVERY_LIMIT,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": dead_name,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
                 **(arguments or {}),
             },
             frozenset(bindings),
@@ -104,10 +106,14 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQu
     return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
 
 
-async def declare(channel: AbstractChannel, topology: ChannelTopology) -> None:
-    """Declare a channel's queues and its static bindings (idempotent)."""
+async def declare(channel: AbstractChannel, topology: ChannelTopology) -> AbstractQueue:
+    """Declare a channel's queues and its static bindings (idempotent);
+    return the work queue."""
     exchange = await declare_exchange(channel)
+    queues = []
     for spec in topology.queues:
         queue = await declare_queue(channel, spec)
         for key in spec.bindings:
             await queue.bind(exchange, key)
+        queues.append(queue)
+    return queues[0]

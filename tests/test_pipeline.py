@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from shipcast.event_types import GROUPS
 from shipcast.examples import example
 from shipcast.settings import Settings
-from shipcast.worker import list_dead, replay_dead
+from shipcast.parking import list_dead, replay_dead
 
 from .conftest import TOKEN, make_settings
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc

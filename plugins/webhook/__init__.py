@@ -8,6 +8,7 @@ connection errors and other answers, are retried; 429 and 503 honour
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import Mapping
@@ -40,7 +41,8 @@ class EndpointSchema(Schema):
 
     id = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_-]{1,64}$",
                                                                   error="must match [a-z0-9_-]+"))
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
+                     validate=validate.Length(max=2000))
     events = EventList()
     secret = fields.String(validate=validate.Regexp(SECRET_PATTERN, error="must look like whsec_<base64>"))
     description = fields.String()
@@ -147,8 +149,12 @@ class WebhookChannel(Channel):
             "webhook-signature": sign([target.options["secret"]], event.event_id, timestamp, body),
         }
         try:
-            async with self.client.stream("POST", target.address, content=body, headers=headers) as response:
-                excerpt = await _read_capped(response)
+            # One deadline for the whole exchange: a server trickling bytes is cut off too.
+            async with asyncio.timeout(self.settings.webhook_timeout):
+                async with self.client.stream("POST", target.address, content=body, headers=headers) as response:
+                    excerpt = await _read_capped(response)
+        except TimeoutError as exc:
+            raise RetryableDelivery(f"timed out after {self.settings.webhook_timeout:g}s") from exc
         except httpx.HTTPError as exc:
             refusal = find_refusal(exc)
             if refusal is not None:

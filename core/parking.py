@@ -1,0 +1,67 @@
+"""The parking lot (``shipcast.<channel>.dead``): look at it, and replay it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .broker import ATTEMPT_HEADER, REASON_HEADER, TARGET_HEADER, Broker, copy_message, header_int, header_text
+from .topology import ChannelTopology, declare_queue
+
+#: Headers describing a failure, dropped when a message is replayed.
+_FAILURE_HEADERS = (ATTEMPT_HEADER, REASON_HEADER, "x-shipcast-status", "x-shipcast-channel", "x-shipcast-failed-at")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    event_id: str | None
+    target: str | None
+    reason: str | None
+    attempts: int | None
+    failed_at: str | None
+    body: bytes
+
+
+async def list_dead(broker: Broker, topology: ChannelTopology, limit: int = 100) -> list[DeadLetter]:
+    """Peek at the parking lot; every message stays where it is."""
+    channel = await broker.require().channel()
+    try:
+        queue = await declare_queue(channel, topology.dead)
+        found: list[DeadLetter] = []
+        while len(found) < limit:
+            message = await queue.get(no_ack=False, fail=False, timeout=5)
+            if message is None:
+                break
+            headers = message.headers or {}
+            found.append(DeadLetter(message.message_id, header_text(headers.get(TARGET_HEADER)),
+                                    header_text(headers.get(REASON_HEADER)), header_int(headers.get(ATTEMPT_HEADER)),
+                                    header_text(headers.get("x-shipcast-failed-at")), message.body))
+    finally:
+        await channel.close()  # closing without acks puts every message back
+    return found
+
+
+async def replay_dead(broker: Broker, topology: ChannelTopology, *, limit: int | None = None,
+                      event_ids: set[str] | None = None) -> int:
+    """Move parked messages back into the work queue with a fresh retry count.
+
+    Each copy keeps its target, so only the target that failed is tried again.
+    A message is removed from the parking lot only once its copy is confirmed.
+    Returns how many were replayed.
+    """
+    channel = await broker.require().channel()
+    replayed = 0
+    try:
+        queue = await declare_queue(channel, topology.dead)
+        while limit is None or replayed < limit:
+            message = await queue.get(no_ack=False, fail=False, timeout=5)
+            if message is None:
+                break
+            if event_ids is not None and message.message_id not in event_ids:
+                continue  # left unacked: back in the parking lot when the channel closes
+            headers = {k: v for k, v in (message.headers or {}).items() if k not in _FAILURE_HEADERS}
+            await broker.publish(copy_message(message, headers), topology.work.name, exchange="")
+            await message.ack()
+            replayed += 1
+    finally:
+        await channel.close()
+    return replayed
