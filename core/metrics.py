@@ -9,11 +9,17 @@ _HELP = {
     "shipcast_events_published_total": "Events confirmed by the broker at ingest",
     "shipcast_events_rejected_total": "Events refused at ingest as invalid",
     "shipcast_deliveries_total": "Delivery attempts by channel and outcome",
+    "shipcast_targets_skipped_total": "Targets not sent to: already delivered, disabled, or none configured",
 }
 
 
 def inc(name: str, amount: int = 1, **labels: str) -> None:
     _counters[(name, tuple(sorted(labels.items())))] += amount
+
+
+def value(name: str, **labels: str) -> int:
+    """The current value of one counter."""
+    return _counters[(name, tuple(sorted(labels.items())))]
 
 
 def render() -> str:

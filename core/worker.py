@@ -185,7 +185,10 @@ class ChannelWorker:
             self._skipped("delivered", len(targets) - len(kept))
             targets = kept
 
-        outcomes = await asyncio.gather(*(self._deliver(event, message.body, t, attempt) for t in targets))
+        # A StoreError from a channel means the store is down, not the target:
+        # hold the message and try again rather than spend a retry tier.
+        outcomes = await self._persist(lambda: asyncio.gather(
+            *(self._deliver(event, message.body, t, attempt) for t in targets)))
         if self.channel.records_deliveries and outcomes:
             await self._persist(lambda: self.services.recorder.submit(*(o.attempt for o in outcomes)))
         for outcome in outcomes:
@@ -216,6 +219,8 @@ class ChannelWorker:
             result = await asyncio.wait_for(self.channel.deliver(event, body, target), DELIVER_GUARD)
         except DeliveryError as exc:
             error = exc
+        except StoreError:
+            raise
         except TimeoutError:
             error = RetryableDelivery(f"{self.name} delivery took longer than {DELIVER_GUARD:.0f}s")
         except Exception as exc:  # a bug in a channel must not lose the event

@@ -36,6 +36,11 @@ if command -v pg_ctlcluster >/dev/null; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
     wait_for 60 "PostgreSQL" pg_isready -h 127.0.0.1 -q
   fi
+  # The tests create their own databases from the `test` database.
+  if ! psql -h 127.0.0.1 -U postgres -d test -Atc 'select 1' >/dev/null 2>&1; then
+    log "creating the PostgreSQL database 'test'"
+    su postgres -c "createdb test" 2>/dev/null || psql -h 127.0.0.1 -U postgres -c 'create database test' >/dev/null
+  fi
 else
   log "PostgreSQL is not installed: the store runs on SQLite; PostgreSQL tests need it"
 fi

@@ -13,7 +13,6 @@ from shipcast import hookimpl
 from shipcast.batching import Batcher
 from shipcast.channel import Channel, Delivered, Target
 from shipcast.envelope import Event
-from shipcast.exceptions import RetryableDelivery, StoreError
 from shipcast.partners import Partner
 
 _TARGET = Target("store", "events table")
@@ -41,10 +40,8 @@ class ArchiveChannel(Channel):
         return [_TARGET]
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
-        try:
-            await self._batcher.submit(event)
-        except StoreError as exc:
-            raise RetryableDelivery(f"archive write failed: {exc}") from exc
+        # A StoreError propagates: the worker holds the message until the store is back.
+        await self._batcher.submit(event)
         return Delivered()
 
 

@@ -188,9 +188,12 @@ def run_cli(settings: Settings, *args: str, input: str | None = None, timeout: f
                           timeout=timeout, input=input)
 
 
-class BrokerProxy:
-    """A TCP proxy in front of RabbitMQ: ``cut()`` drops every connection and
-    refuses new ones, as a broker outage does; ``restore()`` ends the outage."""
+class TcpProxy:
+    """A TCP proxy in front of a real server (RabbitMQ, PostgreSQL).
+
+    ``cut()`` drops every connection and refuses new ones, as an outage does;
+    ``freeze()`` keeps connections open but stops passing bytes, as a hung
+    server does; ``restore()`` ends either."""
 
     def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
         self.upstream = upstream
@@ -198,10 +201,13 @@ class BrokerProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -218,10 +224,13 @@ class BrokerProxy:
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
-    async def start(self) -> BrokerProxy:
+    async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def freeze(self) -> None:
+        self._flowing.clear()
 
     async def cut(self) -> None:
         assert self._server is not None
@@ -235,8 +244,11 @@ class BrokerProxy:
         self._server = None
 
     async def restore(self) -> None:
-        await self.start()
+        self._flowing.set()
+        if self._server is None:
+            await self.start()
 
     async def close(self) -> None:
+        self._flowing.set()
         if self._server is not None:
             await self.cut()

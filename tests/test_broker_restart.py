@@ -11,7 +11,7 @@ import pytest
 from shipcast.examples import example
 
 from .conftest import make_settings
-from .helpers import BrokerProxy, Receiver, ShipcastProcess, eventually, partners_doc
+from .helpers import TcpProxy, Receiver, ShipcastProcess, eventually, partners_doc
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -26,7 +26,7 @@ async def publish_directly(amqp_url: str, routing_key: str, body: bytes) -> None
 
 
 async def test_consumers_resume_after_the_connection_is_cut(vhost: str, sqlite_url: str) -> None:
-    proxy = await BrokerProxy().start()
+    proxy = await TcpProxy().start()
     settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
     direct = make_settings(vhost, sqlite_url).amqp_url
     try:

@@ -83,6 +83,30 @@ async def test_a_failed_batch_raises_to_every_waiter(store: Store) -> None:
     assert [type(r) for r in results] == [StoreError, StoreError]
 
 
+async def test_one_bad_item_does_not_fail_its_batch(store: Store) -> None:
+    good = [example("OFD", order_id=f"O{i}") for i in range(5)]
+    bad = example("DEL").model_copy(update={"partner_id": "p" * 65})  # longer than the column
+    batcher: Batcher[object] = Batcher(store.save_events)  # type: ignore[arg-type]
+    results = await asyncio.gather(*(batcher.submit(e) for e in [*good[:2], bad, *good[2:]]),
+                                   return_exceptions=True)
+    await batcher.close()
+    if store.engine is not None and store.engine.dialect.name == "sqlite":
+        assert not any(results)  # SQLite does not enforce lengths: all stored
+    else:
+        assert [type(r).__name__ for r in results] == ["NoneType"] * 2 + ["StoreError"] + ["NoneType"] * 3
+    for event in good:
+        assert await store.get_event(event.event_id) is not None
+
+
+async def test_close_writes_what_is_pending(store: Store) -> None:
+    batcher: Batcher[Attempt] = Batcher(store.record)
+    waiting = asyncio.ensure_future(batcher.submit(attempt("pending", "delivered", 1)))
+    await asyncio.sleep(0)
+    await batcher.close()
+    await asyncio.wait_for(waiting, 5)
+    assert await store.delivered_targets("pending", "webhook") == {"main"}
+
+
 async def test_partners_and_disabled_targets(store: Store) -> None:
     acme = Partner("acme", "Acme", {"primary_color": "#000000"}, {"webhook": {"endpoints": []}})
     await store.put_partners([acme])
