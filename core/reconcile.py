@@ -15,7 +15,7 @@ from .management import Management
 from .partners import Partner
 from .plugin_manager import channels
 from .services import Services
-from .topology import declare, declare_exchange
+from .topology import declare_exchange, declare_queue
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ async def reconcile_bindings(services: Services) -> BindingChanges:
         async with Management(services.settings) as management:
             for name, channel in channels().items():
                 topology = channel.topology(services.settings.retry_delays)
-                queue = await declare(amqp, topology)
+                queue = await declare_queue(amqp, topology.work)  # the broker declared the rest on connect
                 wanted = set(channel.static_bindings)
                 for partner in all_partners:
                     if name in partner.channels:
