@@ -93,6 +93,9 @@ class Channel:
     description: ClassVar[str] = ""
     #: Unacknowledged messages in flight per worker: how many deliveries run at once.
     prefetch: ClassVar[int] = 64
+    #: Seconds one deliver() may take before the core counts it as a retryable
+    #: timeout; ``None`` for a channel that enforces its own deadline.
+    deliver_timeout: ClassVar[float | None] = 120.0
     #: Extra arguments for the work queue (``x-max-length``, ...).
     queue_arguments: ClassVar[Mapping[str, Any]] = {}
     #: Routing keys bound whatever the partners say (``#`` for every event).

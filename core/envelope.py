@@ -161,6 +161,9 @@ class Event(BaseModel):
         return self.model_dump_json().encode()
 
 
+_ATTR = {group: "return_" if group == "return" else group for group in GROUPS}
+
+
 def _errors_of(exc: ValidationError, prefix: tuple[Any, ...]) -> list[dict[str, Any]]:
     return [
         {"loc": [*prefix, *error["loc"]], "msg": error["msg"], "type": error["type"]}
@@ -181,6 +184,17 @@ def parse_event(
         from .plugin_manager import event_types
 
         registry = event_types()
+    if isinstance(data, bytes | str):
+        # The fast path (every message a worker consumes): parse and validate in
+        # one pass, then check the row; the slow path below explains failures.
+        try:
+            parsed = Event.model_validate_json(data)
+        except ValueError:
+            pass
+        else:
+            row = registry.get(parsed.event_type)
+            if row is not None and not row.check(g for g in GROUPS if getattr(parsed, _ATTR[g]) is not None):
+                return parsed
     if isinstance(data, Event):
         data = data.model_dump(by_alias=True)
     elif isinstance(data, bytes | str):

@@ -78,7 +78,7 @@ class Services:
     #: Set once start-up is complete (config applied, workers consuming).
     started: bool = field(default=False, init=False)
     partners: PartnerCache = field(init=False)
-    recorder: Batcher[Attempt] = field(init=False)
+    recorder: Batcher[Attempt, None] = field(init=False)
     publisher: Publisher = field(init=False)
 
     def __post_init__(self) -> None:

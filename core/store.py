@@ -6,7 +6,10 @@ scale. Both run the same statements; only upserts differ by dialect.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +18,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .envelope import Event
 from .exceptions import StoreError
@@ -121,6 +124,8 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: AsyncEngine | None = None
+        self._held: AsyncConnection | None = None
+        self._held_lock = asyncio.Lock()
 
     async def open(self) -> Store:
         if self.engine is not None:
@@ -153,6 +158,10 @@ class Store:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     async def close(self) -> None:
+        if self._held is not None:
+            with contextlib.suppress(Exception):
+                await self._held.close()
+            self._held = None
         if self.engine is not None:
             await self.engine.dispose()
             self.engine = None
@@ -161,10 +170,32 @@ class Store:
         assert self.engine is not None, "Store.open() first"
         return (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(table)
 
-    async def _run(self, statements: Iterable[tuple[Any, Any]]) -> None:
+    @asynccontextmanager
+    async def _connection(self, hot: bool) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction. The hot path (the workers' batched
+        lookups and writes) reuses one held connection: checking one out of
+        the pool costs more than the query it runs."""
         assert self.engine is not None, "Store.open() first"
-        try:
+        if not hot:
             async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._held_lock:
+            if self._held is None or self._held.closed or self._held.invalidated:
+                self._held = await self.engine.connect()
+            conn = self._held
+            try:
+                async with conn.begin():
+                    yield conn
+            except BaseException:
+                self._held = None  # a broken connection is not reused
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                raise
+
+    async def _run(self, statements: Iterable[tuple[Any, Any]], *, hot: bool = False) -> None:
+        try:
+            async with self._connection(hot) as conn:
                 for statement, params in statements:
                     if params is None:
                         await conn.execute(statement)
@@ -175,10 +206,9 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"store write failed: {exc}") from exc
 
-    async def _rows(self, query: Any) -> list[sa.Row[Any]]:
-        assert self.engine is not None, "Store.open() first"
+    async def _rows(self, query: Any, *, hot: bool = False) -> list[sa.Row[Any]]:
         try:
-            async with self.engine.connect() as conn:
+            async with self._connection(hot) as conn:
                 return list((await conn.execute(query)).all())
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"store read failed: {exc}") from exc
@@ -233,7 +263,7 @@ class Store:
         rows = [{"event_id": e.event_id, "partner_id": e.partner_id, "event_type": e.event_type,
                  "order_id": e.order.order_id, "sequence": e.sequence, "occurred_at": e.occurred_at,
                  "stored_at": stamp, "body": e.model_dump_json()} for e in items]
-        await self._run([(self._insert(events).on_conflict_do_nothing(), rows)])
+        await self._run([(self._insert(events).on_conflict_do_nothing(), rows)], hot=True)
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))
@@ -251,10 +281,17 @@ class Store:
     # -- deliveries -------------------------------------------------------
 
     async def delivered_targets(self, event_id: str, channel: str) -> set[str]:
-        rows = await self._rows(sa.select(deliveries.c.target).where(
-            deliveries.c.event_id == event_id, deliveries.c.channel == channel,
-            deliveries.c.status == "delivered"))
-        return {row.target for row in rows}
+        return (await self.delivered_for(channel, [event_id]))[0]
+
+    async def delivered_for(self, channel: str, event_ids: Sequence[str]) -> list[set[str]]:
+        """For each event id, the targets of ``channel`` it was delivered to."""
+        rows = await self._rows(sa.select(deliveries.c.event_id, deliveries.c.target).where(
+            deliveries.c.channel == channel, deliveries.c.status == "delivered",
+            deliveries.c.event_id.in_(set(event_ids))), hot=True)
+        found: dict[str, set[str]] = {event_id: set() for event_id in event_ids}
+        for row in rows:
+            found[row.event_id].add(row.target)
+        return [found[event_id] for event_id in event_ids]
 
     async def record(self, items: Sequence[Attempt]) -> None:
         """Log attempts and upsert the deliveries they belong to, in one
@@ -289,7 +326,8 @@ class Store:
                 "updated_at": upsert.excluded.updated_at,
             })
         # Rows in key order: two workers upserting overlapping rows take locks in one order.
-        await self._run([(attempts.insert(), attempt_rows), (upsert, [latest[key] for key in sorted(latest)])])
+        await self._run([(attempts.insert(), attempt_rows), (upsert, [latest[key] for key in sorted(latest)])],
+                        hot=True)
 
     async def list_deliveries(self, *, event_id: str | None = None, partner_id: str | None = None,
                               channel: str | None = None, status: str | None = None,

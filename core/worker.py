@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from . import metrics
+from .batching import Batcher
 from .broker import ATTEMPT_HEADER, REASON_HEADER, TARGET_HEADER, copy_message, header_int, header_text
 from .channel import Channel, Delivered, Target
 from .envelope import Event, parse_event
@@ -42,8 +43,6 @@ T = TypeVar("T")
 
 #: Set on a message replayed on purpose: deliver even if delivered before.
 FORCE_HEADER = "x-shipcast-force"
-#: The longest a channel's deliver() may take before it counts as a timeout.
-DELIVER_GUARD = 120.0
 #: How long stopping waits for deliveries in flight.
 STOP_GRACE = 30.0
 
@@ -86,6 +85,9 @@ class ChannelWorker:
         self._consumer_tag: str | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # One query finds which of the events in flight were delivered already.
+        self._delivered: Batcher[str, set[str]] = Batcher(
+            lambda event_ids: services.store.delivered_for(self.name, event_ids))
 
     async def start(self) -> None:
         connection = self.services.broker.require()
@@ -113,6 +115,7 @@ class ChannelWorker:
             except Exception:
                 log.debug("close of %s channel failed", self.name, exc_info=True)
             self._amqp = None
+        await self._delivered.close()
         await self.channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -180,15 +183,14 @@ class ChannelWorker:
         if self.channel.records_deliveries and targets and not headers.get(FORCE_HEADER):
             # At-least-once delivery meets idempotent consumers here: a target
             # already delivered for this event is never sent to again.
-            done = await self._persist(lambda: self.services.store.delivered_targets(event.event_id, self.name))
-            kept = [target for target in targets if target.id not in done]
+            [done] = await self._persist(lambda: self._delivered.submit(event.event_id))
+            kept = [target for target in targets if target.id not in (done or ())]
             self._skipped("delivered", len(targets) - len(kept))
             targets = kept
 
         # A StoreError from a channel means the store is down, not the target:
         # hold the message and try again rather than spend a retry tier.
-        outcomes = await self._persist(lambda: asyncio.gather(
-            *(self._deliver(event, message.body, t, attempt) for t in targets)))
+        outcomes = await self._persist(lambda: self._deliver_all(event, message.body, targets, attempt))
         if self.channel.records_deliveries and outcomes:
             await self._persist(lambda: self.services.recorder.submit(*(o.attempt for o in outcomes)))
         for outcome in outcomes:
@@ -211,18 +213,24 @@ class ChannelWorker:
         if count:
             metrics.inc("shipcast_targets_skipped_total", count, channel=self.name, reason=reason)
 
+    async def _deliver_all(self, event: Event, body: bytes, targets: Sequence[Target], attempt: int) -> list[Outcome]:
+        if len(targets) == 1:  # the common case, without a task per target
+            return [await self._deliver(event, body, targets[0], attempt)]
+        return list(await asyncio.gather(*(self._deliver(event, body, t, attempt) for t in targets)))
+
     async def _deliver(self, event: Event, body: bytes, target: Target, attempt: int) -> Outcome:
         started = time.perf_counter()
         error: DeliveryError | None = None
         result: Delivered | None = None
         try:
-            result = await asyncio.wait_for(self.channel.deliver(event, body, target), DELIVER_GUARD)
+            async with asyncio.timeout(self.channel.deliver_timeout):
+                result = await self.channel.deliver(event, body, target)
         except DeliveryError as exc:
             error = exc
         except StoreError:
             raise
         except TimeoutError:
-            error = RetryableDelivery(f"{self.name} delivery took longer than {DELIVER_GUARD:.0f}s")
+            error = RetryableDelivery(f"{self.name} delivery took longer than {self.channel.deliver_timeout:g}s")
         except Exception as exc:  # a bug in a channel must not lose the event
             log.exception("%s: unexpected error delivering %s to %s", self.name, event.event_id, target.id)
             error = RetryableDelivery(f"{self.name} channel error: {type(exc).__name__}: {exc}")

@@ -31,7 +31,7 @@ class ArchiveChannel(Channel):
 
     async def start(self) -> None:
         # Concurrent deliveries share one insert: write-behind in batches.
-        self._batcher: Batcher[Event] = Batcher(self.services.store.save_events)
+        self._batcher: Batcher[Event, None] = Batcher(self.services.store.save_events)
 
     async def close(self) -> None:
         await self._batcher.close()

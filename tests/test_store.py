@@ -50,6 +50,7 @@ async def test_attempts_and_deliveries(store: Store) -> None:
     assert len(attempts[2]["response"]) == 1024
     assert attempts[0]["at"].tzinfo is not None and attempts[0]["latency_ms"] == 12.5
     assert await store.delivered_targets("e1", "webhook") == {"main"}
+    assert await store.delivered_for("webhook", ["e1", "missing", "e1"]) == [{"main"}, set(), {"main"}]
 
 
 async def test_a_delivered_delivery_is_never_turned_back_into_a_failure(store: Store) -> None:
@@ -66,7 +67,7 @@ async def test_concurrent_records_are_batched_and_all_committed(store: Store) ->
         writes.append(len(items))  # type: ignore[arg-type]
         await store.record(items)  # type: ignore[arg-type]
 
-    batcher: Batcher[Attempt] = Batcher(write)
+    batcher: Batcher[Attempt, None] = Batcher(write)
     await asyncio.gather(*(batcher.submit(attempt(f"b{i}", "delivered", 1, status=200)) for i in range(200)))
     await batcher.close()
     assert sum(writes) == 200 and len(writes) < 10
@@ -77,7 +78,7 @@ async def test_a_failed_batch_raises_to_every_waiter(store: Store) -> None:
     async def broken(items: object) -> None:
         raise StoreError("disk full")
 
-    batcher: Batcher[int] = Batcher(broken)
+    batcher: Batcher[int, None] = Batcher(broken)
     results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
     await batcher.close()
     assert [type(r) for r in results] == [StoreError, StoreError]
@@ -86,20 +87,20 @@ async def test_a_failed_batch_raises_to_every_waiter(store: Store) -> None:
 async def test_one_bad_item_does_not_fail_its_batch(store: Store) -> None:
     good = [example("OFD", order_id=f"O{i}") for i in range(5)]
     bad = example("DEL").model_copy(update={"partner_id": "p" * 65})  # longer than the column
-    batcher: Batcher[object] = Batcher(store.save_events)  # type: ignore[arg-type]
+    batcher: Batcher[object, None] = Batcher(store.save_events)  # type: ignore[arg-type]
     results = await asyncio.gather(*(batcher.submit(e) for e in [*good[:2], bad, *good[2:]]),
                                    return_exceptions=True)
     await batcher.close()
     if store.engine is not None and store.engine.dialect.name == "sqlite":
-        assert not any(results)  # SQLite does not enforce lengths: all stored
+        assert results == [[None]] * 6  # SQLite does not enforce lengths: all stored
     else:
-        assert [type(r).__name__ for r in results] == ["NoneType"] * 2 + ["StoreError"] + ["NoneType"] * 3
+        assert [type(r).__name__ for r in results] == ["list"] * 2 + ["StoreError"] + ["list"] * 3
     for event in good:
         assert await store.get_event(event.event_id) is not None
 
 
 async def test_close_writes_what_is_pending(store: Store) -> None:
-    batcher: Batcher[Attempt] = Batcher(store.record)
+    batcher: Batcher[Attempt, None] = Batcher(store.record)
     waiting = asyncio.ensure_future(batcher.submit(attempt("pending", "delivered", 1)))
     await asyncio.sleep(0)
     await batcher.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from functools import lru_cache
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +56,8 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-def literal_refusal(host: str, allowed: Sequence[Network]) -> str | None:
+@lru_cache(maxsize=4096)
+def literal_refusal(host: str, allowed: tuple[Network, ...]) -> str | None:
     """Check a host that is an IP literal (the HTTP client skips the resolver
     for those); names return ``None`` and are checked at resolve time."""
     try:

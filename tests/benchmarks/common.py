@@ -1,0 +1,170 @@
+"""What every benchmark shares: a receiver that records arrival times, fresh
+RabbitMQ virtual hosts, sample events, and process helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from aiohttp import web
+
+from shipcast.examples import example
+
+ROOT = Path(__file__).resolve().parents[2]
+AMQP_HOST = os.environ.get("BENCH_AMQP_HOST", "127.0.0.1:5672")
+MANAGEMENT = "http://127.0.0.1:15672"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Receiver:
+    """The partner's endpoint: answers after ``delay`` seconds and records when
+    each event arrived (``webhook-id``, or the floor's and Celery's own header)."""
+
+    delay: float = 0.0
+    arrivals: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    port: int = 0
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+    expected: int = 0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        now = time.perf_counter()
+        event_id = request.headers.get("webhook-id") or request.headers.get("x-event-id") or ""
+        self.arrivals.setdefault(event_id, now)
+        self.count += 1
+        if self.expected and len(self.arrivals) >= self.expected:
+            self._done.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.Response(text="ok")
+
+    def url(self, path: str = "hook") -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def expect(self, n: int) -> None:
+        self.arrivals.clear()
+        self.count = 0
+        self.expected = n
+        self._done = asyncio.Event()
+
+    async def wait(self, timeout: float) -> float:
+        """Wait until every expected event arrived; return the last arrival."""
+        await asyncio.wait_for(self._done.wait(), timeout)
+        return max(self.arrivals.values())
+
+    async def __aenter__(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+class Vhost:
+    """A fresh RabbitMQ virtual host per measurement, deleted afterwards."""
+
+    def __init__(self) -> None:
+        self.name = f"bench-{uuid.uuid4().hex[:8]}"
+        self.http = httpx.Client(base_url=MANAGEMENT, auth=("guest", "guest"), timeout=60)
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@{AMQP_HOST}/{self.name}"
+
+    def __enter__(self) -> Vhost:
+        self.http.put(f"/api/vhosts/{self.name}").raise_for_status()
+        self.http.put(f"/api/permissions/{self.name}/guest",
+                      json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.delete(f"/api/vhosts/{self.name}")
+        self.http.close()
+
+
+def events(n: int, partners: Sequence[str] = ("acme",), event_type: str = "OFD") -> list[Any]:
+    """``n`` realistic events (about 1 KB each), spread over ``partners``."""
+    template = example(event_type, partner_id=partners[0])
+    out = []
+    for i in range(n):
+        out.append(template.model_copy(update={
+            "event_id": f"evt_{uuid.uuid4().hex}", "partner_id": partners[i % len(partners)], "sequence": i}))
+    return out
+
+
+class Proc:
+    """A benchmark participant in its own process, always stopped."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+        self.process = subprocess.Popen(list(args), env={**os.environ, **(env or {})}, cwd=cwd,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.ps = psutil.Process(self.process.pid)
+
+    def rss(self) -> int:
+        """Resident memory of the process and its children, in bytes."""
+        total = 0
+        for proc in [self.ps, *self.ps.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def cpu(self) -> float:
+        """CPU seconds (user and system) used so far by the process and its children."""
+        total = 0.0
+        for proc in [self.ps, *self.ps.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            for child in self.ps.children(recursive=True):
+                child.terminate()
+            self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            for child in self.ps.children(recursive=True):
+                child.kill()
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out.decode(errors="replace")
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.process.args} exited early:\n{self.stop()}")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")

@@ -1,0 +1,477 @@
+"""shipcast's benchmarks, against the floor and against Celery, in one run.
+
+    make bench            # the full run (about 10 minutes on 2 cores)
+    make bench QUICK=1    # smaller counts, for a quick look
+
+Every figure is printed as one line with its ratio to the baseline measured
+in the same run; absolute numbers are context, ratios are what counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from .common import BIN, Proc, Receiver, Vhost, events, mean, percentile
+from .floor import publish as floor_publish
+
+HERE = Path(__file__).resolve().parent
+RESULTS: list[str] = []
+
+
+def report(name: str, value: float, unit: str, baseline: float | None = None, label: str = "",
+           target: str = "") -> None:
+    ratio = f"  {value / baseline:5.2f}× {label}" if baseline else ""
+    line = f"{name:<52} {value:>10.1f} {unit:<8}{ratio}{'  (target ' + target + ')' if target else ''}"
+    RESULTS.append(line)
+    print(line, flush=True)
+
+
+# -- running the contenders ---------------------------------------------------------
+
+class Shipcast:
+    """shipcast with its own virtual host and SQLite store; workers or the API
+    run as real `shipcast` processes, the partners are applied in-process."""
+
+    def __init__(self, vhost: Vhost, tmp: Path, plugins: str = "webhook", extra_path: str = "") -> None:
+        self.vhost = vhost
+        self.env = {
+            "SHIPCAST_AMQP_URL": vhost.amqp_url,
+            "SHIPCAST_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / f'{vhost.name}.db'}",
+            "SHIPCAST_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "SHIPCAST_API_TOKEN": "bench",
+            "SHIPCAST_PLUGINS": plugins,
+            "SHIPCAST_CONFIG": str(tmp / "none.yaml"),
+            "SHIPCAST_PORT": "18123",
+        }
+        if extra_path:
+            self.env["PYTHONPATH"] = extra_path
+        self.procs: list[Proc] = []
+        self.spies: list[subprocess.Popen[bytes]] = []
+
+    def settings(self) -> Any:
+        from shipcast.settings import Settings
+
+        for key, value in self.env.items():
+            os.environ[key] = value
+        from shipcast.plugin_manager import reset
+
+        reset()
+        return Settings()
+
+    async def apply(self, doc: dict[str, Any]) -> None:
+        from shipcast.partners import load_partners
+        from shipcast.reconcile import apply_partners
+        from shipcast.services import Services
+
+        services = Services.from_settings(self.settings())
+        await services.start(wait_for_broker=True)
+        try:
+            await apply_partners(services, load_partners(doc, "bench"))
+        finally:
+            await services.close()
+
+    def start(self, *args: str) -> Proc:
+        command = [str(BIN / "shipcast"), *args]
+        proc = Proc(command, env=self.env)
+        self.procs.append(proc)
+        return proc
+
+    async def publisher(self) -> Any:
+        from shipcast.broker import Publisher
+
+        publisher = Publisher(settings=self.settings())
+        await publisher.__aenter__()
+        return publisher
+
+    def profile(self) -> None:
+        """With BENCH_PROFILE=FOLDER, sample every shipcast process with py-spy
+        from now on (call once they are up); profiles are written at stop()."""
+        folder = os.environ.get("BENCH_PROFILE")
+        if folder:
+            for proc in list(self.procs):
+                out = Path(folder) / f"{proc.process.args[1]}-{proc.process.pid}.txt"
+                self.spies.append(subprocess.Popen([str(BIN / "py-spy"), "record", "-r", "200", "-f", "raw",
+                                                    "-o", str(out), "--pid", str(proc.process.pid)],
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop(self) -> None:
+        for spy in self.spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        for proc in self.procs:
+            proc.stop()
+
+
+def webhook_doc(partners: Sequence[str], url: Callable[[str], str], channels: Sequence[str] = ()) -> dict[str, Any]:
+    return {"partners": [{"id": p, "name": p, "channels": {
+        "webhook": {"endpoints": [{"id": "main", "url": url(p), "events": ["*"]}]},
+        **{name: {} for name in channels}}} for p in partners]}
+
+
+async def wait_consuming(vhost: Vhost, queue: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(auth=("guest", "guest")) as http:
+        while time.monotonic() < deadline:
+            response = await http.get(f"http://127.0.0.1:15672/api/queues/{vhost.name}/{queue}")
+            if response.status_code == 200 and response.json().get("consumers", 0) > 0:
+                return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"nobody consumes {queue}")
+
+
+async def publish_in_windows(publish: Callable[[Sequence[Any]], Awaitable[Any]], items: Sequence[Any],
+                             window: int = 100) -> None:
+    for start in range(0, len(items), window):
+        await publish(items[start:start + window])
+
+
+CPU_PER_EVENT: dict[str, float] = {}
+
+
+async def measure_delivery(receiver: Receiver, n: int, send: Callable[[], Awaitable[None]],
+                           timeout: float = 600, consumer: Proc | None = None, name: str = "") -> float:
+    """Events per second from the first publish to the last arrival; with a
+    consumer process, also its CPU time per event (in CPU_PER_EVENT[name])."""
+    receiver.expect(n)
+    cpu = consumer.cpu() if consumer else 0.0
+    started = time.perf_counter()
+    await send()
+    last = await receiver.wait(timeout)
+    if consumer is not None:
+        CPU_PER_EVENT[name] = (consumer.cpu() - cpu) / n * 1e6
+    return n / (last - started)
+
+
+# -- contenders for webhook throughput ----------------------------------------------
+
+async def floor_rate(receiver: Receiver, n: int, prefetch: int = 256) -> float:
+    with Vhost() as vhost:
+        proc = Proc([sys.executable, "-m", "tests.benchmarks.floor", vhost.amqp_url, receiver.url(), str(prefetch)])
+        try:
+            await wait_consuming(vhost, "floor.webhook")
+            bodies = [(e.event_id, e.to_json()) for e in events(n)]
+            return await measure_delivery(receiver, n, lambda: floor_publish(vhost.amqp_url, bodies),
+                                          consumer=proc, name="floor")
+        finally:
+            proc.stop()
+
+
+async def shipcast_rate(receiver: Receiver, n: int, tmp: Path, partners: int = 1) -> float:
+    with Vhost() as vhost:
+        ship = Shipcast(vhost, tmp)
+        try:
+            ids = [f"p{i}" for i in range(partners)] if partners > 1 else ["acme"]
+            await ship.apply(webhook_doc(ids, lambda p: receiver.url(f"hook/{p}")))
+            worker = ship.start("worker", "--channel", "webhook")
+            await wait_consuming(vhost, "shipcast.webhook")
+            ship.profile()
+            publisher = await ship.publisher()
+            batch = events(n, ids)
+            try:
+                return await measure_delivery(receiver, n, lambda: publish_in_windows(
+                    publisher.publish_valid, batch), consumer=worker, name=f"shipcast-{partners}")
+            finally:
+                await publisher.close()
+        finally:
+            ship.stop()
+
+
+async def celery_rate(receiver: Receiver, n: int, pool: str, concurrency: int) -> float:
+    with Vhost() as vhost:
+        env = {"BENCH_CELERY_BROKER": vhost.amqp_url}
+        proc = Proc([str(BIN / "celery"), "-A", "tests.benchmarks.celery_app", "worker", "--pool", pool,
+                     "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
+                     "--without-heartbeat", "--loglevel", "WARNING"], env=env)
+        try:
+            from . import celery_app
+
+            await wait_consuming(vhost, "celery")
+            batch = [(e.event_id, e.to_json().decode()) for e in events(n)]
+
+            async def send() -> None:
+                def enqueue() -> None:
+                    with celery_app.app.connection_for_write(vhost.amqp_url) as connection:
+                        for event_id, body in batch:
+                            celery_app.post_webhook.apply_async((receiver.url(), event_id, body),
+                                                                connection=connection)
+
+                await asyncio.to_thread(enqueue)
+
+            return await measure_delivery(receiver, n, send)
+        finally:
+            proc.stop()
+
+
+async def throughput(tmp: Path, quick: bool) -> None:
+    await throughput_fast(tmp, quick)
+    await throughput_slow(tmp, quick)
+
+
+async def throughput_fast(tmp: Path, quick: bool) -> None:
+    await _throughput(tmp, quick, [(0.0, "fast receiver")])
+
+
+async def throughput_slow(tmp: Path, quick: bool) -> None:
+    await _throughput(tmp, quick, [(0.2, "receiver answering in 200 ms")])
+
+
+async def _throughput(tmp: Path, quick: bool, cases: Sequence[tuple[float, str]]) -> None:
+    only_shipcast = bool(os.environ.get("BENCH_SHIPCAST_ONLY"))
+    for delay, label in cases:
+        n = (2000 if quick else 10000) if delay == 0 else (1000 if quick else 3000)
+        async with Receiver(delay=delay) as receiver:
+            floor = await floor_rate(receiver, n)
+            ship = await shipcast_rate(receiver, n, tmp)
+            report(f"{'1' if delay == 0 else '2'}. CPU per event: floor consumer", CPU_PER_EVENT["floor"], "µs")
+            report(f"{'1' if delay == 0 else '2'}. CPU per event: shipcast worker", CPU_PER_EVENT["shipcast-1"], "µs",
+                   CPU_PER_EVENT["floor"], "floor")
+            if only_shipcast:
+                report(f"shipcast, {label}", ship, "ev/s", floor, "floor")
+                continue
+            celery_threads = await celery_rate(receiver, n // (1 if delay == 0 else 5), "threads", 32)
+            celery_prefork = await celery_rate(receiver, n // (2 if delay == 0 else 20), "prefork", 4)
+        scenario = "1" if delay == 0 else "2"
+        report(f"{scenario}. floor (aio-pika + aiohttp), {label}", floor, "ev/s")
+        report(f"{scenario}. shipcast webhooks, {label}", ship, "ev/s", floor, "floor", "≥ 0.8× floor")
+        report(f"{scenario}. Celery + requests, 32 threads, {label}", celery_threads, "ev/s", floor, "floor")
+        report(f"{scenario}. Celery + requests, prefork 4, {label}", celery_prefork, "ev/s", floor, "floor")
+        report(f"{scenario}. shipcast vs Celery 32 threads, {label}", ship / celery_threads, "×",
+               target="≥ 3×" if delay else "")
+
+
+# -- latency ---------------------------------------------------------------------------
+
+async def latency(tmp: Path, quick: bool) -> None:
+    rate, seconds = 100, (15 if quick else 60)
+    async with Receiver() as receiver:
+        with Vhost() as vhost:
+            ship = Shipcast(vhost, tmp)
+            try:
+                await ship.apply(webhook_doc(["acme"], lambda p: receiver.url()))
+                ship.start("worker", "--channel", "webhook")
+                await wait_consuming(vhost, "shipcast.webhook")
+                publisher = await ship.publisher()
+                batch = events(rate * seconds)
+                receiver.expect(len(batch))
+                sent: dict[str, float] = {}
+                started = time.perf_counter()
+                try:
+                    for i, event in enumerate(batch):
+                        await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+                        sent[event.event_id] = time.perf_counter()
+                        asyncio.ensure_future(publisher.publish_valid([event]))
+                    await receiver.wait(60)
+                finally:
+                    await publisher.close()
+            finally:
+                ship.stop()
+    lat = [(receiver.arrivals[i] - t) * 1000 for i, t in sent.items()]
+    for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+        report(f"3. propagation latency at {rate} ev/s for {seconds} s, {name}", percentile(lat, q), "ms",
+               target="p99 ≤ 100 ms" if name == "p99" else "")
+    report("3. the case this project comes from promised", 90_000, "ms", percentile(lat, 0.99),
+           "shipcast p99 (times faster)")
+
+
+# -- HTTP ingest --------------------------------------------------------------------------
+
+async def ingest(tmp: Path, quick: bool) -> None:
+    n = 3000 if quick else 20000
+    with Vhost() as vhost:
+        bodies = [(e.event_id, e.to_json()) for e in events(n)]
+        started = time.perf_counter()
+        await floor_publish(vhost.amqp_url, bodies)
+        floor = n / (time.perf_counter() - started)
+    with Vhost() as vhost:
+        ship = Shipcast(vhost, tmp)
+        try:
+            await ship.apply({"partners": [{"id": "acme", "name": "acme"}]})
+            api = ship.start("api")
+            base = "http://127.0.0.1:18123"
+            async with httpx.AsyncClient(base_url=base, headers={"authorization": "Bearer bench"},
+                                         limits=httpx.Limits(max_connections=64), timeout=60) as http:
+                for _ in range(300):
+                    try:
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    api.check()
+                    await asyncio.sleep(0.1)
+                singles = [orjson.loads(body) for _, body in bodies[: n // 5]]
+                semaphore = asyncio.Semaphore(32)
+
+                async def post(body: Any) -> None:
+                    async with semaphore:
+                        response = await http.post("/v1/events", json=body)
+                        assert response.status_code == 202, response.text
+
+                started = time.perf_counter()
+                await asyncio.gather(*(post(body) for body in singles))
+                single_rate = len(singles) / (time.perf_counter() - started)
+                batches = [[orjson.loads(b) for _, b in bodies[i:i + 100]] for i in range(0, n, 100)]
+                semaphore = asyncio.Semaphore(4)
+                started = time.perf_counter()
+                await asyncio.gather(*(post(batch) for batch in batches))
+                batch_rate = n / (time.perf_counter() - started)
+        finally:
+            ship.stop()
+    report("4. floor: confirmed publishes, windows of 100", floor, "ev/s")
+    report("4. POST /v1/events, one event per request (32 clients)", single_rate, "ev/s", floor, "floor")
+    report("4. POST /v1/events, batches of 100 (4 clients)", batch_rate, "ev/s", floor, "floor")
+
+
+# -- fan-out -----------------------------------------------------------------------------
+
+def install_bench_channels(tmp: Path) -> str:
+    target = tmp / "bench-site"
+    source = tmp / "plugin_pkg"
+    shutil.copytree(HERE / "plugin_pkg", source)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(source)], check=True)
+    return str(target)
+
+
+async def fanout(tmp: Path, quick: bool) -> None:
+    n = 2000 if quick else 10000
+    site = install_bench_channels(tmp)
+    sys.path.insert(0, site)
+    rates = {}
+    for channels in (["webhook"], ["webhook", "archive"], ["webhook", "archive", "noop1", "noop2", "noop3"]):
+        async with Receiver() as receiver:
+            with Vhost() as vhost:
+                plugins = ",".join(["webhook", *(["archive"] if "archive" in channels else []),
+                                    *(["noop1"] if "noop1" in channels else [])])
+                ship = Shipcast(vhost, tmp, plugins=plugins, extra_path=site)
+                try:
+                    extra = [c for c in channels if c.startswith("noop")]
+                    await ship.apply(webhook_doc(["acme"], lambda p: receiver.url(), extra))
+                    ship.start("worker", *[arg for c in channels for arg in ("--channel", c)])
+                    for channel in channels:
+                        await wait_consuming(vhost, f"shipcast.{channel}")
+                    publisher = await ship.publisher()
+                    batch = events(n)
+                    try:
+                        started = time.perf_counter()
+                        await publish_in_windows(publisher.publish_valid, batch)
+                        receiver.expect(n)
+                        await receiver.wait(600)
+                        await drained(vhost, [f"shipcast.{c}" for c in channels])
+                        rates[len(channels)] = n / (time.perf_counter() - started)
+                    finally:
+                        await publisher.close()
+                finally:
+                    ship.stop()
+    one = rates[1]
+    for count, rate in rates.items():
+        report(f"5. fan-out to {count} channel{'s' if count > 1 else ''}, every queue drained", rate, "ev/s",
+               one, "one channel")
+    per_channel = (1 / rates[5] - 1 / rates[1]) / 4 * 1e6
+    report("5. cost per channel added (CPU time per event)", per_channel, "µs/ev")
+
+
+async def drained(vhost: Vhost, queues: Sequence[str], timeout: float = 600) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(vhost.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        deadline = time.monotonic() + timeout
+        for name in queues:
+            while time.monotonic() < deadline:
+                queue = await channel.declare_queue(name, passive=True)
+                if not queue.declaration_result.message_count:
+                    break
+                await asyncio.sleep(0.05)
+
+
+# -- growth ------------------------------------------------------------------------------
+
+async def growth(tmp: Path, quick: bool) -> None:
+    n = 3000 if quick else 10000
+    rates = {}
+    for partners in (1, 100, 10_000):
+        async with Receiver() as receiver:
+            rates[partners] = await shipcast_rate(receiver, n, tmp, partners=partners)
+    for partners, rate in rates.items():
+        report(f"6. throughput with {partners:>6,} partners (own bindings and endpoints)", rate, "ev/s",
+               rates[1], "one partner", "drop ≤ 20%" if partners > 1 else "")
+
+
+# -- memory ------------------------------------------------------------------------------
+
+async def memory(tmp: Path, quick: bool) -> None:
+    n = 20_000 if quick else 100_000
+    async with Receiver() as receiver:
+        with Vhost() as vhost:
+            ship = Shipcast(vhost, tmp, plugins="webhook,archive")
+            try:
+                await ship.apply(webhook_doc(["acme"], lambda p: receiver.url()))
+                proc = ship.start("run")
+                await wait_consuming(vhost, "shipcast.webhook")
+                publisher = await ship.publisher()
+                samples: list[tuple[float, int]] = []
+                receiver.expect(n)
+                started = time.perf_counter()
+
+                async def sample() -> None:
+                    while True:
+                        samples.append((time.perf_counter() - started, proc.rss()))
+                        await asyncio.sleep(0.25)
+
+                sampler = asyncio.create_task(sample())
+                try:
+                    for i in range(0, n, 1000):  # keep the queue shallow: a soak, not a flood
+                        await publish_in_windows(publisher.publish_valid, events(1000))
+                        while len(receiver.arrivals) < i:
+                            await asyncio.sleep(0.01)
+                    await receiver.wait(600)
+                finally:
+                    sampler.cancel()
+                    await publisher.close()
+                elapsed = time.perf_counter() - started
+            finally:
+                ship.stop()
+    peak = max(rss for _, rss in samples) / 2**20
+    half = [rss / 2**20 for t, rss in samples if t >= elapsed / 2]
+    third, fourth = half[: len(half) // 2], half[len(half) // 2:]
+    report(f"7. peak RSS of `shipcast run` over {n:,} events", peak, "MiB", target="< 300 MiB")
+    report("7. RSS growth over the second half of the soak", mean(fourth) - mean(third), "MiB",
+           target="none")
+    report(f"7. soak throughput ({elapsed:.0f} s)", n / elapsed, "ev/s")
+
+
+SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow, "latency": latency, "ingest": ingest, "fanout": fanout,
+             "growth": growth, "memory": memory}
+
+
+async def main(selected: Sequence[str], quick: bool) -> None:
+    print(f"shipcast benchmarks on {os.cpu_count()} cores, {'quick' if quick else 'full'} run", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in selected:
+            await SCENARIOS[name](Path(tmp), quick)
+    print("\n".join(["", "summary:", *RESULTS]))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=list(SCENARIOS))
+    parser.add_argument("--quick", action="store_true", default=bool(os.environ.get("QUICK")))
+    args = parser.parse_args()
+    import uvloop
+
+    uvloop.run(main(args.scenarios or list(SCENARIOS), args.quick))
