@@ -14,9 +14,10 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from functools import lru_cache
 
 import aiohttp
+import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shipcast import hookimpl
@@ -25,7 +26,7 @@ from shipcast.envelope import Event
 from shipcast.exceptions import PermanentDelivery, RetryableDelivery
 from shipcast.partners import Partner
 
-from .guard import GuardedResolver, find_refusal, literal_refusal
+from .guard import GuardedResolver, Network, find_refusal, literal_refusal
 from .signing import SECRET_PATTERN, generate_secret, sign
 
 #: How much of a response body is read at most; the rest is never downloaded.
@@ -131,8 +132,7 @@ class WebhookChannel(Channel):
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         assert self.session is not None, "start() first"
-        host = urlsplit(target.address).hostname or ""
-        refused = literal_refusal(host, self._allowed)
+        url, refused = _parse(target.address, self._allowed)
         if refused:
             raise PermanentDelivery(f"destination refused: {refused}")
         timestamp = int(time.time())
@@ -146,7 +146,7 @@ class WebhookChannel(Channel):
         try:
             # One deadline for the whole exchange: a server trickling bytes is cut off too.
             async with asyncio.timeout(self.settings.webhook_timeout):
-                async with self.session.post(target.address, data=body, headers=headers,
+                async with self.session.post(url, data=body, headers=headers,
                                              allow_redirects=False) as response:
                     excerpt = await _read_capped(response)
         except TimeoutError as exc:
@@ -168,6 +168,14 @@ class WebhookChannel(Channel):
                                     disable_target=True)
         retry_after = _retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
         raise RetryableDelivery(f"HTTP {status}", status=status, response=excerpt, retry_after=retry_after)
+
+
+@lru_cache(maxsize=65536)
+def _parse(address: str, allowed: tuple[Network, ...]) -> tuple[yarl.URL, str | None]:
+    """An endpoint's URL, parsed once (not per delivery), and why it is refused
+    when its host is an address webhooks may not reach."""
+    url = yarl.URL(address)
+    return url, literal_refusal(url.host or "", allowed)
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from functools import lru_cache
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +55,6 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-@lru_cache(maxsize=4096)
 def literal_refusal(host: str, allowed: tuple[Network, ...]) -> str | None:
     """Check a host that is an IP literal (the HTTP client skips the resolver
     for those); names return ``None`` and are checked at resolve time."""

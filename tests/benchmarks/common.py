@@ -159,6 +159,19 @@ class Proc:
             raise RuntimeError(f"{self.process.args} exited early:\n{self.stop()}")
 
 
+def broker_cpu() -> float:
+    """CPU seconds used so far by the RabbitMQ node(s) on this machine."""
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] and proc.info["name"].startswith("beam"):
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
