@@ -126,6 +126,7 @@ class Store:
         self.engine: AsyncEngine | None = None
         self._held: AsyncConnection | None = None
         self._held_lock = asyncio.Lock()
+        self._statements: dict[str, Any] = {}
 
     async def open(self) -> Store:
         if self.engine is not None:
@@ -151,7 +152,36 @@ class Store:
             await engine.dispose()
             raise StoreError(f"cannot open the store at {self._safe_url}: {exc}") from exc
         self.engine = engine
+        self._statements = self._hot_statements()
         return self
+
+    def _hot_statements(self) -> dict[str, Any]:
+        """The workers' statements, built once: building one costs about as
+        much as running it on SQLite."""
+        upsert = self._insert(deliveries)
+        greatest = sa.func.max if self.dialect == "sqlite" else sa.func.greatest
+        return {
+            "insert_events": self._insert(events).on_conflict_do_nothing(),
+            "insert_attempts": attempts.insert(),
+            "upsert_deliveries": upsert.on_conflict_do_update(
+                index_elements=[deliveries.c.event_id, deliveries.c.channel, deliveries.c.target],
+                set_={
+                    "status": sa.case((deliveries.c.status == "delivered", deliveries.c.status),
+                                      else_=upsert.excluded.status),
+                    "attempts": greatest(deliveries.c.attempts, upsert.excluded.attempts),
+                    "last_status": upsert.excluded.last_status,
+                    "last_error": upsert.excluded.last_error,
+                    "updated_at": upsert.excluded.updated_at,
+                }),
+            "delivered_for": sa.select(deliveries.c.event_id, deliveries.c.target).where(
+                deliveries.c.channel == sa.bindparam("channel"), deliveries.c.status == "delivered",
+                deliveries.c.event_id.in_(sa.bindparam("ids", expanding=True))),
+        }
+
+    @property
+    def dialect(self) -> str:
+        assert self.engine is not None, "Store.open() first"
+        return self.engine.dialect.name
 
     @property
     def _safe_url(self) -> str:
@@ -167,8 +197,7 @@ class Store:
             self.engine = None
 
     def _insert(self, table: sa.Table) -> Any:
-        assert self.engine is not None, "Store.open() first"
-        return (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(table)
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     @asynccontextmanager
     async def _connection(self, hot: bool) -> AsyncIterator[AsyncConnection]:
@@ -263,7 +292,7 @@ class Store:
         rows = [{"event_id": e.event_id, "partner_id": e.partner_id, "event_type": e.event_type,
                  "order_id": e.order.order_id, "sequence": e.sequence, "occurred_at": e.occurred_at,
                  "stored_at": stamp, "body": e.model_dump_json()} for e in items]
-        await self._run([(self._insert(events).on_conflict_do_nothing(), rows)], hot=True)
+        await self._run([(self._statements["insert_events"], rows)], hot=True)
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))
@@ -285,9 +314,8 @@ class Store:
 
     async def delivered_for(self, channel: str, event_ids: Sequence[str]) -> list[set[str]]:
         """For each event id, the targets of ``channel`` it was delivered to."""
-        rows = await self._rows(sa.select(deliveries.c.event_id, deliveries.c.target).where(
-            deliveries.c.channel == channel, deliveries.c.status == "delivered",
-            deliveries.c.event_id.in_(set(event_ids))), hot=True)
+        rows = await self._rows(self._statements["delivered_for"].params(channel=channel, ids=list(set(event_ids))),
+                                hot=True)
         found: dict[str, set[str]] = {event_id: set() for event_id in event_ids}
         for row in rows:
             found[row.event_id].add(row.target)
@@ -312,21 +340,9 @@ class Store:
                 "partner_id": a.partner_id, "address": a.address, "status": state[a.outcome],
                 "attempts": a.attempt, "last_status": a.status, "last_error": a.error,
                 "updated_at": a.at or stamp}
-        upsert = self._insert(deliveries)
-        keep_delivered = deliveries.c.status == "delivered"
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[deliveries.c.event_id, deliveries.c.channel, deliveries.c.target],
-            set_={
-                "status": sa.case((keep_delivered, deliveries.c.status), else_=upsert.excluded.status),
-                "attempts": sa.func.max(deliveries.c.attempts, upsert.excluded.attempts)
-                if self.engine is not None and self.engine.dialect.name == "sqlite"
-                else sa.func.greatest(deliveries.c.attempts, upsert.excluded.attempts),
-                "last_status": upsert.excluded.last_status,
-                "last_error": upsert.excluded.last_error,
-                "updated_at": upsert.excluded.updated_at,
-            })
         # Rows in key order: two workers upserting overlapping rows take locks in one order.
-        await self._run([(attempts.insert(), attempt_rows), (upsert, [latest[key] for key in sorted(latest)])],
+        await self._run([(self._statements["insert_attempts"], attempt_rows),
+                         (self._statements["upsert_deliveries"], [latest[key] for key in sorted(latest)])],
                         hot=True)
 
     async def list_deliveries(self, *, event_id: str | None = None, partner_id: str | None = None,

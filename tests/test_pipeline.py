@@ -351,3 +351,20 @@ async def test_a_publish_nobody_receives_is_an_error_not_a_silent_drop(shipcast:
 
     with pytest.raises(PublishNotConfirmed, match="no queue is bound for shipcast.nowhere"):
         await shipcast.services.broker.publish(event_message(example("OFD")), "shipcast.nowhere", exchange="")
+
+
+async def test_the_delivery_log_over_http_and_replay(shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    await shipcast.apply(partners_doc("acme", receiver.url))
+    event = body_of("DEL")
+    assert (await shipcast.http.post("/v1/events", json=event)).status_code == 202
+    await eventually(lambda: _status(shipcast, event["event_id"], "delivered"))
+    rows = (await shipcast.http.get("/v1/deliveries", params={"partner_id": "acme", "status": "delivered"})).json()
+    assert [(r["event_id"], r["channel"], r["target"], r["attempts"]) for r in rows] == [
+        (event["event_id"], "webhook", "main", 1)]
+    assert (await shipcast.http.get("/v1/deliveries", params={"status": "dead"})).json() == []
+    replayed = await shipcast.http.post("/v1/deliveries/replay", params={"event_id": event["event_id"],
+                                                                          "status": "delivered"})
+    assert replayed.json() == {"replayed": 1}
+    await eventually(lambda: receiver.ids == [event["event_id"]] * 2)
+    assert (await shipcast.http.get("/v1/events/evt_nope")).status_code == 404
+    assert (await shipcast.http.get("/v1/deliveries", headers={"authorization": ""})).status_code == 401

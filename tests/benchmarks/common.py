@@ -131,14 +131,7 @@ class Proc:
 
     def cpu(self) -> float:
         """CPU seconds (user and system) used so far by the process and its children."""
-        total = 0.0
-        for proc in [self.ps, *self.ps.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return cpu_seconds([self.ps, *self.ps.children(recursive=True)])
 
     def stop(self) -> str:
         if self.process.poll() is None:
@@ -159,17 +152,21 @@ class Proc:
             raise RuntimeError(f"{self.process.args} exited early:\n{self.stop()}")
 
 
+def cpu_seconds(processes: Sequence[psutil.Process]) -> float:
+    """CPU seconds (user and system) used so far by these processes."""
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def broker_cpu() -> float:
     """CPU seconds used so far by the RabbitMQ node(s) on this machine."""
-    total = 0.0
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] and proc.info["name"].startswith("beam"):
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-    return total
+    return cpu_seconds([p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("beam")])
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -468,6 +468,7 @@ async def memory(tmp: Path, quick: bool) -> None:
     report(f"7. soak throughput ({elapsed:.0f} s)", n / elapsed, "ev/s")
 
 
+DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow, "latency": latency, "ingest": ingest, "fanout": fanout,
              "growth": growth, "memory": memory}
 
@@ -482,9 +483,12 @@ async def main(selected: Sequence[str], quick: bool) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=list(SCENARIOS))
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)}")
     parser.add_argument("--quick", action="store_true", default=bool(os.environ.get("QUICK")))
     args = parser.parse_args()
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
     import uvloop
 
-    uvloop.run(main(args.scenarios or list(SCENARIOS), args.quick))
+    uvloop.run(main(args.scenarios or DEFAULT, args.quick))
