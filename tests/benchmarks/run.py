@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,12 @@ class Shipcast:
     """shipcast with its own virtual host and SQLite store; workers or the API
     run as real `shipcast` processes, the partners are applied in-process."""
 
-    def __init__(self, vhost: Vhost, tmp: Path, plugins: str = "webhook", extra_path: str = "") -> None:
+    def __init__(self, vhost: Vhost, tmp: Path, plugins: str = "webhook", extra_path: str = "",
+                 database_url: str = "") -> None:
         self.vhost = vhost
         self.env = {
             "SHIPCAST_AMQP_URL": vhost.amqp_url,
-            "SHIPCAST_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / f'{vhost.name}.db'}",
+            "SHIPCAST_DATABASE_URL": database_url or f"sqlite+aiosqlite:///{tmp / f'{vhost.name}.db'}",
             "SHIPCAST_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
             "SHIPCAST_API_TOKEN": "bench",
             "SHIPCAST_PLUGINS": plugins,
@@ -170,9 +173,9 @@ async def floor_rate(receiver: Receiver, n: int, prefetch: int = 256) -> float:
             proc.stop()
 
 
-async def shipcast_rate(receiver: Receiver, n: int, tmp: Path, partners: int = 1) -> float:
+async def shipcast_rate(receiver: Receiver, n: int, tmp: Path, partners: int = 1, database_url: str = "") -> float:
     with Vhost() as vhost:
-        ship = Shipcast(vhost, tmp)
+        ship = Shipcast(vhost, tmp, database_url=database_url)
         try:
             ids = [f"p{i}" for i in range(partners)] if partners > 1 else ["acme"]
             await ship.apply(webhook_doc(ids, lambda p: receiver.url(f"hook/{p}")))
@@ -188,6 +191,26 @@ async def shipcast_rate(receiver: Receiver, n: int, tmp: Path, partners: int = 1
                 await publisher.close()
         finally:
             ship.stop()
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one measurement (BENCH_POSTGRES_URL
+    names the server's admin database)."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin = os.environ.get("BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    name = f"shipcast_bench_{uuid.uuid4().hex[:8]}"
+    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await engine.dispose()
 
 
 async def celery_rate(receiver: Receiver, n: int, pool: str, concurrency: int) -> float:
@@ -233,20 +256,26 @@ async def _throughput(tmp: Path, quick: bool, cases: Sequence[tuple[float, str]]
     only_shipcast = bool(os.environ.get("BENCH_SHIPCAST_ONLY"))
     for delay, label in cases:
         n = (2000 if quick else 10000) if delay == 0 else (1000 if quick else 3000)
+        scenario = "1" if delay == 0 else "2"
         async with Receiver(delay=delay) as receiver:
             floor = await floor_rate(receiver, n)
             ship = await shipcast_rate(receiver, n, tmp)
-            report(f"{'1' if delay == 0 else '2'}. CPU per event: floor consumer", CPU_PER_EVENT["floor"], "µs")
-            report(f"{'1' if delay == 0 else '2'}. CPU per event: shipcast worker", CPU_PER_EVENT["shipcast-1"], "µs",
-                   CPU_PER_EVENT["floor"], "floor")
-            if only_shipcast:
-                report(f"shipcast, {label}", ship, "ev/s", floor, "floor")
-                continue
-            celery_threads = await celery_rate(receiver, n // (1 if delay == 0 else 5), "threads", 32)
-            celery_prefork = await celery_rate(receiver, n // (2 if delay == 0 else 20), "prefork", 4)
-        scenario = "1" if delay == 0 else "2"
+            ship_cpu = CPU_PER_EVENT["shipcast-1"]
+            async with postgres_database() as database_url:
+                ship_pg = await shipcast_rate(receiver, n, tmp, database_url=database_url)
+            ship_pg_cpu = CPU_PER_EVENT["shipcast-1"]
+            if not only_shipcast:
+                celery_threads = await celery_rate(receiver, n // (1 if delay == 0 else 5), "threads", 32)
+                celery_prefork = await celery_rate(receiver, n // (2 if delay == 0 else 20), "prefork", 4)
         report(f"{scenario}. floor (aio-pika + aiohttp), {label}", floor, "ev/s")
         report(f"{scenario}. shipcast webhooks, {label}", ship, "ev/s", floor, "floor", "≥ 0.8× floor")
+        report(f"{scenario}. shipcast webhooks, PostgreSQL store, {label}", ship_pg, "ev/s", floor, "floor")
+        report(f"{scenario}. CPU per event: floor consumer", CPU_PER_EVENT["floor"], "µs")
+        report(f"{scenario}. CPU per event: shipcast worker", ship_cpu, "µs", CPU_PER_EVENT["floor"], "floor")
+        report(f"{scenario}. CPU per event: shipcast worker, PostgreSQL store", ship_pg_cpu, "µs",
+               CPU_PER_EVENT["floor"], "floor")
+        if only_shipcast:
+            continue
         report(f"{scenario}. Celery + requests, 32 threads, {label}", celery_threads, "ev/s", floor, "floor")
         report(f"{scenario}. Celery + requests, prefork 4, {label}", celery_prefork, "ev/s", floor, "floor")
         report(f"{scenario}. shipcast vs Celery 32 threads, {label}", ship / celery_threads, "×",
