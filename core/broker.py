@@ -20,7 +20,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from .envelope import Event, parse_events
-from .exceptions import BrokerUnavailable, PublishNotConfirmed
+from .exceptions import BrokerUnavailable, PublishNotConfirmed, TopologyMismatch
 from .settings import Settings
 from .topology import declare, declare_exchange
 
@@ -89,18 +89,26 @@ class Broker:
         self._task: asyncio.Task[None] | None = None
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        #: Set when the broker refused our topology: retrying cannot help.
+        self.fatal: TopologyMismatch | None = None
 
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._connect(), name="shipcast-broker-connect")
 
     async def connect(self, timeout: float | None = None) -> Broker:
-        """Start and wait until connected (or raise :class:`BrokerUnavailable`)."""
+        """Start and wait until connected.
+
+        :raises BrokerUnavailable: no connection within ``timeout``.
+        :raises TopologyMismatch: the broker holds queues this version cannot use.
+        """
         await self.start()
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
             raise BrokerUnavailable(f"no answer from RabbitMQ at {self._safe_url} in {timeout}s") from None
+        if self.fatal is not None:
+            raise self.fatal
         return self
 
     @property
@@ -126,6 +134,16 @@ class Broker:
                 await self._declare_channels(channel)
                 self._publish_channel = channel
                 self.connection = connection
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                # Not an outage: a queue exists with other arguments (declared by an
+                # older shipcast, or by hand). Retrying cannot fix it; say what to do.
+                await connection.close()
+                self.fatal = TopologyMismatch(
+                    f"RabbitMQ at {self._safe_url} has a queue declared with other arguments than "
+                    f"this shipcast declares ({exc}). Delete that queue (its messages first moved "
+                    "elsewhere, e.g. with the management UI's shovel), then start again.")
+                log.error("%s", self.fatal)
+                break
             except _BROKER_ERRORS as exc:
                 await connection.close()
                 log.warning("RabbitMQ at %s unreachable (%s); retrying", self._safe_url, exc)
@@ -146,6 +164,8 @@ class Broker:
         return self.connection is not None and self.connection.connected.is_set() and not self.connection.is_closed
 
     def require(self) -> AbstractRobustConnection:
+        if self.fatal is not None:
+            raise self.fatal
         if not self.connected:
             raise BrokerUnavailable(f"RabbitMQ at {self._safe_url} is unreachable")
         assert self.connection is not None

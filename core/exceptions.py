@@ -8,6 +8,7 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
     ├── InvalidEvent                an event breaks the envelope or its type's row
     ├── BrokerError
     │   ├── BrokerUnavailable       no connection to RabbitMQ right now
+    │   ├── TopologyMismatch        a queue exists with other arguments; retrying cannot help
     │   └── PublishNotConfirmed     the broker did not confirm a publish in time
     ├── StoreError                  the database refused or is unreachable
     └── DeliveryError               raised by a channel while delivering one target
@@ -59,6 +60,11 @@ class BrokerError(ShipcastError):
 
 class BrokerUnavailable(BrokerError):
     """There is no open connection to RabbitMQ."""
+
+
+class TopologyMismatch(BrokerError):
+    """RabbitMQ holds a queue or exchange declared with other arguments than
+    this version of shipcast declares."""
 
 
 class PublishNotConfirmed(BrokerError):

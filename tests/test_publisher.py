@@ -54,3 +54,15 @@ async def test_an_unreachable_broker_is_an_error_not_a_hang(vhost: str, sqlite_u
     with pytest.raises(BrokerUnavailable, match="no answer from RabbitMQ"):
         async with Publisher(settings=settings, connect_timeout=1):
             pass
+
+
+async def test_a_queue_with_other_arguments_is_a_clear_error_not_an_endless_retry(settings: Settings) -> None:
+    from shipcast.exceptions import TopologyMismatch
+
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue("shipcast.webhook", durable=True)  # classic, as by hand
+    with pytest.raises(TopologyMismatch, match="declared with other arguments.*Delete that queue"):
+        async with Publisher(settings=settings, connect_timeout=10):
+            pass
