@@ -203,15 +203,20 @@ async def test_a_gone_endpoint_is_disabled(shipcast: ShipcastProcess, receiver: 
     await eventually(lambda: receiver.ids == [first["event_id"], third["event_id"]])
 
 
-async def test_a_private_destination_is_refused_unless_allowed(vhost: str, sqlite_url: str) -> None:
+@pytest.mark.parametrize(("host", "reason"), [
+    ("127.0.0.1", "destination refused: 127.0.0.1 is in 127.0.0.0/8 (loopback)"),
+    ("localhost", "destination refused: localhost: 127.0.0.1 is in 127.0.0.0/8 (loopback)"),  # via the resolver
+])
+async def test_a_private_destination_is_refused_unless_allowed(vhost: str, sqlite_url: str, host: str,
+                                                                reason: str) -> None:
     settings = make_settings(vhost, sqlite_url, webhook_allowed_networks="")
     async with Receiver() as receiver, ShipcastProcess(settings) as shipcast:
-        await shipcast.apply(partners_doc("acme", receiver.url))
+        await shipcast.apply(partners_doc("acme", receiver.url.replace("127.0.0.1", host)))
         event = body_of("OFD")
         assert (await shipcast.http.post("/v1/events", json=event)).status_code == 202
         await eventually(lambda: _status(shipcast, event["event_id"], "dead"))
         [attempt] = await shipcast.services.store.list_attempts(event["event_id"])
-        assert "destination refused: 127.0.0.1 is not a public address" in attempt["error"]
+        assert attempt["error"].startswith(reason)
         assert receiver.requests == []
 
 

@@ -24,15 +24,49 @@ class DestinationRefused(OSError):
     """The destination resolves only to addresses webhooks may not reach."""
 
 
+#: Ranges a webhook never reaches unless SHIPCAST_WEBHOOK_ALLOWED_NETWORKS lists them.
+REFUSED: tuple[tuple[Network, str], ...] = tuple(
+    (ipaddress.ip_network(network), name) for network, name in (
+        ("0.0.0.0/8", "this network"),
+        ("10.0.0.0/8", "private"),
+        ("100.64.0.0/10", "carrier-grade NAT"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "IETF protocol assignments"),
+        ("192.0.2.0/24", "documentation"),
+        ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "benchmarking"),
+        ("198.51.100.0/24", "documentation"),
+        ("203.0.113.0/24", "documentation"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved and broadcast"),
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("64:ff9b::/96", "NAT64"),
+        ("2001:db8::/32", "documentation"),
+        ("fc00::/7", "unique local"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+    )
+)
+
+
 def refusal(address: str, allowed: Sequence[Network]) -> str | None:
-    """Why ``address`` may not be connected to, or ``None`` when it may."""
+    """Why ``address`` may not be connected to, or ``None`` when it may.
+
+    An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is judged as the IPv4
+    address it carries."""
     ip: Address = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     if any(ip in network for network in allowed):
         return None
-    if not ip.is_global or ip.is_multicast:
-        return f"{ip} is not a public address (set SHIPCAST_WEBHOOK_ALLOWED_NETWORKS to allow it)"
+    for network, name in REFUSED:
+        if ip.version == network.version and ip in network:
+            return f"{ip} is in {network} ({name}); SHIPCAST_WEBHOOK_ALLOWED_NETWORKS can allow it"
+    if not ip.is_global:  # whatever else Python knows to be special-purpose
+        return f"{ip} is not a public address; SHIPCAST_WEBHOOK_ALLOWED_NETWORKS can allow it"
     return None
 
 
