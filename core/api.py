@@ -23,7 +23,7 @@ from .exceptions import BrokerError, ConfigError, InvalidEvent, StoreError
 from .partners import load_partners
 from .plugin_manager import get_plugin_manager
 from .redact import redact
-from .reconcile import apply_partners
+from .reconcile import apply_partners, reconcile_bindings
 from .replay import replay_deliveries
 from .services import Services
 
@@ -107,6 +107,19 @@ async def get_partner(partner_id: str, request: Request) -> dict[str, Any]:
         raise HTTPException(404, f"no partner {partner_id!r}")
     redacted: dict[str, Any] = redact(partner.to_dict())
     return redacted
+
+
+@v1.delete("/partners/{partner_id}")
+async def delete_partner(partner_id: str, request: Request) -> dict[str, Any]:
+    """Remove a partner's config and the bindings it made; its channels stop
+    receiving its events."""
+    services = services_of(request)
+    if not await services.store.delete_partner(partner_id):
+        raise HTTPException(404, f"no partner {partner_id!r}")
+    await services.announce_change()
+    changes = await reconcile_bindings(services)
+    return {"deleted": partner_id,
+            "bindings_removed": {q: sorted(k) for q, k in changes.removed.items()}}
 
 
 @v1.post("/partners", openapi_extra={"requestBody": {"required": True, "content": {

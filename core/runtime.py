@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from .exceptions import ConfigError, ShipcastError
+from .exceptions import ConfigError
 from .partners import load_partners_file
 from .plugin_manager import channels
 from .reconcile import apply_partners, reconcile_bindings
@@ -64,12 +64,12 @@ class ApiServer(uvicorn.Server):
         yield
 
 
-def api_server(services: Services) -> ApiServer:
+def api_server(services: Services, *, log_level: str = "info") -> ApiServer:
     from .api import create_app
 
     app = create_app(services, manage_services=False)
     return ApiServer(uvicorn.Config(app, host=services.settings.host, port=services.settings.port,
-                                    log_level="info", access_log=False, lifespan="on"))
+                                    log_level=log_level, access_log=False, lifespan="on"))
 
 
 async def serve(*, api: bool, worker_names: Sequence[str], services: Services | None = None) -> None:
@@ -121,4 +121,3 @@ def run_async(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
-__all__ = ["ShipcastError", "run_async", "select_channels", "serve"]

@@ -121,8 +121,7 @@ class ShipcastProcess:
         if self.with_workers:
             names = list(self.channels) if self.channels is not None else sorted(channels())
             self.workers = await start_workers(self.services, names)
-        self.server = api_server(self.services)
-        self.server.config.log_level = "warning"
+        self.server = api_server(self.services, log_level="warning")
         self._serving = asyncio.create_task(self.server.serve())
         await eventually(lambda: self.server.started, timeout=10)
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=30,

@@ -175,6 +175,13 @@ async def test_the_api_applies_and_stale_bindings_are_removed(shipcast: Shipcast
     assert (await http.get("/v1/partners/acme")).json()["name"] == "Acme Retail"
     assert (await http.get("/v1/partners/nobody")).status_code == 404
 
+    assert (await http.post("/v1/partners", json=GOOD)).status_code == 200
+    deleted = await http.delete("/v1/partners/acme")
+    assert deleted.json() == {"deleted": "acme", "bindings_removed": {"shipcast.webhook": ["acme.*"]}}
+    assert await bindings(shipcast.settings, "shipcast.webhook") == set()
+    assert (await http.get("/v1/partners/acme")).status_code == 404
+    assert (await http.delete("/v1/partners/acme")).status_code == 404
+
     bad = await http.post("/v1/partners", json=with_change([*E, "url"], "nope"))
     assert bad.status_code == 422
     assert "partner 'acme': channels.webhook.endpoints.0.url" in bad.json()["errors"]
