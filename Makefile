@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHIPCAST_CONFIG ?= deploy/partners.example.yaml
 
-.PHONY: run test services install bench clean
+.PHONY: run test services tools install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,15 @@ install: $(BIN)/python
 services:
 	deploy/services.sh
 
+# Runtimes the tests use besides Python (the partner guide's programs).
+tools:
+	deploy/test-tools.sh
+
 run: services install
 	@test -n "$$SHIPCAST_API_TOKEN" || echo "SHIPCAST_API_TOKEN not set: using the development token 'dev-token'"
 	SHIPCAST_API_TOKEN=$${SHIPCAST_API_TOKEN:-dev-token} $(BIN)/shipcast run
 
-test: services install
+test: services tools install
 	$(BIN)/mypy -p shipcast
 	$(BIN)/pytest
 

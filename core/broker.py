@@ -149,6 +149,9 @@ class Broker:
                 log.warning("RabbitMQ at %s unreachable (%s); retrying", self._safe_url, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except BaseException:  # cancelled by close(): the half-made connection is not leaked
+                await asyncio.shield(connection.close())
+                raise
         self._ready.set()
 
     async def _declare_channels(self, channel: AbstractChannel) -> None:

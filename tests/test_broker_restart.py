@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 import aio_pika
@@ -43,8 +44,9 @@ async def test_consumers_resume_after_the_connection_is_cut(vhost: str, sqlite_u
         await proxy.close()
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+async def rabbitmqctl(*args: str) -> None:
+    """Run rabbitmqctl off the event loop: shipcast keeps serving meanwhile."""
+    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
 async def test_a_real_broker_restart(vhost: str, sqlite_url: str) -> None:
@@ -56,12 +58,12 @@ async def test_a_real_broker_restart(vhost: str, sqlite_url: str) -> None:
         before = [orjson.loads(example("OFD", partner_id="acme", order_id=f"O{i}").to_json()) for i in range(300)]
         assert (await shipcast.http.post("/v1/events", json=before)).status_code == 202
         try:
-            rabbitmqctl("stop_app")
+            await rabbitmqctl("stop_app")
             await eventually(lambda: not shipcast.services.broker.connected, timeout=30)
             during = await shipcast.http.post("/v1/events", json=orjson.loads(example("OFD").to_json()))
             assert during.status_code == 503
         finally:
-            rabbitmqctl("start_app")
+            await rabbitmqctl("start_app")
         await eventually(lambda: shipcast.services.broker.connected, timeout=60)
         after = orjson.loads(example("RET", partner_id="acme").to_json())
         response = await eventually(lambda: _post(shipcast, after), timeout=30)
