@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .envelope import Event
     from .partners import Partner
     from .services import Services
+    from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class Target:
     id: str
     address: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Deliveries in flight at once to this target, per worker process;
+    #: ``None`` takes ``SHIPCAST_ENDPOINT_CONCURRENCY``.
+    concurrency: int | None = None
+    #: Deliveries per second to this target, per worker process; ``None`` takes
+    #: ``SHIPCAST_ENDPOINT_RATE_LIMIT``, 0 means no limit.
+    rate_limit: float | None = None
+    #: Deliver one order's events in ``sequence`` order: a later event waits
+    #: while an earlier one for the same order is retrying or waiting.
+    ordered: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,11 +127,15 @@ class Channel:
         )
 
     @classmethod
-    def prepare(
-        cls, partner_id: str, config: dict[str, Any], stored: Mapping[str, Any] | None
+    async def prepare(
+        cls, settings: Settings, partner_id: str, config: dict[str, Any], stored: Mapping[str, Any] | None
     ) -> dict[str, Any]:
-        """Complete a partner's validated config before it is stored, e.g. by
-        generating secrets. ``stored`` is the config stored before, if any."""
+        """Complete and vet a partner's validated config before it is stored:
+        generate and encrypt secrets, refuse what the running settings forbid.
+        ``stored`` is the config stored before, if any.
+
+        :raises ConfigError: with ``errors`` keyed by field (``endpoints.0.url``).
+        """
         return config
 
     @classmethod
@@ -134,6 +148,11 @@ class Channel:
 
     async def close(self) -> None:
         """Release what :meth:`start` opened."""
+
+    def target(self, partner: Partner, target_id: str) -> Target | None:
+        """One of a partner's targets by id, whatever the event type: test
+        sends ask for it. ``None`` when there is no such target."""
+        return None
 
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         """Resolve an event into the targets to deliver it to.

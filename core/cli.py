@@ -119,7 +119,7 @@ def partners_apply(path: Path) -> None:
 
     async def apply() -> Any:
         async with _services() as services:
-            return await apply_partners(services, loaded)
+            return await apply_partners(services, loaded, source=str(path))
 
     try:
         changes = _run(apply)
@@ -207,16 +207,41 @@ def publish(path: Path, batch: int) -> None:
 
 # -- deliveries ------------------------------------------------------------------
 
+#: A time on the command line: ISO 8601, UTC unless it gives an offset.
+WHEN = click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"])
+
+
 def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
         click.option("--event", "event_id", help="Event id."),
         click.option("--partner", "partner_id", help="Partner id."),
         click.option("--channel", help="Channel name."),
-        click.option("--status", type=click.Choice(["delivered", "retrying", "dead"])),
+        click.option("--endpoint", "target", help="Target (webhook endpoint) id."),
+        click.option("--type", "event_type", help="Event type (OFD, DEL, ...)."),
+        click.option("--order", "order_id", help="Order id."),
+        click.option("--since", type=WHEN, help="Changed at or after (ISO 8601; UTC unless it says)."),
+        click.option("--until", type=WHEN, help="Changed before."),
+        click.option("--status", type=click.Choice(["delivered", "retrying", "waiting", "dead"])),
         click.option("--limit", default=100, show_default=True),
     ]):
         func = option(func)
     return func
+
+
+def _utc(filters: dict[str, Any]) -> dict[str, Any]:
+    from datetime import UTC
+
+    return {key: value.replace(tzinfo=UTC) if hasattr(value, "tzinfo") and value.tzinfo is None else value
+            for key, value in filters.items()}
+
+
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+    """Print rows as aligned columns, headed by each column's title."""
+    cells = [[title for _, title in columns]] + [
+        ["-" if row.get(key) is None else str(row[key]) for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
 @main.group()
@@ -232,34 +257,186 @@ def deliveries_list(as_json: bool, **filters: Any) -> None:
 
     async def fetch() -> Any:
         async with _services(broker=False) as services:
-            return await services.store.list_deliveries(**filters)
+            return await services.store.list_deliveries(**_utc(filters))
 
     rows = _run(fetch)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
-    for row in rows:
-        click.echo(f"{row['updated_at']:%Y-%m-%d %H:%M:%S}  {row['status']:<9} {row['channel']:<9} "
-                   f"{row['partner_id']}/{row['target']:<12} {row['event_id']}  attempts={row['attempts']}"
-                   f"{'  ' + str(row['last_error']) if row['last_error'] else ''}")
     if not rows:
         click.echo("no deliveries match")
+        return
+    for row in rows:
+        row["when"] = f"{row['updated_at']:%Y-%m-%d %H:%M:%S}"
+        row["error"] = (row["last_error"] or "")[:60] or None
+    _table(rows, [("when", "updated (UTC)"), ("status", "status"), ("channel", "channel"),
+                  ("partner_id", "partner"), ("target", "target"), ("event_type", "type"),
+                  ("order_id", "order"), ("event_id", "event"), ("attempts", "attempts"), ("error", "last error")])
 
 
 @deliveries.command("replay")
 @_filters
 def deliveries_replay(**filters: Any) -> None:
     """Send matching deliveries again, even ones delivered before."""
-    from .replay import replay_deliveries
-
-    if not any(filters[key] for key in ("event_id", "partner_id", "channel", "status")):
+    if not any(filters[key] for key in ("event_id", "partner_id", "channel", "status", "target", "event_type",
+                                        "order_id", "since")):
         raise click.UsageError("say what to replay: --event, --partner, --channel or --status")
+
+    click.echo(f"replayed {_replay(_utc(filters))} deliveries")
+
+
+def _replay(filters: dict[str, Any]) -> int:
+    """Replay matching deliveries with a progress bar."""
+    from .replay import matching_deliveries, replay_rows
 
     async def go() -> int:
         async with _services() as services:
-            return await replay_deliveries(services, **filters)
+            rows = await matching_deliveries(services, **filters)
+            with click.progressbar(length=len(rows), label="replaying", file=sys.stderr, show_pos=True) as bar:
+                return await replay_rows(services, rows, progress=bar.update)
 
-    click.echo(f"replayed {_run(go)} deliveries")
+    return _run(go)
+
+
+@deliveries.command("recover")
+@click.option("--since", required=True, type=WHEN,
+              help="Recover what failed at or after this time (ISO 8601; UTC unless it says).")
+@click.option("--partner", "partner_id", help="Only this partner.")
+@click.option("--channel", help="Only this channel.")
+@click.option("--endpoint", "target", help="Only this target.")
+@click.option("--limit", default=100000, show_default=True)
+def deliveries_recover(**filters: Any) -> None:
+    """Send again everything that failed (parked) since a time."""
+    click.echo(f"recovered {_replay(_utc({**filters, 'status': 'dead'}))} deliveries")
+
+
+@deliveries.command("attempts")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True)
+def deliveries_attempts(event_id: str, as_json: bool) -> None:
+    """Every attempt at delivering one event, oldest first."""
+
+    async def fetch() -> Any:
+        async with _services(broker=False) as services:
+            return await services.store.list_attempts(event_id)
+
+    rows = _run(fetch)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        row["when"] = f"{row['at']:%Y-%m-%d %H:%M:%S.%f}"[:-3]
+        row["latency"] = f"{row['latency_ms']:.1f} ms"
+    _table(rows, [("when", "at (UTC)"), ("channel", "channel"), ("target", "target"), ("outcome", "outcome"),
+                  ("status", "status"), ("latency", "latency"), ("error", "error")])
+    if not rows:
+        click.echo(f"no attempts for {event_id}")
+
+
+# -- endpoints ---------------------------------------------------------------------
+
+@main.group()
+def endpoints() -> None:
+    """Webhook endpoints across partners: list, stats, enable, operator events."""
+
+
+@endpoints.command("list")
+@click.option("--partner", "partner_id", help="Only this partner.")
+@click.option("--json", "as_json", is_flag=True)
+def endpoints_list(partner_id: str | None, as_json: bool) -> None:
+    """Every endpoint with its URL, events, options and health (no secrets)."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with _services(broker=False) as services:
+            await services.partners.reload()
+            rows = []
+            for partner in await services.store.get_partners():
+                if partner_id and partner.id != partner_id:
+                    continue
+                for endpoint in (partner.channels.get("webhook") or {}).get("endpoints", []):
+                    key = ("webhook", partner.id, endpoint["id"])
+                    failing = services.partners.failing.get(key)
+                    rows.append({"partner": partner.id, "endpoint": endpoint["id"], "url": endpoint["url"],
+                                 "events": ",".join(endpoint.get("events", ["*"])),
+                                 "options": ",".join(o for o in ("ordered", "asymmetric") if endpoint.get(o)) or None,
+                                 "state": "disabled" if services.partners.is_disabled(*key)
+                                 else f"failing since {failing:%Y-%m-%d %H:%M}" if failing else "ok"})
+            return rows
+
+    rows = _run(fetch)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        _table(rows, [("partner", "partner"), ("endpoint", "endpoint"), ("url", "url"), ("events", "events"),
+                      ("options", "options"), ("state", "state")])
+    else:
+        click.echo("no webhook endpoints")
+
+
+@endpoints.command("stats")
+@click.argument("partner_id")
+@click.argument("endpoint_id")
+@click.option("--since", type=WHEN, help="From this time (default: the last 24 hours).")
+def endpoints_stats(partner_id: str, endpoint_id: str, since: Any) -> None:
+    """Success rate, latency percentiles and the last error of one endpoint."""
+    from datetime import UTC, datetime, timedelta
+
+    from .store import attempt_stats
+
+    start = _utc({"since": since})["since"] or datetime.now(UTC) - timedelta(days=1)
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with _services(broker=False) as services:
+            rows: list[dict[str, Any]] = await services.store.list_attempts(
+                partner_id=partner_id, channel="webhook", target=endpoint_id, since=start, limit=100000)
+            return rows
+
+    stats = attempt_stats(_run(fetch))
+    latency = stats["latency_ms"]
+    click.echo(f"{partner_id}/{endpoint_id} since {start:%Y-%m-%d %H:%M:%S} UTC")
+    click.echo(f"  attempts      {stats['attempts']} ({stats['delivered']} delivered, {stats['failed']} failed)")
+    rate = stats["success_rate"]
+    click.echo(f"  success rate  {'-' if rate is None else f'{rate:.1%}'}")
+    click.echo(f"  latency       p50 {latency['p50']} ms  p90 {latency['p90']} ms  p99 {latency['p99']} ms")
+    error = stats["last_error"]
+    click.echo(f"  last error    {error['at']} {error['status'] or ''} {error['error']}" if error else "  last error    -")
+
+
+@endpoints.command("enable")
+@click.argument("partner_id")
+@click.argument("endpoint_id")
+def endpoints_enable(partner_id: str, endpoint_id: str) -> None:
+    """Re-enable an endpoint that was disabled (410 Gone or failing too long)."""
+
+    async def go() -> None:
+        async with _services() as services:
+            await services.store.enable_target("webhook", partner_id, endpoint_id)
+            await services.announce_change()
+
+    _run(go)
+    click.echo(f"enabled {partner_id}/{endpoint_id}")
+
+
+@endpoints.command("events")
+@click.option("--limit", default=50, show_default=True)
+def endpoints_events(limit: int) -> None:
+    """Operator events (endpoint failing, recovered, disabled), newest first."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with _services(broker=False) as services:
+            events: list[dict[str, Any]] = await services.store.list_operator_events(limit=limit)
+            return events
+
+    rows = [{"at": f"{e['at']:%Y-%m-%d %H:%M:%S}", "type": e["type"],
+             "endpoint": f"{e['body']['data']['partner_id']}/{e['body']['data']['endpoint_id']}",
+             "sent": "yes" if e["sent_at"] else "not yet",
+             "detail": str(e["body"]["data"].get("reason") or e["body"]["data"].get("error") or "")[:70] or None}
+            for e in _run(fetch)]
+    if rows:
+        _table(rows, [("at", "at (UTC)"), ("type", "type"), ("endpoint", "endpoint"), ("sent", "sent"),
+                      ("detail", "detail")])
+    else:
+        click.echo("no operator events")
 
 
 # -- dead letters ----------------------------------------------------------------

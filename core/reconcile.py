@@ -11,10 +11,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .exceptions import ConfigError
 from .management import Management
 from .partners import Partner
 from .plugin_manager import channels
 from .services import Services
+from .settings import Settings
 from .topology import declare_exchange, declare_queue
 
 log = logging.getLogger(__name__)
@@ -26,25 +28,36 @@ class BindingChanges:
     removed: dict[str, set[str]] = field(default_factory=dict)
 
 
-def prepare(partners: Sequence[Partner], stored: dict[str, Partner]) -> list[Partner]:
-    """Let each channel complete its config (generate secrets, keep old ones)."""
+async def prepare(settings: Settings, partners: Sequence[Partner], stored: dict[str, Partner],
+                  source: str = "<partners>") -> list[Partner]:
+    """Let each channel complete and vet its config (generate and encrypt
+    secrets, refuse forbidden destinations). Nothing is returned unless every
+    partner passes; errors name the partner and the field."""
     known = channels()
     prepared = []
+    errors: dict[str, list[str]] = {}
     for partner in partners:
         previous = stored.get(partner.id)
-        configs = {
-            name: known[name].prepare(partner.id, dict(config),
-                                      previous.channels.get(name) if previous else None)
-            for name, config in partner.channels.items()
-        }
+        configs = {}
+        for name, config in partner.channels.items():
+            try:
+                configs[name] = await known[name].prepare(
+                    settings, partner.id, dict(config), previous.channels.get(name) if previous else None)
+            except ConfigError as exc:
+                for loc, messages in (exc.errors or {"(config)": [str(exc)]}).items():
+                    errors[f"partner {partner.id!r}: channels.{name}.{loc}"] = messages
         prepared.append(Partner(partner.id, partner.name, partner.branding, configs))
+    if errors:
+        raise ConfigError(f"{source}: refused", errors)
     return prepared
 
 
-async def apply_partners(services: Services, partners: Sequence[Partner]) -> BindingChanges:
+async def apply_partners(services: Services, partners: Sequence[Partner], *, source: str = "<partners>",
+                         reenable: bool = True) -> BindingChanges:
     """Store validated partners (upsert), reconcile bindings, tell the workers."""
     stored = {partner.id: partner for partner in await services.store.get_partners()}
-    await services.store.put_partners(prepare(partners, stored))
+    ready = await prepare(services.settings, partners, stored, source)
+    await services.store.put_partners(ready, reenable=reenable)
     await services.announce_change()
     return await reconcile_bindings(services)
 

@@ -37,7 +37,8 @@ async def start_workers(services: Services, names: Sequence[str]) -> list[Channe
     config = Path(services.settings.config)
     if config.is_file():
         partners = load_partners_file(config)
-        await apply_partners(services, partners)
+        # Not a re-assertion by the operator: disabled endpoints stay disabled across restarts.
+        await apply_partners(services, partners, source=str(config), reenable=False)
         log.info("applied %d partners from %s", len(partners), config)
     else:
         await reconcile_bindings(services)
@@ -45,6 +46,7 @@ async def start_workers(services: Services, names: Sequence[str]) -> list[Channe
     workers = [ChannelWorker(known[name](services), services) for name in names]
     if workers:
         await services.listen_for_changes()
+        services.start_notifier()
     for worker in workers:
         await worker.start()
     services.started = True

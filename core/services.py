@@ -9,12 +9,14 @@ import asyncio
 import logging
 import time
 import uuid
+from datetime import datetime
 from dataclasses import dataclass, field
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from .broker import Broker, Publisher
+from .health import EndpointHealth, OperatorNotifier
 from .partners import Partner
 from .settings import Settings
 from .batching import Batcher
@@ -37,6 +39,8 @@ class PartnerCache:
         self.max_age = max_age
         self._partners: dict[str, Partner] = {}
         self._disabled: set[tuple[str, str, str]] = set()
+        #: Targets failing without a success, and since when.
+        self.failing: dict[tuple[str, str, str], datetime] = {}
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -48,6 +52,7 @@ class PartnerCache:
                 return
             partners = await self.store.get_partners()
             self._disabled = await self.store.get_disabled_targets()
+            self.failing = await self.store.get_failing()
             self._partners = {partner.id: partner for partner in partners}
             self._loaded_at = time.monotonic()
 
@@ -80,11 +85,22 @@ class Services:
     partners: PartnerCache = field(init=False)
     recorder: Batcher[Attempt, None] = field(init=False)
     publisher: Publisher = field(init=False)
+    health: EndpointHealth = field(init=False)
+    #: Posts operator events, in processes that run workers and have an operator endpoint.
+    notifier: OperatorNotifier | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.partners = PartnerCache(self.store)
         self.recorder = Batcher(self.store.record)
         self.publisher = Publisher(broker=self.broker, settings=self.settings)
+        self.health = EndpointHealth(self)
+
+    def start_notifier(self) -> None:
+        """Post operator events to ``SHIPCAST_OPERATOR_WEBHOOK_URL``, if set."""
+        if self.settings.operator_webhook_url and self.notifier is None:
+            self.notifier = OperatorNotifier(self, self.settings.operator_webhook_url,
+                                             self.settings.operator_webhook_secret)
+            self.notifier.start()
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Services:
@@ -126,6 +142,9 @@ class Services:
             await channel.close()
 
     async def close(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.close()
+            self.notifier = None
         await self.recorder.close()
         await self.broker.close()
         await self.store.close()

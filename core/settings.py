@@ -27,6 +27,30 @@ class Settings(BaseSettings):
     config: str = "shipcast.yaml"
     publish_timeout: float = Field(10.0, gt=0)
     max_batch: int = Field(1000, ge=1)
+    #: Largest event accepted at ingest, as JSON bytes.
+    max_event_bytes: int = Field(256 * 1024, ge=1024)
+    #: Fernet keys (comma-separated; the first encrypts, all decrypt) for secrets at rest.
+    #: Unset: a key is generated once into ``secret_key_file``.
+    secret_key: str | None = None
+    secret_key_file: str = "shipcast.key"
+    webhook_require_https: bool = False
+    #: Seconds a rotated-out endpoint secret still signs (default 24 h).
+    webhook_secret_overlap: float = Field(86400.0, ge=0)
+    #: Per endpoint, per worker process: deliveries in flight at once, and per second (0: no limit).
+    endpoint_concurrency: int = Field(32, ge=1)
+    endpoint_rate_limit: float = Field(0.0, ge=0)
+    #: The circuit breaker opens when at least ``breaker_min_requests`` of the last
+    #: ``breaker_window`` requests ran and ``breaker_failure_ratio`` of them failed.
+    breaker_window: int = Field(20, ge=1)
+    breaker_min_requests: int = Field(10, ge=1)
+    breaker_failure_ratio: float = Field(0.5, gt=0, le=1)
+    #: Seconds an open circuit waits before one probe may try the endpoint.
+    breaker_cooldown: float = Field(30.0, gt=0)
+    #: Seconds of continuous failure after which an endpoint is disabled (default 5 days).
+    endpoint_disable_after: float = Field(5 * 86400.0, gt=0)
+    #: Where operator events (endpoint failing, recovered, disabled) are posted, signed.
+    operator_webhook_url: str | None = None
+    operator_webhook_secret: str | None = None
 
     @field_validator("retry_schedule")
     @classmethod

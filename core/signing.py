@@ -1,6 +1,10 @@
-"""Standard Webhooks signatures: ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``.
+"""Standard Webhooks signatures, symmetric and asymmetric.
 
-A partner verifies with any Standard Webhooks library, or by hand (see README).
+``v1,<base64 HMAC-SHA256>`` and ``v1a,<base64 Ed25519>`` over
+``"<webhook-id>.<webhook-timestamp>.<body>"``, several space-separated in one
+``webhook-signature`` header while a rotated secret overlaps the new one. A
+partner verifies with any Standard Webhooks library (see docs/partners.md);
+Ed25519 public keys are published as a JWKS document.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ import hmac
 import re
 import secrets as _secrets
 from collections.abc import Iterable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 SECRET_PREFIX = "whsec_"
 SECRET_PATTERN = re.compile(r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}$")
@@ -25,11 +33,39 @@ def secret_key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
 
 
+def _signed(msg_id: str, timestamp: int, body: bytes) -> bytes:
+    return f"{msg_id}.{timestamp}.".encode() + body
+
+
 def sign(secrets: Iterable[str], msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` header value: one ``v1,`` signature per valid
     secret, space-separated (several while a rotated secret overlaps)."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
+    signed = _signed(msg_id, timestamp, body)
     return " ".join(
         "v1," + base64.b64encode(hmac.new(secret_key(secret), signed, hashlib.sha256).digest()).decode()
         for secret in secrets
     )
+
+
+def sign_ed25519(key: Ed25519PrivateKey, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1a,`` signature, to append to the header with a space."""
+    return "v1a," + base64.b64encode(key.sign(_signed(msg_id, timestamp, body))).decode()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def key_id(key: Ed25519PrivateKey) -> str:
+    """A stable id for a key pair: the start of its public key's SHA-256."""
+    return _b64url(hashlib.sha256(public_bytes(key)).digest()[:12])
+
+
+def public_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def jwk(key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The public half of a key as a JSON Web Key (RFC 8037)."""
+    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(public_bytes(key)),
+            "kid": key_id(key), "use": "sig", "alg": "EdDSA"}

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -47,13 +48,21 @@ deliveries = sa.Table(
     sa.Column("channel", sa.String(64), primary_key=True),
     sa.Column("target", sa.String(200), primary_key=True),
     sa.Column("partner_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(32)),
+    sa.Column("order_id", sa.String(100)),
+    sa.Column("sequence", sa.BigInteger),
     sa.Column("address", sa.String(2000), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # delivered | retrying | dead
+    sa.Column("status", sa.String(16), nullable=False),  # delivered | retrying | waiting | dead
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("last_status", sa.Integer),
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Index("ix_deliveries_status", "status", "updated_at"),
+    sa.Index("ix_deliveries_partner", "partner_id", "updated_at"),
+    # Only the rows ordered delivery waits on: the index stays small and most upserts skip it.
+    sa.Index("ix_deliveries_order", "channel", "partner_id", "target", "order_id",
+             postgresql_where=sa.text("status IN ('retrying', 'waiting')"),
+             sqlite_where=sa.text("status IN ('retrying', 'waiting')")),
 )
 
 attempts = sa.Table(
@@ -62,6 +71,7 @@ attempts = sa.Table(
     sa.Column("event_id", sa.String(100), nullable=False),
     sa.Column("channel", sa.String(64), nullable=False),
     sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("partner_id", sa.String(64)),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("outcome", sa.String(16), nullable=False),  # delivered | retry | dead
     sa.Column("status", sa.Integer),
@@ -69,6 +79,7 @@ attempts = sa.Table(
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("response", sa.Text),
     sa.Index("ix_attempts_delivery", "event_id", "channel", "target"),
+    sa.Index("ix_attempts_target", "partner_id", "channel", "target", "at"),
 )
 
 partners = sa.Table(
@@ -88,12 +99,72 @@ disabled_targets = sa.Table(
     sa.Column("disabled_at", UtcDateTime, nullable=False),
 )
 
+#: Targets failing without a success since ``failing_since`` (auto-disable counts from it).
+endpoint_health = sa.Table(
+    "endpoint_health", metadata,
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("partner_id", sa.String(64), primary_key=True),
+    sa.Column("target", sa.String(200), primary_key=True),
+    sa.Column("failing_since", UtcDateTime, nullable=False),
+    sa.Column("last_error", sa.Text),
+)
+
+#: Operator events (endpoint failing, recovered, disabled): an outbox, sent as webhooks.
+operator_events = sa.Table(
+    "operator_events", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Index("ix_operator_events_unsent", "sent_at", "at"),
+)
+
+#: Partner-scoped API tokens, stored as SHA-256 hashes only.
+partner_tokens = sa.Table(
+    "partner_tokens", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("partner_id", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+#: Ed25519 keys for ``v1a`` signatures; the private half encrypted.
+signing_keys = sa.Table(
+    "signing_keys", metadata,
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("private_key", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
 #: How much of a remote answer the attempt log keeps.
 RESPONSE_EXCERPT = 1024
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A filter's time in UTC (naive means UTC): SQLite compares the clock
+    time and ignores an offset, so every bound is given in UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _add_missing_columns(connection: sa.Connection) -> None:
+    """Bring a store made by an earlier version up to date: add the nullable
+    columns and the indexes it lacks (tables it lacks ``create_all`` has just made)."""
+    inspector = sa.inspect(connection)
+    for table in metadata.sorted_tables:
+        have = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=connection.dialect)
+                connection.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -109,13 +180,16 @@ class Attempt:
     target: str
     partner_id: str
     address: str
-    outcome: str  # delivered | retry | dead
+    outcome: str  # delivered | retry | dead, or waiting (deferred, not attempted)
     attempt: int
     latency_ms: float
     status: int | None = None
     error: str | None = None
     response: str | None = None
     at: datetime | None = None
+    event_type: str | None = None
+    order_id: str | None = None
+    sequence: int | None = None
 
 
 class Store:
@@ -148,6 +222,7 @@ class Store:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
+                await conn.run_sync(_add_missing_columns)
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise StoreError(f"cannot open the store at {self._safe_url}: {exc}") from exc
@@ -173,6 +248,11 @@ class Store:
                     "last_error": upsert.excluded.last_error,
                     "updated_at": upsert.excluded.updated_at,
                 }),
+            "order_blocked": sa.select(deliveries.c.event_id).where(
+                deliveries.c.channel == sa.bindparam("channel"), deliveries.c.partner_id == sa.bindparam("partner_id"),
+                deliveries.c.target == sa.bindparam("target"), deliveries.c.order_id == sa.bindparam("order_id"),
+                deliveries.c.sequence < sa.bindparam("sequence"), deliveries.c.updated_at > sa.bindparam("fresh"),
+                deliveries.c.status.in_(("retrying", "waiting"))).order_by(deliveries.c.sequence).limit(1),
             "delivered_for": sa.select(deliveries.c.event_id, deliveries.c.target).where(
                 deliveries.c.channel == sa.bindparam("channel"), deliveries.c.status == "delivered",
                 deliveries.c.event_id.in_(sa.bindparam("ids", expanding=True))),
@@ -244,9 +324,9 @@ class Store:
 
     # -- partners ---------------------------------------------------------
 
-    async def put_partners(self, items: Sequence[Partner]) -> None:
-        """Upsert partners and re-enable their disabled targets (the operator
-        has just re-asserted their config)."""
+    async def put_partners(self, items: Sequence[Partner], *, reenable: bool = True) -> None:
+        """Upsert partners and, with ``reenable``, re-enable their disabled
+        targets (the operator has just re-asserted their config)."""
         stamp = now()
         rows = [{"id": p.id, "name": p.name, "config": orjson.dumps(p.to_dict()).decode(),
                  "updated_at": stamp} for p in items]
@@ -256,8 +336,11 @@ class Store:
             set_={"name": upsert.excluded.name, "config": upsert.excluded.config,
                   "updated_at": upsert.excluded.updated_at})
         ids = [p.id for p in items]
-        await self._run([(upsert, rows),
-                         (disabled_targets.delete().where(disabled_targets.c.partner_id.in_(ids)), None)])
+        statements: list[tuple[Any, Any]] = [(upsert, rows)]
+        if reenable:
+            statements += [(table.delete().where(table.c.partner_id.in_(ids)), None)
+                           for table in (disabled_targets, endpoint_health)]
+        await self._run(statements)
 
     async def get_partners(self) -> list[Partner]:
         rows = await self._rows(sa.select(partners.c.config).order_by(partners.c.id))
@@ -269,7 +352,9 @@ class Store:
 
     async def delete_partner(self, partner_id: str) -> bool:
         rows = await self._rows(sa.select(partners.c.id).where(partners.c.id == partner_id))
-        await self._run([(partners.delete().where(partners.c.id == partner_id), None)])
+        await self._run([(table.delete().where(table.c.partner_id == partner_id), None)
+                         for table in (disabled_targets, endpoint_health, partner_tokens)]
+                        + [(partners.delete().where(partners.c.id == partner_id), None)])
         return bool(rows)
 
     # -- disabled targets -------------------------------------------------
@@ -278,6 +363,12 @@ class Store:
         insert = self._insert(disabled_targets).on_conflict_do_nothing()
         await self._run([(insert, [{"channel": channel, "partner_id": partner_id, "target": target,
                                     "reason": reason, "disabled_at": now()}])])
+
+    async def enable_target(self, channel: str, partner_id: str, target: str) -> None:
+        """Re-enable a target and forget its failures."""
+        await self._run([(table.delete().where((table.c.channel == channel) & (table.c.partner_id == partner_id)
+                                               & (table.c.target == target)), None)
+                         for table in (disabled_targets, endpoint_health)])
 
     async def get_disabled_targets(self) -> set[tuple[str, str, str]]:
         rows = await self._rows(sa.select(disabled_targets.c.channel, disabled_targets.c.partner_id,
@@ -304,7 +395,7 @@ class Store:
         if partner_id:
             query = query.where(events.c.partner_id == partner_id)
         if since:
-            query = query.where(events.c.stored_at >= since)
+            query = query.where(events.c.stored_at >= _utc(since))
         return [orjson.loads(row.body) for row in await self._rows(query)]
 
     # -- deliveries -------------------------------------------------------
@@ -323,43 +414,188 @@ class Store:
 
     async def record(self, items: Sequence[Attempt]) -> None:
         """Log attempts and upsert the deliveries they belong to, in one
-        transaction. A delivered row is never turned back into a failure."""
+        transaction. A delivered row is never turned back into a failure; a
+        deferral (``waiting``) updates the delivery but is not an attempt."""
         if not items:
             return
         stamp = now()
         attempt_rows = [{"event_id": a.event_id, "channel": a.channel, "target": a.target,
-                         "at": a.at or stamp, "outcome": a.outcome, "status": a.status,
-                         "error": a.error, "latency_ms": a.latency_ms,
+                         "partner_id": a.partner_id, "at": a.at or stamp, "outcome": a.outcome,
+                         "status": a.status, "error": a.error, "latency_ms": a.latency_ms,
                          "response": a.response[:RESPONSE_EXCERPT] if a.response else None}
-                        for a in items]
-        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}
+                        for a in items if a.outcome != "waiting"]
+        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead", "waiting": "waiting"}
         latest: dict[tuple[str, str, str], dict[str, Any]] = {}
         for a in items:
             latest[(a.event_id, a.channel, a.target)] = {
                 "event_id": a.event_id, "channel": a.channel, "target": a.target,
-                "partner_id": a.partner_id, "address": a.address, "status": state[a.outcome],
-                "attempts": a.attempt, "last_status": a.status, "last_error": a.error,
-                "updated_at": a.at or stamp}
+                "partner_id": a.partner_id, "event_type": a.event_type, "order_id": a.order_id,
+                "sequence": a.sequence, "address": a.address, "status": state[a.outcome],
+                "attempts": a.attempt if a.outcome != "waiting" else a.attempt - 1,
+                "last_status": a.status, "last_error": a.error, "updated_at": a.at or stamp}
         # Rows in key order: two workers upserting overlapping rows take locks in one order.
         await self._run([(self._statements["insert_attempts"], attempt_rows),
                          (self._statements["upsert_deliveries"], [latest[key] for key in sorted(latest)])],
                         hot=True)
 
+    async def order_blocked(self, channel: str, partner_id: str, target: str, order_id: str,
+                            sequence: int, stale_after: float) -> str | None:
+        """The id of an earlier event of the same order still retrying or
+        waiting for this target, if any: ordered delivery waits for it. A row
+        not updated for ``stale_after`` seconds belongs to a message that is
+        gone (a purged queue) and no longer holds anything up."""
+        fresh = now() - timedelta(seconds=stale_after)
+        rows = await self._rows(self._statements["order_blocked"].params(
+            channel=channel, partner_id=partner_id, target=target, order_id=order_id, sequence=sequence,
+            fresh=fresh), hot=True)
+        return rows[0].event_id if rows else None
+
     async def list_deliveries(self, *, event_id: str | None = None, partner_id: str | None = None,
                               channel: str | None = None, status: str | None = None,
-                              limit: int = 100) -> list[dict[str, Any]]:
+                              target: str | None = None, event_type: str | None = None,
+                              order_id: str | None = None, since: datetime | None = None,
+                              until: datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Deliveries, newest first; ``since``/``until`` bound when each last changed."""
         query = sa.select(deliveries).order_by(deliveries.c.updated_at.desc()).limit(limit)
-        for column, value in (("event_id", event_id), ("partner_id", partner_id),
-                              ("channel", channel), ("status", status)):
+        for column, value in (("event_id", event_id), ("partner_id", partner_id), ("channel", channel),
+                              ("status", status), ("target", target), ("event_type", event_type),
+                              ("order_id", order_id)):
             if value:
                 query = query.where(deliveries.c[column] == value)
+        if since:
+            query = query.where(deliveries.c.updated_at >= _utc(since))
+        if until:
+            query = query.where(deliveries.c.updated_at < _utc(until))
         return [{**row._asdict(), "updated_at": _aware(row.updated_at)} for row in await self._rows(query)]
 
-    async def list_attempts(self, event_id: str, channel: str | None = None) -> list[dict[str, Any]]:
-        query = sa.select(attempts).where(attempts.c.event_id == event_id).order_by(attempts.c.id)
-        if channel:
-            query = query.where(attempts.c.channel == channel)
+    async def list_attempts(self, event_id: str | None = None, channel: str | None = None, *,
+                            partner_id: str | None = None, target: str | None = None,
+                            outcome: str | None = None, since: datetime | None = None,
+                            until: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Attempts, oldest first for one event, newest first otherwise."""
+        query = sa.select(attempts).limit(limit)
+        query = query.order_by(attempts.c.id if event_id else attempts.c.id.desc())
+        for column, value in (("event_id", event_id), ("channel", channel), ("partner_id", partner_id),
+                              ("target", target), ("outcome", outcome)):
+            if value:
+                query = query.where(attempts.c[column] == value)
+        if since:
+            query = query.where(attempts.c.at >= _utc(since))
+        if until:
+            query = query.where(attempts.c.at < _utc(until))
         return [{**row._asdict(), "at": _aware(row.at)} for row in await self._rows(query)]
+
+    # -- endpoint health and operator events -----------------------------------
+
+    async def get_failing(self) -> dict[tuple[str, str, str], datetime]:
+        rows = await self._rows(sa.select(endpoint_health))
+        return {(r.channel, r.partner_id, r.target): _aware(r.failing_since) or now() for r in rows}
+
+    async def mark_failing(self, channel: str, partner_id: str, target: str, since: datetime,
+                           error: str) -> datetime | None:
+        """Note that a target is failing. Returns when its failing began if it
+        was failing already (another process may have noted it first)."""
+        key = (endpoint_health.c.channel == channel) & (endpoint_health.c.partner_id == partner_id) \
+            & (endpoint_health.c.target == target)
+        try:
+            async with self._connection(False) as conn:
+                inserted = await conn.execute(self._insert(endpoint_health).on_conflict_do_nothing(), {
+                    "channel": channel, "partner_id": partner_id, "target": target,
+                    "failing_since": since, "last_error": error})
+                if inserted.rowcount == 1:
+                    return None
+                await conn.execute(endpoint_health.update().where(key).values(last_error=error))
+                found = (await conn.execute(sa.select(endpoint_health.c.failing_since).where(key))).first()
+                return _aware(found.failing_since) if found is not None else since
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    async def clear_failing(self, channel: str, partner_id: str, target: str) -> datetime | None:
+        """Forget that a target was failing; returns since when, if it was."""
+        key = (endpoint_health.c.channel == channel) & (endpoint_health.c.partner_id == partner_id) \
+            & (endpoint_health.c.target == target)
+        try:
+            async with self._connection(False) as conn:
+                found = (await conn.execute(sa.select(endpoint_health.c.failing_since).where(key))).first()
+                deleted = await conn.execute(endpoint_health.delete().where(key))
+                # Only the caller that deleted the row reports the recovery.
+                return _aware(found.failing_since) if found is not None and deleted.rowcount == 1 else None
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    async def add_operator_event(self, event_id: str, type_: str, body: dict[str, Any]) -> None:
+        await self._run([(operator_events.insert(), [{"id": event_id, "at": now(), "type": type_,
+                                                      "body": orjson.dumps(body).decode()}])])
+
+    async def list_operator_events(self, *, unsent: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+        """Operator events, oldest first when ``unsent`` (to send), else newest first."""
+        query = sa.select(operator_events).limit(limit)
+        if unsent:
+            query = query.where(operator_events.c.sent_at.is_(None)).order_by(operator_events.c.at)
+        else:
+            query = query.order_by(operator_events.c.at.desc())
+        return [{"id": r.id, "type": r.type, "at": _aware(r.at), "sent_at": _aware(r.sent_at),
+                 "body": orjson.loads(r.body)} for r in await self._rows(query)]
+
+    async def mark_operator_event_sent(self, event_id: str) -> None:
+        await self._run([(operator_events.update().where(operator_events.c.id == event_id)
+                          .values(sent_at=now()), None)])
+
+    # -- partner tokens and signing keys ---------------------------------------
+
+    async def add_partner_token(self, token_hash: str, partner_id: str, name: str) -> None:
+        await self._run([(partner_tokens.insert(), [{"token_hash": token_hash, "partner_id": partner_id,
+                                                     "name": name, "created_at": now()}])])
+
+    async def list_partner_tokens(self, partner_id: str) -> list[dict[str, Any]]:
+        rows = await self._rows(sa.select(partner_tokens).where(partner_tokens.c.partner_id == partner_id)
+                                .order_by(partner_tokens.c.created_at))
+        return [{"id": r.token_hash[:16], "name": r.name, "created_at": _aware(r.created_at)} for r in rows]
+
+    async def delete_partner_token(self, partner_id: str, token_id: str) -> bool:
+        """Revoke the partner's token whose hash starts with ``token_id`` (16 hex digits)."""
+        if len(token_id) != 16:
+            return False
+        found = (partner_tokens.c.partner_id == partner_id) & partner_tokens.c.token_hash.startswith(
+            token_id, autoescape=True)
+        rows = await self._rows(sa.select(partner_tokens.c.token_hash).where(found))
+        await self._run([(partner_tokens.delete().where(found), None)])
+        return bool(rows)
+
+    async def partner_for_token(self, token_hash: str) -> str | None:
+        rows = await self._rows(sa.select(partner_tokens.c.partner_id)
+                                .where(partner_tokens.c.token_hash == token_hash))
+        return str(rows[0].partner_id) if rows else None
+
+    async def get_signing_keys(self) -> list[tuple[str, str]]:
+        """``(kid, encrypted private key)``, newest first."""
+        rows = await self._rows(sa.select(signing_keys).order_by(signing_keys.c.created_at.desc(), signing_keys.c.kid))
+        return [(r.kid, r.private_key) for r in rows]
+
+    async def add_signing_key(self, kid: str, private_key: str) -> None:
+        await self._run([(self._insert(signing_keys).on_conflict_do_nothing(),
+                          [{"kid": kid, "private_key": private_key, "created_at": now()}])])
+
+
+def attempt_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, success rate, latency percentiles (of attempts that connected)
+    and the newest error, from attempts newest first."""
+    delivered = sum(1 for row in rows if row["outcome"] == "delivered")
+    latencies = sorted(row["latency_ms"] for row in rows if row["latency_ms"] > 0)
+
+    def percentile(p: float) -> float | None:
+        if not latencies:
+            return None
+        return round(float(latencies[min(len(latencies) - 1, math.ceil(p / 100 * len(latencies)) - 1)]), 2)
+
+    last_error = next((row for row in rows if row["outcome"] != "delivered"), None)
+    return {
+        "attempts": len(rows), "delivered": delivered, "failed": len(rows) - delivered,
+        "success_rate": round(delivered / len(rows), 4) if rows else None,
+        "latency_ms": {"p50": percentile(50), "p90": percentile(90), "p99": percentile(99)},
+        "last_error": {"at": last_error["at"].isoformat(), "error": last_error["error"],
+                       "status": last_error["status"]} if last_error else None,
+    }
 
 
 def _partner(config: str) -> Partner:

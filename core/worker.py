@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from .channel import Channel, Delivered, Target
 from .envelope import Event, parse_event
 from .exceptions import (
     BrokerError,
+    ConfigError,
     DeliveryError,
     InvalidEvent,
     PermanentDelivery,
@@ -35,6 +36,7 @@ from .exceptions import (
     StoreError,
 )
 from .services import Services
+from .isolation import Gates, KeyedLock
 from .store import Attempt
 from .topology import ChannelTopology, declare
 
@@ -43,6 +45,8 @@ T = TypeVar("T")
 
 #: Set on a message replayed on purpose: deliver even if delivered before.
 FORCE_HEADER = "x-shipcast-force"
+#: Set on a test send: deliver to the target named in the message whatever its event filter.
+TEST_HEADER = "x-shipcast-test"
 #: How long stopping waits for deliveries in flight.
 STOP_GRACE = 30.0
 
@@ -52,8 +56,12 @@ class Outcome:
     target: Target
     attempt: Attempt
     error: DeliveryError | None
-    #: The retry tier this target goes to, when it is retried.
+    #: The retry tier this target goes to, when it is retried or deferred.
     delay: int | None = None
+    #: Already in the delivery log (ordered targets record before the next event goes).
+    recorded: bool = False
+    #: Whether a dead outcome goes to the parking lot (not for a target disabled before).
+    parked: bool = True
 
 
 def next_delay(delays: Sequence[int], attempt: int, retry_after: float | None) -> int | None:
@@ -88,6 +96,8 @@ class ChannelWorker:
         # One query finds which of the events in flight were delivered already.
         self._delivered: Batcher[str, set[str]] = Batcher(
             lambda event_ids: services.store.delivered_for(self.name, event_ids))
+        self.gates = Gates(services.settings)
+        self._order_locks = KeyedLock()
 
     async def start(self) -> None:
         connection = self.services.broker.require()
@@ -128,6 +138,12 @@ class ChannelWorker:
             # Not settled: the broker has it back once this channel closes or we nack.
             log.warning("%s: cannot settle %s (%s); it will be redelivered", self.name, message.message_id, exc)
             await _quietly(message.nack(requeue=True))
+        except ConfigError as exc:
+            # Misconfigured (a secret under another key): hold the message a while
+            # rather than park every event; consumption pauses at the prefetch.
+            log.error("%s: cannot deliver %s: %s; holding it", self.name, message.message_id, exc)
+            await asyncio.sleep(5)
+            await _quietly(message.nack(requeue=True))
         except Exception as exc:  # a bug (in a plugin's targets(), say) must not wedge the consumer
             log.exception("%s: cannot handle %s", self.name, message.message_id)
             try:
@@ -167,19 +183,26 @@ class ChannelWorker:
         attempt = header_int(headers.get(ATTEMPT_HEADER)) or 0
         partners = self.services.partners
         partner = await self._persist(lambda: partners.get(event.partner_id))
-        targets = self.channel.targets(event, partner)
+        found = self.channel.target(partner, target_id) \
+            if target_id is not None and headers.get(TEST_HEADER) and partner is not None else None
+        if found is not None:  # a test send or resend: whatever the target's event filter
+            targets = [found]
+        elif target_id is not None:
+            targets = [target for target in self.channel.targets(event, partner) if target.id == target_id]
+        else:
+            targets = self.channel.targets(event, partner)
         if target_id is not None:
-            targets = [target for target in targets if target.id == target_id]
             if not targets:
-                await self._dead_letter(message, headers,
-                                        f"target {target_id!r} is no longer configured for {event.partner_id}")
+                reason = f"target {target_id!r} is no longer configured for {event.partner_id}"
+                if self.channel.records_deliveries:  # the log must not show it retrying for ever
+                    gone = self._attempt_record(event, Target(target_id, target_id), attempt, "dead", 0.0,
+                                                reason=reason)
+                    await self._persist(lambda: self.services.recorder.submit(gone))
+                await self._dead_letter(message, headers, reason)
                 await message.ack()
                 return
         if not targets:
             self._skipped("no_target")
-        kept = [t for t in targets if not partners.is_disabled(self.name, event.partner_id, t.id)]
-        self._skipped("disabled", len(targets) - len(kept))
-        targets = kept
         if self.channel.records_deliveries and targets and not headers.get(FORCE_HEADER):
             # At-least-once delivery meets idempotent consumers here: a target
             # already delivered for this event is never sent to again.
@@ -187,27 +210,53 @@ class ChannelWorker:
             kept = [target for target in targets if target.id not in (done or ())]
             self._skipped("delivered", len(targets) - len(kept))
             targets = kept
+        disabled = [t for t in targets if partners.is_disabled(self.name, event.partner_id, t.id)]
+        if disabled:
+            self._skipped("disabled", len(disabled))
+            targets = [t for t in targets if not partners.is_disabled(self.name, event.partner_id, t.id)]
 
         # A StoreError from a channel means the store is down, not the target:
         # hold the message and try again rather than spend a retry tier.
         outcomes = await self._persist(lambda: self._deliver_all(event, message.body, targets, attempt))
-        if self.channel.records_deliveries and outcomes:
-            await self._persist(lambda: self.services.recorder.submit(*(o.attempt for o in outcomes)))
+        # A disabled target is not attempted, but its failure is logged, so
+        # "recover what failed since T" finds it once the target is enabled again.
+        outcomes += [Outcome(t, self._attempt_record(event, t, attempt, "dead", 0.0,
+                                                     reason="target disabled; not attempted"), None, parked=False)
+                     for t in disabled if self.channel.records_deliveries]
+        unrecorded = [o.attempt for o in outcomes if not o.recorded]
+        if self.channel.records_deliveries and unrecorded:
+            await self._persist(lambda: self.services.recorder.submit(*unrecorded))
         for outcome in outcomes:
-            metrics.inc("shipcast_deliveries_total", channel=self.name, outcome=outcome.attempt.outcome)
-            if isinstance(outcome.error, PermanentDelivery) and outcome.error.disable_target:
-                await self._persist(lambda: self.services.store.disable_target(
-                    self.name, event.partner_id, outcome.target.id, outcome.attempt.error or ""))
-                partners.mark_disabled(self.name, event.partner_id, outcome.target.id)
-            copy_headers = {**headers, TARGET_HEADER: outcome.target.id, ATTEMPT_HEADER: attempt + 1}
-            copy_headers.pop(FORCE_HEADER, None)
+            result = outcome.attempt.outcome
+            metrics.inc("shipcast_deliveries_total", channel=self.name, outcome=result)
+            await self._observe(event, outcome)
+            waiting = result == "waiting"
+            copy_headers = {**headers, TARGET_HEADER: outcome.target.id,
+                            ATTEMPT_HEADER: attempt if waiting else attempt + 1}
+            if not waiting:
+                copy_headers.pop(FORCE_HEADER, None)
             if outcome.delay is not None:
                 await self.services.broker.publish(copy_message(message, copy_headers),
                                                    self.topology.retry_queue(outcome.delay), exchange="")
-            elif outcome.attempt.outcome == "dead":
+            elif outcome.attempt.outcome == "dead" and outcome.parked:
                 await self._dead_letter(message, {**copy_headers, "x-shipcast-status": outcome.attempt.status},
                                         outcome.attempt.error or "failed")
         await message.ack()
+
+    async def _observe(self, event: Event, outcome: Outcome) -> None:
+        """Keep the target's health: failing, recovered, disabled."""
+        attempt, health = outcome.attempt, self.services.health
+        if attempt.outcome == "waiting" or not outcome.parked or not self.channel.records_deliveries:
+            return
+        if isinstance(outcome.error, PermanentDelivery) and outcome.error.disable_target:
+            await self._persist(lambda: health.disable(self.name, event.partner_id, attempt.target,
+                                                       attempt.address, attempt.error or "disabled"))
+            return
+        ok = attempt.outcome == "delivered"
+        if ok and (self.name, event.partner_id, attempt.target) not in self.services.partners.failing:
+            return  # the hot path: a healthy target stays healthy
+        await self._persist(lambda: health.observe(self.name, event.partner_id, attempt.target,
+                                                   attempt.address, ok, attempt.error))
 
     def _skipped(self, reason: str, count: int = 1) -> None:
         if count:
@@ -219,21 +268,66 @@ class ChannelWorker:
         return list(await asyncio.gather(*(self._deliver(event, body, t, attempt) for t in targets)))
 
     async def _deliver(self, event: Event, body: bytes, target: Target, attempt: int) -> Outcome:
+        if not target.ordered:
+            return await self._attempt(event, body, target, attempt)
+        # Ordered: one event of an order at a time for this target, and none
+        # while an earlier one is still retrying or waiting.
+        key = (event.partner_id, target.id, event.order.order_id)
+        await self._order_locks.acquire(key)
+        try:
+            # A retrying row is rewritten at least once per longest tier; twice that is stale.
+            stale_after = 2 * max(self.delays, default=0) + 60
+            blocker = await self._persist(lambda: self.services.store.order_blocked(
+                self.name, event.partner_id, target.id, event.order.order_id, event.sequence, stale_after))
+            if blocker is not None and self.delays:
+                outcome = self._waiting(event, target, attempt,
+                                        f"ordered: waiting for {blocker}, an earlier event of this order")
+            else:
+                outcome = await self._attempt(event, body, target, attempt)
+            if self.channel.records_deliveries:
+                await self._persist(lambda: self.services.recorder.submit(outcome.attempt))
+            return replace(outcome, recorded=True)
+        finally:
+            self._order_locks.release(key)
+
+    def _waiting(self, event: Event, target: Target, attempt: int, reason: str) -> Outcome:
+        """A deferral: back through the first retry tier, without spending an attempt."""
+        self._skipped("deferred")
+        return Outcome(target, self._attempt_record(event, target, attempt, "waiting", 0.0, reason=reason),
+                       None, self.delays[0])
+
+    async def _attempt(self, event: Event, body: bytes, target: Target, attempt: int) -> Outcome:
+        gate = self.gates.get(event.partner_id, target)
+        verdict = await gate.enter(defer=bool(self.delays))
+        if verdict is not None and verdict.reason != "circuit_open":
+            return self._waiting(event, target, attempt, verdict.detail)
         started = time.perf_counter()
         error: DeliveryError | None = None
         result: Delivered | None = None
-        try:
-            async with asyncio.timeout(self.channel.deliver_timeout):
-                result = await self.channel.deliver(event, body, target)
-        except DeliveryError as exc:
-            error = exc
-        except StoreError:
-            raise
-        except TimeoutError:
-            error = RetryableDelivery(f"{self.name} delivery took longer than {self.channel.deliver_timeout:g}s")
-        except Exception as exc:  # a bug in a channel must not lose the event
-            log.exception("%s: unexpected error delivering %s to %s", self.name, event.event_id, target.id)
-            error = RetryableDelivery(f"{self.name} channel error: {type(exc).__name__}: {exc}")
+        if verdict is not None:  # the circuit is open: a failed attempt, without a connection
+            error = RetryableDelivery(verdict.detail)
+        else:
+            ok: bool | None = None
+            try:
+                async with asyncio.timeout(self.channel.deliver_timeout):
+                    result = await self.channel.deliver(event, body, target)
+                ok = True
+            except DeliveryError as exc:
+                error, ok = exc, False
+            except StoreError:
+                raise
+            except TimeoutError:
+                error, ok = RetryableDelivery(
+                    f"{self.name} delivery took longer than {self.channel.deliver_timeout:g}s"), False
+            except Exception as exc:  # a bug in a channel must not lose the event
+                log.exception("%s: unexpected error delivering %s to %s", self.name, event.event_id, target.id)
+                error = RetryableDelivery(f"{self.name} channel error: {type(exc).__name__}: {exc}")
+            finally:
+                change = gate.leave(ok)
+            if change is not None:
+                log.warning("%s: circuit %s for %s/%s (%s)", self.name, change, event.partner_id, target.id,
+                            gate.breaker.describe())
+                metrics.inc("shipcast_circuit_changes_total", channel=self.name, change=change)
         latency = (time.perf_counter() - started) * 1000
         delay = None
         if error is None:
@@ -245,13 +339,21 @@ class ChannelWorker:
             outcome, reason = "dead", f"retries exhausted after {attempt + 1} attempts: {error.reason}"
         else:
             outcome, reason = "dead", error.reason
-        return Outcome(target, Attempt(
-            event_id=event.event_id, channel=self.name, target=target.id, partner_id=event.partner_id,
-            address=target.address, outcome=outcome, attempt=attempt + 1, latency_ms=latency,
+        return Outcome(target, self._attempt_record(
+            event, target, attempt, outcome, latency,
             status=error.status if error is not None else (result.status if result else None),
-            error=reason,
+            reason=reason,
             response=error.response if error is not None else (result.response if result else None),
         ), error, delay)
+
+    def _attempt_record(self, event: Event, target: Target, attempt: int, outcome: str, latency: float, *,
+                        status: int | None = None, reason: str | None = None,
+                        response: str | None = None) -> Attempt:
+        return Attempt(
+            event_id=event.event_id, channel=self.name, target=target.id, partner_id=event.partner_id,
+            address=target.address, outcome=outcome, attempt=attempt + 1, latency_ms=latency,
+            status=status, error=reason, response=response, event_type=event.event_type,
+            order_id=event.order.order_id, sequence=event.sequence)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, headers: dict[str, Any], reason: str) -> None:
         headers = {**headers, REASON_HEADER: reason, "x-shipcast-channel": self.name,

@@ -3,6 +3,7 @@ stores, a local webhook receiver, and shipcast running in-process."""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import uuid
@@ -23,6 +24,7 @@ AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
 MANAGEMENT = os.environ.get("TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 TOKEN = "test-token-" + uuid.uuid4().hex
+SECRET_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
 def free_port() -> int:
@@ -101,9 +103,11 @@ def make_settings(vhost: str, database_url: str, **overrides: Any) -> Settings:
         database_url=database_url,
         management_url=MANAGEMENT,
         api_token=TOKEN,
+        secret_key=SECRET_KEY,
         retry_schedule="1,2",
         webhook_allowed_networks="127.0.0.0/8",
         webhook_timeout=2,
+        breaker_cooldown=0.5,
         config="/nonexistent/shipcast.yaml",
         port=free_port(),
     )

@@ -46,6 +46,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    #: What the receiver answered (0 until it has).
+    status: int = 0
 
     @property
     def json(self) -> Any:
@@ -64,15 +66,30 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     answered: list[int] = field(default_factory=list)
     port: int = 0
+    #: Requests being answered now, and the most there ever were at once.
+    inflight: int = 0
+    max_inflight: int = 0
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.requests.append(Received(dict(request.headers), body, time.monotonic()))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        received = Received(dict(request.headers), body, time.monotonic())
+        self.requests.append(received)
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.inflight -= 1
         status = self.script.pop(0) if self.script else self.default
         self.answered.append(status)
+        received.status = status
         return web.Response(status=status, text=f"answer {status}", headers=self.headers)
+
+    @property
+    def delivered(self) -> list[Received]:
+        """The requests answered with a 2xx, in the order they arrived."""
+        return [r for r in self.requests if 200 <= r.status < 300]
 
     @property
     def url(self) -> str:

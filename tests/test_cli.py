@@ -64,7 +64,7 @@ async def test_publish_file_progress_summary_and_delivery_commands(settings: Set
         assert set(receiver.ids) == {e["event_id"] for e in events}
 
         listed = await eventually(lambda: _listed(settings, 250))
-        assert all(row["status"] == "delivered" for row in listed)
+        assert all(row["status"] == "delivered" for row in listed), {row["status"] for row in listed}
 
         replayed = run_cli(settings, "deliveries", "replay", "--event", events[0]["event_id"])
         assert replayed.stdout.strip() == "replayed 1 deliveries"
@@ -116,7 +116,7 @@ def test_pip_install_dot_into_a_fresh_venv_gives_a_working_command_with_template
                                 "print(pathlib.Path(shipcast.__file__).parent)"],
                                capture_output=True, text=True, check=True).stdout.strip())
     assert site.is_relative_to(venv), site  # the installed copy, not this checkout
-    assert (site / "py.typed").exists() and (site / "plugins" / "webhook" / "signing.py").exists()
+    assert (site / "py.typed").exists() and (site / "signing.py").exists() and (site / "plugins" / "webhook" / "guard.py").exists()
     assert sorted(p.name for p in (site / "templates").rglob("*.html"))
     result = subprocess.run([str(venv / "bin" / "shipcast"), "schema", "--example", "OFD"],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)

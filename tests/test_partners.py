@@ -121,7 +121,8 @@ async def test_apply_through_the_cli_binds_lists_and_never_prints_secrets(settin
     [partner] = yaml.safe_load(listed.stdout)
     assert partner["channels"]["webhook"]["endpoints"][0]["secret"] == "…redacted…"
 
-    # A generated secret is kept across applies; a given one is stored as given.
+    # A generated secret is kept across applies; a given one is stored as given, both encrypted.
+    from shipcast.crypto import secret_box
     from shipcast.store import Store
 
     store = await Store(settings.database_url).open()
@@ -132,9 +133,11 @@ async def test_apply_through_the_cli_binds_lists_and_never_prints_secrets(settin
     finally:
         await store.close()
     assert first is not None and second is not None
-    secrets = [e["secret"] for e in first.channels["webhook"]["endpoints"]]
+    stored = [e["secret"] for e in first.channels["webhook"]["endpoints"]]
+    assert all(s.startswith("enc:") for s in stored)
+    secrets = [secret_box(settings).decrypt(s) for s in stored]
     assert secrets[0].startswith("whsec_") and secrets[1] == "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    assert secrets == [e["secret"] for e in second.channels["webhook"]["endpoints"]]
+    assert stored == [e["secret"] for e in second.channels["webhook"]["endpoints"]]
 
 
 @pytest.mark.broker

@@ -29,9 +29,11 @@ def body_of(event_type: str, partner_id: str = "acme", **kwargs: Any) -> dict[st
 
 
 async def secret_of(shipcast: ShipcastProcess, partner_id: str, endpoint: str = "main") -> str:
-    partner = await shipcast.services.store.get_partner(partner_id)
-    assert partner is not None
-    return next(e["secret"] for e in partner.channels["webhook"]["endpoints"] if e["id"] == endpoint)
+    """The endpoint's secret, as its partner fetches it."""
+    response = await shipcast.http.get(f"/v1/partners/{partner_id}/endpoints/{endpoint}/secret")
+    assert response.status_code == 200, response.text
+    secret: str = response.json()["secret"]
+    return secret
 
 
 async def queue_depth(settings: Settings, name: str) -> int:
@@ -207,16 +209,18 @@ async def test_a_gone_endpoint_is_disabled(shipcast: ShipcastProcess, receiver: 
     ("127.0.0.1", "destination refused: 127.0.0.1 is in 127.0.0.0/8 (loopback)"),
     ("localhost", "destination refused: localhost: 127.0.0.1 is in 127.0.0.0/8 (loopback)"),  # via the resolver
 ])
-async def test_a_private_destination_is_refused_unless_allowed(vhost: str, sqlite_url: str, host: str,
-                                                                reason: str) -> None:
-    settings = make_settings(vhost, sqlite_url, webhook_allowed_networks="")
-    async with Receiver() as receiver, ShipcastProcess(settings) as shipcast:
-        await shipcast.apply(partners_doc("acme", receiver.url.replace("127.0.0.1", host)))
-        event = body_of("OFD")
-        assert (await shipcast.http.post("/v1/events", json=event)).status_code == 202
-        await eventually(lambda: _status(shipcast, event["event_id"], "dead"))
-        [attempt] = await shipcast.services.store.list_attempts(event["event_id"])
-        assert attempt["error"].startswith(reason)
+async def test_a_private_destination_is_refused_at_send_unless_allowed(vhost: str, sqlite_url: str, host: str,
+                                                                        reason: str) -> None:
+    """Registered while its network was allowed; refused at send once it is not."""
+    async with Receiver() as receiver:
+        async with ShipcastProcess(make_settings(vhost, sqlite_url), channels=[]) as shipcast:
+            await shipcast.apply(partners_doc("acme", receiver.url.replace("127.0.0.1", host)))
+        async with ShipcastProcess(make_settings(vhost, sqlite_url, webhook_allowed_networks="")) as shipcast:
+            event = body_of("OFD")
+            assert (await shipcast.http.post("/v1/events", json=event)).status_code == 202
+            await eventually(lambda: _status(shipcast, event["event_id"], "dead"))
+            [attempt] = await shipcast.services.store.list_attempts(event["event_id"])
+            assert attempt["error"].startswith(reason)
         assert receiver.requests == []
 
 

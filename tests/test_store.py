@@ -124,3 +124,42 @@ async def test_partners_and_disabled_targets(store: Store) -> None:
 async def test_an_unreachable_database_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot open the store"):
         await Store("postgresql+asyncpg://nobody@127.0.0.1:1/none").open()
+
+
+async def test_a_store_made_by_an_earlier_version_gets_the_new_columns(database_url: str) -> None:
+    import sqlalchemy as sa
+
+    store = await Store(database_url).open()
+    assert store.engine is not None
+    async with store.engine.begin() as conn:  # as the previous version left it
+        for index in ("ix_deliveries_order", "ix_deliveries_partner", "ix_attempts_target"):
+            await conn.execute(sa.text(f"DROP INDEX {index}"))
+        for table, column in (("deliveries", "event_type"), ("deliveries", "order_id"),
+                              ("deliveries", "sequence"), ("attempts", "partner_id")):
+            await conn.execute(sa.text(f'ALTER TABLE {table} DROP COLUMN "{column}"'))
+    await store.close()
+
+    store = await Store(database_url).open()
+    try:
+        await store.record([attempt("evt_1", "retry", 1, event_type="OFD", order_id="ORD-1", sequence=3)])
+        [row] = await store.list_deliveries(order_id="ORD-1", event_type="OFD")
+        assert row["status"] == "retrying" and row["sequence"] == 3
+        assert [a["partner_id"] for a in await store.list_attempts(partner_id="acme")] == ["acme"]
+        assert store.engine is not None
+        async with store.engine.connect() as conn:
+            indexes = await conn.run_sync(lambda sync: {i["name"] for i in sa.inspect(sync).get_indexes("deliveries")})
+        assert {"ix_deliveries_order", "ix_deliveries_partner"} <= indexes
+    finally:
+        await store.close()
+
+
+async def test_time_filters_mean_the_same_instant_whatever_the_offset(store: Store) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    await store.record([attempt("evt_1", "delivered", 1)])
+    stamp = (await store.list_deliveries())[0]["updated_at"]
+    india = timezone(timedelta(hours=5, minutes=30))
+    for since, found in ((stamp - timedelta(seconds=1), 1), (stamp + timedelta(seconds=1), 0)):
+        for value in (since.astimezone(UTC), since.astimezone(india), since.astimezone(UTC).replace(tzinfo=None)):
+            assert len(await store.list_deliveries(since=value)) == found, value
+            assert len(await store.list_attempts(since=value)) == found, value

@@ -8,11 +8,13 @@ between the check and the connect.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
 from typing import Any
 
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
@@ -109,4 +111,37 @@ def find_refusal(exc: BaseException | None) -> DestinationRefused | None:
         if isinstance(inner, DestinationRefused):
             return inner
         exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def static_refusal(url: yarl.URL, allowed: tuple[Network, ...], *, require_https: bool) -> str | None:
+    """What can be judged from the URL alone: its scheme, and a host that is
+    an IP literal (the HTTP client skips the resolver for those)."""
+    if require_https and url.scheme != "https":
+        return "destination refused: HTTPS is required (SHIPCAST_WEBHOOK_REQUIRE_HTTPS)"
+    literal = literal_refusal(url.host or "", allowed)
+    return f"destination refused: {literal}" if literal is not None else None
+
+
+async def check_destination(url: str, allowed: tuple[Network, ...], *, require_https: bool) -> str | None:
+    """Why an endpoint URL may not be registered, or ``None``. Checked again
+    at every send; a name that does not resolve yet is let through to that."""
+    parsed = yarl.URL(url)
+    refused = static_refusal(parsed, allowed, require_https=require_https)
+    if refused is not None:
+        return refused
+    host = parsed.host or ""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return None  # an allowed literal
+    except ValueError:
+        pass
+    try:
+        async with asyncio.timeout(5):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        return None
+    reasons = [refusal(str(info[4][0]), allowed) for info in infos]
+    if reasons and all(reasons):  # as at send time: one allowed address is enough
+        return f"destination refused: {host}: {reasons[0]}"
     return None
