@@ -12,6 +12,7 @@ targets it sees).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,9 +21,14 @@ from .channel import Target
 from .settings import Settings
 
 
-#: Seconds a delivery may wait for a free slot of its target; one that would
-#: wait longer is deferred to a retry tier instead.
+#: Seconds a delivery may wait for a free slot of its target before it is
+#: deferred to a retry tier; and how recently the target must have answered
+#: for a delivery to wait at all.
 SLOT_WAIT = 1.0
+#: Seconds a target not heard from yet is trusted to be answering.
+FIRST_ANSWER = 1.0
+#: The concurrency a target starts with; each success adds one, up to its cap.
+START_LIMIT = 64
 
 
 class Breaker:
@@ -83,66 +89,82 @@ class Verdict:
 
 
 class Gate:
-    """The concurrency cap, rate limit and breaker of one target."""
+    """The concurrency limit, rate limit and breaker of one target.
+
+    The concurrency limit adapts, as TCP's window does: it starts at
+    :data:`START_LIMIT`, grows by one with each success up to the target's
+    ``concurrency``, and halves with each failure. A healthy endpoint, fast or
+    slow, soon gets all the concurrency it may have; one that hangs from the
+    start never holds more than a few slots.
+    """
 
     def __init__(self, concurrency: int, rate: float, breaker: Breaker) -> None:
         self.concurrency = concurrency
         self.rate = rate
         self.breaker = breaker
-        self._slots = asyncio.Semaphore(concurrency)
-        self._waiting = 0
+        self.limit = float(min(START_LIMIT, concurrency))
+        self.inflight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._tokens = float(max(rate, 1.0))
         self._refilled = time.monotonic()
         #: Start times of deliveries in flight, oldest first (near enough: the
-        #: oldest is dropped when any finishes), and a moving average of how long one takes.
+        #: oldest is dropped when any finishes), and when the last one finished.
         self._started: deque[float] = deque()
-        self._latency = 0.0
+        self._finished = float("-inf")
 
-    def expected_wait(self, now: float) -> float:
-        """Seconds one more delivery would wait for a slot: the queue ahead of
-        it, served ``concurrency`` at a time, each taking as long as the
-        average or as the oldest in flight has already taken, whichever is longer."""
-        oldest = now - self._started[0] if self._started else 0.0
-        return (self._waiting + 1) / self.concurrency * max(self._latency, oldest)
+    def draining(self, now: float) -> bool:
+        """Whether the target is answering: one of its deliveries finished
+        within the last :data:`SLOT_WAIT` seconds, or the oldest in flight began
+        under :data:`FIRST_ANSWER` seconds ago (a burst to a target not heard from yet)."""
+        return now - self._finished <= SLOT_WAIT or (
+            bool(self._started) and now - self._started[0] <= FIRST_ANSWER)
 
     async def enter(self, *, defer: bool = True) -> Verdict | None:
-        """Take a slot and a token, or say why not. When every slot is taken a
-        delivery waits only if its turn should come within :data:`SLOT_WAIT`
-        seconds (and never longer): a fast endpoint's burst queues here, a slow
-        or hanging one's is deferred at once and holds no prefetch slot.
-        Without ``defer`` (no retry tier to defer to) it waits as long as it takes."""
+        """Take a slot and a token, or say why not. When every slot is taken, a
+        delivery waits for one (at most :data:`SLOT_WAIT` seconds) only while
+        the target is answering: a fast endpoint's burst queues here, a
+        hanging one's is deferred at once and holds no more prefetch slots
+        than its limit. Without ``defer`` (no retry tier to defer to) it
+        waits as long as it takes."""
         breaker = self.breaker
         now = time.monotonic()
         if breaker.state == "open" and now - breaker.opened_at < breaker.cooldown:
             return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted")
-        if not self._slots.locked():
-            await self._slots.acquire()  # free: no wait, no timer
+        if self.inflight < int(self.limit) and not self._waiters:
+            self.inflight += 1  # a free slot: no wait, no timer
         else:
-            if defer and self.expected_wait(now) > SLOT_WAIT:
-                return Verdict("busy", f"{self.concurrency} deliveries in flight and {self._waiting} waiting; "
-                                       f"one takes {max(self._latency, now - self._started[0]):.1f}s")
-            self._waiting += 1
+            if defer and not self.draining(now):
+                return Verdict("busy", f"{self.inflight} deliveries in flight and none answered "
+                                       f"in the last {SLOT_WAIT:g}s")
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
             try:
                 async with asyncio.timeout(SLOT_WAIT if defer else None):
-                    await self._slots.acquire()
-            except TimeoutError:
-                return Verdict("busy", f"no free slot within {SLOT_WAIT:g}s "
-                                       f"({self.concurrency} deliveries in flight)")
-            finally:
-                self._waiting -= 1
+                    await waiter  # resolved by _wake, which counts the slot as taken
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # the slot came just as it gave up: pass it on
+                else:
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    return Verdict("busy", f"no free slot within {SLOT_WAIT:g}s "
+                                           f"({self.inflight} deliveries in flight)")
+                raise
         if not breaker.allow(time.monotonic()):
-            self._slots.release()
+            self._release()
             return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted")
         wait = self._take_token(defer)
         if wait is None:
-            self._slots.release()
+            self._release()
             breaker.abandon(time.monotonic())
             return Verdict("rate_limited", f"over {self.rate:g} deliveries per second")
         if wait > 0:
             try:
                 await asyncio.sleep(wait)
             except BaseException:
-                self._slots.release()
+                self._release()
                 breaker.abandon(time.monotonic())
                 raise
         self._started.append(time.monotonic())
@@ -150,14 +172,30 @@ class Gate:
 
     def leave(self, ok: bool | None) -> str | None:
         """Give the slot back and count the result (``None``: not the target's fault)."""
-        now = time.monotonic()
+        now = self._finished = time.monotonic()
         if self._started:
-            self._latency = 0.8 * self._latency + 0.2 * (now - self._started.popleft())
-        self._slots.release()
+            self._started.popleft()
+        if ok:
+            self.limit = min(float(self.concurrency), self.limit + 1)
+        elif ok is False:
+            self.limit = max(1.0, self.limit / 2)
+        self._release()
         if ok is None:
             self.breaker.abandon(now)
             return None
         return self.breaker.record(ok, now)
+
+    def _release(self) -> None:
+        self.inflight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        """Hand free slots to waiters, oldest first."""
+        while self._waiters and self.inflight < int(self.limit):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.inflight += 1
+                waiter.set_result(None)
 
     def _take_token(self, defer: bool) -> float | None:
         """Seconds to wait for a token (0: one is here), or ``None`` when the
@@ -185,11 +223,13 @@ class Gates:
         concurrency = target.concurrency or self.settings.endpoint_concurrency
         rate = self.settings.endpoint_rate_limit if target.rate_limit is None else target.rate_limit
         gate = self._gates.get(key)
-        if gate is None or gate.concurrency != concurrency or gate.rate != rate:
+        if gate is None:
             s = self.settings
-            breaker = gate.breaker if gate is not None else Breaker(
-                s.breaker_window, s.breaker_min_requests, s.breaker_failure_ratio, s.breaker_cooldown)
-            gate = self._gates[key] = Gate(concurrency, rate, breaker)
+            gate = self._gates[key] = Gate(concurrency, rate, Breaker(
+                s.breaker_window, s.breaker_min_requests, s.breaker_failure_ratio, s.breaker_cooldown))
+        elif gate.concurrency != concurrency or gate.rate != rate:  # the endpoint was changed
+            gate.concurrency, gate.rate = concurrency, rate
+            gate.limit = min(gate.limit, float(concurrency))
         return gate
 
 

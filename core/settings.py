@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     #: Seconds a rotated-out endpoint secret still signs (default 24 h).
     webhook_secret_overlap: float = Field(86400.0, ge=0)
     #: Per endpoint, per worker process: deliveries in flight at once, and per second (0: no limit).
-    endpoint_concurrency: int = Field(32, ge=1)
+    endpoint_concurrency: int = Field(256, ge=1)
     endpoint_rate_limit: float = Field(0.0, ge=0)
     #: The circuit breaker opens when at least ``breaker_min_requests`` of the last
     #: ``breaker_window`` requests ran and ``breaker_failure_ratio`` of them failed.

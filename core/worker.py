@@ -58,7 +58,8 @@ class Outcome:
     error: DeliveryError | None
     #: The retry tier this target goes to, when it is retried or deferred.
     delay: int | None = None
-    #: Already in the delivery log (ordered targets record before the next event goes).
+    #: Nothing (more) to log: ordered targets log before the next event goes,
+    #: and an unordered target's deferral is not logged.
     recorded: bool = False
     #: Whether a dead outcome goes to the parking lot (not for a target disabled before).
     parked: bool = True
@@ -291,10 +292,12 @@ class ChannelWorker:
             self._order_locks.release(key)
 
     def _waiting(self, event: Event, target: Target, attempt: int, reason: str) -> Outcome:
-        """A deferral: back through the first retry tier, without spending an attempt."""
+        """A deferral: back through the first retry tier, without spending an
+        attempt. Only an ordered target logs it (later events wait on the
+        row): a hanging endpoint's deferrals must cost as little as possible."""
         self._skipped("deferred")
         return Outcome(target, self._attempt_record(event, target, attempt, "waiting", 0.0, reason=reason),
-                       None, self.delays[0])
+                       None, self.delays[0], recorded=not target.ordered)
 
     async def _attempt(self, event: Event, body: bytes, target: Target, attempt: int) -> Outcome:
         gate = self.gates.get(event.partner_id, target)

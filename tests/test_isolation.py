@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from shipcast.isolation import SLOT_WAIT, Breaker, Gate, KeyedLock
+from shipcast.isolation import SLOT_WAIT, START_LIMIT, Breaker, Gate, KeyedLock
 
 
 @pytest.mark.parametrize(("results", "state", "changes"), [
@@ -39,20 +39,41 @@ def test_an_open_breaker_lets_one_probe_through_after_the_cooldown() -> None:
     assert list(breaker.results) == []      # a closed circuit starts counting afresh
 
 
-async def test_the_cap_queues_a_fast_burst_and_defers_behind_a_slow_endpoint() -> None:
+async def test_the_cap_queues_a_burst_while_the_target_answers_and_defers_when_it_hangs() -> None:
     gate = Gate(concurrency=2, rate=0, breaker=Breaker(20, 10, 0.5, 30))
     assert await gate.enter() is None and await gate.enter() is None
-    waiter = asyncio.ensure_future(gate.enter())      # its turn comes soon: it waits
+    waiter = asyncio.ensure_future(gate.enter())      # a target just started on: it waits
     await asyncio.sleep(0)
     gate.leave(True)
     assert await waiter is None                       # got the freed slot
-    gate._started[0] -= 5.0                           # the oldest in flight has taken 5 s already
-    verdict = await gate.enter()                      # a turn ~2.5 s away: deferred at once
-    assert verdict is not None and verdict.reason == "busy" and "takes 5.0s" in verdict.detail
-    gate._started[0] += 5.0
-    verdict = await gate.enter()                      # looked quick, but nobody leaves: deferred after SLOT_WAIT
+    verdict = await gate.enter()                      # answering, but nobody leaves: deferred after SLOT_WAIT
     assert verdict is not None and verdict.reason == "busy" and f"within {SLOT_WAIT:g}s" in verdict.detail
-    assert gate._waiting == 0
+    gate._finished -= 5.0                             # nothing answered for 5 s, the oldest began 5 s ago
+    gate._started[0] -= 5.0
+    verdict = await gate.enter()                      # hanging: deferred at once
+    assert verdict is not None and verdict.reason == "busy" and "none answered" in verdict.detail
+    assert not gate._waiters and gate.inflight == 2
+
+
+async def test_the_limit_grows_with_successes_and_halves_with_failures() -> None:
+    gate = Gate(concurrency=START_LIMIT * 2, rate=0, breaker=Breaker(100, 100, 0.5, 30))
+    assert gate.limit == START_LIMIT
+    for _ in range(START_LIMIT):
+        assert await gate.enter() is None
+    waiter = asyncio.ensure_future(gate.enter())      # one more waits for the limit
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    gate.leave(True)                                  # one success: the limit grows, and a slot frees
+    assert await waiter is None and gate.limit == START_LIMIT + 1 and gate.inflight == START_LIMIT
+    more = [asyncio.ensure_future(gate.enter()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert await more[0] is None and not more[1].done()   # the grown limit let one more in
+    gate.leave(False)                                 # a failure halves it
+    assert gate.limit == (START_LIMIT + 1) / 2 and not more[1].done()
+    for _ in range(gate.inflight):
+        gate.leave(True)
+    await more[1]                                     # let in once in flight fell under the limit
+    assert gate.limit == (START_LIMIT + 1) / 2 + START_LIMIT and gate.inflight == 1
 
 
 async def test_an_open_circuit_answers_at_once_without_taking_a_slot() -> None:
@@ -62,7 +83,7 @@ async def test_an_open_circuit_answers_at_once_without_taking_a_slot() -> None:
         gate.leave(False)
     verdict = await gate.enter()
     assert verdict is not None and verdict.reason == "circuit_open" and "2 of the last 2" in verdict.detail
-    assert not gate._slots.locked()
+    assert gate.inflight == 0
 
 
 async def test_the_rate_limit_spends_a_second_of_tokens_then_defers() -> None:

@@ -59,7 +59,7 @@ class EndpointSchema(Schema):
     #: Deliveries per second at most (per worker process); default SHIPCAST_ENDPOINT_RATE_LIMIT.
     rate_limit = fields.Float(validate=validate.Range(min=0.1, max=100000))
     #: Deliveries in flight at once (per worker process); default SHIPCAST_ENDPOINT_CONCURRENCY.
-    max_concurrency = fields.Integer(validate=validate.Range(min=1, max=64))
+    max_concurrency = fields.Integer(validate=validate.Range(min=1, max=256))
 
 
 class WebhookConfig(Schema):
@@ -96,7 +96,8 @@ def _retry_after(value: str | None) -> float | None:
 class WebhookChannel(Channel):
     name = "webhook"
     description = "Signed Standard Webhooks to partners' HTTP endpoints"
-    prefetch = 256
+    # Twice an endpoint's default concurrency: one hanging endpoint leaves the others half.
+    prefetch = 512
     deliver_timeout = None  # SHIPCAST_WEBHOOK_TIMEOUT bounds every exchange
     config_schema = WebhookConfig
     session: aiohttp.ClientSession | None = None

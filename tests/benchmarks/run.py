@@ -497,9 +497,104 @@ async def memory(tmp: Path, quick: bool) -> None:
     report(f"7. soak throughput ({elapsed:.0f} s)", n / elapsed, "ev/s")
 
 
-DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory"]
+# -- isolation: one endpoint hangs -------------------------------------------------------
+
+async def isolation(tmp: Path, quick: bool) -> None:
+    """Four healthy partners and a fifth taking a fifth of the events. The
+    healthy four's throughput (a burst) and p99 latency (a steady rate, on a
+    fresh worker) when the fifth's endpoint hangs until shipcast's timeout,
+    against the same runs when it answers like the others."""
+    n, rate, seconds = (2000, 100, 15) if quick else (8000, 100, 40)
+    healthy = [f"p{i}" for i in range(4)]
+    figures: dict[tuple[str, str], float] = {}
+    async with Receiver() as good, Receiver(delay=3600) as hung:
+        for case in ("baseline", "hanging"):
+            fifth = hung if case == "hanging" else good
+            for phase in ("burst", "steady"):
+                with Vhost() as vhost:
+                    ship = Shipcast(vhost, tmp)
+                    try:
+                        await ship.apply(webhook_doc(healthy + ["bad"], lambda p: (
+                            fifth if p == "bad" else good).url(f"hook/{p}")))
+                        worker = ship.start("worker", "--channel", "webhook")
+                        await wait_consuming(vhost, "shipcast.webhook")
+                        ship.profile()
+                        publisher = await ship.publisher()
+                        cpu = worker.cpu(), broker_cpu()
+                        try:
+                            if phase == "burst":
+                                figures[case, phase] = await _healthy_burst(publisher, good, n, healthy)
+                            else:
+                                figures[case, phase] = await _healthy_p99(publisher, good, rate, seconds, healthy)
+                            figures[case, phase + " cpu"] = worker.cpu() - cpu[0]
+                            figures[case, phase + " broker cpu"] = broker_cpu() - cpu[1]
+                        finally:
+                            await publisher.close()
+                    finally:
+                        ship.stop()
+    base, hanging = figures["baseline", "burst"], figures["hanging", "burst"]
+    report("8. healthy endpoints' throughput, fifth healthy", base, "ev/s")
+    report("8. healthy endpoints' throughput, fifth hangs", hanging, "ev/s", base, "of fifth healthy", "≥ 0.8×")
+    for what in ("cpu", "broker cpu"):
+        base, hanging = figures["baseline", f"burst {what}"], figures["hanging", f"burst {what}"]
+        report(f"8. {'worker' if what == 'cpu' else 'RabbitMQ'} CPU in the burst, fifth hangs", hanging, "s",
+               base, "of fifth healthy")
+    base, hanging = figures["baseline", "steady"], figures["hanging", "steady"]
+    report(f"8. healthy p99 latency at {rate} ev/s, fifth healthy", base, "ms")
+    report(f"8. healthy p99 latency at {rate} ev/s, fifth hangs", hanging, "ms", base, "of fifth healthy", "< 2×")
+
+
+async def _healthy_burst(publisher: Any, good: Receiver, n: int, healthy: Sequence[str]) -> float:
+    """Healthy events per second in a burst of ``n`` with a quarter as many
+    for the fifth partner spread through it."""
+    mixed = _interleave(events(n, healthy), events(n // 4, ["bad"]))
+    wanted = {event.event_id for event in mixed if event.partner_id != "bad"}
+    good.expect(len(mixed))
+    started = time.perf_counter()
+    await publish_in_windows(publisher.publish_valid, mixed)
+    await _arrived(good, wanted, 600)
+    return n / (max(good.arrivals[i] for i in wanted) - started)
+
+
+async def _healthy_p99(publisher: Any, good: Receiver, rate: int, seconds: int, healthy: Sequence[str]) -> float:
+    """Healthy events' p99 latency at ``rate`` per second, with a quarter as
+    many for the fifth partner spread through them."""
+    steady = events(rate * seconds, healthy)
+    paced = _interleave(steady, events(rate * seconds // 4, ["bad"]))
+    wanted = {event.event_id for event in steady}
+    good.expect(len(paced))
+    sent: dict[str, float] = {}
+    interval = 1 / (rate * len(paced) / len(steady))
+    begun = time.perf_counter()
+    for i, event in enumerate(paced):
+        await asyncio.sleep(max(0.0, begun + i * interval - time.perf_counter()))
+        if event.event_id in wanted:
+            sent[event.event_id] = time.perf_counter()
+        asyncio.ensure_future(publisher.publish_valid([event]))
+    await _arrived(good, wanted, 120)
+    return percentile([(good.arrivals[i] - t) * 1000 for i, t in sent.items()], 0.99)
+
+
+async def _arrived(receiver: Receiver, wanted: set[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not wanted <= receiver.arrivals.keys():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(wanted - receiver.arrivals.keys())} healthy events did not arrive")
+        await asyncio.sleep(0.01)
+
+
+def _interleave(main: Sequence[Any], extra: Sequence[Any]) -> list[Any]:
+    """``main`` with ``extra`` spread evenly through it."""
+    out = list(main)
+    step = len(main) / len(extra) if extra else 0
+    for k, item in enumerate(extra):
+        out.insert(int(k * step) + k, item)
+    return out
+
+
+DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow, "latency": latency, "ingest": ingest, "fanout": fanout,
-             "growth": growth, "memory": memory}
+             "growth": growth, "memory": memory, "isolation": isolation}
 
 
 async def main(selected: Sequence[str], quick: bool) -> None:
