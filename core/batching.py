@@ -78,11 +78,16 @@ class Batcher(Generic[T, R]):
         if self._pending:
             pending, self._pending = self._pending, []
             await self._call(pending)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _settle(future: asyncio.Future[Any], *, result: Any = None, exception: BaseException | None = None) -> None:

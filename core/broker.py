@@ -8,7 +8,6 @@ an error, never silence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
+from .batching import cancel
 from .envelope import Event, parse_events
 from .exceptions import BrokerUnavailable, PublishNotConfirmed, TopologyMismatch
 from .settings import Settings
@@ -201,11 +201,8 @@ class Broker:
             raise PublishNotConfirmed(f"no queue is bound for {routing_key}: nothing received it")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self.connection is not None:
             await self.connection.close()
             self.connection = None

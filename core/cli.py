@@ -21,7 +21,7 @@ from .services import Services
 T = TypeVar("T")
 
 
-def _run(factory: Callable[[], Awaitable[T]]) -> T:
+def run_command(factory: Callable[[], Awaitable[T]]) -> T:
     result: list[T] = []
 
     async def main() -> None:
@@ -35,7 +35,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 @asynccontextmanager
-async def _services(*, broker: bool = True) -> Any:
+async def open_services(*, broker: bool = True) -> Any:
     services = Services.from_settings()
     await services.store.open()
     if broker:
@@ -66,14 +66,14 @@ def run() -> None:
     """The API and every channel worker in one process."""
     names = select_channels([])
     _announce()
-    _run(lambda: serve(api=True, worker_names=names))
+    run_command(lambda: serve(api=True, worker_names=names))
 
 
 @main.command()
 def api() -> None:
     """The HTTP API only (ingest, admin, plugin routes)."""
     _announce()
-    _run(lambda: serve(api=True, worker_names=[]))
+    run_command(lambda: serve(api=True, worker_names=[]))
 
 
 @main.command()
@@ -85,7 +85,7 @@ def worker(names: tuple[str, ...]) -> None:
         selected = select_channels(names)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--channel") from exc
-    _run(lambda: serve(api=False, worker_names=selected))
+    run_command(lambda: serve(api=False, worker_names=selected))
 
 
 def _announce() -> None:
@@ -118,11 +118,11 @@ def partners_apply(path: Path) -> None:
         raise click.ClickException(str(exc)) from exc
 
     async def apply() -> Any:
-        async with _services() as services:
+        async with open_services() as services:
             return await apply_partners(services, loaded, source=str(path))
 
     try:
-        changes = _run(apply)
+        changes = run_command(apply)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     for partner in loaded:
@@ -140,10 +140,10 @@ def partners_list(as_json: bool) -> None:
     from .redact import redact
 
     async def fetch() -> Any:
-        async with _services(broker=False) as services:
+        async with open_services(broker=False) as services:
             return await services.store.get_partners()
 
-    found = _run(fetch)
+    found = run_command(fetch)
     if as_json:
         click.echo(json.dumps([redact(p.to_dict()) for p in found], indent=2))
         return
@@ -177,7 +177,7 @@ def publish(path: Path, batch: int) -> None:
         invalid: list[str] = []
         unconfirmed: list[str] = []
         published = 0
-        async with _services() as services:
+        async with open_services() as services:
             with click.progressbar(length=len(lines), label=f"publishing {path.name}", file=sys.stderr,
                                    show_pos=True) as bar:
                 for start in range(0, len(lines), batch):
@@ -197,7 +197,7 @@ def publish(path: Path, batch: int) -> None:
                     bar.update(len(chunk))
         return published, invalid, unconfirmed
 
-    published, invalid, unconfirmed = _run(go)
+    published, invalid, unconfirmed = run_command(go)
     for problem in invalid:
         click.echo(problem, err=True)
     click.echo(f"published {published}, invalid {len(invalid)}, unconfirmed {len(unconfirmed)}")
@@ -228,14 +228,14 @@ def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _utc(filters: dict[str, Any]) -> dict[str, Any]:
+def utc_filters(filters: dict[str, Any]) -> dict[str, Any]:
     from datetime import UTC
 
     return {key: value.replace(tzinfo=UTC) if hasattr(value, "tzinfo") and value.tzinfo is None else value
             for key, value in filters.items()}
 
 
-def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
     """Print rows as aligned columns, headed by each column's title."""
     cells = [[title for _, title in columns]] + [
         ["-" if row.get(key) is None else str(row[key]) for key, _ in columns] for row in rows]
@@ -256,10 +256,10 @@ def deliveries_list(as_json: bool, **filters: Any) -> None:
     """Deliveries, newest first."""
 
     async def fetch() -> Any:
-        async with _services(broker=False) as services:
-            return await services.store.list_deliveries(**_utc(filters))
+        async with open_services(broker=False) as services:
+            return await services.store.list_deliveries(**utc_filters(filters))
 
-    rows = _run(fetch)
+    rows = run_command(fetch)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -269,7 +269,7 @@ def deliveries_list(as_json: bool, **filters: Any) -> None:
     for row in rows:
         row["when"] = f"{row['updated_at']:%Y-%m-%d %H:%M:%S}"
         row["error"] = (row["last_error"] or "")[:60] or None
-    _table(rows, [("when", "updated (UTC)"), ("status", "status"), ("channel", "channel"),
+    print_table(rows, [("when", "updated (UTC)"), ("status", "status"), ("channel", "channel"),
                   ("partner_id", "partner"), ("target", "target"), ("event_type", "type"),
                   ("order_id", "order"), ("event_id", "event"), ("attempts", "attempts"), ("error", "last error")])
 
@@ -282,7 +282,7 @@ def deliveries_replay(**filters: Any) -> None:
                                         "order_id", "since")):
         raise click.UsageError("say what to replay: --event, --partner, --channel or --status")
 
-    click.echo(f"replayed {_replay(_utc(filters))} deliveries")
+    click.echo(f"replayed {_replay(utc_filters(filters))} deliveries")
 
 
 def _replay(filters: dict[str, Any]) -> int:
@@ -290,12 +290,12 @@ def _replay(filters: dict[str, Any]) -> int:
     from .replay import matching_deliveries, replay_rows
 
     async def go() -> int:
-        async with _services() as services:
+        async with open_services() as services:
             rows = await matching_deliveries(services, **filters)
             with click.progressbar(length=len(rows), label="replaying", file=sys.stderr, show_pos=True) as bar:
                 return await replay_rows(services, rows, progress=bar.update)
 
-    return _run(go)
+    return run_command(go)
 
 
 @deliveries.command("recover")
@@ -307,7 +307,7 @@ def _replay(filters: dict[str, Any]) -> int:
 @click.option("--limit", default=100000, show_default=True)
 def deliveries_recover(**filters: Any) -> None:
     """Send again everything that failed (parked) since a time."""
-    click.echo(f"recovered {_replay(_utc({**filters, 'status': 'dead'}))} deliveries")
+    click.echo(f"recovered {_replay(utc_filters({**filters, 'status': 'dead'}))} deliveries")
 
 
 @deliveries.command("attempts")
@@ -317,126 +317,20 @@ def deliveries_attempts(event_id: str, as_json: bool) -> None:
     """Every attempt at delivering one event, oldest first."""
 
     async def fetch() -> Any:
-        async with _services(broker=False) as services:
+        async with open_services(broker=False) as services:
             return await services.store.list_attempts(event_id)
 
-    rows = _run(fetch)
+    rows = run_command(fetch)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     for row in rows:
         row["when"] = f"{row['at']:%Y-%m-%d %H:%M:%S.%f}"[:-3]
         row["latency"] = f"{row['latency_ms']:.1f} ms"
-    _table(rows, [("when", "at (UTC)"), ("channel", "channel"), ("target", "target"), ("outcome", "outcome"),
+    print_table(rows, [("when", "at (UTC)"), ("channel", "channel"), ("target", "target"), ("outcome", "outcome"),
                   ("status", "status"), ("latency", "latency"), ("error", "error")])
     if not rows:
         click.echo(f"no attempts for {event_id}")
-
-
-# -- endpoints ---------------------------------------------------------------------
-
-@main.group()
-def endpoints() -> None:
-    """Webhook endpoints across partners: list, stats, enable, operator events."""
-
-
-@endpoints.command("list")
-@click.option("--partner", "partner_id", help="Only this partner.")
-@click.option("--json", "as_json", is_flag=True)
-def endpoints_list(partner_id: str | None, as_json: bool) -> None:
-    """Every endpoint with its URL, events, options and health (no secrets)."""
-
-    async def fetch() -> list[dict[str, Any]]:
-        async with _services(broker=False) as services:
-            await services.partners.reload()
-            rows = []
-            for partner in await services.store.get_partners():
-                if partner_id and partner.id != partner_id:
-                    continue
-                for endpoint in (partner.channels.get("webhook") or {}).get("endpoints", []):
-                    key = ("webhook", partner.id, endpoint["id"])
-                    failing = services.partners.failing.get(key)
-                    rows.append({"partner": partner.id, "endpoint": endpoint["id"], "url": endpoint["url"],
-                                 "events": ",".join(endpoint.get("events", ["*"])),
-                                 "options": ",".join(o for o in ("ordered", "asymmetric") if endpoint.get(o)) or None,
-                                 "state": "disabled" if services.partners.is_disabled(*key)
-                                 else f"failing since {failing:%Y-%m-%d %H:%M}" if failing else "ok"})
-            return rows
-
-    rows = _run(fetch)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    elif rows:
-        _table(rows, [("partner", "partner"), ("endpoint", "endpoint"), ("url", "url"), ("events", "events"),
-                      ("options", "options"), ("state", "state")])
-    else:
-        click.echo("no webhook endpoints")
-
-
-@endpoints.command("stats")
-@click.argument("partner_id")
-@click.argument("endpoint_id")
-@click.option("--since", type=WHEN, help="From this time (default: the last 24 hours).")
-def endpoints_stats(partner_id: str, endpoint_id: str, since: Any) -> None:
-    """Success rate, latency percentiles and the last error of one endpoint."""
-    from datetime import UTC, datetime, timedelta
-
-    from .store import attempt_stats
-
-    start = _utc({"since": since})["since"] or datetime.now(UTC) - timedelta(days=1)
-
-    async def fetch() -> list[dict[str, Any]]:
-        async with _services(broker=False) as services:
-            rows: list[dict[str, Any]] = await services.store.list_attempts(
-                partner_id=partner_id, channel="webhook", target=endpoint_id, since=start, limit=100000)
-            return rows
-
-    stats = attempt_stats(_run(fetch))
-    latency = stats["latency_ms"]
-    click.echo(f"{partner_id}/{endpoint_id} since {start:%Y-%m-%d %H:%M:%S} UTC")
-    click.echo(f"  attempts      {stats['attempts']} ({stats['delivered']} delivered, {stats['failed']} failed)")
-    rate = stats["success_rate"]
-    click.echo(f"  success rate  {'-' if rate is None else f'{rate:.1%}'}")
-    click.echo(f"  latency       p50 {latency['p50']} ms  p90 {latency['p90']} ms  p99 {latency['p99']} ms")
-    error = stats["last_error"]
-    click.echo(f"  last error    {error['at']} {error['status'] or ''} {error['error']}" if error else "  last error    -")
-
-
-@endpoints.command("enable")
-@click.argument("partner_id")
-@click.argument("endpoint_id")
-def endpoints_enable(partner_id: str, endpoint_id: str) -> None:
-    """Re-enable an endpoint that was disabled (410 Gone or failing too long)."""
-
-    async def go() -> None:
-        async with _services() as services:
-            await services.store.enable_target("webhook", partner_id, endpoint_id)
-            await services.announce_change()
-
-    _run(go)
-    click.echo(f"enabled {partner_id}/{endpoint_id}")
-
-
-@endpoints.command("events")
-@click.option("--limit", default=50, show_default=True)
-def endpoints_events(limit: int) -> None:
-    """Operator events (endpoint failing, recovered, disabled), newest first."""
-
-    async def fetch() -> list[dict[str, Any]]:
-        async with _services(broker=False) as services:
-            events: list[dict[str, Any]] = await services.store.list_operator_events(limit=limit)
-            return events
-
-    rows = [{"at": f"{e['at']:%Y-%m-%d %H:%M:%S}", "type": e["type"],
-             "endpoint": f"{e['body']['data']['partner_id']}/{e['body']['data']['endpoint_id']}",
-             "sent": "yes" if e["sent_at"] else "not yet",
-             "detail": str(e["body"]["data"].get("reason") or e["body"]["data"].get("error") or "")[:70] or None}
-            for e in _run(fetch)]
-    if rows:
-        _table(rows, [("at", "at (UTC)"), ("type", "type"), ("endpoint", "endpoint"), ("sent", "sent"),
-                      ("detail", "detail")])
-    else:
-        click.echo("no operator events")
 
 
 # -- dead letters ----------------------------------------------------------------
@@ -466,10 +360,10 @@ def dead_list(channel: str, limit: int) -> None:
     topology = _topology(channel)
 
     async def fetch() -> Any:
-        async with _services(broker=True) as services:
+        async with open_services(broker=True) as services:
             return await list_dead(services.broker, topology, limit)
 
-    letters = _run(fetch)
+    letters = run_command(fetch)
     for letter in letters:
         click.echo(f"{letter.failed_at or '-':<32} {letter.event_id or '-':<40} target={letter.target or '-'} "
                    f"attempts={letter.attempts or '-'}  {letter.reason or ''}")
@@ -487,11 +381,11 @@ def dead_replay(channel: str, event_ids: tuple[str, ...], limit: int | None) -> 
     topology = _topology(channel)
 
     async def go() -> int:
-        async with _services(broker=True) as services:
+        async with open_services(broker=True) as services:
             return await replay_dead(services.broker, topology, limit=limit,
                                      event_ids=set(event_ids) or None)
 
-    click.echo(f"replayed {_run(go)} dead letters into {topology.work.name}")
+    click.echo(f"replayed {run_command(go)} dead letters into {topology.work.name}")
 
 
 # -- status and schema -------------------------------------------------------------
@@ -507,7 +401,7 @@ def status(as_json: bool) -> None:
         async with Management(Settings()) as management:
             return [q for q in await management.queues() if q["name"].startswith("shipcast.")]
 
-    queues = _run(fetch)
+    queues = run_command(fetch)
     rows = []
     for queue in sorted(queues, key=lambda q: q["name"]):
         stats = queue.get("message_stats") or {}
@@ -544,3 +438,12 @@ def schema(example_type: str | None) -> None:
     from .examples import example
 
     click.echo(orjson.dumps(orjson.loads(example(example_type).to_json()), option=orjson.OPT_INDENT_2).decode())
+
+
+def _plugin_commands() -> None:
+    from .plugin_manager import get_plugin_manager
+
+    get_plugin_manager().hook.shipcast_commands(cli=main)
+
+
+_plugin_commands()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from .batching import cancel
 from .signing import sign
 
 if TYPE_CHECKING:
@@ -105,11 +106,8 @@ class OperatorNotifier:
         self._task = asyncio.create_task(self._run(), name="operator-notifier")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         wake = self.services.health.wake

@@ -1,6 +1,6 @@
 """The one place shipcast's hooks are declared.
 
-Hooks register things: event types, channels, HTTP routes. Work that awaits
+Hooks register things: event types, channels, HTTP routes, commands. Work that awaits
 (delivering) lives in the methods of the objects a hook returns, because pluggy
 calls hooks synchronously. Every hook is documented in ``docs/plugins.md``.
 """
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import click
     from fastapi import APIRouter
 
     from .channel import Channel
@@ -57,3 +58,17 @@ def shipcast_routers() -> list[APIRouter]:
     :return: a list of :class:`fastapi.APIRouter`.
     """
     raise NotImplementedError
+
+
+@hookspec
+def shipcast_commands(cli: click.Group) -> None:
+    """Add commands to the ``shipcast`` command line (operators' tools for a
+    channel, say). Called once, when the command line is loaded.
+
+    Commands reach the store and the broker through
+    :func:`shipcast.cli.open_services`, and run coroutines with
+    :func:`shipcast.cli.run_command` (shipcast errors become clean messages).
+
+    :param cli: the ``shipcast`` :class:`click.Group`; add to it with
+        ``cli.add_command`` or its ``command``/``group`` decorators.
+    """

@@ -153,6 +153,21 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _filtered(query: Any, when: sa.Column[Any], since: datetime | None, until: datetime | None,
+              **equals: str | None) -> Any:
+    """``query`` narrowed to rows whose columns equal the values given, and
+    whose ``when`` is in ``[since, until)``."""
+    table = when.table
+    for column, value in equals.items():
+        if value:
+            query = query.where(table.c[column] == value)
+    if since:
+        query = query.where(when >= _utc(since))
+    if until:
+        query = query.where(when < _utc(until))
+    return query
+
+
 def _add_missing_columns(connection: sa.Connection) -> None:
     """Bring a store made by an earlier version up to date: add the nullable
     columns and the indexes it lacks (tables it lacks ``create_all`` has just made)."""
@@ -456,16 +471,9 @@ class Store:
                               order_id: str | None = None, since: datetime | None = None,
                               until: datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Deliveries, newest first; ``since``/``until`` bound when each last changed."""
-        query = sa.select(deliveries).order_by(deliveries.c.updated_at.desc()).limit(limit)
-        for column, value in (("event_id", event_id), ("partner_id", partner_id), ("channel", channel),
-                              ("status", status), ("target", target), ("event_type", event_type),
-                              ("order_id", order_id)):
-            if value:
-                query = query.where(deliveries.c[column] == value)
-        if since:
-            query = query.where(deliveries.c.updated_at >= _utc(since))
-        if until:
-            query = query.where(deliveries.c.updated_at < _utc(until))
+        query = _filtered(sa.select(deliveries).order_by(deliveries.c.updated_at.desc()).limit(limit),
+                          deliveries.c.updated_at, since, until, event_id=event_id, partner_id=partner_id,
+                          channel=channel, status=status, target=target, event_type=event_type, order_id=order_id)
         return [{**row._asdict(), "updated_at": _aware(row.updated_at)} for row in await self._rows(query)]
 
     async def list_attempts(self, event_id: str | None = None, channel: str | None = None, *,
@@ -473,16 +481,9 @@ class Store:
                             outcome: str | None = None, since: datetime | None = None,
                             until: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Attempts, oldest first for one event, newest first otherwise."""
-        query = sa.select(attempts).limit(limit)
-        query = query.order_by(attempts.c.id if event_id else attempts.c.id.desc())
-        for column, value in (("event_id", event_id), ("channel", channel), ("partner_id", partner_id),
-                              ("target", target), ("outcome", outcome)):
-            if value:
-                query = query.where(attempts.c[column] == value)
-        if since:
-            query = query.where(attempts.c.at >= _utc(since))
-        if until:
-            query = query.where(attempts.c.at < _utc(until))
+        query = _filtered(sa.select(attempts).order_by(attempts.c.id if event_id else attempts.c.id.desc())
+                          .limit(limit), attempts.c.at, since, until, event_id=event_id, channel=channel,
+                          partner_id=partner_id, target=target, outcome=outcome)
         return [{**row._asdict(), "at": _aware(row.at)} for row in await self._rows(query)]
 
     # -- endpoint health and operator events -----------------------------------

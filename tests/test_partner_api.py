@@ -202,6 +202,22 @@ async def test_messages_and_attempts_filter_resend_recover_and_stats(vhost: str,
                             started.isoformat())
         assert recovered.returncode == 0 and "recovered 0" in recovered.stdout, recovered.stdout + recovered.stderr
 
+        # Secrets and test sends, as the partner API offers them.
+        old_secret = run_cli(settings, "endpoints", "secret", "acme", "main").stdout.strip()
+        rotated = run_cli(settings, "endpoints", "rotate-secret", "acme", "main", "--overlap", "600")
+        new_secret = rotated.stdout.strip()
+        assert rotated.returncode == 0 and new_secret.startswith("whsec_") and new_secret != old_secret
+        assert "keeps signing until" in rotated.stderr
+        sent = run_cli(settings, "endpoints", "test", "acme", "main", "--type", "RET")
+        assert sent.returncode == 0, sent.stderr
+        event_id = sent.stdout.strip()
+        await shipcast.services.partners.reload()
+        [request] = await eventually(lambda: [r for r in receiver.requests if r.headers["webhook-id"] == event_id])
+        for secret in (old_secret, new_secret):
+            assert Webhook(secret).verify(request.body, {k.lower(): v for k, v in request.headers.items()})
+        unknown = run_cli(settings, "endpoints", "test", "acme", "nope")
+        assert unknown.returncode == 1 and "partner 'acme' has no endpoint 'nope'" in unknown.stderr
+
 
 async def _messages(shipcast: ShipcastProcess, **params: str) -> list[dict[str, Any]]:
     response = await shipcast.http.get("/v1/partners/acme/messages", params=params)

@@ -4,10 +4,15 @@ the allow list, and names resolved by the guarded resolver."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 
+import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from shipcast.plugins.webhook.guard import DestinationRefused, GuardedResolver, refusal
+from shipcast.plugins.webhook.guard import DestinationRefused, GuardedResolver, find_refusal, refusal
+
+from .helpers import Receiver
 
 
 @pytest.mark.parametrize(("address", "range_name"), [
@@ -68,3 +73,41 @@ async def test_a_name_resolving_to_a_refused_address_is_refused_at_resolve_time(
         assert result["host"] == "127.0.0.1"
     finally:
         await allowing.close()
+
+
+class Rebinding(AbstractResolver):
+    """A DNS name under an attacker's control: each lookup (TTL 0) gets the
+    next answer, the last one repeated."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        address = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_rebinding_name_is_refused_at_the_lookup_that_connects() -> None:
+    """The check and the connect use one lookup: a name that answers a public
+    address to one lookup and loopback to the next is refused at the second."""
+    resolver = GuardedResolver((), inner=Rebinding("93.184.216.34", "127.0.0.1"))
+    [first] = await resolver.resolve("rebind.example", 80)
+    assert first["host"] == "93.184.216.34"
+    with pytest.raises(DestinationRefused, match="127.0.0.1 is in 127.0.0.0/8"):
+        await resolver.resolve("rebind.example", 80)
+
+
+async def test_the_http_client_connects_only_through_the_guard(receiver: Receiver) -> None:
+    """Through aiohttp, as the webhook channel sends: the name answers the
+    receiver's loopback address, which the guard refuses before any connection."""
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver((), inner=Rebinding("127.0.0.1")))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        with pytest.raises(aiohttp.ClientConnectorError) as caught:
+            await session.post(f"http://rebind.example:{receiver.port}/hook", data=b"{}")
+    assert find_refusal(caught.value) is not None
+    assert receiver.requests == []

@@ -288,3 +288,10 @@ def shipcast_routers() -> list[Any]:
     from .routes import router
 
     return [router]
+
+
+@hookimpl
+def shipcast_commands(cli: Any) -> None:
+    from .commands import endpoints
+
+    cli.add_command(endpoints)

@@ -75,9 +75,9 @@ def refusal(address: str, allowed: Sequence[Network]) -> str | None:
 class GuardedResolver(AbstractResolver):
     """Resolves like aiohttp does, then drops every refused address."""
 
-    def __init__(self, allowed: Sequence[Network]) -> None:
+    def __init__(self, allowed: Sequence[Network], inner: AbstractResolver | None = None) -> None:
         self.allowed = tuple(allowed)
-        self._inner = DefaultResolver()
+        self._inner = inner or DefaultResolver()
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
