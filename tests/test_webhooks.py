@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -350,3 +351,40 @@ def test_endpoint_options_are_validated() -> None:
     text = str(caught.value)
     for field in ("rate_limit", "max_concurrency", "ordered"):
         assert f"channels.webhook.endpoints.0.{field}" in text
+
+
+async def test_an_endless_response_is_read_only_up_to_the_cap(shipcast: ShipcastProcess) -> None:
+    """A 2xx whose body never ends still counts as delivered at once: shipcast
+    stops reading at 64 KiB (reading on would hit the 2 s timeout and retry)."""
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        await request.read()
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        try:
+            while sent < 512 * 1024 * 1024:
+                await response.write(b"x" * 65536)
+                sent += 65536
+        except (ConnectionError, RuntimeError):
+            pass  # shipcast hung up
+        return response
+
+    app = web.Application()
+    app.router.add_post("/hook", endless)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        await shipcast.apply(partners_doc("acme", f"http://127.0.0.1:{port}/hook"))
+        await post(shipcast, event := body_of("OFD"))
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event["event_id"]))
+        assert row["status"] == "delivered" and row["attempts"] == 1
+        [attempt] = await shipcast.services.store.list_attempts(event["event_id"])
+        assert attempt["response"] == "x" * 1024
+        assert sent < 512 * 1024 * 1024  # it stopped reading long before the server stopped sending
+    finally:
+        await runner.cleanup()
