@@ -32,7 +32,7 @@ from .reconcile import apply_partners, reconcile_bindings
 from .replay import replay_deliveries
 from .services import Services
 
-DeliveryStatus = Literal["delivered", "retrying", "waiting", "dead"]
+DeliveryStatus = Literal["delivered", "retrying", "waiting", "skipped", "dead"]
 _bearer = HTTPBearer(auto_error=False, description="SHIPCAST_API_TOKEN")
 
 
@@ -227,7 +227,7 @@ async def get_message(partner_id: str, event_id: str, request: Request) -> dict[
 @partner_v1.get("/attempts")
 async def list_attempts(partner_id: str, request: Request, event_id: str | None = None,
                         endpoint: str | None = None, channel: str | None = None,
-                        outcome: Literal["delivered", "retry", "dead"] | None = None,
+                        outcome: Literal["delivered", "retry", "skipped", "dead"] | None = None,
                         since: datetime | None = None, until: datetime | None = None,
                         limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     """Delivery attempts to this partner, newest first (oldest first for one event)."""

@@ -221,7 +221,7 @@ def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--order", "order_id", help="Order id."),
         click.option("--since", type=WHEN, help="Changed at or after (ISO 8601; UTC unless it says)."),
         click.option("--until", type=WHEN, help="Changed before."),
-        click.option("--status", type=click.Choice(["delivered", "retrying", "waiting", "dead"])),
+        click.option("--status", type=click.Choice(["delivered", "retrying", "waiting", "skipped", "dead"])),
         click.option("--limit", default=100, show_default=True),
     ]):
         func = option(func)
@@ -331,6 +331,47 @@ def deliveries_attempts(event_id: str, as_json: bool) -> None:
                   ("status", "status"), ("latency", "latency"), ("error", "error")])
     if not rows:
         click.echo(f"no attempts for {event_id}")
+
+
+# -- templates -----------------------------------------------------------------------
+
+@main.group()
+def templates() -> None:
+    """Customer message templates (SMS, WhatsApp, email)."""
+
+
+@templates.command("preview")
+@click.option("--partner", "partner_id", required=True, help="A partner applied already.")
+@click.option("--event", "event_type", required=True, help="Event type (OFD, DEL, ...).")
+@click.option("--channel", required=True, help="A customer channel the partner uses (sms, ...).")
+@click.option("--lang", "language", type=click.Choice(["en", "hi"]), help="Default: the sample customer's.")
+def templates_preview(partner_id: str, event_type: str, channel: str, language: str | None) -> None:
+    """Render a partner's message for a realistic sample event, as it would be sent."""
+    from .examples import example
+    from .messages import render
+    from .plugin_manager import event_types
+    from .settings import Settings
+
+    if event_type not in event_types():
+        raise click.BadParameter(f"unknown event type; known: {', '.join(event_types())}", param_hint="--event")
+
+    async def fetch() -> Any:
+        async with open_services(broker=False) as services:
+            return await services.store.get_partner(partner_id)
+
+    partner = run_command(fetch)
+    if partner is None:
+        raise click.ClickException(f"no partner {partner_id!r}: apply it first (shipcast partners apply -f FILE)")
+    if channel not in partner.channels:
+        raise click.ClickException(f"partner {partner_id!r} does not use {channel!r}; it uses: "
+                                   f"{', '.join(sorted(partner.channels)) or 'nothing'}")
+    try:
+        text = render(Settings(), channel, example(event_type, partner_id=partner_id), partner,
+                      partner.channels[channel].get("templates"), language)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(text)
+    click.echo(f"-- {len(text)} characters", err=True)
 
 
 # -- dead letters ----------------------------------------------------------------

@@ -8,6 +8,7 @@ can be rotated. Unset, a key is generated once into ``SHIPCAST_SECRET_KEY_FILE``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from functools import lru_cache
@@ -28,6 +29,8 @@ class SecretBox:
     """Encrypts and decrypts short secrets with the configured keys."""
 
     def __init__(self, keys: str) -> None:
+        #: Names the key without revealing it: other secrets are derived from it.
+        self.key_id = hashlib.sha256(keys.split(",")[0].strip().encode()).hexdigest()
         try:
             self._fernet = MultiFernet([Fernet(key.strip()) for key in keys.split(",") if key.strip()])
         except (ValueError, TypeError) as exc:

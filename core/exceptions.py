@@ -13,7 +13,8 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
     ├── StoreError                  the database refused or is unreachable
     └── DeliveryError               raised by a channel while delivering one target
         ├── RetryableDelivery       try again later (timeouts, 5xx, connection errors)
-        └── PermanentDelivery       never retry (refused destination, 410, bad target)
+        ├── PermanentDelivery       never retry (refused destination, 410, bad target)
+        └── SkipDelivery            nothing to send, on purpose (opted out, stale)
 """
 
 from __future__ import annotations
@@ -127,3 +128,9 @@ class PermanentDelivery(DeliveryError):
     ) -> None:
         super().__init__(reason, status=status, response=response)
         self.disable_target = disable_target
+
+
+class SkipDelivery(DeliveryError):
+    """Nothing is sent, on purpose: the customer opted out, or the message is
+    stale (an OFD after the order's DEL). Logged as skipped; never retried or
+    parked, and not a failure of the target."""

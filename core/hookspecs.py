@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     import click
     from fastapi import APIRouter
 
+    from .envelope import Event
+    from .partners import Partner
+    from .plugins.sms.providers import SmsProvider
+    from .settings import Settings
+
     from .channel import Channel
     from .event_types import EventType
 
@@ -72,3 +77,27 @@ def shipcast_commands(cli: click.Group) -> None:
     :param cli: the ``shipcast`` :class:`click.Group`; add to it with
         ``cli.add_command`` or its ``command``/``group`` decorators.
     """
+
+
+@hookspec(firstresult=True)
+def shipcast_tracking_url(event: Event, partner: Partner | None, settings: Settings) -> str | None:
+    """The tracking-page link for an event's order, carried by every customer
+    message. The tracking channel answers it; without one, the core's
+    ``{SHIPCAST_PUBLIC_URL}/t/{token}`` is used. Stops at first non-None result.
+
+    :param event: the event a message is about.
+    :param partner: the partner's stored config, or ``None``.
+    :param settings: the running settings.
+    :return: an absolute URL, or ``None`` to leave it to another plugin.
+    """
+
+
+@hookspec
+def shipcast_sms_providers() -> list[type[SmsProvider]]:
+    """Register SMS providers for the SMS channel: each a subclass of
+    :class:`shipcast.plugins.sms.providers.SmsProvider` with a unique ``name``,
+    chosen per partner with ``channels.sms.provider``.
+
+    :return: a list of provider classes (not instances).
+    """
+    raise NotImplementedError

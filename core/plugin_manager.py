@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "shipcast.event_types",
     "shipcast.plugins.webhook",
+    "shipcast.plugins.sms",
+    "shipcast.plugins.email",
     "shipcast.plugins.archive",
 )
 _ALWAYS = {"shipcast.event_types"}

@@ -13,13 +13,16 @@ DEFAULT_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
 
 
 class Settings(BaseSettings):
+    """Every setting; secrets are left out of the repr, so a logged or printed
+    Settings never shows them."""
+
     model_config = SettingsConfigDict(env_prefix="SHIPCAST_", extra="ignore", frozen=True)
 
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     database_url: str = "sqlite+aiosqlite:///shipcast.db"
     host: str = "127.0.0.1"
     port: int = 8000
-    api_token: str | None = None
+    api_token: str | None = Field(None, repr=False)
     management_url: str = "http://guest:guest@localhost:15672"
     retry_schedule: str = DEFAULT_RETRY_SCHEDULE
     webhook_allowed_networks: str = ""
@@ -31,7 +34,7 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(256 * 1024, ge=1024)
     #: Fernet keys (comma-separated; the first encrypts, all decrypt) for secrets at rest.
     #: Unset: a key is generated once into ``secret_key_file``.
-    secret_key: str | None = None
+    secret_key: str | None = Field(None, repr=False)
     secret_key_file: str = "shipcast.key"
     webhook_require_https: bool = False
     #: Seconds a rotated-out endpoint secret still signs (default 24 h).
@@ -48,9 +51,21 @@ class Settings(BaseSettings):
     breaker_cooldown: float = Field(30.0, gt=0)
     #: Seconds of continuous failure after which an endpoint is disabled (default 5 days).
     endpoint_disable_after: float = Field(5 * 86400.0, gt=0)
+    #: The address customers reach shipcast at: tracking links in messages start with it.
+    public_url: str = "http://127.0.0.1:8000"
+    #: Twilio credentials (never in the partners file) and API base (a local stand-in in tests).
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = Field(None, repr=False)
+    twilio_api_url: str = "https://api.twilio.com"
+    #: The SMTP server customer email goes through; the password only from the environment.
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = Field(None, repr=False)
+    smtp_starttls: bool = False
     #: Where operator events (endpoint failing, recovered, disabled) are posted, signed.
     operator_webhook_url: str | None = None
-    operator_webhook_secret: str | None = None
+    operator_webhook_secret: str | None = Field(None, repr=False)
 
     @field_validator("retry_schedule")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -52,10 +53,12 @@ deliveries = sa.Table(
     sa.Column("order_id", sa.String(100)),
     sa.Column("sequence", sa.BigInteger),
     sa.Column("address", sa.String(2000), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # delivered | retrying | waiting | dead
+    sa.Column("status", sa.String(16), nullable=False),  # delivered | retrying | waiting | skipped | dead | sending
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("last_status", sa.Integer),
     sa.Column("last_error", sa.Text),
+    #: What the provider last reported after accepting it (an SMS's "delivered", "undelivered 30003").
+    sa.Column("provider_status", sa.String(64)),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Index("ix_deliveries_status", "status", "updated_at"),
     sa.Index("ix_deliveries_partner", "partner_id", "updated_at"),
@@ -127,6 +130,28 @@ partner_tokens = sa.Table(
     sa.Column("partner_id", sa.String(64), nullable=False, index=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+#: Messages a provider accepted, by its id: status callbacks find their delivery here.
+provider_messages = sa.Table(
+    "provider_messages", metadata,
+    sa.Column("provider", sa.String(32), primary_key=True),
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("event_id", sa.String(100), nullable=False),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+)
+
+#: Customers who opted out of a channel for a partner, by a hash of their address.
+opt_outs = sa.Table(
+    "opt_outs", metadata,
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("partner_id", sa.String(64), primary_key=True),
+    sa.Column("address_hash", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
 )
 
 #: Ed25519 keys for ``v1a`` signatures; the private half encrypted.
@@ -439,7 +464,8 @@ class Store:
                          "status": a.status, "error": a.error, "latency_ms": a.latency_ms,
                          "response": a.response[:RESPONSE_EXCERPT] if a.response else None}
                         for a in items if a.outcome != "waiting"]
-        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead", "waiting": "waiting"}
+        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead", "waiting": "waiting",
+                 "skipped": "skipped"}
         latest: dict[tuple[str, str, str], dict[str, Any]] = {}
         for a in items:
             latest[(a.event_id, a.channel, a.target)] = {
@@ -542,6 +568,85 @@ class Store:
         await self._run([(operator_events.update().where(operator_events.c.id == event_id)
                           .values(sent_at=now()), None)])
 
+    async def claim(self, event_id: str, channel: str, target: str, partner_id: str, address: str,
+                    stale_after: float) -> str | None:
+        """Claim the right to send one message, so concurrent or redelivered
+        copies of an event never send it twice. Returns ``None`` when claimed,
+        else the delivery's status (``delivered``, or ``sending`` while another
+        copy is in flight). A ``sending`` claim older than ``stale_after``
+        seconds belongs to a worker that died: it is taken over."""
+        stamp = now()
+        key = (deliveries.c.event_id == event_id) & (deliveries.c.channel == channel) \
+            & (deliveries.c.target == target)
+        try:
+            async with self._connection(False) as conn:
+                inserted = await conn.execute(self._insert(deliveries).on_conflict_do_nothing(), {
+                    "event_id": event_id, "channel": channel, "target": target, "partner_id": partner_id,
+                    "address": address, "status": "sending", "attempts": 0, "updated_at": stamp})
+                if inserted.rowcount == 1:
+                    return None
+                taken = await conn.execute(deliveries.update().where(key & (
+                    deliveries.c.status.not_in(("delivered", "sending"))
+                    | ((deliveries.c.status == "sending")
+                       & (deliveries.c.updated_at < stamp - timedelta(seconds=stale_after))))
+                ).values(status="sending", updated_at=stamp))
+                if taken.rowcount == 1:
+                    return None
+                found = (await conn.execute(sa.select(deliveries.c.status).where(key))).first()
+                return str(found.status) if found is not None else "sending"
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    async def add_provider_message(self, provider: str, message_id: str, event_id: str, channel: str,
+                                   target: str) -> None:
+        await self._run([(self._insert(provider_messages).on_conflict_do_nothing(), [
+            {"provider": provider, "message_id": message_id, "event_id": event_id, "channel": channel,
+             "target": target, "rank": 0, "at": now()}])])
+
+    async def provider_status(self, provider: str, message_id: str, status: str, rank: int) -> bool:
+        """Record a provider's status for a message it accepted, unless a later
+        one (a higher ``rank``) is recorded already: callbacks come duplicated
+        and out of order. Returns whether it was recorded."""
+        key = (provider_messages.c.provider == provider) & (provider_messages.c.message_id == message_id)
+        try:
+            async with self._connection(False) as conn:
+                moved = await conn.execute(provider_messages.update().where(
+                    key & (provider_messages.c.rank < rank)).values(rank=rank, at=now()))
+                if moved.rowcount != 1:
+                    return False
+                found = (await conn.execute(sa.select(provider_messages).where(key))).one()
+                await conn.execute(deliveries.update().where(
+                    (deliveries.c.event_id == found.event_id) & (deliveries.c.channel == found.channel)
+                    & (deliveries.c.target == found.target)).values(provider_status=status[:64]))
+                return True
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    # -- customers: opt-outs and the order's later events ---------------------
+
+    async def add_opt_out(self, channel: str, partner_id: str, address: str, reason: str, *,
+                          hashed: bool = False) -> None:
+        """Record that a customer opted out (``address`` may be given already hashed)."""
+        await self._run([(self._insert(opt_outs).on_conflict_do_nothing(), [
+            {"channel": channel, "partner_id": partner_id,
+             "address_hash": address if hashed else address_hash(address), "reason": reason, "at": now()}])])
+
+    async def opted_out(self, channel: str, partner_id: str, address: str) -> str | None:
+        """Why this address opted out of this partner's messages on this channel, if it did."""
+        rows = await self._rows(sa.select(opt_outs.c.reason).where(
+            opt_outs.c.channel == channel, opt_outs.c.partner_id == partner_id,
+            opt_outs.c.address_hash == address_hash(address)))
+        return str(rows[0].reason) if rows else None
+
+    async def later_event(self, partner_id: str, order_id: str, sequence: int,
+                          event_types: Sequence[str]) -> str | None:
+        """An archived event of the order, of one of ``event_types``, later in
+        sequence: the DEL that makes an OFD stale."""
+        rows = await self._rows(sa.select(events.c.event_id).where(
+            events.c.partner_id == partner_id, events.c.order_id == order_id, events.c.sequence > sequence,
+            events.c.event_type.in_(list(event_types))).limit(1))
+        return str(rows[0].event_id) if rows else None
+
     # -- partner tokens and signing keys ---------------------------------------
 
     async def add_partner_token(self, token_hash: str, partner_id: str, name: str) -> None:
@@ -581,6 +686,7 @@ class Store:
 def attempt_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts, success rate, latency percentiles (of attempts that connected)
     and the newest error, from attempts newest first."""
+    rows = [row for row in rows if row["outcome"] != "skipped"]  # nothing was sent: not the endpoint's doing
     delivered = sum(1 for row in rows if row["outcome"] == "delivered")
     latencies = sorted(row["latency_ms"] for row in rows if row["latency_ms"] > 0)
 
@@ -597,6 +703,11 @@ def attempt_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "last_error": {"at": last_error["at"].isoformat(), "error": last_error["error"],
                        "status": last_error["status"]} if last_error else None,
     }
+
+
+def address_hash(address: str) -> str:
+    """A phone number or email address, as the store keeps it: hashed, never in clear."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
 
 
 def _partner(config: str) -> Partner:

@@ -33,6 +33,7 @@ from .exceptions import (
     InvalidEvent,
     PermanentDelivery,
     RetryableDelivery,
+    SkipDelivery,
     StoreError,
 )
 from .services import Services
@@ -247,7 +248,7 @@ class ChannelWorker:
     async def _observe(self, event: Event, outcome: Outcome) -> None:
         """Keep the target's health: failing, recovered, disabled."""
         attempt, health = outcome.attempt, self.services.health
-        if attempt.outcome == "waiting" or not outcome.parked or not self.channel.records_deliveries:
+        if attempt.outcome in ("waiting", "skipped") or not outcome.parked or not self.channel.records_deliveries:
             return
         if isinstance(outcome.error, PermanentDelivery) and outcome.error.disable_target:
             await self._persist(lambda: health.disable(self.name, event.partner_id, attempt.target,
@@ -315,6 +316,8 @@ class ChannelWorker:
                 async with asyncio.timeout(self.channel.deliver_timeout):
                     result = await self.channel.deliver(event, body, target)
                 ok = True
+            except SkipDelivery as exc:
+                error, ok = exc, None
             except DeliveryError as exc:
                 error, ok = exc, False
             except StoreError:
@@ -335,6 +338,8 @@ class ChannelWorker:
         delay = None
         if error is None:
             outcome, reason = "delivered", None
+        elif isinstance(error, SkipDelivery):
+            outcome, reason = "skipped", error.reason
         elif isinstance(error, RetryableDelivery) and (
                 delay := next_delay(self.delays, attempt, error.retry_after)) is not None:
             outcome, reason = "retry", error.reason

@@ -23,7 +23,7 @@ from shipcast.partners import load_partners
 from shipcast.signing import generate_secret
 
 from .conftest import make_settings
-from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli
+from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli, serve
 
 pytestmark = pytest.mark.broker
 
@@ -373,11 +373,7 @@ async def test_an_endless_response_is_read_only_up_to_the_cap(shipcast: Shipcast
 
     app = web.Application()
     app.router.add_post("/hook", endless)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve(app)
     try:
         await shipcast.apply(partners_doc("acme", f"http://127.0.0.1:{port}/hook"))
         await post(shipcast, event := body_of("OFD"))

@@ -1,0 +1,272 @@
+"""Messages to end customers: the templates, their context, the tracking link.
+
+Every customer channel (SMS, WhatsApp, email) renders ``templates/<channel>/
+<TYPE>.<lang>.j2`` (English and Hindi ship), unless the partner's config
+overrides it. Rendering is strict: a missing variable is an error when the
+partners file is applied (every template is rendered then, for every event
+type and language, with realistic data and with the envelope's nulls), never
+a blank in a customer's message.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
+from functools import cache
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from marshmallow import RAISE, Schema, ValidationError, fields, validates
+
+from .envelope import Event
+from .exceptions import ConfigError, RetryableDelivery, SkipDelivery
+from .partners import Partner
+from .settings import Settings
+from .store import address_hash
+from .templating import environment
+
+if TYPE_CHECKING:
+    from .services import Services
+
+#: Languages every shipped template exists in; a customer's other languages get English.
+LANGUAGES = ("en", "hi")
+
+
+def language_of(event: Event, default: str = "en") -> str:
+    language = (event.order.customer.language or default).split("-")[0]
+    return language if language in LANGUAGES else default
+
+
+def _link_key(settings: Settings, purpose: str) -> bytes:
+    from .crypto import secret_box
+
+    secret = settings.secret_key or secret_box(settings).key_id
+    return hashlib.sha256(f"{purpose}:{secret}".encode()).digest()
+
+
+def _signed(settings: Settings, purpose: str, payload: str) -> str:
+    mac = hmac.new(_link_key(settings, purpose), payload.encode(), hashlib.sha256).digest()[:12]
+    return base64.urlsafe_b64encode(payload.encode() + b"|" + mac).rstrip(b"=").decode()
+
+
+def _verified(settings: Settings, purpose: str, token: str) -> str | None:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, TypeError):
+        return None
+    payload, _, mac = raw.rpartition(b"|")
+    expected = hmac.new(_link_key(settings, purpose), payload, hashlib.sha256).digest()[:12]
+    return payload.decode("utf-8", "replace") if payload and hmac.compare_digest(mac, expected) else None
+
+
+def tracking_token(settings: Settings, partner_id: str, order_id: str) -> str:
+    """An unguessable token naming one order of one partner, for ``/t/{token}``."""
+    return _signed(settings, "tracking", f"{partner_id}:{order_id}")
+
+
+def unsubscribe_token(settings: Settings, channel: str, partner_id: str, address: str) -> str:
+    """A token for one customer's one-click unsubscribe from one partner's
+    messages on one channel; it carries a hash of the address, not the address."""
+    return _signed(settings, "unsubscribe", f"{channel}:{partner_id}:{address_hash(address)}")
+
+
+def read_unsubscribe_token(settings: Settings, token: str) -> tuple[str, str, str] | None:
+    """``(channel, partner_id, address hash)``, or ``None`` for a forged token."""
+    payload = _verified(settings, "unsubscribe", token)
+    if payload is None or payload.count(":") != 2:
+        return None
+    channel, partner_id, hashed = payload.split(":")
+    return channel, partner_id, hashed
+
+
+
+
+def tracking_url(settings: Settings, event: Event, partner: Partner | None) -> str:
+    """The tracking-page link every message carries: a plugin's
+    (``shipcast_tracking_url``), else the core's ``/t/{token}``."""
+    from .plugin_manager import get_plugin_manager
+
+    url = get_plugin_manager().hook.shipcast_tracking_url(event=event, partner=partner, settings=settings)
+    if url:
+        return str(url)
+    return f"{settings.public_url.rstrip('/')}/t/{tracking_token(settings, event.partner_id, event.order.order_id)}"
+
+
+def context(settings: Settings, event: Event, partner: Partner | None) -> dict[str, Any]:
+    """What a template sees: the envelope's groups (``None`` where they do not
+    apply), the partner's name and branding, and the tracking link."""
+    envelope = event.model_dump(mode="json", by_alias=True)
+    # Every branding field is there, None when the partner has not set it.
+    branding = {"logo_url": None, "primary_color": None, "support_phone": None, "support_email": None,
+                **(dict(partner.branding) if partner else {})}
+    return {
+        **envelope,
+        "event": envelope,
+        "customer": envelope["order"]["customer"],
+        "partner": {"id": event.partner_id, "name": partner.name if partner else event.partner_id, **branding},
+        "tracking_url": tracking_url(settings, event, partner),
+    }
+
+
+@cache
+def _compiled(source: str) -> jinja2.Template:
+    return environment().from_string(source)
+
+
+def template_for(channel: str, event_type: str, language: str, overrides: Mapping[str, Any] | None) -> jinja2.Template:
+    """The partner's override for this event type (one text, or one per
+    language), else the shipped template, else the English one."""
+    override = (overrides or {}).get(event_type)
+    if isinstance(override, Mapping):
+        override = override.get(language) or override.get("en")
+    if override:
+        return _compiled(str(override))
+    loader = environment()
+    for name in (f"{channel}/{event_type}.{language}.j2", f"{channel}/{event_type}.en.j2"):
+        try:
+            return loader.get_template(name)
+        except jinja2.TemplateNotFound:
+            continue
+    raise ConfigError(f"no {channel} template for {event_type}: add templates/{channel}/{event_type}.en.j2 "
+                      f"or a '{event_type}' entry under the partner's {channel}.templates")
+
+
+def render(settings: Settings, channel: str, event: Event, partner: Partner | None,
+           overrides: Mapping[str, Any] | None = None, language: str | None = None) -> str:
+    """One customer message. :raises ConfigError: naming the template and what is wrong."""
+    language = language or language_of(event)
+    template = template_for(channel, event.event_type, language, overrides)
+    try:
+        return template.render(context(settings, event, partner)).strip()
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"{channel} template for {event.event_type} ({language}) failed: {exc}") from exc
+
+
+def check_templates(settings: Settings, channel: str, partner_id: str, partner_name: str,
+                    branding: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Render every template this config may send, for every event type it
+    serves and every language, with realistic data and with the nulls each
+    event type's row leaves. Returns the errors, keyed by field."""
+    from .examples import example
+    from .plugin_manager import event_types
+
+    events = config.get("events", ["*"])
+    types = list(event_types()) if "*" in events else list(events)
+    overrides = config.get("templates") or {}
+    partner = Partner(partner_id, partner_name, branding, {channel: config})
+    errors: dict[str, list[str]] = {}
+    for event_type in types:
+        event = example(event_type, partner_id=partner_id)
+        sparse = _sparse(event)
+        for language in LANGUAGES:
+            for sample in (event, sparse):
+                try:
+                    render(settings, channel, sample, partner, overrides, language)
+                except ConfigError as exc:
+                    where = f"templates.{event_type}" if event_type in overrides else f"events ({event_type})"
+                    errors.setdefault(where, []).append(f"{language}: {exc}")
+                    break
+    return {where: sorted(set(messages)) for where, messages in errors.items()}
+
+
+def _sparse(event: Event) -> Event:
+    """The same event with every optional field of its groups left out."""
+    order = event.order.model_copy(update={"merchant_order_ref": None, "address": None, "payment": None,
+                                           "item_count": None, "promised_date": None,
+                                           "customer": event.order.customer.model_copy(
+                                               update={"email": None})})
+    return event.model_copy(update={"order": order})
+
+
+# -- the rules every customer channel keeps ----------------------------------------
+
+#: Event types after which an order's earlier kinds of message are stale.
+TERMINAL = ("DEL", "RET")
+#: Event types sent whatever the quiet hours: OTPs and failures cannot wait.
+CRITICAL = ("OFD", "FAIL")
+
+
+class QuietHours(Schema):
+    """``quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}``."""
+
+    class Meta:
+        unknown = RAISE
+
+    start = fields.Time(required=True, format="%H:%M")
+    end = fields.Time(required=True, format="%H:%M")
+    timezone = fields.String(load_default="Asia/Kolkata")
+
+    @validates("timezone")
+    def _zone(self, value: str, **_: Any) -> None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValidationError(f"unknown time zone {value!r}") from None
+
+
+def quiet_for(quiet: Mapping[str, Any] | None, at: datetime) -> float:
+    """Seconds until the quiet hours end, or 0 outside them."""
+    if not quiet:
+        return 0.0
+    zone = ZoneInfo(quiet.get("timezone") or "Asia/Kolkata")
+    local = at.astimezone(zone)
+    start, end = (_as_time(quiet["start"]), _as_time(quiet["end"]))
+    now = local.time().replace(tzinfo=None)
+    inside = start <= now < end if start < end else (now >= start or now < end)
+    if not inside:
+        return 0.0
+    ends = datetime.combine(local.date(), end, zone)
+    if ends <= local:
+        ends += timedelta(days=1)
+    return (ends - local).total_seconds()
+
+
+def _as_time(value: Any) -> dt_time:
+    return value if isinstance(value, dt_time) else dt_time.fromisoformat(str(value))
+
+
+#: Seconds after which a claim to send a message, never settled, is taken over.
+CLAIM_STALE_AFTER = 120.0
+
+
+async def keep_rules(services: Services, channel: str, event: Event, address: str,
+                     config: Mapping[str, Any], target: str = "customer") -> None:
+    """Skip what must not be sent, hold back what must wait, and claim the
+    message so no other copy of the event sends it too.
+
+    :raises SkipDelivery: the customer opted out of this channel, the message
+        is stale (the order's DEL or RET is already archived), or it was sent.
+    :raises RetryableDelivery: it is a non-critical message in the merchant's
+        quiet hours (retried once they end), or another copy is being sent
+        now (retried, to send it should that copy fail).
+    """
+    store = services.store
+    reason = await store.opted_out(channel, event.partner_id, address)
+    if reason is not None:
+        raise SkipDelivery(f"the customer opted out of {channel}: {reason}")
+    if event.event_type not in TERMINAL:
+        later = await store.later_event(event.partner_id, event.order.order_id, event.sequence, TERMINAL)
+        if later is not None:
+            raise SkipDelivery(f"stale: a later {'/'.join(TERMINAL)} of this order ({later}) was received first")
+    if event.event_type not in config.get("critical", CRITICAL):
+        wait = quiet_for(config.get("quiet_hours"), datetime.now(UTC))
+        if wait > 0:
+            quiet = config["quiet_hours"]
+            raise RetryableDelivery(f"quiet hours until {_as_time(quiet['end']):%H:%M} {quiet.get('timezone')}",
+                                    retry_after=wait)
+    held = await store.claim(event.event_id, channel, target, event.partner_id, mask(address), CLAIM_STALE_AFTER)
+    if held == "delivered":
+        raise SkipDelivery("sent already: one message per event")
+    if held is not None:
+        raise RetryableDelivery("another copy of this event is being sent now")
+
+
+def mask(address: str) -> str:
+    """An address as the delivery log keeps it: the start and last four characters."""
+    address = address.strip()
+    return address[:3] + "*" * max(0, len(address) - 7) + address[-4:] if len(address) > 7 else "***"

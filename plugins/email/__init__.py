@@ -1,0 +1,161 @@
+"""The email channel: a message to the order's customer, with a text and an
+HTML part, sent over SMTP.
+
+The text comes from ``templates/email/<TYPE>.<lang>.j2`` (its first line is
+the subject) or the partner's own; the HTML part sets the same paragraphs,
+autoescaped, in ``templates/email/layout.html`` with the partner's branding.
+Messages that are not strictly transactional (by default the DEL's review
+request) carry ``List-Unsubscribe`` with one-click unsubscribe (RFC 8058).
+
+Config (``channels.email``)::
+
+    email:
+      events: [OFD, DEL, FAIL]
+      from_address: "Acme Retail <orders@acme.example.com>"
+      reply_to: support@acme.example.com
+      transactional: [OFD, FAIL, RET]     # no unsubscribe link on these
+      templates: {DEL: "Subject line\\nBody ..."}
+      quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Mapping
+from email.headerregistry import Address
+from email.message import EmailMessage
+from typing import Any
+
+import aiosmtplib
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from shipcast import hookimpl
+from shipcast.channel import Channel, Delivered, EventList, Target
+from shipcast.envelope import Event
+from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from shipcast.messages import (
+    CRITICAL,
+    QuietHours,
+    check_templates,
+    context,
+    keep_rules,
+    language_of,
+    mask,
+    render,
+    unsubscribe_token,
+)
+from shipcast.partners import Partner
+from shipcast.plugins.sms import TemplateText
+from shipcast.settings import Settings
+from shipcast.templating import environment
+
+TRANSACTIONAL = ("OFD", "FAIL", "RET")
+
+
+class EmailConfig(Schema):
+    class Meta:
+        unknown = RAISE
+
+    events = EventList()
+    from_address = fields.String(required=True)
+    reply_to = fields.Email()
+    transactional = fields.List(fields.String(), load_default=lambda: list(TRANSACTIONAL))
+    templates = fields.Dict(keys=fields.String(), values=TemplateText(), load_default=dict)
+    quiet_hours = fields.Nested(QuietHours)
+    critical = fields.List(fields.String(), load_default=lambda: list(CRITICAL))
+
+    @validates("from_address")
+    def _sender(self, value: str, **_: Any) -> None:
+        name, address = email.utils.parseaddr(value)
+        if "@" not in address or "." not in address.rsplit("@", 1)[-1]:
+            raise ValidationError("must be an address, like 'Acme Retail <orders@acme.example.com>'")
+
+
+class EmailChannel(Channel):
+    name = "email"
+    description = "Email to the order's customer, text and HTML, over SMTP"
+    prefetch = 32
+    config_schema = EmailConfig
+
+    @classmethod
+    async def prepare(cls, settings: Settings, partner_id: str, config: dict[str, Any],
+                      stored: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Every template this config may send renders, in every language, and has a subject line."""
+        errors = check_templates(settings, cls.name, partner_id, partner_id, {}, config)
+        if errors:
+            raise ConfigError("refused", errors)
+        return config
+
+    def targets(self, event: Event, partner: Partner | None) -> list[Target]:
+        to = event.order.customer.email
+        if partner is None or self.name not in partner.channels or not to:
+            return []
+        return [Target("customer", mask(to), {"to": to, "config": partner.channels[self.name], "partner": partner})]
+
+    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
+        config, partner, to = target.options["config"], target.options["partner"], target.options["to"]
+        await keep_rules(self.services, self.name, event, to, config)
+        message = self.compose(event, partner, config, to)
+        settings = self.settings
+        try:
+            await aiosmtplib.send(message, hostname=settings.smtp_host, port=settings.smtp_port,
+                                  username=settings.smtp_username, password=settings.smtp_password,
+                                  start_tls=settings.smtp_starttls, timeout=settings.webhook_timeout)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = next(iter(exc.recipients), None)
+            code, text = (refused.code, refused.message) if refused is not None else (550, str(exc))
+            raise _smtp_error(code, text) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _smtp_error(exc.code, exc.message) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise RetryableDelivery(f"SMTP server unreachable: {type(exc).__name__}: {exc}") from exc
+        return Delivered(250, f"sent as {message['Message-ID']}")
+
+    def compose(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str) -> EmailMessage:
+        """The message: subject, text and HTML parts, and the headers."""
+        language = language_of(event)
+        subject, _, text = render(self.settings, self.name, event, partner, config.get("templates"),
+                                  language).partition("\n")
+        text = text.strip()
+        unsubscribe = None
+        if event.event_type not in config.get("transactional", TRANSACTIONAL):
+            unsubscribe = (f"{self.settings.public_url.rstrip('/')}/u/"
+                           f"{unsubscribe_token(self.settings, self.name, event.partner_id, to)}")
+        html = environment().get_template("email/layout.html").render(
+            context(self.settings, event, partner), subject=subject, language=language,
+            paragraphs=[p.strip() for p in text.split("\n\n") if p.strip()], unsubscribe_url=unsubscribe)
+        message = EmailMessage()
+        sender = email.utils.parseaddr(config["from_address"])
+        message["From"] = str(Address(sender[0], addr_spec=sender[1]))
+        message["To"] = to
+        message["Subject"] = subject.strip()
+        message["Date"] = email.utils.formatdate(localtime=False)
+        message["Message-ID"] = email.utils.make_msgid(f"{event.event_id}", domain=sender[1].rsplit("@", 1)[-1])
+        if config.get("reply_to"):
+            message["Reply-To"] = config["reply_to"]
+        if unsubscribe:
+            message["List-Unsubscribe"] = f"<{unsubscribe}>"
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message.set_content(text + "\n")
+        message.add_alternative(html, subtype="html")
+        return message
+
+
+def _smtp_error(code: int, text: str) -> PermanentDelivery | RetryableDelivery:
+    """A 5xx answer never changes (no such mailbox); a 4xx is worth retrying."""
+    reason = f"SMTP {code}: {text}"[:500]
+    if 500 <= code < 600:
+        return PermanentDelivery(reason, status=code)
+    return RetryableDelivery(reason, status=code)
+
+
+@hookimpl
+def shipcast_channels() -> list[type[Channel]]:
+    return [EmailChannel]
+
+
+@hookimpl
+def shipcast_routers() -> list[Any]:
+    from .unsubscribe import router
+
+    return [router]

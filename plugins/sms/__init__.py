@@ -1,0 +1,178 @@
+"""The SMS channel: a text to the order's customer on the events the merchant
+picks, rendered from ``templates/sms`` (English, Hindi) or the partner's own,
+sent through a provider plugin (Twilio ships).
+
+Config (``channels.sms`` in the partners file)::
+
+    sms:
+      events: [OFD, FAIL]
+      sender: ACMEIN               # the sender header (India: the DLT header)
+      provider: twilio             # default
+      country: IN                  # for numbers written without +country code
+      dlt_template_ids: {OFD: "1107161234567890123"}
+      templates: {FAIL: "..."}     # or {FAIL: {en: "...", hi: "..."}}
+      quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}
+      critical: [OFD, FAIL]        # sent even in quiet hours (the default)
+
+A customer who opted out (Twilio 21610) gets nothing more on this channel, an
+OFD or FAIL received after the order's DEL or RET is not sent, and a
+non-critical text (a DEL's review request) waits out the quiet hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import phonenumbers
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from shipcast import hookimpl
+from shipcast.channel import Channel, Delivered, EventList, Target
+from shipcast.envelope import Event
+from shipcast.exceptions import ConfigError, PermanentDelivery
+from shipcast.messages import CRITICAL, QuietHours, check_templates, keep_rules, mask, render
+from shipcast.partners import Partner
+from shipcast.settings import Settings
+
+from .providers import CustomerOptedOut, SmsMessage, SmsProvider, TwilioSms
+from .segments import segments
+
+#: The longest text sent, in segments: anything longer is a template to fix.
+MAX_SEGMENTS = 6
+
+
+class TemplateText(fields.Field):  # type: ignore[type-arg]
+    """One template text, or one per language."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, Mapping) and value and all(
+                isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in value.items()):
+            return dict(value)
+        raise ValidationError("must be a template text, or a mapping of language to text")
+
+
+class SmsConfig(Schema):
+    class Meta:
+        unknown = RAISE
+
+    events = EventList()
+    sender = fields.String(required=True, validate=validate.Regexp(
+        r"^(\+[0-9]{6,15}|[A-Za-z0-9]{3,11})$", error="must be a phone number (+…) or a 3-11 character header"))
+    provider = fields.String(load_default="twilio")
+    country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}$", error="must be like IN"))
+    dlt_template_ids = fields.Dict(keys=fields.String(), values=fields.String(validate=validate.Regexp(
+        r"^[0-9]{19}$", error="must be a 19-digit DLT template id")), load_default=dict)
+    templates = fields.Dict(keys=fields.String(), values=TemplateText(), load_default=dict)
+    quiet_hours = fields.Nested(QuietHours)
+    critical = fields.List(fields.String(), load_default=lambda: list(CRITICAL))
+
+    @validates_schema
+    def _known_types(self, data: dict[str, Any], **_: Any) -> None:
+        from shipcast.plugin_manager import event_types
+
+        known = event_types()
+        for key in ("dlt_template_ids", "templates", "critical"):
+            unknown = sorted(set(data.get(key, {})) - set(known))
+            if unknown:
+                raise ValidationError(f"unknown event types {unknown}", key)
+
+
+class SmsChannel(Channel):
+    name = "sms"
+    description = "Texts to the order's customer (Twilio, or another provider plugin)"
+    prefetch = 64
+    config_schema = SmsConfig
+    providers: dict[str, SmsProvider]
+
+    @classmethod
+    async def prepare(cls, settings: Settings, partner_id: str, config: dict[str, Any],
+                      stored: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Every template this config may send renders, in every language."""
+        known = providers()
+        errors: dict[str, list[str]] = {}
+        if config["provider"] not in known:
+            errors["provider"] = [f"unknown SMS provider; installed: {', '.join(sorted(known))}"]
+        errors.update(check_templates(settings, cls.name, partner_id, partner_id, {}, config))
+        if errors:
+            raise ConfigError("refused", errors)
+        return config
+
+    async def start(self) -> None:
+        self.providers = {}
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
+
+    async def _provider(self, name: str) -> SmsProvider:
+        if name not in self.providers:
+            provider = providers()[name](self.settings)
+            await provider.start()
+            self.providers[name] = provider
+        return self.providers[name]
+
+    def targets(self, event: Event, partner: Partner | None) -> list[Target]:
+        if partner is None or self.name not in partner.channels or not event.order.customer.phone:
+            return []
+        config = partner.channels[self.name]
+        raw = event.order.customer.phone
+        try:
+            number = phonenumbers.parse(raw, config.get("country", "IN"))
+            valid = phonenumbers.is_valid_number(number)
+        except phonenumbers.NumberParseException:
+            valid = False
+        if not valid:
+            return [Target("customer", mask(raw), {"invalid": raw, "config": config, "partner": partner})]
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return [Target("customer", mask(e164), {"to": e164, "config": config, "partner": partner})]
+
+    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
+        if "invalid" in target.options:
+            raise PermanentDelivery(f"not a valid phone number: {target.address}")
+        config, partner = target.options["config"], target.options["partner"]
+        await keep_rules(self.services, self.name, event, target.options["to"], config)
+        text = render(self.settings, self.name, event, partner, config.get("templates"))
+        count = segments(text)
+        if count > MAX_SEGMENTS:
+            raise PermanentDelivery(f"message is {count} segments; at most {MAX_SEGMENTS}: shorten the template")
+        provider = await self._provider(config.get("provider", "twilio"))
+        try:
+            sid = await provider.send(SmsMessage(
+                to=target.options["to"], sender=config["sender"], body=text,
+                dlt_template_id=config.get("dlt_template_ids", {}).get(event.event_type),
+                status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/{provider.name}"))
+        except CustomerOptedOut as exc:
+            await self.services.store.add_opt_out(self.name, event.partner_id, target.options["to"], exc.reason)
+            raise
+        await self.services.store.add_provider_message(provider.name, sid, event.event_id, self.name, target.id)
+        return Delivered(201, f"{sid}: {count} segment{'s' if count > 1 else ''}")
+
+
+def providers() -> dict[str, type[SmsProvider]]:
+    from shipcast.plugin_manager import get_plugin_manager
+
+    found: dict[str, type[SmsProvider]] = {}
+    for registered in get_plugin_manager().hook.shipcast_sms_providers():
+        for provider in registered:
+            found[provider.name] = provider
+    return found
+
+
+@hookimpl
+def shipcast_channels() -> list[type[Channel]]:
+    return [SmsChannel]
+
+
+@hookimpl
+def shipcast_sms_providers() -> list[type[SmsProvider]]:
+    return [TwilioSms]
+
+
+@hookimpl
+def shipcast_routers() -> list[Any]:
+    from .callbacks import router
+
+    return [router]

@@ -1,0 +1,111 @@
+"""SMS providers: who actually sends. Twilio ships; an Indian gateway (MSG91,
+Exotel) is one more :class:`SmsProvider` registered with the
+``shipcast_sms_providers`` hook, without touching the channel."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import ClassVar
+
+import aiohttp
+
+from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from shipcast.settings import Settings
+
+#: Twilio errors that retrying cannot fix (https://www.twilio.com/docs/api/errors).
+TWILIO_PERMANENT = {
+    21211: "invalid 'To' phone number",
+    21214: "'To' number cannot be reached",
+    21408: "sending to this region is not enabled",
+    21601: "'To' number is not a mobile number",
+    21606: "'From' number cannot send SMS",
+    21610: "the customer has opted out (replied STOP)",
+    21612: "'To' number cannot receive from this 'From'",
+    21614: "'To' number is not a valid mobile number",
+    63016: "outside the WhatsApp session window: use an approved template",
+}
+#: Twilio errors worth retrying: rate limits and Twilio's own outages.
+TWILIO_RETRYABLE = {20429, 20500, 20503, 30001}
+
+
+class CustomerOptedOut(PermanentDelivery):
+    """The provider says the customer opted out: recorded, and nothing more is sent."""
+
+
+@dataclass(frozen=True)
+class SmsMessage:
+    to: str
+    sender: str
+    body: str
+    #: India's DLT template id for this text, for providers on Indian routes.
+    dlt_template_id: str | None = None
+    status_callback: str | None = None
+
+
+class SmsProvider:
+    """Sends one SMS. :meth:`send` returns the provider's message id, or raises
+    :class:`RetryableDelivery` / :class:`PermanentDelivery` with its code."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def start(self) -> None:
+        """Open clients."""
+
+    async def close(self) -> None:
+        """Close what :meth:`start` opened."""
+
+    async def send(self, message: SmsMessage) -> str:
+        raise NotImplementedError
+
+
+class TwilioSms(SmsProvider):
+    """Twilio's Messages API through the official SDK (its aiohttp client).
+    Credentials come from ``SHIPCAST_TWILIO_ACCOUNT_SID`` / ``_AUTH_TOKEN``."""
+
+    name = "twilio"
+
+    async def start(self) -> None:
+        from twilio.http.async_http_client import AsyncTwilioHttpClient
+        from twilio.rest import Client
+
+        sid, token = self.settings.twilio_account_sid, self.settings.twilio_auth_token
+        if not sid or not token:
+            raise ConfigError("SHIPCAST_TWILIO_ACCOUNT_SID and SHIPCAST_TWILIO_AUTH_TOKEN must be set to send SMS "
+                              "through Twilio")
+        self._http = AsyncTwilioHttpClient(timeout=self.settings.webhook_timeout)
+        self.client = Client(sid, token, http_client=self._http)
+        self.client.api.base_url = self.settings.twilio_api_url
+
+    async def close(self) -> None:
+        http = getattr(self, "_http", None)
+        if http is not None:
+            await http.close()
+
+    async def send(self, message: SmsMessage) -> str:
+        from twilio.base.exceptions import TwilioRestException
+
+        try:
+            created = await self.client.messages.create_async(
+                to=message.to, from_=message.sender, body=message.body,
+                status_callback=message.status_callback or _UNSET)
+        except TwilioRestException as exc:
+            code = exc.code or 0
+            reason = f"Twilio {code}: {TWILIO_PERMANENT.get(code) or exc.msg}"
+            if code in TWILIO_RETRYABLE or exc.status == 429 or exc.status >= 500:
+                raise RetryableDelivery(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
+            if code == 21610:
+                raise CustomerOptedOut(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
+            raise PermanentDelivery(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+            raise RetryableDelivery(f"Twilio unreachable: {type(exc).__name__}: {exc}") from exc
+        return str(created.sid)
+
+
+# The SDK leaves out a parameter given as its ``values.unset``.
+from twilio.base import values as _values  # noqa: E402
+
+_UNSET = _values.unset

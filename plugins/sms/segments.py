@@ -1,0 +1,24 @@
+"""How many SMS segments a text takes: GSM-7 when every character is in its
+alphabet (160 in one segment, 153 per segment when split; the extension
+characters count twice), else UCS-2 (70, or 67 per segment), as for Hindi."""
+
+from __future__ import annotations
+
+GSM7 = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+           "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
+GSM7_EXTENSION = set("^{}\\[~]|€\f")
+
+
+def encoding(text: str) -> str:
+    return "GSM-7" if all(c in GSM7 or c in GSM7_EXTENSION for c in text) else "UCS-2"
+
+
+def segments(text: str) -> int:
+    """Segments the text is sent as (0 for an empty text)."""
+    if encoding(text) == "GSM-7":
+        units, single, multi = sum(2 if c in GSM7_EXTENSION else 1 for c in text), 160, 153
+    else:
+        units, single, multi = len(text.encode("utf-16-le")) // 2, 70, 67
+    if units == 0:
+        return 0
+    return 1 if units <= single else -(-units // multi)

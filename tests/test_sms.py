@@ -1,0 +1,317 @@
+"""The SMS channel end to end on the real broker: templates rendered for every
+event type and language, texts sent through the real twilio SDK to a local
+server that speaks Twilio's Messages API, and Twilio's errors mapped to retry
+or dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from shipcast.examples import example
+from shipcast.exceptions import ConfigError
+from shipcast.messages import LANGUAGES, check_templates, render
+from shipcast.partners import Partner
+from shipcast.plugin_manager import event_types
+from shipcast.plugins.sms.segments import encoding, segments
+from shipcast.settings import Settings
+
+from .conftest import make_settings
+from .helpers import ShipcastProcess, eventually, serve
+
+pytestmark = pytest.mark.broker
+SID, TOKEN = "AC" + "0" * 32, "twilio-test-token"
+
+
+@dataclass
+class FakeTwilio:
+    """Twilio's REST API for Messages, as far as the SDK uses it: basic auth,
+    form fields in, a message resource or a Twilio error out."""
+
+    #: Twilio error codes to answer, in order (then success).
+    errors: list[tuple[int, int]] = field(default_factory=list)
+    received: list[dict[str, str]] = field(default_factory=list)
+    port: int = 0
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        expected = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
+        if request.headers.get("Authorization") != expected or request.match_info["sid"] != SID:
+            return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
+        form = dict(await request.post())
+        self.received.append({k: str(v) for k, v in form.items()})
+        if self.errors:
+            status, code = self.errors.pop(0)
+            return web.json_response({"code": code, "message": f"error {code}", "status": status,
+                                      "more_info": f"https://www.twilio.com/docs/errors/{code}"}, status=status)
+        return web.json_response({"sid": f"SM{len(self.received):032d}", "status": "queued", "to": form["To"],
+                                  "from": form["From"], "body": form["Body"], "account_sid": SID,
+                                  "num_segments": "1", "direction": "outbound-api"}, status=201)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FakeTwilio:
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._messages)
+        self._runner, self.port = await serve(app)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilio]:
+    async with FakeTwilio() as server:
+        yield server
+
+
+def sms_doc(**sms: Any) -> dict[str, Any]:
+    return {"partners": [{"id": "acme", "name": "Acme Retail", "branding": {"support_phone": "+919876543210"},
+                          "channels": {"sms": {"events": ["OFD", "FAIL"], "sender": "ACMEIN", **sms}}}]}
+
+
+def event_body(event_type: str, **customer: Any) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(example(event_type).to_json())
+    body["order"]["customer"].update(customer)
+    return body
+
+
+@pytest.fixture
+def sms_settings(vhost: str, sqlite_url: str, twilio: FakeTwilio) -> Settings:
+    return make_settings(vhost, sqlite_url, twilio_account_sid=SID, twilio_auth_token=TOKEN,
+                         twilio_api_url=twilio.url, public_url="https://track.example.com")
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("event_type", ["OFD", "DEL", "FAIL", "RET"])
+def test_every_template_renders_for_every_event_type_and_language(event_type: str, language: str) -> None:
+    settings = Settings(api_token="t", public_url="https://track.example.com")
+    partner = Partner("acme", "Acme Retail", {"support_phone": "+919876543210"}, {})
+    text = render(settings, "sms", example(event_type), partner, None, language)
+    assert "ORD-10023" in text and "Acme Retail" in text and "{{" not in text
+    assert text.startswith("Acme Retail:") and segments(text) <= 6
+    if event_type == "OFD":
+        assert "4821" in text  # the OTP
+    if event_type == "FAIL":
+        assert "Customer not reachable" in text and "reschedule" in text
+    if event_type in ("OFD", "DEL", "RET"):
+        assert "https://track.example.com/t/" in text
+    assert encoding(text) == ("UCS-2" if language == "hi" else "GSM-7")
+
+
+def test_a_broken_override_is_refused_naming_the_field() -> None:
+    settings = Settings(api_token="t")
+    errors = check_templates(settings, "sms", "acme", "Acme", {},
+                             {"events": ["OFD", "DEL"], "templates": {"OFD": "Hi {{ customer.nmae }}"}})
+    assert list(errors) == ["templates.OFD"] and "nmae" in errors["templates.OFD"][0]
+    assert check_templates(settings, "sms", "acme", "Acme", {}, {"events": list(event_types())}) == {}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a" * 160, 1), ("a" * 161, 2), ("a" * 306, 2), ("a" * 307, 3),
+    ("[" * 80, 1), ("[" * 81, 2),                      # extension characters count twice
+    ("आ" * 70, 1), ("आ" * 71, 2), ("आ" * 134, 2), ("आ" * 135, 3),
+])
+def test_segments_are_counted_per_encoding(text: str, expected: int) -> None:
+    assert segments(text) == expected
+
+
+async def test_partners_apply_refuses_a_template_that_would_break(sms_settings: Settings) -> None:
+    async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
+        with pytest.raises(ConfigError) as caught:
+            await shipcast.apply(sms_doc(templates={"FAIL": "{{ failure.reasn }}"}))
+        assert "partner 'acme': channels.sms.templates.FAIL" in str(caught.value) and "reasn" in str(caught.value)
+        with pytest.raises(ConfigError, match="dlt_template_ids"):
+            await shipcast.apply(sms_doc(dlt_template_ids={"OFD": "123"}))
+
+
+async def test_a_text_goes_through_the_twilio_sdk_with_the_exact_fields(sms_settings: Settings,
+                                                                        twilio: FakeTwilio) -> None:
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(sms_doc())
+        ofd = event_body("OFD", phone="98765 43210", language="hi")  # a local number, in Hindi
+        response = await shipcast.http.post("/v1/events", json=[ofd, event_body("DEL")])
+        assert response.status_code == 202
+        [sent] = await eventually(lambda: twilio.received)
+        assert sent["To"] == "+919876543210" and sent["From"] == "ACMEIN"
+        assert sent["StatusCallback"] == "https://track.example.com/callbacks/sms/twilio"
+        assert "4821" in sent["Body"] and "डिलीवरी" in sent["Body"]
+        assert set(sent) == {"To", "From", "Body", "StatusCallback"}
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(channel="sms"))
+        assert row["status"] == "delivered" and row["address"] == "+91******3210"  # masked in the log
+        [attempt] = await shipcast.services.store.list_attempts(ofd["event_id"], "sms")
+        assert attempt["response"].startswith("SM") and "segments" in attempt["response"]
+
+
+@pytest.mark.parametrize(("status", "code", "outcome", "reason"), [
+    (400, 21211, "dead", "Twilio 21211: invalid 'To' phone number"),
+    (400, 21610, "dead", "Twilio 21610: the customer has opted out"),
+    (429, 20429, "delivered", None),      # retried, then sent
+    (503, 20503, "delivered", None),
+])
+async def test_twilio_errors_are_retried_or_dead_lettered(sms_settings: Settings, twilio: FakeTwilio, status: int,
+                                                          code: int, outcome: str, reason: str | None) -> None:
+    twilio.errors = [(status, code)]
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(sms_doc())
+        event = event_body("FAIL")
+        await shipcast.http.post("/v1/events", json=event)
+        async def settled() -> list[dict[str, Any]]:
+            rows = await shipcast.services.store.list_deliveries(event_id=event["event_id"])
+            return [r for r in rows if r["status"] in ("delivered", "dead")]
+
+        [row] = await eventually(settled, timeout=20)
+        assert row["status"] == outcome
+        attempts = await shipcast.services.store.list_attempts(event["event_id"], "sms")
+        assert attempts[0]["status"] == status and str(code) in attempts[0]["error"]
+        if reason:
+            assert attempts[0]["error"].startswith(reason) and len(attempts) == 1
+        else:
+            assert [a["outcome"] for a in attempts] == ["retry", "delivered"] and len(twilio.received) == 2
+
+
+async def test_an_invalid_number_is_a_permanent_failure_never_sent(sms_settings: Settings,
+                                                                   twilio: FakeTwilio) -> None:
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(sms_doc())
+        event = event_body("OFD", phone="+91 12345")
+        await shipcast.http.post("/v1/events", json=event)
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event["event_id"]))
+        assert row["status"] == "dead" and row["last_error"].startswith("not a valid phone number")
+        assert twilio.received == []
+
+
+async def test_one_text_per_event_whatever_the_broker_redelivers(sms_settings: Settings,
+                                                                  twilio: FakeTwilio) -> None:
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(sms_doc())
+        event = event_body("OFD")
+        for _ in range(3):  # the same event published again and again, as a redelivery would bring it
+            assert (await shipcast.http.post("/v1/events", json=event)).status_code == 202
+        await eventually(lambda: len(twilio.received) >= 1)
+        await eventually(_all_settled(shipcast, event["event_id"]))
+        await asyncio.sleep(1.5)  # the copy that found another in flight comes back from its retry tier
+        assert len(twilio.received) == 1
+        outcomes = sorted(a["outcome"] for a in await shipcast.services.store.list_attempts(event["event_id"]))
+        assert outcomes.count("delivered") == 1
+
+
+def _all_settled(shipcast: ShipcastProcess, event_id: str) -> Any:
+    async def check() -> bool:
+        return bool(await shipcast.services.store.list_deliveries(event_id=event_id, status="delivered"))
+    return check
+
+
+async def test_an_ofd_after_the_orders_del_is_not_sent(sms_settings: Settings, twilio: FakeTwilio) -> None:
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(sms_doc(events=["OFD", "DEL"]))
+        ofd, deliv = event_body("OFD"), event_body("DEL")
+        ofd["sequence"], deliv["sequence"] = 1, 2
+        await shipcast.http.post("/v1/events", json=deliv)
+        await eventually(lambda: shipcast.services.store.get_event(deliv["event_id"]))  # archived
+        await shipcast.http.post("/v1/events", json=ofd)  # arrives late
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=ofd["event_id"]))
+        assert row["status"] == "skipped" and row["last_error"].startswith("stale:")
+        assert [r["Body"] for r in twilio.received if "delivered" in r["Body"]] and len(twilio.received) == 1
+
+
+async def test_review_requests_wait_out_the_quiet_hours_but_otps_go(sms_settings: Settings,
+                                                                     twilio: FakeTwilio) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"),
+             "end": (now + timedelta(hours=2)).strftime("%H:%M"), "timezone": "UTC"}
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(sms_doc(events=["OFD", "DEL"], quiet_hours=quiet))
+        ofd, deliv = event_body("OFD"), event_body("DEL")
+        await shipcast.http.post("/v1/events", json=[ofd, deliv])
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=deliv["event_id"]))
+        assert row["status"] == "retrying" and row["last_error"].startswith("quiet hours until")
+        await eventually(lambda: len(twilio.received) == 1)
+        assert "4821" in twilio.received[0]["Body"]  # the OTP went out
+
+
+async def test_an_opt_out_is_recorded_and_honoured(sms_settings: Settings, twilio: FakeTwilio) -> None:
+    twilio.errors = [(400, 21610)]
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(sms_doc())
+        first, second = event_body("OFD"), event_body("FAIL")
+        await shipcast.http.post("/v1/events", json=first)
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=first["event_id"]))
+        assert row["status"] == "dead" and "21610" in row["last_error"]
+        await shipcast.http.post("/v1/events", json=second)
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=second["event_id"]))
+        assert row["status"] == "skipped" and "opted out" in row["last_error"]
+        assert len(twilio.received) == 1  # only the first try reached Twilio
+
+
+async def test_templates_preview_shows_the_partners_message(sms_settings: Settings) -> None:
+    from .helpers import run_cli
+
+    async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
+        await shipcast.apply(sms_doc(templates={"FAIL": {"en": "Sorry {{ customer.name }}: {{ failure.reason }}",
+                                                         "hi": "क्षमा करें {{ customer.name }}"}}))
+    shown = run_cli(sms_settings, "templates", "preview", "--partner", "acme", "--event", "FAIL", "--channel", "sms")
+    assert shown.returncode == 0 and shown.stdout.strip() == "Sorry Priya Sharma: Customer not reachable on phone; door locked"
+    hindi = run_cli(sms_settings, "templates", "preview", "--partner", "acme", "--event", "OFD", "--channel", "sms",
+                    "--lang", "hi")
+    assert hindi.returncode == 0 and "डिलीवरी" in hindi.stdout and "https://track.example.com/t/" in hindi.stdout
+    missing = run_cli(sms_settings, "templates", "preview", "--partner", "acme", "--event", "OFD",
+                      "--channel", "email")
+    assert missing.returncode == 1 and "does not use 'email'" in missing.stderr
+
+
+async def test_signed_status_callbacks_update_the_delivery_in_any_order(sms_settings: Settings,
+                                                                         twilio: FakeTwilio) -> None:
+    from twilio.request_validator import RequestValidator
+
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(sms_doc())
+        event = event_body("OFD")
+        await shipcast.http.post("/v1/events", json=event)
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event["event_id"],
+                                                                                 status="delivered"))
+        sid = (await shipcast.services.store.list_attempts(event["event_id"]))[0]["response"].split(":")[0]
+        path = "/callbacks/sms/twilio"
+        url = sms_settings.public_url + path  # the URL Twilio was given, which it signs
+
+        async def callback(status: str, signature: str | None = None, **extra: str) -> int:
+            form = {"MessageSid": sid, "MessageStatus": status, "AccountSid": SID, **extra}
+            signed = signature or RequestValidator(TOKEN).compute_signature(url, form)
+            response = await shipcast.http.post(path, data=form, headers={"X-Twilio-Signature": signed,
+                                                                          "authorization": ""})
+            return response.status_code
+
+        async def provider_status() -> str | None:
+            [row] = await shipcast.services.store.list_deliveries(event_id=event["event_id"])
+            return row["provider_status"]
+
+        assert await callback("sent") == 204
+        assert await provider_status() == "sent"
+        assert await callback("delivered") == 204
+        assert await callback("sent") == 204        # late, and a duplicate: it does not move it back
+        assert await callback("delivered") == 204
+        assert await provider_status() == "delivered"
+        assert await callback("undelivered", signature="forged", ErrorCode="30003") == 403
+        assert await callback("undelivered", ErrorCode="30003", To="+910000000000") == 204  # already final
+        assert await provider_status() == "delivered"
+        assert await callback("exploded") == 400
+
+
+def test_secrets_never_show_in_the_settings_repr() -> None:
+    settings = Settings(api_token="tok-123", twilio_auth_token="twilio-456", smtp_password="smtp-789",
+                        secret_key=base64.urlsafe_b64encode(b"k" * 32).decode(), operator_webhook_secret="whsec_x")
+    shown = repr(settings) + str(settings)
+    for secret in ("tok-123", "twilio-456", "smtp-789", settings.secret_key or "", "whsec_x"):
+        assert secret not in shown
+    assert settings.twilio_auth_token == "twilio-456"  # still there to use
