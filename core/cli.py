@@ -366,8 +366,9 @@ def templates_preview(partner_id: str, event_type: str, channel: str, language: 
         raise click.ClickException(f"partner {partner_id!r} does not use {channel!r}; it uses: "
                                    f"{', '.join(sorted(partner.channels)) or 'nothing'}")
     try:
+        config = partner.channels[channel]
         text = render(Settings(), channel, example(event_type, partner_id=partner_id), partner,
-                      partner.channels[channel].get("templates"), language)
+                      config.get("templates"), language, config.get("template_dir"))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(text)

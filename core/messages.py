@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -118,14 +119,21 @@ def _compiled(source: str) -> jinja2.Template:
     return environment().from_string(source)
 
 
-def template_for(channel: str, event_type: str, language: str, overrides: Mapping[str, Any] | None) -> jinja2.Template:
+def template_for(channel: str, event_type: str, language: str, overrides: Mapping[str, Any] | None,
+                 directory: str | None = None) -> jinja2.Template:
     """The partner's override for this event type (one text, or one per
-    language), else the shipped template, else the English one."""
+    language), else its own directory's ``<channel>/<TYPE>.<lang>.j2``, else
+    the shipped template; English where a language is missing."""
     override = (overrides or {}).get(event_type)
     if isinstance(override, Mapping):
         override = override.get(language) or override.get("en")
     if override:
         return _compiled(str(override))
+    if directory:
+        for name in (f"{event_type}.{language}.j2", f"{event_type}.en.j2"):
+            path = Path(directory) / channel / name
+            if path.is_file():
+                return _compiled(path.read_text(encoding="utf-8"))
     loader = environment()
     for name in (f"{channel}/{event_type}.{language}.j2", f"{channel}/{event_type}.en.j2"):
         try:
@@ -137,10 +145,11 @@ def template_for(channel: str, event_type: str, language: str, overrides: Mappin
 
 
 def render(settings: Settings, channel: str, event: Event, partner: Partner | None,
-           overrides: Mapping[str, Any] | None = None, language: str | None = None) -> str:
+           overrides: Mapping[str, Any] | None = None, language: str | None = None,
+           directory: str | None = None) -> str:
     """One customer message. :raises ConfigError: naming the template and what is wrong."""
     language = language or language_of(event)
-    template = template_for(channel, event.event_type, language, overrides)
+    template = template_for(channel, event.event_type, language, overrides, directory)
     try:
         return template.render(context(settings, event, partner)).strip()
     except jinja2.TemplateError as exc:
@@ -160,21 +169,25 @@ def check_templates(settings: Settings, channel: str, partner_id: str, partner_n
     overrides = config.get("templates") or {}
     partner = Partner(partner_id, partner_name, branding, {channel: config})
     errors: dict[str, list[str]] = {}
+    directory = config.get("template_dir")
+    if directory and not (Path(directory) / channel).is_dir():
+        return {"template_dir": [f"no directory {Path(directory) / channel} on this server"]}
     for event_type in types:
         event = example(event_type, partner_id=partner_id)
-        sparse = _sparse(event)
+        sparse = sparse_event(event)
         for language in LANGUAGES:
             for sample in (event, sparse):
                 try:
-                    render(settings, channel, sample, partner, overrides, language)
+                    render(settings, channel, sample, partner, overrides, language, config.get("template_dir"))
                 except ConfigError as exc:
-                    where = f"templates.{event_type}" if event_type in overrides else f"events ({event_type})"
+                    where = f"templates.{event_type}" if event_type in overrides else \
+                        "template_dir" if directory else f"events ({event_type})"
                     errors.setdefault(where, []).append(f"{language}: {exc}")
                     break
     return {where: sorted(set(messages)) for where, messages in errors.items()}
 
 
-def _sparse(event: Event) -> Event:
+def sparse_event(event: Event) -> Event:
     """The same event with every optional field of its groups left out."""
     order = event.order.model_copy(update={"merchant_order_ref": None, "address": None, "payment": None,
                                            "item_count": None, "promised_date": None,

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "shipcast.plugins.webhook",
     "shipcast.plugins.sms",
     "shipcast.plugins.email",
+    "shipcast.plugins.whatsapp",
     "shipcast.plugins.archive",
 )
 _ALWAYS = {"shipcast.event_types"}

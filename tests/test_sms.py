@@ -51,7 +51,7 @@ class FakeTwilio:
             return web.json_response({"code": code, "message": f"error {code}", "status": status,
                                       "more_info": f"https://www.twilio.com/docs/errors/{code}"}, status=status)
         return web.json_response({"sid": f"SM{len(self.received):032d}", "status": "queued", "to": form["To"],
-                                  "from": form["From"], "body": form["Body"], "account_sid": SID,
+                                  "from": form["From"], "body": form.get("Body", ""), "account_sid": SID,
                                   "num_segments": "1", "direction": "outbound-api"}, status=201)
 
     @property
@@ -315,3 +315,20 @@ def test_secrets_never_show_in_the_settings_repr() -> None:
     for secret in ("tok-123", "twilio-456", "smtp-789", settings.secret_key or "", "whsec_x"):
         assert secret not in shown
     assert settings.twilio_auth_token == "twilio-456"  # still there to use
+
+
+async def test_a_partners_own_template_directory_is_used_and_checked(sms_settings: Settings, twilio: FakeTwilio,
+                                                                      tmp_path: Any) -> None:
+    (tmp_path / "sms").mkdir()
+    (tmp_path / "sms" / "OFD.en.j2").write_text("Acme says: {{ order.order_id }} is on its way, OTP {{ otp.code }}")
+    async with ShipcastProcess(sms_settings) as shipcast:
+        with pytest.raises(ConfigError, match="template_dir"):
+            await shipcast.apply(sms_doc(template_dir=str(tmp_path / "missing")))
+        await shipcast.apply(sms_doc(template_dir=str(tmp_path)))
+        await shipcast.http.post("/v1/events", json=event_body("OFD"))
+        [sent] = await eventually(lambda: twilio.received)
+    assert sent["Body"] == "Acme says: ORD-10023 is on its way, OTP 4821"
+    (tmp_path / "sms" / "FAIL.en.j2").write_text("{{ failure.resaon }}")
+    async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
+        with pytest.raises(ConfigError, match="channels.sms.template_dir.*resaon"):
+            await shipcast.apply(sms_doc(template_dir=str(tmp_path)))

@@ -61,6 +61,8 @@ class EmailConfig(Schema):
     reply_to = fields.Email()
     transactional = fields.List(fields.String(), load_default=lambda: list(TRANSACTIONAL))
     templates = fields.Dict(keys=fields.String(), values=TemplateText(), load_default=dict)
+    #: A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``.
+    template_dir = fields.String()
     quiet_hours = fields.Nested(QuietHours)
     critical = fields.List(fields.String(), load_default=lambda: list(CRITICAL))
 
@@ -115,7 +117,7 @@ class EmailChannel(Channel):
         """The message: subject, text and HTML parts, and the headers."""
         language = language_of(event)
         subject, _, text = render(self.settings, self.name, event, partner, config.get("templates"),
-                                  language).partition("\n")
+                                  language, config.get("template_dir")).partition("\n")
         text = text.strip()
         unsubscribe = None
         if event.event_type not in config.get("transactional", TRANSACTIONAL):

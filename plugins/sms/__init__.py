@@ -66,6 +66,8 @@ class SmsConfig(Schema):
     dlt_template_ids = fields.Dict(keys=fields.String(), values=fields.String(validate=validate.Regexp(
         r"^[0-9]{19}$", error="must be a 19-digit DLT template id")), load_default=dict)
     templates = fields.Dict(keys=fields.String(), values=TemplateText(), load_default=dict)
+    #: A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``.
+    template_dir = fields.String()
     quiet_hours = fields.Nested(QuietHours)
     critical = fields.List(fields.String(), load_default=lambda: list(CRITICAL))
 
@@ -119,36 +121,49 @@ class SmsChannel(Channel):
             return []
         config = partner.channels[self.name]
         raw = event.order.customer.phone
-        try:
-            number = phonenumbers.parse(raw, config.get("country", "IN"))
-            valid = phonenumbers.is_valid_number(number)
-        except phonenumbers.NumberParseException:
-            valid = False
-        if not valid:
+        number = e164(raw, config.get("country", "IN"))
+        if number is None:
             return [Target("customer", mask(raw), {"invalid": raw, "config": config, "partner": partner})]
-        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-        return [Target("customer", mask(e164), {"to": e164, "config": config, "partner": partner})]
+        return [Target("customer", mask(number), {"to": number, "config": config, "partner": partner})]
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         if "invalid" in target.options:
             raise PermanentDelivery(f"not a valid phone number: {target.address}")
         config, partner = target.options["config"], target.options["partner"]
         await keep_rules(self.services, self.name, event, target.options["to"], config)
-        text = render(self.settings, self.name, event, partner, config.get("templates"))
+        return await self.text(event, partner, config, target.options["to"])
+
+    async def text(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str) -> Delivered:
+        """Render and send the text (the rules kept already): for this channel,
+        and for WhatsApp's fallback."""
+        text = render(self.settings, self.name, event, partner, config.get("templates"),
+                      directory=config.get("template_dir"))
         count = segments(text)
         if count > MAX_SEGMENTS:
             raise PermanentDelivery(f"message is {count} segments; at most {MAX_SEGMENTS}: shorten the template")
         provider = await self._provider(config.get("provider", "twilio"))
         try:
             sid = await provider.send(SmsMessage(
-                to=target.options["to"], sender=config["sender"], body=text,
+                to=to, sender=config["sender"], body=text,
                 dlt_template_id=config.get("dlt_template_ids", {}).get(event.event_type),
                 status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/{provider.name}"))
         except CustomerOptedOut as exc:
-            await self.services.store.add_opt_out(self.name, event.partner_id, target.options["to"], exc.reason)
+            await self.services.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
             raise
-        await self.services.store.add_provider_message(provider.name, sid, event.event_id, self.name, target.id)
+        await self.services.store.add_provider_message(provider.name, sid, event.event_id, self.name, "customer")
         return Delivered(201, f"{sid}: {count} segment{'s' if count > 1 else ''}")
+
+
+def e164(raw: str, country: str) -> str | None:
+    """``raw`` in E.164 (``country`` for numbers written without one), or
+    ``None`` when it is not a valid number."""
+    try:
+        number = phonenumbers.parse(raw, country)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
 def providers() -> dict[str, type[SmsProvider]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -23,14 +23,24 @@ TWILIO_PERMANENT = {
     21610: "the customer has opted out (replied STOP)",
     21612: "'To' number cannot receive from this 'From'",
     21614: "'To' number is not a valid mobile number",
+    63003: "the customer is not on WhatsApp",
+    63014: "the customer blocked the business on WhatsApp",
     63016: "outside the WhatsApp session window: use an approved template",
+    63024: "the customer's WhatsApp cannot receive this message",
 }
+#: WhatsApp could not reach this customer (not opted in, not a user, blocked):
+#: a merchant may fall back to SMS.
+WHATSAPP_UNREACHABLE = {63003, 63014, 63016, 63024}
 #: Twilio errors worth retrying: rate limits and Twilio's own outages.
 TWILIO_RETRYABLE = {20429, 20500, 20503, 30001}
 
 
 class CustomerOptedOut(PermanentDelivery):
     """The provider says the customer opted out: recorded, and nothing more is sent."""
+
+
+class NotOnWhatsApp(PermanentDelivery):
+    """WhatsApp cannot reach this customer; SMS may."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +96,16 @@ class TwilioSms(SmsProvider):
             await http.close()
 
     async def send(self, message: SmsMessage) -> str:
+        return await self.create(to=message.to, from_=message.sender, body=message.body,
+                                 status_callback=message.status_callback or _UNSET)
+
+    async def create(self, **params: Any) -> str:
+        """Create one message (SMS, or WhatsApp with ``whatsapp:`` addresses and
+        a content template); Twilio's errors mapped to retry or dead letter."""
         from twilio.base.exceptions import TwilioRestException
 
         try:
-            created = await self.client.messages.create_async(
-                to=message.to, from_=message.sender, body=message.body,
-                status_callback=message.status_callback or _UNSET)
+            created = await self.client.messages.create_async(**params)
         except TwilioRestException as exc:
             code = exc.code or 0
             reason = f"Twilio {code}: {TWILIO_PERMANENT.get(code) or exc.msg}"
@@ -99,6 +113,8 @@ class TwilioSms(SmsProvider):
                 raise RetryableDelivery(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
             if code == 21610:
                 raise CustomerOptedOut(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
+            if code in WHATSAPP_UNREACHABLE:
+                raise NotOnWhatsApp(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
             raise PermanentDelivery(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
         except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
             raise RetryableDelivery(f"Twilio unreachable: {type(exc).__name__}: {exc}") from exc

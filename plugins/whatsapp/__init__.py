@@ -1,0 +1,164 @@
+"""The WhatsApp channel: Twilio's WhatsApp API with the merchant's approved
+content templates (utility category): a ``content_sid`` per event type and
+its variables, rendered from the event. A customer WhatsApp cannot reach (not
+opted in, not a user, blocked: Twilio 63003, 63014, 63016, 63024) gets a text
+instead when the merchant sets ``fallback_sms_sender``.
+
+Config (``channels.whatsapp``)::
+
+    whatsapp:
+      events: [OFD, DEL, FAIL]
+      sender: "+14155238886"              # the WhatsApp business number
+      content_sids: {OFD: HX…, DEL: HX…, FAIL: HX…}
+      variables: {OFD: ["{{ customer.name }}", "{{ otp.code }}"]}   # default: see VARIABLES
+      fallback_sms_sender: ACMEIN          # text instead when WhatsApp cannot reach them
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+import orjson
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from shipcast import hookimpl
+from shipcast.channel import Channel, Delivered, EventList, Target
+from shipcast.envelope import Event
+from shipcast.exceptions import ConfigError, PermanentDelivery
+from shipcast.messages import CRITICAL, QuietHours, context, keep_rules, mask
+from shipcast.partners import Partner
+from shipcast.plugins.sms import SmsChannel, e164
+from shipcast.plugins.sms.providers import NotOnWhatsApp, TwilioSms
+from shipcast.settings import Settings
+from shipcast.templating import environment
+
+#: The variables each event type's content template gets by default, in order ({{1}}, {{2}}, ...).
+VARIABLES: dict[str, list[str]] = {
+    "OFD": ["{{ partner.name }}", "{{ order.order_id }}", "{{ rider.name if rider else '-' }}",
+            "{{ otp.code if otp else '-' }}", "{{ tracking_url }}"],
+    "DEL": ["{{ partner.name }}", "{{ order.order_id }}", "{{ tracking_url }}"],
+    "FAIL": ["{{ partner.name }}", "{{ order.order_id }}", "{{ failure.reason if failure else '-' }}",
+             "{{ failure.reschedule_url if failure and failure.reschedule_url else tracking_url }}"],
+    "RET": ["{{ partner.name }}", "{{ order.order_id }}", "{{ return.reason if return else '-' }}",
+            "{{ tracking_url }}"],
+}
+_DEFAULT = ["{{ partner.name }}", "{{ order.order_id }}", "{{ tracking_url }}"]
+
+
+class WhatsAppConfig(Schema):
+    class Meta:
+        unknown = RAISE
+
+    events = EventList()
+    sender = fields.String(required=True, validate=validate.Regexp(r"^\+[0-9]{6,15}$",
+                                                                   error="must be the E.164 business number"))
+    country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}$", error="must be like IN"))
+    content_sids = fields.Dict(keys=fields.String(), values=fields.String(validate=validate.Regexp(
+        r"^HX[0-9a-fA-F]{32}$", error="must be an approved content template's sid (HX…)")), required=True)
+    variables = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), load_default=dict)
+    fallback_sms_sender = fields.String(validate=validate.Regexp(
+        r"^(\+[0-9]{6,15}|[A-Za-z0-9]{3,11})$", error="must be a phone number (+…) or a 3-11 character header"))
+    quiet_hours = fields.Nested(QuietHours)
+    critical = fields.List(fields.String(), load_default=lambda: list(CRITICAL))
+
+    @validates_schema
+    def _every_type_has_a_template(self, data: dict[str, Any], **_: Any) -> None:
+        from shipcast.plugin_manager import event_types
+
+        events = data.get("events", ["*"])
+        served = list(event_types()) if "*" in events else events
+        missing = [t for t in served if t not in data.get("content_sids", {})]
+        if missing:
+            raise ValidationError(f"no approved content template for {missing}: WhatsApp sends only those",
+                                  "content_sids")
+
+
+def variables_for(settings: Settings, event: Event, partner: Partner, config: Mapping[str, Any]) -> str:
+    """The content template's variables as Twilio takes them: ``{"1": …, "2": …}`` in JSON."""
+    expressions = (config.get("variables") or {}).get(event.event_type) or VARIABLES.get(event.event_type, _DEFAULT)
+    values = context(settings, event, partner)
+    env = environment()
+    try:
+        rendered = {str(i): env.from_string(e).render(values).strip() or "-" for i, e in enumerate(expressions, 1)}
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"whatsapp variables for {event.event_type} failed: {exc}") from exc
+    return orjson.dumps(rendered).decode()
+
+
+class WhatsAppChannel(Channel):
+    name = "whatsapp"
+    description = "WhatsApp messages to the order's customer (Twilio content templates), with SMS fallback"
+    prefetch = 64
+    config_schema = WhatsAppConfig
+
+    @classmethod
+    async def prepare(cls, settings: Settings, partner_id: str, config: dict[str, Any],
+                      stored: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Every event type's variables render, with full events and with the envelope's nulls."""
+        from shipcast.examples import example
+        from shipcast.messages import sparse_event
+
+        partner = Partner(partner_id, partner_id, {}, {cls.name: config})
+        errors: dict[str, list[str]] = {}
+        for event_type in config["content_sids"]:
+            for event in (example(event_type, partner_id=partner_id),
+                          sparse_event(example(event_type, partner_id=partner_id))):
+                try:
+                    variables_for(settings, event, partner, config)
+                except ConfigError as exc:
+                    errors[f"variables.{event_type}"] = [str(exc)]
+        if errors:
+            raise ConfigError("refused", errors)
+        return config
+
+    async def start(self) -> None:
+        self.twilio = TwilioSms(self.settings)
+        self._started = False
+        self.sms = SmsChannel(self.services)
+        await self.sms.start()
+
+    async def close(self) -> None:
+        if self._started:
+            await self.twilio.close()
+        await self.sms.close()
+
+    def targets(self, event: Event, partner: Partner | None) -> list[Target]:
+        if partner is None or self.name not in partner.channels or not event.order.customer.phone:
+            return []
+        config = partner.channels[self.name]
+        number = e164(event.order.customer.phone, config.get("country", "IN"))
+        options = {"to": number, "config": config, "partner": partner}
+        return [Target("customer", mask(number or event.order.customer.phone), options)]
+
+    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
+        config, partner, to = target.options["config"], target.options["partner"], target.options["to"]
+        if to is None:
+            raise PermanentDelivery(f"not a valid phone number: {target.address}")
+        await keep_rules(self.services, self.name, event, to, config)
+        if not self._started:
+            await self.twilio.start()
+            self._started = True
+        try:
+            sid = await self.twilio.create(
+                to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}",
+                content_sid=config["content_sids"][event.event_type],
+                content_variables=variables_for(self.settings, event, partner, config),
+                status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio")
+        except NotOnWhatsApp as exc:
+            sender = config.get("fallback_sms_sender")
+            if not sender:
+                raise
+            # The text goes out under the SMS channel's rules and claim: never twice.
+            sms_config = {**(partner.channels.get("sms") or {}), "sender": sender}
+            await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical")})
+            sent = await self.sms.text(event, partner, sms_config, to)
+            return Delivered(sent.status, f"WhatsApp could not reach them ({exc.reason}); sent as SMS {sent.response}")
+        await self.services.store.add_provider_message("twilio", sid, event.event_id, self.name, target.id)
+        return Delivered(201, sid)
+
+
+@hookimpl
+def shipcast_channels() -> list[type[Channel]]:
+    return [WhatsAppChannel]
