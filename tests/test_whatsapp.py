@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from shipcast import metrics
 from shipcast.exceptions import ConfigError
 from shipcast.settings import Settings
 
@@ -96,3 +97,26 @@ async def test_a_missing_template_or_a_broken_variable_is_refused(sms_settings: 
             await shipcast.apply(wa_doc(content_sids={"OFD": OFD_SID}))
         with pytest.raises(ConfigError, match=r"channels.whatsapp.variables.OFD.*otpp"):
             await shipcast.apply(wa_doc(variables={"OFD": ["{{ otpp.code }}"]}))
+
+
+async def test_after_a_fallback_text_the_sms_channel_sends_nothing_more(sms_settings: Settings,
+                                                                        twilio: FakeTwilio) -> None:
+    """WhatsApp's fallback texts first; the SMS channel's copy of the event
+    (here published to it later) finds the text sent and sends nothing."""
+    twilio.errors = [(400, 63016)]
+    async with ShipcastProcess(sms_settings, channels=["whatsapp"]) as shipcast:
+        doc = wa_doc(fallback_sms_sender="ACMEIN")
+        doc["partners"][0]["channels"]["sms"] = {"events": ["OFD"], "sender": "ACMEIN"}
+        await shipcast.apply(doc)
+        event = event_body("OFD")
+        await shipcast.http.post("/v1/events", json=event)
+        await eventually(lambda: shipcast.services.store.list_deliveries(
+            event_id=event["event_id"], channel="sms", status="delivered"))
+        [attempt] = await shipcast.services.store.list_attempts(event["event_id"], "sms")
+        assert attempt["response"].startswith("sent as WhatsApp's fallback: SM")
+    skipped = metrics.value("shipcast_targets_skipped_total", channel="sms", reason="delivered")
+    async with ShipcastProcess(sms_settings, channels=["sms"]):  # now the SMS worker takes its copy
+        await eventually(lambda: metrics.value("shipcast_targets_skipped_total", channel="sms",
+                                               reason="delivered") > skipped)
+    texts = [sent for sent in twilio.received if not sent["To"].startswith("whatsapp:")]
+    assert len(texts) == 1

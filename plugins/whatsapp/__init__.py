@@ -32,6 +32,7 @@ from shipcast.partners import Partner
 from shipcast.plugins.sms import SmsChannel, e164
 from shipcast.plugins.sms.providers import NotOnWhatsApp, TwilioSms
 from shipcast.settings import Settings
+from shipcast.store import Attempt
 from shipcast.templating import environment
 
 #: The variables each event type's content template gets by default, in order ({{1}}, {{2}}, ...).
@@ -154,6 +155,12 @@ class WhatsAppChannel(Channel):
             sms_config = {**(partner.channels.get("sms") or {}), "sender": sender}
             await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical")})
             sent = await self.sms.text(event, partner, sms_config, to)
+            # Settle the SMS channel's claim as sent, so its own copy of this event sends nothing.
+            await self.services.recorder.submit(Attempt(
+                event_id=event.event_id, channel="sms", target="customer", partner_id=event.partner_id,
+                address=mask(to), outcome="delivered", attempt=1, latency_ms=0.0, status=sent.status,
+                response=f"sent as WhatsApp's fallback: {sent.response}", event_type=event.event_type,
+                order_id=event.order.order_id, sequence=event.sequence))
             return Delivered(sent.status, f"WhatsApp could not reach them ({exc.reason}); sent as SMS {sent.response}")
         await self.services.store.add_provider_message("twilio", sid, event.event_id, self.name, target.id)
         return Delivered(201, sid)
