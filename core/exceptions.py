@@ -13,6 +13,7 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
     ├── StoreError                  the database refused or is unreachable
     └── DeliveryError               raised by a channel while delivering one target
         ├── RetryableDelivery       try again later (timeouts, 5xx, connection errors)
+        │   └── ClaimedElsewhere    another copy of the event is sending it now
         ├── PermanentDelivery       never retry (refused destination, 410, bad target)
         └── SkipDelivery            nothing to send, on purpose (opted out, stale)
 """
@@ -106,9 +107,13 @@ class RetryableDelivery(DeliveryError):
         status: int | None = None,
         response: str | None = None,
         retry_after: float | None = None,
+        target_fault: bool = True,
     ) -> None:
         super().__init__(reason, status=status, response=response)
         self.retry_after = retry_after
+        #: ``False`` when the target is not to blame (quiet hours, another copy
+        #: in flight): the circuit breaker and the concurrency limit ignore it.
+        self.target_fault = target_fault
 
 
 class PermanentDelivery(DeliveryError):
@@ -134,3 +139,12 @@ class SkipDelivery(DeliveryError):
     """Nothing is sent, on purpose: the customer opted out, or the message is
     stale (an OFD after the order's DEL). Logged as skipped; never retried or
     parked, and not a failure of the target."""
+
+
+class ClaimedElsewhere(RetryableDelivery):
+    """Another copy of this event holds the claim to send it now: try again
+    later (should that copy fail, this one sends), without touching the
+    delivery log, which the claim's holder settles."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, target_fault=False)

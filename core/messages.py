@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from functools import cache
@@ -25,7 +26,7 @@ import jinja2
 from marshmallow import RAISE, Schema, ValidationError, fields, validates
 
 from .envelope import Event
-from .exceptions import ConfigError, RetryableDelivery, SkipDelivery
+from .exceptions import ClaimedElsewhere, ConfigError, RetryableDelivery, SkipDelivery, StoreError
 from .partners import Partner
 from .settings import Settings
 from .store import address_hash
@@ -33,6 +34,8 @@ from .templating import environment
 
 if TYPE_CHECKING:
     from .services import Services
+
+log = logging.getLogger(__name__)
 
 #: Languages every shipped template exists in; a customer's other languages get English.
 LANGUAGES = ("en", "hi")
@@ -259,9 +262,11 @@ async def keep_rules(services: Services, channel: str, event: Event, address: st
         now (retried, to send it should that copy fail).
     """
     store = services.store
-    reason = await store.opted_out(channel, event.partner_id, address)
-    if reason is not None:
-        raise SkipDelivery(f"the customer opted out of {channel}: {reason}")
+    # An unsubscribe from marketing-like messages leaves the transactional ones (OTPs, failures) flowing.
+    if event.event_type not in config.get("transactional", ()):
+        reason = await store.opted_out(channel, event.partner_id, address)
+        if reason is not None:
+            raise SkipDelivery(f"the customer opted out of {channel}: {reason}")
     if event.event_type not in TERMINAL:
         later = await store.later_event(event.partner_id, event.order.order_id, event.sequence, TERMINAL)
         if later is not None:
@@ -271,15 +276,24 @@ async def keep_rules(services: Services, channel: str, event: Event, address: st
         if wait > 0:
             quiet = config["quiet_hours"]
             raise RetryableDelivery(f"quiet hours until {_as_time(quiet['end']):%H:%M} {quiet.get('timezone')}",
-                                    retry_after=wait)
+                                    retry_after=wait, target_fault=False)
     held = await store.claim(event.event_id, channel, target, event.partner_id, mask(address), CLAIM_STALE_AFTER)
     if held == "delivered":
         raise SkipDelivery("sent already: one message per event")
     if held is not None:
-        raise RetryableDelivery("another copy of this event is being sent now")
+        raise ClaimedElsewhere("another copy of this event is being sent now")
 
 
 def mask(address: str) -> str:
     """An address as the delivery log keeps it: the start and last four characters."""
     address = address.strip()
     return address[:3] + "*" * max(0, len(address) - 7) + address[-4:] if len(address) > 7 else "***"
+
+
+async def settle_quietly(bookkeeping: Awaitable[Any]) -> None:
+    """Bookkeeping after a message was sent: if the store fails now, log it
+    rather than fail the delivery, which would send the message again."""
+    try:
+        await bookkeeping
+    except StoreError as exc:
+        log.warning("sent, but not recorded: %s", exc)

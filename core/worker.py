@@ -28,6 +28,7 @@ from .channel import Channel, Delivered, Target
 from .envelope import Event, parse_event
 from .exceptions import (
     BrokerError,
+    ClaimedElsewhere,
     ConfigError,
     DeliveryError,
     InvalidEvent,
@@ -254,6 +255,8 @@ class ChannelWorker:
             await self._persist(lambda: health.disable(self.name, event.partner_id, attempt.target,
                                                        attempt.address, attempt.error or "disabled"))
             return
+        if isinstance(outcome.error, RetryableDelivery) and not outcome.error.target_fault:
+            return  # quiet hours, another copy in flight: nothing about the target's health
         ok = attempt.outcome == "delivered"
         if ok and (self.name, event.partner_id, attempt.target) not in self.services.partners.failing:
             return  # the hot path: a healthy target stays healthy
@@ -318,6 +321,8 @@ class ChannelWorker:
                 ok = True
             except SkipDelivery as exc:
                 error, ok = exc, None
+            except RetryableDelivery as exc:
+                error, ok = exc, False if exc.target_fault else None
             except DeliveryError as exc:
                 error, ok = exc, False
             except StoreError:
@@ -352,7 +357,7 @@ class ChannelWorker:
             status=error.status if error is not None else (result.status if result else None),
             reason=reason,
             response=error.response if error is not None else (result.response if result else None),
-        ), error, delay)
+        ), error, delay, recorded=isinstance(error, ClaimedElsewhere))
 
     def _attempt_record(self, event: Event, target: Target, attempt: int, outcome: str, latency: float, *,
                         status: int | None = None, reason: str | None = None,

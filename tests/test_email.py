@@ -116,11 +116,13 @@ async def test_a_review_request_carries_one_click_unsubscribe_which_is_honoured(
         assert page.status_code == 200 and "Unsubscribe" in page.text
         done = await shipcast.http.post(path, data={"List-Unsubscribe": "One-Click"}, headers={"authorization": ""})
         assert done.status_code == 200
-        later = event_body("FAIL")
-        await shipcast.http.post("/v1/events", json=later)
-        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=later["event_id"]))
+        # Another review request is not sent; a failure notice, transactional, still is.
+        review, failure = event_body("DEL"), event_body("FAIL")
+        await shipcast.http.post("/v1/events", json=[review, failure])
+        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=review["event_id"]))
         assert row["status"] == "skipped" and "opted out" in row["last_error"]
-        assert len(box.messages) == 1
+        await eventually(lambda: len(box.messages) == 2)
+        assert box.messages[1]["Subject"].startswith("We missed you")
 
 
 @pytest.mark.parametrize(("answer", "outcome"), [

@@ -21,6 +21,7 @@ Config (``channels.email``)::
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Mapping
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -50,6 +51,7 @@ from shipcast.settings import Settings
 from shipcast.templating import environment
 
 TRANSACTIONAL = ("OFD", "FAIL", "RET")
+ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>]+")
 
 
 class EmailConfig(Schema):
@@ -144,8 +146,9 @@ class EmailChannel(Channel):
 
 
 def _smtp_error(code: int, text: str) -> PermanentDelivery | RetryableDelivery:
-    """A 5xx answer never changes (no such mailbox); a 4xx is worth retrying."""
-    reason = f"SMTP {code}: {text}"[:500]
+    """A 5xx answer never changes (no such mailbox); a 4xx is worth retrying.
+    Addresses the server quotes are masked: the log keeps no customer's email."""
+    reason = f"SMTP {code}: {ADDRESS.sub('<address>', text)}"[:500]
     if 500 <= code < 600:
         return PermanentDelivery(reason, status=code)
     return RetryableDelivery(reason, status=code)

@@ -31,7 +31,7 @@ from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
 from shipcast.exceptions import ConfigError, PermanentDelivery
-from shipcast.messages import CRITICAL, QuietHours, check_templates, keep_rules, mask, render
+from shipcast.messages import CRITICAL, QuietHours, check_templates, keep_rules, mask, render, settle_quietly
 from shipcast.partners import Partner
 from shipcast.settings import Settings
 
@@ -150,7 +150,8 @@ class SmsChannel(Channel):
         except CustomerOptedOut as exc:
             await self.services.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
             raise
-        await self.services.store.add_provider_message(provider.name, sid, event.event_id, self.name, "customer")
+        await settle_quietly(self.services.store.add_provider_message(
+            provider.name, sid, event.event_id, self.name, "customer"))
         return Delivered(201, f"{sid}: {count} segment{'s' if count > 1 else ''}")
 
 

@@ -108,7 +108,9 @@ class TwilioSms(SmsProvider):
             created = await self.client.messages.create_async(**params)
         except TwilioRestException as exc:
             code = exc.code or 0
-            reason = f"Twilio {code}: {TWILIO_PERMANENT.get(code) or exc.msg}"
+            # Twilio's own text often quotes the customer's number: keep only the code and our words.
+            reason = f"Twilio {code}: {TWILIO_PERMANENT.get(code) or 'see https://www.twilio.com/docs/errors/' + str(code)}"
+            exc.msg = reason
             if code in TWILIO_RETRYABLE or exc.status == 429 or exc.status >= 500:
                 raise RetryableDelivery(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
             if code == 21610:

@@ -26,8 +26,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
-from shipcast.exceptions import ConfigError, PermanentDelivery
-from shipcast.messages import CRITICAL, QuietHours, context, keep_rules, mask
+from shipcast.exceptions import ClaimedElsewhere, ConfigError, PermanentDelivery, RetryableDelivery
+from shipcast.messages import CRITICAL, QuietHours, context, keep_rules, mask, settle_quietly
 from shipcast.partners import Partner
 from shipcast.plugins.sms import SmsChannel, e164
 from shipcast.plugins.sms.providers import NotOnWhatsApp, TwilioSms
@@ -153,16 +153,20 @@ class WhatsAppChannel(Channel):
                 raise
             # The text goes out under the SMS channel's rules and claim: never twice.
             sms_config = {**(partner.channels.get("sms") or {}), "sender": sender}
-            await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical")})
+            try:
+                await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical")})
+            except ClaimedElsewhere as claimed:  # the SMS channel is texting them now: this copy retries
+                raise RetryableDelivery(claimed.reason, target_fault=False) from claimed
             sent = await self.sms.text(event, partner, sms_config, to)
             # Settle the SMS channel's claim as sent, so its own copy of this event sends nothing.
-            await self.services.recorder.submit(Attempt(
+            await settle_quietly(self.services.recorder.submit(Attempt(
                 event_id=event.event_id, channel="sms", target="customer", partner_id=event.partner_id,
                 address=mask(to), outcome="delivered", attempt=1, latency_ms=0.0, status=sent.status,
                 response=f"sent as WhatsApp's fallback: {sent.response}", event_type=event.event_type,
-                order_id=event.order.order_id, sequence=event.sequence))
+                order_id=event.order.order_id, sequence=event.sequence)))
             return Delivered(sent.status, f"WhatsApp could not reach them ({exc.reason}); sent as SMS {sent.response}")
-        await self.services.store.add_provider_message("twilio", sid, event.event_id, self.name, target.id)
+        await settle_quietly(self.services.store.add_provider_message("twilio", sid, event.event_id, self.name,
+                                                                      target.id))
         return Delivered(201, sid)
 
 
