@@ -35,8 +35,10 @@ class FakeTwilio:
     """Twilio's REST API for Messages, as far as the SDK uses it: basic auth,
     form fields in, a message resource or a Twilio error out."""
 
-    #: Twilio error codes to answer, in order (then success).
+    #: Twilio error codes to answer, in order (then success); the second list
+    #: only for WhatsApp messages.
     errors: list[tuple[int, int]] = field(default_factory=list)
+    whatsapp_errors: list[tuple[int, int]] = field(default_factory=list)
     received: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
 
@@ -46,8 +48,9 @@ class FakeTwilio:
             return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
         form = dict(await request.post())
         self.received.append({k: str(v) for k, v in form.items()})
-        if self.errors:
-            status, code = self.errors.pop(0)
+        script = self.whatsapp_errors if str(form.get("To", "")).startswith("whatsapp:") else self.errors
+        if script:
+            status, code = script.pop(0)
             return web.json_response({"code": code, "message": f"error {code}", "status": status,
                                       "more_info": f"https://www.twilio.com/docs/errors/{code}"}, status=status)
         return web.json_response({"sid": f"SM{len(self.received):032d}", "status": "queued", "to": form["To"],

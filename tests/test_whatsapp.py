@@ -45,7 +45,7 @@ async def test_a_content_template_goes_with_its_variables(sms_settings: Settings
 @pytest.mark.parametrize("code", [63016, 63003])
 async def test_a_customer_whatsapp_cannot_reach_gets_a_text_when_the_merchant_allows(
         sms_settings: Settings, twilio: FakeTwilio, code: int) -> None:
-    twilio.errors = [(400, code)]
+    twilio.whatsapp_errors = [(400, code)]
     async with ShipcastProcess(sms_settings) as shipcast:
         await shipcast.apply(wa_doc(fallback_sms_sender="ACMEIN"))
         event = event_body("OFD")
@@ -62,7 +62,7 @@ async def test_a_customer_whatsapp_cannot_reach_gets_a_text_when_the_merchant_al
 
 async def test_without_fallback_it_is_a_dead_letter_with_twilios_code(sms_settings: Settings,
                                                                        twilio: FakeTwilio) -> None:
-    twilio.errors = [(400, 63016)]
+    twilio.whatsapp_errors = [(400, 63016)]
     async with ShipcastProcess(sms_settings) as shipcast:
         await shipcast.apply(wa_doc())
         event = event_body("FAIL")
@@ -74,7 +74,7 @@ async def test_without_fallback_it_is_a_dead_letter_with_twilios_code(sms_settin
 
 async def test_the_fallback_never_texts_twice_when_sms_is_on_too(sms_settings: Settings,
                                                                   twilio: FakeTwilio) -> None:
-    twilio.errors = [(400, 63016)]
+    twilio.whatsapp_errors = [(400, 63016)]
     doc = wa_doc(fallback_sms_sender="ACMEIN")
     doc["partners"][0]["channels"]["sms"] = {"events": ["OFD"], "sender": "ACMEIN"}
     async with ShipcastProcess(sms_settings) as shipcast:
@@ -103,7 +103,7 @@ async def test_after_a_fallback_text_the_sms_channel_sends_nothing_more(sms_sett
                                                                         twilio: FakeTwilio) -> None:
     """WhatsApp's fallback texts first; the SMS channel's copy of the event
     (here published to it later) finds the text sent and sends nothing."""
-    twilio.errors = [(400, 63016)]
+    twilio.whatsapp_errors = [(400, 63016)]
     async with ShipcastProcess(sms_settings, channels=["whatsapp"]) as shipcast:
         doc = wa_doc(fallback_sms_sender="ACMEIN")
         doc["partners"][0]["channels"]["sms"] = {"events": ["OFD"], "sender": "ACMEIN"}
