@@ -109,6 +109,15 @@ class Receiver:
         await self._runner.cleanup()
 
 
+def settled(shipcast: ShipcastProcess, event_id: str,
+            statuses: Sequence[str] = ("delivered", "dead")) -> Callable[[], Any]:
+    """For :func:`eventually`: the event's deliveries once they are in one of ``statuses``."""
+    async def check() -> list[dict[str, Any]]:
+        rows = await shipcast.services.store.list_deliveries(event_id=event_id)
+        return [row for row in rows if row["status"] in statuses]
+    return check
+
+
 async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on a free loopback port; clean up the runner when done."""
     runner = web.AppRunner(app, access_log=None)

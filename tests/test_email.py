@@ -19,7 +19,7 @@ from shipcast.exceptions import ConfigError
 from shipcast.settings import Settings
 
 from .conftest import free_port, make_settings
-from .helpers import ShipcastProcess, eventually
+from .helpers import ShipcastProcess, eventually, settled
 
 pytestmark = pytest.mark.broker
 
@@ -138,11 +138,7 @@ async def test_smtp_refusals_are_dead_letters_or_retries(mail_settings: Settings
         event = event_body("FAIL")
         await shipcast.http.post("/v1/events", json=event)
 
-        async def settled() -> list[dict[str, Any]]:
-            rows = await shipcast.services.store.list_deliveries(event_id=event["event_id"])
-            return [r for r in rows if r["status"] in ("delivered", "dead")]
-
-        [row] = await eventually(settled, timeout=20)
+        [row] = await eventually(settled(shipcast, event["event_id"]), timeout=20)
         assert row["status"] == outcome
         [first, *_] = await shipcast.services.store.list_attempts(event["event_id"], "email")
         assert first["status"] == int(answer[:3]) and answer[:3] in first["error"]

@@ -24,7 +24,7 @@ from shipcast.plugins.sms.segments import encoding, segments
 from shipcast.settings import Settings
 
 from .conftest import make_settings
-from .helpers import ShipcastProcess, eventually, serve
+from .helpers import ShipcastProcess, eventually, serve, settled
 
 pytestmark = pytest.mark.broker
 SID, TOKEN = "AC" + "0" * 32, "twilio-test-token"
@@ -168,11 +168,7 @@ async def test_twilio_errors_are_retried_or_dead_lettered(sms_settings: Settings
         await shipcast.apply(sms_doc())
         event = event_body("FAIL")
         await shipcast.http.post("/v1/events", json=event)
-        async def settled() -> list[dict[str, Any]]:
-            rows = await shipcast.services.store.list_deliveries(event_id=event["event_id"])
-            return [r for r in rows if r["status"] in ("delivered", "dead")]
-
-        [row] = await eventually(settled, timeout=20)
+        [row] = await eventually(settled(shipcast, event["event_id"]), timeout=20)
         assert row["status"] == outcome
         attempts = await shipcast.services.store.list_attempts(event["event_id"], "sms")
         assert attempts[0]["status"] == status and str(code) in attempts[0]["error"]
@@ -201,17 +197,11 @@ async def test_one_text_per_event_whatever_the_broker_redelivers(sms_settings: S
         for _ in range(3):  # the same event published again and again, as a redelivery would bring it
             assert (await shipcast.http.post("/v1/events", json=event)).status_code == 202
         await eventually(lambda: len(twilio.received) >= 1)
-        await eventually(_all_settled(shipcast, event["event_id"]))
+        await eventually(settled(shipcast, event["event_id"], ("delivered",)))
         await asyncio.sleep(1.5)  # the copy that found another in flight comes back from its retry tier
         assert len(twilio.received) == 1
         outcomes = sorted(a["outcome"] for a in await shipcast.services.store.list_attempts(event["event_id"]))
         assert outcomes.count("delivered") == 1
-
-
-def _all_settled(shipcast: ShipcastProcess, event_id: str) -> Any:
-    async def check() -> bool:
-        return bool(await shipcast.services.store.list_deliveries(event_id=event_id, status="delivered"))
-    return check
 
 
 async def test_an_ofd_after_the_orders_del_is_not_sent(sms_settings: Settings, twilio: FakeTwilio) -> None:
