@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from marshmallow import Schema, ValidationError, fields
 
+from .exceptions import ConfigError
 from .topology import ChannelTopology
 
 if TYPE_CHECKING:
@@ -160,6 +161,16 @@ class Channel:
         ``partner`` is ``None`` when the event's partner has no stored config.
         """
         raise NotImplementedError
+
+    def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
+        """What this channel would send the customer for ``event``, without
+        sending it, for ``shipcast templates preview``: the message as the
+        customer sees it, and a one-line summary (length, parts, template).
+
+        :raises ConfigError: the channel sends no customer message, or the
+            partner's template for this event fails.
+        """
+        raise ConfigError(f"the {self.name} channel sends no customer message to preview")
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered | None:
         """Deliver ``event`` (``body`` is its envelope as JSON) to one target.

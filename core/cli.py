@@ -343,13 +343,13 @@ def templates() -> None:
 @templates.command("preview")
 @click.option("--partner", "partner_id", required=True, help="A partner applied already.")
 @click.option("--event", "event_type", required=True, help="Event type (OFD, DEL, ...).")
-@click.option("--channel", required=True, help="A customer channel the partner uses (sms, ...).")
+@click.option("--channel", required=True, help="A customer channel the partner uses (sms, whatsapp, email).")
 @click.option("--lang", "language", type=click.Choice(["en", "hi"]), help="Default: the sample customer's.")
 def templates_preview(partner_id: str, event_type: str, channel: str, language: str | None) -> None:
     """Render a partner's message for a realistic sample event, as it would be sent."""
     from .examples import example
-    from .messages import render
-    from .plugin_manager import event_types
+    from .plugin_manager import channels, event_types
+    from .services import Services
     from .settings import Settings
 
     if event_type not in event_types():
@@ -365,14 +365,19 @@ def templates_preview(partner_id: str, event_type: str, channel: str, language: 
     if channel not in partner.channels:
         raise click.ClickException(f"partner {partner_id!r} does not use {channel!r}; it uses: "
                                    f"{', '.join(sorted(partner.channels)) or 'nothing'}")
+    installed = channels()
+    if channel not in installed:
+        raise click.ClickException(f"no channel {channel!r} is installed; installed: {', '.join(sorted(installed))}")
+    event = example(event_type, partner_id=partner_id)
+    if language:
+        event = event.model_copy(update={"order": event.order.model_copy(update={
+            "customer": event.order.customer.model_copy(update={"language": language})})})
     try:
-        config = partner.channels[channel]
-        text = render(Settings(), channel, example(event_type, partner_id=partner_id), partner,
-                      config.get("templates"), language, config.get("template_dir"))
+        shown, summary = installed[channel](Services.from_settings(Settings())).preview(event, partner)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(text)
-    click.echo(f"-- {len(text)} characters", err=True)
+    click.echo(shown)
+    click.echo(f"-- {summary}", err=True)
 
 
 # -- dead letters ----------------------------------------------------------------

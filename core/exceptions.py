@@ -13,7 +13,8 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
     ├── StoreError                  the database refused or is unreachable
     └── DeliveryError               raised by a channel while delivering one target
         ├── RetryableDelivery       try again later (timeouts, 5xx, connection errors)
-        │   └── ClaimedElsewhere    another copy of the event is sending it now
+        │   └── DeferDelivery       not now, without spending an attempt (quiet hours)
+        │       └── ClaimedElsewhere  another copy of the event is sending it now
         ├── PermanentDelivery       never retry (refused destination, 410, bad target)
         └── SkipDelivery            nothing to send, on purpose (opted out, stale)
 """
@@ -82,14 +83,20 @@ class DeliveryError(ShipcastError):
 
     ``status`` is the remote status (an HTTP code, a provider error code) when
     there is one; ``response`` the start of the remote answer.
+    ``target_fault`` is ``False`` when the target is not to blame (quiet hours,
+    another copy in flight, one customer's invalid number on a provider that
+    serves every customer): the circuit breaker and the concurrency limit
+    ignore such failures.
     """
 
     def __init__(
-        self, reason: str, *, status: int | None = None, response: str | None = None
+        self, reason: str, *, status: int | None = None, response: str | None = None,
+        target_fault: bool = True,
     ) -> None:
         self.reason = reason
         self.status = status
         self.response = response
+        self.target_fault = target_fault
         super().__init__(reason)
 
 
@@ -109,11 +116,8 @@ class RetryableDelivery(DeliveryError):
         retry_after: float | None = None,
         target_fault: bool = True,
     ) -> None:
-        super().__init__(reason, status=status, response=response)
+        super().__init__(reason, status=status, response=response, target_fault=target_fault)
         self.retry_after = retry_after
-        #: ``False`` when the target is not to blame (quiet hours, another copy
-        #: in flight): the circuit breaker and the concurrency limit ignore it.
-        self.target_fault = target_fault
 
 
 class PermanentDelivery(DeliveryError):
@@ -130,8 +134,9 @@ class PermanentDelivery(DeliveryError):
         status: int | None = None,
         response: str | None = None,
         disable_target: bool = False,
+        target_fault: bool = True,
     ) -> None:
-        super().__init__(reason, status=status, response=response)
+        super().__init__(reason, status=status, response=response, target_fault=target_fault)
         self.disable_target = disable_target
 
 
@@ -141,10 +146,16 @@ class SkipDelivery(DeliveryError):
     parked, and not a failure of the target."""
 
 
-class ClaimedElsewhere(RetryableDelivery):
+class DeferDelivery(RetryableDelivery):
+    """Not now, and nobody's fault (a merchant's quiet hours): try again after
+    ``retry_after`` seconds without spending an attempt, so a deferral never
+    exhausts the retries. Logged as ``waiting``."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason, retry_after=retry_after, target_fault=False)
+
+
+class ClaimedElsewhere(DeferDelivery):
     """Another copy of this event holds the claim to send it now: try again
     later (should that copy fail, this one sends), without touching the
     delivery log, which the claim's holder settles."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, target_fault=False)

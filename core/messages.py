@@ -14,19 +14,19 @@ import base64
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
-from marshmallow import RAISE, Schema, ValidationError, fields, validates
+from marshmallow import RAISE, Schema, ValidationError, fields, validates, validates_schema
 
 from .envelope import Event
-from .exceptions import ClaimedElsewhere, ConfigError, RetryableDelivery, SkipDelivery, StoreError
+from .exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, SkipDelivery, StoreError
 from .partners import Partner
 from .settings import Settings
 from .store import address_hash
@@ -46,48 +46,71 @@ def language_of(event: Event, default: str = "en") -> str:
     return language if language in LANGUAGES else default
 
 
-def _link_key(settings: Settings, purpose: str) -> bytes:
+def _link_keys(settings: Settings, purpose: str) -> list[bytes]:
+    """The keys links are signed with: one per ``SHIPCAST_SECRET_KEY`` key,
+    the first signing, every one verifying, so rotating the secret key (new
+    key first, old after it) keeps links in messages already sent working."""
     from .crypto import secret_box
 
-    secret = settings.secret_key or secret_box(settings).key_id
-    return hashlib.sha256(f"{purpose}:{secret}".encode()).digest()
+    secrets = [k.strip() for k in (settings.secret_key or "").split(",") if k.strip()] \
+        or [secret_box(settings).key_id]
+    return [hashlib.sha256(f"{purpose}:{secret}".encode()).digest() for secret in secrets]
 
 
-def _signed(settings: Settings, purpose: str, payload: str) -> str:
-    mac = hmac.new(_link_key(settings, purpose), payload.encode(), hashlib.sha256).digest()[:12]
+def _mac(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, payload, hashlib.sha256).digest()[:12]
+
+
+def sign_link(settings: Settings, purpose: str, payload: str) -> str:
+    """``payload`` and its MAC (keyed for ``purpose``), URL-safe: a link
+    token nobody can forge or alter. Not encrypted: the payload is readable."""
+    mac = _mac(_link_keys(settings, purpose)[0], payload.encode())
     return base64.urlsafe_b64encode(payload.encode() + b"|" + mac).rstrip(b"=").decode()
 
 
-def _verified(settings: Settings, purpose: str, token: str) -> str | None:
+def verify_link(settings: Settings, purpose: str, token: str) -> str | None:
+    """The payload of a token :func:`sign_link` made for ``purpose``, or ``None``."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, TypeError):
         return None
     payload, _, mac = raw.rpartition(b"|")
-    expected = hmac.new(_link_key(settings, purpose), payload, hashlib.sha256).digest()[:12]
-    return payload.decode("utf-8", "replace") if payload and hmac.compare_digest(mac, expected) else None
-
-
-def tracking_token(settings: Settings, partner_id: str, order_id: str) -> str:
-    """An unguessable token naming one order of one partner, for ``/t/{token}``."""
-    return _signed(settings, "tracking", f"{partner_id}:{order_id}")
+    if not payload or not any(hmac.compare_digest(mac, _mac(key, payload))
+                              for key in _link_keys(settings, purpose)):
+        return None
+    return payload.decode("utf-8", "replace")
 
 
 def unsubscribe_token(settings: Settings, channel: str, partner_id: str, address: str) -> str:
     """A token for one customer's one-click unsubscribe from one partner's
     messages on one channel; it carries a hash of the address, not the address."""
-    return _signed(settings, "unsubscribe", f"{channel}:{partner_id}:{address_hash(address)}")
+    return sign_link(settings, "unsubscribe", f"{channel}:{partner_id}:{address_hash(address)}")
 
 
 def read_unsubscribe_token(settings: Settings, token: str) -> tuple[str, str, str] | None:
     """``(channel, partner_id, address hash)``, or ``None`` for a forged token."""
-    payload = _verified(settings, "unsubscribe", token)
+    payload = verify_link(settings, "unsubscribe", token)
     if payload is None or payload.count(":") != 2:
         return None
     channel, partner_id, hashed = payload.split(":")
     return channel, partner_id, hashed
 
 
+
+
+def link_mac(settings: Settings, purpose: str, payload: str) -> str:
+    """A short MAC of ``payload`` for ``purpose`` (a form's CSRF token), hex."""
+    return _mac(_link_keys(settings, purpose)[0], payload.encode()).hex()
+
+
+def check_link_mac(settings: Settings, purpose: str, payload: str, mac: str) -> bool:
+    return any(hmac.compare_digest(mac.encode(), _mac(key, payload.encode()).hex().encode())
+               for key in _link_keys(settings, purpose))
+
+
+def tracking_token(settings: Settings, partner_id: str, order_id: str) -> str:
+    """An unguessable token naming one order of one partner, for ``/t/{token}``."""
+    return sign_link(settings, "tracking", f"{partner_id}:{order_id}")
 
 
 def tracking_url(settings: Settings, event: Event, partner: Partner | None) -> str:
@@ -122,6 +145,12 @@ def _compiled(source: str) -> jinja2.Template:
     return environment().from_string(source)
 
 
+@lru_cache(maxsize=1024)
+def _from_file(path: str, changed: int) -> jinja2.Template:
+    """A partner's template file, read again only when it changes."""
+    return _compiled(Path(path).read_text(encoding="utf-8"))
+
+
 def template_for(channel: str, event_type: str, language: str, overrides: Mapping[str, Any] | None,
                  directory: str | None = None) -> jinja2.Template:
     """The partner's override for this event type (one text, or one per
@@ -135,8 +164,11 @@ def template_for(channel: str, event_type: str, language: str, overrides: Mappin
     if directory:
         for name in (f"{event_type}.{language}.j2", f"{event_type}.en.j2"):
             path = Path(directory) / channel / name
-            if path.is_file():
-                return _compiled(path.read_text(encoding="utf-8"))
+            try:
+                changed = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            return _from_file(str(path), changed)
     loader = environment()
     for name in (f"{channel}/{event_type}.{language}.j2", f"{channel}/{event_type}.en.j2"):
         try:
@@ -145,6 +177,22 @@ def template_for(channel: str, event_type: str, language: str, overrides: Mappin
             continue
     raise ConfigError(f"no {channel} template for {event_type}: add templates/{channel}/{event_type}.en.j2 "
                       f"or a '{event_type}' entry under the partner's {channel}.templates")
+
+
+def serves(channel: str, event_type: str, config: Mapping[str, Any]) -> bool:
+    """Whether a customer channel's config sends a message for this event
+    type: it lists the type, or lists ``*`` and a template for the type
+    exists (so the customer's own events, such as a rating, text nobody)."""
+    events = config.get("events", ["*"])
+    if event_type in events:
+        return True
+    if "*" not in events:
+        return False
+    try:
+        template_for(channel, event_type, "en", config.get("templates"), config.get("template_dir"))
+    except ConfigError:
+        return False
+    return True
 
 
 def render(settings: Settings, channel: str, event: Event, partner: Partner | None,
@@ -160,15 +208,18 @@ def render(settings: Settings, channel: str, event: Event, partner: Partner | No
 
 
 def check_templates(settings: Settings, channel: str, partner_id: str, partner_name: str,
-                    branding: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, list[str]]:
+                    branding: Mapping[str, Any], config: Mapping[str, Any],
+                    shape: Callable[[str], str | None] | None = None) -> dict[str, list[str]]:
     """Render every template this config may send, for every event type it
     serves and every language, with realistic data and with the nulls each
-    event type's row leaves. Returns the errors, keyed by field."""
+    event type's row leaves; ``shape`` says what is wrong with a rendered
+    text, if anything (an email without a subject line). Returns the errors,
+    keyed by field."""
     from .examples import example
     from .plugin_manager import event_types
 
     events = config.get("events", ["*"])
-    types = list(event_types()) if "*" in events else list(events)
+    types = [t for t in event_types() if serves(channel, t, config)] if "*" in events else list(events)
     overrides = config.get("templates") or {}
     partner = Partner(partner_id, partner_name, branding, {channel: config})
     errors: dict[str, list[str]] = {}
@@ -181,7 +232,10 @@ def check_templates(settings: Settings, channel: str, partner_id: str, partner_n
         for language in LANGUAGES:
             for sample in (event, sparse):
                 try:
-                    render(settings, channel, sample, partner, overrides, language, config.get("template_dir"))
+                    text = render(settings, channel, sample, partner, overrides, language, config.get("template_dir"))
+                    wrong = shape(text) if shape else None
+                    if wrong:
+                        raise ConfigError(f"{channel} template for {event_type} ({language}) {wrong}")
                 except ConfigError as exc:
                     where = f"templates.{event_type}" if event_type in overrides else \
                         "template_dir" if directory else f"events ({event_type})"
@@ -191,12 +245,21 @@ def check_templates(settings: Settings, channel: str, partner_id: str, partner_n
 
 
 def sparse_event(event: Event) -> Event:
-    """The same event with every optional field of its groups left out."""
+    """The same event with every optional field left out, in every group it carries."""
+    def bare(group: Any, *names: str) -> Any:
+        return group.model_copy(update=dict.fromkeys(names)) if group is not None else None
+
     order = event.order.model_copy(update={"merchant_order_ref": None, "address": None, "payment": None,
                                            "item_count": None, "promised_date": None,
-                                           "customer": event.order.customer.model_copy(
-                                               update={"email": None})})
-    return event.model_copy(update={"order": order})
+                                           "customer": bare(event.order.customer, "email", "phone")})
+    return event.model_copy(update={
+        "order": order,
+        "rider": bare(event.rider, "phone", "photo_url", "vehicle_number"),
+        "otp": bare(event.otp, "expires_at"),
+        "failure": bare(event.failure, "next_attempt_at", "reschedule_url"),
+        "return_": bare(event.return_, "initiated_at", "destination"),
+        "delivery_confirmation": bare(event.delivery_confirmation, "received_by", "method", "proof_url"),
+    })
 
 
 # -- the rules every customer channel keeps ----------------------------------------
@@ -216,6 +279,11 @@ class QuietHours(Schema):
     start = fields.Time(required=True, format="%H:%M")
     end = fields.Time(required=True, format="%H:%M")
     timezone = fields.String(load_default="Asia/Kolkata")
+
+    @validates_schema
+    def _ends(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("start") == data.get("end"):
+            raise ValidationError("start and end are the same: the hours would be quiet all day", "end")
 
     @validates("timezone")
     def _zone(self, value: str, **_: Any) -> None:
@@ -250,23 +318,37 @@ def _as_time(value: Any) -> dt_time:
 CLAIM_STALE_AFTER = 120.0
 
 
+#: How an opt-out starts when the channel cannot reach the customer at all
+#: (not on WhatsApp, blocked), rather than the customer asked.
+UNREACHABLE = "unreachable: "
+
+
 async def keep_rules(services: Services, channel: str, event: Event, address: str,
-                     config: Mapping[str, Any], target: str = "customer") -> None:
+                     config: Mapping[str, Any], target: str = "customer", *,
+                     unreachable_ok: bool = False) -> str | None:
     """Skip what must not be sent, hold back what must wait, and claim the
     message so no other copy of the event sends it too.
 
+    Returns ``None``, or with ``unreachable_ok``, why the channel cannot reach
+    this customer (the caller sends another way, under the claim it holds).
+
     :raises SkipDelivery: the customer opted out of this channel, the message
         is stale (the order's DEL or RET is already archived), or it was sent.
-    :raises RetryableDelivery: it is a non-critical message in the merchant's
-        quiet hours (retried once they end), or another copy is being sent
-        now (retried, to send it should that copy fail).
+    :raises DeferDelivery: it is a non-critical message in the merchant's
+        quiet hours (sent once they end, spending no attempt), or another copy
+        is being sent now (:class:`ClaimedElsewhere`: tried again, to send it
+        should that copy fail).
     """
     store = services.store
+    unreachable = None
+    reason = await store.opted_out(channel, event.partner_id, address)
+    if reason is not None and reason.startswith(UNREACHABLE):
+        if not unreachable_ok:
+            raise SkipDelivery(f"{channel} cannot reach the customer: {reason.removeprefix(UNREACHABLE)}")
+        unreachable = reason.removeprefix(UNREACHABLE)
     # An unsubscribe from marketing-like messages leaves the transactional ones (OTPs, failures) flowing.
-    if event.event_type not in config.get("transactional", ()):
-        reason = await store.opted_out(channel, event.partner_id, address)
-        if reason is not None:
-            raise SkipDelivery(f"the customer opted out of {channel}: {reason}")
+    elif reason is not None and event.event_type not in config.get("transactional", ()):
+        raise SkipDelivery(f"the customer opted out of {channel}: {reason}")
     if event.event_type not in TERMINAL:
         later = await store.later_event(event.partner_id, event.order.order_id, event.sequence, TERMINAL)
         if later is not None:
@@ -275,13 +357,14 @@ async def keep_rules(services: Services, channel: str, event: Event, address: st
         wait = quiet_for(config.get("quiet_hours"), datetime.now(UTC))
         if wait > 0:
             quiet = config["quiet_hours"]
-            raise RetryableDelivery(f"quiet hours until {_as_time(quiet['end']):%H:%M} {quiet.get('timezone')}",
-                                    retry_after=wait, target_fault=False)
+            raise DeferDelivery(f"quiet hours until {_as_time(quiet['end']):%H:%M} {quiet.get('timezone')}",
+                                retry_after=wait)
     held = await store.claim(event.event_id, channel, target, event.partner_id, mask(address), CLAIM_STALE_AFTER)
     if held == "delivered":
         raise SkipDelivery("sent already: one message per event")
     if held is not None:
         raise ClaimedElsewhere("another copy of this event is being sent now")
+    return unreachable
 
 
 def mask(address: str) -> str:

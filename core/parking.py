@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
-from .broker import ATTEMPT_HEADER, REASON_HEADER, TARGET_HEADER, Broker, copy_message, header_int, header_text
-from .topology import ChannelTopology, declare_queue
+from .broker import (
+    ATTEMPT_HEADER,
+    REASON_HEADER,
+    TARGET_HEADER,
+    Broker,
+    copy_message,
+    event_message,
+    header_int,
+    header_text,
+)
+from .envelope import Event
+from .topology import QUEUE_PREFIX, ChannelTopology, declare_queue
 
 #: Headers describing a failure, dropped when a message is replayed.
 _FAILURE_HEADERS = (ATTEMPT_HEADER, REASON_HEADER, "x-shipcast-status", "x-shipcast-channel", "x-shipcast-failed-at")
@@ -38,6 +50,18 @@ async def list_dead(broker: Broker, topology: ChannelTopology, limit: int = 100)
     finally:
         await channel.close()  # closing without acks puts every message back
     return found
+
+
+async def park(broker: Broker, channel: str, event: Event, target: str, reason: str,
+               status: int | None = None) -> None:
+    """Put one target's copy of ``event`` in the channel's parking lot, as the
+    worker parks a failed delivery: for a failure that comes to light after
+    the delivery (a provider's later report that it could not deliver)."""
+    headers: dict[str, Any] = {TARGET_HEADER: target, REASON_HEADER: reason, "x-shipcast-channel": channel,
+                               "x-shipcast-failed-at": datetime.now(UTC).isoformat()}
+    if status is not None:
+        headers["x-shipcast-status"] = status
+    await broker.publish(event_message(event, headers=headers), f"{QUEUE_PREFIX}{channel}.dead", exchange="")
 
 
 async def replay_dead(broker: Broker, topology: ChannelTopology, *, limit: int | None = None,

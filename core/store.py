@@ -429,6 +429,13 @@ class Store:
         rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))
         return orjson.loads(rows[0].body) if rows else None
 
+    async def order_events(self, partner_id: str, order_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        """One order's archived events, oldest first (by sequence): its timeline."""
+        rows = await self._rows(sa.select(events.c.body).where(
+            events.c.partner_id == partner_id, events.c.order_id == order_id
+        ).order_by(events.c.sequence.desc(), events.c.occurred_at.desc()).limit(limit))
+        return [orjson.loads(row.body) for row in reversed(rows)]
+
     async def list_events(self, *, partner_id: str | None = None, since: datetime | None = None,
                           limit: int = 1000) -> list[dict[str, Any]]:
         query = sa.select(events.c.body).order_by(events.c.stored_at, events.c.event_id).limit(limit)
@@ -603,26 +610,45 @@ class Store:
             {"provider": provider, "message_id": message_id, "event_id": event_id, "channel": channel,
              "target": target, "rank": 0, "at": now()}])])
 
-    async def provider_status(self, provider: str, message_id: str, status: str, rank: int) -> bool:
+    async def provider_status(self, provider: str, message_id: str, status: str,
+                              rank: int) -> dict[str, Any] | None:
         """Record a provider's status for a message it accepted, unless a later
         one (a higher ``rank``) is recorded already: callbacks come duplicated
-        and out of order. Returns whether it was recorded."""
+        and out of order. Returns the message's delivery (``event_id``,
+        ``channel``, ``target``, ``partner_id``) when it was recorded."""
         key = (provider_messages.c.provider == provider) & (provider_messages.c.message_id == message_id)
         try:
             async with self._connection(False) as conn:
                 moved = await conn.execute(provider_messages.update().where(
                     key & (provider_messages.c.rank < rank)).values(rank=rank, at=now()))
                 if moved.rowcount != 1:
-                    return False
+                    return None
                 found = (await conn.execute(sa.select(provider_messages).where(key))).one()
-                await conn.execute(deliveries.update().where(
-                    (deliveries.c.event_id == found.event_id) & (deliveries.c.channel == found.channel)
-                    & (deliveries.c.target == found.target)).values(provider_status=status[:64]))
-                return True
+                delivery = (deliveries.c.event_id == found.event_id) & (deliveries.c.channel == found.channel) \
+                    & (deliveries.c.target == found.target)
+                await conn.execute(deliveries.update().where(delivery).values(provider_status=status[:64]))
+                partner = (await conn.execute(sa.select(deliveries.c.partner_id).where(delivery))).first()
+                return {"event_id": found.event_id, "channel": found.channel, "target": found.target,
+                        "partner_id": partner.partner_id if partner is not None else None}
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"store write failed: {exc}") from exc
 
     # -- customers: opt-outs and the order's later events ---------------------
+
+    async def undelivered(self, event_id: str, channel: str, target: str, reason: str) -> bool:
+        """A delivery the provider accepted and later failed (an SMS the
+        carrier refused): logged as dead with the provider's reason, so a
+        replay, or another copy of the event, may send it again. Returns
+        whether it was logged as delivered until now."""
+        try:
+            async with self._connection(False) as conn:
+                changed = await conn.execute(deliveries.update().where(
+                    (deliveries.c.event_id == event_id) & (deliveries.c.channel == channel)
+                    & (deliveries.c.target == target) & (deliveries.c.status == "delivered")
+                ).values(status="dead", last_error=reason, updated_at=now()))
+                return bool(changed.rowcount)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
 
     async def add_opt_out(self, channel: str, partner_id: str, address: str, reason: str, *,
                           hashed: bool = False) -> None:

@@ -30,6 +30,7 @@ from .exceptions import (
     BrokerError,
     ClaimedElsewhere,
     ConfigError,
+    DeferDelivery,
     DeliveryError,
     InvalidEvent,
     PermanentDelivery,
@@ -80,6 +81,16 @@ def next_delay(delays: Sequence[int], attempt: int, retry_after: float | None) -
                 return delay
         return delays[-1]
     return delays[attempt]
+
+
+def defer_delay(delays: Sequence[int], wait: float | None) -> int:
+    """The retry tier for a deferral of ``wait`` seconds: the longest tier
+    that does not overshoot it (the message comes back and defers again for
+    what is left), else the shortest."""
+    if wait is None:
+        return min(delays)
+    fitting = [delay for delay in delays if delay <= wait]
+    return max(fitting) if fitting else min(delays)
 
 
 class ChannelWorker:
@@ -255,8 +266,8 @@ class ChannelWorker:
             await self._persist(lambda: health.disable(self.name, event.partner_id, attempt.target,
                                                        attempt.address, attempt.error or "disabled"))
             return
-        if isinstance(outcome.error, RetryableDelivery) and not outcome.error.target_fault:
-            return  # quiet hours, another copy in flight: nothing about the target's health
+        if isinstance(outcome.error, DeliveryError) and not outcome.error.target_fault:
+            return  # quiet hours, another copy in flight, one customer's bad number: not the target's health
         ok = attempt.outcome == "delivered"
         if ok and (self.name, event.partner_id, attempt.target) not in self.services.partners.failing:
             return  # the hot path: a healthy target stays healthy
@@ -321,10 +332,8 @@ class ChannelWorker:
                 ok = True
             except SkipDelivery as exc:
                 error, ok = exc, None
-            except RetryableDelivery as exc:
-                error, ok = exc, False if exc.target_fault else None
             except DeliveryError as exc:
-                error, ok = exc, False
+                error, ok = exc, False if exc.target_fault else None
             except StoreError:
                 raise
             except TimeoutError:
@@ -345,6 +354,8 @@ class ChannelWorker:
             outcome, reason = "delivered", None
         elif isinstance(error, SkipDelivery):
             outcome, reason = "skipped", error.reason
+        elif isinstance(error, DeferDelivery) and self.delays:
+            outcome, reason, delay = "waiting", error.reason, defer_delay(self.delays, error.retry_after)
         elif isinstance(error, RetryableDelivery) and (
                 delay := next_delay(self.delays, attempt, error.retry_after)) is not None:
             outcome, reason = "retry", error.reason

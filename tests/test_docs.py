@@ -20,7 +20,7 @@ EXAMPLE = Path(__file__).parent / "fixtures" / "shipcast-echo" / "shipcast_echo.
 #: the real attributes and methods, so a new one must be documented too.
 KNOWN_ATTRIBUTES = {"name", "description", "prefetch", "queue_arguments", "static_bindings",
                     "records_deliveries", "config_schema"}
-KNOWN_METHODS = {"prepare", "bindings", "start", "close", "target", "targets", "deliver"}
+KNOWN_METHODS = {"prepare", "bindings", "start", "close", "target", "targets", "preview", "deliver"}
 
 
 @pytest.fixture(scope="module")

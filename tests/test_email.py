@@ -149,6 +149,8 @@ async def test_a_template_without_what_it_needs_is_refused_at_apply(mail_setting
     async with ShipcastProcess(mail_settings, channels=[]) as shipcast:
         with pytest.raises(ConfigError, match=r"channels.email.templates.DEL.*rating"):
             await shipcast.apply(email_doc(templates={"DEL": "Thanks\n{{ rating }}"}))
+        with pytest.raises(ConfigError, match=r"channels.email.templates.DEL.*subject on its first line"):
+            await shipcast.apply(email_doc(templates={"DEL": "Thanks for your order {{ order.order_id }}"}))
         with pytest.raises(ConfigError, match="from_address"):
             await shipcast.apply(email_doc(from_address="nobody"))
 
@@ -170,12 +172,33 @@ def test_every_email_composes_for_every_event_type_and_language(event_type: str,
     from shipcast.envelope import parse_event
 
     event = parse_event(body)
-    message = channel.compose(event, Partner("acme", "Acme Retail", {}, {"email": config}), config,
-                              "priya@example.com")
+    partner = Partner("acme", "Acme Retail", {"support_email": "care@acme.example.com"}, {"email": config})
+    message = channel.compose(event, partner, config, "priya@example.com")
     assert message["Subject"] and "ORD-10023" in message["Subject"]
+    assert message["Reply-To"] == "care@acme.example.com"  # no reply_to set: the merchant's support address
     plain = message.get_body(("plain",))
     html = message.get_body(("html",))
     assert plain is not None and html is not None
     assert "https://track.example.com/t/" in html.get_content()  # the tracking button, always
     assert "ORD-10023" in plain.get_content()
     assert (message["List-Unsubscribe"] is None) == (event_type == "OFD")
+
+
+def test_unsubscribe_links_outlive_a_rotation_of_the_secret_key(mail_settings: Settings) -> None:
+    """Links in mail already sent keep working after SHIPCAST_SECRET_KEY is
+    rotated (the new key first, the old one after it), and stop once the old
+    key is dropped; a link never verifies under another key."""
+    import base64
+    import os
+
+    from shipcast.messages import read_unsubscribe_token, unsubscribe_token
+
+    old = mail_settings
+    token = unsubscribe_token(old, "email", "acme", "asha@example.com")
+    new_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    rotated = old.model_copy(update={"secret_key": f"{new_key},{old.secret_key}"})
+    dropped = old.model_copy(update={"secret_key": new_key})
+    found = read_unsubscribe_token(rotated, token)
+    assert found is not None and found[:2] == ("email", "acme")
+    assert read_unsubscribe_token(dropped, token) is None
+    assert read_unsubscribe_token(dropped, unsubscribe_token(rotated, "email", "acme", "asha@example.com"))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +17,10 @@ import orjson
 import pytest
 from aiohttp import web
 
+from shipcast.channel import Target
 from shipcast.examples import example
 from shipcast.exceptions import ConfigError
-from shipcast.messages import LANGUAGES, check_templates, render
+from shipcast.messages import LANGUAGES, check_templates, render, sparse_event
 from shipcast.partners import Partner
 from shipcast.plugin_manager import event_types
 from shipcast.plugins.sms.segments import encoding, segments
@@ -104,11 +107,29 @@ def test_every_template_renders_for_every_event_type_and_language(event_type: st
     assert text.startswith("Acme Retail:") and segments(text) <= 6
     if event_type == "OFD":
         assert "4821" in text  # the OTP
-    if event_type == "FAIL":
+    if event_type == "FAIL":  # the reason, the OMS's reschedule link and the tracking page
         assert "Customer not reachable" in text and "reschedule" in text
-    if event_type in ("OFD", "DEL", "RET"):
-        assert "https://track.example.com/t/" in text
+    assert "https://track.example.com/t/" in text  # every message carries the tracking link
     assert encoding(text) == ("UCS-2" if language == "hi" else "GSM-7")
+    sparse = render(settings, "sms", sparse_event(example(event_type)), partner, None, language)
+    assert "None" not in sparse and "https://track.example.com/t/" in sparse
+
+
+def test_text_is_sent_as_written_and_a_printed_null_is_refused() -> None:
+    """Text templates are not HTML: an ampersand or an apostrophe reaches the
+    customer as written. A template printing a field the event left null is
+    refused at apply time, never sent as "None"."""
+    settings = Settings(api_token="t", public_url="https://track.example.com")
+    body = orjson.loads(example("OFD").to_json())
+    body["order"]["customer"]["name"] = "Ann O'Brien & Co <3"
+    from shipcast.envelope import parse_event
+
+    partner = Partner("acme", "Tom & Jerry's", {}, {})
+    text = render(settings, "sms", parse_event(body), partner, {"OFD": "{{ partner.name }}: hi {{ customer.name }}"})
+    assert text == "Tom & Jerry's: hi Ann O'Brien & Co <3"
+    errors = check_templates(settings, "sms", "acme", "Acme", {},
+                             {"events": ["OFD"], "templates": {"OFD": "Call {{ rider.phone }}"}})
+    assert list(errors) == ["templates.OFD"] and "null" in errors["templates.OFD"][0]
 
 
 def test_a_broken_override_is_refused_naming_the_field() -> None:
@@ -122,6 +143,8 @@ def test_a_broken_override_is_refused_naming_the_field() -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("a" * 160, 1), ("a" * 161, 2), ("a" * 306, 2), ("a" * 307, 3),
     ("[" * 80, 1), ("[" * 81, 2),                      # extension characters count twice
+    ("a" * 152 + "[" + "a" * 152, 3),                  # ...and are never split across two segments
+    ("😀" * 35, 1), ("a" + "😀" * 34 + "a" * 2, 2),       # an emoji is two UCS-2 units, never split
     ("आ" * 70, 1), ("आ" * 71, 2), ("आ" * 134, 2), ("आ" * 135, 3),
 ])
 def test_segments_are_counted_per_encoding(text: str, expected: int) -> None:
@@ -158,11 +181,15 @@ async def test_a_text_goes_through_the_twilio_sdk_with_the_exact_fields(sms_sett
 @pytest.mark.parametrize(("status", "code", "outcome", "reason"), [
     (400, 21211, "dead", "Twilio 21211: invalid 'To' phone number"),
     (400, 21610, "dead", "Twilio 21610: the customer has opted out"),
+    (401, 20003, "delivered", None),      # wrong credentials: retried (the operator fixes them), then sent
     (429, 20429, "delivered", None),      # retried, then sent
     (503, 20503, "delivered", None),
 ])
 async def test_twilio_errors_are_retried_or_dead_lettered(sms_settings: Settings, twilio: FakeTwilio, status: int,
-                                                          code: int, outcome: str, reason: str | None) -> None:
+                                                          code: int, outcome: str, reason: str | None,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")  # every library's INFO lines (twilio's request log among them), shipcast's DEBUG
+    caplog.set_level("DEBUG", logger="shipcast")
     twilio.errors = [(status, code)]
     async with ShipcastProcess(sms_settings) as shipcast:
         await shipcast.apply(sms_doc())
@@ -176,6 +203,8 @@ async def test_twilio_errors_are_retried_or_dead_lettered(sms_settings: Settings
             assert attempts[0]["error"].startswith(reason) and len(attempts) == 1
         else:
             assert [a["outcome"] for a in attempts] == ["retry", "delivered"] and len(twilio.received) == 2
+    # Neither the auth token nor the customer's number reaches a log line.
+    assert caplog.records and TOKEN not in caplog.text and "9876543210" not in caplog.text
 
 
 async def test_an_invalid_number_is_a_permanent_failure_never_sent(sms_settings: Settings,
@@ -187,6 +216,29 @@ async def test_an_invalid_number_is_a_permanent_failure_never_sent(sms_settings:
         [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event["event_id"]))
         assert row["status"] == "dead" and row["last_error"].startswith("not a valid phone number")
         assert twilio.received == []
+
+
+async def test_customers_bad_numbers_never_open_the_providers_circuit(sms_settings: Settings,
+                                                                      twilio: FakeTwilio) -> None:
+    """Every customer of a partner shares its provider's circuit breaker:
+    a dozen numbers Twilio refuses are those customers' faults, not
+    Twilio's, and the next customer's text goes straight out."""
+    twilio.errors = [(400, 21211)] * 12
+    async with ShipcastProcess(sms_settings, ["sms", "archive"]) as shipcast:
+        await shipcast.apply(sms_doc())
+        bad = [event_body("OFD") for _ in range(12)]
+        await shipcast.http.post("/v1/events", json=bad)
+        for event in bad:
+            [row] = await eventually(settled(shipcast, event["event_id"]), timeout=20)
+            assert row["status"] == "dead" and "21211" in row["last_error"]
+        [worker] = [w for w in shipcast.workers if w.name == "sms"]
+        assert worker.gates.get("acme", Target("customer", "")).breaker.state == "closed"
+        good = event_body("FAIL")
+        await shipcast.http.post("/v1/events", json=good)
+        [row] = await eventually(settled(shipcast, good["event_id"]), timeout=20)
+        assert row["status"] == "delivered"
+        assert [a["outcome"] for a in await shipcast.services.store.list_attempts(good["event_id"])] == ["delivered"]
+        assert await shipcast.services.store.list_operator_events() == []  # no endpoint.failing for Twilio
 
 
 async def test_one_text_per_event_whatever_the_broker_redelivers(sms_settings: Settings,
@@ -229,9 +281,24 @@ async def test_review_requests_wait_out_the_quiet_hours_but_otps_go(sms_settings
         ofd, deliv = event_body("OFD"), event_body("DEL")
         await shipcast.http.post("/v1/events", json=[ofd, deliv])
         [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=deliv["event_id"]))
-        assert row["status"] == "retrying" and row["last_error"].startswith("quiet hours until")
+        assert row["status"] == "waiting" and row["last_error"].startswith("quiet hours until")
         await eventually(lambda: len(twilio.received) == 1)
         assert "4821" in twilio.received[0]["Body"]  # the OTP went out
+        await asyncio.sleep(5)  # several deferrals through the retry tiers ("1,2"): none spends an attempt
+        assert len(twilio.received) == 1
+        # The quiet hours end (here: the merchant drops them): the review request goes, on its first attempt.
+        await shipcast.apply(sms_doc(events=["OFD", "DEL"]))
+        [row] = await eventually(settled(shipcast, deliv["event_id"], ("delivered",)), timeout=20)
+        assert row["attempts"] == 1
+        assert [a["outcome"] for a in await shipcast.services.store.list_attempts(deliv["event_id"])] == ["delivered"]
+        assert len(twilio.received) == 2 and "Rate us" in twilio.received[1]["Body"]
+
+
+def test_quiet_hours_that_never_end_are_refused() -> None:
+    from shipcast.partners import load_partners
+
+    with pytest.raises(ConfigError, match="quiet_hours.*start and end"):
+        load_partners(sms_doc(quiet_hours={"start": "21:00", "end": "21:00"}), "test")
 
 
 async def test_an_opt_out_is_recorded_and_honoured(sms_settings: Settings, twilio: FakeTwilio) -> None:
@@ -251,39 +318,42 @@ async def test_an_opt_out_is_recorded_and_honoured(sms_settings: Settings, twili
 async def test_templates_preview_shows_the_partners_message(sms_settings: Settings) -> None:
     from .helpers import run_cli
 
+    doc = sms_doc(templates={"FAIL": {"en": "Sorry {{ customer.name }}: {{ failure.reason }}",
+                                      "hi": "क्षमा करें {{ customer.name }}"}})
+    doc["partners"][0]["channels"].update({
+        "whatsapp": {"events": ["OFD"], "sender": "+14155238886", "content_sids": {"OFD": "HX" + "a" * 32}},
+        "email": {"events": ["DEL"], "from_address": "Acme <orders@acme.example.com>"}})
     async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
-        await shipcast.apply(sms_doc(templates={"FAIL": {"en": "Sorry {{ customer.name }}: {{ failure.reason }}",
-                                                         "hi": "क्षमा करें {{ customer.name }}"}}))
-    shown = run_cli(sms_settings, "templates", "preview", "--partner", "acme", "--event", "FAIL", "--channel", "sms")
+        await shipcast.apply(doc)
+
+    def preview(event_type: str, channel: str, *more: str) -> Any:
+        return run_cli(sms_settings, "templates", "preview", "--partner", "acme", "--event", event_type,
+                       "--channel", channel, *more)
+
+    shown = preview("FAIL", "sms")
     assert shown.returncode == 0 and shown.stdout.strip() == "Sorry Priya Sharma: Customer not reachable on phone; door locked"
-    hindi = run_cli(sms_settings, "templates", "preview", "--partner", "acme", "--event", "OFD", "--channel", "sms",
-                    "--lang", "hi")
+    assert "1 segment (GSM-7)" in shown.stderr
+    hindi = preview("OFD", "sms", "--lang", "hi")
     assert hindi.returncode == 0 and "डिलीवरी" in hindi.stdout and "https://track.example.com/t/" in hindi.stdout
-    missing = run_cli(sms_settings, "templates", "preview", "--partner", "acme", "--event", "OFD",
-                      "--channel", "email")
-    assert missing.returncode == 1 and "does not use 'email'" in missing.stderr
+    assert "(UCS-2)" in hindi.stderr
+    whatsapp = preview("OFD", "whatsapp")
+    assert whatsapp.returncode == 0 and "{{4}} = 4821" in whatsapp.stdout.splitlines()
+    assert f"content template HX{'a' * 32}, 5 variables" in whatsapp.stderr
+    mail = preview("DEL", "email")
+    assert mail.returncode == 0 and mail.stdout.startswith("Subject: ") and "ORD-10023" in mail.stdout
+    assert "with List-Unsubscribe" in mail.stderr
+    assert "no approved content template for FAIL" in preview("FAIL", "whatsapp").stderr
+    missing = preview("OFD", "webhook")
+    assert missing.returncode == 1 and "does not use 'webhook'" in missing.stderr
 
 
 async def test_signed_status_callbacks_update_the_delivery_in_any_order(sms_settings: Settings,
                                                                          twilio: FakeTwilio) -> None:
-    from twilio.request_validator import RequestValidator
-
     async with ShipcastProcess(sms_settings) as shipcast:
-        await shipcast.apply(sms_doc())
-        event = event_body("OFD")
-        await shipcast.http.post("/v1/events", json=event)
-        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event["event_id"],
-                                                                                 status="delivered"))
-        sid = (await shipcast.services.store.list_attempts(event["event_id"]))[0]["response"].split(":")[0]
-        path = "/callbacks/sms/twilio"
-        url = sms_settings.public_url + path  # the URL Twilio was given, which it signs
+        event, sid = await sent_text(shipcast, "OFD")
 
         async def callback(status: str, signature: str | None = None, **extra: str) -> int:
-            form = {"MessageSid": sid, "MessageStatus": status, "AccountSid": SID, **extra}
-            signed = signature or RequestValidator(TOKEN).compute_signature(url, form)
-            response = await shipcast.http.post(path, data=form, headers={"X-Twilio-Signature": signed,
-                                                                          "authorization": ""})
-            return response.status_code
+            return await twilio_callback(shipcast, sid, status, signature, **extra)
 
         async def provider_status() -> str | None:
             [row] = await shipcast.services.store.list_deliveries(event_id=event["event_id"])
@@ -299,6 +369,48 @@ async def test_signed_status_callbacks_update_the_delivery_in_any_order(sms_sett
         assert await callback("undelivered", ErrorCode="30003", To="+910000000000") == 204  # already final
         assert await provider_status() == "delivered"
         assert await callback("exploded") == 400
+
+
+async def sent_text(shipcast: ShipcastProcess, event_type: str) -> tuple[dict[str, Any], str]:
+    """Text one event's customer, and wait until it is sent and archived: the event and Twilio's sid."""
+    await shipcast.apply(sms_doc())
+    event = event_body(event_type)
+    await shipcast.http.post("/v1/events", json=event)
+    await eventually(settled(shipcast, event["event_id"], ("delivered",)))
+    await eventually(lambda: shipcast.services.store.get_event(event["event_id"]))
+    return event, (await shipcast.services.store.list_attempts(event["event_id"]))[0]["response"].split(":")[0]
+
+
+async def twilio_callback(shipcast: ShipcastProcess, sid: str, status: str, signature: str | None = None,
+                          **extra: str) -> int:
+    """Post a status callback as Twilio does, signed for the URL it was given."""
+    from twilio.request_validator import RequestValidator
+
+    path = "/callbacks/sms/twilio"
+    form = {"MessageSid": sid, "MessageStatus": status, "AccountSid": SID, **extra}
+    signed = signature or RequestValidator(TOKEN).compute_signature(shipcast.settings.public_url + path, form)
+    response = await shipcast.http.post(path, data=form, headers={"X-Twilio-Signature": signed,
+                                                                  "authorization": ""})
+    return response.status_code
+
+
+async def test_a_text_the_carrier_refuses_later_is_logged_dead_and_parked(sms_settings: Settings,
+                                                                          twilio: FakeTwilio) -> None:
+    from shipcast.parking import list_dead
+
+    async with ShipcastProcess(sms_settings) as shipcast:
+        event, sid = await sent_text(shipcast, "FAIL")
+        assert await twilio_callback(shipcast, sid, "undelivered", ErrorCode="30005", To="+919876543210") == 204
+        [row] = await shipcast.services.store.list_deliveries(event_id=event["event_id"])
+        assert row["status"] == "dead" and row["last_error"].startswith("Twilio 30005: the number is unknown")
+        assert "after it accepted" in row["last_error"] and row["provider_status"] == "undelivered 30005"
+        [topology] = [worker.topology for worker in shipcast.workers if worker.name == "sms"]
+        [parked] = await eventually(lambda: list_dead(shipcast.services.broker, topology))
+        assert parked.event_id == event["event_id"] and parked.target == "customer"
+        assert parked.reason is not None and parked.reason.startswith("Twilio 30005")
+        # A duplicate of the callback changes nothing and parks nothing more.
+        assert await twilio_callback(shipcast, sid, "failed", ErrorCode="30005", To="+919876543210") == 204
+        assert len(await list_dead(shipcast.services.broker, topology)) == 1
 
 
 def test_secrets_never_show_in_the_settings_repr() -> None:
@@ -320,7 +432,14 @@ async def test_a_partners_own_template_directory_is_used_and_checked(sms_setting
         await shipcast.apply(sms_doc(template_dir=str(tmp_path)))
         await shipcast.http.post("/v1/events", json=event_body("OFD"))
         [sent] = await eventually(lambda: twilio.received)
-    assert sent["Body"] == "Acme says: ORD-10023 is on its way, OTP 4821"
+        assert sent["Body"] == "Acme says: ORD-10023 is on its way, OTP 4821"
+        # An edited file is read again (compiled templates are cached while the file is unchanged).
+        template = tmp_path / "sms" / "OFD.en.j2"
+        template.write_text("Acme, edited: {{ order.order_id }}")
+        os.utime(template, ns=(time.time_ns() + 10**9,) * 2)
+        await shipcast.http.post("/v1/events", json=event_body("OFD"))
+        await eventually(lambda: len(twilio.received) == 2)
+        assert twilio.received[1]["Body"] == "Acme, edited: ORD-10023"
     (tmp_path / "sms" / "FAIL.en.j2").write_text("{{ failure.resaon }}")
     async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
         with pytest.raises(ConfigError, match="channels.sms.template_dir.*resaon"):

@@ -4,6 +4,7 @@ variables, and the fallback to SMS for a customer WhatsApp cannot reach."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -13,8 +14,8 @@ from shipcast import metrics
 from shipcast.exceptions import ConfigError
 from shipcast.settings import Settings
 
-from .helpers import ShipcastProcess, eventually
-from .test_sms import FakeTwilio, event_body, sms_settings, twilio  # noqa: F401 (fixtures)
+from .helpers import ShipcastProcess, eventually, settled
+from .test_sms import FakeTwilio, event_body, sms_settings, twilio, twilio_callback  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.broker
 OFD_SID, FAIL_SID = "HX" + "a" * 32, "HX" + "b" * 32
@@ -29,7 +30,7 @@ def wa_doc(**config: Any) -> dict[str, Any]:
 async def test_a_content_template_goes_with_its_variables(sms_settings: Settings, twilio: FakeTwilio) -> None:
     async with ShipcastProcess(sms_settings) as shipcast:
         await shipcast.apply(wa_doc(variables={"FAIL": ["{{ customer.name }}", "{{ failure.reason }}"]}))
-        await shipcast.http.post("/v1/events", json=[event_body("OFD"), event_body("FAIL")])
+        await shipcast.http.post("/v1/events", json=[event_body("OFD"), event_body("FAIL", name="Ann O'Brien & Co")])
         await eventually(lambda: len(twilio.received) == 2)
     by_sid = {sent["ContentSid"]: sent for sent in twilio.received}
     ofd = by_sid[OFD_SID]
@@ -39,7 +40,7 @@ async def test_a_content_template_goes_with_its_variables(sms_settings: Settings
     assert variables["1"] == "Acme Retail" and variables["2"] == "ORD-10023" and variables["4"] == "4821"
     assert variables["5"].startswith("https://track.example.com/t/")
     assert orjson.loads(by_sid[FAIL_SID]["ContentVariables"]) == {
-        "1": "Priya Sharma", "2": "Customer not reachable on phone; door locked"}
+        "1": "Ann O'Brien & Co", "2": "Customer not reachable on phone; door locked"}  # as written, not HTML
 
 
 @pytest.mark.parametrize("code", [63016, 63003])
@@ -58,6 +59,35 @@ async def test_a_customer_whatsapp_cannot_reach_gets_a_text_when_the_merchant_al
     assert whatsapp["To"] == "whatsapp:+919876543210"
     assert text["To"] == "+919876543210" and text["From"] == "ACMEIN" and "4821" in text["Body"]
     assert f"(Twilio {code}" in attempt["response"] and "sent as SMS SM" in attempt["response"]
+
+
+async def test_a_failure_twilio_reports_later_falls_back_too_and_is_remembered(sms_settings: Settings,
+                                                                                twilio: FakeTwilio) -> None:
+    """Twilio usually accepts a WhatsApp message and reports later that the
+    customer is not on WhatsApp: the signed status callback sends the text
+    instead, and that customer's next message goes straight to SMS."""
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(wa_doc(fallback_sms_sender="ACMEIN"))
+        first = event_body("OFD")
+        await shipcast.http.post("/v1/events", json=first)
+        await eventually(settled(shipcast, first["event_id"], ("delivered",)))
+        await eventually(lambda: shipcast.services.store.get_event(first["event_id"]))  # archived
+        [accepted] = twilio.received
+        sid = (await shipcast.services.store.list_attempts(first["event_id"], "whatsapp"))[0]["response"]
+        assert await twilio_callback(shipcast, sid, "failed", ErrorCode="63003", To=accepted["To"]) == 204
+        await eventually(lambda: len(twilio.received) == 2)
+        text = twilio.received[1]
+        assert text["To"] == "+919876543210" and text["From"] == "ACMEIN" and "4821" in text["Body"]
+        rows = await eventually(settled(shipcast, first["event_id"], ("delivered",)))
+        assert sorted(row["channel"] for row in rows) == ["sms", "whatsapp"]  # the text settled the SMS claim
+        attempts = await shipcast.services.store.list_attempts(first["event_id"], "whatsapp")
+        assert "Twilio 63003" in attempts[-1]["response"] and "sent as SMS" in attempts[-1]["response"]
+        second = event_body("FAIL")
+        await shipcast.http.post("/v1/events", json=second)
+        await eventually(lambda: len(twilio.received) == 3)
+        assert twilio.received[2]["From"] == "ACMEIN"  # no second try on WhatsApp
+        await asyncio.sleep(0.5)
+        assert len(twilio.received) == 3
 
 
 async def test_without_fallback_it_is_a_dead_letter_with_twilios_code(sms_settings: Settings,

@@ -43,6 +43,7 @@ from shipcast.messages import (
     language_of,
     mask,
     render,
+    serves,
     unsubscribe_token,
 )
 from shipcast.partners import Partner
@@ -51,6 +52,8 @@ from shipcast.settings import Settings
 from shipcast.templating import environment
 
 TRANSACTIONAL = ("OFD", "FAIL", "RET")
+#: SMTP answers that refuse shipcast's own login, not one customer's message.
+AUTH_REFUSED = {530, 534, 535}
 ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>]+")
 
 
@@ -85,21 +88,25 @@ class EmailChannel(Channel):
     async def prepare(cls, settings: Settings, partner_id: str, config: dict[str, Any],
                       stored: Mapping[str, Any] | None) -> dict[str, Any]:
         """Every template this config may send renders, in every language, and has a subject line."""
-        errors = check_templates(settings, cls.name, partner_id, partner_id, {}, config)
+        errors = check_templates(settings, cls.name, partner_id, partner_id, {}, config, shape=_subject_and_body)
         if errors:
             raise ConfigError("refused", errors)
         return config
 
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         to = event.order.customer.email
-        if partner is None or self.name not in partner.channels or not to:
+        if partner is None or self.name not in partner.channels or not to \
+                or not serves(self.name, event.event_type, partner.channels[self.name]):
             return []
         return [Target("customer", mask(to), {"to": to, "config": partner.channels[self.name], "partner": partner})]
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         config, partner, to = target.options["config"], target.options["partner"], target.options["to"]
         await keep_rules(self.services, self.name, event, to, config)
-        message = self.compose(event, partner, config, to)
+        try:
+            message = self.compose(event, partner, config, to)
+        except ConfigError as exc:  # a template edited since it was applied: retrying cannot fix it
+            raise PermanentDelivery(str(exc)) from exc
         settings = self.settings
         try:
             await aiosmtplib.send(message, hostname=settings.smtp_host, port=settings.smtp_port,
@@ -108,12 +115,20 @@ class EmailChannel(Channel):
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = next(iter(exc.recipients), None)
             code, text = (refused.code, refused.message) if refused is not None else (550, str(exc))
-            raise _smtp_error(code, text) from exc
+            raise _smtp_error(code, text, customer=True) from exc
         except aiosmtplib.SMTPResponseException as exc:
             raise _smtp_error(exc.code, exc.message) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise RetryableDelivery(f"SMTP server unreachable: {type(exc).__name__}: {exc}") from exc
         return Delivered(250, f"sent as {message['Message-ID']}")
+
+    def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
+        message = self.compose(event, partner, partner.channels[self.name], event.order.customer.email or
+                               "customer@example.com")
+        plain = message.get_body(("plain",))
+        text = plain.get_content().strip() if plain is not None else ""
+        unsubscribe = "with" if message["List-Unsubscribe"] else "without"
+        return f"Subject: {message['Subject']}\n\n{text}", f"text and HTML parts, {unsubscribe} List-Unsubscribe"
 
     def compose(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str) -> EmailMessage:
         """The message: subject, text and HTML parts, and the headers."""
@@ -135,8 +150,9 @@ class EmailChannel(Channel):
         message["Subject"] = subject.strip()
         message["Date"] = email.utils.formatdate(localtime=False)
         message["Message-ID"] = email.utils.make_msgid(f"{event.event_id}", domain=sender[1].rsplit("@", 1)[-1])
-        if config.get("reply_to"):
-            message["Reply-To"] = config["reply_to"]
+        reply_to = config.get("reply_to") or partner.branding.get("support_email")
+        if reply_to:
+            message["Reply-To"] = reply_to
         if unsubscribe:
             message["List-Unsubscribe"] = f"<{unsubscribe}>"
             message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
@@ -145,12 +161,22 @@ class EmailChannel(Channel):
         return message
 
 
-def _smtp_error(code: int, text: str) -> PermanentDelivery | RetryableDelivery:
+def _subject_and_body(text: str) -> str | None:
+    subject, _, body = text.partition("\n")
+    if not subject.strip() or not body.strip():
+        return "must give the subject on its first line and the body after it"
+    return None
+
+
+def _smtp_error(code: int, text: str, customer: bool = False) -> PermanentDelivery | RetryableDelivery:
     """A 5xx answer never changes (no such mailbox); a 4xx is worth retrying.
+    A refused recipient is that customer's fault, not the server's.
     Addresses the server quotes are masked: the log keeps no customer's email."""
     reason = f"SMTP {code}: {ADDRESS.sub('<address>', text)}"[:500]
+    if code in AUTH_REFUSED:  # the server refused our credentials: the operator fixes it, nothing is lost
+        return RetryableDelivery(reason, status=code)
     if 500 <= code < 600:
-        return PermanentDelivery(reason, status=code)
+        return PermanentDelivery(reason, status=code, target_fault=not customer)
     return RetryableDelivery(reason, status=code)
 
 

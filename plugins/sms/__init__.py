@@ -21,6 +21,7 @@ non-critical text (a DEL's review request) waits out the quiet hours.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,12 +32,12 @@ from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
 from shipcast.exceptions import ConfigError, PermanentDelivery
-from shipcast.messages import CRITICAL, QuietHours, check_templates, keep_rules, mask, render, settle_quietly
+from shipcast.messages import CRITICAL, QuietHours, check_templates, keep_rules, mask, render, serves, settle_quietly
 from shipcast.partners import Partner
 from shipcast.settings import Settings
 
 from .providers import CustomerOptedOut, SmsMessage, SmsProvider, TwilioSms
-from .segments import segments
+from .segments import encoding, segments
 
 #: The longest text sent, in segments: anything longer is a template to fix.
 MAX_SEGMENTS = 6
@@ -104,6 +105,7 @@ class SmsChannel(Channel):
 
     async def start(self) -> None:
         self.providers = {}
+        self._opening = asyncio.Lock()
 
     async def close(self) -> None:
         for provider in self.providers.values():
@@ -111,15 +113,19 @@ class SmsChannel(Channel):
 
     async def _provider(self, name: str) -> SmsProvider:
         if name not in self.providers:
-            provider = providers()[name](self.settings)
-            await provider.start()
-            self.providers[name] = provider
+            async with self._opening:  # the first texts arrive together: open one client, not one each
+                if name not in self.providers:
+                    provider = providers()[name](self.settings)
+                    await provider.start()
+                    self.providers[name] = provider
         return self.providers[name]
 
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         if partner is None or self.name not in partner.channels or not event.order.customer.phone:
             return []
         config = partner.channels[self.name]
+        if not serves(self.name, event.event_type, config):
+            return []
         raw = event.order.customer.phone
         number = e164(raw, config.get("country", "IN"))
         if number is None:
@@ -128,16 +134,27 @@ class SmsChannel(Channel):
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         if "invalid" in target.options:
-            raise PermanentDelivery(f"not a valid phone number: {target.address}")
+            raise PermanentDelivery(f"not a valid phone number: {target.address}", target_fault=False)
         config, partner = target.options["config"], target.options["partner"]
         await keep_rules(self.services, self.name, event, target.options["to"], config)
         return await self.text(event, partner, config, target.options["to"])
 
+    def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
+        text = self.render(event, partner, partner.channels[self.name])
+        count = segments(text)
+        return text, f"{len(text)} characters, {count} segment{'s' if count > 1 else ''} ({encoding(text)})"
+
+    def render(self, event: Event, partner: Partner, config: Mapping[str, Any]) -> str:
+        return render(self.settings, self.name, event, partner, config.get("templates"),
+                      directory=config.get("template_dir"))
+
     async def text(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str) -> Delivered:
         """Render and send the text (the rules kept already): for this channel,
         and for WhatsApp's fallback."""
-        text = render(self.settings, self.name, event, partner, config.get("templates"),
-                      directory=config.get("template_dir"))
+        try:
+            text = self.render(event, partner, config)
+        except ConfigError as exc:  # a template edited since it was applied: retrying cannot fix it
+            raise PermanentDelivery(str(exc)) from exc
         count = segments(text)
         if count > MAX_SEGMENTS:
             raise PermanentDelivery(f"message is {count} segments; at most {MAX_SEGMENTS}: shorten the template")

@@ -1,22 +1,34 @@
-"""Twilio's status callbacks: each accepted text's later fate (sent,
+"""Twilio's status callbacks: each accepted message's later fate (sent,
 delivered, undelivered, failed) onto its delivery, as ``provider_status``.
 
 Only requests that carry a valid ``X-Twilio-Signature`` for the URL Twilio
 called (``SHIPCAST_PUBLIC_URL`` + path) are believed. Callbacks come
 duplicated and out of order, so a status never replaces a later one.
+
+Twilio often accepts a message and reports its failure only later (a
+carrier's refusal of a text; a WhatsApp customer who is not on WhatsApp or
+blocked the business). Such a failure is logged on the delivery as dead with
+Twilio's code and parked, or, for a WhatsApp customer the merchant lets fall
+back to SMS, sent again through the WhatsApp worker, which texts them instead.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from shipcast.api import services_of
+from shipcast.exceptions import BrokerError, StoreError
+from shipcast.services import Services
 
 router = APIRouter(prefix="/callbacks/sms", tags=["callbacks"], include_in_schema=False)
 
 #: How far along a message each status is; a callback never moves one back.
 RANK = {"accepted": 1, "queued": 2, "sending": 3, "sent": 4, "delivered": 5, "undelivered": 5, "failed": 5,
         "read": 6}
+#: Statuses that say Twilio could not deliver a message it had accepted.
+FAILED = ("undelivered", "failed")
 
 
 @router.post("/twilio")
@@ -34,6 +46,35 @@ async def twilio_status(request: Request) -> Response:
     if status not in RANK or not params.get("MessageSid"):
         raise HTTPException(400, "MessageSid and a known MessageStatus are required")
     code = params.get("ErrorCode")
-    await services.store.provider_status("twilio", params["MessageSid"], f"{status} {code}" if code else status,
-                                         RANK[status])
+    try:
+        found = await services.store.provider_status("twilio", params["MessageSid"],
+                                                     f"{status} {code}" if code else status, RANK[status])
+        if found is not None and status in FAILED:
+            await _failed_later(services, found, int(code) if code and code.isdigit() else 0, params.get("To", ""))
+    except (StoreError, BrokerError) as exc:  # a 5xx: Twilio tries the callback again
+        raise HTTPException(503, f"not recorded, try again: {exc}") from exc
     return Response(status_code=204)
+
+
+async def _failed_later(services: Services, found: dict[str, Any], code: int, to: str) -> None:
+    from shipcast.envelope import parse_event
+    from shipcast.messages import UNREACHABLE
+    from shipcast.parking import park
+    from shipcast.replay import replay_rows
+
+    from .providers import WHATSAPP_UNREACHABLE, twilio_reason
+
+    reason = f"{twilio_reason(code)} (reported by Twilio after it accepted the message)"
+    channel, partner_id = found["channel"], found["partner_id"]
+    if not await services.store.undelivered(found["event_id"], channel, found["target"], reason):
+        return  # already failed: a duplicate callback
+    if channel == "whatsapp" and code in WHATSAPP_UNREACHABLE and partner_id:
+        await services.store.add_opt_out(channel, partner_id, to.removeprefix("whatsapp:"),
+                                         f"{UNREACHABLE}{twilio_reason(code)}")
+        partner = await services.partners.get(partner_id)
+        if partner is not None and (partner.channels.get(channel) or {}).get("fallback_sms_sender"):
+            await replay_rows(services, [{**found, "partner_id": partner_id}])
+            return
+    body = await services.store.get_event(found["event_id"])
+    if body is not None:
+        await park(services.broker, channel, parse_event(body), found["target"], reason, code)

@@ -19,6 +19,7 @@ TWILIO_PERMANENT = {
     21214: "'To' number cannot be reached",
     21408: "sending to this region is not enabled",
     21601: "'To' number is not a mobile number",
+    20003: "Twilio refused the account's credentials (SHIPCAST_TWILIO_ACCOUNT_SID / _AUTH_TOKEN)",
     21606: "'From' number cannot send SMS",
     21610: "the customer has opted out (replied STOP)",
     21612: "'To' number cannot receive from this 'From'",
@@ -27,12 +28,29 @@ TWILIO_PERMANENT = {
     63014: "the customer blocked the business on WhatsApp",
     63016: "outside the WhatsApp session window: use an approved template",
     63024: "the customer's WhatsApp cannot receive this message",
+    30003: "the handset is unreachable (switched off or out of coverage)",
+    30004: "the message was blocked (the customer blocked the sender, or DND)",
+    30005: "the number is unknown or no longer in service",
+    30006: "a landline, or a number the carrier cannot reach",
+    30007: "the carrier filtered the message (content or DLT template mismatch)",
+    30008: "the carrier could not deliver it, for reasons it did not give",
 }
+#: Errors about one customer, not the provider or the merchant's account: they
+#: do not count against the provider's circuit breaker or health.
+CUSTOMER_FAULTS = {21211, 21214, 21601, 21610, 21612, 21614, 63003, 63014, 63016, 63024}
 #: WhatsApp could not reach this customer (not opted in, not a user, blocked):
 #: a merchant may fall back to SMS.
 WHATSAPP_UNREACHABLE = {63003, 63014, 63016, 63024}
-#: Twilio errors worth retrying: rate limits and Twilio's own outages.
-TWILIO_RETRYABLE = {20429, 20500, 20503, 30001}
+#: Twilio errors worth retrying: rate limits and Twilio's own outages, and a
+#: refused account (wrong credentials), which the operator fixes without the
+#: messages being lost meanwhile (the circuit opens and the endpoint health
+#: tells the operator).
+TWILIO_RETRYABLE = {20003, 20429, 20500, 20503, 30001}
+
+
+def twilio_reason(code: int) -> str:
+    """A Twilio error in our words (Twilio's own often quote the customer's number)."""
+    return f"Twilio {code}: {TWILIO_PERMANENT.get(code) or 'see https://www.twilio.com/docs/errors/' + str(code)}"
 
 
 class CustomerOptedOut(PermanentDelivery):
@@ -109,15 +127,13 @@ class TwilioSms(SmsProvider):
         except TwilioRestException as exc:
             code = exc.code or 0
             # Twilio's own text often quotes the customer's number: keep only the code and our words.
-            reason = f"Twilio {code}: {TWILIO_PERMANENT.get(code) or 'see https://www.twilio.com/docs/errors/' + str(code)}"
+            reason = twilio_reason(code)
             exc.msg = reason
-            if code in TWILIO_RETRYABLE or exc.status == 429 or exc.status >= 500:
-                raise RetryableDelivery(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
-            if code == 21610:
-                raise CustomerOptedOut(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
-            if code in WHATSAPP_UNREACHABLE:
-                raise NotOnWhatsApp(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
-            raise PermanentDelivery(reason, status=exc.status, response=str(exc.msg)[:500]) from exc
+            if code in TWILIO_RETRYABLE or exc.status in (401, 429) or exc.status >= 500:
+                raise RetryableDelivery(reason, status=exc.status, response=reason) from exc
+            kind = CustomerOptedOut if code == 21610 else NotOnWhatsApp if code in WHATSAPP_UNREACHABLE \
+                else PermanentDelivery
+            raise kind(reason, status=exc.status, response=reason, target_fault=code not in CUSTOMER_FAULTS) from exc
         except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
             raise RetryableDelivery(f"Twilio unreachable: {type(exc).__name__}: {exc}") from exc
         return str(created.sid)

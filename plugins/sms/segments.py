@@ -14,11 +14,22 @@ def encoding(text: str) -> str:
 
 
 def segments(text: str) -> int:
-    """Segments the text is sent as (0 for an empty text)."""
+    """Segments the text is sent as (0 for an empty text). A character is
+    never split across two segments: an extension character's two GSM-7
+    units, or a UCS-2 surrogate pair (an emoji), start a new segment when
+    they do not fit in the current one."""
     if encoding(text) == "GSM-7":
-        units, single, multi = sum(2 if c in GSM7_EXTENSION else 1 for c in text), 160, 153
+        sizes, single, multi = [2 if c in GSM7_EXTENSION else 1 for c in text], 160, 153
     else:
-        units, single, multi = len(text.encode("utf-16-le")) // 2, 70, 67
-    if units == 0:
+        sizes, single, multi = [2 if ord(c) > 0xFFFF else 1 for c in text], 70, 67
+    total = sum(sizes)
+    if total == 0:
         return 0
-    return 1 if units <= single else -(-units // multi)
+    if total <= single:
+        return 1
+    count, used = 1, 0
+    for size in sizes:
+        if used + size > multi:
+            count, used = count + 1, 0
+        used += size
+    return count

@@ -16,6 +16,7 @@ Config (``channels.whatsapp``)::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,11 +27,11 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
-from shipcast.exceptions import ClaimedElsewhere, ConfigError, PermanentDelivery, RetryableDelivery
-from shipcast.messages import CRITICAL, QuietHours, context, keep_rules, mask, settle_quietly
+from shipcast.exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, PermanentDelivery
+from shipcast.messages import CRITICAL, UNREACHABLE, QuietHours, context, keep_rules, mask, settle_quietly
 from shipcast.partners import Partner
 from shipcast.plugins.sms import SmsChannel, e164
-from shipcast.plugins.sms.providers import NotOnWhatsApp, TwilioSms
+from shipcast.plugins.sms.providers import CustomerOptedOut, NotOnWhatsApp, TwilioSms
 from shipcast.settings import Settings
 from shipcast.store import Attempt
 from shipcast.templating import environment
@@ -41,7 +42,8 @@ VARIABLES: dict[str, list[str]] = {
             "{{ otp.code if otp else '-' }}", "{{ tracking_url }}"],
     "DEL": ["{{ partner.name }}", "{{ order.order_id }}", "{{ tracking_url }}"],
     "FAIL": ["{{ partner.name }}", "{{ order.order_id }}", "{{ failure.reason if failure else '-' }}",
-             "{{ failure.reschedule_url if failure and failure.reschedule_url else tracking_url }}"],
+             "{{ failure.reschedule_url if failure and failure.reschedule_url else tracking_url }}",
+             "{{ tracking_url }}"],
     "RET": ["{{ partner.name }}", "{{ order.order_id }}", "{{ return.reason if return else '-' }}",
             "{{ tracking_url }}"],
 }
@@ -68,9 +70,11 @@ class WhatsAppConfig(Schema):
     def _every_type_has_a_template(self, data: dict[str, Any], **_: Any) -> None:
         from shipcast.plugin_manager import event_types
 
-        events = data.get("events", ["*"])
-        served = list(event_types()) if "*" in events else events
-        missing = [t for t in served if t not in data.get("content_sids", {})]
+        unknown = sorted(set(data.get("content_sids", {})) - set(event_types()))
+        if unknown:
+            raise ValidationError(f"unknown event types {unknown}", "content_sids")
+        events = data.get("events", ["*"])  # '*': every type it has a content template for
+        missing = [t for t in events if t != "*" and t not in data.get("content_sids", {})]
         if missing:
             raise ValidationError(f"no approved content template for {missing}: WhatsApp sends only those",
                                   "content_sids")
@@ -117,6 +121,7 @@ class WhatsAppChannel(Channel):
     async def start(self) -> None:
         self.twilio = TwilioSms(self.settings)
         self._started = False
+        self._opening = asyncio.Lock()
         self.sms = SmsChannel(self.services)
         await self.sms.start()
 
@@ -129,45 +134,73 @@ class WhatsAppChannel(Channel):
         if partner is None or self.name not in partner.channels or not event.order.customer.phone:
             return []
         config = partner.channels[self.name]
+        if event.event_type not in config["content_sids"]:
+            return []
         number = e164(event.order.customer.phone, config.get("country", "IN"))
         options = {"to": number, "config": config, "partner": partner}
         return [Target("customer", mask(number or event.order.customer.phone), options)]
 
+    def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
+        config = partner.channels[self.name]
+        sid = config["content_sids"].get(event.event_type)
+        if sid is None:
+            raise ConfigError(f"no approved content template for {event.event_type} in content_sids")
+        variables = orjson.loads(variables_for(self.settings, event, partner, config))
+        text = "\n".join(f"{{{{{number}}}}} = {value}" for number, value in variables.items())
+        return text, f"content template {sid}, {len(variables)} variables"
+
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         config, partner, to = target.options["config"], target.options["partner"], target.options["to"]
         if to is None:
-            raise PermanentDelivery(f"not a valid phone number: {target.address}")
-        await keep_rules(self.services, self.name, event, to, config)
+            raise PermanentDelivery(f"not a valid phone number: {target.address}", target_fault=False)
+        fallback = bool(config.get("fallback_sms_sender"))
+        # A customer WhatsApp could not reach before goes straight to the fallback text.
+        unreachable = await keep_rules(self.services, self.name, event, to, config, unreachable_ok=fallback)
+        if unreachable:
+            return await self.fallback(event, partner, config, to, unreachable)
+        try:
+            variables = variables_for(self.settings, event, partner, config)
+        except ConfigError as exc:  # a template edited since it was applied: retrying cannot fix it
+            raise PermanentDelivery(str(exc)) from exc
         if not self._started:
-            await self.twilio.start()
-            self._started = True
+            async with self._opening:  # the first messages arrive together: open one client
+                if not self._started:
+                    await self.twilio.start()
+                    self._started = True
         try:
             sid = await self.twilio.create(
                 to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}",
                 content_sid=config["content_sids"][event.event_type],
-                content_variables=variables_for(self.settings, event, partner, config),
+                content_variables=variables,
                 status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio")
+        except CustomerOptedOut as exc:
+            await self.services.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
+            raise
         except NotOnWhatsApp as exc:
-            sender = config.get("fallback_sms_sender")
-            if not sender:
+            await self.services.store.add_opt_out(self.name, event.partner_id, to, f"{UNREACHABLE}{exc.reason}")
+            if not fallback:
                 raise
-            # The text goes out under the SMS channel's rules and claim: never twice.
-            sms_config = {**(partner.channels.get("sms") or {}), "sender": sender}
-            try:
-                await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical")})
-            except ClaimedElsewhere as claimed:  # the SMS channel is texting them now: this copy retries
-                raise RetryableDelivery(claimed.reason, target_fault=False) from claimed
-            sent = await self.sms.text(event, partner, sms_config, to)
-            # Settle the SMS channel's claim as sent, so its own copy of this event sends nothing.
-            await settle_quietly(self.services.recorder.submit(Attempt(
-                event_id=event.event_id, channel="sms", target="customer", partner_id=event.partner_id,
-                address=mask(to), outcome="delivered", attempt=1, latency_ms=0.0, status=sent.status,
-                response=f"sent as WhatsApp's fallback: {sent.response}", event_type=event.event_type,
-                order_id=event.order.order_id, sequence=event.sequence)))
-            return Delivered(sent.status, f"WhatsApp could not reach them ({exc.reason}); sent as SMS {sent.response}")
+            return await self.fallback(event, partner, config, to, exc.reason)
         await settle_quietly(self.services.store.add_provider_message("twilio", sid, event.event_id, self.name,
                                                                       target.id))
         return Delivered(201, sid)
+
+    async def fallback(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str,
+                       why: str) -> Delivered:
+        """Text the customer instead, under the SMS channel's rules and claim: never twice."""
+        sms_config = {**(partner.channels.get("sms") or {}), "sender": config["fallback_sms_sender"]}
+        try:
+            await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical")})
+        except ClaimedElsewhere as claimed:  # the SMS channel is texting them now: this copy comes back
+            raise DeferDelivery(claimed.reason) from claimed
+        sent = await self.sms.text(event, partner, sms_config, to)
+        # Settle the SMS channel's claim as sent, so its own copy of this event sends nothing.
+        await settle_quietly(self.services.recorder.submit(Attempt(
+            event_id=event.event_id, channel="sms", target="customer", partner_id=event.partner_id,
+            address=mask(to), outcome="delivered", attempt=1, latency_ms=0.0, status=sent.status,
+            response=f"sent as WhatsApp's fallback: {sent.response}", event_type=event.event_type,
+            order_id=event.order.order_id, sequence=event.sequence)))
+        return Delivered(sent.status, f"WhatsApp could not reach them ({why}); sent as SMS {sent.response}")
 
 
 @hookimpl
