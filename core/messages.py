@@ -57,8 +57,12 @@ def _link_keys(settings: Settings, purpose: str) -> list[bytes]:
     return [hashlib.sha256(f"{purpose}:{secret}".encode()).digest() for secret in secrets]
 
 
+#: The bytes of HMAC-SHA256 a link token keeps: 96 bits, unguessable.
+MAC_BYTES = 12
+
+
 def _mac(key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, payload, hashlib.sha256).digest()[:12]
+    return hmac.new(key, payload, hashlib.sha256).digest()[:MAC_BYTES]
 
 
 def sign_link(settings: Settings, purpose: str, payload: str) -> str:
@@ -74,8 +78,9 @@ def verify_link(settings: Settings, purpose: str, token: str) -> str | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, TypeError):
         return None
-    payload, _, mac = raw.rpartition(b"|")
-    if not payload or not any(hmac.compare_digest(mac, _mac(key, payload))
+    # The MAC is binary and may hold a "|" itself: split at its fixed length, never by searching.
+    payload, bar, mac = raw[:-MAC_BYTES - 1], raw[-MAC_BYTES - 1:-MAC_BYTES], raw[-MAC_BYTES:]
+    if not payload or bar != b"|" or not any(hmac.compare_digest(mac, _mac(key, payload))
                               for key in _link_keys(settings, purpose)):
         return None
     return payload.decode("utf-8", "replace")
