@@ -121,6 +121,18 @@ class DeliveryConfirmation(_Group):
     proof_url: Url | None = None
 
 
+class CustomerInput(_Group):
+    """What the customer sent back (from the tracking page): a new date, delivery
+    instructions, or a rating. Carried by the customer's own event types
+    (``RESCHEDULE_REQUESTED``, ``INSTRUCTIONS_ADDED``, ``RATED``)."""
+
+    requested_date: date | None = None
+    instructions: str | None = Field(None, min_length=1, max_length=500)
+    rating: int | None = Field(None, ge=1, le=5)
+    comment: str | None = Field(None, min_length=1, max_length=1000)
+    submitted_via: str = Field("tracking_page", max_length=32)
+
+
 def new_event_id() -> str:
     """A fresh, sortable-enough, unguessable event id."""
     return f"evt_{uuid.uuid4().hex}"
@@ -151,6 +163,7 @@ class Event(BaseModel):
     failure: Failure | None = None
     return_: Return | None = Field(None, alias="return")
     delivery_confirmation: DeliveryConfirmation | None = None
+    customer_input: CustomerInput | None = None
 
     @property
     def routing_key(self) -> str:

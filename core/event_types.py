@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from .exceptions import ConfigError
 from .hookspecs import hookimpl
 
-#: The six field groups of the envelope, in the order they are serialised.
-GROUPS: tuple[str, ...] = ("order", "rider", "otp", "failure", "return", "delivery_confirmation")
+#: The envelope's field groups, in the order they are serialised.
+GROUPS: tuple[str, ...] = ("order", "rider", "otp", "failure", "return", "delivery_confirmation",
+                           "customer_input")
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
 
@@ -70,13 +71,13 @@ def _row(name: str, description: str, required: str, forbidden: str) -> EventTyp
 
 BUILTIN: tuple[EventType, ...] = (
     _row("OFD", "Out for delivery: a rider has the parcel and an OTP was issued.",
-         "order rider otp", "failure return delivery_confirmation"),
+         "order rider otp", "failure return delivery_confirmation customer_input"),
     _row("DEL", "Delivered to the customer.",
-         "order rider delivery_confirmation", "otp failure return"),
+         "order rider delivery_confirmation", "otp failure return customer_input"),
     _row("FAIL", "A delivery attempt failed; the reason says why.",
-         "order rider failure", "otp return delivery_confirmation"),
+         "order rider failure", "otp return delivery_confirmation customer_input"),
     _row("RET", "The parcel is being returned to the merchant.",
-         "order return", "rider otp failure delivery_confirmation"),
+         "order return", "rider otp failure delivery_confirmation customer_input"),
 )
 
 

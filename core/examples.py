@@ -21,6 +21,13 @@ _GROUPS: dict[str, Any] = {
 }
 
 
+#: What the customer sends back, by event type (a new date is tomorrow's).
+_CUSTOMER_INPUT: dict[str, dict[str, Any]] = {
+    "INSTRUCTIONS_ADDED": {"instructions": "Leave it with the security desk at gate 2"},
+    "RATED": {"rating": 4, "comment": "Quick and polite, thank you"},
+}
+
+
 def example(event_type: str, registry: EventTypeRegistry | None = None, *, partner_id: str = "acme",
             order_id: str = "ORD-10023", sequence: int = 1, now: datetime | None = None) -> Event:
     """A valid event of ``event_type``, carrying every group its row requires."""
@@ -56,5 +63,9 @@ def example(event_type: str, registry: EventTypeRegistry | None = None, *, partn
             value["delivered_at"] = rfc3339(now)
         if group == "return":
             value["initiated_at"] = rfc3339(now - timedelta(hours=2))
+        if group == "customer_input":
+            value = _CUSTOMER_INPUT.get(event_type, {"comment": "Please call before coming"})
+            if event_type == "RESCHEDULE_REQUESTED":
+                value = {"requested_date": (now + timedelta(days=1)).date().isoformat()}
         data[group] = value
     return parse_event(data, registry)

@@ -82,8 +82,10 @@ def shipcast_commands(cli: click.Group) -> None:
 @hookspec(firstresult=True)
 def shipcast_tracking_url(event: Event, partner: Partner | None, settings: Settings) -> str | None:
     """The tracking-page link for an event's order, carried by every customer
-    message. The tracking channel answers it; without one, the core's
-    ``{SHIPCAST_PUBLIC_URL}/t/{token}`` is used. Stops at first non-None result.
+    message. The tracking channel answers it with its page,
+    ``{SHIPCAST_PUBLIC_URL}/t/{token}``; a plugin registered later answers
+    first. Without any answer, ``SHIPCAST_PUBLIC_URL``. Stops at the first
+    non-None result.
 
     :param event: the event a message is about.
     :param partner: the partner's stored config, or ``None``.

@@ -113,20 +113,14 @@ def check_link_mac(settings: Settings, purpose: str, payload: str, mac: str) -> 
                for key in _link_keys(settings, purpose))
 
 
-def tracking_token(settings: Settings, partner_id: str, order_id: str) -> str:
-    """An unguessable token naming one order of one partner, for ``/t/{token}``."""
-    return sign_link(settings, "tracking", f"{partner_id}:{order_id}")
-
-
 def tracking_url(settings: Settings, event: Event, partner: Partner | None) -> str:
-    """The tracking-page link every message carries: a plugin's
-    (``shipcast_tracking_url``), else the core's ``/t/{token}``."""
+    """The tracking-page link every message carries, from the tracking
+    channel (or another plugin) through ``shipcast_tracking_url``; without
+    one, ``SHIPCAST_PUBLIC_URL`` itself."""
     from .plugin_manager import get_plugin_manager
 
     url = get_plugin_manager().hook.shipcast_tracking_url(event=event, partner=partner, settings=settings)
-    if url:
-        return str(url)
-    return f"{settings.public_url.rstrip('/')}/t/{tracking_token(settings, event.partner_id, event.order.order_id)}"
+    return str(url) if url else settings.public_url
 
 
 def context(settings: Settings, event: Event, partner: Partner | None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "shipcast.plugins.email",
     "shipcast.plugins.whatsapp",
     "shipcast.plugins.archive",
+    "shipcast.plugins.tracking",
 )
 _ALWAYS = {"shipcast.event_types"}
 _CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")

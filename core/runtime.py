@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 from pathlib import Path
@@ -59,11 +60,22 @@ async def stop_workers(workers: Sequence[ChannelWorker]) -> None:
 
 class ApiServer(uvicorn.Server):
     """uvicorn, minus its signal handling: shipcast handles SIGINT and SIGTERM
-    itself, so workers drain after the API stops, and the process then exits 0."""
+    itself, so workers drain after the API stops, and the process then exits 0.
+    On shutdown it sets ``services.stopping`` first, so responses that never
+    end by themselves (a tracking page's live stream) end, and uvicorn's wait
+    for open connections does not last for ever."""
+
+    def __init__(self, config: uvicorn.Config, services: Services) -> None:
+        super().__init__(config)
+        self.services = services
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.services.stopping.set()
+        await super().shutdown(sockets)
 
 
 def api_server(services: Services, *, log_level: str = "info") -> ApiServer:
@@ -71,7 +83,8 @@ def api_server(services: Services, *, log_level: str = "info") -> ApiServer:
 
     app = create_app(services, manage_services=False)
     return ApiServer(uvicorn.Config(app, host=services.settings.host, port=services.settings.port,
-                                    log_level=log_level, access_log=False, lifespan="on"))
+                                    log_level=log_level, access_log=False, lifespan="on",
+                                    timeout_graceful_shutdown=30), services)
 
 
 async def serve(*, api: bool, worker_names: Sequence[str], services: Services | None = None) -> None:

@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import datetime
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -88,6 +89,10 @@ class Services:
     health: EndpointHealth = field(init=False)
     #: Posts operator events, in processes that run workers and have an operator endpoint.
     notifier: OperatorNotifier | None = field(default=None, init=False)
+    #: What plugins keep per process (a live-update hub), by plugin name.
+    extensions: dict[str, Any] = field(default_factory=dict, init=False)
+    #: Set when the API starts shutting down: long-lived responses end.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def __post_init__(self) -> None:
         self.partners = PartnerCache(self.store)

@@ -36,12 +36,12 @@ def test_schema_and_examples_agree(settings: Settings, event_type: str) -> None:
 
 def test_schema_example_of_an_unknown_type_is_refused(settings: Settings) -> None:
     result = run_cli(settings, "schema", "--example", "NOPE")
-    assert result.returncode == 2 and "unknown event type; known: DEL, FAIL, OFD, RET" in result.stderr
+    assert result.returncode == 2 and "unknown event type; known: DEL, FAIL, INSTRUCTIONS_ADDED, OFD, RATED, RESCHEDULE_REQUESTED, RET" in result.stderr
 
 
 def test_worker_refuses_an_unknown_channel(settings: Settings) -> None:
     result = run_cli(settings, "worker", "--channel", "pigeon")
-    assert result.returncode == 2 and "installed: archive, email, sms, webhook, whatsapp" in result.stderr
+    assert result.returncode == 2 and "installed: archive, email, sms, tracking, webhook, whatsapp" in result.stderr
 
 
 async def test_publish_file_progress_summary_and_delivery_commands(settings: Settings, tmp_path: Path) -> None:

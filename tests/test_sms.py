@@ -137,7 +137,10 @@ def test_a_broken_override_is_refused_naming_the_field() -> None:
     errors = check_templates(settings, "sms", "acme", "Acme", {},
                              {"events": ["OFD", "DEL"], "templates": {"OFD": "Hi {{ customer.nmae }}"}})
     assert list(errors) == ["templates.OFD"] and "nmae" in errors["templates.OFD"][0]
-    assert check_templates(settings, "sms", "acme", "Acme", {}, {"events": list(event_types())}) == {}
+    assert check_templates(settings, "sms", "acme", "Acme", {}, {"events": ["*"]}) == {}
+    # Listed by name, the types with no template (the customer's own) are refused, each named.
+    errors = check_templates(settings, "sms", "acme", "Acme", {}, {"events": list(event_types())})
+    assert sorted(errors) == ["events (INSTRUCTIONS_ADDED)", "events (RATED)", "events (RESCHEDULE_REQUESTED)"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

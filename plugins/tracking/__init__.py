@@ -1,0 +1,121 @@
+"""The tracking channel: every merchant's branded tracking page.
+
+It binds its own queue (``shipcast.tracking``) to every event, keeps each
+order's timeline (the events table, written as the archive writes it, so the
+page never waits for the archive), and pings the pages open on that order so
+they update within a second. The page itself is served by routes this plugin
+adds to the API (``/t/{token}``), and every customer message links to it
+through the ``shipcast_tracking_url`` hook.
+
+Config (``channels.tracking``, optional: every partner has a page)::
+
+    tracking:
+      timezone: Asia/Kolkata    # times on the page, and the reschedule dates
+      reschedule_days: 3        # dates offered after a failed attempt, from tomorrow
+      link_days: 30             # how long a link in a message keeps working
+      rating: true              # ask for a 1-5 rating after delivery
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from shipcast import hookimpl
+from shipcast.batching import Batcher
+from shipcast.channel import Channel, Delivered, Target
+from shipcast.envelope import Event
+from shipcast.event_types import EventType
+from shipcast.partners import Partner
+from shipcast.settings import Settings
+
+from .links import tracking_token
+from .live import declare_live_exchange, ping
+
+_PAGE = Target("page", "tracking page")
+
+
+class TrackingConfig(Schema):
+    class Meta:
+        unknown = RAISE
+
+    timezone = fields.String(load_default="Asia/Kolkata")
+    reschedule_days = fields.Integer(load_default=3, validate=validate.Range(1, 14))
+    link_days = fields.Integer(load_default=30, validate=validate.Range(1, 365))
+    rating = fields.Boolean(load_default=True)
+
+    @validates("timezone")
+    def _zone(self, value: str, **_: Any) -> None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValidationError(f"unknown time zone {value!r}") from None
+
+
+class TrackingChannel(Channel):
+    name = "tracking"
+    description = "The branded tracking page: each order's timeline, live in the customer's browser"
+    prefetch = 256
+    static_bindings = ("#",)
+    records_deliveries = False  # the stored event is its own record
+    config_schema = TrackingConfig
+
+    @classmethod
+    def bindings(cls, partner_id: str, config: Mapping[str, Any]) -> set[str]:
+        return set()  # every partner's events, through the static binding
+
+    async def start(self) -> None:
+        self._batcher: Batcher[Event, None] = Batcher(self.services.store.save_events)
+        self._pings = await self.services.broker.require().channel()
+        self._live = await declare_live_exchange(self._pings)
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        await self._pings.close()
+
+    def targets(self, event: Event, partner: Partner | None) -> list[Target]:
+        return [_PAGE]
+
+    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
+        # Stored before the ping, so a page rendered for the ping shows the event.
+        await self._batcher.submit(event)
+        await self._live.publish(ping(event.partner_id, event.order.order_id), routing_key="")
+        return Delivered()
+
+
+#: The customer's own events, published from the tracking page.
+CUSTOMER_EVENT_TYPES = (
+    EventType("RESCHEDULE_REQUESTED", "The customer picked a new delivery date on the tracking page.",
+              frozenset({"order", "customer_input"}), frozenset({"otp", "return", "delivery_confirmation"})),
+    EventType("INSTRUCTIONS_ADDED", "The customer added delivery instructions on the tracking page.",
+              frozenset({"order", "customer_input"}), frozenset({"otp", "return", "delivery_confirmation"})),
+    EventType("RATED", "The customer rated the delivery (1-5) on the tracking page.",
+              frozenset({"order", "customer_input"}), frozenset({"otp", "failure", "return"})),
+)
+
+
+@hookimpl
+def shipcast_channels() -> list[type[Channel]]:
+    return [TrackingChannel]
+
+
+@hookimpl
+def shipcast_event_types() -> list[EventType]:
+    return list(CUSTOMER_EVENT_TYPES)
+
+
+@hookimpl
+def shipcast_routers() -> list[Any]:
+    from .routes import router
+
+    return [router]
+
+
+@hookimpl
+def shipcast_tracking_url(event: Event, partner: Partner | None, settings: Settings) -> str | None:
+    days = int(((partner.channels.get("tracking") if partner else None) or {}).get("link_days", 30))
+    token = tracking_token(settings, event.partner_id, event.order.order_id, days)
+    return f"{settings.public_url.rstrip('/')}/t/{token}"

@@ -1,0 +1,295 @@
+"""The tracking page over HTTP, on the real broker and store: its token, what
+it shows and hides, its live stream, and what a customer sends back, which
+reaches a partner's webhook as an event of its own. The browser's view is in
+tests/test_tracking_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from shipcast.examples import example
+from shipcast.plugins.tracking.links import read_tracking_token, tracking_token
+from shipcast.plugins.tracking.routes import Limiter
+from shipcast.plugins.tracking.words import pick_language
+from shipcast.settings import Settings
+
+from .helpers import Receiver, ShipcastProcess, eventually
+
+pytestmark = pytest.mark.broker
+
+ORDER = "ORD-10023"
+
+
+def doc(receiver: Receiver | None = None, partner: str = "acme", **tracking: Any) -> dict[str, Any]:
+    channels: dict[str, Any] = {"tracking": tracking}
+    if receiver is not None:
+        channels["webhook"] = {"endpoints": [{"id": "oms", "url": receiver.url, "events": ["*"]}]}
+    return {"partners": [{"id": partner, "name": "Acme Retail", "channels": channels, "branding": {
+        "primary_color": "#aa3300", "logo_url": "https://cdn.example.com/acme.png",
+        "support_phone": "+918000000000", "support_email": "help@acme.example.com"}}]}
+
+
+def event(event_type: str, sequence: int, partner: str = "acme", **customer: Any) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(example(event_type, partner_id=partner, order_id=ORDER,
+                                                sequence=sequence).to_json())
+    body["order"]["customer"].update(customer)
+    return body
+
+
+def page_url(settings: Settings, partner: str = "acme", order: str = ORDER) -> str:
+    return f"/t/{tracking_token(settings, partner, order, 30)}"
+
+
+@pytest.fixture
+async def shipcast(settings: Settings) -> AsyncIterator[ShipcastProcess]:
+    async with ShipcastProcess(settings) as process:
+        process.http.headers.pop("authorization")  # the page is public: its token is its key
+        yield process
+
+
+async def post_events(shipcast: ShipcastProcess, *events: dict[str, Any]) -> None:
+    token = {"authorization": f"Bearer {shipcast.settings.api_token}"}
+    response = await shipcast.http.post("/v1/events", json=list(events), headers=token)
+    assert response.status_code == 202, response.text
+    for body in events:
+        await eventually(lambda body=body: shipcast.services.store.get_event(body["event_id"]))
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "the page has a form with a CSRF token"
+    return found.group(1)
+
+
+def test_every_token_verifies_whatever_bytes_its_mac_holds(settings: Settings) -> None:
+    """A MAC is binary: some hold the byte of the separator (ORD-22's did)."""
+    orders = [f"ORD-{i}" for i in range(2000)]
+    assert all(read_tracking_token(settings, tracking_token(settings, "acme", order, 30)) == ("acme", order)
+               for order in orders)
+
+
+def test_a_token_names_one_order_and_expires(settings: Settings) -> None:
+    token = tracking_token(settings, "acme", "ORD-1:with:colons", 2, now=0)
+    assert read_tracking_token(settings, token, now=0) == ("acme", "ORD-1:with:colons")
+    assert read_tracking_token(settings, token, now=2 * 86400) == ("acme", "ORD-1:with:colons")
+    assert read_tracking_token(settings, token, now=3 * 86400) is None  # expired
+    assert read_tracking_token(settings, token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1], now=0) is None
+    assert read_tracking_token(settings, "not-a-token") is None
+
+
+@pytest.mark.parametrize(("choice", "accept", "order", "expected"), [
+    ("hi", "en-US,en;q=0.9", "en", "hi"),          # the customer's choice first
+    (None, "hi-IN,hi;q=0.9,en;q=0.8", "en", "hi"),  # then the browser's
+    (None, "fr-FR,en;q=0.5,hi;q=0.4", "hi", "en"),  # its first language we speak
+    (None, "fr-FR", "hi", "hi"),                    # then the order's
+    ("xx", None, None, "en"),
+])
+def test_the_language_is_the_customers_choice_or_the_browsers(choice: str | None, accept: str | None,
+                                                               order: str | None, expected: str) -> None:
+    assert pick_language(choice, accept, order) == expected
+
+
+def test_posts_are_limited_per_token() -> None:
+    limiter = Limiter(burst=3, every=10)
+    assert [limiter.allow("a", now=0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b", now=0)  # another page is not held back
+    assert limiter.allow("a", now=10) and not limiter.allow("a", now=10)  # one more after 10 s
+
+
+async def test_a_wrong_or_expired_token_is_a_plain_404(shipcast: ShipcastProcess) -> None:
+    await shipcast.apply(doc())
+    settings = shipcast.settings
+    for path in ("/t/nope", f"/t/{tracking_token(settings, 'acme', ORDER, 1, now=time.time() - 3 * 86400)}",
+                 f"/t/{tracking_token(settings, 'ghost', ORDER, 30)}", "/t/nope/live"):
+        response = await shipcast.http.get(path)
+        assert response.status_code == 404 and response.text == "Not found", path
+    assert (await shipcast.http.post("/t/nope", data={"action": "otp"})).status_code == 404
+
+
+async def test_the_page_shows_the_order_and_hides_what_the_customer_does_not_need(
+        shipcast: ShipcastProcess) -> None:
+    await shipcast.apply(doc())
+    await post_events(shipcast, event("OFD", 1, name="Priya Sharma"))
+    response = await shipcast.http.get(page_url(shipcast.settings))
+    html = response.text
+    assert response.status_code == 200 and "Out for delivery" in html and "ACME-88213" in html
+    assert "Ravi Kumar" in html and 'href="tel:+919812345678"' in html  # the rider and the call button
+    assert "#aa3300" in html and "https://cdn.example.com/acme.png" in html and "+918000000000" in html
+    # No OTP in the page's HTML, a masked phone number, no address after the street.
+    assert "4821" not in html and "show-otp" in html
+    assert "9876543210" not in html and "+91******3210" in html
+    assert "42, 3rd Cross, Indiranagar" in html and "Near the metro" not in html and "560038" not in html
+    assert "Priya S." in html and "Sharma" not in html
+    headers = response.headers
+    assert "script-src 'nonce-" in headers["content-security-policy"] and headers["referrer-policy"] == "no-referrer"
+    assert headers["cache-control"] == "no-store"
+    # The OTP comes only when asked for, with the form's CSRF token.
+    token = csrf_of(html)
+    shown = await shipcast.http.post(page_url(shipcast.settings), data={"action": "otp", "csrf": token},
+                                     headers={"accept": "application/json"})
+    assert shown.status_code == 200 and shown.json() == {"otp": "4821"}
+    forged = await shipcast.http.post(page_url(shipcast.settings), data={"action": "otp", "csrf": "0" * 32})
+    assert forged.status_code == 403 and "4821" not in forged.text
+    # Once delivered, the OTP is gone for good.
+    await post_events(shipcast, event("DEL", 2))
+    gone = await shipcast.http.post(page_url(shipcast.settings), data={"action": "otp", "csrf": token},
+                                    headers={"accept": "application/json"})
+    assert gone.status_code == 409 and "otp" not in gone.json()
+
+
+async def test_hindi_by_the_browser_and_english_by_choice(shipcast: ShipcastProcess) -> None:
+    await shipcast.apply(doc())
+    await post_events(shipcast, event("FAIL", 1))
+    url = page_url(shipcast.settings)
+    hindi = await shipcast.http.get(url, headers={"accept-language": "hi-IN,hi;q=0.9"})
+    assert 'lang="hi"' in hindi.text and "डिलीवरी नहीं हो सकी" in hindi.text
+    assert "राइडर के आने पर आप उपलब्ध नहीं थे" in hindi.text  # the failure in plain words
+    chosen = await shipcast.http.get(url + "?lang=en", headers={"accept-language": "hi-IN"})
+    assert 'lang="en"' in chosen.text and "We missed you" in chosen.text
+    assert chosen.cookies.get("shipcast_lang") == "en"
+    kept = await shipcast.http.get(url, headers={"accept-language": "hi-IN"})  # the choice is remembered
+    assert 'lang="en"' in kept.text
+
+
+async def test_hostile_order_data_is_shown_as_text(shipcast: ShipcastProcess) -> None:
+    await shipcast.apply(doc())
+    hostile = event("FAIL", 1, name="<script>alert(1)</script> Mallory")
+    hostile["failure"]["code"] = "OTHER"
+    hostile["failure"]["reason"] = '"><img src=x onerror=alert(2)>{{ 7*7 }}'
+    await post_events(shipcast, hostile)
+    html = (await shipcast.http.get(page_url(shipcast.settings))).text
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(2)&gt;{{ 7*7 }}" in html  # not evaluated
+
+
+async def test_a_reschedule_reaches_the_partners_webhook_as_its_own_event(shipcast: ShipcastProcess,
+                                                                         receiver: Receiver) -> None:
+    """With JavaScript off, the forms are plain posts: the page after a post says what was done."""
+    await shipcast.apply(doc(receiver, reschedule_days=2))
+    failed = event("FAIL", 3)
+    await post_events(shipcast, failed)
+    url = page_url(shipcast.settings)
+    html = (await shipcast.http.get(url)).text
+    dates = re.findall(r'<option value="(\d{4}-\d\d-\d\d)"', html)
+    assert len(dates) == 2
+    token = csrf_of(html)
+    wrong = await shipcast.http.post(url, data={"action": "reschedule", "csrf": token, "date": "2001-01-01"})
+    assert wrong.status_code == 422 and "Pick one of the offered dates" in wrong.text
+    empty = await shipcast.http.post(url, data={"action": "instructions", "csrf": token, "instructions": "  "})
+    assert empty.status_code == 422 and "Write your instructions" in empty.text
+    rating = await shipcast.http.post(url, data={"action": "rating", "csrf": token, "rating": "5"})
+    assert rating.status_code == 409  # nothing to rate before delivery
+    done = await shipcast.http.post(url, data={"action": "reschedule", "csrf": token, "date": dates[1]})
+    assert done.status_code == 303 and done.headers["location"].endswith("?done=reschedule")
+    note = await shipcast.http.post(url, data={"action": "instructions", "csrf": token,
+                                               "instructions": "Leave it with the guard <b>at gate 2</b>"})
+    assert note.status_code == 303
+    bodies = await eventually(lambda: [orjson.loads(r.body) for r in receiver.delivered
+                                       if orjson.loads(r.body)["event_type"] != "FAIL"] or None)
+    await eventually(lambda: len(receiver.delivered) == 3)
+    got = {b["event_type"]: b for b in (orjson.loads(r.body) for r in receiver.delivered)}
+    asked, told = got["RESCHEDULE_REQUESTED"], got["INSTRUCTIONS_ADDED"]
+    assert bodies and asked["customer_input"]["requested_date"] == dates[1]
+    assert asked["order"]["order_id"] == ORDER and asked["sequence"] > failed["sequence"]
+    assert asked["otp"] is None and asked["customer_input"]["submitted_via"] == "tracking_page"
+    assert told["customer_input"]["instructions"] == "Leave it with the guard <b>at gate 2</b>"
+    after = await eventually(lambda: _page_with(shipcast, url, "Requested delivery on"))
+    assert "done" not in after and "&lt;b&gt;at gate 2&lt;/b&gt;" in after  # in the timeline, as text
+
+
+async def _page_with(shipcast: ShipcastProcess, url: str, text: str) -> str | None:
+    html = (await shipcast.http.get(url)).text
+    return html if text in html else None
+
+
+async def test_a_rating_after_delivery_is_sent_once(shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    await shipcast.apply(doc(receiver))
+    await post_events(shipcast, event("OFD", 1), event("DEL", 2))
+    url = page_url(shipcast.settings)
+    html = (await shipcast.http.get(url)).text
+    assert "How was your delivery?" in html and "Priya (self)" in html
+    token = csrf_of(html)
+    bad = await shipcast.http.post(url, data={"action": "rating", "csrf": token, "rating": "9"})
+    assert bad.status_code == 422 and "from 1 to 5" in bad.text
+    sent = await shipcast.http.post(url, data={"action": "rating", "csrf": token, "rating": "4",
+                                               "comment": "Polite rider"})
+    assert sent.status_code == 303
+    rated = await eventually(lambda: [b for b in (orjson.loads(r.body) for r in receiver.delivered)
+                                      if b["event_type"] == "RATED"])
+    assert rated[0]["customer_input"]["rating"] == 4 and rated[0]["customer_input"]["comment"] == "Polite rider"
+    await eventually(lambda: _page_with(shipcast, url, "Thank you for your rating"))
+    again = await shipcast.http.post(url, data={"action": "rating", "csrf": token, "rating": "1"})
+    assert again.status_code == 409
+
+
+async def test_forms_need_the_csrf_token_and_are_rate_limited(shipcast: ShipcastProcess) -> None:
+    await shipcast.apply(doc())
+    await post_events(shipcast, event("FAIL", 1))
+    url = page_url(shipcast.settings)
+    token = csrf_of((await shipcast.http.get(url)).text)
+    stranger = httpx.AsyncClient(base_url=shipcast.base_url)  # another browser: no cookie of this page
+    try:
+        forged = await stranger.post(url, data={"action": "reschedule", "csrf": token, "date": "2030-01-01"})
+        assert forged.status_code == 403 and "This form has expired" in forged.text
+    finally:
+        await stranger.aclose()
+    statuses = [(await shipcast.http.post(url, data={"action": "reschedule", "csrf": token, "date": "x"})).status_code
+                for _ in range(12)]
+    assert statuses[0] == 422 and statuses[-1] == 429
+
+
+async def test_the_live_stream_sends_the_page_then_every_new_event(shipcast: ShipcastProcess) -> None:
+    await shipcast.apply(doc())
+    await post_events(shipcast, event("OFD", 1))
+    updates: list[str] = []
+
+    async def listen() -> None:
+        async with shipcast.http.stream("GET", page_url(shipcast.settings) + "/live?lang=en") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            data: list[str] = []
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    data.append(line[6:])
+                elif not line and data:
+                    updates.append("\n".join(data))
+                    data = []
+
+    listening = asyncio.create_task(listen())
+    try:
+        await eventually(lambda: updates)
+        assert 'data-state="OFD"' in updates[0] and 'name="csrf" value=""' in updates[0] and "4821" not in updates[0]
+        await shipcast.http.post("/v1/events", json=event("FAIL", 2),
+                                 headers={"authorization": f"Bearer {shipcast.settings.api_token}"})
+        await eventually(lambda: len(updates) >= 2)
+        assert 'data-state="FAIL"' in updates[-1] and "Pick a new delivery date" in updates[-1]
+    finally:
+        listening.cancel()
+    hub = shipcast.services.extensions["tracking.live"]
+    await eventually(lambda: hub.watching == 0)  # a viewer who leaves is forgotten
+
+
+async def test_the_customers_own_events_text_nobody(shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    """Customer channels on every event type ('*') send for the types they
+    have templates for: a rating reaches the partner's webhook, not the
+    customer's phone or inbox."""
+    config = doc(receiver)
+    config["partners"][0]["channels"].update({
+        "sms": {"events": ["*"], "sender": "ACMEIN"},
+        "email": {"events": ["*"], "from_address": "Acme <orders@acme.example.com>"},
+        "whatsapp": {"events": ["*"], "sender": "+14155238886", "content_sids": {"OFD": "HX" + "a" * 32}}})
+    await shipcast.apply(config)
+    rated = event("RATED", 5)
+    await post_events(shipcast, rated)
+    await eventually(lambda: receiver.delivered)
+    assert orjson.loads(receiver.delivered[0].body)["event_type"] == "RATED"
+    await asyncio.sleep(0.5)
+    rows = await shipcast.services.store.list_deliveries(event_id=rated["event_id"])
+    assert [row["channel"] for row in rows] == ["webhook"]
