@@ -592,9 +592,102 @@ def _interleave(main: Sequence[Any], extra: Sequence[Any]) -> list[Any]:
     return out
 
 
-DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation"]
-SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow, "latency": latency, "ingest": ingest, "fanout": fanout,
-             "growth": growth, "memory": memory, "isolation": isolation}
+# -- the tracking page's live viewers --------------------------------------------------
+
+async def live(tmp: Path, quick: bool) -> None:
+    """Open tracking pages on one API process: events fanned out to 1,000
+    concurrent SSE viewers (ten on each of 100 orders) against the same
+    stream of events watched by ten viewers (one on each of ten orders).
+    Latency is from publishing an event to its page reaching a viewer."""
+    orders, rate, seconds = 100, 20, (10 if quick else 30)
+    figures: dict[int, tuple[float, float, float, int]] = {}
+    for viewers in (10, 1000):
+        watched = min(orders, viewers)
+        with Vhost() as vhost:
+            ship = Shipcast(vhost, tmp, plugins="tracking")
+            try:
+                await ship.apply({"partners": [{"id": "acme", "name": "Acme", "channels": {"tracking": {}}}]})
+                ship.start("api")
+                ship.start("worker", "--channel", "tracking")
+                await wait_consuming(vhost, "shipcast.tracking")
+                figures[viewers] = await _live_fanout(ship, orders, watched, viewers, rate, seconds)
+            finally:
+                ship.stop()
+    base, many = figures[10], figures[1000]
+    for index, name in ((0, "p50"), (1, "p99"), (2, "max")):
+        report(f"9. live page update, 10 viewers, {name}", base[index], "ms")
+        report(f"9. live page update, 1,000 viewers, {name}", many[index], "ms", base[index], "of 10 viewers",
+               "p99 < 1,000 ms" if name == "p99" else "")
+    report("9. updates that never reached a viewer, 1,000 viewers", many[3], "")
+
+
+async def _live_fanout(ship: Shipcast, orders: int, watched: int, viewers: int, rate: int,
+                       seconds: int) -> tuple[float, float, float, int]:
+    from shipcast.examples import example
+    from shipcast.plugins.tracking.links import tracking_token
+
+    settings = ship.settings()
+    publisher = await ship.publisher()
+    arrivals: dict[str, list[float]] = {}
+
+    async def watch(session: aiohttp.ClientSession, url: str) -> None:
+        async with session.get(url) as response:
+            if response.status != 200:
+                raise RuntimeError(f"a viewer got {response.status}: {await response.text()}")
+            async for raw in response.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("id: "):  # "<events>-<event id>": the page now shows that event
+                    arrivals.setdefault(line.split("-", 1)[1], []).append(time.perf_counter())
+
+    seed = [example("OFD", partner_id="acme", order_id=f"ORD-{i}", sequence=1) for i in range(orders)]
+    await publisher.publish_valid(seed)
+    async with httpx.AsyncClient() as client:  # the API is up
+        for _ in range(600):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("http://127.0.0.1:18123/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+    base = "http://127.0.0.1:18123/t/"
+    urls = [f"{base}{tracking_token(settings, 'acme', f'ORD-{i % watched}', 30)}/live" for i in range(viewers)]
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
+    tasks = [asyncio.create_task(watch(session, url)) for url in urls]
+    try:
+        # Every viewer connected and sent its page (the seed event shows on it).
+        deadline = time.monotonic() + 120
+        while sum(len(arrivals.get(e.event_id, ())) for e in seed) < viewers:
+            failed = [task.exception() for task in tasks if task.done() and task.exception()]
+            if failed or time.monotonic() > deadline:
+                raise TimeoutError(f"not every viewer connected: {failed[:1]}")
+            await asyncio.sleep(0.05)
+        stream = [example("FAIL", partner_id="acme", order_id=f"ORD-{i % orders}", sequence=2 + i // orders)
+                  for i in range(rate * seconds)]
+        sent: dict[str, float] = {}
+        begun = time.perf_counter()
+        for i, event in enumerate(stream):  # each order's next event comes after its page has moved on
+            await asyncio.sleep(max(0.0, begun + i / rate - time.perf_counter()))
+            sent[event.event_id] = time.perf_counter()
+            asyncio.ensure_future(publisher.publish_valid([event]))
+        each = viewers // watched
+        expected = {event.event_id: each for event in stream if int(event.order.order_id[4:]) < watched}
+        deadline = time.monotonic() + 30
+        while any(len(arrivals.get(i, ())) < n for i, n in expected.items()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        latencies = [(t - sent[i]) * 1000 for i in expected for t in arrivals.get(i, ())]
+        lost = sum(max(0, n - len(arrivals.get(i, ()))) for i, n in expected.items())
+        return percentile(latencies, 0.5), percentile(latencies, 0.99), max(latencies), lost
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
+        await publisher.close()
+
+
+DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "live"]
+SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow,
+             "latency": latency, "ingest": ingest, "fanout": fanout, "growth": growth, "memory": memory,
+             "isolation": isolation, "live": live}
 
 
 async def main(selected: Sequence[str], quick: bool) -> None:
