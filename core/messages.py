@@ -78,6 +78,8 @@ def verify_link(settings: Settings, purpose: str, token: str) -> str | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, TypeError):
         return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+        return None  # one token per payload: no second spelling with stray characters
     # The MAC is binary and may hold a "|" itself: split at its fixed length, never by searching.
     payload, bar, mac = raw[:-MAC_BYTES - 1], raw[-MAC_BYTES - 1:-MAC_BYTES], raw[-MAC_BYTES:]
     if not payload or bar != b"|" or not any(hmac.compare_digest(mac, _mac(key, payload))

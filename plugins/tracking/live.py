@@ -63,6 +63,10 @@ class LiveHub:
         self.render = render
         self.viewers: dict[tuple[str, str], set[Viewer]] = {}
         self._started: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None
+        #: The newest version pushed per order: a slower render of an older state never follows it.
+        self._pushed: dict[tuple[str, str], int] = {}
+        self._rendering: dict[tuple[str, str], asyncio.Lock] = {}
 
     @classmethod
     def of(cls, services: Services, render: Render) -> LiveHub:
@@ -74,9 +78,12 @@ class LiveHub:
         return hub
 
     async def start(self) -> None:
-        if self._started is None:
-            self._started = asyncio.ensure_future(self._listen())
+        """Listen for pings (once; again after a failed try, say the broker
+        was not connected yet). :raises BrokerError: not listening."""
+        if self._ending is None:
             self._ending = asyncio.ensure_future(self._end_streams())
+        if self._started is None or (self._started.done() and self._started.exception() is not None):
+            self._started = asyncio.ensure_future(self._listen())
         await asyncio.shield(self._started)
 
     async def _end_streams(self) -> None:
@@ -87,13 +94,26 @@ class LiveHub:
                 viewer.push(None)
 
     async def _listen(self) -> None:
-        channel = await self.services.broker.require().channel()
-        exchange = await declare_live_exchange(channel)
+        connection = self.services.broker.require()
+        # Kept: a robust connection holds its channels weakly.
+        self._channel = await connection.channel()
+        exchange = await declare_live_exchange(self._channel)
         name = f"{LIVE_EXCHANGE}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True,
-                                            arguments={"x-queue-type": "classic"})
-        await queue.bind(exchange)
-        await queue.consume(self._on_ping, no_ack=True)
+        # Not restored by name after a reconnect (the broker may still hold the old, exclusive
+        # one until it notices the old connection is gone): a new queue is made instead.
+        self._queue = await self._channel.declare_queue(name, exclusive=True, auto_delete=True, robust=False,
+                                                        arguments={"x-queue-type": "classic"})
+        await self._queue.bind(exchange, robust=False)
+        await self._queue.consume(self._on_ping, no_ack=True, robust=False)
+        if not getattr(self, "_watching_reconnects", False):
+            connection.reconnect_callbacks.add(self._relisten)
+            self._watching_reconnects = True
+
+    async def _relisten(self, *_: object) -> None:
+        try:
+            await self._listen()
+        except Exception:  # the next reconnect tries again; pages meanwhile keep what they show
+            log.warning("tracking: could not listen for live updates after a reconnect", exc_info=True)
 
     def subscribe(self, partner_id: str, order_id: str, language: str) -> Viewer:
         viewer = Viewer(partner_id, order_id, language)
@@ -107,6 +127,8 @@ class LiveHub:
             watching.discard(viewer)
             if not watching:
                 del self.viewers[key]
+                self._pushed.pop(key, None)
+                self._rendering.pop(key, None)
 
     @property
     def watching(self) -> int:
@@ -119,17 +141,32 @@ class LiveHub:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("tracking: ignored a malformed live ping")
             return
-        viewers = list(self.viewers.get(key, ()))
-        if not viewers:
+        if key not in self.viewers:
             return
-        try:
-            version, pages = await self.render(*key, {viewer.language for viewer in viewers})
-        except Exception:  # a store outage: the viewers keep their page until the next ping
-            log.warning("tracking: could not render %s/%s for its viewers", *key, exc_info=True)
-            return
-        for viewer in viewers:
-            if viewer.language in pages:
-                viewer.push((version, pages[viewer.language]))
+        # One render per order at a time (pings are handled concurrently), and never an older state
+        # after a newer one.
+        async with self._rendering.setdefault(key, asyncio.Lock()):
+            viewers = list(self.viewers.get(key, ()))
+            if not viewers:
+                self._rendering.pop(key, None)
+                return
+            try:
+                version, pages = await self.render(*key, {viewer.language for viewer in viewers})
+            except Exception:  # a store outage: the viewers keep their page until the next ping
+                log.warning("tracking: could not render %s/%s for its viewers", *key, exc_info=True)
+                return
+            if order_of_version(version) < self._pushed.get(key, 0):
+                return
+            self._pushed[key] = order_of_version(version)
+            for viewer in viewers:
+                if viewer.language in pages:
+                    viewer.push((version, pages[viewer.language]))
+
+
+def order_of_version(version: str) -> int:
+    """How many events a page's version shows (``"<count>-<last event id>"``): it only grows."""
+    count = version.split("-", 1)[0]
+    return int(count) if count.isdigit() else 0
 
 
 def ping(partner_id: str, order_id: str) -> aio_pika.Message:

@@ -6,6 +6,7 @@ unless the customer asked for it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -16,7 +17,7 @@ from shipcast.envelope import Event
 from shipcast.messages import mask
 from shipcast.partners import Partner
 
-from .words import words
+from .words import day_words, moment_words, words
 
 #: The customer's own event types: they add to the timeline, never change the status.
 CUSTOMER_TYPES = ("RESCHEDULE_REQUESTED", "INSTRUCTIONS_ADDED", "RATED")
@@ -37,18 +38,14 @@ class Order:
     def since_status(self, event_type: str) -> Event | None:
         """The customer's latest event of this type after the current status."""
         status = self.status
-        after = [e for e in self.events if e.event_type == event_type
-                 and (status is None or (e.sequence, e.occurred_at) >= (status.sequence, status.occurred_at))]
-        return after[-1] if after else None
+        after = self.events[self.events.index(status) + 1:] if status is not None else self.events
+        answers = [e for e in after if e.event_type == event_type]
+        return answers[-1] if answers else None
 
     @property
     def version(self) -> str:
         """Names what the page shows: it changes with every event of the order."""
         return f"{len(self.events)}-{self.events[-1].event_id}" if self.events else "0"
-
-    @property
-    def next_sequence(self) -> int:
-        return max((e.sequence for e in self.events), default=0) + 1
 
     @property
     def otp(self) -> str | None:
@@ -61,7 +58,8 @@ def order_of(bodies: Sequence[Mapping[str, Any]]) -> Order:
     from shipcast.envelope import parse_event
 
     events = [parse_event(dict(body)) for body in bodies]
-    events.sort(key=lambda e: (e.sequence, e.occurred_at))
+    # A customer's event has the sequence of the status it answers, and comes after it.
+    events.sort(key=lambda e: (e.sequence, e.event_type in CUSTOMER_TYPES, e.occurred_at))
     return Order(events)
 
 
@@ -75,9 +73,18 @@ def masked_phone(phone: str | None) -> str | None:
     return mask(phone.replace(" ", "")) if phone else None
 
 
+def dialable(phone: str | None) -> str | None:
+    """A number a phone can call (``tel:``), or ``None`` for a masked one (``+91 98XXX…``)."""
+    digits = re.sub(r"[\s()-]", "", phone or "")
+    return digits if digits.lstrip("+").isdigit() else None
+
+
 def masked_name(name: str) -> str:
     """The first name and initials: 'Priya Sharma' is 'Priya S.'."""
-    first, *rest = name.split()
+    parts = name.split()
+    if not parts:
+        return ""
+    first, *rest = parts
     return " ".join([first, *(f"{part[0]}." for part in rest)])
 
 
@@ -90,7 +97,7 @@ def view(order: Order, partner: Partner, config: Mapping[str, Any], language: st
     latest = order.events[-1] if order.events else None
 
     def when(moment: datetime | None) -> str | None:
-        return moment.astimezone(zone).strftime("%d %b %Y, %H:%M") if moment else None
+        return moment_words(moment.astimezone(zone), language) if moment else None
 
     def entry(event: Event) -> dict[str, Any]:
         detail = None
@@ -104,7 +111,7 @@ def view(order: Order, partner: Partner, config: Mapping[str, Any], language: st
             detail = event.rider.name
         elif event.customer_input:
             given = event.customer_input
-            detail = (given.requested_date.strftime("%d %b %Y") if given.requested_date else None) \
+            detail = (day_words(given.requested_date, language) if given.requested_date else None) \
                 or (f"{given.rating}/5" if given.rating else None) or given.instructions
         return {"type": event.event_type, "words": said["status"].get(event.event_type, event.event_type),
                 "when": when(event.occurred_at), "detail": detail}
@@ -127,14 +134,13 @@ def view(order: Order, partner: Partner, config: Mapping[str, Any], language: st
         "customer": {"name": masked_name(customer.name), "phone": masked_phone(customer.phone)} if customer else None,
         "address": {"street": address.line1, "more": bool(address.line2 or address.city)} if address else None,
         "rider": {"name": status.rider.name, "photo_url": status.rider.photo_url, "phone": status.rider.phone,
-                  "dial": status.rider.phone.replace(" ", "") if status.rider.phone
-                  and status.rider.phone.replace(" ", "").lstrip("+").isdigit() else None,
+                  "dial": dialable(status.rider.phone),
                   "vehicle": status.rider.vehicle_number} if status and status.rider else None,
         "has_otp": order.otp is not None,
         "failure": {"words": said["failures"].get(status.failure.code, status.failure.reason),
                     "reason": status.failure.reason} if status and status.failure else None,
-        "slots": [{"value": d.isoformat(), "label": d.strftime("%a %d %b")} for d in slots(config, now)],
-        "rescheduled_to": rescheduled.customer_input.requested_date.strftime("%a %d %b")
+        "slots": [{"value": d.isoformat(), "label": day_words(d, language)} for d in slots(config, now)],
+        "rescheduled_to": day_words(rescheduled.customer_input.requested_date, language)
         if rescheduled and rescheduled.customer_input and rescheduled.customer_input.requested_date else None,
         "instructed": instructed is not None,
         "delivered": {"at": when(status.delivery_confirmation.delivered_at),

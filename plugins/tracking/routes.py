@@ -11,6 +11,7 @@ so the OMS and partners' webhooks receive it like any other event.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -24,7 +25,7 @@ from starlette.responses import StreamingResponse
 
 from shipcast.api import services_of
 from shipcast.envelope import parse_event, rfc3339
-from shipcast.exceptions import BrokerError, InvalidEvent
+from shipcast.exceptions import BrokerError, InvalidEvent, StoreError
 from shipcast.partners import Partner
 from shipcast.services import Services
 from shipcast.templating import environment
@@ -113,7 +114,7 @@ def _page(request: Request, token: str, partner: Partner, order: Order, *, statu
     response = HTMLResponse(html, status_code=status, headers=_headers(nonce))
     secure = request.url.scheme == "https"
     if request.cookies.get(CSRF_COOKIE) != cookie:
-        response.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="strict", secure=secure, path="/t/")
+        response.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="lax", secure=secure, path="/t/")
     if request.query_params.get("lang") in LABELS:
         response.set_cookie(LANGUAGE_COOKIE, language, samesite="lax", secure=secure, path="/t/",
                             max_age=365 * 86400)
@@ -164,7 +165,11 @@ async def live(request: Request, token: str) -> Response:
         return await render_bodies(services, partner_id, order_id, languages)
 
     hub = LiveHub.of(services, render)
-    await hub.start()
+    try:
+        await hub.start()
+    except BrokerError:  # the browser tries again after Retry-After
+        return PlainTextResponse("Live updates are not available right now.", status_code=503,
+                                 headers={"Retry-After": "5", "Cache-Control": "no-store"})
 
     async def stream() -> AsyncIterator[str]:
         viewer = hub.subscribe(partner.id, order_id, language)  # before the first render: no update slips by
@@ -172,7 +177,10 @@ async def live(request: Request, token: str) -> Response:
             viewer.push(None)
         try:
             yield "retry: 3000\n\n"
-            version, pages = await render(partner.id, order_id, {language})
+            try:
+                version, pages = await render(partner.id, order_id, {language})
+            except StoreError:  # the page keeps what it shows; the next event brings it up to date
+                pages = {}
             if language in pages:
                 yield _event(version, pages[language])
             while True:
@@ -211,7 +219,7 @@ async def act(request: Request, token: str) -> Response:
         return _page(request, token, partner, order, status=status, notice=said[key], error=True)
 
     limiter = services.extensions.setdefault("tracking.limiter", Limiter())
-    if not limiter.allow(token):
+    if not limiter.allow(f"{partner.id}:{order_id}"):  # per order: its every link shares the limit
         return refuse(429, "too_many")
     if not csrf_ok(services.settings, request.cookies.get(CSRF_COOKIE), token, fields.get("csrf")):
         return refuse(403, "expired_form")
@@ -259,12 +267,21 @@ async def act(request: Request, token: str) -> Response:
 
 async def _publish(services: Services, partner: Partner, order: Order, event_type: str,
                    given: dict[str, Any]) -> None:
-    """The customer's input as an event of the order, after its latest."""
-    latest = order.events[-1]
+    """The customer's input as an event of the order. It carries the
+    sequence of the status it answers (the OMS numbers the order's events;
+    its next one stays the next). A rating has an id fixed by the delivery it
+    rates, so a double submit is one event (the archive and every channel
+    deduplicate on the id)."""
+    latest, status = order.events[-1], order.status
+    assert status is not None  # every action checks the status first
+    extra: dict[str, Any] = {}
+    if event_type == "RATED":
+        extra["event_id"] = "rated_" + hashlib.sha256(
+            f"{partner.id}:{status.order.order_id}:{status.event_id}".encode()).hexdigest()[:32]
     try:
         event = parse_event({
-            "event_type": event_type, "occurred_at": rfc3339(datetime.now(UTC)), "partner_id": partner.id,
-            "sequence": order.next_sequence, "order": latest.order.model_dump(mode="json"),
+            **extra, "event_type": event_type, "occurred_at": rfc3339(datetime.now(UTC)), "partner_id": partner.id,
+            "sequence": status.sequence, "order": latest.order.model_dump(mode="json"),
             "customer_input": {**given, "submitted_via": "tracking_page"},
         })
     except InvalidEvent as exc:  # the form's checks above make this a bug, not the customer's error

@@ -4,6 +4,7 @@ language picks one."""
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
 LANGUAGES = ("en", "hi")
@@ -15,7 +16,7 @@ STATUS: dict[str, dict[str, str]] = {
            "RATED": "You rated the delivery", "": "Order received"},
     "hi": {"OFD": "डिलीवरी के लिए निकला", "DEL": "डिलीवर हो गया", "FAIL": "डिलीवरी नहीं हो सकी",
            "RET": "वापस भेजा जा रहा है", "RESCHEDULE_REQUESTED": "आपने नई तारीख चुनी",
-           "INSTRUCTIONS_ADDED": "आपने निर्देश जोड़े", "RATED": "आपने रेटिंग दी", "": "ऑर्डर मिला"},
+           "INSTRUCTIONS_ADDED": "आपने निर्देश जोड़े", "RATED": "आपने रेटिंग दी", "": "ऑर्डर दर्ज हो गया"},
 }
 
 #: Failure codes in plain words; other codes show the OMS's reason.
@@ -76,6 +77,26 @@ LABELS: dict[str, dict[str, str]] = {
         "not_now": "इस ऑर्डर के लिए अब यह बदला नहीं जा सकता।",
     },
 }
+
+
+MONTHS = {
+    "en": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+    "hi": ("जन॰", "फ़र॰", "मार्च", "अप्रैल", "मई", "जून", "जुल॰", "अग॰", "सित॰", "अक्तू॰", "नव॰", "दिस॰"),
+}
+WEEKDAYS = {
+    "en": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+    "hi": ("सोम", "मंगल", "बुध", "गुरु", "शुक्र", "शनि", "रवि"),
+}
+
+
+def day_words(day: date, language: str) -> str:
+    """``Tue 01 Dec`` / ``मंगल 01 दिस॰``, whatever the server's locale."""
+    return f"{WEEKDAYS[language][day.weekday()]} {day.day:02d} {MONTHS[language][day.month - 1]}"
+
+
+def moment_words(moment: datetime, language: str) -> str:
+    """``29 Nov 2026, 14:05`` in the language's month names."""
+    return f"{moment.day:02d} {MONTHS[language][moment.month - 1]} {moment.year}, {moment:%H:%M}"
 
 
 def words(language: str) -> dict[str, Any]:
