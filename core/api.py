@@ -7,6 +7,8 @@ partner-scoped token (``scp_…``) for ``/v1/partners/{its id}/…`` only.
 
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import hmac
 import secrets
@@ -134,7 +136,8 @@ async def post_events(request: Request) -> JSONResponse:
     if len(raw) > limit - SIZE_SLACK:  # a smaller body cannot hold an event over the limit
         _check_sizes(events, limit)
     ids = await services.publisher.publish_valid(events)
-    metrics.inc("shipcast_events_published_total", len(ids))
+    for event in events:
+        metrics.inc("shipcast_events_published_total", event_type=event.event_type)
     return JSONResponse({"ids": ids}, status_code=202)
 
 
@@ -347,6 +350,41 @@ def _public_url(url: str) -> str:
     return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
+def add_operations_routes(app: FastAPI, services: Services) -> None:
+    """``/healthz``, ``/readyz`` and ``/metrics``: on the API, and on a
+    worker's health port (``SHIPCAST_HEALTH_PORT``)."""
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        """Ready: the broker connected, the store answering within 2 s, and
+        start-up done (the partners file applied, consumers attached)."""
+        broker = services.broker.connected
+        try:
+            async with asyncio.timeout(2):
+                await services.store.ping()
+            store = True
+        except (StoreError, TimeoutError):
+            store = False
+        ready = broker and store and services.started
+        return JSONResponse({"broker": "up" if broker else "down", "store": "up" if store else "down",
+                             "started": services.started}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def operations_app(services: Services) -> FastAPI:
+    """The health and metrics routes alone, for a process without the API."""
+    app = FastAPI(title="shipcast worker", docs_url=None, redoc_url=None, openapi_url=None)
+    add_operations_routes(app, services)
+    return app
+
+
 def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     """The ASGI app. With ``manage_services`` the app opens and closes the
     services itself; ``shipcast run`` shares them with the workers instead."""
@@ -364,6 +402,13 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     app = FastAPI(title="shipcast", version=__version__, lifespan=lifespan,
                   description="Order events in; signed webhooks and no-code channels out.")
     app.state.services = services
+
+    @app.middleware("http")
+    async def _count_ingest(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if request.url.path == "/v1/events" and request.method == "POST":
+            metrics.inc("shipcast_ingest_requests_total", code=str(response.status_code))
+        return response
 
     @app.exception_handler(InvalidEvent)
     async def _invalid(request: Request, exc: InvalidEvent) -> JSONResponse:
@@ -392,20 +437,7 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
             management_url=_public_url(services.settings.management_url))
         return HTMLResponse(page)
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
-        broker = services.broker.connected
-        ready = broker and services.started
-        return JSONResponse({"broker": "up" if broker else "down", "started": services.started},
-                            status_code=200 if ready else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    add_operations_routes(app, services)
 
     app.include_router(v1)
     app.include_router(partner_v1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -36,8 +37,14 @@ REASON_HEADER = "x-shipcast-reason"
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
+#: When the event was published, in milliseconds since the epoch (the AMQP
+#: timestamp has whole seconds): delivery latency is measured from it.
+PUBLISHED_HEADER = "x-shipcast-published-ms"
+
+
 def event_message(event: Event, body: bytes | None = None, headers: dict[str, Any] | None = None) -> aio_pika.Message:
-    """The AMQP message carrying an event: persistent JSON, id and type in properties."""
+    """The AMQP message carrying an event: persistent JSON, id and type in
+    properties, and the time of publishing in a header."""
     return aio_pika.Message(
         body if body is not None else event.to_json(),
         content_type="application/json",
@@ -46,7 +53,7 @@ def event_message(event: Event, body: bytes | None = None, headers: dict[str, An
         type=event.event_type,
         timestamp=datetime.now(UTC),
         app_id="shipcast",
-        headers=headers or {},
+        headers={PUBLISHED_HEADER: int(time.time() * 1000), **(headers or {})},
     )
 
 

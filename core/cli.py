@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -54,11 +54,9 @@ def main(verbose: bool) -> None:
 
     Settings come from SHIPCAST_* environment variables (see README).
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aio_pika").setLevel(logging.WARNING)
-    logging.getLogger("aiormq").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from .logs import configure
+
+    configure(verbose, os.environ.get("SHIPCAST_LOG_FORMAT", "auto"))
 
 
 @main.command()
@@ -448,25 +446,69 @@ def status(as_json: bool) -> None:
         async with Management(Settings()) as management:
             return [q for q in await management.queues() if q["name"].startswith("shipcast.")]
 
-    queues = run_command(fetch)
-    rows = []
-    for queue in sorted(queues, key=lambda q: q["name"]):
-        stats = queue.get("message_stats") or {}
-        rows.append({
-            "queue": queue["name"], "ready": queue.get("messages_ready", 0),
-            "unacked": queue.get("messages_unacknowledged", 0), "consumers": queue.get("consumers", 0),
-            "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
-            "ack_rate": (stats.get("ack_details") or {}).get("rate", 0.0),
-        })
+    rows = [queue_status(queue) for queue in sorted(run_command(fetch), key=lambda q: q["name"])]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'queue':<36} {'ready':>8} {'unacked':>8} {'consumers':>9} {'in/s':>8} {'acked/s':>8}")
+    if not rows:
+        click.echo("no shipcast queues yet: start `shipcast run`")
+        return
+    click.echo(f"{'queue':<40} {'role':<7} {'ready':>7} {'unacked':>7} {'consumers':>9} {'in/s':>7} {'acked/s':>7}"
+               "  problems")
     for row in rows:
-        click.echo(f"{row['queue']:<36} {row['ready']:>8} {row['unacked']:>8} {row['consumers']:>9} "
-                   f"{row['publish_rate']:>8.1f} {row['ack_rate']:>8.1f}")
-    dead_total = sum(row["ready"] + row["unacked"] for row in rows if row["queue"].endswith(".dead"))
-    click.echo(f"dead letters: {dead_total}" if rows else "no shipcast queues yet: start `shipcast run`")
+        line = (f"{row['queue']:<40} {row['role']:<7} {row['ready']:>7} {row['unacked']:>7} {row['consumers']:>9} "
+                f"{row['publish_rate']:>7.1f} {row['ack_rate']:>7.1f}")
+        problems = "; ".join(row["problems"])
+        click.echo(line + ("  " + click.style(problems, fg="red", bold=True) if problems else ""))
+    dead_total = sum(row["ready"] + row["unacked"] for row in rows if row["role"] == "dead")
+    click.echo(click.style(f"dead letters: {dead_total}", fg="red" if dead_total else "green"))
+
+
+def queue_status(queue: dict[str, Any]) -> dict[str, Any]:
+    """One queue as ``shipcast status`` shows it: its role, numbers and problems
+    (a work queue nobody consumes; a dead queue holding or gaining messages)."""
+    from .topology import QUEUE_PREFIX
+
+    name = queue["name"]
+    rest = name.removeprefix(QUEUE_PREFIX).split(".")
+    role = "dead" if rest[-1] == "dead" else "retry" if len(rest) > 1 and rest[1] == "retry" else \
+        "work" if len(rest) == 1 else "other"
+    stats = queue.get("message_stats") or {}
+    row: dict[str, Any] = {
+        "queue": name, "channel": rest[0] if role != "other" else None, "role": role,
+        "ready": queue.get("messages_ready", 0), "unacked": queue.get("messages_unacknowledged", 0),
+        "consumers": queue.get("consumers", 0),
+        "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
+        "ack_rate": (stats.get("ack_details") or {}).get("rate", 0.0),
+    }
+    problems = []
+    if role == "work" and not row["consumers"]:
+        problems.append("no consumer: start `shipcast worker --channel " + str(row["channel"]) + "`")
+    if role == "dead" and row["ready"] + row["unacked"]:
+        problems.append(f"{row['ready'] + row['unacked']} parked: `shipcast dead list --channel {row['channel']}`")
+    if role == "dead" and row["publish_rate"] > 0:
+        problems.append(f"growing ({row['publish_rate']:.1f}/s)")
+    row["problems"] = problems
+    return row
+
+
+@main.command()
+@click.option("--vhost", default="/", show_default=True, help="The virtual host to describe.")
+@click.option("--user", default="shipcast", show_default=True, help="The least-privilege user to create.")
+@click.option("--password", envvar="SHIPCAST_RABBITMQ_PASSWORD", default="change-me", show_default=True,
+              help="Its password (stored hashed); or SHIPCAST_RABBITMQ_PASSWORD.")
+def topology(vhost: str, user: str, password: str) -> None:
+    """Print RabbitMQ definitions of shipcast's whole topology (exchanges,
+    queues, policies, a least-privilege user), for import through the
+    management API: deploy/rabbitmq/definitions.json."""
+    from .plugin_manager import channels
+    from .settings import Settings
+    from .topology import definitions, password_hash
+
+    delays = Settings().retry_delays
+    described = definitions([cls.topology(delays) for _, cls in sorted(channels().items())], vhost=vhost,
+                            user=user, password_hash=password_hash(password, salt=b"shcs"))
+    click.echo(json.dumps(described, indent=2))
 
 
 @main.command()

@@ -1,33 +1,106 @@
-"""Process counters in the Prometheus text format, with no extra dependency."""
+"""Process metrics in the Prometheus text format, with no extra dependency:
+counters, gauges and histograms, each declared once in :data:`METRICS`.
+
+Labels are bounded by configuration, never by traffic: channel, event type
+(registered types only), outcome, and for the circuit gauge the partner and
+target id of a configured target (an endpoint id, or ``customer``). Event
+ids, order ids and addresses are never labels.
+"""
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 
-_counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-_HELP = {
-    "shipcast_events_published_total": "Events confirmed by the broker at ingest",
-    "shipcast_events_rejected_total": "Events refused at ingest as invalid",
-    "shipcast_deliveries_total": "Delivery attempts by channel and outcome",
-    "shipcast_targets_skipped_total": "Targets not sent to: already delivered, disabled, or none configured",
+Labels = tuple[tuple[str, str], ...]
+
+#: Every metric: its type and help text. Only these are rendered.
+METRICS: dict[str, tuple[str, str]] = {
+    "shipcast_ingest_requests_total": ("counter", "POST /v1/events requests by HTTP status"),
+    "shipcast_events_published_total": ("counter", "Events confirmed by the broker at ingest, by event type"),
+    "shipcast_events_rejected_total": ("counter", "Events refused at ingest as invalid"),
+    "shipcast_deliveries_total": ("counter", "Delivery attempts by channel, event type and outcome "
+                                             "(delivered, retry, dead, skipped, waiting)"),
+    "shipcast_targets_skipped_total": ("counter", "Targets not sent to: already delivered, disabled, or none"),
+    "shipcast_circuit_changes_total": ("counter", "Circuit breaker changes by channel and change"),
+    "shipcast_deliveries_in_flight": ("gauge", "Deliveries running now, by channel"),
+    "shipcast_circuit_state": ("gauge", "Each target's circuit: 0 closed, 1 half open, 2 open "
+                                        "(targets whose circuit has changed since the process started)"),
+    "shipcast_delivery_latency_seconds": ("histogram", "From publish to delivered, retries included, "
+                                                       "by channel and event type"),
 }
+#: Histogram bucket bounds, seconds: from a fast webhook to a long retry tier.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0)
+CIRCUIT = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+_counters: Counter[tuple[str, Labels]] = Counter()
+_gauges: dict[tuple[str, Labels], float] = {}
+_histograms: dict[tuple[str, Labels], list[float]] = {}  # bucket counts, then +Inf, sum
+
+
+def _key(name: str, labels: dict[str, str]) -> tuple[str, Labels]:
+    return name, tuple(sorted(labels.items()))
 
 
 def inc(name: str, amount: int = 1, **labels: str) -> None:
-    _counters[(name, tuple(sorted(labels.items())))] += amount
+    _counters[_key(name, labels)] += amount
 
 
-def value(name: str, **labels: str) -> int:
-    """The current value of one counter."""
-    return _counters[(name, tuple(sorted(labels.items())))]
+def add(name: str, delta: float, **labels: str) -> None:
+    """Move a gauge by ``delta``."""
+    key = _key(name, labels)
+    _gauges[key] = _gauges.get(key, 0.0) + delta
+
+
+def put(name: str, value: float, **labels: str) -> None:
+    """Set a gauge."""
+    _gauges[_key(name, labels)] = value
+
+
+def observe(name: str, seconds: float, **labels: str) -> None:
+    row = _histograms.setdefault(_key(name, labels), [0.0] * (len(BUCKETS) + 2))
+    row[bisect.bisect_left(BUCKETS, seconds)] += 1
+    row[-1] += seconds
+
+
+def value(name: str, **labels: str) -> float:
+    """The current value of one counter or gauge (a histogram: its count)."""
+    key = _key(name, labels)
+    if key in _histograms:
+        return sum(_histograms[key][:-1])
+    return _gauges.get(key, _counters[key])
+
+
+def _text(labels: Labels) -> str:
+    return ",".join(f'{key}="{str(val).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                    for key, val in labels)
+
+
+def _line(name: str, labels: Labels, number: float) -> str:
+    text = _text(labels)
+    shown = int(number) if float(number).is_integer() else number
+    return f"{name}{{{text}}} {shown}" if text else f"{name} {shown}"
 
 
 def render() -> str:
     lines: list[str] = []
-    for name, help_text in _HELP.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-        rows = [(labels, value) for (metric, labels), value in sorted(_counters.items()) if metric == name]
-        for labels, value in rows or [((), 0)]:
-            label_text = ",".join(f'{key}="{val}"' for key, val in labels)
-            lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
+    for name, (kind, help_text) in METRICS.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        if kind == "histogram":
+            for (metric, labels), row in sorted(_histograms.items()):
+                if metric != name:
+                    continue
+                cumulative = 0.0
+                for bound, count in zip((*BUCKETS, float("inf")), row[:-1], strict=True):
+                    cumulative += count
+                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                    lines.append(_line(f"{name}_bucket", (*labels, ("le", le)), cumulative))
+                lines.append(_line(f"{name}_sum", labels, round(row[-1], 6)))
+                lines.append(_line(f"{name}_count", labels, cumulative))
+            continue
+        source: dict[tuple[str, Labels], float] = dict(_gauges) if kind == "gauge" else dict(_counters)
+        rows = sorted((labels, number) for (metric, labels), number in source.items() if metric == name)
+        if not rows and kind == "counter":
+            rows = [((), 0)]
+        lines += [_line(name, labels, number) for labels, number in rows]
     return "\n".join(lines) + "\n"

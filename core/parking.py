@@ -20,7 +20,8 @@ from .envelope import Event
 from .topology import QUEUE_PREFIX, ChannelTopology, declare_queue
 
 #: Headers describing a failure, dropped when a message is replayed.
-_FAILURE_HEADERS = (ATTEMPT_HEADER, REASON_HEADER, "x-shipcast-status", "x-shipcast-channel", "x-shipcast-failed-at")
+_FAILURE_HEADERS = (ATTEMPT_HEADER, REASON_HEADER, "x-shipcast-status", "x-shipcast-channel", "x-shipcast-failed-at",
+                    "x-shipcast-first-failed-at", "x-shipcast-last-error")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class DeadLetter:
     attempts: int | None
     failed_at: str | None
     body: bytes
+    #: When the first attempt failed, and the last failure's own reason.
+    first_failed_at: str | None = None
+    last_error: str | None = None
+    channel: str | None = None
 
 
 async def list_dead(broker: Broker, topology: ChannelTopology, limit: int = 100) -> list[DeadLetter]:
@@ -46,7 +51,10 @@ async def list_dead(broker: Broker, topology: ChannelTopology, limit: int = 100)
             headers = message.headers or {}
             found.append(DeadLetter(message.message_id, header_text(headers.get(TARGET_HEADER)),
                                     header_text(headers.get(REASON_HEADER)), header_int(headers.get(ATTEMPT_HEADER)),
-                                    header_text(headers.get("x-shipcast-failed-at")), message.body))
+                                    header_text(headers.get("x-shipcast-failed-at")), message.body,
+                                    header_text(headers.get("x-shipcast-first-failed-at")),
+                                    header_text(headers.get("x-shipcast-last-error")),
+                                    header_text(headers.get("x-shipcast-channel"))))
     finally:
         await channel.close()  # closing without acks puts every message back
     return found

@@ -87,6 +87,17 @@ def api_server(services: Services, *, log_level: str = "info") -> ApiServer:
                                     timeout_graceful_shutdown=30), services)
 
 
+def health_server(services: Services) -> ApiServer | None:
+    """``/healthz``, ``/readyz`` and ``/metrics`` for a worker, on ``SHIPCAST_HEALTH_PORT``."""
+    from .api import operations_app
+
+    settings = services.settings
+    if settings.health_port is None:
+        return None
+    return ApiServer(uvicorn.Config(operations_app(services), host=settings.host, port=settings.health_port,
+                                    log_level="warning", access_log=False, lifespan="off"), services)
+
+
 async def serve(*, api: bool, worker_names: Sequence[str], services: Services | None = None) -> None:
     """Run the API and/or workers until SIGINT or SIGTERM, then stop taking
     requests and messages, finish those in flight, and return."""
@@ -98,7 +109,7 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
     await services.start()
     starting = asyncio.create_task(start_workers(services, worker_names))
     tasks: list[asyncio.Task[Any]] = [starting]
-    server = api_server(services) if api else None
+    server = api_server(services) if api else health_server(services)
     if server is not None:
         tasks.append(asyncio.create_task(server.serve()))
     stopping = asyncio.create_task(stop.wait())

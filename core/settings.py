@@ -6,6 +6,8 @@ import ipaddress
 from functools import cached_property
 from urllib.parse import unquote, urlsplit
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -22,6 +24,11 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///shipcast.db"
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Log lines: JSON when stderr is not a terminal (``auto``), or always ``json`` or ``text``.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    #: A process without the API (``shipcast worker``) serves ``/healthz``,
+    #: ``/readyz`` and ``/metrics`` on this port when it is set.
+    health_port: int | None = None
     api_token: str | None = Field(None, repr=False)
     management_url: str = "http://guest:guest@localhost:15672"
     retry_schedule: str = DEFAULT_RETRY_SCHEDULE

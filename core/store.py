@@ -362,6 +362,10 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"store read failed: {exc}") from exc
 
+    async def ping(self) -> None:
+        """One round trip to the database. :raises StoreError: it is unreachable."""
+        await self._rows(sa.select(sa.literal(1)))
+
     # -- partners ---------------------------------------------------------
 
     async def put_partners(self, items: Sequence[Partner], *, reenable: bool = True) -> None:

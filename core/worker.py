@@ -23,7 +23,15 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from . import metrics
 from .batching import Batcher
-from .broker import ATTEMPT_HEADER, REASON_HEADER, TARGET_HEADER, copy_message, header_int, header_text
+from .broker import (
+    ATTEMPT_HEADER,
+    PUBLISHED_HEADER,
+    REASON_HEADER,
+    TARGET_HEADER,
+    copy_message,
+    header_int,
+    header_text,
+)
 from .channel import Channel, Delivered, Target
 from .envelope import Event, parse_event
 from .exceptions import (
@@ -48,6 +56,9 @@ T = TypeVar("T")
 
 #: Set on a message replayed on purpose: deliver even if delivered before.
 FORCE_HEADER = "x-shipcast-force"
+#: On retry copies and dead letters: the first failure's time, and the last failure's reason.
+FIRST_FAILED_HEADER = "x-shipcast-first-failed-at"
+LAST_ERROR_HEADER = "x-shipcast-last-error"
 #: Set on a test send: deliver to the target named in the message whatever its event filter.
 TEST_HEADER = "x-shipcast-test"
 #: How long stopping waits for deliveries in flight.
@@ -242,13 +253,28 @@ class ChannelWorker:
             await self._persist(lambda: self.services.recorder.submit(*unrecorded))
         for outcome in outcomes:
             result = outcome.attempt.outcome
-            metrics.inc("shipcast_deliveries_total", channel=self.name, outcome=result)
+            metrics.inc("shipcast_deliveries_total", channel=self.name, event_type=event.event_type, outcome=result)
+            published = header_int(headers.get(PUBLISHED_HEADER))
+            if result == "delivered" and published:
+                metrics.observe("shipcast_delivery_latency_seconds", max(0.0, time.time() - published / 1000),
+                                channel=self.name, event_type=event.event_type)
             await self._observe(event, outcome)
+            record, level = outcome.attempt, logging.DEBUG if result in ("delivered", "skipped", "waiting") \
+                else logging.INFO
+            if log.isEnabledFor(level):  # the hot path logs nothing at INFO: no fields built for nothing
+                log.log(level, "%s %s%s", self.name, result, f": {record.error}" if record.error else "",
+                        extra={"event_id": event.event_id, "partner": event.partner_id, "channel": self.name,
+                               "target": outcome.target.id, "outcome": result, "attempt": record.attempt,
+                               "status": record.status, "latency_ms": round(record.latency_ms, 1)})
             waiting = result == "waiting"
             copy_headers = {**headers, TARGET_HEADER: outcome.target.id,
                             ATTEMPT_HEADER: attempt if waiting else attempt + 1}
             if not waiting:
                 copy_headers.pop(FORCE_HEADER, None)
+            if result in ("retry", "dead") and outcome.error is not None:
+                # What an operator reads in the parking lot: when it first failed, and how it failed last.
+                copy_headers.setdefault(FIRST_FAILED_HEADER, datetime.now(UTC).isoformat())
+                copy_headers[LAST_ERROR_HEADER] = outcome.error.reason[:500]
             if outcome.delay is not None:
                 await self.services.broker.publish(copy_message(message, copy_headers),
                                                    self.topology.retry_queue(outcome.delay), exchange="")
@@ -326,6 +352,7 @@ class ChannelWorker:
             error = RetryableDelivery(verdict.detail)
         else:
             ok: bool | None = None
+            metrics.add("shipcast_deliveries_in_flight", 1, channel=self.name)
             try:
                 async with asyncio.timeout(self.channel.deliver_timeout):
                     result = await self.channel.deliver(event, body, target)
@@ -344,10 +371,13 @@ class ChannelWorker:
                 error = RetryableDelivery(f"{self.name} channel error: {type(exc).__name__}: {exc}")
             finally:
                 change = gate.leave(ok)
+                metrics.add("shipcast_deliveries_in_flight", -1, channel=self.name)
             if change is not None:
                 log.warning("%s: circuit %s for %s/%s (%s)", self.name, change, event.partner_id, target.id,
                             gate.breaker.describe())
                 metrics.inc("shipcast_circuit_changes_total", channel=self.name, change=change)
+                metrics.put("shipcast_circuit_state", metrics.CIRCUIT.get(gate.breaker.state, 0.0),
+                            channel=self.name, partner=event.partner_id, target=target.id)
         latency = (time.perf_counter() - started) * 1000
         delay = None
         if error is None:

@@ -127,6 +127,22 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
+@contextlib.asynccontextmanager
+async def applied(settings: Settings, doc: dict[str, Any]) -> AsyncIterator[Services]:
+    """Services connected to the broker, with the partners of ``doc`` applied
+    (for tests that run the workers as real processes)."""
+    from shipcast.partners import load_partners
+    from shipcast.reconcile import apply_partners
+
+    services = Services.from_settings(settings)
+    await services.start(wait_for_broker=True)
+    try:
+        await apply_partners(services, load_partners(doc, "test"))
+        yield services
+    finally:
+        await services.close()
+
+
 def partners_doc(partner_id: str, url: str, events: Sequence[str] = ("*",), **endpoint: Any) -> dict[str, Any]:
     return {"partners": [{
         "id": partner_id, "name": partner_id.title(),

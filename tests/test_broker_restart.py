@@ -62,14 +62,21 @@ async def test_a_real_broker_restart(vhost: str, sqlite_url: str) -> None:
             await eventually(lambda: not shipcast.services.broker.connected, timeout=30)
             during = await shipcast.http.post("/v1/events", json=orjson.loads(example("OFD").to_json()))
             assert during.status_code == 503
+            ready = await shipcast.http.get("/readyz")  # a load balancer takes this process out
+            assert ready.status_code == 503 and ready.json()["broker"] == "down"
         finally:
             await rabbitmqctl("start_app")
         await eventually(lambda: shipcast.services.broker.connected, timeout=60)
+        await eventually(lambda: _ready(shipcast), timeout=30)  # and puts it back
         after = orjson.loads(example("RET", partner_id="acme").to_json())
         response = await eventually(lambda: _post(shipcast, after), timeout=30)
         assert response
         expected = {e["event_id"] for e in before} | {after["event_id"]}
         await eventually(lambda: expected <= set(receiver.ids), timeout=60)
+
+
+async def _ready(shipcast: ShipcastProcess) -> bool:
+    return (await shipcast.http.get("/readyz")).status_code == 200
 
 
 async def _post(shipcast: ShipcastProcess, body: dict[str, object]) -> bool:

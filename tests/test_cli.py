@@ -6,13 +6,17 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import orjson
 import pytest
 
 from shipcast.examples import example
+from shipcast.parking import list_dead
+from shipcast.plugin_manager import channels
 from shipcast.settings import Settings
 
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli
@@ -76,6 +80,12 @@ async def test_publish_file_progress_summary_and_delivery_commands(settings: Set
         assert "shipcast.webhook " in status.stdout and "dead letters: 0" in status.stdout
 
 
+def _dead_row(settings: Settings) -> dict[str, Any] | None:
+    result = run_cli(settings, "status", "--json")
+    [row] = [row for row in json.loads(result.stdout) if row["queue"] == "shipcast.webhook.dead"]
+    return row if row["ready"] else None
+
+
 def _listed(settings: Settings, n: int) -> list[dict[str, object]] | None:
     result = run_cli(settings, "deliveries", "list", "--channel", "webhook", "--limit", "1000", "--json")
     rows = json.loads(result.stdout)
@@ -91,6 +101,15 @@ async def test_dead_list_and_replay_from_the_command_line(settings: Settings) ->
                          timeout=20)
         listed = run_cli(settings, "dead", "list", "--channel", "webhook").stdout
         assert event.event_id in listed and "retries exhausted after 3 attempts: HTTP 500" in listed
+        # What an operator reads in the UI's "get messages": every header of the failure.
+        [parked] = await list_dead(shipcast.services.broker, channels()["webhook"].topology(settings.retry_delays))
+        assert (parked.channel, parked.target, parked.attempts) == ("webhook", "main", 3)
+        assert parked.last_error == "HTTP 500" and parked.reason == "retries exhausted after 3 attempts: HTTP 500"
+        assert parked.first_failed_at is not None and parked.failed_at is not None
+        assert datetime.fromisoformat(parked.first_failed_at) < datetime.fromisoformat(parked.failed_at)
+        # `status --json` flags it, for scripts and alerts.
+        rows = await eventually(lambda: _dead_row(settings), timeout=30)  # the management API refreshes every 5 s
+        assert rows["ready"] == 1 and rows["channel"] == "webhook" and "1 parked" in rows["problems"][0]
 
         receiver.default = 200
         result = run_cli(settings, "dead", "replay", "--channel", "webhook")
