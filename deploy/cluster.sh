@@ -34,6 +34,18 @@ env_of() {  # the environment rabbitmq-server and rabbitmqctl need for node $1
 
 ctl() { local n=$1; shift; rabbitmqctl -n "$(node "$n")" "$@"; }
 
+booted() {  # wait until node $1 answers (await_startup gives up at once on a node not yet listening)
+  for _ in $(seq 120); do
+    if rabbitmq-diagnostics -q -n "$(node "$1")" ping >/dev/null 2>&1; then
+      ctl "$1" await_startup --timeout 120 >/dev/null
+      return 0
+    fi
+    sleep 1
+  done
+  echo "node $(node "$1") did not start; see $BASE/$1/log" >&2
+  return 1
+}
+
 start_node() {
   local n=$1 dir="$BASE/$1"
   mkdir -p "$dir/mnesia" "$dir/log"
@@ -47,7 +59,7 @@ CONF
   chown -R rabbitmq:rabbitmq "$dir"
   # shellcheck disable=SC2046
   env $(env_of "$n") rabbitmq-server -detached
-  ctl "$n" await_startup --timeout 120 >/dev/null
+  booted "$n"
 }
 
 case "${1:-}" in
@@ -74,7 +86,7 @@ case "${1:-}" in
     n=${2:?which node, 1-3}
     # shellcheck disable=SC2046
     env $(env_of "$n") rabbitmq-server -detached
-    ctl "$n" await_startup --timeout 120 >/dev/null
+    booted "$n"
     ;;
   stop)
     for n in "${NODES[@]}"; do ctl "$n" stop >/dev/null 2>&1 || true; done
