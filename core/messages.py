@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
-from marshmallow import RAISE, Schema, ValidationError, fields, validates, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
 
 from .envelope import Event
 from .exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, SkipDelivery, StoreError
@@ -189,11 +189,19 @@ def serves(channel: str, event_type: str, config: Mapping[str, Any]) -> bool:
         return True
     if "*" not in events:
         return False
-    try:
-        template_for(channel, event_type, "en", config.get("templates"), config.get("template_dir"))
-    except ConfigError:
-        return False
-    return True
+    directory = config.get("template_dir")
+    return event_type in (config.get("templates") or {}) or event_type in _shipped(channel) \
+        or bool(directory and (Path(directory) / channel / f"{event_type}.en.j2").is_file())
+
+
+@cache
+def _shipped(channel: str) -> frozenset[str]:
+    """The event types ``templates/<channel>/`` has an English template for."""
+    from importlib.resources import files
+
+    folder = files("shipcast.templates") / channel
+    return frozenset(entry.name.removesuffix(".en.j2") for entry in folder.iterdir()
+                     if entry.name.endswith(".en.j2")) if folder.is_dir() else frozenset()
 
 
 def render(settings: Settings, channel: str, event: Event, partner: Partner | None,
@@ -271,6 +279,20 @@ TERMINAL = ("DEL", "RET")
 CRITICAL = ("OFD", "FAIL")
 
 
+def _known_zone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"unknown time zone {value!r}") from None
+
+
+class TimeZone(fields.String):
+    """An IANA time zone name (``Asia/Kolkata``, the default), refused when unknown."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(load_default="Asia/Kolkata", validate=_known_zone, **kwargs)
+
+
 class QuietHours(Schema):
     """``quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}``."""
 
@@ -279,19 +301,12 @@ class QuietHours(Schema):
 
     start = fields.Time(required=True, format="%H:%M")
     end = fields.Time(required=True, format="%H:%M")
-    timezone = fields.String(load_default="Asia/Kolkata")
+    timezone = TimeZone()
 
     @validates_schema
     def _ends(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("start") == data.get("end"):
             raise ValidationError("start and end are the same: the hours would be quiet all day", "end")
-
-    @validates("timezone")
-    def _zone(self, value: str, **_: Any) -> None:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValidationError(f"unknown time zone {value!r}") from None
 
 
 def quiet_for(quiet: Mapping[str, Any] | None, at: datetime) -> float:
@@ -341,14 +356,16 @@ async def keep_rules(services: Services, channel: str, event: Event, address: st
         should that copy fail).
     """
     store = services.store
-    unreachable = None
-    reason = await store.opted_out(channel, event.partner_id, address)
+    unreachable = reason = None
+    transactional = event.event_type in config.get("transactional", ())
+    if unreachable_ok or not transactional:  # a transactional text never waits on an opt-out lookup
+        reason = await store.opted_out(channel, event.partner_id, address)
     if reason is not None and reason.startswith(UNREACHABLE):
         if not unreachable_ok:
             raise SkipDelivery(f"{channel} cannot reach the customer: {reason.removeprefix(UNREACHABLE)}")
         unreachable = reason.removeprefix(UNREACHABLE)
     # An unsubscribe from marketing-like messages leaves the transactional ones (OTPs, failures) flowing.
-    elif reason is not None and event.event_type not in config.get("transactional", ()):
+    elif reason is not None and not transactional:
         raise SkipDelivery(f"the customer opted out of {channel}: {reason}")
     if event.event_type not in TERMINAL:
         later = await store.later_event(event.partner_id, event.order.order_id, event.sequence, TERMINAL)

@@ -34,5 +34,6 @@ def environment() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(["html", "xml"], default_for_string=False),
         undefined=jinja2.StrictUndefined,
         finalize=_no_nulls,
+        auto_reload=False,  # package data: no stat of the file on every render
         enable_async=False,
     )

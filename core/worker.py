@@ -254,8 +254,8 @@ class ChannelWorker:
         for outcome in outcomes:
             result = outcome.attempt.outcome
             metrics.inc("shipcast_deliveries_total", channel=self.name, event_type=event.event_type, outcome=result)
-            published = header_int(headers.get(PUBLISHED_HEADER))
-            if result == "delivered" and published:
+            published = header_int(headers.get(PUBLISHED_HEADER)) if result == "delivered" else None
+            if published:
                 metrics.observe("shipcast_delivery_latency_seconds", max(0.0, time.time() - published / 1000),
                                 channel=self.name, event_type=event.event_type)
             await self._observe(event, outcome)

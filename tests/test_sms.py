@@ -302,6 +302,8 @@ def test_quiet_hours_that_never_end_are_refused() -> None:
 
     with pytest.raises(ConfigError, match="quiet_hours.*start and end"):
         load_partners(sms_doc(quiet_hours={"start": "21:00", "end": "21:00"}), "test")
+    with pytest.raises(ConfigError, match="quiet_hours.timezone.*unknown time zone 'Mars/Olympus'"):
+        load_partners(sms_doc(quiet_hours={"start": "21:00", "end": "08:00", "timezone": "Mars/Olympus"}), "test")
 
 
 async def test_an_opt_out_is_recorded_and_honoured(sms_settings: Settings, twilio: FakeTwilio) -> None:

@@ -18,18 +18,17 @@ Config (``channels.tracking``, optional: every partner has a page)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import RAISE, Schema, fields, validate
 
 from shipcast import hookimpl
-from shipcast.batching import Batcher
 from shipcast.channel import Channel, Delivered, Target
 from shipcast.envelope import Event
 from shipcast.event_types import EventType
+from shipcast.messages import TimeZone
 from shipcast.partners import Partner
+from shipcast.plugins.archive import ArchiveChannel
 from shipcast.settings import Settings
 
 from .links import tracking_token
@@ -42,38 +41,28 @@ class TrackingConfig(Schema):
     class Meta:
         unknown = RAISE
 
-    timezone = fields.String(load_default="Asia/Kolkata")
+    timezone = TimeZone()
     reschedule_days = fields.Integer(load_default=3, validate=validate.Range(1, 14))
     link_days = fields.Integer(load_default=30, validate=validate.Range(1, 365))
     rating = fields.Boolean(load_default=True)
 
-    @validates("timezone")
-    def _zone(self, value: str, **_: Any) -> None:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValidationError(f"unknown time zone {value!r}") from None
 
+class TrackingChannel(ArchiveChannel):
+    """The archive's job (store every event, write-behind) on a queue of its
+    own, then a ping to the pages open on the event's order."""
 
-class TrackingChannel(Channel):
     name = "tracking"
     description = "The branded tracking page: each order's timeline, live in the customer's browser"
     prefetch = 256
-    static_bindings = ("#",)
-    records_deliveries = False  # the stored event is its own record
     config_schema = TrackingConfig
 
-    @classmethod
-    def bindings(cls, partner_id: str, config: Mapping[str, Any]) -> set[str]:
-        return set()  # every partner's events, through the static binding
-
     async def start(self) -> None:
-        self._batcher: Batcher[Event, None] = Batcher(self.services.store.save_events)
+        await super().start()
         self._pings = await self.services.broker.require().channel()
         self._live = await declare_live_exchange(self._pings)
 
     async def close(self) -> None:
-        await self._batcher.close()
+        await super().close()
         await self._pings.close()
 
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
@@ -81,9 +70,9 @@ class TrackingChannel(Channel):
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         # Stored before the ping, so a page rendered for the ping shows the event.
-        await self._batcher.submit(event)
+        delivered = await super().deliver(event, body, target)
         await self._live.publish(ping(event.partner_id, event.order.order_id), routing_key="")
-        return Delivered()
+        return delivered
 
 
 #: The customer's own events, published from the tracking page.

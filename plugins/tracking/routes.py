@@ -11,6 +11,7 @@ so the OMS and partners' webhooks receive it like any other event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 import time
@@ -161,9 +162,7 @@ async def live(request: Request, token: str) -> Response:
     services, partner, order_id, order = found
     language = _language(request, order)
 
-    async def render(partner_id: str, order_id: str, languages: set[str]) -> tuple[str, dict[str, str]]:
-        return await render_bodies(services, partner_id, order_id, languages)
-
+    render = functools.partial(render_bodies, services)
     hub = LiveHub.of(services, render)
     try:
         await hub.start()
