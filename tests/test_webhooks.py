@@ -216,8 +216,10 @@ async def test_an_endpoint_never_gets_more_than_its_concurrency_and_nothing_is_l
         await eventually(lambda: {r.headers["webhook-id"] for r in slow.delivered} == {e["event_id"] for e in events},
                          timeout=30)
         assert slow.max_inflight == 2
-    deferred = await shipcast.services.store.list_attempts(partner_id="acme", outcome="delivered")
-    assert len(deferred) == 12  # one attempt each: waiting for a slot is not an attempt
+    # The attempt is written once the response is in, a moment after the receiver counted the request.
+    delivered = await eventually(lambda: _attempts(shipcast, "acme", "delivered", 12))
+    everything = await shipcast.services.store.list_attempts(partner_id="acme")
+    assert len(everything) == len(delivered) == 12  # one attempt each: waiting for a slot is not an attempt
 
 
 async def test_a_rate_limited_endpoint_is_paced_and_gets_everything(shipcast: ShipcastProcess,
@@ -252,6 +254,11 @@ async def test_the_circuit_opens_on_failures_skips_the_endpoint_and_a_probe_clos
         skipped = [a for a in attempts if a["error"] and "circuit open" in a["error"]]
         assert skipped and all(a["status"] is None for a in skipped)
         assert len(receiver.requests) == 3 + 3  # no request while open: 3 failures, then the 3 successes
+
+
+async def _attempts(shipcast: ShipcastProcess, partner_id: str, outcome: str, count: int) -> list[dict[str, Any]]:
+    rows = await shipcast.services.store.list_attempts(partner_id=partner_id, outcome=outcome)
+    return rows if len(rows) >= count else []
 
 
 async def _has_attempt(shipcast: ShipcastProcess, text: str) -> bool:
