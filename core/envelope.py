@@ -30,6 +30,9 @@ SCHEMA_VERSION: Literal["1.0"] = "1.0"
 PARTNER_ID_PATTERN = r"^[a-z0-9_-]{1,64}$"
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 
+#: The bound of counts: every partner's language parses them as an int.
+INT32_MAX = 2**31 - 1
+
 Text = Annotated[str, Field(min_length=1, max_length=500)]
 ShortText = Annotated[str, Field(min_length=1, max_length=100)]
 Url = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"^https?://")]
@@ -40,10 +43,17 @@ def rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: before year 1 in UTC
+        raise ValueError("falls outside the years 1 to 9999 once converted to UTC") from None
+
+
 #: A timestamp that must carry a zone; stored in UTC, written as RFC 3339 ``Z``.
 Timestamp = Annotated[
     AwareDatetime,
-    AfterValidator(lambda value: value.astimezone(UTC)),
+    AfterValidator(_in_utc),
     PlainSerializer(rfc3339, return_type=str, when_used="json"),
 ]
 
@@ -70,7 +80,7 @@ class Address(_Group):
 
 class Payment(_Group):
     method: Literal["prepaid", "cod"]
-    amount: float = Field(..., ge=0)
+    amount: float = Field(..., ge=0, allow_inf_nan=False)
     currency: str = Field("INR", pattern=r"^[A-Z]{3}$")
 
 
@@ -82,7 +92,7 @@ class Order(_Group):
     customer: Customer
     address: Address | None = None
     payment: Payment | None = None
-    item_count: int | None = Field(None, ge=0)
+    item_count: int | None = Field(None, ge=0, le=INT32_MAX)
     promised_date: date | None = None
 
 
@@ -102,7 +112,7 @@ class Otp(_Group):
 class Failure(_Group):
     code: str = Field(..., pattern=r"^[A-Z][A-Z0-9_]{0,63}$", examples=["CUSTOMER_UNAVAILABLE"])
     reason: Text
-    attempt: int = Field(1, ge=1)
+    attempt: int = Field(1, ge=1, le=INT32_MAX)
     next_attempt_at: Timestamp | None = None
     reschedule_url: Url | None = None
 
@@ -184,6 +194,21 @@ def _errors_of(exc: ValidationError, prefix: tuple[Any, ...]) -> list[dict[str, 
     ]
 
 
+def _nul_errors(data: Any, prefix: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """An error for every text in ``data`` holding U+0000: PostgreSQL cannot
+    store it, so an event carrying one could be neither archived nor have its
+    deliveries recorded."""
+    if isinstance(data, str):
+        return [{"loc": list(prefix), "msg": "must not contain the NUL character (U+0000)", "type": "string_nul"}] \
+            if "\x00" in data else []
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    return [error for key, value in items for error in _nul_errors(value, (*prefix, key))]
+
+
+def _escapes_nul(raw: bytes | str) -> bool:
+    return b"\\u0000" in raw if isinstance(raw, bytes) else "\\u0000" in raw
+
+
 def parse_event(
     data: Any, registry: EventTypeRegistry | None = None, *, prefix: tuple[Any, ...] = ()
 ) -> Event:
@@ -197,9 +222,10 @@ def parse_event(
         from .plugin_manager import event_types
 
         registry = event_types()
-    if isinstance(data, bytes | str):
+    if isinstance(data, bytes | str) and not _escapes_nul(data):
         # The fast path (every message a worker consumes): parse and validate in
-        # one pass, then check the row; the slow path below explains failures.
+        # one pass, then check the row; the slow path below explains failures
+        # (and finds a NUL, which JSON can only carry escaped).
         try:
             parsed = Event.model_validate_json(data)
         except ValueError:
@@ -224,6 +250,8 @@ def parse_event(
         event = Event.model_validate(data)
     except ValidationError as exc:
         errors = _errors_of(exc, prefix)
+    refused = [error["loc"] for error in errors]
+    errors += [error for error in _nul_errors(data, prefix) if error["loc"] not in refused]
 
     event_type = data.get("event_type")
     if isinstance(event_type, str):
@@ -269,16 +297,23 @@ def parse_events(data: Any, registry: EventTypeRegistry | None = None) -> list[E
     return events
 
 
-def json_schema(registry: EventTypeRegistry | None = None) -> dict[str, Any]:
+def json_schema(registry: EventTypeRegistry | None = None, *, as_input: bool = False,
+                ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
     """The envelope's JSON Schema (draft 2020-12), generated from the models,
-    with one ``if/then`` per registered event type for its row."""
+    with one ``if/then`` per registered event type for its row.
+
+    By default, the event as partners receive it (every group present); with
+    ``as_input``, as ingest takes it (a group that does not apply may be left
+    out), for the OpenAPI document, whose ``ref_template`` it takes.
+    """
     if registry is None:
         from .plugin_manager import event_types
 
         registry = event_types()
-    schema = Event.model_json_schema(mode="serialization")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://shipcast.dev/schema/event/1.0.json"
+    schema = Event.model_json_schema(mode="validation" if as_input else "serialization", ref_template=ref_template)
+    if not as_input:
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = "https://shipcast.dev/schema/event/1.0.json"
     schema["properties"]["event_type"]["enum"] = list(registry)
     rules = []
     for row in registry.values():

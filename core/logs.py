@@ -32,16 +32,36 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+#: Characters that would end a text line or drive a terminal, and how a line shows them.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7f, 0x85)} | {
+    ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def escaped(text: str) -> str:
+    """``text`` with line breaks and control characters escaped, so data in a
+    message (an order id with a CRLF in it) cannot forge a log line."""
+    return text.translate(_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
-    """The usual text line, with the delivery fields appended as ``key=value``."""
+    """The usual text line, with the delivery fields appended as ``key=value``.
+    The message and the fields stay on that line (see :func:`escaped`); only
+    a traceback follows on lines of its own."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(logging.makeLogRecord({**record.__dict__,
+                                                            "message": escaped(record.message)}))
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         fields = " ".join(f"{name}={record.__dict__[name]}" for name in FIELDS if name in record.__dict__)
-        return f"{text} [{fields}]" if fields else text
+        if not fields:
+            return text
+        head, newline, traceback = text.partition("\n")
+        return f"{head} [{escaped(fields)}]{newline}{traceback}"
 
 
 def configure(verbose: bool = False, form: str = "auto") -> None:

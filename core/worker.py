@@ -104,6 +104,20 @@ def defer_delay(delays: Sequence[int], wait: float | None) -> int:
     return max(fitting) if fitting else min(delays)
 
 
+def event_of(message: AbstractIncomingMessage) -> Event:
+    """The event a message carries.
+
+    :raises InvalidEvent: its body is no event, or its content type says it
+        carries something else. shipcast publishes ``application/json``; a
+        message without a content type (a bare AMQP client's) is judged by its body.
+    """
+    content_type = message.content_type
+    if content_type and content_type.partition(";")[0].strip().lower() != "application/json":
+        raise InvalidEvent([{"loc": [], "msg": f"content type {content_type!r} is not application/json",
+                             "type": "content_type"}])
+    return parse_event(message.body)
+
+
 class ChannelWorker:
     """Runs one channel: declares its topology, consumes, delivers, settles."""
 
@@ -196,7 +210,7 @@ class ChannelWorker:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
-            event = parse_event(message.body)
+            event = event_of(message)
         except InvalidEvent as exc:
             log.warning("%s: poison message %s: %s", self.name, message.message_id, exc)
             await self._dead_letter(message, {}, f"unparseable message: {exc}"[:1000])
