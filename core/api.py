@@ -11,6 +11,7 @@ import asyncio
 
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,13 +22,16 @@ from typing import Any, Literal
 import orjson
 import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, metrics
 from .envelope import Event, json_schema, parse_events
 from .exceptions import BrokerError, ConfigError, InvalidEvent, StoreError
-from .partners import Partner, load_partners
+from .partners import Partner, load_partners, read_yaml
 from .plugin_manager import get_plugin_manager
 from .redact import redact
 from .reconcile import apply_partners, reconcile_bindings
@@ -36,6 +40,16 @@ from .services import Services
 
 DeliveryStatus = Literal["delivered", "retrying", "waiting", "skipped", "dead"]
 _bearer = HTTPBearer(auto_error=False, description="SHIPCAST_API_TOKEN")
+
+
+class JSONAnswer(JSONResponse):
+    """JSON that can always be sent. An error that echoes what a caller sent
+    may hold half a UTF-16 surrogate pair (from a ``\\ud800`` escape), which
+    UTF-8 cannot encode: it goes back as that escape, not as a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
+            "utf-8", "backslashreplace")
 
 
 def services_of(request: Request) -> Services:
@@ -92,6 +106,26 @@ def partner_scope(partner_id: str, caller: Principal = Depends(principal)) -> st
     return partner_id
 
 
+#: What each error status means, for the OpenAPI document.
+_ERRORS = {
+    400: "The body cannot be read as JSON (not UTF-8)",
+    401: "No bearer token, or a wrong one",
+    403: "A partner's token, reaching beyond its partner",
+    404: "No such partner, event, endpoint or token (or not this partner's)",
+    409: "It exists already",
+    413: "The body is larger than SHIPCAST_MAX_EVENT_BYTES × SHIPCAST_MAX_BATCH",
+    422: "Invalid: the answer names each field that is wrong",
+    503: "The broker or the store is unreachable right now: try again after Retry-After",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` for error statuses a route answers with, each ``{"detail": …}``."""
+    schema = {"type": "object", "required": ["detail"], "properties": {"detail": {}}}
+    return {status: {"description": _ERRORS[status], "content": {"application/json": {"schema": schema}}}
+            for status in statuses}
+
+
 _EVENTS_BODY = {
     "requestBody": {
         "required": True,
@@ -102,15 +136,13 @@ _EVENTS_BODY = {
     }
 }
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=errors(401, 403, 503))
 #: The partner API: the operator, or that partner's own token.
 partner_v1 = APIRouter(prefix="/v1/partners/{partner_id}", dependencies=[Depends(partner_scope)],
-                       tags=["partner"])
+                       tags=["partner"], responses=errors(401, 403, 503))
 
 
-@v1.post("/events", status_code=202, openapi_extra=_EVENTS_BODY,
-         responses={422: {"description": "invalid events: one error per field"},
-                    503: {"description": "the broker is unreachable or did not confirm"}})
+@v1.post("/events", status_code=202, openapi_extra=_EVENTS_BODY, responses=errors(413, 422))
 async def post_events(request: Request) -> JSONResponse:
     """Publish one event or an array of events. Answers 202 with the ids only
     once RabbitMQ has confirmed every one; nothing of an invalid batch is published."""
@@ -141,7 +173,7 @@ async def post_events(request: Request) -> JSONResponse:
     return JSONResponse({"ids": ids}, status_code=202)
 
 
-@v1.get("/events/{event_id}")
+@v1.get("/events/{event_id}", responses=errors(404))
 async def get_event(event_id: str, request: Request) -> dict[str, Any]:
     """An archived event with its deliveries and every attempt."""
     store = services_of(request).store
@@ -158,7 +190,7 @@ async def list_partners(request: Request) -> list[dict[str, Any]]:
     return [redact(partner.to_dict()) for partner in await services_of(request).store.get_partners()]
 
 
-@v1.get("/partners/{partner_id}")
+@v1.get("/partners/{partner_id}", responses=errors(404))
 async def get_partner(partner_id: str, request: Request) -> dict[str, Any]:
     """A partner's applied config, secrets redacted (the operator's view: a
     partner sees its endpoints at ``/v1/partners/{id}/endpoints``)."""
@@ -173,7 +205,7 @@ async def stored_partner(request: Request, partner_id: str) -> Partner:
     return partner
 
 
-@v1.post("/partners/{partner_id}/tokens", status_code=201)
+@v1.post("/partners/{partner_id}/tokens", status_code=201, responses=errors(404))
 async def create_partner_token(partner_id: str, request: Request,
                                name: str = Query("default", min_length=1, max_length=200)) -> dict[str, str]:
     """A new token scoped to this partner: it sees and changes only this
@@ -192,7 +224,7 @@ async def list_partner_tokens(partner_id: str, request: Request) -> list[dict[st
     return await services_of(request).store.list_partner_tokens(partner_id)
 
 
-@v1.delete("/partners/{partner_id}/tokens/{token_id}")
+@v1.delete("/partners/{partner_id}/tokens/{token_id}", responses=errors(404))
 async def revoke_partner_token(partner_id: str, token_id: str, request: Request) -> dict[str, str]:
     """Revoke one token at once."""
     if not await services_of(request).store.delete_partner_token(partner_id, token_id):
@@ -213,7 +245,7 @@ async def list_messages(partner_id: str, request: Request, status: DeliveryStatu
         channel=channel, since=since, until=until, limit=limit)
 
 
-@partner_v1.get("/messages/{event_id}")
+@partner_v1.get("/messages/{event_id}", responses=errors(404))
 async def get_message(partner_id: str, event_id: str, request: Request) -> dict[str, Any]:
     """One event as sent, with its deliveries and every attempt."""
     store = services_of(request).store
@@ -239,7 +271,7 @@ async def list_attempts(partner_id: str, request: Request, event_id: str | None 
         limit=limit)
 
 
-@partner_v1.post("/messages/{event_id}/resend", status_code=202)
+@partner_v1.post("/messages/{event_id}/resend", status_code=202, responses=errors(404))
 async def resend(partner_id: str, event_id: str, request: Request, endpoint: str | None = None,
                  channel: str | None = None) -> dict[str, int]:
     """Send one message again to each of its targets (or one endpoint), even if delivered."""
@@ -260,7 +292,7 @@ async def recover(partner_id: str, request: Request, since: datetime, until: dat
     return {"recovered": count}
 
 
-@v1.delete("/partners/{partner_id}")
+@v1.delete("/partners/{partner_id}", responses=errors(404))
 async def delete_partner(partner_id: str, request: Request) -> dict[str, Any]:
     """Remove a partner's config and the bindings it made; its channels stop
     receiving its events."""
@@ -273,7 +305,7 @@ async def delete_partner(partner_id: str, request: Request) -> dict[str, Any]:
             "bindings_removed": {q: sorted(k) for q, k in changes.removed.items()}}
 
 
-@v1.post("/partners", openapi_extra={"requestBody": {"required": True, "content": {
+@v1.post("/partners", responses=errors(422), openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["partners"]}},
     "application/yaml": {"schema": {"type": "string"}}}}})
 async def post_partners(request: Request) -> dict[str, Any]:
@@ -281,7 +313,7 @@ async def post_partners(request: Request) -> dict[str, Any]:
     partners in it and make the bindings match."""
     raw = await request.body()
     try:
-        data = yaml.safe_load(raw)
+        data = read_yaml(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"request body: not valid YAML or JSON: {exc}") from exc
     partners = load_partners(data, "request body")
@@ -360,9 +392,10 @@ def add_operations_routes(app: FastAPI, services: Services) -> None:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        """Ready: the broker connected, the store answering within 2 s, and
-        start-up done (the partners file applied, consumers attached)."""
-        broker = services.broker.connected
+        """Ready: the broker connected and not blocking publishers (no memory
+        or disk alarm), the store answering within 2 s, and start-up done (the
+        partners file applied, consumers attached)."""
+        broker = services.broker.connected and not services.broker.blocked
         try:
             async with asyncio.timeout(2):
                 await services.store.ping()
@@ -370,7 +403,8 @@ def add_operations_routes(app: FastAPI, services: Services) -> None:
         except (StoreError, TimeoutError):
             store = False
         ready = broker and store and services.started
-        return JSONResponse({"broker": "up" if broker else "down", "store": "up" if store else "down",
+        broker_state = "up" if broker else "blocked" if services.broker.connected else "down"
+        return JSONResponse({"broker": broker_state, "store": "up" if store else "down",
                              "started": services.started}, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
@@ -413,19 +447,30 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     @app.exception_handler(InvalidEvent)
     async def _invalid(request: Request, exc: InvalidEvent) -> JSONResponse:
         metrics.inc("shipcast_events_rejected_total")
-        return JSONResponse({"detail": exc.errors}, status_code=422)
+        return JSONAnswer({"detail": exc.errors}, status_code=422)
 
     @app.exception_handler(ConfigError)
     async def _config(request: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "errors": exc.errors}, status_code=422)
+        return JSONAnswer({"detail": str(exc), "errors": exc.errors}, status_code=422)
 
     @app.exception_handler(BrokerError)
     async def _broker(request: Request, exc: BrokerError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return JSONAnswer({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return JSONAnswer({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    # FastAPI's own two, answering in JSON that can always be sent.
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (204, 304) or exc.status_code < 200:  # statuses that carry no body
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONAnswer({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONAnswer({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -445,13 +490,14 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
         for router in routers:
             app.include_router(router)
 
-    # The envelope is documented in OpenAPI from the same models ingest validates with.
+    # The envelope is documented in OpenAPI from the same models ingest validates
+    # with, and with the same rows: the registered event types and their groups.
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = original()
-            event = Event.model_json_schema(ref_template="#/components/schemas/{model}")
+            event = json_schema(as_input=True, ref_template="#/components/schemas/{model}")
             components = document.setdefault("components", {}).setdefault("schemas", {})
             components.update(event.pop("$defs", {}))
             components["Event"] = event

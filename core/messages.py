@@ -204,16 +204,38 @@ def _shipped(channel: str) -> frozenset[str]:
                      if entry.name.endswith(".en.j2")) if folder.is_dir() else frozenset()
 
 
+def single_line(value: Any) -> Any:
+    """``value`` with every line break in its texts made a space, for a
+    template whose lines mean something (an email's first line is its subject)."""
+    if isinstance(value, str):
+        return " ".join(value.splitlines())
+    if isinstance(value, dict):
+        return {key: single_line(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [single_line(item) for item in value]
+    return value
+
+
 def render(settings: Settings, channel: str, event: Event, partner: Partner | None,
            overrides: Mapping[str, Any] | None = None, language: str | None = None,
-           directory: str | None = None) -> str:
-    """One customer message. :raises ConfigError: naming the template and what is wrong."""
+           directory: str | None = None, *, single_lines: bool = False) -> str:
+    """One customer message; with ``single_lines``, no text of the event or
+    the partner breaks a line of it (see :func:`single_line`).
+
+    :raises ConfigError: naming the template and what is wrong.
+    """
     language = language or language_of(event)
-    template = template_for(channel, event.event_type, language, overrides, directory)
+    where = f"{channel} template for {event.event_type} ({language})"
+    values = context(settings, event, partner)
     try:
-        return template.render(context(settings, event, partner)).strip()
+        template = template_for(channel, event.event_type, language, overrides, directory)
+        return template.render(single_line(values) if single_lines else values).strip()
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{where} is not valid Jinja: line {exc.lineno}: {exc.message}") from exc
     except jinja2.TemplateError as exc:
-        raise ConfigError(f"{channel} template for {event.event_type} ({language}) failed: {exc}") from exc
+        raise ConfigError(f"{where} failed: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # a partner's template file, unreadable
+        raise ConfigError(f"{where} cannot be read: {exc}") from exc
 
 
 def check_templates(settings: Settings, channel: str, partner_id: str, partner_name: str,

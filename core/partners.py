@@ -8,7 +8,8 @@ knows no channel by name. Errors name the file, the partner and the field::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,13 +134,71 @@ def load_partners(data: Any, source: str = "<partners>") -> list[Partner]:
     return partners
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogates(data: Any, here: str = "") -> list[str]:
+    """Where in ``data`` a text holds half a UTF-16 pair (a ``\\ud800`` escape
+    in JSON or YAML): it is no character, and cannot be stored or sent."""
+    if isinstance(data, str):
+        return [here or "(value)"] if _SURROGATE.search(data) else []
+    items = data.items() if isinstance(data, Mapping) else enumerate(data) if isinstance(data, list) else ()
+    found = []
+    for key, value in items:
+        where = f"{here}.{key}" if here else str(key)
+        found += [where] if isinstance(key, str) and _SURROGATE.search(key) else lone_surrogates(value, where)
+    return found
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping, which
+    YAML would let the last one win silently (a second ``url:``, a second
+    ``id:``); keys merged in with ``<<`` may still be overridden. A character
+    escaped as a UTF-16 pair (``"\\ud83d\\ude00"``) is joined into one, as
+    JSON does; half a pair is refused."""
+
+    def construct_scalar(self, node: yaml.ScalarNode) -> Any:  # type: ignore[override]
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and _SURROGATE.search(value):
+            try:
+                value = value.encode("utf-16", "surrogatepass").decode("utf-16")
+            except UnicodeDecodeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "found half a UTF-16 surrogate pair (a \\ud800-\\udfff escape): not text",
+                    node.start_mark) from None
+        return value
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                        f"found the key {key!r} twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str | bytes) -> Any:
+    """Parse a partners document (YAML, or JSON, which is YAML).
+
+    :raises yaml.YAMLError: not YAML, or a key given twice in one mapping.
+    """
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 def load_partners_file(path: str | Path) -> list[Partner]:
     """Read and validate a YAML partners file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}") \
+            from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return load_partners(data, str(path))

@@ -175,7 +175,12 @@ def _utc(value: datetime | None) -> datetime | None:
     time and ignores an offset, so every bound is given in UTC."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC: as early (or late) as can be
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def _filtered(query: Any, when: sa.Column[Any], since: datetime | None, until: datetime | None,

@@ -15,10 +15,10 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from marshmallow import RAISE, ValidationError
 
-from shipcast.api import partner_scope, services_of
+from shipcast.api import errors, partner_scope, services_of
 from shipcast.crypto import secret_box
 from shipcast.exceptions import ConfigError
-from shipcast.partners import _flatten
+from shipcast.partners import _flatten, lone_surrogates
 from shipcast.services import Services
 from shipcast.signing import jwk
 
@@ -28,7 +28,7 @@ from .keys import signing_keys
 
 router = APIRouter()
 endpoints = APIRouter(prefix="/v1/partners/{partner_id}/endpoints", dependencies=[Depends(partner_scope)],
-                      tags=["partner"])
+                      tags=["partner"], responses=errors(401, 403, 404, 422, 503))
 
 
 @contextmanager
@@ -45,6 +45,9 @@ def _answers() -> Iterator[None]:
 def _validate(data: Any, *, partial: bool) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise HTTPException(422, "the body must be a JSON object")
+    halves = lone_surrogates(data)
+    if halves:
+        raise HTTPException(422, {"errors": {where: ["half a UTF-16 surrogate pair: not text"] for where in halves}})
     try:
         loaded: dict[str, Any] = EndpointSchema(unknown=RAISE, partial=partial).load(data)
     except ValidationError as exc:
@@ -75,7 +78,7 @@ async def list_endpoints(partner_id: str, request: Request) -> list[dict[str, An
                 for e in admin.endpoints_of(await admin.load(services, partner_id))]
 
 
-@endpoints.post("", status_code=201)
+@endpoints.post("", status_code=201, responses=errors(400, 409))
 async def create_endpoint(partner_id: str, request: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     """Register an endpoint. Without a ``secret`` one is generated; the answer
     carries it (fetch it again with ``GET …/secret``)."""
@@ -102,7 +105,7 @@ async def get_endpoint(partner_id: str, endpoint_id: str, request: Request) -> d
     return admin.describe(services, partner_id, found[index])
 
 
-@endpoints.patch("/{endpoint_id}")
+@endpoints.patch("/{endpoint_id}", responses=errors(400))
 async def update_endpoint(partner_id: str, endpoint_id: str, request: Request,
                           body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     """Change an endpoint's URL, events, description, ordering, signing or
@@ -145,7 +148,7 @@ async def get_secret(partner_id: str, endpoint_id: str, request: Request) -> dic
         return await admin.current_secret(services_of(request), partner_id, endpoint_id)
 
 
-@endpoints.post("/{endpoint_id}/secret/rotate")
+@endpoints.post("/{endpoint_id}/secret/rotate", responses=errors(400))
 async def rotate_secret(partner_id: str, endpoint_id: str, request: Request,
                         body: dict[str, Any] | None = Body(None)) -> dict[str, Any]:
     """Replace the secret (with ``secret``, or a new one). The old one keeps
@@ -160,7 +163,7 @@ async def rotate_secret(partner_id: str, endpoint_id: str, request: Request,
                                          body.get("overlap_seconds"))
 
 
-@endpoints.post("/{endpoint_id}/test", status_code=202)
+@endpoints.post("/{endpoint_id}/test", status_code=202, responses=errors(400))
 async def send_test(partner_id: str, endpoint_id: str, request: Request,
                     body: dict[str, Any] | None = Body(None)) -> dict[str, Any]:
     """Send a realistic sample event of ``event_type`` (default ``OFD``) to this
@@ -188,7 +191,7 @@ async def endpoint_stats(partner_id: str, endpoint_id: str, request: Request, si
         return await admin.stats(services_of(request), partner_id, endpoint_id, since, limit)
 
 
-@router.get("/.well-known/jwks.json", tags=["partner"])
+@router.get("/.well-known/jwks.json", tags=["partner"], responses=errors(503))
 async def jwks(request: Request) -> dict[str, Any]:
     """The Ed25519 public keys that ``v1a`` webhook signatures verify against."""
     return {"keys": [jwk(key) for key in await signing_keys(services_of(request))]}
