@@ -133,8 +133,9 @@ class EmailChannel(Channel):
     def compose(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str) -> EmailMessage:
         """The message: subject, text and HTML parts, and the headers."""
         language = language_of(event)
+        # Order data on one line: a line break in it must not end the subject early.
         subject, _, text = render(self.settings, self.name, event, partner, config.get("templates"),
-                                  language, config.get("template_dir")).partition("\n")
+                                  language, config.get("template_dir"), single_lines=True).partition("\n")
         text = text.strip()
         unsubscribe = None
         if event.event_type not in config.get("transactional", TRANSACTIONAL):

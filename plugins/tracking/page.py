@@ -97,7 +97,13 @@ def view(order: Order, partner: Partner, config: Mapping[str, Any], language: st
     latest = order.events[-1] if order.events else None
 
     def when(moment: datetime | None) -> str | None:
-        return moment_words(moment.astimezone(zone), language) if moment else None
+        if moment is None:
+            return None
+        try:
+            moment = moment.astimezone(zone)
+        except OverflowError:  # at the very end of the calendar (9999-12-31): shown as the OMS sent it, in UTC
+            pass
+        return moment_words(moment, language)
 
     def entry(event: Event) -> dict[str, Any]:
         detail = None

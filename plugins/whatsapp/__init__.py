@@ -81,12 +81,17 @@ class WhatsAppConfig(Schema):
 
 
 def variables_for(settings: Settings, event: Event, partner: Partner, config: Mapping[str, Any]) -> str:
-    """The content template's variables as Twilio takes them: ``{"1": …, "2": …}`` in JSON."""
+    """The content template's variables as Twilio takes them: ``{"1": …, "2": …}`` in JSON.
+
+    Each is one line with single spaces: WhatsApp refuses a variable with a
+    line break, a tab or a run of spaces, so order data holding one must not
+    cost the customer the message."""
     expressions = (config.get("variables") or {}).get(event.event_type) or VARIABLES.get(event.event_type, _DEFAULT)
     values = context(settings, event, partner)
     env = environment()
     try:
-        rendered = {str(i): env.from_string(e).render(values).strip() or "-" for i, e in enumerate(expressions, 1)}
+        rendered = {str(i): " ".join(env.from_string(e).render(values).split()) or "-"
+                    for i, e in enumerate(expressions, 1)}
     except jinja2.TemplateError as exc:
         raise ConfigError(f"whatsapp variables for {event.event_type} failed: {exc}") from exc
     return orjson.dumps(rendered).decode()
