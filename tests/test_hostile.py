@@ -200,8 +200,8 @@ def test_what_hypothesis_found_is_refused_by_field(change: dict[str, Any], loc: 
 
 #: Examples per operation and mode: ingest gets the most; enough to reach every
 #: refusal, few enough to keep this file quick.
-FUZZ_EXAMPLES = {"POST /v1/events": 60}
-FUZZ_OTHERS = 8
+FUZZ_EXAMPLES = {"POST /v1/events": 40}
+FUZZ_OTHERS = 5
 
 
 @dataclass
