@@ -312,10 +312,11 @@ async def test_an_opt_out_is_recorded_and_honoured(sms_settings: Settings, twili
         await shipcast.apply(sms_doc())
         first, second = event_body("OFD"), event_body("FAIL")
         await shipcast.http.post("/v1/events", json=first)
-        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=first["event_id"]))
+        # A row is written as "sending" first: wait for it to settle.
+        [row] = await eventually(settled(shipcast, first["event_id"]))
         assert row["status"] == "dead" and "21610" in row["last_error"]
         await shipcast.http.post("/v1/events", json=second)
-        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=second["event_id"]))
+        [row] = await eventually(settled(shipcast, second["event_id"], ("delivered", "dead", "skipped")))
         assert row["status"] == "skipped" and "opted out" in row["last_error"]
         assert len(twilio.received) == 1  # only the first try reached Twilio
 
