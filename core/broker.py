@@ -8,6 +8,7 @@ an error, never silence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -96,6 +97,8 @@ class Broker:
         self._task: asyncio.Task[None] | None = None
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._renewing = asyncio.Lock()
+        self._renewed_at = 0.0
         #: Set when the broker refused our topology: retrying cannot help.
         self.fatal: TopologyMismatch | None = None
 
@@ -173,6 +176,16 @@ class Broker:
     def connected(self) -> bool:
         return self.connection is not None and self.connection.connected.is_set() and not self.connection.is_closed
 
+    @property
+    def blocked(self) -> bool:
+        """RabbitMQ has blocked this connection's publishing: a memory or disk
+        alarm is on. (aiormq tracks the broker's ``connection.blocked`` and
+        ``connection.unblocked`` in a private event; without it, a publish
+        during an alarm fails only when its confirm times out.)"""
+        transport = self.connection.transport if self.connection is not None else None
+        unblocked = getattr(getattr(transport, "connection", None), "_Connection__connection_unblocked", None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
     def require(self) -> AbstractRobustConnection:
         if self.fatal is not None:
             raise self.fatal
@@ -191,8 +204,11 @@ class Broker:
         :raises PublishNotConfirmed: nacked, or no confirm within the timeout.
         """
         self.require()
-        assert self._publish_channel is not None and self._exchange is not None
-        target = self._exchange if exchange is None else self._publish_channel.default_exchange
+        if self.blocked:
+            raise BrokerUnavailable(f"RabbitMQ at {self._safe_url} has blocked publishing (a memory or disk alarm)")
+        channel = self._publish_channel
+        assert channel is not None and self._exchange is not None
+        target = self._exchange if exchange is None else channel.default_exchange
         try:
             confirmation = await target.publish(
                 message, routing_key, timeout=self.settings.publish_timeout, mandatory=True
@@ -200,12 +216,38 @@ class Broker:
         except TimeoutError as exc:
             raise PublishNotConfirmed(f"no confirm for {routing_key} in {self.settings.publish_timeout}s") from exc
         except aio_pika.exceptions.DeliveryError as exc:
+            await self._renew_publish_channel(channel)
             raise PublishNotConfirmed(f"broker refused {routing_key}: {exc}") from exc
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"lost RabbitMQ while publishing {routing_key}: {exc}") from exc
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             # A returned message (no queue bound) is acked too, but reached nobody.
             raise PublishNotConfirmed(f"no queue is bound for {routing_key}: nothing received it")
+
+    async def _renew_publish_channel(self, refused_on: AbstractChannel) -> None:
+        """Publish on a new channel after the broker refused a message.
+
+        A RabbitMQ channel keeps one client per quorum queue it publishes to.
+        One that published while the queue's leader was lost (a node killed
+        and the connection failed over at once) can go on refusing every
+        message to that queue, though the queue has a new leader. A new
+        channel starts clean. At most one renewal a second: a full queue
+        refuses too, and a new channel does not help it.
+        """
+        async with self._renewing:
+            if self._publish_channel is not refused_on or time.monotonic() - self._renewed_at < 1.0:
+                return
+            self._renewed_at = time.monotonic()
+            try:
+                channel = await self.require().channel(publisher_confirms=True)
+                self._exchange = await declare_exchange(channel)
+            except _BROKER_ERRORS as exc:
+                log.warning("cannot open a new publishing channel (%s); keeping the old one", exc)
+                return
+            self._publish_channel = channel
+            log.warning("RabbitMQ refused a publish: publishing on a new channel")
+        with contextlib.suppress(*_BROKER_ERRORS, aio_pika.exceptions.ChannelInvalidStateError):
+            await refused_on.close()
 
     async def close(self) -> None:
         await cancel(self._task)
