@@ -31,9 +31,15 @@ def select_channels(names: Sequence[str]) -> list[str]:
     return list(names) or sorted(known)
 
 
-async def start_workers(services: Services, names: Sequence[str]) -> list[ChannelWorker]:
+async def start_workers(services: Services, names: Sequence[str],
+                        started: list[ChannelWorker] | None = None) -> list[ChannelWorker]:
     """Wait for the broker, apply the partners file (``SHIPCAST_CONFIG``) if
-    there is one, then start one worker per named channel (none for the API alone)."""
+    there is one, then start one worker per named channel (none for the API alone).
+
+    Each worker joins ``started`` as it starts, so a shutdown that cancels
+    the start-up half way still stops (and drains) the workers already
+    consuming."""
+    started = [] if started is None else started
     await services.broker.connect()
     config = Path(services.settings.config)
     if config.is_file():
@@ -49,6 +55,7 @@ async def start_workers(services: Services, names: Sequence[str]) -> list[Channe
         await services.listen_for_changes()
         services.start_notifier()
     for worker in workers:
+        started.append(worker)
         await worker.start()
     services.started = True
     return workers
@@ -107,13 +114,13 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await services.start()
-    starting = asyncio.create_task(start_workers(services, worker_names))
+    workers: list[ChannelWorker] = []
+    starting = asyncio.create_task(start_workers(services, worker_names, workers))
     tasks: list[asyncio.Task[Any]] = [starting]
     server = api_server(services) if api else health_server(services)
     if server is not None:
         tasks.append(asyncio.create_task(server.serve()))
     stopping = asyncio.create_task(stop.wait())
-    workers: list[ChannelWorker] = []
     try:
         pending = set(tasks)
         while not stop.is_set():
@@ -121,18 +128,14 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
             for task in done - {stopping}:
                 if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-                if task is starting:
-                    workers = task.result()  # type: ignore[assignment]
-                elif server is not None:
+                if task is not starting and server is not None:
                     stop.set()  # the API stopped on its own
     finally:
         stopping.cancel()
-        starting.cancel()  # still waiting for the broker: give up
+        starting.cancel()  # still starting (waiting for the broker, say): give up; those started are stopped
         if server is not None:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
-        if not starting.cancelled() and starting.exception() is None:
-            workers = starting.result()
         await stop_workers(workers)
         await services.close()
 

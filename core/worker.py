@@ -156,8 +156,11 @@ class ChannelWorker:
                 await asyncio.wait_for(self._queue.cancel(self._consumer_tag), 5)
             except Exception:  # the broker may be gone; unacked messages are redelivered
                 log.debug("cancel of %s consumer failed", self.name, exc_info=True)
-        if self._inflight:
-            await asyncio.wait(self._inflight, timeout=STOP_GRACE)
+        # Deliveries started before the cancel took effect join the set while we
+        # wait: wait for the set, not a snapshot of it, until the grace runs out.
+        deadline = asyncio.get_running_loop().time() + STOP_GRACE
+        while self._inflight and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._inflight), timeout=left)
         if self._amqp is not None:
             try:
                 await asyncio.wait_for(self._amqp.close(), 5)
@@ -168,6 +171,10 @@ class ChannelWorker:
         await self.channel.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:
+            # Prefetched, but handed to us after stop() began: back to the queue unstarted.
+            await _quietly(message.nack(requeue=True))
+            return
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
