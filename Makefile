@@ -25,9 +25,12 @@ run: services install
 	@test -n "$$SHIPCAST_API_TOKEN" || echo "SHIPCAST_API_TOKEN not set: using the development token 'dev-token'"
 	SHIPCAST_API_TOKEN=$${SHIPCAST_API_TOKEN:-dev-token} $(BIN)/shipcast run
 
+# The suite, with the fault-injection scenarios of tests/reliability/, in
+# TEST_PROCESSES processes: most tests wait on sockets, not on the CPU.
+TEST_PROCESSES ?= 4
 test: services tools install
 	$(BIN)/mypy -p shipcast
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist worksteal
 
 clean:
 	rm -rf $(VENV) build *.egg-info shipcast.db*

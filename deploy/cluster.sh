@@ -46,7 +46,7 @@ booted() {  # wait until node $1 answers (await_startup gives up at once on a no
   return 1
 }
 
-start_node() {
+launch_node() {  # start node $1 in the background; `booted` waits for it
   local n=$1 dir="$BASE/$1"
   mkdir -p "$dir/mnesia" "$dir/log"
   cat >"$dir/rabbitmq.conf" <<CONF
@@ -59,13 +59,13 @@ CONF
   chown -R rabbitmq:rabbitmq "$dir"
   # shellcheck disable=SC2046
   env $(env_of "$n") rabbitmq-server -detached
-  booted "$n"
 }
 
 case "${1:-}" in
   start)
     mkdir -p "$BASE"
-    for n in "${NODES[@]}"; do start_node "$n"; done
+    for n in "${NODES[@]}"; do launch_node "$n"; done  # the three boot side by side
+    for n in "${NODES[@]}"; do booted "$n"; done
     for n in 2 3; do
       ctl "$n" stop_app >/dev/null
       ctl "$n" join_cluster "$(node 1)" >/dev/null

@@ -3,9 +3,13 @@ stores, a local webhook receiver, and shipcast running in-process."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import fcntl
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,6 +29,61 @@ MANAGEMENT = os.environ.get("TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 TOKEN = "test-token-" + uuid.uuid4().hex
 SECRET_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+#: The services tests share, in the order their locks are taken.
+SERVICES = ("rabbitmq", "postgresql")
+
+
+@pytest.fixture(autouse=True)
+def shared_services(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The tests share one RabbitMQ and one PostgreSQL, and run in parallel
+    processes. A test marked ``exclusive("rabbitmq")`` or
+    ``exclusive("postgresql")`` stops that service or raises its alarms: it
+    waits for the tests using it to finish and holds new ones off until it is
+    done, while tests that do not use it go on. One readers-writer lock per
+    service, shared by every test process on the machine; a waiting exclusive
+    test closes the service's gate, so a stream of other tests cannot starve it."""
+    marker = request.node.get_closest_marker("exclusive")
+    alone = set(marker.args) if marker is not None else set()
+    uses = {"rabbitmq"}
+    if {"pg_database", "pg_url"} & set(request.fixturenames):
+        uses.add("postgresql")
+    with contextlib.ExitStack() as held:
+        for service in SERVICES:
+            if service in uses | alone:
+                held.enter_context(_service_lock(service, exclusive=service in alone))
+        yield
+
+
+@contextlib.contextmanager
+def _service_lock(service: str, *, exclusive: bool) -> Iterator[None]:
+    base = Path(tempfile.gettempdir()) / f"shipcast-tests.{service}"
+    with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the reliability scenarios' rows (in the controlling process
+    too, when the tests run in several)."""
+    if report.when == "call":
+        RELIABILITY_ROWS.extend(value for name, value in report.user_properties if name == "reliability")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if RELIABILITY_ROWS:
+        from .reliability.report import table, write_artifact
+
+        terminalreporter.write_sep("=", "reliability: every confirmed event, under each fault")
+        terminalreporter.write_line(table(RELIABILITY_ROWS))
+        write_artifact(RELIABILITY_ROWS)
+
+
+RELIABILITY_ROWS: list[dict[str, Any]] = []
 
 
 def free_port() -> int:
@@ -71,7 +130,14 @@ async def _pg_admin(statement: str) -> None:
 async def pg_database() -> AsyncIterator[str]:
     """A PostgreSQL database for this test session, dropped at the end."""
     name = f"shipcast_test_{uuid.uuid4().hex[:10]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
+    for _ in range(90):  # an exclusive("postgresql") test in another process may have it stopped
+        try:
+            await _pg_admin(f'CREATE DATABASE "{name}"')
+            break
+        except (OSError, sa.exc.DBAPIError):
+            await asyncio.sleep(1)
+    else:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -10,8 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,9 @@ class Subprocess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Subprocess:
-        self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE,
+        # A file, not a pipe: a process logging every delivery would fill a pipe nobody reads and block.
+        self.output = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=self.output,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -219,11 +222,14 @@ class Subprocess:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            output, _ = self.process.communicate(timeout=20)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.kill()
-            output, _ = self.process.communicate()
-        return output.decode(errors="replace")
+        if not self.output.closed:
+            self.output.seek(0)
+            self.text = self.output.read().decode(errors="replace")
+            self.output.close()
+        return self.text
 
 
 def run_cli(settings: Settings, *args: str, input: str | None = None, timeout: float = 60,
@@ -258,9 +264,12 @@ class TcpProxy:
                 await writer.drain()
         writer.close()
 
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(*self.upstream)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            up_reader, up_writer = await self._connect_upstream()
         except OSError:
             writer.close()
             return

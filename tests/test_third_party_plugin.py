@@ -59,8 +59,6 @@ def worker(settings: Settings, echo_site: Path) -> Iterator[Subprocess]:
     finally:
         output = process.stop()
         assert process.process is not None
-        if process.process.stdout is not None:
-            process.process.stdout.close()  # an open pipe is a ResourceWarning; no-op if stop() closed it
         print(f"--- shipcast worker --channel echo (exit {process.process.returncode}):\n{output}")
 
 

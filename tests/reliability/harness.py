@@ -1,0 +1,320 @@
+"""The fault-injection harness.
+
+An :class:`Oms` posts events to shipcast's ingest API as an order-management
+system does, retrying a refused batch with the same ids, and keeps the ledger
+of every event id shipcast confirmed (a 202). Partners' receivers count what
+they get. :func:`account` then checks the ledger against what happened: every
+confirmed id reached each of its targets, or lies in the dead queue with a
+reason; it counts duplicates, parked events and the time delivery took to
+resume after each fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import orjson
+from aiohttp import web
+
+from shipcast.examples import example
+from shipcast.parking import list_dead
+from shipcast.plugin_manager import channels
+from shipcast.services import Services
+from shipcast.settings import Settings
+
+from ..helpers import Received, Receiver, Subprocess, eventually
+
+EVENT_TYPES = ("OFD", "DEL", "FAIL", "RET")
+
+
+@dataclass
+class Row:
+    """One scenario's line in the report (docs/reliability.md has the same table)."""
+
+    scenario: str
+    events: int
+    faults: str
+    lost: int
+    duplicates: int
+    parked: int
+    #: Seconds from the end of a fault to the next delivery, the worst over the run's faults.
+    recovery: float | None
+    notes: str = ""
+
+    def record(self, record_property: Any) -> None:
+        """Hand the row to the suite's summary (it travels with the test's report)."""
+        record_property("reliability", asdict(self))
+
+
+class Oms:
+    """Posts ``n`` events over ``partners`` at ``rate`` events a second, in
+    batches, and keeps the ledger of confirmed ids.
+
+    A batch refused with a 503, a 502 or no answer at all (shipcast or its
+    broker is down) is posted again with the same ids after a pause, as an
+    OMS must; any other refusal is a failure of the scenario.
+    """
+
+    def __init__(self, base_url: str, token: str, partners: Sequence[str], n: int, *,
+                 rate: float = 1000.0, batch: int = 50) -> None:
+        self.base_url = base_url
+        self.token = token
+        self.rate = rate
+        self.batch = batch
+        self.bodies = [orjson.loads(example(EVENT_TYPES[i % len(EVENT_TYPES)], partner_id=partners[i % len(partners)],
+                                            order_id=f"ORD-{i}", sequence=i).to_json()) for i in range(n)]
+        #: Event id → when shipcast confirmed it (time.monotonic()).
+        self.confirmed: dict[str, float] = {}
+        self.partner_of = {b["event_id"]: b["partner_id"] for b in self.bodies}
+        #: Refused posts (each posted again), and what refused them.
+        self.refusals: Counter[str] = Counter()
+        self.last_refusal = ""
+        self._task: asyncio.Task[None] | None = None
+
+    async def _post(self, client: httpx.AsyncClient, batch: list[dict[str, Any]]) -> None:
+        while True:
+            try:
+                response = await client.post("/v1/events", content=orjson.dumps(batch))
+            except httpx.TransportError as exc:
+                self.refusals[type(exc).__name__] += 1
+                self.last_refusal = repr(exc)
+            else:
+                if response.status_code == 202:
+                    at = time.monotonic()
+                    self.confirmed.update((body["event_id"], at) for body in batch)
+                    return
+                if response.status_code not in (502, 503):
+                    raise AssertionError(f"ingest answered {response.status_code}: {response.text}")
+                self.refusals[str(response.status_code)] += 1
+                self.last_refusal = f"{response.status_code} {response.text}"
+            await asyncio.sleep(0.2)
+
+    async def run(self) -> None:
+        headers = {"authorization": f"Bearer {self.token}", "content-type": "application/json"}
+        async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=20) as client:
+            start = time.monotonic()
+            for sent in range(0, len(self.bodies), self.batch):
+                ahead = start + sent / self.rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+                await self._post(client, self.bodies[sent:sent + self.batch])
+
+    def start(self) -> Oms:
+        self._task = asyncio.create_task(self.run(), name="oms")
+        return self
+
+    async def done(self, timeout: float = 180) -> None:
+        assert self._task is not None
+        try:
+            await asyncio.wait_for(self._task, timeout)
+        except TimeoutError:
+            raise AssertionError(f"the OMS could not post all its events in {timeout}s: {self.sent} confirmed; "
+                                 f"refusals {dict(self.refusals)}, the last: {self.last_refusal}") from None
+
+    @property
+    def sent(self) -> int:
+        return len(self.confirmed)
+
+
+@dataclass
+class Target:
+    """A partner's endpoint as the ledger sees it: which partner's events it
+    should get, and the receiver that records them."""
+
+    partner_id: str
+    endpoint: str
+    receiver: Receiver
+
+    def delivered(self) -> Counter[str]:
+        return Counter(r.headers["webhook-id"] for r in self.receiver.delivered)
+
+
+def webhook_doc(targets: Sequence[Target], **endpoint: Any) -> dict[str, Any]:
+    """A partners file giving each partner its targets' endpoints."""
+    partners: dict[str, list[dict[str, Any]]] = {}
+    for target in targets:
+        partners.setdefault(target.partner_id, []).append(
+            {"id": target.endpoint, "url": target.receiver.url, "events": ["*"], **endpoint})
+    return {"partners": [{"id": p, "name": p.title(), "channels": {"webhook": {"endpoints": endpoints}}}
+                         for p, endpoints in partners.items()]}
+
+
+@dataclass
+class Accounts:
+    """What :func:`account` found."""
+
+    lost: dict[tuple[str, str], set[str]]
+    duplicates: int
+    parked: int
+    #: Parked events per partner/endpoint.
+    parked_by: Counter[str]
+    requests: int
+
+
+async def dead_letters(services: Services) -> list[tuple[str, str, str]]:
+    """(event id, target, reason) of every message in the webhook dead queue."""
+    topology = channels()["webhook"].topology(services.settings.retry_delays)
+    letters = await list_dead(services.broker, topology, limit=1_000_000)
+    return [(letter.event_id, letter.target or "", letter.reason or "") for letter in letters]
+
+
+async def account(oms: Oms, targets: Sequence[Target], services: Services, *, timeout: float = 120) -> Accounts:
+    """Wait until every confirmed id reached each target of its partner or
+    was parked for it, then count. Fails naming the missing ids if the
+    ledger does not balance in ``timeout`` seconds."""
+    expected = {(t.partner_id, t.endpoint): {i for i, p in oms.partner_of.items() if p == t.partner_id and
+                                             i in oms.confirmed} for t in targets}
+    parked: dict[tuple[str, str], dict[str, str]] = {}
+
+    async def balanced() -> bool:
+        missing = _missing(expected, targets, parked)
+        if not any(missing.values()):
+            return True
+        parked.clear()
+        for event_id, target, reason in await dead_letters(services):
+            parked.setdefault((oms.partner_of.get(event_id, "?"), target), {})[event_id] = reason
+        return not any(_missing(expected, targets, parked).values())
+
+    try:
+        await eventually(balanced, timeout=timeout, interval=1.0)
+    except AssertionError:
+        pass
+    lost = _missing(expected, targets, parked)
+    parked_by: Counter[str] = Counter({f"{partner}/{target}": len(letters) for (partner, target), letters in parked.items()})
+    assert all(reason for letters in parked.values() for reason in letters.values()), "a dead letter without a reason"
+    duplicates = sum(count - 1 for t in targets for count in t.delivered().values())
+    return Accounts(lost={k: v for k, v in lost.items() if v}, duplicates=duplicates,
+                    parked=sum(len(v) for v in parked.values()), parked_by=parked_by,
+                    requests=sum(len(t.receiver.requests) for t in targets))
+
+
+def _missing(expected: dict[tuple[str, str], set[str]], targets: Sequence[Target],
+             parked: dict[tuple[str, str], dict[str, str]]) -> dict[tuple[str, str], set[str]]:
+    missing = {}
+    for t in targets:
+        key = (t.partner_id, t.endpoint)
+        missing[key] = expected[key] - set(t.delivered()) - set(parked.get(key, {}))
+    return missing
+
+
+def recovery_after(fault_ended: float, targets: Sequence[Target], oms: Oms | None = None) -> float | None:
+    """Seconds from ``fault_ended`` (time.monotonic()) to the first delivery
+    after it; with ``oms``, to the first delivery of an event confirmed after
+    it (the pipeline works end to end again)."""
+    after = [r.at for t in targets for r in t.receiver.delivered if r.at >= fault_ended and
+             (oms is None or oms.confirmed.get(r.headers["webhook-id"], 0.0) >= fault_ended)]
+    return round(min(after) - fault_ended, 2) if after else None
+
+
+def timed(oms: Oms, target: Target) -> list[tuple[float, float]]:
+    """(when confirmed, seconds from then to the first 2xx) of each event the target got."""
+    firsts: dict[str, float] = {}
+    for r in target.receiver.delivered:
+        firsts.setdefault(r.headers["webhook-id"], r.at)
+    return [(oms.confirmed[i], at - oms.confirmed[i]) for i, at in firsts.items() if i in oms.confirmed]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def summary(accounts: Accounts) -> str:
+    """The accounts in words, for a failing assertion."""
+    lost = {f"{p}/{e}": sorted(ids)[:5] for (p, e), ids in accounts.lost.items()}
+    return (f"lost {sum(map(len, accounts.lost.values()))} (first few per target: {lost}); "
+            f"{accounts.duplicates} duplicates, {accounts.parked} parked {dict(accounts.parked_by)}")
+
+
+@asynccontextmanager
+async def processes(settings: Settings, *commands: Sequence[str]) -> AsyncIterator[list[Subprocess]]:
+    """shipcast commands as real processes, stopped (and their output shown
+    on failure) at the end."""
+    running = [Subprocess(settings, *command).start() for command in commands]
+    try:
+        yield running
+    finally:
+        for process in running:
+            if process.process is not None:
+                print(await asyncio.to_thread(process.stop))
+
+
+async def ready(base_url: str, timeout: float = 30) -> None:
+    """Wait for a shipcast API process to answer /readyz with 200."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        async def up() -> bool:
+            try:
+                return (await client.get("/readyz")).status_code == 200
+            except httpx.TransportError:
+                return False
+        await eventually(up, timeout=timeout, interval=0.2)
+
+
+class Misbehaving(Receiver):
+    """A partner's endpoint that misbehaves in one way, while ``bad`` is set:
+
+    * ``"500"``: answers 500;
+    * ``"hang"``: answers only after ``hang`` seconds, past shipcast's timeout;
+    * ``"cut"``: reads the request, starts the response and closes the connection;
+    * ``"huge"``: answers 200 with a 10 MB body;
+    * ``"redirect"``: answers 302 to ``location`` (a private address).
+
+    Requests it does not answer properly are recorded with status 0.
+    """
+
+    def __init__(self, mode: str, *, hang: float = 5.0, location: str = "") -> None:
+        super().__init__()
+        self.mode = mode
+        self.hang = hang
+        self.location = location
+        self.bad = True
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if not self.bad:
+            return await super()._handle(request)
+        body = await request.read()
+        received = Received(dict(request.headers), body, time.monotonic())
+        self.requests.append(received)
+        if self.mode == "500":
+            received.status = 500
+            return web.Response(status=500, text="internal error")
+        if self.mode == "hang":
+            await asyncio.sleep(self.hang)
+            return web.Response(status=200, text="too late")
+        if self.mode == "cut":
+            response = web.StreamResponse(status=200, headers={"content-length": "1000"})
+            await response.prepare(request)
+            await response.write(b"partial")
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        if self.mode == "huge":
+            # 10 MB announced and sent until the client hangs up (shipcast reads 64 KiB), in
+            # chunks: the healthy receivers in this process must not wait behind it.
+            received.status = 200
+            response = web.StreamResponse(status=200, headers={"content-length": str(HUGE)})
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(HUGE // len(CHUNK)):
+                    await response.write(CHUNK)
+            return response
+        if self.mode == "redirect":
+            received.status = 302
+            return web.Response(status=302, headers={"location": self.location})
+        raise AssertionError(f"unknown mode {self.mode}")
+
+
+HUGE = 10 * 1024 * 1024
+CHUNK = b"x" * 65536

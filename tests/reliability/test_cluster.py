@@ -1,0 +1,148 @@
+"""Scenario 3: a 3-node RabbitMQ cluster (deploy/cluster.sh) behind a TCP
+load balancer, as a Kubernetes Service or HAProxy puts it. kill -9 of the
+node leading the busiest quorum queue, mid-run: nothing confirmed is lost,
+and shipcast's connections fail over to the surviving nodes by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ..conftest import make_settings
+from ..helpers import Receiver, TcpProxy, applied, eventually
+from .harness import Oms, Row, Target, account, processes, ready, recovery_after, summary, webhook_doc
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(400)]
+
+CLUSTER = Path(__file__).parents[2] / "deploy" / "cluster.sh"
+AMQP_PORTS = (5701, 5702, 5703)
+N = 10_000
+
+
+class Balancer(TcpProxy):
+    """A TCP load balancer with failover: each new connection goes to the
+    first node, in order, that accepts it."""
+
+    def __init__(self, ports: Sequence[int]) -> None:
+        super().__init__(("127.0.0.1", ports[0]))
+        self.ports = ports
+
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        for port in self.ports:
+            with contextlib.suppress(OSError):
+                return await asyncio.open_connection("127.0.0.1", port)
+        raise OSError("no node of the cluster accepts connections")
+
+
+def cluster_sh(*args: str) -> str:
+    done = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"cluster.sh {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[None]:
+    cluster_sh("stop")  # a cluster left by an interrupted run
+    print(await asyncio.to_thread(cluster_sh, "start"))
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(cluster_sh, "stop")
+
+
+async def management(node: int, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{15700 + node}", auth=("guest", "guest"),
+                                 timeout=10) as client:
+        response = await client.get(path)
+        response.raise_for_status()
+        return response.json()
+
+
+async def queue_info(node: int, name: str) -> dict[str, Any]:
+    return dict(await management(node, f"/api/queues/%2F/{name}"))
+
+
+async def connections_by_node(node: int) -> dict[str, int]:
+    """shipcast's connections per node, as the cluster sees them."""
+    found: dict[str, int] = {}
+    for connection in await management(node, "/api/connections"):
+        if (connection.get("client_properties") or {}).get("connection_name") == "shipcast":
+            found[connection["node"]] = found.get(connection["node"], 0) + 1
+    return found
+
+
+def node_number(node: str) -> int:
+    return int(node.split("@")[0].rsplit("-", 1)[1])
+
+
+async def test_3_kill_9_of_the_leader_node_of_a_3_node_cluster(cluster: None, pg_url: str,
+                                                               record_property: Any) -> None:
+    balancer = await Balancer(AMQP_PORTS).start()
+    settings = make_settings("", pg_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{balancer.port}/",
+                             management_url="http://guest:guest@127.0.0.1:15702")
+    base_url = f"http://127.0.0.1:{settings.port}"
+    try:
+        async with Receiver() as main:
+            targets = [Target("acme", "main", main)]
+            async with (applied(settings, webhook_doc(targets)) as services,
+                        processes(settings, ("api",), ("worker", "--channel", "webhook"))):
+                await ready(base_url)
+                before = await queue_info(1, "shipcast.webhook")
+                assert before["type"] == "quorum" and len(before["members"]) == 3, before
+                oms = Oms(base_url, settings.api_token or "", ["acme"], N, rate=600).start()
+                await eventually(lambda: len(main.delivered) >= N * 0.3, timeout=120)
+                leader = node_number(before["leader"])
+                survivor = next(n for n in (1, 2, 3) if n != leader)
+                # The management API lists connections a few seconds late.
+                on_leader = await eventually(lambda: _connections_on(survivor, before["leader"], 3), timeout=30)
+                await asyncio.to_thread(cluster_sh, "kill", str(leader))
+                killed = time.monotonic()
+                recovery = await eventually(lambda: recovery_after(killed, targets, oms), timeout=60)
+                after = await eventually(lambda: _new_leader(survivor, before["leader"]), timeout=60)
+                # Every process connected again, to the nodes left.
+                moved = await eventually(lambda: _connections_off(survivor, before["leader"], on_leader), timeout=60)
+                await oms.done(timeout=90)
+                accounts = await account(oms, targets, services)
+                delivered_at_kill = sum(1 for r in main.delivered if r.at < killed)
+    finally:
+        await balancer.close()
+    refused = sum(oms.refusals.values())
+    Row("3. 3-node cluster, leader killed", oms.sent,
+        f"kill -9 of {before['leader'].split('@')[0]}, leader of shipcast.webhook (quorum, 3 members)",
+        sum(map(len, accounts.lost.values())), accounts.duplicates, accounts.parked, recovery,
+        f"{on_leader} connections failed over to {', '.join(n.split('@')[0] for n in sorted(moved))}; new leader "
+        f"{after['leader'].split('@')[0]}; {refused} posts refused during failover, posted again"
+        ).record(record_property)
+    assert delivered_at_kill < N, "the run was over before the kill"
+    assert not accounts.lost, summary(accounts)
+    assert set(targets[0].delivered()) == set(oms.confirmed)
+
+
+async def _new_leader(node: int, old: str) -> dict[str, Any] | None:
+    try:
+        info = await queue_info(node, "shipcast.webhook")
+    except httpx.HTTPError:
+        return None
+    return info if info.get("leader") not in (None, old) else None
+
+
+async def _connections_on(node: int, leader: str, count: int) -> int:
+    """How many of shipcast's connections are on the leader, once all ``count`` are."""
+    found = await connections_by_node(node)
+    return found.get(leader, 0) if sum(found.values()) >= count and found.get(leader, 0) >= count else 0
+
+
+async def _connections_off(node: int, dead: str, count: int) -> dict[str, int] | None:
+    try:
+        found = await connections_by_node(node)
+    except httpx.HTTPError:
+        return None
+    return found if dead not in found and sum(found.values()) >= count else None

@@ -1,0 +1,262 @@
+"""Scenarios 2, 5 and 6: the services shipcast stands on fail under it.
+RabbitMQ is restarted, PostgreSQL is stopped for 30 s, SQLite is locked,
+and RabbitMQ raises its memory and disk alarms, each while events flow.
+
+All but the SQLite scenario stop or alarm the machine's shared services:
+they are ``exclusive`` and run while no other test uses that service."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from shipcast.examples import example
+from shipcast.services import Services
+from shipcast.settings import Settings
+
+from ..conftest import make_settings
+from ..helpers import Receiver, applied, eventually
+from .harness import Accounts, Oms, Row, Target, account, processes, ready, recovery_after, summary, webhook_doc
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
+
+N = 10_000
+#: For the scenarios that stop or alarm RabbitMQ: every other test waits while they run.
+N_ALONE = 5_000
+WORKERS = ("worker", "--channel", "webhook", "--channel", "archive")
+
+
+async def run(*command: str) -> str:
+    """A command off the event loop: shipcast and the receivers keep serving meanwhile."""
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def delivered(targets: Sequence[Target]) -> int:
+    return sum(len(t.receiver.delivered) for t in targets)
+
+
+async def readyz(base_url: str) -> tuple[int, dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        response = await client.get("/readyz")
+        return response.status_code, response.json()
+
+
+async def archived(services: Services) -> int:
+    from shipcast.store import events
+
+    assert services.store.engine is not None
+    async with services.store.engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(events))).scalar_one())
+
+
+async def recorded(services: Services) -> set[str]:
+    """Event ids the store has as delivered to the webhook target."""
+    rows = await services.store.list_deliveries(channel="webhook", status="delivered", limit=10 * N)
+    return {row["event_id"] for row in rows}
+
+
+@pytest.mark.exclusive("rabbitmq")
+async def test_2_rabbitmq_restarted_during_a_run(vhost: str, pg_url: str, record_property: Any) -> None:
+    settings = make_settings(vhost, pg_url)
+    base_url = f"http://127.0.0.1:{settings.port}"
+    async with Receiver() as main:
+        targets = [Target("acme", "main", main)]
+        async with applied(settings, webhook_doc(targets)) as services, processes(settings, ("api",), WORKERS):
+            await ready(base_url)
+            oms = Oms(base_url, settings.api_token or "", ["acme"], N_ALONE, rate=500).start()
+            await eventually(lambda: delivered(targets) >= N_ALONE * 0.3, timeout=60)
+            try:
+                await run("rabbitmqctl", "stop_app")
+                # While it is down, ingest refuses (the OMS posts again) and a load balancer takes the API out.
+                code, body = await eventually(lambda: _unready(base_url), timeout=30)
+                assert body["broker"] == "down"
+                await asyncio.sleep(5)
+            finally:
+                await run("rabbitmqctl", "start_app")
+            restarted = time.monotonic()
+            await ready(base_url, timeout=60)
+            recovery = await eventually(lambda: recovery_after(restarted, targets, oms), timeout=60)
+            await oms.done()
+            accounts = await account(oms, targets, services)
+            assert await eventually(lambda: _archived_all(services, oms.sent), timeout=60)
+    refused = sum(oms.refusals.values())
+    Row("2. RabbitMQ restarted", oms.sent, "rabbitmqctl stop_app, 5 s down, start_app; shipcast not restarted",
+        sum(map(len, accounts.lost.values())), accounts.duplicates, accounts.parked, recovery,
+        f"{refused} posts refused while it was down, posted again; /readyz 503 meanwhile").record(record_property)
+    assert not accounts.lost, summary(accounts)
+    assert set(targets[0].delivered()) == set(oms.confirmed)
+
+
+async def _unready(base_url: str) -> tuple[int, dict[str, Any]] | None:
+    code, body = await readyz(base_url)
+    return (code, body) if code == 503 else None
+
+
+async def _archived_all(services: Services, n: int) -> bool:
+    return await archived(services) == n
+
+
+async def store_outage(settings: Settings, rate: float, outage: AbstractAsyncContextManager[None],
+                       seconds: float) -> tuple[Oms, Accounts, float, int]:
+    """N events, with the store unreachable for ``seconds`` inside ``outage``
+    from a fifth of the deliveries on. Deliveries pause and resume; at the end the archive
+    holds every confirmed event, and the store's record of what was delivered
+    is what the receiver got: nothing was acked to the broker unrecorded.
+
+    Returns the OMS, the accounts, the time to recover, and how many
+    deliveries were made during the outage."""
+    base_url = f"http://127.0.0.1:{settings.port}"
+    async with Receiver() as main:
+        targets = [Target("acme", "main", main)]
+        async with applied(settings, webhook_doc(targets)) as services, processes(settings, ("api",), WORKERS):
+            await ready(base_url)
+            oms = Oms(base_url, settings.api_token or "", ["acme"], N, rate=rate).start()
+            await eventually(lambda: delivered(targets) >= N * 0.2, timeout=60)
+            async with outage:
+                began = delivered(targets)
+                await asyncio.sleep(seconds)
+                during = delivered(targets) - began
+            ended = time.monotonic()
+            recovery = await eventually(lambda: recovery_after(ended, targets), timeout=60)
+            await oms.done()
+            accounts = await account(oms, targets, services)
+            assert await eventually(lambda: _archived_all(services, oms.sent), timeout=60)
+            assert await eventually(lambda: _recorded_all(services, set(main.ids)), timeout=30)
+    assert not accounts.lost, summary(accounts)
+    return oms, accounts, recovery, during
+
+
+async def _recorded_all(services: Services, ids: set[str]) -> bool:
+    return await recorded(services) == ids
+
+
+@asynccontextmanager
+async def postgresql_stopped() -> AsyncIterator[None]:
+    cluster = (await run("ls", "/etc/postgresql")).split()[0]
+    await run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast")
+    try:
+        yield
+    finally:
+        await run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start")
+
+
+@asynccontextmanager
+async def sqlite_locked(database: Path) -> AsyncIterator[None]:
+    """Another process's write lock on the database (it waits for the store's
+    own writes in flight to finish first)."""
+    locker = await asyncio.to_thread(sqlite3.connect, database, timeout=30, isolation_level=None,
+                                     check_same_thread=False)
+    try:
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        yield
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+
+
+@pytest.mark.exclusive("postgresql")
+async def test_5_postgresql_stopped_for_30_s(vhost: str, pg_url: str, record_property: Any) -> None:
+    oms, accounts, recovery, during = await store_outage(make_settings(vhost, pg_url), 250, postgresql_stopped(), 30)
+    Row("5. PostgreSQL stopped", oms.sent, "pg_ctlcluster stop -m fast, 30 s down, start",
+        0, accounts.duplicates, accounts.parked, recovery,
+        f"{during} deliveries while it was down (in flight when it stopped); archive complete; store and "
+        "receiver agree").record(record_property)
+    assert during <= 512, "deliveries went on without a store"  # at most the prefetch in flight when it stopped
+
+
+async def test_5_sqlite_locked(vhost: str, tmp_path: Path, record_property: Any) -> None:
+    database = tmp_path / "shipcast.db"
+    oms, accounts, recovery, during = await store_outage(
+        make_settings(vhost, f"sqlite+aiosqlite:///{database}"), 500, sqlite_locked(database), 15)
+    Row("5. SQLite locked", oms.sent, "another process holds the write lock (BEGIN EXCLUSIVE) for 15 s",
+        0, accounts.duplicates, accounts.parked, recovery,
+        f"{during} deliveries while it was locked (in flight when it locked); archive complete; store and "
+        f"receiver agree; {accounts.duplicates / oms.sent:.2%} repeated (sent, then not recorded in the "
+        "lock's busy timeout)").record(record_property)
+    assert during <= 512, "deliveries went on without a store"
+
+
+ALARMS = {
+    "memory": (("set_vm_memory_high_watermark", "0.000001"), ("set_vm_memory_high_watermark", "0.4")),
+    "disk": (("set_disk_free_limit", "1000000GB"), ("set_disk_free_limit", "50MB")),
+}
+
+
+@pytest.mark.exclusive("rabbitmq")
+async def test_6_memory_and_disk_alarms(vhost: str, pg_url: str, record_property: Any) -> None:
+    """While an alarm blocks publishers, ingest answers 503 at once rather
+    than hanging; when it clears, everything flows again."""
+    settings = make_settings(vhost, pg_url)
+    base_url = f"http://127.0.0.1:{settings.port}"
+    answers: dict[str, tuple[int, float]] = {}
+    async with Receiver() as main:
+        targets = [Target("acme", "main", main)]
+        async with applied(settings, webhook_doc(targets)) as services, processes(settings, ("api",), WORKERS):
+            await ready(base_url)
+            oms = Oms(base_url, settings.api_token or "", ["acme"], N_ALONE, rate=400).start()
+            recoveries = []
+            for alarm, (raise_it, clear_it) in ALARMS.items():
+                await eventually(lambda: delivered(targets) >= len(answers) * N_ALONE * 0.3 + N_ALONE * 0.1, timeout=60)
+                try:
+                    await run("rabbitmqctl", *raise_it)
+                    await eventually(lambda: _alarm_on(alarm), timeout=30)
+                    answers[alarm] = await eventually(lambda: _refused_at_once(base_url), timeout=30)
+                    await asyncio.sleep(3)
+                finally:
+                    await run("rabbitmqctl", *clear_it)
+                await eventually(lambda: _alarm_off(), timeout=30)
+                cleared = time.monotonic()
+                recoveries.append(await eventually(lambda: recovery_after(cleared, targets, oms), timeout=60))
+            await oms.done()
+            accounts = await account(oms, targets, services)
+    refused = sum(oms.refusals.values())
+    Row("6. RabbitMQ memory and disk alarms", oms.sent, "memory alarm, then disk alarm, 3 s or more each",
+        sum(map(len, accounts.lost.values())), accounts.duplicates, accounts.parked, max(recoveries),
+        "a new post got " + ", ".join(f"{code} in {took * 1000:.0f} ms ({alarm})"
+                                      for alarm, (code, took) in answers.items())
+        + f"; {refused} posts refused, posted again; a post already publishing waited for the alarm to clear"
+        ).record(record_property)
+    assert not accounts.lost, summary(accounts)
+    assert all(code == 503 for code, _ in answers.values()), answers
+
+
+async def _alarms() -> str:
+    return await run("rabbitmq-diagnostics", "-q", "alarms")
+
+
+async def _alarm_on(kind: str) -> bool:
+    return kind in (await _alarms()).lower()
+
+
+async def _alarm_off() -> bool:
+    return "no alarms" in (await _alarms()).lower()
+
+
+async def _refused_at_once(base_url: str) -> tuple[int, float] | None:
+    """An ingest post during the alarm: its answer and how long it took
+    (the client gives up after 30 s, which would be a hang)."""
+    body = orjson.loads(example("OFD", partner_id="acme").to_json())
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        start = time.monotonic()
+        response = await client.post("/v1/events", json=body, headers={"authorization": f"Bearer {_token()}"})
+        took = time.monotonic() - start
+    return (response.status_code, took) if response.status_code != 202 else None
+
+
+def _token() -> str:
+    from ..conftest import TOKEN
+
+    return TOKEN
