@@ -238,13 +238,19 @@ class Broker:
             if self._publish_channel is not refused_on or time.monotonic() - self._renewed_at < 1.0:
                 return
             self._renewed_at = time.monotonic()
+            channel: AbstractChannel | None = None
             try:
-                channel = await self.require().channel(publisher_confirms=True)
-                self._exchange = await declare_exchange(channel)
-            except _BROKER_ERRORS as exc:
+                # Bounded like a publish: opening a channel waits while an alarm blocks the connection.
+                async with asyncio.timeout(self.settings.publish_timeout):
+                    channel = await self.require().channel(publisher_confirms=True)
+                    exchange = await declare_exchange(channel)
+            except (*_BROKER_ERRORS, BrokerUnavailable) as exc:
                 log.warning("cannot open a new publishing channel (%s); keeping the old one", exc)
+                if channel is not None:
+                    with contextlib.suppress(*_BROKER_ERRORS, aio_pika.exceptions.ChannelInvalidStateError):
+                        await channel.close()
                 return
-            self._publish_channel = channel
+            self._publish_channel, self._exchange = channel, exchange
             log.warning("RabbitMQ refused a publish: publishing on a new channel")
         with contextlib.suppress(*_BROKER_ERRORS, aio_pika.exceptions.ChannelInvalidStateError):
             await refused_on.close()

@@ -156,8 +156,7 @@ class ChannelWorker:
                 await asyncio.wait_for(self._queue.cancel(self._consumer_tag), 5)
             except Exception:  # the broker may be gone; unacked messages are redelivered
                 log.debug("cancel of %s consumer failed", self.name, exc_info=True)
-        # Deliveries started before the cancel took effect join the set while we
-        # wait: wait for the set, not a snapshot of it, until the grace runs out.
+        # Until the grace runs out; a delivery ends by leaving the set.
         deadline = asyncio.get_running_loop().time() + STOP_GRACE
         while self._inflight and (left := deadline - asyncio.get_running_loop().time()) > 0:
             await asyncio.wait(set(self._inflight), timeout=left)

@@ -10,6 +10,7 @@ import fcntl
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ def shared_services(request: pytest.FixtureRequest) -> Iterator[None]:
     test closes the service's gate, so a stream of other tests cannot starve it."""
     marker = request.node.get_closest_marker("exclusive")
     alone = set(marker.args) if marker is not None else set()
+    assert alone <= set(SERVICES), f"exclusive({', '.join(sorted(alone))}): the services are {SERVICES}"
     uses = {"rabbitmq"}
     if {"pg_database", "pg_url"} & set(request.fixturenames):
         uses.add("postgresql")
@@ -60,11 +62,27 @@ def shared_services(request: pytest.FixtureRequest) -> Iterator[None]:
 def _service_lock(service: str, *, exclusive: bool) -> Iterator[None]:
     base = Path(tempfile.gettempdir()) / f"shipcast-tests.{service}"
     with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
-        fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        _flock(gate, exclusive, service)
+        _flock(lock, exclusive, service)
         if not exclusive:
             fcntl.flock(gate, fcntl.LOCK_UN)
         yield
+
+
+#: The longest a test waits for its turn at a service (the wait is not part of its own timeout).
+LOCK_WAIT = 600
+
+
+def _flock(file: Any, exclusive: bool, service: str) -> None:
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(file, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {LOCK_WAIT}s for {service}: a test holding it is stuck") from None
+            time.sleep(0.1)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -96,7 +114,13 @@ def free_port() -> int:
 def management() -> Iterator[httpx.Client]:
     with httpx.Client(base_url=_mgmt_base(),
                       auth=("guest", "guest"), timeout=30) as client:
-        client.get("/api/overview").raise_for_status()
+        for _ in range(90):  # an exclusive("rabbitmq") test in another process may have it stopped
+            with contextlib.suppress(httpx.HTTPError):
+                client.get("/api/overview").raise_for_status()
+                break
+            time.sleep(1)
+        else:
+            client.get("/api/overview").raise_for_status()
         yield client
 
 
@@ -139,7 +163,12 @@ async def pg_database() -> AsyncIterator[str]:
     else:
         await _pg_admin(f'CREATE DATABASE "{name}"')
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for _ in range(90):
+        try:
+            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (OSError, sa.exc.DBAPIError):
+            await asyncio.sleep(1)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -217,12 +217,13 @@ class Subprocess:
         self.process.wait(10)
 
     def stop(self) -> str:
-        """Stop gracefully (SIGTERM; SIGKILL after 20 s) and return the output."""
+        """Stop gracefully (SIGTERM; SIGKILL after 40 s, past shipcast's own 30 s
+        drain) and return the output."""
         assert self.process is not None
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=40)
         except subprocess.TimeoutExpired:
             self.kill()
         if not self.output.closed:

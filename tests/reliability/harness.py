@@ -175,19 +175,21 @@ async def account(oms: Oms, targets: Sequence[Target], services: Services, *, ti
                                              i in oms.confirmed} for t in targets}
     parked: dict[tuple[str, str], dict[str, str]] = {}
 
-    async def balanced() -> bool:
-        missing = _missing(expected, targets, parked)
-        if not any(missing.values()):
-            return True
+    async def read_parked() -> None:
         parked.clear()
         for event_id, target, reason in await dead_letters(services):
             parked.setdefault((oms.partner_of.get(event_id, "?"), target), {})[event_id] = reason
+
+    async def balanced() -> bool:
+        if any(_missing(expected, targets, parked).values()):
+            await read_parked()
         return not any(_missing(expected, targets, parked).values())
 
     try:
         await eventually(balanced, timeout=timeout, interval=1.0)
     except AssertionError:
         pass
+    await read_parked()  # always: what is parked is counted (and needs a reason) even when nothing is missing
     lost = _missing(expected, targets, parked)
     parked_by: Counter[str] = Counter({f"{partner}/{target}": len(letters) for (partner, target), letters in parked.items()})
     assert all(reason for letters in parked.values() for reason in letters.values()), "a dead letter without a reason"
@@ -213,6 +215,21 @@ def recovery_after(fault_ended: float, targets: Sequence[Target], oms: Oms | Non
     after = [r.at for t in targets for r in t.receiver.delivered if r.at >= fault_ended and
              (oms is None or oms.confirmed.get(r.headers["webhook-id"], 0.0) >= fault_ended)]
     return round(min(after) - fault_ended, 2) if after else None
+
+
+async def recovery(fault_ended: float, targets: Sequence[Target], oms: Oms | None = None,
+                   timeout: float = 60) -> float:
+    """Wait until delivery resumes after a fault; :func:`recovery_after` of it."""
+    try:
+        [seconds] = await eventually(
+            lambda: [r] if (r := recovery_after(fault_ended, targets, oms)) is not None else None, timeout=timeout)
+    except AssertionError:
+        delivered = sum(1 for t in targets for r in t.receiver.delivered if r.at >= fault_ended)
+        state = (f"; the OMS has {oms.sent} confirmed, refusals {dict(oms.refusals)}, the last: {oms.last_refusal}"
+                 if oms is not None else "")
+        raise AssertionError(f"delivery did not resume in {timeout}s after the fault: {delivered} deliveries "
+                             f"since{state}") from None
+    return float(seconds)
 
 
 def timed(oms: Oms, target: Target) -> list[tuple[float, float]]:

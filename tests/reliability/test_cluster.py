@@ -18,7 +18,7 @@ import pytest
 
 from ..conftest import make_settings
 from ..helpers import Receiver, TcpProxy, applied, eventually
-from .harness import Oms, Row, Target, account, processes, ready, recovery_after, summary, webhook_doc
+from .harness import Oms, Row, Target, account, processes, ready, recovery, summary, webhook_doc
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -92,32 +92,40 @@ async def test_3_kill_9_of_the_leader_node_of_a_3_node_cluster(cluster: None, pg
     try:
         async with Receiver() as main:
             targets = [Target("acme", "main", main)]
-            async with (applied(settings, webhook_doc(targets)) as services,
-                        processes(settings, ("api",), ("worker", "--channel", "webhook"))):
-                await ready(base_url)
+            async with applied(settings, webhook_doc(targets)) as services:
                 before = await queue_info(1, "shipcast.webhook")
                 assert before["type"] == "quorum" and len(before["members"]) == 3, before
-                oms = Oms(base_url, settings.api_token or "", ["acme"], N, rate=600).start()
-                await eventually(lambda: len(main.delivered) >= N * 0.3, timeout=120)
                 leader = node_number(before["leader"])
                 survivor = next(n for n in (1, 2, 3) if n != leader)
-                # The management API lists connections a few seconds late.
-                on_leader = await eventually(lambda: _connections_on(survivor, before["leader"], 3), timeout=30)
-                await asyncio.to_thread(cluster_sh, "kill", str(leader))
-                killed = time.monotonic()
-                recovery = await eventually(lambda: recovery_after(killed, targets, oms), timeout=60)
-                after = await eventually(lambda: _new_leader(survivor, before["leader"]), timeout=60)
-                # Every process connected again, to the nodes left.
-                moved = await eventually(lambda: _connections_off(survivor, before["leader"], on_leader), timeout=60)
-                await oms.done(timeout=90)
-                accounts = await account(oms, targets, services)
-                delivered_at_kill = sum(1 for r in main.delivered if r.at < killed)
+                # The API and the worker connect to the leader's node (so does this test's own
+                # connection when that is node 1): killing it cuts every one of them.
+                first = AMQP_PORTS[leader - 1]
+                balancer.ports = [first, *(port for port in AMQP_PORTS if port != first)]
+                connections = 3 if leader == 1 else 2
+                async with processes(settings, ("api",), ("worker", "--channel", "webhook")):
+                    await ready(base_url)
+                    oms = Oms(base_url, settings.api_token or "", ["acme"], N, rate=600).start()
+                    # Mid-run: the OMS has more to post after the kill, whatever the machine's pace.
+                    await eventually(lambda: oms.sent >= N * 0.4 and main.delivered, timeout=120)
+                    # The management API lists connections a few seconds late.
+                    on_leader = await eventually(lambda: _connections_on(survivor, before["leader"], connections),
+                                                 timeout=30)
+                    await asyncio.to_thread(cluster_sh, "kill", str(leader))
+                    killed = time.monotonic()
+                    recovered = await recovery(killed, targets, oms)
+                    after = await eventually(lambda: _new_leader(survivor, before["leader"]), timeout=60)
+                    # Every process connected again, to the nodes left.
+                    moved = await eventually(lambda: _connections_off(survivor, before["leader"], on_leader),
+                                             timeout=60)
+                    await oms.done(timeout=90)
+                    accounts = await account(oms, targets, services)
+                    delivered_at_kill = sum(1 for r in main.delivered if r.at < killed)
     finally:
         await balancer.close()
     refused = sum(oms.refusals.values())
     Row("3. 3-node cluster, leader killed", oms.sent,
         f"kill -9 of {before['leader'].split('@')[0]}, leader of shipcast.webhook (quorum, 3 members)",
-        sum(map(len, accounts.lost.values())), accounts.duplicates, accounts.parked, recovery,
+        sum(map(len, accounts.lost.values())), accounts.duplicates, accounts.parked, recovered,
         f"{on_leader} connections failed over to {', '.join(n.split('@')[0] for n in sorted(moved))}; new leader "
         f"{after['leader'].split('@')[0]}; {refused} posts refused during failover, posted again"
         ).record(record_property)
@@ -135,9 +143,9 @@ async def _new_leader(node: int, old: str) -> dict[str, Any] | None:
 
 
 async def _connections_on(node: int, leader: str, count: int) -> int:
-    """How many of shipcast's connections are on the leader, once all ``count`` are."""
+    """How many of shipcast's connections are on the leader, once ``count`` are."""
     found = await connections_by_node(node)
-    return found.get(leader, 0) if sum(found.values()) >= count and found.get(leader, 0) >= count else 0
+    return found.get(leader, 0) if found.get(leader, 0) >= count else 0
 
 
 async def _connections_off(node: int, dead: str, count: int) -> dict[str, int] | None:
