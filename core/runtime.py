@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 from pathlib import Path
@@ -147,6 +149,20 @@ def run_async(coro: object) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform but Windows
         asyncio.run(coro)  # type: ignore[arg-type]
     else:
-        uvloop.run(coro)  # type: ignore[arg-type]
+        try:
+            uvloop.run(coro)  # type: ignore[arg-type]
+        finally:
+            _blocking_stdio()
+
+
+def _blocking_stdio() -> None:
+    """Put stdout and stderr back in blocking mode. uvloop can leave them
+    non-blocking (MagicStack/uvloop#460, #712); a command printing more than a
+    pipe holds (``deliveries list --json | jq``) would then lose the rest
+    with EAGAIN. A test on a loaded machine once saw that command's output
+    cut at 64 KiB, which this would explain."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.set_blocking(stream.fileno(), True)
 
 
