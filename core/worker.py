@@ -156,10 +156,8 @@ class ChannelWorker:
                 await asyncio.wait_for(self._queue.cancel(self._consumer_tag), 5)
             except Exception:  # the broker may be gone; unacked messages are redelivered
                 log.debug("cancel of %s consumer failed", self.name, exc_info=True)
-        # Until the grace runs out; a delivery ends by leaving the set.
-        deadline = asyncio.get_running_loop().time() + STOP_GRACE
-        while self._inflight and (left := deadline - asyncio.get_running_loop().time()) > 0:
-            await asyncio.wait(set(self._inflight), timeout=left)
+        if self._inflight:  # complete: a message handed over from now on goes straight back (_on_message)
+            await asyncio.wait(set(self._inflight), timeout=STOP_GRACE)
         if self._amqp is not None:
             try:
                 await asyncio.wait_for(self._amqp.close(), 5)

@@ -157,7 +157,6 @@ class Accounts:
     parked: int
     #: Parked events per partner/endpoint.
     parked_by: Counter[str]
-    requests: int
 
 
 async def dead_letters(services: Services) -> list[tuple[str, str, str]]:
@@ -195,8 +194,7 @@ async def account(oms: Oms, targets: Sequence[Target], services: Services, *, ti
     assert all(reason for letters in parked.values() for reason in letters.values()), "a dead letter without a reason"
     duplicates = sum(count - 1 for t in targets for count in t.delivered().values())
     return Accounts(lost={k: v for k, v in lost.items() if v}, duplicates=duplicates,
-                    parked=sum(len(v) for v in parked.values()), parked_by=parked_by,
-                    requests=sum(len(t.receiver.requests) for t in targets))
+                    parked=sum(len(v) for v in parked.values()), parked_by=parked_by)
 
 
 def _missing(expected: dict[tuple[str, str], set[str]], targets: Sequence[Target],

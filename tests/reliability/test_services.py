@@ -215,7 +215,8 @@ async def test_6_memory_and_disk_alarms(vhost: str, pg_url: str, record_property
                 try:
                     await run("rabbitmqctl", *raise_it)
                     await eventually(lambda: _alarm_on(alarm), timeout=30)
-                    answers[alarm] = await eventually(lambda: _refused_at_once(base_url), timeout=30)
+                    answers[alarm] = await eventually(lambda: _refused_at_once(base_url, settings.api_token or ""),
+                                                      timeout=30)
                     await asyncio.sleep(3)
                 finally:
                     await run("rabbitmqctl", *clear_it)
@@ -248,18 +249,13 @@ async def _alarm_off() -> bool:
     return "no alarms" in (await _alarms()).lower()
 
 
-async def _refused_at_once(base_url: str) -> tuple[int, float, str] | None:
+async def _refused_at_once(base_url: str, token: str) -> tuple[int, float, str] | None:
     """An ingest post during the alarm: its answer, how long it took (the
     client gives up after 30 s, which would be a hang), and why."""
     body = orjson.loads(example("OFD", partner_id="acme").to_json())
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         start = time.monotonic()
-        response = await client.post("/v1/events", json=body, headers={"authorization": f"Bearer {_token()}"})
+        response = await client.post("/v1/events", json=body, headers={"authorization": f"Bearer {token}"})
         took = time.monotonic() - start
     return (response.status_code, took, response.text) if response.status_code != 202 else None
 
-
-def _token() -> str:
-    from ..conftest import TOKEN
-
-    return TOKEN
