@@ -62,10 +62,14 @@ class Oms:
     A batch refused with a 503, a 502 or no answer at all (shipcast or its
     broker is down) is posted again with the same ids after a pause, as an
     OMS must; any other refusal is a failure of the scenario.
+
+    With ``hold``, it stops after posting that share of its events until
+    :meth:`resume`, so a fault injected then still has events to post after
+    it, however slowly the machine delivers the first ones.
     """
 
     def __init__(self, base_url: str, token: str, partners: Sequence[str], n: int, *,
-                 rate: float = 1000.0, batch: int = 50) -> None:
+                 rate: float = 1000.0, batch: int = 50, hold: float | None = None) -> None:
         self.base_url = base_url
         self.token = token
         self.rate = rate
@@ -75,6 +79,10 @@ class Oms:
         #: Event id → when shipcast confirmed it (time.monotonic()).
         self.confirmed: dict[str, float] = {}
         self.partner_of = {b["event_id"]: b["partner_id"] for b in self.bodies}
+        self._resumed = asyncio.Event()
+        self._hold = len(self.bodies)
+        if hold is not None:
+            self._hold_at(hold)
         #: Refused posts (each posted again), and what refused them.
         self.refusals: Counter[str] = Counter()
         self.last_refusal = ""
@@ -103,6 +111,10 @@ class Oms:
         async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=20) as client:
             start = time.monotonic()
             for sent in range(0, len(self.bodies), self.batch):
+                if sent >= self._hold:
+                    while sent >= self._hold:
+                        await self._resumed.wait()
+                    start = time.monotonic() - sent / self.rate
                 ahead = start + sent / self.rate - time.monotonic()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
@@ -111,6 +123,19 @@ class Oms:
     def start(self) -> Oms:
         self._task = asyncio.create_task(self.run(), name="oms")
         return self
+
+    def resume(self, until: float | None = None) -> None:
+        """Post the rest of the events, or up to the share ``until`` and hold again."""
+        if until is None:
+            self._hold = len(self.bodies)
+            self._resumed.set()
+        else:
+            self._hold_at(until)
+
+    def _hold_at(self, share: float) -> None:
+        self._hold = int(len(self.bodies) * share)
+        woken, self._resumed = self._resumed, asyncio.Event()
+        woken.set()
 
     async def done(self, timeout: float = 180) -> None:
         assert self._task is not None

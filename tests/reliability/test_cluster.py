@@ -104,12 +104,13 @@ async def test_3_kill_9_of_the_leader_node_of_a_3_node_cluster(cluster: None, pg
                 connections = 3 if leader == 1 else 2
                 async with processes(settings, ("api",), ("worker", "--channel", "webhook")):
                     await ready(base_url)
-                    oms = Oms(base_url, settings.api_token or "", ["acme"], N, rate=600).start()
-                    # Mid-run: the OMS has more to post after the kill, whatever the machine's pace.
+                    # Held at 60% until the kill: the OMS has more to post after it, whatever the machine's pace.
+                    oms = Oms(base_url, settings.api_token or "", ["acme"], N, rate=600, hold=0.6).start()
                     await eventually(lambda: oms.sent >= N * 0.4 and main.delivered, timeout=120)
                     # The management API lists connections a few seconds late.
                     on_leader = await eventually(lambda: _connections_on(survivor, before["leader"], connections),
                                                  timeout=30)
+                    oms.resume()
                     await asyncio.to_thread(cluster_sh, "kill", str(leader))
                     killed = time.monotonic()
                     recovered = await recovery(killed, targets, oms)

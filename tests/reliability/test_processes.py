@@ -72,10 +72,12 @@ async def test_7_graceful_shutdown_and_restart_under_load(vhost: str, pg_url: st
             recoveries = []
             try:
                 await ready(base_url)
-                oms = Oms(base_url, settings.api_token or "", ["acme"], N, rate=800).start()
+                # Held at 60% until the API's restart, which then has events still to accept.
+                oms = Oms(base_url, settings.api_token or "", ["acme"], N, rate=800, hold=0.6).start()
                 for share, role in ((0.2, "worker"), (0.4, "api"), (0.6, "worker")):
                     await eventually(lambda: delivered(targets) >= share * N, timeout=90)
                     if role == "api":
+                        oms.resume()
                         print(await _stop(api))
                         api = Subprocess(settings, "api").start()
                         await ready(base_url)

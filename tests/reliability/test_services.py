@@ -76,13 +76,15 @@ async def test_2_rabbitmq_restarted_during_a_run(vhost: str, pg_url: str, record
         targets = [Target("acme", "main", main)]
         async with applied(settings, webhook_doc(targets)) as services, processes(settings, ("api",), WORKERS):
             await ready(base_url)
-            oms = Oms(base_url, settings.api_token or "", ["acme"], N_ALONE, rate=500).start()
+            # Held at 60% until the broker is down, so it has events to post while it is.
+            oms = Oms(base_url, settings.api_token or "", ["acme"], N_ALONE, rate=500, hold=0.6).start()
             await eventually(lambda: oms.sent >= N_ALONE * 0.4 and delivered(targets), timeout=60)
             try:
                 await run("rabbitmqctl", "stop_app")
                 # While it is down, ingest refuses (the OMS posts again) and a load balancer takes the API out.
                 code, body = await eventually(lambda: _unready(base_url), timeout=30)
                 assert body["broker"] == "down"
+                oms.resume()
                 await asyncio.sleep(5)
             finally:
                 await run("rabbitmqctl", "start_app")
@@ -207,7 +209,8 @@ async def test_6_memory_and_disk_alarms(vhost: str, pg_url: str, record_property
         targets = [Target("acme", "main", main)]
         async with applied(settings, webhook_doc(targets)) as services, processes(settings, ("api",), WORKERS):
             await ready(base_url)
-            oms = Oms(base_url, settings.api_token or "", ["acme"], N_ALONE, rate=400).start()
+            # Held before each alarm until it is on, so it has events to post while it is and after.
+            oms = Oms(base_url, settings.api_token or "", ["acme"], N_ALONE, rate=400, hold=0.4).start()
             recoveries = []
             for alarm, (raise_it, clear_it) in ALARMS.items():
                 await eventually(lambda: oms.sent >= (0.2, 0.6)[len(answers)] * N_ALONE and delivered(targets),
@@ -215,6 +218,7 @@ async def test_6_memory_and_disk_alarms(vhost: str, pg_url: str, record_property
                 try:
                     await run("rabbitmqctl", *raise_it)
                     await eventually(lambda: _alarm_on(alarm), timeout=30)
+                    oms.resume(until=0.8 if not answers else None)
                     answers[alarm] = await eventually(lambda: _refused_at_once(base_url, settings.api_token or ""),
                                                       timeout=30)
                     await asyncio.sleep(3)
