@@ -23,7 +23,7 @@ from shipcast.partners import load_partners
 from shipcast.signing import generate_secret
 
 from .conftest import make_settings
-from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli, serve
+from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli, serve, settled
 
 pytestmark = pytest.mark.broker
 
@@ -80,7 +80,7 @@ async def test_https_can_be_required_at_registration_and_at_send(vhost: str, sql
         with pytest.raises(ConfigError, match="HTTPS is required"):
             await shipcast.apply(partners_doc("globex", receiver.url))
         await post(shipcast, event := body_of("OFD"))
-        rows = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event["event_id"]))
+        rows = await eventually(settled(shipcast, event["event_id"]))
         assert rows[0]["status"] == "dead" and "HTTPS is required" in rows[0]["last_error"]
     assert receiver.requests == []
 
@@ -384,7 +384,7 @@ async def test_an_endless_response_is_read_only_up_to_the_cap(shipcast: Shipcast
     try:
         await shipcast.apply(partners_doc("acme", f"http://127.0.0.1:{port}/hook"))
         await post(shipcast, event := body_of("OFD"))
-        [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event["event_id"]))
+        [row] = await eventually(settled(shipcast, event["event_id"]))
         assert row["status"] == "delivered" and row["attempts"] == 1
         [attempt] = await shipcast.services.store.list_attempts(event["event_id"])
         assert attempt["response"] == "x" * 1024
