@@ -433,6 +433,34 @@ def dead_replay(channel: str, event_ids: tuple[str, ...], limit: int | None) -> 
     click.echo(f"replayed {run_command(go)} dead letters into {topology.work.name}")
 
 
+@main.group()
+def queues() -> None:
+    """shipcast's queues in RabbitMQ."""
+
+
+@queues.command("migrate")
+@click.option("--channel", "names", multiple=True, help="Only this channel (repeatable); default: all.")
+def queues_migrate(names: tuple[str, ...]) -> None:
+    """Declare again, without the arguments that override their policies, the
+    queues an earlier shipcast declared with them. Their messages are kept.
+    Stop the channel's workers first; the API may keep running."""
+    from .management import Management
+    from .migration import migrate
+    from .plugin_manager import channels
+
+    topologies = [_topology(name) for name in names or sorted(channels())]
+
+    async def go() -> Any:
+        async with open_services(broker=True) as services, Management(services.settings) as management:
+            return await migrate(services.broker.require(), management, topologies)
+
+    done = run_command(go)
+    for migrated in done:
+        click.echo(f"{migrated.queue}: {migrated.moved} messages kept; declared without {', '.join(migrated.dropped)}")
+    click.echo(f"{len(done)} queue{'s' * (len(done) != 1)} migrated" if done
+               else "nothing to migrate: every queue takes its policy")
+
+
 # -- status and schema -------------------------------------------------------------
 
 @main.command()
@@ -465,9 +493,11 @@ def status(as_json: bool) -> None:
 
 
 def queue_status(queue: dict[str, Any]) -> dict[str, Any]:
-    """One queue as ``shipcast status`` shows it: its role, numbers and problems
-    (a work queue nobody consumes; a dead queue holding or gaining messages)."""
-    from .topology import QUEUE_PREFIX
+    """One queue as ``shipcast status`` shows it: its role, numbers, policy
+    and problems (a work queue nobody consumes; a dead queue holding or
+    gaining messages; a policy setting missing, or overridden by an argument
+    an earlier shipcast declared)."""
+    from .topology import LEGACY_ARGUMENTS, POLICIES, QUEUE_PREFIX
 
     name = queue["name"]
     rest = name.removeprefix(QUEUE_PREFIX).split(".")
@@ -480,6 +510,7 @@ def queue_status(queue: dict[str, Any]) -> dict[str, Any]:
         "consumers": queue.get("consumers", 0),
         "publish_rate": (stats.get("publish_details") or {}).get("rate", 0.0),
         "ack_rate": (stats.get("ack_details") or {}).get("rate", 0.0),
+        "policy": queue.get("policy") or None,
     }
     problems = []
     if role == "work" and not row["consumers"]:
@@ -488,6 +519,16 @@ def queue_status(queue: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"{row['ready'] + row['unacked']} parked: `shipcast dead list --channel {row['channel']}`")
     if role == "dead" and row["publish_rate"] > 0:
         problems.append(f"growing ({row['publish_rate']:.1f}/s)")
+    arguments = queue.get("arguments") or {}
+    legacy = sorted(set(arguments) & set(LEGACY_ARGUMENTS.get(role, {})))
+    if legacy:
+        problems.append(f"declared with {', '.join(legacy)}, which override its policy: `shipcast queues migrate`")
+    # The management API shows a new queue's policy once its statistics refresh (every 5 s).
+    effective = queue.get("effective_policy_definition") or {}
+    wanted = {key for name, _, definition in POLICIES if name == f"shipcast-{role}" for key in definition}
+    if "effective_policy_definition" in queue and (
+            missing := sorted(key for key in wanted if key not in effective and f"x-{key}" not in arguments)):
+        problems.append(f"no {', '.join(missing)}: its policy is missing or replaced (`shipcast-{role}`)")
     row["problems"] = problems
     return row
 

@@ -8,6 +8,7 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
     ├── InvalidEvent                an event breaks the envelope or its type's row
     ├── BrokerError
     │   ├── BrokerUnavailable       no connection to RabbitMQ right now
+    │   │   └── ManagementRefused   the management API refused our user (its tags)
     │   ├── TopologyMismatch        a queue exists with other arguments; retrying cannot help
     │   └── PublishNotConfirmed     the broker did not confirm a publish in time
     ├── StoreError                  the database refused or is unreachable
@@ -63,6 +64,11 @@ class BrokerError(ShipcastError):
 
 class BrokerUnavailable(BrokerError):
     """There is no open connection to RabbitMQ."""
+
+
+class ManagementRefused(BrokerUnavailable):
+    """The RabbitMQ management API refused shipcast's user (401 or 403): its
+    tags or permissions do not allow the request."""
 
 
 class TopologyMismatch(BrokerError):

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .exceptions import BrokerUnavailable
+from .exceptions import BrokerUnavailable, ManagementRefused
 from .settings import Settings
 
 
@@ -24,18 +24,24 @@ class Management:
             netloc += f":{parts.port}"
         self.base = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/api"
         self.vhost = quote(settings.vhost, safe="")
+        self.user = auth[0]
         self.client = httpx.AsyncClient(auth=auth, timeout=10)
 
     async def _get(self, path: str, **params: Any) -> Any:
+        response = await self._send("GET", path, params=params)
+        return None if response.status_code == 404 else response.json()
+
+    async def _send(self, method: str, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
         try:
-            response = await self.client.get(f"{self.base}{path}", params=params)
+            response = await self.client.request(method, f"{self.base}{path}", json=body, **kwargs)
         except httpx.HTTPError as exc:
             raise BrokerUnavailable(f"RabbitMQ management API at {self.base} unreachable: {exc}") from exc
-        if response.status_code == 404:
-            return None
-        if response.status_code >= 400:
+        if response.status_code in (401, 403):
+            raise ManagementRefused(f"RabbitMQ management API refused {method} {path} to user "
+                                    f"{self.user!r} ({response.status_code})")
+        if response.status_code >= 400 and response.status_code != 404:
             raise BrokerUnavailable(f"RabbitMQ management API answered {response.status_code} for {path}")
-        return response.json()
+        return response
 
     async def queue_bindings(self, queue: str) -> set[str]:
         """Routing keys binding ``queue`` to the events exchange."""
@@ -46,6 +52,31 @@ class Management:
 
     async def queues(self) -> list[dict[str, Any]]:
         return await self._get(f"/queues/{self.vhost}") or []
+
+    async def ensure_policies(self) -> list[str]:
+        """Create those of shipcast's policies the virtual host lacks; leave
+        the others as operators tuned them. Returns the names created.
+
+        :raises ManagementRefused: the user may not manage policies (RabbitMQ's
+            ``policymaker`` tag); the definitions file carries them instead.
+        """
+        from .topology import POLICIES, policy_body
+
+        created = []
+        for name, _, _ in POLICIES:
+            if await self._get(self._policy(name)) is None:
+                await self.put_policy(name, policy_body(name))
+                created.append(name)
+        return created
+
+    async def put_policy(self, name: str, body: dict[str, Any]) -> None:
+        await self._send("PUT", self._policy(name), body)
+
+    async def delete_policy(self, name: str) -> None:
+        await self._send("DELETE", self._policy(name))
+
+    def _policy(self, name: str) -> str:
+        return f"/policies/{self.vhost}/{quote(name, safe='')}"
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, ManagementRefused
 from .management import Management
 from .partners import Partner
 from .plugin_manager import channels
@@ -63,7 +63,8 @@ async def apply_partners(services: Services, partners: Sequence[Partner], *, sou
 
 
 async def reconcile_bindings(services: Services) -> BindingChanges:
-    """Declare every channel's queues and make its bindings match the stored configs."""
+    """Declare every channel's queues, create shipcast's policies where
+    missing, and make the bindings match the stored configs."""
     all_partners = await services.store.get_partners()
     connection = services.broker.require()
     amqp = await connection.channel()
@@ -71,6 +72,7 @@ async def reconcile_bindings(services: Services) -> BindingChanges:
     try:
         exchange = await declare_exchange(amqp)
         async with Management(services.settings) as management:
+            await _ensure_policies(management)
             for name, channel in channels().items():
                 topology = channel.topology(services.settings.retry_delays)
                 queue = await declare_queue(amqp, topology.work)  # the broker declared the rest on connect
@@ -94,3 +96,16 @@ async def reconcile_bindings(services: Services) -> BindingChanges:
     for queue_name, keys in changes.removed.items():
         log.info("unbound %s from %s", queue_name, ", ".join(sorted(keys)))
     return changes
+
+
+async def _ensure_policies(management: Management) -> None:
+    try:
+        created = await management.ensure_policies()
+    except ManagementRefused as exc:
+        # A least-privilege user (deploy/rabbitmq/definitions.json's) gets its policies from that file.
+        log.warning("shipcast's policies not checked: %s. Without them its queues have no delivery limit and "
+                    "dead-letter at most once: import deploy/rabbitmq/definitions.json, or tag the user "
+                    "policymaker. `shipcast status` shows each queue's policy.", exc)
+        return
+    if created:
+        log.info("created RabbitMQ policies %s", ", ".join(created))

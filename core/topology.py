@@ -10,19 +10,26 @@ A channel describes its work queue; everything else follows from its name:
 
 Every queue says what it is in the management UI: ``x-shipcast-channel``
 and ``x-shipcast-role`` (work, retry or dead; a retry queue also
-``x-shipcast-delay``). :func:`definitions` describes the whole topology for
-``POST /api/definitions``, with the policies operators tune and a
-least-privilege ``shipcast`` user (``deploy/rabbitmq/definitions.json``).
+``x-shipcast-delay``). Queues declare only how they are wired (type,
+dead-letter routes, retry TTLs); what operators tune (length and delivery
+limits, overflow, at-least-once dead-lettering) is in :data:`POLICIES`.
+:func:`definitions` describes the whole topology for ``POST /api/definitions``,
+with those policies and a least-privilege ``shipcast`` user
+(``deploy/rabbitmq/definitions.json``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+log = logging.getLogger(__name__)
 
 EXCHANGE = "shipcast.events"
 CONTROL_EXCHANGE = "shipcast.control"
@@ -30,6 +37,14 @@ QUEUE_PREFIX = "shipcast."
 #: After this many deliveries without a settle (a crash loop), the broker
 #: dead-letters the message to the parking lot by itself.
 DELIVERY_LIMIT = 20
+#: What earlier versions of shipcast declared as arguments, per role, and
+#: now leave to policies. A queue declared with them still works as it did (they cap its
+#: policy); ``shipcast queues migrate`` redeclares it without them.
+LEGACY_ARGUMENTS: Mapping[str, Mapping[str, Any]] = {
+    "work": {"x-delivery-limit": DELIVERY_LIMIT, "x-dead-letter-strategy": "at-least-once",
+             "x-overflow": "reject-publish"},
+    "retry": {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"},
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,11 @@ class QueueSpec:
     name: str
     arguments: Mapping[str, Any] = field(default_factory=dict)
     bindings: frozenset[str] = frozenset()
+
+    @property
+    def legacy_arguments(self) -> dict[str, Any]:
+        """The arguments an earlier shipcast declared this queue with."""
+        return {**self.arguments, **LEGACY_ARGUMENTS.get(self.arguments.get("x-shipcast-role", ""), {})}
 
 
 @dataclass(frozen=True)
@@ -67,11 +87,8 @@ class ChannelTopology:
             {
                 **quorum,
                 "x-shipcast-role": "work",
-                "x-delivery-limit": DELIVERY_LIMIT,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": dead_name,
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
                 **(arguments or {}),
             },
             frozenset(bindings),
@@ -88,9 +105,6 @@ class ChannelTopology:
                         "x-message-ttl": delay * 1000,
                         "x-dead-letter-exchange": "",
                         "x-dead-letter-routing-key": work_name,
-                        # at-least-once dead-lettering needs reject-publish overflow
-                        "x-dead-letter-strategy": "at-least-once",
-                        "x-overflow": "reject-publish",
                     },
                 ),
             )
@@ -111,8 +125,35 @@ async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
     return await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
 
 
+_legacy_seen: set[str] = set()
+
+
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
-    return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
+    """Declare ``spec`` (idempotent). A queue an earlier shipcast declared
+    with :data:`LEGACY_ARGUMENTS` is used as it is, with a warning.
+
+    :raises aiormq.exceptions.ChannelPreconditionFailed: the queue exists
+        with other arguments still; ``channel`` is closed.
+    """
+    try:
+        return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        legacy = spec.legacy_arguments
+        if legacy == spec.arguments:
+            raise
+        if channel.is_closed:  # the broker closes a channel on a failed declare
+            await channel.reopen()
+        try:
+            queue = await channel.declare_queue(spec.name, durable=True, arguments=legacy)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            raise exc from None
+    if spec.name not in _legacy_seen:
+        _legacy_seen.add(spec.name)
+        log.warning("queue %s was declared by an earlier shipcast with %s: it works as before, but those "
+                    "arguments override its policy (a policy can lower its limits, not raise them). "
+                    "`shipcast queues migrate` redeclares it without them.", spec.name,
+                    ", ".join(sorted(set(legacy) - set(spec.arguments))))
+    return queue
 
 
 async def declare(channel: AbstractChannel, topology: ChannelTopology) -> AbstractQueue:
@@ -128,16 +169,26 @@ async def declare(channel: AbstractChannel, topology: ChannelTopology) -> Abstra
     return queues[0]
 
 
-#: Policies for what operators tune, per queue role (``definitions`` ships them;
-#: change them in the UI or with ``rabbitmqctl set_policy``, no redeploy).
-#: A queue's own argument wins over a policy for overflow and dead-lettering;
-#: for length and delivery limits the lower of the two applies.
+#: What operators tune, as policies per queue role: ``definitions`` ships
+#: them, shipcast creates any that is missing when it starts (and never
+#: changes one that exists), and operators change them in the UI or with
+#: ``rabbitmqctl set_policy``, with no redeploy. At-least-once dead-lettering
+#: needs ``reject-publish`` overflow: a policy that drops one should drop both.
+#: One policy applies to a queue: one of higher priority replaces these whole.
 POLICIES = (
     ("shipcast-work", r"^shipcast\.[a-z][a-z0-9_]*$",
-     {"max-length": 5_000_000, "delivery-limit": DELIVERY_LIMIT}),
-    ("shipcast-retry", r"^shipcast\.[a-z][a-z0-9_]*\.retry\.[0-9]+$", {"max-length": 5_000_000}),
+     {"max-length": 5_000_000, "delivery-limit": DELIVERY_LIMIT, "overflow": "reject-publish",
+      "dead-letter-strategy": "at-least-once"}),
+    ("shipcast-retry", r"^shipcast\.[a-z][a-z0-9_]*\.retry\.[0-9]+$",
+     {"max-length": 5_000_000, "overflow": "reject-publish", "dead-letter-strategy": "at-least-once"}),
     ("shipcast-dead", r"^shipcast\.[a-z][a-z0-9_]*\.dead$", {"max-length": 1_000_000, "overflow": "reject-publish"}),
 )
+
+
+def policy_body(name: str) -> dict[str, Any]:
+    """One of :data:`POLICIES` as the management API's ``PUT /api/policies`` takes it."""
+    [(pattern, definition)] = [(p, d) for n, p, d in POLICIES if n == name]
+    return {"pattern": pattern, "apply-to": "queues", "priority": 0, "definition": definition}
 
 
 def definitions(topologies: Iterable[ChannelTopology], *, vhost: str = "/", user: str = "shipcast",
@@ -163,8 +214,7 @@ def definitions(topologies: Iterable[ChannelTopology], *, vhost: str = "/", user
         "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
                        "internal": False, "arguments": {}} for name, kind in exchanges],
         "queues": queues, "bindings": bindings,
-        "policies": [{"vhost": vhost, "name": name, "pattern": pattern, "apply-to": "queues", "priority": 0,
-                      "definition": definition} for name, pattern, definition in POLICIES],
+        "policies": [{"vhost": vhost, "name": name, **policy_body(name)} for name, _, _ in POLICIES],
     }
 
 

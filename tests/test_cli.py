@@ -26,7 +26,7 @@ pytestmark = pytest.mark.broker
 
 def test_help_lists_every_command(settings: Settings) -> None:
     result = run_cli(settings, "--help")
-    for command in ("run", "api", "worker", "partners", "publish", "deliveries", "dead", "status", "schema"):
+    for command in ("run", "api", "worker", "partners", "publish", "deliveries", "dead", "queues", "status", "schema"):
         assert f"  {command} " in result.stdout
 
 

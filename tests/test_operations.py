@@ -110,11 +110,16 @@ async def imported() -> AsyncIterator[tuple[str, str, str]]:
 
 
 async def test_imported_definitions_give_a_broker_shipcast_runs_on_as_a_least_privilege_user(
-        imported: tuple[str, str, str], sqlite_url: str, receiver: Receiver) -> None:
+        imported: tuple[str, str, str], sqlite_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
     vhost, user, password = imported
     settings = make_settings(vhost, sqlite_url).model_copy(
-        update={"amqp_url": f"amqp://{user}:{password}@{AMQP_HOST}/{vhost}"})
+        update={"amqp_url": f"amqp://{user}:{password}@{AMQP_HOST}/{vhost}",
+                "management_url": f"http://{user}:{password}@{MANAGEMENT.split('@')[-1]}"})
     async with ShipcastProcess(settings) as shipcast:
+        # Not a policymaker, it cannot check the policies; it says so, and runs on the imported ones.
+        assert any("shipcast's policies not checked" in r.getMessage() and "policymaker" in r.getMessage()
+                   for r in caplog.records)
         await shipcast.apply(partners_doc("acme", receiver.url))
         event = example("OFD", partner_id="acme")
         assert (await shipcast.http.post("/v1/events", json=json.loads(event.to_json()))).status_code == 202

@@ -1,0 +1,209 @@
+"""Redeclaring queues an earlier shipcast declared with tunables as arguments.
+
+Quorum queues cannot change their arguments: a queue declared with
+``x-delivery-limit`` keeps it, and it overrides the ``shipcast-work``
+policy. :func:`migrate` moves such a queue's messages to a holding queue,
+deletes it, declares it again as this version does, and moves them back.
+Events published meanwhile go to the holding queue, then on to the new one
+(an event published just as a binding moves reaches both; one copy is kept).
+Every message moves with a publisher confirm before it is acked, so nothing
+is lost if the migration stops half way (run it again to finish).
+
+The channel's workers must be stopped: a consumer would be cut off when its
+queue is deleted. The API may keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+
+from .broker import TARGET_HEADER, copy_message
+from .exceptions import ShipcastError
+from .management import Management
+from .topology import ChannelTopology, QueueSpec, declare_exchange
+
+log = logging.getLogger(__name__)
+
+#: The message that proves a queue refuses new messages before it is deleted.
+MARKER = "shipcast-migration-seal"
+SEAL_TRIES = 100
+
+class MigrationRefused(ShipcastError):
+    """The queue cannot be migrated now (a worker still consumes it)."""
+
+
+@dataclass(frozen=True)
+class Migrated:
+    queue: str
+    #: The legacy arguments the queue no longer has.
+    dropped: tuple[str, ...]
+    moved: int
+
+
+async def legacy(connection: AbstractConnection, spec: QueueSpec) -> bool:
+    """Whether ``spec``'s queue exists with the arguments an earlier shipcast declared."""
+    if spec.legacy_arguments == spec.arguments:
+        return False
+    for is_legacy, arguments in ((False, spec.arguments), (True, spec.legacy_arguments)):
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(spec.name, durable=True, arguments=dict(arguments))
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            continue
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return is_legacy
+    return False
+
+
+async def migrate(connection: AbstractConnection, management: Management,
+                  topologies: list[ChannelTopology]) -> list[Migrated]:
+    """Migrate every legacy queue of ``topologies`` (and finish any migration
+    that stopped half way): retry tiers first, whose messages expire into the
+    work queue, then each work queue, which is missing only for a moment."""
+    done = []
+    for topology in topologies:
+        plan = [(spec, was_legacy) for spec in (*(spec for _, spec in topology.retries), topology.work)
+                if (was_legacy := await legacy(connection, spec)) or await _exists(connection, _holding(spec))]
+        if plan:  # refused before anything moves while the channel's workers run
+            await _refuse_if_consumed(connection, topology.work)
+        for spec, was_legacy in plan:
+            done.append(await _migrate_queue(connection, management, spec, was_legacy))
+    return done
+
+
+def _holding(spec: QueueSpec) -> str:
+    return f"{spec.name}.migrating"
+
+
+def _seal(queue: str) -> str:
+    """The policy that makes ``queue`` refuse new messages."""
+    return f"shipcast-migrating-{queue}"
+
+
+async def _exists(connection: AbstractConnection, name: str) -> bool:
+    return await _consumers(connection, name) is not None
+
+
+async def _consumers(connection: AbstractConnection, name: str) -> int | None:
+    """How many consume queue ``name``; None when there is no such queue."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.consumer_count or 0
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def _refuse_if_consumed(connection: AbstractConnection, spec: QueueSpec) -> None:
+    if consumers := await _consumers(connection, spec.name):
+        raise MigrationRefused(
+            f"{spec.name} has {consumers} consumer(s): stop the workers of channel "
+            f"{spec.arguments.get('x-shipcast-channel')!r}, then migrate")
+
+
+async def _migrate_queue(connection: AbstractConnection, management: Management, spec: QueueSpec,
+                         was_legacy: bool) -> Migrated:
+    channel = await connection.channel(publisher_confirms=True)
+    moved = 0
+    for name in (spec.name, _holding(spec)):  # left by a migration that stopped half way
+        await management.delete_policy(_seal(name))
+    try:
+        exchange = await declare_exchange(channel)
+        holding = await channel.declare_queue(
+            _holding(spec), durable=True,
+            arguments={"x-queue-type": "quorum", "x-shipcast-channel": spec.arguments.get("x-shipcast-channel"),
+                       "x-shipcast-role": "migrating"})
+        keys = await management.queue_bindings(holding.name)
+        if was_legacy:
+            old = await channel.declare_queue(spec.name, durable=True, arguments=spec.legacy_arguments)
+            keys |= await management.queue_bindings(spec.name)
+            # Events published from now on wait in the holding queue. One published while a key
+            # is bound to both is in both: the second drain moves it once.
+            for key in sorted(keys):
+                await holding.bind(exchange, key)
+                await old.unbind(exchange, key)
+            moved = await _drain_and_delete(channel, management, old, holding.name)
+        new = await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
+        for key in sorted(spec.bindings - keys):
+            await new.bind(exchange, key)
+        for key in sorted(keys):
+            await new.bind(exchange, key)
+            await holding.unbind(exchange, key)
+        # An event published while a key was bound to both is in the new queue already.
+        await _drain_and_delete(channel, management, holding, new.name, skip=await _peek(connection, new.name))
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    dropped = tuple(sorted(set(spec.legacy_arguments) - set(spec.arguments)))
+    log.info("migrated %s: %d messages moved; declared again without %s", spec.name, moved, ", ".join(dropped))
+    return Migrated(spec.name, dropped, moved)
+
+
+def _identity(message: AbstractIncomingMessage) -> tuple[str | None, Any]:
+    """One delivery to make: an event, and the target a retry is for."""
+    return message.message_id, (message.headers or {}).get(TARGET_HEADER)
+
+
+async def _peek(connection: AbstractConnection, name: str) -> set[tuple[str | None, Any]]:
+    """The deliveries queue ``name`` holds; every message stays."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        found = set()
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            found.add(_identity(message))
+        return found
+    finally:
+        await channel.close()  # unacked: every message goes back, in order
+
+
+async def _drain_and_delete(channel: AbstractChannel, management: Management, source: AbstractQueue,
+                            destination: str, skip: set[tuple[str | None, Any]] | None = None) -> int:
+    """Move every message from ``source`` to ``destination`` in order, each
+    acked only once its copy is confirmed, then delete ``source``. A copy of
+    a delivery moved already, or in ``skip``, is dropped.
+
+    Quorum queues cannot be deleted "if empty", and a retry tier may still
+    dead-letter into ``source`` by name. So ``source`` is sealed first: a
+    policy of its own refuses every new message (a dead-lettering queue keeps
+    what is refused and tries again later), and a marker refused proves the
+    seal holds before the last drain.
+    """
+    seal = _seal(source.name)
+    await management.put_policy(seal, {"pattern": f"^{re.escape(source.name)}$", "apply-to": "queues",
+                                       "priority": 1000, "definition": {"max-length": 0,
+                                                                        "overflow": "reject-publish"}})
+    try:
+        for _ in range(SEAL_TRIES):
+            try:
+                await channel.default_exchange.publish(aio_pika.Message(b"", message_id=MARKER), source.name)
+            except aio_pika.exceptions.DeliveryError:
+                break  # refused: sealed
+            await asyncio.sleep(0.1)
+        else:
+            raise ShipcastError(f"{source.name} still takes messages after its seal policy {seal!r}; nothing moved")
+        moved, seen = 0, set(skip or ())
+        while (message := await source.get(no_ack=False, fail=False)) is not None:
+            if message.message_id != MARKER and (identity := _identity(message)) not in seen:
+                await channel.default_exchange.publish(copy_message(message, dict(message.headers or {})),
+                                                       destination)
+                seen.add(identity)
+                moved += 1
+            await message.ack()
+        await source.delete(if_unused=False, if_empty=False)
+    finally:
+        await management.delete_policy(seal)
+    return moved
