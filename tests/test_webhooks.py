@@ -335,7 +335,8 @@ async def test_an_ordered_endpoint_never_lets_del_overtake_a_failed_ofd(shipcast
         assert order.index(ofd["event_id"]) < order.index(deliv["event_id"])
         # Another order is not held up behind ORD-1's retry.
         assert order[0] == other["event_id"]
-        rows = await shipcast.services.store.list_attempts(deliv["event_id"])
+        # The attempt is recorded just after the receiver answers.
+        rows = await eventually(lambda: shipcast.services.store.list_attempts(deliv["event_id"]))
         assert [r["outcome"] for r in rows] == ["delivered"]  # waiting was not an attempt
 
 
