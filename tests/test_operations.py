@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import uuid
 from collections import Counter
@@ -116,6 +117,7 @@ async def test_imported_definitions_give_a_broker_shipcast_runs_on_as_a_least_pr
     settings = make_settings(vhost, sqlite_url).model_copy(
         update={"amqp_url": f"amqp://{user}:{password}@{AMQP_HOST}/{vhost}",
                 "management_url": f"http://{user}:{password}@{MANAGEMENT.split('@')[-1]}"})
+    caplog.set_level(logging.INFO, logger="shipcast.reconcile")
     async with ShipcastProcess(settings) as shipcast:
         # Not a policymaker, it cannot check the policies; it says so, and runs on the imported ones.
         assert any("shipcast's policies not checked" in r.getMessage() and "policymaker" in r.getMessage()
