@@ -336,3 +336,50 @@ async def test_the_customers_own_events_text_nobody(shipcast: ShipcastProcess, r
 async def _channels(shipcast: ShipcastProcess, event_id: str, wanted: set[str]) -> bool:
     rows = await shipcast.services.store.list_deliveries(event_id=event_id)
     return {row["channel"] for row in rows} >= wanted
+
+
+def _customer_events(receiver: Receiver) -> list[dict[str, Any]]:
+    return [b for b in (orjson.loads(r.body) for r in receiver.delivered) if "customer_input" in b
+            and b["customer_input"] is not None]
+
+
+@pytest.mark.parametrize(("state", "fields", "accept", "said"), [
+    ("FAIL", {"action": "instructions", "instructions": "a\x00b"}, "text/html", "characters we cannot send"),
+    ("FAIL", {"action": "instructions", "instructions": "gate\x1b[2J 2"}, "text/html", "characters we cannot send"),
+    ("FAIL", {"action": "instructions", "instructions": "a\x00b"}, "application/json", "characters we cannot send"),
+    ("FAIL", {"action": "instructions", "instructions": "x" * 501}, "text/html", "up to 500 characters"),
+    ("DEL", {"action": "rating", "rating": "4", "comment": "Polite\x00 rider"}, "text/html",
+     "characters we cannot send"),
+    ("DEL", {"action": "rating", "rating": "4", "comment": "Polite\x85 rider"}, "application/json",
+     "characters we cannot send"),
+    ("DEL", {"action": "rating", "rating": "4", "comment": "x" * 1001}, "text/html", "1,000 characters or fewer"),
+])
+async def test_text_a_customer_could_not_have_typed_is_refused_and_never_published(
+        shipcast: ShipcastProcess, receiver: Receiver, state: str, fields: dict[str, str], accept: str,
+        said: str) -> None:
+    """A NUL (or another control character) in a form is the customer's
+    error, told as one (422), never a 500; the form's limits are the
+    envelope's (500 for instructions, 1,000 for a comment); and nothing
+    refused reaches the partner."""
+    await shipcast.apply(doc(receiver))
+    await post_events(shipcast, event(state, 1))
+    url = page_url(shipcast.settings)
+    token = csrf_of((await shipcast.http.get(url)).text)
+    refused = await shipcast.http.post(url, data={**fields, "csrf": token}, headers={"accept": accept})
+    assert refused.status_code == 422
+    if accept == "application/json":
+        assert said in refused.json()["error"]
+    else:  # the page again, saying what was wrong, with its forms
+        assert said in refused.text and 'name="csrf"' in refused.text
+    # The same form with text a person types (line breaks and tabs are kept), at the limit, goes through:
+    # had the refused one been published, it would have reached the webhook before this one.
+    prefix = "Gate 2,\r\n\tthe guard " if state == "FAIL" else ""
+    text = prefix + "x" * ((500 if state == "FAIL" else 1000) - len(prefix))
+    field = "instructions" if state == "FAIL" else "comment"
+    taken = await shipcast.http.post(url, data={**fields, field: text, "csrf": token})
+    assert taken.status_code == 303, taken.text
+    await eventually(lambda: _customer_events(receiver))
+    # And an event after it, so that anything published with it has had its time to arrive too.
+    await post_events(shipcast, event("RET", 2))
+    await eventually(lambda: [r for r in receiver.delivered if orjson.loads(r.body)["event_type"] == "RET"])
+    assert [b["customer_input"][field] for b in _customer_events(receiver)] == [text.strip()]

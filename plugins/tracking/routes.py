@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -37,6 +38,7 @@ from .page import Order, order_of, slots, view
 from .words import LABELS, pick_language
 
 router = APIRouter(prefix="/t", tags=["tracking page"], include_in_schema=False)
+log = logging.getLogger(__name__)
 
 LANGUAGE_COOKIE = "shipcast_lang"
 #: Seconds between keep-alive comments on an idle live stream.
@@ -47,7 +49,8 @@ DONE = ("reschedule", "instructions", "rating")
 
 class Limiter:
     """A token bucket per tracking token: ``burst`` posts at once, then one
-    per ``every`` seconds. Kept per process, for the most recent tokens."""
+    per ``every`` seconds. Kept in this process's memory, for the most recent
+    tokens: N API processes allow N times the limit (see the README)."""
 
     def __init__(self, burst: int = 10, every: float = 30.0, size: int = 100_000) -> None:
         self.burst, self.every, self.size = burst, every, size
@@ -74,6 +77,13 @@ def _headers(nonce: str) -> dict[str, str]:
         "Referrer-Policy": "no-referrer", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY", "X-Robots-Tag": "noindex",
     }
+
+
+def _writable(text: str) -> bool:
+    """Text a customer could have typed: no control characters but line breaks
+    and tabs. A NUL could be neither stored nor sent; the others are never
+    meant (and would reach the OMS and partners' webhooks as they are)."""
+    return not any((ord(c) < 32 and c not in "\n\r\t") or 127 <= ord(c) < 160 for c in text)
 
 
 def _not_found() -> Response:
@@ -243,6 +253,8 @@ async def act(request: Request, token: str) -> Response:
             return refuse(409, "not_now")
         if not 0 < len(text) <= 500:
             return refuse(422, "bad_instructions")
+        if not _writable(text):
+            return refuse(422, "bad_characters")
         event_type, given = "INSTRUCTIONS_ADDED", {"instructions": text}
     elif action == "rating":
         rating, comment = fields.get("rating", ""), fields.get("comment", "").strip()
@@ -252,6 +264,8 @@ async def act(request: Request, token: str) -> Response:
             return refuse(422, "bad_rating")
         if len(comment) > 1000:
             return refuse(422, "bad_comment")
+        if not _writable(comment):
+            return refuse(422, "bad_characters")
         event_type, given = "RATED", {"rating": int(rating), "comment": comment or None}
     else:
         return PlainTextResponse("unknown action", status_code=400)
@@ -259,6 +273,9 @@ async def act(request: Request, token: str) -> Response:
         await _publish(services, partner, order, event_type, given)
     except BrokerError:
         return PlainTextResponse("Please try again in a minute.", status_code=503, headers={"Retry-After": "30"})
+    except InvalidEvent as exc:  # the checks above missed something: the customer is told, never sent a 500
+        log.warning("tracking: refused a %s the envelope would not take: %s", event_type, exc)
+        return refuse(422, "refused")
     if wants_json:
         return JSONResponse({"ok": True, "event_type": event_type})
     return RedirectResponse(f"/t/{token}?done={action}", status_code=303)
@@ -270,19 +287,20 @@ async def _publish(services: Services, partner: Partner, order: Order, event_typ
     sequence of the status it answers (the OMS numbers the order's events;
     its next one stays the next). A rating has an id fixed by the delivery it
     rates, so a double submit is one event (the archive and every channel
-    deduplicate on the id)."""
+    deduplicate on the id).
+
+    :raises InvalidEvent: the input breaks the envelope (the form's checks should have caught it).
+    :raises BrokerError: not published.
+    """
     latest, status = order.events[-1], order.status
     assert status is not None  # every action checks the status first
     extra: dict[str, Any] = {}
     if event_type == "RATED":
         extra["event_id"] = "rated_" + hashlib.sha256(
             f"{partner.id}:{status.order.order_id}:{status.event_id}".encode()).hexdigest()[:32]
-    try:
-        event = parse_event({
-            **extra, "event_type": event_type, "occurred_at": rfc3339(datetime.now(UTC)), "partner_id": partner.id,
-            "sequence": status.sequence, "order": latest.order.model_dump(mode="json"),
-            "customer_input": {**given, "submitted_via": "tracking_page"},
-        })
-    except InvalidEvent as exc:  # the form's checks above make this a bug, not the customer's error
-        raise RuntimeError(f"tracking page built an invalid {event_type}: {exc}") from exc
+    event = parse_event({
+        **extra, "event_type": event_type, "occurred_at": rfc3339(datetime.now(UTC)), "partner_id": partner.id,
+        "sequence": status.sequence, "order": latest.order.model_dump(mode="json"),
+        "customer_input": {**given, "submitted_via": "tracking_page"},
+    })
     await services.publisher.publish_valid([event])
