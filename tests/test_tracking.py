@@ -383,3 +383,47 @@ async def test_text_a_customer_could_not_have_typed_is_refused_and_never_publish
     await post_events(shipcast, event("RET", 2))
     await eventually(lambda: [r for r in receiver.delivered if orjson.loads(r.body)["event_type"] == "RET"])
     assert [b["customer_input"][field] for b in _customer_events(receiver)] == [text.strip()]
+
+
+def _timeline(html: str) -> list[str]:
+    found = re.findall(r'<li data-type="([A-Z_]+)">', html)
+    assert found, "the page has a timeline"
+    return found
+
+
+async def test_each_status_shows_its_panel_and_the_timeline_is_newest_first(shipcast: ShipcastProcess) -> None:
+    """What the issue asks the page to show for each status, one order through
+    OFD, FAIL, DEL and RET."""
+    await shipcast.apply(doc())
+    url = page_url(shipcast.settings)
+    ofd = event("OFD", 1)
+    ofd["rider"].update({"name": "Ravi Kumar", "photo_url": "https://cdn.example.com/riders/ravi.jpg",
+                         "phone": "+91 98XXXX5678"})
+    await post_events(shipcast, ofd)
+    html = (await shipcast.http.get(url)).text
+    assert 'id="panel-ofd"' in html and '<strong id="rider-name">Ravi Kumar</strong>' in html
+    assert '<img src="https://cdn.example.com/riders/ravi.jpg" alt="Ravi Kumar">' in html
+    assert "+91 98XXXX5678" in html and 'id="call"' not in html  # shown; a masked number cannot be dialled
+    assert "Keep your OTP ready" in html and "4821" not in html
+
+    await post_events(shipcast, event("FAIL", 2))
+    html = (await shipcast.http.get(url)).text
+    assert 'id="panel-fail"' in html and "You were not available when the rider came" in html
+
+    delivered = event("DEL", 3)
+    delivered["delivery_confirmation"].update({"delivered_at": "2026-11-29T08:35:00Z", "received_by": "Priya (self)"})
+    await post_events(shipcast, delivered)
+    html = (await shipcast.http.get(url)).text
+    assert '<strong id="delivered-at">29 Nov 2026, 14:05</strong>' in html  # in the partner's time zone (IST)
+    assert '<strong id="received-by">Priya (self)</strong>' in html and 'id="rating-form"' in html
+
+    returned = event("RET", 4)
+    returned["return"]["initiated_at"] = "2026-11-30T04:30:00Z"
+    await post_events(shipcast, returned)
+    html = (await shipcast.http.get(url)).text
+    assert '<h1 id="status" data-state="RET">Being returned</h1>' in html
+    assert '<strong id="return-id">RTN-5531</strong>' in html and '<time id="return-since">30 Nov 2026, 10:00' in html
+    assert '<strong id="return-reason">Customer refused the delivery</strong>' in html
+    assert "Acme Warehouse, Peenya, Bengaluru" in html
+    assert 'id="panel-del"' not in html and 'id="rating-form"' not in html
+    assert _timeline(html) == ["RET", "DEL", "FAIL", "OFD"]

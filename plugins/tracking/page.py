@@ -154,7 +154,8 @@ def view(order: Order, partner: Partner, config: Mapping[str, Any], language: st
         if status and status.delivery_confirmation else None,
         "rated": rated.customer_input.rating if rated and rated.customer_input else None,
         "rating_on": bool(config.get("rating", True)),
-        "returning": {"reason": status.return_.reason, "to": status.return_.destination}
+        "returning": {"id": status.return_.return_id, "since": when(status.return_.initiated_at),
+                      "reason": status.return_.reason, "to": status.return_.destination}
         if status and status.return_ else None,
         "timeline": [entry(event) for event in reversed(order.events)],
         "version": order.version,
