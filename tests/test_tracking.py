@@ -22,6 +22,8 @@ from shipcast.plugins.tracking.words import pick_language
 from shipcast.settings import Settings
 
 from .helpers import Receiver, ShipcastProcess, eventually
+from .test_email import Mailbox, email_doc, mail_settings, mailbox  # noqa: F401 (fixtures)
+from .test_sms import FakeTwilio, sms_doc, sms_settings, twilio  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.broker
 
@@ -427,3 +429,46 @@ async def test_each_status_shows_its_panel_and_the_timeline_is_newest_first(ship
     assert "Acme Warehouse, Peenya, Bengaluru" in html
     assert 'id="panel-del"' not in html and 'id="rating-form"' not in html
     assert _timeline(html) == ["RET", "DEL", "FAIL", "OFD"]
+
+
+async def _opens_the_orders_page(shipcast: ShipcastProcess, message: str) -> None:
+    """The /t/ link in a customer's message, opened as a customer's phone would (no API token)."""
+    found = re.search(r"https://track\.example\.com(/t/[^\s\"<>]+)", message)
+    assert found, message
+    async with httpx.AsyncClient(base_url=shipcast.base_url) as phone:
+        response = await phone.get(found.group(1))
+    assert response.status_code == 200 and '<strong id="order-ref">ACME-77001</strong>' in response.text
+
+
+def _with_page(config: dict[str, Any]) -> dict[str, Any]:
+    config["partners"][0]["channels"]["tracking"] = {}
+    return config
+
+
+def _numbered(event_type: str) -> dict[str, Any]:
+    body = event(event_type, 1)
+    body["order"]["merchant_order_ref"] = "ACME-77001"
+    return body
+
+
+async def test_the_link_in_a_text_opens_the_orders_page(sms_settings: Settings, twilio: FakeTwilio) -> None:
+    """From a real message to the page: the SMS channel sends a text through
+    the twilio SDK to the local Twilio, and the link in it is this order's page."""
+    async with ShipcastProcess(sms_settings) as shipcast:
+        await shipcast.apply(_with_page(sms_doc()))
+        await post_events(shipcast, _numbered("OFD"))
+        [sent] = await eventually(lambda: twilio.received)
+        await _opens_the_orders_page(shipcast, sent["Body"])
+
+
+async def test_the_link_in_an_email_opens_the_orders_page(mail_settings: Settings,
+                                                          mailbox: tuple[Mailbox, int]) -> None:
+    """The same from an email, sent over SMTP to a real (local) SMTP server."""
+    box, _ = mailbox
+    async with ShipcastProcess(mail_settings) as shipcast:
+        await shipcast.apply(_with_page(email_doc()))
+        await post_events(shipcast, _numbered("DEL"))
+        [message] = await eventually(lambda: box.messages)
+        plain = message.get_body(("plain",))
+        assert plain is not None
+        await _opens_the_orders_page(shipcast, plain.get_content())
