@@ -595,14 +595,16 @@ def _interleave(main: Sequence[Any], extra: Sequence[Any]) -> list[Any]:
 # -- the tracking page's live viewers --------------------------------------------------
 
 async def live(tmp: Path, quick: bool) -> None:
-    """Open tracking pages on one API process: events fanned out to 1,000
-    concurrent SSE viewers (ten on each of 100 orders) against the same
-    stream of events watched by ten viewers (one on each of ten orders).
+    """Open tracking pages on one API process, under the same 20 events a
+    second over 100 orders: the baseline is ten viewers (one on each of ten
+    orders); then 1,000 viewers, ten on each of 100 orders (each event reaches
+    ten); then 1,000 viewers on one order, which gets one event a second (each
+    of those reaches all 1,000; the other events go to the other 99 orders).
     Latency is from publishing an event to its page reaching a viewer."""
     orders, rate, seconds = 100, 20, (10 if quick else 30)
-    figures: dict[int, tuple[float, float, float, int]] = {}
-    for viewers in (10, 1000):
-        watched = min(orders, viewers)
+    cases = {"10": (10, 10, 0), "1000": (1000, orders, 0), "one": (1000, 1, rate)}
+    figures: dict[str, tuple[float, float, float, int]] = {}
+    for case, (viewers, watched, hot_every) in cases.items():
         with Vhost() as vhost:
             ship = Shipcast(vhost, tmp, plugins="tracking")
             try:
@@ -610,19 +612,41 @@ async def live(tmp: Path, quick: bool) -> None:
                 ship.start("api")
                 ship.start("worker", "--channel", "tracking")
                 await wait_consuming(vhost, "shipcast.tracking")
-                figures[viewers] = await _live_fanout(ship, orders, watched, viewers, rate, seconds)
+                figures[case] = await _live_fanout(ship, orders, watched, viewers, rate, seconds, hot_every)
             finally:
                 ship.stop()
-    base, many = figures[10], figures[1000]
+    base, many, one = figures["10"], figures["1000"], figures["one"]
     for index, name in ((0, "p50"), (1, "p99"), (2, "max")):
         report(f"9. live page update, 10 viewers, {name}", base[index], "ms")
         report(f"9. live page update, 1,000 viewers, {name}", many[index], "ms", base[index], "of 10 viewers",
                "p99 < 1,000 ms" if name == "p99" else "")
+        report(f"9. live page update, 1,000 on one order, {name}", one[index], "ms", base[index],
+               "of 10 viewers", "p99 < 1,000 ms" if name == "p99" else "")
+    report("9. 1,000 on one order vs ten on each of 100, p99", one[1], "ms", many[1], "of 10 per order")
     report("9. updates that never reached a viewer, 1,000 viewers", many[3], "")
+    report("9. updates that never reached a viewer, one order", one[3], "", target="0")
+
+
+def _live_stream(n: int, orders: int, hot_every: int) -> list[Any]:
+    """``n`` FAIL events over ``orders`` orders in turn, each order's in
+    sequence; with ``hot_every``, every ``hot_every``-th is ORD-0's and the
+    rest go to the other orders in turn."""
+    from shipcast.examples import example
+
+    sequences: dict[int, int] = {}
+    stream = []
+    for i in range(n):
+        if hot_every:
+            order = 0 if i % hot_every == 0 else 1 + i % (orders - 1)
+        else:
+            order = i % orders
+        sequences[order] = sequences.get(order, 1) + 1
+        stream.append(example("FAIL", partner_id="acme", order_id=f"ORD-{order}", sequence=sequences[order]))
+    return stream
 
 
 async def _live_fanout(ship: Shipcast, orders: int, watched: int, viewers: int, rate: int,
-                       seconds: int) -> tuple[float, float, float, int]:
+                       seconds: int, hot_every: int = 0) -> tuple[float, float, float, int]:
     from shipcast.examples import example
     from shipcast.plugins.tracking.links import tracking_token
 
@@ -660,8 +684,7 @@ async def _live_fanout(ship: Shipcast, orders: int, watched: int, viewers: int, 
             if failed or time.monotonic() > deadline:
                 raise TimeoutError(f"not every viewer connected: {failed[:1]}")
             await asyncio.sleep(0.05)
-        stream = [example("FAIL", partner_id="acme", order_id=f"ORD-{i % orders}", sequence=2 + i // orders)
-                  for i in range(rate * seconds)]
+        stream = _live_stream(rate * seconds, orders, hot_every)
         sent: dict[str, float] = {}
         begun = time.perf_counter()
         for i, event in enumerate(stream):  # each order's next event comes after its page has moved on
