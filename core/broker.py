@@ -141,7 +141,7 @@ class Broker:
             try:
                 channel = await connection.channel(publisher_confirms=True)
                 self._exchange = await declare_exchange(channel)
-                await self._declare_channels(channel)
+                await self._declare_channels(connection)
                 self._publish_channel = channel
                 self.connection = connection
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
@@ -164,13 +164,20 @@ class Broker:
                 raise
         self._ready.set()
 
-    async def _declare_channels(self, channel: AbstractChannel) -> None:
+    async def _declare_channels(self, connection: AbstractRobustConnection) -> None:
         """Every registered channel's queues exist before the first publish, so
-        the archive's ``#`` binding catches every event from the start."""
+        the archive's ``#`` binding catches every event from the start. (On a
+        channel closed after: a reconnect does not declare them again, with
+        arguments a migration may have changed since.)"""
         from .plugin_manager import channels
 
-        for channel_class in channels().values():
-            await declare(channel, channel_class.topology(self.settings.retry_delays))
+        channel = await connection.channel()
+        try:
+            for channel_class in channels().values():
+                await declare(connection, channel, channel_class.topology(self.settings.retry_delays))
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     @property
     def connected(self) -> bool:

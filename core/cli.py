@@ -526,9 +526,11 @@ def queue_status(queue: dict[str, Any]) -> dict[str, Any]:
     # The management API shows a new queue's policy once its statistics refresh (every 5 s).
     effective = queue.get("effective_policy_definition") or {}
     wanted = {key for name, _, definition in POLICIES if name == f"shipcast-{role}" for key in definition}
-    if "effective_policy_definition" in queue and (
-            missing := sorted(key for key in wanted if key not in effective and f"x-{key}" not in arguments)):
-        problems.append(f"no {', '.join(missing)}: its policy is missing or replaced (`shipcast-{role}`)")
+    if str(row["policy"] or "").startswith("shipcast-migrating-") or name.endswith(".migrating"):
+        problems.append("left by a migration that stopped half way: run `shipcast queues migrate`")
+    elif "effective_policy_definition" in queue and (missing := sorted(wanted - set(effective))):
+        problems.append(f"no {', '.join(missing)} in its policy: the policy is missing, out of date or replaced "
+                        f"(`shipcast-{role}`)")
     row["problems"] = problems
     return row
 

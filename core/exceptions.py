@@ -8,7 +8,8 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
     ├── InvalidEvent                an event breaks the envelope or its type's row
     ├── BrokerError
     │   ├── BrokerUnavailable       no connection to RabbitMQ right now
-    │   │   └── ManagementRefused   the management API refused our user (its tags)
+    │   ├── ManagementRefused       the management API refused our user (its tags)
+    │   ├── MigrationRefused        `shipcast queues migrate` cannot go on safely
     │   ├── TopologyMismatch        a queue exists with other arguments; retrying cannot help
     │   └── PublishNotConfirmed     the broker did not confirm a publish in time
     ├── StoreError                  the database refused or is unreachable
@@ -66,9 +67,14 @@ class BrokerUnavailable(BrokerError):
     """There is no open connection to RabbitMQ."""
 
 
-class ManagementRefused(BrokerUnavailable):
+class ManagementRefused(BrokerError):
     """The RabbitMQ management API refused shipcast's user (401 or 403): its
     tags or permissions do not allow the request."""
+
+
+class MigrationRefused(BrokerError):
+    """A queue cannot be migrated now: a worker consumes it, a policy it will
+    depend on is missing, or its arguments are not shipcast's."""
 
 
 class TopologyMismatch(BrokerError):

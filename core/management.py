@@ -54,20 +54,41 @@ class Management:
         return await self._get(f"/queues/{self.vhost}") or []
 
     async def ensure_policies(self) -> list[str]:
-        """Create those of shipcast's policies the virtual host lacks; leave
-        the others as operators tuned them. Returns the names created.
+        """Create those of shipcast's policies the virtual host lacks, and add
+        to the others any setting they lack (a policy from an earlier
+        shipcast); never change a value an operator set. Returns the names
+        created or completed.
 
         :raises ManagementRefused: the user may not manage policies (RabbitMQ's
             ``policymaker`` tag); the definitions file carries them instead.
         """
         from .topology import POLICIES, policy_body
 
-        created = []
+        changed = []
         for name, _, _ in POLICIES:
-            if await self._get(self._policy(name)) is None:
-                await self.put_policy(name, policy_body(name))
-                created.append(name)
-        return created
+            wanted = policy_body(name)
+            existing = await self._get(self._policy(name))
+            if existing is not None:
+                definition = {**wanted["definition"], **existing["definition"]}
+                if definition == existing["definition"]:
+                    continue
+                wanted = {**wanted, "pattern": existing["pattern"], "priority": existing["priority"],
+                          "apply-to": existing["apply-to"], "definition": definition}
+            await self.put_policy(name, wanted)
+            changed.append(name)
+        return changed
+
+    async def policies_lacking(self) -> dict[str, list[str]]:
+        """Each of shipcast's policies that is missing or lacks settings, with
+        what it lacks."""
+        from .topology import POLICIES
+
+        lacking = {}
+        for name, _, definition in POLICIES:
+            existing = await self._get(self._policy(name))
+            if missing := sorted(set(definition) - set(existing["definition"] if existing else {})):
+                lacking[name] = missing
+        return lacking
 
     async def put_policy(self, name: str, body: dict[str, Any]) -> None:
         await self._send("PUT", self._policy(name), body)

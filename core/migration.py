@@ -7,10 +7,10 @@ deletes it, declares it again as this version does, and moves them back.
 Events published meanwhile go to the holding queue, then on to the new one
 (an event published just as a binding moves reaches both; one copy is kept).
 Every message moves with a publisher confirm before it is acked, so nothing
-is lost if the migration stops half way (run it again to finish).
+is lost if the migration stops half way: run it again to finish.
 
 The channel's workers must be stopped: a consumer would be cut off when its
-queue is deleted. The API may keep running.
+queue is deleted. The API may keep running. Run one migration at a time.
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from .broker import TARGET_HEADER, copy_message
-from .exceptions import ShipcastError
+from .exceptions import ManagementRefused, MigrationRefused
 from .management import Management
-from .topology import ChannelTopology, QueueSpec, declare_exchange
+from .topology import ChannelTopology, QueueSpec, declare_exchange, existing_arguments
 
 log = logging.getLogger(__name__)
 
 #: The message that proves a queue refuses new messages before it is deleted.
 MARKER = "shipcast-migration-seal"
 SEAL_TRIES = 100
-
-class MigrationRefused(ShipcastError):
-    """The queue cannot be migrated now (a worker still consumes it)."""
+#: A sealed queue is deleted only once a drain this long after the last one
+#: finds nothing: a publish in flight when the seal took hold has landed.
+SETTLE = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,37 +48,50 @@ class Migrated:
     moved: int
 
 
-async def legacy(connection: AbstractConnection, spec: QueueSpec) -> bool:
-    """Whether ``spec``'s queue exists with the arguments an earlier shipcast declared."""
-    if spec.legacy_arguments == spec.arguments:
-        return False
-    for is_legacy, arguments in ((False, spec.arguments), (True, spec.legacy_arguments)):
-        channel = await connection.channel()
-        try:
-            await channel.declare_queue(spec.name, durable=True, arguments=dict(arguments))
-        except aiormq.exceptions.ChannelPreconditionFailed:
-            continue
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-        return is_legacy
-    return False
-
-
 async def migrate(connection: AbstractConnection, management: Management,
                   topologies: list[ChannelTopology]) -> list[Migrated]:
     """Migrate every legacy queue of ``topologies`` (and finish any migration
     that stopped half way): retry tiers first, whose messages expire into the
-    work queue, then each work queue, which is missing only for a moment."""
-    done = []
+    work queue, then each work queue, which is missing only for a moment.
+
+    :raises MigrationRefused: before anything moves, when a channel's
+        workers still consume, shipcast's policies lack what the queues will
+        depend on, or a queue has arguments no shipcast declared.
+    """
+    plans = []
     for topology in topologies:
-        plan = [(spec, was_legacy) for spec in (*(spec for _, spec in topology.retries), topology.work)
-                if (was_legacy := await legacy(connection, spec)) or await _exists(connection, _holding(spec))]
-        if plan:  # refused before anything moves while the channel's workers run
+        plan = []
+        for spec in (*(spec for _, spec in topology.retries), topology.work):
+            arguments = await existing_arguments(connection, spec)
+            if arguments is None:
+                raise MigrationRefused(f"{spec.name} has arguments neither this nor an earlier shipcast declared; "
+                                       "move its messages elsewhere and delete it")
+            was_legacy = arguments != spec.arguments
+            if was_legacy or await _consumers(connection, _holding(spec)) is not None:
+                plan.append((spec, was_legacy))
+        if plan:
             await _refuse_if_consumed(connection, topology.work)
+            plans.append(plan)
+    if plans:
+        await _refuse_without_policies(management)
+    done = []
+    for plan in plans:
         for spec, was_legacy in plan:
             done.append(await _migrate_queue(connection, management, spec, was_legacy))
     return done
+
+
+async def _refuse_without_policies(management: Management) -> None:
+    """Without the arguments, the queues dead-letter at least once and refuse
+    rather than drop only if the policies say so: complete them first."""
+    try:
+        await management.ensure_policies()
+        lacking = await management.policies_lacking()
+    except ManagementRefused as exc:
+        raise MigrationRefused(f"migrating needs a management user tagged policymaker or administrator "
+                               f"(SHIPCAST_MANAGEMENT_URL): {exc}") from exc
+    if lacking:
+        raise MigrationRefused("; ".join(f"policy {name} lacks {', '.join(keys)}" for name, keys in lacking.items()))
 
 
 def _holding(spec: QueueSpec) -> str:
@@ -88,10 +101,6 @@ def _holding(spec: QueueSpec) -> str:
 def _seal(queue: str) -> str:
     """The policy that makes ``queue`` refuse new messages."""
     return f"shipcast-migrating-{queue}"
-
-
-async def _exists(connection: AbstractConnection, name: str) -> bool:
-    return await _consumers(connection, name) is not None
 
 
 async def _consumers(connection: AbstractConnection, name: str) -> int | None:
@@ -117,7 +126,6 @@ async def _refuse_if_consumed(connection: AbstractConnection, spec: QueueSpec) -
 async def _migrate_queue(connection: AbstractConnection, management: Management, spec: QueueSpec,
                          was_legacy: bool) -> Migrated:
     channel = await connection.channel(publisher_confirms=True)
-    moved = 0
     for name in (spec.name, _holding(spec)):  # left by a migration that stopped half way
         await management.delete_policy(_seal(name))
     try:
@@ -127,11 +135,12 @@ async def _migrate_queue(connection: AbstractConnection, management: Management,
             arguments={"x-queue-type": "quorum", "x-shipcast-channel": spec.arguments.get("x-shipcast-channel"),
                        "x-shipcast-role": "migrating"})
         keys = await management.queue_bindings(holding.name)
+        moved = 0
         if was_legacy:
             old = await channel.declare_queue(spec.name, durable=True, arguments=spec.legacy_arguments)
             keys |= await management.queue_bindings(spec.name)
             # Events published from now on wait in the holding queue. One published while a key
-            # is bound to both is in both: the second drain moves it once.
+            # is bound to both is in both: the move back keeps one.
             for key in sorted(keys):
                 await holding.bind(exchange, key)
                 await old.unbind(exchange, key)
@@ -143,44 +152,52 @@ async def _migrate_queue(connection: AbstractConnection, management: Management,
             await new.bind(exchange, key)
             await holding.unbind(exchange, key)
         # An event published while a key was bound to both is in the new queue already.
-        await _drain_and_delete(channel, management, holding, new.name, skip=await _peek(connection, new.name))
+        back = await _drain_and_delete(channel, management, holding, new.name,
+                                       seen=await _peek(connection, new.name))
     finally:
         if not channel.is_closed:
             await channel.close()
+    moved = moved if was_legacy else back
     dropped = tuple(sorted(set(spec.legacy_arguments) - set(spec.arguments)))
-    log.info("migrated %s: %d messages moved; declared again without %s", spec.name, moved, ", ".join(dropped))
+    log.info("migrated %s: %d messages kept; declared again without %s", spec.name, moved, ", ".join(dropped))
     return Migrated(spec.name, dropped, moved)
 
 
-def _identity(message: AbstractIncomingMessage) -> tuple[str | None, Any]:
-    """One delivery to make: an event, and the target a retry is for."""
+def _identity(message: AbstractIncomingMessage) -> tuple[str, Any] | None:
+    """One delivery to make (an event, and the target a retry is for); None
+    for a message without an id, which is never taken for another."""
+    if not message.message_id:
+        return None
     return message.message_id, (message.headers or {}).get(TARGET_HEADER)
 
 
-async def _peek(connection: AbstractConnection, name: str) -> set[tuple[str | None, Any]]:
+async def _peek(connection: AbstractConnection, name: str) -> set[tuple[str, Any]]:
     """The deliveries queue ``name`` holds; every message stays."""
     channel = await connection.channel()
     try:
         queue = await channel.declare_queue(name, passive=True)
         found = set()
         while (message := await queue.get(no_ack=False, fail=False)) is not None:
-            found.add(_identity(message))
+            if (identity := _identity(message)) is not None:
+                found.add(identity)
         return found
     finally:
         await channel.close()  # unacked: every message goes back, in order
 
 
 async def _drain_and_delete(channel: AbstractChannel, management: Management, source: AbstractQueue,
-                            destination: str, skip: set[tuple[str | None, Any]] | None = None) -> int:
+                            destination: str, seen: set[tuple[str, Any]] | None = None) -> int:
     """Move every message from ``source`` to ``destination`` in order, each
-    acked only once its copy is confirmed, then delete ``source``. A copy of
-    a delivery moved already, or in ``skip``, is dropped.
+    acked only once its copy is confirmed, then delete ``source``. With
+    ``seen`` (the deliveries ``destination`` holds), a second copy of a
+    delivery is dropped.
 
     Quorum queues cannot be deleted "if empty", and a retry tier may still
     dead-letter into ``source`` by name. So ``source`` is sealed first: a
     policy of its own refuses every new message (a dead-lettering queue keeps
-    what is refused and tries again later), and a marker refused proves the
-    seal holds before the last drain.
+    what is refused and tries again later), a marker refused proves the seal
+    holds, and the queue is deleted only once a drain :data:`SETTLE` seconds
+    after the one before finds nothing.
     """
     seal = _seal(source.name)
     await management.put_policy(seal, {"pattern": f"^{re.escape(source.name)}$", "apply-to": "queues",
@@ -194,16 +211,33 @@ async def _drain_and_delete(channel: AbstractChannel, management: Management, so
                 break  # refused: sealed
             await asyncio.sleep(0.1)
         else:
-            raise ShipcastError(f"{source.name} still takes messages after its seal policy {seal!r}; nothing moved")
-        moved, seen = 0, set(skip or ())
-        while (message := await source.get(no_ack=False, fail=False)) is not None:
-            if message.message_id != MARKER and (identity := _identity(message)) not in seen:
-                await channel.default_exchange.publish(copy_message(message, dict(message.headers or {})),
-                                                       destination)
-                seen.add(identity)
-                moved += 1
-            await message.ack()
+            raise MigrationRefused(f"{source.name} still takes messages under its seal policy {seal!r} (is a "
+                                   "policy of priority over 1000 applied to it?); nothing was lost")
+        taken, moved = await _drain(channel, source, destination, seen)
+        while True:  # a publish in flight as the seal took hold lands in time
+            await asyncio.sleep(SETTLE)
+            taken, more = await _drain(channel, source, destination, seen)
+            moved += more
+            if not taken:
+                break
         await source.delete(if_unused=False, if_empty=False)
     finally:
         await management.delete_policy(seal)
     return moved
+
+
+async def _drain(channel: AbstractChannel, source: AbstractQueue, destination: str,
+                 seen: set[tuple[str, Any]] | None) -> tuple[int, int]:
+    """Move what ``source`` holds now; how many messages it held, and how
+    many of them moved (not markers or second copies)."""
+    taken = moved = 0
+    while (message := await source.get(no_ack=False, fail=False)) is not None:
+        taken += 1
+        identity = _identity(message)
+        if message.message_id != MARKER and (seen is None or identity is None or identity not in seen):
+            await channel.default_exchange.publish(copy_message(message, dict(message.headers or {})), destination)
+            if seen is not None and identity is not None:
+                seen.add(identity)
+            moved += 1
+        await message.ack()
+    return taken, moved

@@ -17,7 +17,7 @@ from .partners import Partner
 from .plugin_manager import channels
 from .services import Services
 from .settings import Settings
-from .topology import declare_exchange, declare_queue
+from .topology import declare_exchange, declare_queue, existing_arguments
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ async def reconcile_bindings(services: Services) -> BindingChanges:
             await _ensure_policies(management)
             for name, channel in channels().items():
                 topology = channel.topology(services.settings.retry_delays)
-                queue = await declare_queue(amqp, topology.work)  # the broker declared the rest on connect
+                # The broker declared the rest on connect.
+                queue = await declare_queue(amqp, topology.work, await existing_arguments(connection, topology.work))
                 wanted = set(channel.static_bindings)
                 for partner in all_partners:
                     if name in partner.channels:

@@ -27,7 +27,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
 log = logging.getLogger(__name__)
 
@@ -128,41 +128,53 @@ async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
 _legacy_seen: set[str] = set()
 
 
-async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
-    """Declare ``spec`` (idempotent). A queue an earlier shipcast declared
-    with :data:`LEGACY_ARGUMENTS` is used as it is, with a warning.
+async def existing_arguments(connection: AbstractConnection, spec: QueueSpec) -> dict[str, Any] | None:
+    """The arguments ``spec``'s queue is declared with: this version's (the
+    queue is created if missing), an earlier shipcast's (see
+    :data:`LEGACY_ARGUMENTS`; logged once), or None for neither.
+
+    Each try is on a channel of its own, which the broker closes when the
+    arguments differ: the caller's channel never fails.
+    """
+    legacy = spec.legacy_arguments
+    for arguments in (dict(spec.arguments), legacy) if legacy != spec.arguments else (dict(spec.arguments),):
+        probe = await connection.channel()
+        try:
+            await probe.declare_queue(spec.name, durable=True, arguments=arguments)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            continue
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        if arguments is legacy and spec.name not in _legacy_seen:
+            _legacy_seen.add(spec.name)
+            log.warning("queue %s was declared by an earlier shipcast with %s: it works as before, but those "
+                        "arguments override its policy (a policy can lower its limits, not raise them). "
+                        "`shipcast queues migrate` redeclares it without them.", spec.name,
+                        ", ".join(sorted(set(legacy) - set(spec.arguments))))
+        return arguments
+    return None
+
+
+async def declare_queue(channel: AbstractChannel, spec: QueueSpec,
+                        arguments: Mapping[str, Any] | None = None) -> AbstractQueue:
+    """Declare ``spec`` (idempotent), with ``arguments`` found by
+    :func:`existing_arguments` or else this version's.
 
     :raises aiormq.exceptions.ChannelPreconditionFailed: the queue exists
-        with other arguments still; ``channel`` is closed.
+        with other arguments; ``channel`` is closed.
     """
-    try:
-        return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        legacy = spec.legacy_arguments
-        if legacy == spec.arguments:
-            raise
-        if channel.is_closed:  # the broker closes a channel on a failed declare
-            await channel.reopen()
-        try:
-            queue = await channel.declare_queue(spec.name, durable=True, arguments=legacy)
-        except aiormq.exceptions.ChannelPreconditionFailed:
-            raise exc from None
-    if spec.name not in _legacy_seen:
-        _legacy_seen.add(spec.name)
-        log.warning("queue %s was declared by an earlier shipcast with %s: it works as before, but those "
-                    "arguments override its policy (a policy can lower its limits, not raise them). "
-                    "`shipcast queues migrate` redeclares it without them.", spec.name,
-                    ", ".join(sorted(set(legacy) - set(spec.arguments))))
-    return queue
+    return await channel.declare_queue(spec.name, durable=True, arguments=dict(arguments or spec.arguments))
 
 
-async def declare(channel: AbstractChannel, topology: ChannelTopology) -> AbstractQueue:
-    """Declare a channel's queues and its static bindings (idempotent);
-    return the work queue."""
+async def declare(connection: AbstractConnection, channel: AbstractChannel,
+                  topology: ChannelTopology) -> AbstractQueue:
+    """Declare a channel's queues on ``channel`` and its static bindings
+    (idempotent), each as it already exists; return the work queue."""
     exchange = await declare_exchange(channel)
     queues = []
     for spec in topology.queues:
-        queue = await declare_queue(channel, spec)
+        queue = await declare_queue(channel, spec, await existing_arguments(connection, spec))
         for key in spec.bindings:
             await queue.bind(exchange, key)
         queues.append(queue)

@@ -143,7 +143,7 @@ class ChannelWorker:
         await self.channel.start()
         self._amqp = await connection.channel()
         await self._amqp.set_qos(prefetch_count=self.channel.prefetch)
-        self._queue = await declare(self._amqp, self.topology)
+        self._queue = await declare(connection, self._amqp, self.topology)
         self._consumer_tag = await self._queue.consume(self._on_message)
         log.info("worker %s consuming %s (prefetch %d)", self.name, self._queue.name, self.channel.prefetch)
 

@@ -14,6 +14,7 @@ import aio_pika
 import httpx
 import pytest
 
+from shipcast.broker import TARGET_HEADER, event_message
 from shipcast.examples import example
 from shipcast.plugin_manager import channels
 from shipcast.settings import Settings
@@ -39,13 +40,18 @@ def _problems(settings: Settings, queue: str) -> list[str]:
 async def test_policies_carry_the_tunables_and_an_operators_tuning_is_kept(
         settings: Settings, receiver: Receiver, management: httpx.Client) -> None:
     vhost = settings.vhost
-    # The operator tuned the work queues' delivery limit past the 20 shipcast once hard-coded.
+    # The operator tuned the work queues' delivery limit past the 20 shipcast once hard-coded,
+    # and the retry tiers' policy is an earlier shipcast's, with a length of the operator's.
     tuned = policy_body("shipcast-work")
     tuned["definition"] = {**tuned["definition"], "delivery-limit": 30}
     management.put(f"/api/policies/{vhost}/shipcast-work", json=tuned).raise_for_status()
+    management.put(f"/api/policies/{vhost}/shipcast-retry",
+                   json={**policy_body("shipcast-retry"), "definition": {"max-length": 123}}).raise_for_status()
     async with applied(settings, partners_doc("acme", receiver.url)):
         shown = {p["name"]: p["definition"] for p in management.get(f"/api/policies/{vhost}").json()}
-        assert shown == {name: definition for name, _, definition in POLICIES} | {"shipcast-work": tuned["definition"]}
+        expected = {name: definition for name, _, definition in POLICIES}
+        assert shown == expected | {"shipcast-work": tuned["definition"],  # kept as tuned
+                                    "shipcast-retry": {**expected["shipcast-retry"], "max-length": 123}}  # completed
         for queue in management.get(f"/api/queues/{vhost}").json():
             if queue["durable"]:
                 assert not TUNABLES & set(queue["arguments"]), queue["name"]
@@ -73,11 +79,11 @@ async def test_policies_carry_the_tunables_and_an_operators_tuning_is_kept(
             await connection.close()
         # A missing policy is flagged in `shipcast status` (once the management API refreshes, every 5 s).
         management.delete(f"/api/policies/{vhost}/shipcast-dead").raise_for_status()
-        await eventually(lambda: any("policy is missing" in p for p in _problems(settings, "shipcast.webhook.dead")),
+        await eventually(lambda: any("in its policy" in p for p in _problems(settings, "shipcast.webhook.dead")),
                          timeout=30)
         rows = _status(settings)
-        assert "no max-length, overflow: its policy is missing or replaced (`shipcast-dead`)" in \
-            rows["shipcast.webhook.dead"]["problems"]
+        assert "no max-length, overflow in its policy: the policy is missing, out of date or replaced " \
+               "(`shipcast-dead`)" in rows["shipcast.webhook.dead"]["problems"]
         assert rows["shipcast.webhook"]["policy"] == "shipcast-work"
         assert not any("polic" in p for p in rows["shipcast.webhook"]["problems"])
 
@@ -134,6 +140,13 @@ async def test_queues_declared_by_an_earlier_shipcast_keep_working_and_migrate_k
         assert refused.returncode == 1
         assert "shipcast.webhook has 1 consumer(s): stop the workers of channel 'webhook'" in refused.stderr
 
+        # Deliveries waiting in a retry tier (2 s) as the migration starts: they expire into the
+        # work queue while it is sealed or replaced, and must not be lost.
+        retrying = [example("FAIL", partner_id="acme") for _ in range(5)]
+        for event in retrying:
+            await services.broker.publish(event_message(event, headers={TARGET_HEADER: "main"}),
+                                          "shipcast.webhook.retry.2", exchange="")
+        published += [event.event_id for event in retrying]
         # Migrated while the OMS keeps publishing: those events wait in the holding queue.
         migration = asyncio.create_task(asyncio.to_thread(run_cli, settings, "queues", "migrate"))
         while not migration.done():
@@ -151,6 +164,17 @@ async def test_queues_declared_by_an_earlier_shipcast_keep_working_and_migrate_k
         assert not [q["name"] for q in management.get(f"/api/queues/{vhost}").json() if "migrating" in q["name"]]
         assert "nothing to migrate" in run_cli(settings, "queues", "migrate").stdout
 
+        # One message per event in the work queue once the retry tier has expired into it: none
+        # lost, none copied twice (a worker's delivery log would hide a second copy).
+        async def one_each() -> bool:
+            connection = await aio_pika.connect(settings.amqp_url)
+            try:
+                queue = await (await connection.channel()).declare_queue("shipcast.webhook", passive=True)
+                return queue.declaration_result.message_count == len(published)
+            finally:
+                await connection.close()
+
+        await eventually(one_each, timeout=30)
         # Every event, from before and during the migration, is delivered once.
         await _delivered_once(settings, receiver, published)
 
