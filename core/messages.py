@@ -14,10 +14,11 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -157,27 +158,85 @@ def template_for(channel: str, event_type: str, language: str, overrides: Mappin
     """The partner's override for this event type (one text, or one per
     language), else its own directory's ``<channel>/<TYPE>.<lang>.j2``, else
     the shipped template; English where a language is missing."""
+    return _text(channel, event_type, language, overrides, directory)[1]()
+
+
+def text_language(channel: str, event_type: str, language: str, overrides: Mapping[str, Any] | None,
+                  directory: str | None = None) -> str:
+    """The language of the text :func:`template_for` picks for ``language``:
+    itself, or English where there is no text in it. A partner's single text
+    for every language counts as English. India's DLT registers each text
+    with its own id, so the id sent follows this, not the customer's language."""
+    return _text(channel, event_type, language, overrides, directory)[0]
+
+
+def _text(channel: str, event_type: str, language: str, overrides: Mapping[str, Any] | None,
+          directory: str | None) -> tuple[str, Callable[[], jinja2.Template]]:
     override = (overrides or {}).get(event_type)
     if isinstance(override, Mapping):
-        override = override.get(language) or override.get("en")
-    if override:
-        return _compiled(str(override))
+        for lang in (language, "en"):
+            if override.get(lang):
+                return lang, partial(_compiled, str(override[lang]))
+    elif override:
+        return "en", partial(_compiled, str(override))
     if directory:
-        for name in (f"{event_type}.{language}.j2", f"{event_type}.en.j2"):
-            path = Path(directory) / channel / name
+        for lang in (language, "en"):
+            path = Path(directory) / channel / f"{event_type}.{lang}.j2"
             try:
                 changed = path.stat().st_mtime_ns
             except OSError:
                 continue
-            return _from_file(str(path), changed)
+            return lang, partial(_from_file, str(path), changed)
     loader = environment()
-    for name in (f"{channel}/{event_type}.{language}.j2", f"{channel}/{event_type}.en.j2"):
+    for lang in (language, "en"):
         try:
-            return loader.get_template(name)
+            loader.get_template(f"{channel}/{event_type}.{lang}.j2")
         except jinja2.TemplateNotFound:
             continue
+        return lang, partial(loader.get_template, f"{channel}/{event_type}.{lang}.j2")
     raise ConfigError(f"no {channel} template for {event_type}: add templates/{channel}/{event_type}.en.j2 "
                       f"or a '{event_type}' entry under the partner's {channel}.templates")
+
+
+class IdsByType(fields.Field):  # type: ignore[type-arg]
+    """A provider's id for each event type's text: ``{OFD: id}`` for every
+    language, or ``{OFD: {en: id, hi: id}}`` one per language (English, the
+    fallback, required). Errors name the event type and language."""
+
+    def __init__(self, pattern: str, error: str, **kwargs: Any) -> None:
+        if not kwargs.get("required"):
+            kwargs.setdefault("load_default", dict)
+        super().__init__(**kwargs)
+        self.pattern, self.error = re.compile(pattern), error
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ValidationError("must map event types to an id, or to {en: id, hi: id}")
+        errors: dict[str, Any] = {}
+        for event_type, ids in value.items():
+            if not isinstance(ids, Mapping):
+                if not (isinstance(ids, str) and self.pattern.fullmatch(ids)):
+                    errors[str(event_type)] = [self.error]
+                continue
+            wrong = {str(lang): [f"unknown language; one of {', '.join(LANGUAGES)}"]
+                     for lang in ids if lang not in LANGUAGES}
+            wrong.update({str(lang): [self.error] for lang, one in ids.items() if lang in LANGUAGES
+                          and not (isinstance(one, str) and self.pattern.fullmatch(one))})
+            if "en" not in ids:
+                wrong["en"] = ["missing: English is the fallback for every other language"]
+            if wrong:
+                errors[str(event_type)] = wrong
+        if errors:
+            raise ValidationError(errors)
+        return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
+
+
+def id_for(ids: Mapping[str, Any], event_type: str, language: str) -> str | None:
+    """The id :class:`IdsByType` gives this event type's text in ``language`` (English where it has none)."""
+    found = ids.get(event_type)
+    if isinstance(found, Mapping):
+        return found.get(language) or found.get("en")
+    return found
 
 
 def serves(channel: str, event_type: str, config: Mapping[str, Any]) -> bool:
@@ -244,8 +303,8 @@ def check_templates(settings: Settings, channel: str, partner_id: str, partner_n
     """Render every template this config may send, for every event type it
     serves and every language, with realistic data and with the nulls each
     event type's row leaves; ``shape`` says what is wrong with a rendered
-    text, if anything (an email without a subject line). Returns the errors,
-    keyed by field."""
+    text, if anything (an email without a subject line), and :func:`lacks`
+    what every customer's message must carry. Returns the errors, keyed by field."""
     from .examples import example
     from .plugin_manager import event_types
 
@@ -263,8 +322,9 @@ def check_templates(settings: Settings, channel: str, partner_id: str, partner_n
         for language in LANGUAGES:
             for sample in (event, sparse):
                 try:
+                    url = tracking_url(settings, sample, partner)
                     text = render(settings, channel, sample, partner, overrides, language, config.get("template_dir"))
-                    wrong = shape(text) if shape else None
+                    wrong = (shape(text) if shape else None) or lacks(text, sample, url)
                     if wrong:
                         raise ConfigError(f"{channel} template for {event_type} ({language}) {wrong}")
                 except ConfigError as exc:
@@ -273,6 +333,18 @@ def check_templates(settings: Settings, channel: str, partner_id: str, partner_n
                     errors.setdefault(where, []).append(f"{language}: {exc}")
                     break
     return {where: sorted(set(messages)) for where, messages in errors.items()}
+
+
+def lacks(text: str, event: Event, url: str) -> str | None:
+    """What a customer's message must carry and ``text`` does not: the
+    tracking link (where a DEL's customer rates the delivery and a FAIL's
+    picks a new time) in every message, and a FAIL's reason."""
+    missing = []
+    if url not in text:
+        missing.append("the tracking link ({{ tracking_url }})")
+    if event.event_type == "FAIL" and event.failure is not None and event.failure.reason not in text:
+        missing.append("the failure's reason ({{ failure.reason }})")
+    return f"must give {' and '.join(missing)}" if missing else None
 
 
 def sparse_event(event: Event) -> Event:
@@ -297,8 +369,17 @@ def sparse_event(event: Event) -> Event:
 
 #: Event types after which an order's earlier kinds of message are stale.
 TERMINAL = ("DEL", "RET")
-#: Event types sent whatever the quiet hours: OTPs and failures cannot wait.
+#: Event types sent whatever the quiet hours and whatever the config says:
+#: OTPs and failures cannot wait. A config's ``critical`` only adds to them.
 CRITICAL = ("OFD", "FAIL")
+
+
+def critical(event: Event, config: Mapping[str, Any]) -> bool:
+    """Whether this message goes out even in the merchant's quiet hours: an
+    OFD or FAIL, any event carrying an OTP, or a type the config's
+    ``critical`` adds. No config can make an OTP or a failure wait."""
+    return event.event_type in CRITICAL or event.otp is not None \
+        or event.event_type in (config.get("critical") or ())
 
 
 def _known_zone(value: str) -> None:
@@ -329,6 +410,14 @@ class QuietHours(Schema):
     def _ends(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("start") == data.get("end"):
             raise ValidationError("start and end are the same: the hours would be quiet all day", "end")
+
+
+class Critical(fields.List):  # type: ignore[type-arg]
+    """``critical: [DEL]``: event types sent even in quiet hours, besides the
+    OFDs, FAILs and OTPs that always are (empty by default)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(), load_default=list, **kwargs)
 
 
 def quiet_for(quiet: Mapping[str, Any] | None, at: datetime) -> float:
@@ -393,7 +482,7 @@ async def keep_rules(services: Services, channel: str, event: Event, address: st
         later = await store.later_event(event.partner_id, event.order.order_id, event.sequence, TERMINAL)
         if later is not None:
             raise SkipDelivery(f"stale: a later {'/'.join(TERMINAL)} of this order ({later}) was received first")
-    if event.event_type not in config.get("critical", CRITICAL):
+    if not critical(event, config):
         wait = quiet_for(config.get("quiet_hours"), datetime.now(UTC))
         if wait > 0:
             quiet = config["quiet_hours"]

@@ -153,6 +153,14 @@ async def test_a_template_without_what_it_needs_is_refused_at_apply(mail_setting
             await shipcast.apply(email_doc(templates={"DEL": "Thanks for your order {{ order.order_id }}"}))
         with pytest.raises(ConfigError, match="from_address"):
             await shipcast.apply(email_doc(from_address="nobody"))
+        # Every message carries the tracking link (where a DEL's customer rates it), a FAIL its reason.
+        with pytest.raises(ConfigError, match=r"channels.email.templates.DEL.*must give the tracking link"):
+            await shipcast.apply(email_doc(templates={"DEL": "Delivered\nThanks, {{ customer.name }}!"}))
+        with pytest.raises(ConfigError, match=r"channels.email.templates.FAIL.*must give the failure's reason"):
+            await shipcast.apply(email_doc(templates={"FAIL": "We missed you\nPick a time: {{ tracking_url }}"}))
+        await shipcast.apply(email_doc(templates={
+            "DEL": "Delivered\nRate us: {{ tracking_url }}",
+            "FAIL": "We missed you\n{{ failure.reason }}. Pick a time: {{ tracking_url }}"}))
 
 
 @pytest.mark.parametrize("language", ["en", "hi"])

@@ -9,7 +9,7 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from shipcast.plugins.sms.segments import encoding, segments
 from shipcast.settings import Settings
 
 from .conftest import make_settings
-from .helpers import ShipcastProcess, eventually, serve, settled
+from .helpers import ShipcastProcess, TcpProxy, eventually, serve, settled
 
 pytestmark = pytest.mark.broker
 SID, TOKEN = "AC" + "0" * 32, "twilio-test-token"
@@ -44,6 +44,8 @@ class FakeTwilio:
     whatsapp_errors: list[tuple[int, int]] = field(default_factory=list)
     received: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
+    #: Awaited once a message is received, before Twilio answers it.
+    before_answer: Callable[[], Awaitable[None]] | None = None
 
     async def _messages(self, request: web.Request) -> web.Response:
         expected = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
@@ -51,6 +53,8 @@ class FakeTwilio:
             return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
         form = dict(await request.post())
         self.received.append({k: str(v) for k, v in form.items()})
+        if self.before_answer is not None:
+            await self.before_answer()
         script = self.whatsapp_errors if str(form.get("To", "")).startswith("whatsapp:") else self.errors
         if script:
             status, code = script.pop(0)
@@ -128,7 +132,7 @@ def test_text_is_sent_as_written_and_a_printed_null_is_refused() -> None:
     text = render(settings, "sms", parse_event(body), partner, {"OFD": "{{ partner.name }}: hi {{ customer.name }}"})
     assert text == "Tom & Jerry's: hi Ann O'Brien & Co <3"
     errors = check_templates(settings, "sms", "acme", "Acme", {},
-                             {"events": ["OFD"], "templates": {"OFD": "Call {{ rider.phone }}"}})
+                             {"events": ["OFD"], "templates": {"OFD": "Call {{ rider.phone }}: {{ tracking_url }}"}})
     assert list(errors) == ["templates.OFD"] and "null" in errors["templates.OFD"][0]
 
 
@@ -161,6 +165,47 @@ async def test_partners_apply_refuses_a_template_that_would_break(sms_settings: 
         assert "partner 'acme': channels.sms.templates.FAIL" in str(caught.value) and "reasn" in str(caught.value)
         with pytest.raises(ConfigError, match="dlt_template_ids"):
             await shipcast.apply(sms_doc(dlt_template_ids={"OFD": "123"}))
+
+
+GOOD_FAIL = "{{ partner.name }}: missed you, {{ failure.reason }}. Pick a new time: {{ tracking_url }}"
+
+
+@pytest.mark.parametrize(("templates", "field", "missing"), [
+    ({"OFD": "{{ partner.name }}: out today, OTP {{ otp.code }}"}, "templates.OFD", "the tracking link"),
+    ({"DEL": "Delivered, thank you!"}, "templates.DEL", "the tracking link"),
+    ({"FAIL": "We missed you. Pick a new time: {{ tracking_url }}"}, "templates.FAIL", "the failure's reason"),
+    ({"FAIL": "We missed you: {{ failure.reason }}"}, "templates.FAIL", "the tracking link"),
+    ({"FAIL": {"en": GOOD_FAIL, "hi": "हम आपसे नहीं मिल सके: {{ tracking_url }}"}}, "templates.FAIL",
+     "(hi) must give the failure's reason"),
+])
+async def test_apply_refuses_an_override_that_drops_what_every_message_carries(
+        sms_settings: Settings, templates: dict[str, Any], field: str, missing: str) -> None:
+    """Every message carries the tracking link (where a DEL's customer rates
+    the delivery and a FAIL's picks a new time), and a FAIL its reason: an
+    override without them is refused at apply, naming the field."""
+    async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
+        with pytest.raises(ConfigError) as caught:
+            await shipcast.apply(sms_doc(events=["OFD", "DEL", "FAIL"], templates=templates))
+        assert list(caught.value.errors or {}) == [f"partner 'acme': channels.sms.{field}"]
+        assert missing in str(caught.value)
+
+
+async def test_apply_accepts_overrides_that_carry_the_link_and_the_reason(sms_settings: Settings,
+                                                                           tmp_path: Any) -> None:
+    (tmp_path / "sms").mkdir()
+    (tmp_path / "sms" / "DEL.en.j2").write_text("Delivered! Rate us: {{ tracking_url }}")
+    async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
+        await shipcast.apply(sms_doc(events=["OFD", "DEL", "FAIL"], template_dir=str(tmp_path), templates={
+            "OFD": "OTP {{ otp.code if otp else '-' }}, track: {{ tracking_url }}",
+            "FAIL": {"en": GOOD_FAIL, "hi": "{{ failure.reason }}। नया समय चुनें: {{ tracking_url }}"}}))
+        [partner] = await shipcast.services.store.get_partners()
+        assert partner.channels["sms"]["templates"]["FAIL"]["en"] == GOOD_FAIL
+        # A partner's own directory is held to the same rule.
+        (tmp_path / "sms" / "DEL.en.j2").write_text("Delivered! Thank you.")
+        with pytest.raises(ConfigError) as caught:
+            await shipcast.apply(sms_doc(events=["OFD", "DEL", "FAIL"], template_dir=str(tmp_path)))
+        assert list(caught.value.errors or {}) == ["partner 'acme': channels.sms.template_dir"]
+        assert "DEL (en) must give the tracking link" in str(caught.value)
 
 
 async def test_a_text_goes_through_the_twilio_sdk_with_the_exact_fields(sms_settings: Settings,
@@ -272,29 +317,36 @@ async def test_an_ofd_after_the_orders_del_is_not_sent(sms_settings: Settings, t
         assert [r["Body"] for r in twilio.received if "delivered" in r["Body"]] and len(twilio.received) == 1
 
 
-async def test_review_requests_wait_out_the_quiet_hours_but_otps_go(sms_settings: Settings,
-                                                                     twilio: FakeTwilio) -> None:
+async def test_review_requests_wait_out_the_quiet_hours_but_otps_and_failures_go(sms_settings: Settings,
+                                                                                  twilio: FakeTwilio) -> None:
+    """A merchant's ``critical`` list only adds to OFD and FAIL: one that
+    leaves them out still never makes an OTP or a failure wait."""
     from datetime import UTC, datetime, timedelta
 
     now = datetime.now(UTC)
     quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"),
              "end": (now + timedelta(hours=2)).strftime("%H:%M"), "timezone": "UTC"}
     async with ShipcastProcess(sms_settings) as shipcast:
-        await shipcast.apply(sms_doc(events=["OFD", "DEL"], quiet_hours=quiet))
-        ofd, deliv = event_body("OFD"), event_body("DEL")
-        await shipcast.http.post("/v1/events", json=[ofd, deliv])
+        await shipcast.apply(sms_doc(events=["OFD", "DEL", "FAIL"], quiet_hours=quiet, critical=["RET"]))
+        ofd, deliv, fail = event_body("OFD"), event_body("DEL"), event_body("FAIL")
+        await shipcast.http.post("/v1/events", json=[ofd, deliv, fail])
         [row] = await eventually(settled(shipcast, deliv["event_id"], ("waiting", "delivered", "dead", "skipped")))
         assert row["status"] == "waiting" and row["last_error"].startswith("quiet hours until")
-        await eventually(lambda: len(twilio.received) == 1)
-        assert "4821" in twilio.received[0]["Body"]  # the OTP went out
+        await eventually(lambda: len(twilio.received) == 2)
+        bodies = sorted(sent["Body"] for sent in twilio.received)
+        assert any("4821" in body for body in bodies)  # the OTP went out
+        assert any("Customer not reachable" in body for body in bodies)  # and the failure, with its reason
+        for event in (ofd, fail):
+            [row] = await eventually(settled(shipcast, event["event_id"], ("delivered",)))
+            assert row["attempts"] == 1
         await asyncio.sleep(5)  # several deferrals through the retry tiers ("1,2"): none spends an attempt
-        assert len(twilio.received) == 1
+        assert len(twilio.received) == 2
         # The quiet hours end (here: the merchant drops them): the review request goes, on its first attempt.
-        await shipcast.apply(sms_doc(events=["OFD", "DEL"]))
+        await shipcast.apply(sms_doc(events=["OFD", "DEL", "FAIL"]))
         [row] = await eventually(settled(shipcast, deliv["event_id"], ("delivered",)), timeout=20)
         assert row["attempts"] == 1
         assert [a["outcome"] for a in await shipcast.services.store.list_attempts(deliv["event_id"])] == ["delivered"]
-        assert len(twilio.received) == 2 and "Rate us" in twilio.received[1]["Body"]
+        assert len(twilio.received) == 3 and "Rate us" in twilio.received[2]["Body"]
 
 
 def test_quiet_hours_that_never_end_are_refused() -> None:
@@ -324,8 +376,8 @@ async def test_an_opt_out_is_recorded_and_honoured(sms_settings: Settings, twili
 async def test_templates_preview_shows_the_partners_message(sms_settings: Settings) -> None:
     from .helpers import run_cli
 
-    doc = sms_doc(templates={"FAIL": {"en": "Sorry {{ customer.name }}: {{ failure.reason }}",
-                                      "hi": "क्षमा करें {{ customer.name }}"}})
+    doc = sms_doc(templates={"FAIL": {"en": "Sorry {{ customer.name }}: {{ failure.reason }} {{ tracking_url }}",
+                                      "hi": "क्षमा करें {{ customer.name }}: {{ failure.reason }} {{ tracking_url }}"}})
     doc["partners"][0]["channels"].update({
         "whatsapp": {"events": ["OFD"], "sender": "+14155238886", "content_sids": {"OFD": "HX" + "a" * 32}},
         "email": {"events": ["DEL"], "from_address": "Acme <orders@acme.example.com>"}})
@@ -337,7 +389,8 @@ async def test_templates_preview_shows_the_partners_message(sms_settings: Settin
                        "--channel", channel, *more)
 
     shown = preview("FAIL", "sms")
-    assert shown.returncode == 0 and shown.stdout.strip() == "Sorry Priya Sharma: Customer not reachable on phone; door locked"
+    assert shown.returncode == 0 and shown.stdout.startswith(
+        "Sorry Priya Sharma: Customer not reachable on phone; door locked https://track.example.com/t/")
     assert "1 segment (GSM-7)" in shown.stderr
     hindi = preview("OFD", "sms", "--lang", "hi")
     assert hindi.returncode == 0 and "डिलीवरी" in hindi.stdout and "https://track.example.com/t/" in hindi.stdout
@@ -431,14 +484,15 @@ def test_secrets_never_show_in_the_settings_repr() -> None:
 async def test_a_partners_own_template_directory_is_used_and_checked(sms_settings: Settings, twilio: FakeTwilio,
                                                                       tmp_path: Any) -> None:
     (tmp_path / "sms").mkdir()
-    (tmp_path / "sms" / "OFD.en.j2").write_text("Acme says: {{ order.order_id }} is on its way, OTP {{ otp.code }}")
+    (tmp_path / "sms" / "OFD.en.j2").write_text("Acme says: {{ order.order_id }} is on its way, OTP {{ otp.code }}: "
+                                                "{{ tracking_url }}")
     async with ShipcastProcess(sms_settings) as shipcast:
         with pytest.raises(ConfigError, match="template_dir"):
             await shipcast.apply(sms_doc(template_dir=str(tmp_path / "missing")))
         await shipcast.apply(sms_doc(template_dir=str(tmp_path)))
         await shipcast.http.post("/v1/events", json=event_body("OFD"))
         [sent] = await eventually(lambda: twilio.received)
-        assert sent["Body"] == "Acme says: ORD-10023 is on its way, OTP 4821"
+        assert sent["Body"].startswith("Acme says: ORD-10023 is on its way, OTP 4821: https://track.example.com/t/")
         # An edited file is read again (compiled templates are cached while the file is unchanged).
         template = tmp_path / "sms" / "OFD.en.j2"
         template.write_text("Acme, edited: {{ order.order_id }}")
@@ -450,3 +504,122 @@ async def test_a_partners_own_template_directory_is_used_and_checked(sms_setting
     async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
         with pytest.raises(ConfigError, match="channels.sms.template_dir.*resaon"):
             await shipcast.apply(sms_doc(template_dir=str(tmp_path)))
+
+
+EN_OFD, HI_OFD, EN_FAIL, HI_FAIL = "1107161234567890001", "1107161234567890002", "1107161234567890003", \
+    "1107161234567890004"
+
+
+@dataclass
+class FakeMsg91:
+    """MSG91's SendSMS API (``POST /api/v2/sendsms``, the ``authkey`` header,
+    JSON ``{sender, route, country, DLT_TE_ID, sms: [{message, to}]}``,
+    answering ``{"type": "success", "message": <request id>}``)."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+
+    async def _send(self, request: web.Request) -> web.Response:
+        if request.headers.get("authkey") != "msg91-test-key":
+            return web.json_response({"type": "error", "message": "Authentication failure", "code": "401"},
+                                     status=401)
+        self.received.append(await request.json())
+        return web.json_response({"type": "success", "message": f"{len(self.received):024x}"})
+
+    async def __aenter__(self) -> FakeMsg91:
+        app = web.Application()
+        app.router.add_post("/api/v2/sendsms", self._send)
+        self._runner, self.port = await serve(app)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+@pytest.fixture
+async def msg91() -> AsyncIterator[FakeMsg91]:
+    """An Indian gateway as a plugin of its own: a provider class registered
+    through ``shipcast_sms_providers``, as an installed package would, with
+    nothing in the SMS channel knowing of it."""
+    import aiohttp
+
+    from shipcast import hookimpl
+    from shipcast.exceptions import PermanentDelivery, RetryableDelivery
+    from shipcast.plugin_manager import get_plugin_manager
+    from shipcast.plugins.sms.providers import SmsMessage, SmsProvider
+
+    async with FakeMsg91() as server:
+        class Msg91(SmsProvider):
+            name = "msg91"
+
+            async def start(self) -> None:
+                self.http = aiohttp.ClientSession(f"http://127.0.0.1:{server.port}",
+                                                  headers={"authkey": "msg91-test-key"})
+
+            async def close(self) -> None:
+                await self.http.close()
+
+            async def send(self, message: SmsMessage) -> str:
+                async with self.http.post("/api/v2/sendsms", json={
+                        "sender": message.sender, "route": "4", "country": "91",
+                        "DLT_TE_ID": message.dlt_template_id,
+                        "sms": [{"message": message.body, "to": [message.to.lstrip("+")]}]}) as answer:
+                    body = await answer.json()
+                if answer.status >= 500 or answer.status == 429:
+                    raise RetryableDelivery(f"MSG91 {answer.status}", status=answer.status)
+                if body.get("type") != "success":
+                    raise PermanentDelivery(f"MSG91 {body.get('code')}: {body.get('message')}", status=answer.status)
+                return str(body["message"])
+
+        class Plugin:
+            @hookimpl
+            def shipcast_sms_providers(self) -> list[type[SmsProvider]]:
+                return [Msg91]
+
+        manager = get_plugin_manager()
+        manager.register(Plugin(), name="test-msg91")
+        try:
+            yield server
+        finally:
+            manager.unregister(name="test-msg91")
+
+
+async def test_another_provider_gets_the_dlt_id_of_the_text_it_sends(sms_settings: Settings, twilio: FakeTwilio,
+                                                                      msg91: FakeMsg91) -> None:
+    """India's DLT registers each text with its own id: English and Hindi
+    differ, and a partner's single text counts as English whatever the
+    customer's language. The provider, a plugin the channel knows nothing
+    of, gets the id of the text it sends."""
+    async with ShipcastProcess(sms_settings, channels=["sms"]) as shipcast:
+        await shipcast.apply(sms_doc(provider="msg91", templates={"FAIL": {"en": GOOD_FAIL}}, dlt_template_ids={
+            "OFD": {"en": EN_OFD, "hi": HI_OFD}, "FAIL": {"en": EN_FAIL, "hi": HI_FAIL}}))
+        events = [event_body("OFD", language="en"), event_body("OFD", language="hi"),
+                  event_body("FAIL", language="hi")]
+        await shipcast.http.post("/v1/events", json=events)
+        for event in events:
+            [row] = await eventually(settled(shipcast, event["event_id"]))
+            assert row["status"] == "delivered"
+    by_id = {sent["DLT_TE_ID"]: sent for sent in msg91.received}
+    assert sorted(by_id) == [EN_OFD, HI_OFD, EN_FAIL]
+    assert "out for delivery" in by_id[EN_OFD]["sms"][0]["message"]
+    assert "डिलीवरी" in by_id[HI_OFD]["sms"][0]["message"]
+    assert by_id[EN_FAIL]["sms"][0]["message"].startswith("Acme Retail: missed you")  # the English text
+    assert all(sent["sms"][0]["to"] == ["919876543210"] and sent["sender"] == "ACMEIN" for sent in msg91.received)
+    assert twilio.received == []
+
+
+@pytest.mark.parametrize(("ids", "field", "says"), [
+    ({"OFD": "123"}, "dlt_template_ids.OFD", "19-digit"),
+    ({"OFD": {"en": EN_OFD, "hi": "11071612345678900x2"}}, "dlt_template_ids.OFD.hi", "19-digit"),
+    ({"OFD": {"hi": HI_OFD}}, "dlt_template_ids.OFD.en", "English is the fallback"),
+    ({"OFD": {"en": EN_OFD}}, "dlt_template_ids.OFD.hi", "OFD texts are sent in 'hi'"),
+    ({"OFD": {"en": EN_OFD, "ta": HI_OFD}}, "dlt_template_ids.OFD.ta", "unknown language"),
+    ({"OFD": ["1107161234567890001"]}, "dlt_template_ids.OFD", "19-digit"),
+])
+async def test_apply_refuses_a_dlt_id_naming_the_field(sms_settings: Settings, ids: dict[str, Any], field: str,
+                                                       says: str) -> None:
+    async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
+        with pytest.raises(ConfigError) as caught:
+            await shipcast.apply(sms_doc(dlt_template_ids=ids))
+        assert list(caught.value.errors or {}) == [f"partner 'acme': channels.sms.{field}"]
+        assert says in str(caught.value)

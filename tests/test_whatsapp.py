@@ -29,7 +29,8 @@ def wa_doc(**config: Any) -> dict[str, Any]:
 
 async def test_a_content_template_goes_with_its_variables(sms_settings: Settings, twilio: FakeTwilio) -> None:
     async with ShipcastProcess(sms_settings) as shipcast:
-        await shipcast.apply(wa_doc(variables={"FAIL": ["{{ customer.name }}", "{{ failure.reason }}"]}))
+        await shipcast.apply(wa_doc(variables={"FAIL": ["{{ customer.name }}", "{{ failure.reason }}",
+                                                        "{{ tracking_url }}"]}))
         await shipcast.http.post("/v1/events", json=[event_body("OFD"), event_body("FAIL", name="Ann O'Brien & Co")])
         await eventually(lambda: len(twilio.received) == 2)
     by_sid = {sent["ContentSid"]: sent for sent in twilio.received}
@@ -39,8 +40,9 @@ async def test_a_content_template_goes_with_its_variables(sms_settings: Settings
     variables = orjson.loads(ofd["ContentVariables"])
     assert variables["1"] == "Acme Retail" and variables["2"] == "ORD-10023" and variables["4"] == "4821"
     assert variables["5"].startswith("https://track.example.com/t/")
-    assert orjson.loads(by_sid[FAIL_SID]["ContentVariables"]) == {
-        "1": "Ann O'Brien & Co", "2": "Customer not reachable on phone; door locked"}  # as written, not HTML
+    fail = orjson.loads(by_sid[FAIL_SID]["ContentVariables"])
+    assert (fail["1"], fail["2"]) == ("Ann O'Brien & Co", "Customer not reachable on phone; door locked")  # not HTML
+    assert fail["3"].startswith("https://track.example.com/t/")
 
 
 @pytest.mark.parametrize("code", [63016, 63003])
@@ -150,3 +152,81 @@ async def test_after_a_fallback_text_the_sms_channel_sends_nothing_more(sms_sett
                                                reason="delivered") > skipped)
     texts = [sent for sent in twilio.received if not sent["To"].startswith("whatsapp:")]
     assert len(texts) == 1
+
+
+#: One approved content template per event type and language: Meta approves each language's text apart.
+SIDS = {event_type: {"en": "HX" + f"{index}e" * 16, "hi": "HX" + f"{index}f" * 16}
+        for index, event_type in enumerate(["OFD", "DEL", "FAIL", "RET"])}
+
+
+def customer_event(event_type: str, language: str, sparse: bool) -> dict[str, Any]:
+    """An event for a customer in ``language``; ``sparse``: every optional field null."""
+    from shipcast.examples import example
+    from shipcast.messages import sparse_event
+
+    event = example(event_type)
+    body: dict[str, Any] = orjson.loads((sparse_event(event) if sparse else event).to_json())
+    body["order"]["customer"].update(phone="+919876543210", language=language)
+    return body
+
+
+@pytest.mark.parametrize("language", ["en", "hi"])
+@pytest.mark.parametrize("event_type", ["OFD", "DEL", "FAIL", "RET"])
+async def test_each_language_gets_its_own_content_template(sms_settings: Settings, twilio: FakeTwilio,
+                                                           event_type: str, language: str) -> None:
+    """``content_sids`` may give one template per language: a Hindi customer
+    gets the Hindi template, with the default variables rendered from a full
+    event and from one with every optional field null."""
+    async with ShipcastProcess(sms_settings, channels=["whatsapp"]) as shipcast:
+        await shipcast.apply(wa_doc(events=[event_type], content_sids=SIDS))
+        full, sparse = customer_event(event_type, language, False), customer_event(event_type, language, True)
+        await shipcast.http.post("/v1/events", json=[full, sparse])
+        for event in (full, sparse):
+            [row] = await eventually(settled(shipcast, event["event_id"]))
+            assert row["status"] == "delivered"
+    assert [sent["ContentSid"] for sent in twilio.received] == [SIDS[event_type][language]] * 2
+    for sent in twilio.received:
+        values = list(orjson.loads(sent["ContentVariables"]).values())
+        assert values[:2] == ["Acme Retail", "ORD-10023"] and all(values), values
+        assert not any("None" in value or "{{" in value for value in values), values
+        assert values[-1].startswith("https://track.example.com/t/")  # every message carries the link
+        if event_type == "FAIL":
+            assert "Customer not reachable on phone; door locked" in values
+    if event_type == "OFD":  # the OTP, and the rider, where the event has them
+        full_values, sparse_values = (orjson.loads(sent["ContentVariables"]) for sent in twilio.received)
+        assert full_values["4"] == "4821" and full_values["3"] != "-"
+
+
+def test_a_language_without_its_own_template_gets_englishs() -> None:
+    from shipcast.envelope import parse_event
+    from shipcast.messages import id_for, language_of
+
+    sids = {"OFD": {"en": OFD_SID}, "FAIL": FAIL_SID}
+    for language in ("hi", "ta", "hi-IN"):
+        assert id_for(sids, "OFD", language_of(parse_event(customer_event("OFD", language, False)))) == OFD_SID
+    assert id_for(sids, "FAIL", "hi") == FAIL_SID
+    assert id_for(SIDS, "FAIL", language_of(parse_event(customer_event("FAIL", "hi-IN", True)))) == SIDS["FAIL"]["hi"]
+
+
+@pytest.mark.parametrize(("config", "field", "says"), [
+    ({"content_sids": {"OFD": {"hi": OFD_SID}, "FAIL": FAIL_SID}}, "content_sids.OFD.en", "English is the fallback"),
+    ({"content_sids": {"OFD": {"en": OFD_SID, "hi": "HX1"}, "FAIL": FAIL_SID}}, "content_sids.OFD.hi",
+     "approved content template's sid"),
+    ({"content_sids": {"OFD": {"en": OFD_SID, "fr": OFD_SID}, "FAIL": FAIL_SID}}, "content_sids.OFD.fr",
+     "unknown language"),
+    ({"variables": {"OFD": ["{{ customer.name }}", "{{ otp.code if otp else '-' }}"]}}, "variables.OFD",
+     "must give the tracking link"),
+    ({"variables": {"FAIL": ["{{ customer.name }}", "{{ tracking_url }}"]}}, "variables.FAIL",
+     "must give the failure's reason"),
+])
+async def test_apply_refuses_a_content_template_config_naming_the_field(sms_settings: Settings,
+                                                                        config: dict[str, Any], field: str,
+                                                                        says: str) -> None:
+    async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
+        with pytest.raises(ConfigError) as caught:
+            await shipcast.apply(wa_doc(**config))
+        assert list(caught.value.errors or {}) == [f"partner 'acme': channels.whatsapp.{field}"]
+        assert says in str(caught.value)
+        # Variables that carry the link (and a FAIL's reason) are accepted.
+        await shipcast.apply(wa_doc(content_sids={"OFD": {"en": OFD_SID, "hi": FAIL_SID}, "FAIL": FAIL_SID},
+                                    variables={"FAIL": ["{{ failure.reason }}", "{{ tracking_url }}"]}))

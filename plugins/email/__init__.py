@@ -35,7 +35,7 @@ from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.messages import (
-    CRITICAL,
+    Critical,
     QuietHours,
     check_templates,
     context,
@@ -69,7 +69,7 @@ class EmailConfig(Schema):
     #: A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``.
     template_dir = fields.String()
     quiet_hours = fields.Nested(QuietHours)
-    critical = fields.List(fields.String(), load_default=lambda: list(CRITICAL))
+    critical = Critical()
 
     @validates("from_address")
     def _sender(self, value: str, **_: Any) -> None:

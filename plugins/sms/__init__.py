@@ -9,14 +9,17 @@ Config (``channels.sms`` in the partners file)::
       sender: ACMEIN               # the sender header (India: the DLT header)
       provider: twilio             # default
       country: IN                  # for numbers written without +country code
-      dlt_template_ids: {OFD: "1107161234567890123"}
+      dlt_template_ids: {OFD: "1107161234567890123",     # one id for every language, or
+                         FAIL: {en: "1107161234567890124", hi: "1107161234567890125"}}
       templates: {FAIL: "..."}     # or {FAIL: {en: "...", hi: "..."}}
       quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}
-      critical: [OFD, FAIL]        # sent even in quiet hours (the default)
+      critical: [RET]              # more types sent even in quiet hours
 
 A customer who opted out (Twilio 21610) gets nothing more on this channel, an
 OFD or FAIL received after the order's DEL or RET is not sent, and a
-non-critical text (a DEL's review request) waits out the quiet hours.
+non-critical text (a DEL's review request) waits out the quiet hours. OFDs,
+FAILs and anything carrying an OTP are always critical: ``critical`` adds
+types, it cannot make those wait.
 """
 
 from __future__ import annotations
@@ -32,7 +35,21 @@ from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
 from shipcast.exceptions import ConfigError, PermanentDelivery
-from shipcast.messages import CRITICAL, QuietHours, check_templates, keep_rules, mask, render, serves, settle_quietly
+from shipcast.messages import (
+    LANGUAGES,
+    Critical,
+    IdsByType,
+    QuietHours,
+    check_templates,
+    id_for,
+    keep_rules,
+    language_of,
+    mask,
+    render,
+    serves,
+    settle_quietly,
+    text_language,
+)
 from shipcast.partners import Partner
 from shipcast.settings import Settings
 
@@ -64,13 +81,13 @@ class SmsConfig(Schema):
         r"^(\+[0-9]{6,15}|[A-Za-z0-9]{3,11})$", error="must be a phone number (+…) or a 3-11 character header"))
     provider = fields.String(load_default="twilio")
     country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}$", error="must be like IN"))
-    dlt_template_ids = fields.Dict(keys=fields.String(), values=fields.String(validate=validate.Regexp(
-        r"^[0-9]{19}$", error="must be a 19-digit DLT template id")), load_default=dict)
+    #: India's DLT id of each event type's text: one, or one per language (each text is registered apart).
+    dlt_template_ids = IdsByType(r"[0-9]{19}", "must be a 19-digit DLT template id")
     templates = fields.Dict(keys=fields.String(), values=TemplateText(), load_default=dict)
     #: A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``.
     template_dir = fields.String()
     quiet_hours = fields.Nested(QuietHours)
-    critical = fields.List(fields.String(), load_default=lambda: list(CRITICAL))
+    critical = Critical()
 
     @validates_schema
     def _known_types(self, data: dict[str, Any], **_: Any) -> None:
@@ -99,6 +116,7 @@ class SmsChannel(Channel):
         if config["provider"] not in known:
             errors["provider"] = [f"unknown SMS provider; installed: {', '.join(sorted(known))}"]
         errors.update(check_templates(settings, cls.name, partner_id, partner_id, {}, config))
+        errors.update(missing_dlt_ids(config))
         if errors:
             raise ConfigError("refused", errors)
         return config
@@ -159,10 +177,12 @@ class SmsChannel(Channel):
         if count > MAX_SEGMENTS:
             raise PermanentDelivery(f"message is {count} segments; at most {MAX_SEGMENTS}: shorten the template")
         provider = await self._provider(config.get("provider", "twilio"))
+        written_in = text_language(self.name, event.event_type, language_of(event), config.get("templates"),
+                                   config.get("template_dir"))
         try:
             sid = await provider.send(SmsMessage(
                 to=to, sender=config["sender"], body=text,
-                dlt_template_id=config.get("dlt_template_ids", {}).get(event.event_type),
+                dlt_template_id=id_for(config.get("dlt_template_ids", {}), event.event_type, written_in),
                 status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/{provider.name}"))
         except CustomerOptedOut as exc:
             await self.services.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
@@ -170,6 +190,25 @@ class SmsChannel(Channel):
         await settle_quietly(self.services.store.add_provider_message(
             provider.name, sid, event.event_id, self.name, "customer"))
         return Delivered(201, f"{sid}: {count} segment{'s' if count > 1 else ''}")
+
+
+def missing_dlt_ids(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Per-language DLT ids must cover every language a text is sent in:
+    a Hindi text under the English text's id is one the carrier filters."""
+    errors: dict[str, list[str]] = {}
+    for event_type, ids in config.get("dlt_template_ids", {}).items():
+        if not isinstance(ids, Mapping):
+            continue
+        for language in LANGUAGES:
+            try:
+                written_in = text_language("sms", event_type, language, config.get("templates"),
+                                           config.get("template_dir"))
+            except ConfigError:
+                continue  # no text at all: check_templates says so
+            if written_in not in ids:
+                errors[f"dlt_template_ids.{event_type}.{written_in}"] = [
+                    f"missing: {event_type} texts are sent in '{written_in}', registered under their own DLT id"]
+    return errors
 
 
 def e164(raw: str, country: str) -> str | None:

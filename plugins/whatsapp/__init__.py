@@ -1,6 +1,7 @@
 """The WhatsApp channel: Twilio's WhatsApp API with the merchant's approved
-content templates (utility category): a ``content_sid`` per event type and
-its variables, rendered from the event. A customer WhatsApp cannot reach (not
+content templates (utility category): a ``content_sid`` per event type (one,
+or one per language) and its variables, rendered from the event; they must
+carry the tracking link, and a FAIL's the failure's reason. A customer WhatsApp cannot reach (not
 opted in, not a user, blocked: Twilio 63003, 63014, 63016, 63024) gets a text
 instead when the merchant sets ``fallback_sms_sender``.
 
@@ -9,7 +10,7 @@ Config (``channels.whatsapp``)::
     whatsapp:
       events: [OFD, DEL, FAIL]
       sender: "+14155238886"              # the WhatsApp business number
-      content_sids: {OFD: HX…, DEL: HX…, FAIL: HX…}
+      content_sids: {OFD: HX…, DEL: HX…, FAIL: {en: HX…, hi: HX…}}   # one, or one per language
       variables: {OFD: ["{{ customer.name }}", "{{ otp.code }}"]}   # default: see VARIABLES
       fallback_sms_sender: ACMEIN          # text instead when WhatsApp cannot reach them
 """
@@ -28,7 +29,20 @@ from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
 from shipcast.exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, PermanentDelivery
-from shipcast.messages import CRITICAL, UNREACHABLE, QuietHours, context, keep_rules, mask, settle_quietly
+from shipcast.messages import (
+    UNREACHABLE,
+    Critical,
+    IdsByType,
+    QuietHours,
+    context,
+    id_for,
+    keep_rules,
+    lacks,
+    language_of,
+    mask,
+    settle_quietly,
+    tracking_url,
+)
 from shipcast.partners import Partner
 from shipcast.plugins.sms import SmsChannel, e164
 from shipcast.plugins.sms.providers import CustomerOptedOut, NotOnWhatsApp, TwilioSms
@@ -58,13 +72,14 @@ class WhatsAppConfig(Schema):
     sender = fields.String(required=True, validate=validate.Regexp(r"^\+[0-9]{6,15}$",
                                                                    error="must be the E.164 business number"))
     country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}$", error="must be like IN"))
-    content_sids = fields.Dict(keys=fields.String(), values=fields.String(validate=validate.Regexp(
-        r"^HX[0-9a-fA-F]{32}$", error="must be an approved content template's sid (HX…)")), required=True)
+    #: The approved content template of each event type: one, or one per language.
+    content_sids = IdsByType(r"HX[0-9a-fA-F]{32}", "must be an approved content template's sid (HX…)",
+                             required=True)
     variables = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), load_default=dict)
     fallback_sms_sender = fields.String(validate=validate.Regexp(
         r"^(\+[0-9]{6,15}|[A-Za-z0-9]{3,11})$", error="must be a phone number (+…) or a 3-11 character header"))
     quiet_hours = fields.Nested(QuietHours)
-    critical = fields.List(fields.String(), load_default=lambda: list(CRITICAL))
+    critical = Critical()
 
     @validates_schema
     def _every_type_has_a_template(self, data: dict[str, Any], **_: Any) -> None:
@@ -116,9 +131,14 @@ class WhatsAppChannel(Channel):
             for event in (example(event_type, partner_id=partner_id),
                           sparse_event(example(event_type, partner_id=partner_id))):
                 try:
-                    variables_for(settings, event, partner, config)
+                    url = tracking_url(settings, event, partner)
+                    values = orjson.loads(variables_for(settings, event, partner, config))
+                    wrong = lacks(" ".join(values.values()), event, url)
+                    if wrong:
+                        raise ConfigError(f"whatsapp variables for {event_type} {wrong}")
                 except ConfigError as exc:
                     errors[f"variables.{event_type}"] = [str(exc)]
+                    break
         if errors:
             raise ConfigError("refused", errors)
         return config
@@ -147,7 +167,7 @@ class WhatsAppChannel(Channel):
 
     def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
         config = partner.channels[self.name]
-        sid = config["content_sids"].get(event.event_type)
+        sid = id_for(config["content_sids"], event.event_type, language_of(event))
         if sid is None:
             raise ConfigError(f"no approved content template for {event.event_type} in content_sids")
         variables = orjson.loads(variables_for(self.settings, event, partner, config))
@@ -175,7 +195,7 @@ class WhatsAppChannel(Channel):
         try:
             sid = await self.twilio.create(
                 to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}",
-                content_sid=config["content_sids"][event.event_type],
+                content_sid=id_for(config["content_sids"], event.event_type, language_of(event)),
                 content_variables=variables,
                 status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio")
         except CustomerOptedOut as exc:
@@ -195,7 +215,7 @@ class WhatsAppChannel(Channel):
         """Text the customer instead, under the SMS channel's rules and claim: never twice."""
         sms_config = {**(partner.channels.get("sms") or {}), "sender": config["fallback_sms_sender"]}
         try:
-            await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical")})
+            await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical", [])})
         except ClaimedElsewhere as claimed:  # the SMS channel is texting them now: this copy comes back
             raise DeferDelivery(claimed.reason) from claimed
         sent = await self.sms.text(event, partner, sms_config, to)
