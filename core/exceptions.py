@@ -19,6 +19,7 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
         │       └── ClaimedElsewhere  another copy of the event is sending it now
         ├── PermanentDelivery       never retry (refused destination, 410, bad target)
         └── SkipDelivery            nothing to send, on purpose (opted out, stale)
+            └── SentBefore          a copy cut off before it was logged sent it already
 """
 
 from __future__ import annotations
@@ -171,3 +172,14 @@ class ClaimedElsewhere(DeferDelivery):
     """Another copy of this event holds the claim to send it now: try again
     later (should that copy fail, this one sends), without touching the
     delivery log, which the claim's holder settles."""
+
+
+class SentBefore(SkipDelivery):
+    """A copy of this event handed its message to the provider (which gave
+    ``message_id``), then lost its broker connection before the worker logged
+    it: the channel reports it delivered, and sends nothing again."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"{message_id}: sent by an earlier copy, cut off before it was logged",
+                         target_fault=False)
+        self.message_id = message_id

@@ -10,6 +10,7 @@ a blank in a customer's message.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,7 +28,7 @@ import jinja2
 from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
 
 from .envelope import Event
-from .exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, SkipDelivery, StoreError
+from .exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, SentBefore, SkipDelivery, StoreError
 from .partners import Partner
 from .settings import Settings
 from .store import address_hash
@@ -460,7 +461,9 @@ async def keep_rules(services: Services, channel: str, event: Event, address: st
     this customer (the caller sends another way, under the claim it holds).
 
     :raises SkipDelivery: the customer opted out of this channel, the message
-        is stale (the order's DEL or RET is already archived), or it was sent.
+        is stale (the order's DEL or RET is already archived), or it was sent
+        (:class:`SentBefore` when a copy cut off before it was logged sent it:
+        the caller reports it delivered).
     :raises DeferDelivery: it is a non-critical message in the merchant's
         quiet hours (sent once they end, spending no attempt), or another copy
         is being sent now (:class:`ClaimedElsewhere`: tried again, to send it
@@ -492,8 +495,29 @@ async def keep_rules(services: Services, channel: str, event: Event, address: st
     if held == "delivered":
         raise SkipDelivery("sent already: one message per event")
     if held is not None:
+        # A claim still "sending" may belong to a copy whose broker connection
+        # dropped after the provider took the message (see send_noted).
+        sent = await store.sent_message(event.event_id, channel, target)
+        if sent is not None:
+            raise SentBefore(sent)
         raise ClaimedElsewhere("another copy of this event is being sent now")
     return unreachable
+
+
+async def send_noted(services: Services, send: Callable[[], Awaitable[str]], provider: str, event: Event,
+                     channel: str, target: str = "customer") -> str:
+    """Hand a message to the provider and note the id it gives, to the end
+    even when the broker connection drops meanwhile (the worker's handler is
+    cancelled then, and RabbitMQ redelivers the message): the redelivered
+    copy finds the id (:func:`keep_rules` raises :class:`SentBefore`) and
+    sends nothing again."""
+    async def sending() -> str:
+        message_id = await send()
+        await settle_quietly(services.store.add_provider_message(provider, message_id, event.event_id, channel,
+                                                                 target))
+        return message_id
+
+    return await asyncio.shield(sending())
 
 
 def mask(address: str) -> str:

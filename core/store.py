@@ -619,6 +619,13 @@ class Store:
             {"provider": provider, "message_id": message_id, "event_id": event_id, "channel": channel,
              "target": target, "rank": 0, "at": now()}])])
 
+    async def sent_message(self, event_id: str, channel: str, target: str) -> str | None:
+        """The id a provider gave a message sent for this delivery, if any."""
+        found = await self._rows(sa.select(provider_messages.c.message_id).where(
+            (provider_messages.c.event_id == event_id) & (provider_messages.c.channel == channel)
+            & (provider_messages.c.target == target)).limit(1))
+        return str(found[0].message_id) if found else None
+
     async def provider_status(self, provider: str, message_id: str, status: str,
                               rank: int) -> dict[str, Any] | None:
         """Record a provider's status for a message it accepted, unless a later

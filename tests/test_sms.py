@@ -232,6 +232,7 @@ async def test_a_text_goes_through_the_twilio_sdk_with_the_exact_fields(sms_sett
     (401, 20003, "delivered", None),      # wrong credentials: retried (the operator fixes them), then sent
     (429, 20429, "delivered", None),      # retried, then sent
     (503, 20503, "delivered", None),
+    (500, 99999, "delivered", None),      # a 5xx with a code we do not know: Twilio's outage, retried
 ])
 async def test_twilio_errors_are_retried_or_dead_lettered(sms_settings: Settings, twilio: FakeTwilio, status: int,
                                                           code: int, outcome: str, reason: str | None,
@@ -304,6 +305,43 @@ async def test_one_text_per_event_whatever_the_broker_redelivers(sms_settings: S
         assert outcomes.count("delivered") == 1
 
 
+async def test_one_text_when_the_broker_redelivers_after_twilio_accepted_it(vhost: str, sqlite_url: str,
+                                                                            twilio: FakeTwilio) -> None:
+    """The worker's connection to RabbitMQ drops while Twilio is accepting
+    the text: the handler is cancelled before it logs or acks, and the broker
+    hands the message out again. The redelivered copy finds the text Twilio
+    took, logs it delivered, and sends nothing."""
+    from shipcast.parking import list_dead
+
+    proxy = await TcpProxy().start()
+    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+                             twilio_account_sid=SID, twilio_auth_token=TOKEN, twilio_api_url=twilio.url,
+                             public_url="https://track.example.com")
+
+    try:
+        async with ShipcastProcess(settings, channels=["sms"]) as shipcast:
+            async def drop_the_broker() -> None:  # once: while the worker waits for Twilio's answer
+                twilio.before_answer = None
+                await proxy.cut()
+                await proxy.restore()
+
+            await shipcast.apply(sms_doc())
+            twilio.before_answer = drop_the_broker
+            event = event_body("OFD")
+            assert (await shipcast.http.post("/v1/events", json=event)).status_code == 202
+            [row] = await eventually(settled(shipcast, event["event_id"], ("delivered",)), timeout=30)
+            assert row["attempts"] == 1
+            # Logged once, by the copy the broker redelivered, with the id Twilio gave the first.
+            [attempt] = await shipcast.services.store.list_attempts(event["event_id"])
+            assert attempt["outcome"] == "delivered" and attempt["response"].startswith("SM")
+            assert "sent by an earlier copy, cut off before it was logged" in attempt["response"]
+            assert len(twilio.received) == 1
+            [topology] = [worker.topology for worker in shipcast.workers]
+            assert await list_dead(shipcast.services.broker, topology) == []
+    finally:
+        await proxy.close()
+
+
 async def test_an_ofd_after_the_orders_del_is_not_sent(sms_settings: Settings, twilio: FakeTwilio) -> None:
     async with ShipcastProcess(sms_settings) as shipcast:
         await shipcast.apply(sms_doc(events=["OFD", "DEL"]))
@@ -347,6 +385,17 @@ async def test_review_requests_wait_out_the_quiet_hours_but_otps_and_failures_go
         assert row["attempts"] == 1
         assert [a["outcome"] for a in await shipcast.services.store.list_attempts(deliv["event_id"])] == ["delivered"]
         assert len(twilio.received) == 3 and "Rate us" in twilio.received[2]["Body"]
+
+
+@pytest.mark.parametrize("key", ["auth_token", "twilio_auth_token", "account_sid"])
+def test_the_partners_file_refuses_twilio_credentials(key: str) -> None:
+    """Secrets come from the environment, never the partners file."""
+    from shipcast.partners import load_partners
+
+    with pytest.raises(ConfigError) as caught:
+        load_partners(sms_doc(**{key: "twilio-test-token"}), "test")
+    assert list(caught.value.errors) == [f"partner 'acme': channels.sms.{key}"]
+    assert "Unknown field" in str(caught.value)
 
 
 def test_quiet_hours_that_never_end_are_refused() -> None:

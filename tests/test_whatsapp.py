@@ -45,7 +45,7 @@ async def test_a_content_template_goes_with_its_variables(sms_settings: Settings
     assert fail["3"].startswith("https://track.example.com/t/")
 
 
-@pytest.mark.parametrize("code", [63016, 63003])
+@pytest.mark.parametrize("code", [63016, 63003, 63014])
 async def test_a_customer_whatsapp_cannot_reach_gets_a_text_when_the_merchant_allows(
         sms_settings: Settings, twilio: FakeTwilio, code: int) -> None:
     twilio.whatsapp_errors = [(400, code)]
@@ -102,6 +102,22 @@ async def test_without_fallback_it_is_a_dead_letter_with_twilios_code(sms_settin
         [row] = await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event["event_id"],
                                                                                  status="dead"))
         assert row["last_error"].startswith("Twilio 63016") and len(twilio.received) == 1
+
+
+async def test_a_whatsapp_opt_out_is_recorded_and_honoured(sms_settings: Settings, twilio: FakeTwilio) -> None:
+    """Twilio 21610 (the customer replied STOP) is a dead letter, recorded:
+    nothing more goes to that customer on WhatsApp, and no fallback text."""
+    twilio.whatsapp_errors = [(400, 21610)]
+    async with ShipcastProcess(sms_settings, channels=["whatsapp"]) as shipcast:
+        await shipcast.apply(wa_doc(fallback_sms_sender="ACMEIN"))
+        first, second = event_body("OFD"), event_body("FAIL")
+        await shipcast.http.post("/v1/events", json=first)
+        [row] = await eventually(settled(shipcast, first["event_id"]))
+        assert row["status"] == "dead" and row["last_error"].startswith("Twilio 21610")
+        await shipcast.http.post("/v1/events", json=second)
+        [row] = await eventually(settled(shipcast, second["event_id"], ("delivered", "dead", "skipped")))
+        assert row["status"] == "skipped" and "opted out" in row["last_error"]
+    assert len(twilio.received) == 1
 
 
 async def test_the_fallback_never_texts_twice_when_sms_is_on_too(sms_settings: Settings,

@@ -34,7 +34,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
-from shipcast.exceptions import ConfigError, PermanentDelivery
+from shipcast.exceptions import ConfigError, PermanentDelivery, SentBefore
 from shipcast.messages import (
     LANGUAGES,
     Critical,
@@ -46,8 +46,8 @@ from shipcast.messages import (
     language_of,
     mask,
     render,
+    send_noted,
     serves,
-    settle_quietly,
     text_language,
 )
 from shipcast.partners import Partner
@@ -154,7 +154,10 @@ class SmsChannel(Channel):
         if "invalid" in target.options:
             raise PermanentDelivery(f"not a valid phone number: {target.address}", target_fault=False)
         config, partner = target.options["config"], target.options["partner"]
-        await keep_rules(self.services, self.name, event, target.options["to"], config)
+        try:
+            await keep_rules(self.services, self.name, event, target.options["to"], config)
+        except SentBefore as sent:
+            return Delivered(201, sent.reason)
         return await self.text(event, partner, config, target.options["to"])
 
     def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
@@ -179,16 +182,15 @@ class SmsChannel(Channel):
         provider = await self._provider(config.get("provider", "twilio"))
         written_in = text_language(self.name, event.event_type, language_of(event), config.get("templates"),
                                    config.get("template_dir"))
+        message = SmsMessage(
+            to=to, sender=config["sender"], body=text,
+            dlt_template_id=id_for(config.get("dlt_template_ids", {}), event.event_type, written_in),
+            status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/{provider.name}")
         try:
-            sid = await provider.send(SmsMessage(
-                to=to, sender=config["sender"], body=text,
-                dlt_template_id=id_for(config.get("dlt_template_ids", {}), event.event_type, written_in),
-                status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/{provider.name}"))
+            sid = await send_noted(self.services, lambda: provider.send(message), provider.name, event, self.name)
         except CustomerOptedOut as exc:
             await self.services.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
             raise
-        await settle_quietly(self.services.store.add_provider_message(
-            provider.name, sid, event.event_id, self.name, "customer"))
         return Delivered(201, f"{sid}: {count} segment{'s' if count > 1 else ''}")
 
 

@@ -28,7 +28,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
-from shipcast.exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, PermanentDelivery
+from shipcast.exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, PermanentDelivery, SentBefore
 from shipcast.messages import (
     UNREACHABLE,
     Critical,
@@ -40,6 +40,7 @@ from shipcast.messages import (
     lacks,
     language_of,
     mask,
+    send_noted,
     settle_quietly,
     tracking_url,
 )
@@ -180,7 +181,10 @@ class WhatsAppChannel(Channel):
             raise PermanentDelivery(f"not a valid phone number: {target.address}", target_fault=False)
         fallback = bool(config.get("fallback_sms_sender"))
         # A customer WhatsApp could not reach before goes straight to the fallback text.
-        unreachable = await keep_rules(self.services, self.name, event, to, config, unreachable_ok=fallback)
+        try:
+            unreachable = await keep_rules(self.services, self.name, event, to, config, unreachable_ok=fallback)
+        except SentBefore as sent:
+            return Delivered(201, sent.reason)
         if unreachable:
             return await self.fallback(event, partner, config, to, unreachable)
         try:
@@ -193,11 +197,12 @@ class WhatsAppChannel(Channel):
                     await self.twilio.start()
                     self._started = True
         try:
-            sid = await self.twilio.create(
+            sid = await send_noted(self.services, lambda: self.twilio.create(
                 to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}",
                 content_sid=id_for(config["content_sids"], event.event_type, language_of(event)),
                 content_variables=variables,
-                status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio")
+                status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio"),
+                "twilio", event, self.name, target.id)
         except CustomerOptedOut as exc:
             await self.services.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
             raise
@@ -206,8 +211,6 @@ class WhatsAppChannel(Channel):
             if not fallback:
                 raise
             return await self.fallback(event, partner, config, to, exc.reason)
-        await settle_quietly(self.services.store.add_provider_message("twilio", sid, event.event_id, self.name,
-                                                                      target.id))
         return Delivered(201, sid)
 
     async def fallback(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str,
@@ -218,7 +221,10 @@ class WhatsAppChannel(Channel):
             await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical", [])})
         except ClaimedElsewhere as claimed:  # the SMS channel is texting them now: this copy comes back
             raise DeferDelivery(claimed.reason) from claimed
-        sent = await self.sms.text(event, partner, sms_config, to)
+        except SentBefore as before:
+            sent = Delivered(201, before.reason)
+        else:
+            sent = await self.sms.text(event, partner, sms_config, to)
         # Settle the SMS channel's claim as sent, so its own copy of this event sends nothing.
         await settle_quietly(self.services.recorder.submit(Attempt(
             event_id=event.event_id, channel="sms", target="customer", partner_id=event.partner_id,
