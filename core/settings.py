@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = Field(None, repr=False)
     twilio_api_url: str = "https://api.twilio.com"
+    #: Twilio's Content API, where WhatsApp templates' approval and category are read.
+    twilio_content_url: str = "https://content.twilio.com"
     #: The SMTP server customer email goes through; the password only from the environment.
     smtp_host: str = "localhost"
     smtp_port: int = 25

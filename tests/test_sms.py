@@ -46,6 +46,9 @@ class FakeTwilio:
     port: int = 0
     #: Awaited once a message is received, before Twilio answers it.
     before_answer: Callable[[], Awaitable[None]] | None = None
+    #: Content templates' WhatsApp (status, category) by sid; any other sid is an
+    #: approved utility template, and a sid mapped to None is unknown (404).
+    templates: dict[str, tuple[str, str] | None] = field(default_factory=dict)
 
     async def _messages(self, request: web.Request) -> web.Response:
         expected = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
@@ -64,6 +67,21 @@ class FakeTwilio:
                                   "from": form["From"], "body": form.get("Body", ""), "account_sid": SID,
                                   "num_segments": "1", "direction": "outbound-api"}, status=201)
 
+    async def _approval(self, request: web.Request) -> web.Response:
+        """The Content API's ``GET /v1/Content/{sid}/ApprovalRequests``."""
+        expected = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
+        if request.headers.get("Authorization") != expected:
+            return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
+        sid = request.match_info["sid"]
+        approval = self.templates.get(sid, ("approved", "UTILITY"))
+        if approval is None:
+            return web.json_response({"code": 20404, "message": "Not found", "status": 404}, status=404)
+        status, category = approval
+        return web.json_response({"sid": sid, "account_sid": SID, "url": f"{self.url}/v1/Content/{sid}/ApprovalRequests",
+                                  "whatsapp": {"type": "whatsapp", "name": "order_update", "category": category,
+                                               "content_type": "twilio/text", "status": status,
+                                               "rejection_reason": "", "allow_category_change": False}})
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -71,6 +89,7 @@ class FakeTwilio:
     async def __aenter__(self) -> FakeTwilio:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._messages)
+        app.router.add_get("/v1/Content/{sid}/ApprovalRequests", self._approval)
         self._runner, self.port = await serve(app)
         return self
 
@@ -98,7 +117,8 @@ def event_body(event_type: str, **customer: Any) -> dict[str, Any]:
 @pytest.fixture
 def sms_settings(vhost: str, sqlite_url: str, twilio: FakeTwilio) -> Settings:
     return make_settings(vhost, sqlite_url, twilio_account_sid=SID, twilio_auth_token=TOKEN,
-                         twilio_api_url=twilio.url, public_url="https://track.example.com")
+                         twilio_api_url=twilio.url, twilio_content_url=twilio.url,
+                         public_url="https://track.example.com")
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -316,6 +336,7 @@ async def test_one_text_when_the_broker_redelivers_after_twilio_accepted_it(vhos
     proxy = await TcpProxy().start()
     settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
                              twilio_account_sid=SID, twilio_auth_token=TOKEN, twilio_api_url=twilio.url,
+                             twilio_content_url=twilio.url,
                              public_url="https://track.example.com")
 
     try:

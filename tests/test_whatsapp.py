@@ -80,8 +80,13 @@ async def test_a_failure_twilio_reports_later_falls_back_too_and_is_remembered(s
         await eventually(lambda: len(twilio.received) == 2)
         text = twilio.received[1]
         assert text["To"] == "+919876543210" and text["From"] == "ACMEIN" and "4821" in text["Body"]
-        rows = await eventually(settled(shipcast, first["event_id"], ("delivered",)))
-        assert sorted(row["channel"] for row in rows) == ["sms", "whatsapp"]  # the text settled the SMS claim
+        # The text settles the SMS claim; the WhatsApp row is written again with what happened.
+        async def both() -> list[dict[str, Any]] | None:
+            rows = await settled(shipcast, first["event_id"], ("delivered",))()
+            return rows if len(rows) == 2 else None
+
+        rows = await eventually(both)
+        assert sorted(row["channel"] for row in rows) == ["sms", "whatsapp"]
         attempts = await shipcast.services.store.list_attempts(first["event_id"], "whatsapp")
         assert "Twilio 63003" in attempts[-1]["response"] and "sent as SMS" in attempts[-1]["response"]
         second = event_body("FAIL")
@@ -246,3 +251,31 @@ async def test_apply_refuses_a_content_template_config_naming_the_field(sms_sett
         # Variables that carry the link (and a FAIL's reason) are accepted.
         await shipcast.apply(wa_doc(content_sids={"OFD": {"en": OFD_SID, "hi": FAIL_SID}, "FAIL": FAIL_SID},
                                     variables={"FAIL": ["{{ failure.reason }}", "{{ tracking_url }}"]}))
+
+
+@pytest.mark.parametrize(("approval", "says"), [
+    (("approved", "MARKETING"), f"{OFD_SID} is a MARKETING template: customers' order messages must use UTILITY"),
+    (("pending", "UTILITY"), f"{OFD_SID} is not approved for WhatsApp (status: pending)"),
+    (("rejected", "UTILITY"), f"{OFD_SID} is not approved for WhatsApp (status: rejected)"),
+    (None, f"Twilio has no content template {OFD_SID}"),
+])
+async def test_apply_refuses_a_template_twilio_has_not_approved_as_utility(
+        sms_settings: Settings, twilio: FakeTwilio, approval: tuple[str, str] | None, says: str) -> None:
+    """Twilio's Content API, through the SDK, says what each template is."""
+    twilio.templates[OFD_SID] = approval
+    async with ShipcastProcess(sms_settings, channels=[]) as shipcast:
+        with pytest.raises(ConfigError) as caught:
+            await shipcast.apply(wa_doc(content_sids={"OFD": {"en": FAIL_SID, "hi": OFD_SID}, "FAIL": FAIL_SID}))
+        assert list(caught.value.errors or {}) == ["partner 'acme': channels.whatsapp.content_sids.OFD.hi"]
+        assert says in str(caught.value)
+        twilio.templates[OFD_SID] = ("approved", "UTILITY")  # approved since: accepted
+        await shipcast.apply(wa_doc(content_sids={"OFD": {"en": FAIL_SID, "hi": OFD_SID}, "FAIL": FAIL_SID}))
+
+
+async def test_a_template_twilio_cannot_be_asked_about_is_let_through(
+        sms_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Twilio down must not stop shipcast from starting: apply goes on, and says so."""
+    unreachable = sms_settings.model_copy(update={"twilio_content_url": "http://127.0.0.1:9"})
+    async with ShipcastProcess(unreachable, channels=[]) as shipcast:
+        await shipcast.apply(wa_doc(content_sids={"OFD": "HX" + "e" * 32, "FAIL": "HX" + "f" * 32}))
+    assert any("could not check WhatsApp template" in r.getMessage() for r in caplog.records)

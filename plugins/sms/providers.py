@@ -107,6 +107,7 @@ class TwilioSms(SmsProvider):
         self._http = AsyncTwilioHttpClient(timeout=self.settings.webhook_timeout)
         self.client = Client(sid, token, http_client=self._http)
         self.client.api.base_url = self.settings.twilio_api_url
+        self.client.content.base_url = self.settings.twilio_content_url
 
     async def close(self) -> None:
         http = getattr(self, "_http", None)
@@ -137,6 +138,26 @@ class TwilioSms(SmsProvider):
         except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
             raise RetryableDelivery(f"Twilio unreachable: {type(exc).__name__}: {exc}") from exc
         return str(created.sid)
+
+    async def whatsapp_approval(self, content_sid: str) -> tuple[str, str]:
+        """A content template's WhatsApp approval status and category, as
+        Twilio's Content API gives them (``approved``, ``UTILITY``).
+
+        :raises LookupError: Twilio knows no such template.
+        :raises RetryableDelivery: Twilio could not be asked.
+        """
+        from twilio.base.exceptions import TwilioRestException
+
+        try:
+            approval = await self.client.content.v1.contents(content_sid).approval_fetch().fetch_async()
+        except TwilioRestException as exc:
+            if exc.status == 404:
+                raise LookupError(f"Twilio has no content template {content_sid}") from exc
+            raise RetryableDelivery(f"Twilio's Content API answered {exc.status}") from exc
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+            raise RetryableDelivery(f"Twilio unreachable: {type(exc).__name__}: {exc}") from exc
+        whatsapp = approval.whatsapp or {}
+        return str(whatsapp.get("status", "")), str(whatsapp.get("category", ""))
 
 
 # The SDK leaves out a parameter given as its ``values.unset``.

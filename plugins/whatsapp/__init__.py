@@ -1,7 +1,8 @@
 """The WhatsApp channel: Twilio's WhatsApp API with the merchant's approved
-content templates (utility category): a ``content_sid`` per event type (one,
-or one per language) and its variables, rendered from the event; they must
-carry the tracking link, and a FAIL's the failure's reason. A customer WhatsApp cannot reach (not
+content templates (utility category, checked with Twilio's Content API at
+apply): a ``content_sid`` per event type (one, or one per language) and its
+variables, rendered from the event; they must carry the tracking link, and a
+FAIL's the failure's reason. A customer WhatsApp cannot reach (not
 opted in, not a user, blocked: Twilio 63003, 63014, 63016, 63024) gets a text
 instead when the merchant sets ``fallback_sms_sender``.
 
@@ -18,6 +19,7 @@ Config (``channels.whatsapp``)::
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +30,14 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from shipcast import hookimpl
 from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
-from shipcast.exceptions import ClaimedElsewhere, ConfigError, DeferDelivery, PermanentDelivery, SentBefore
+from shipcast.exceptions import (
+    ClaimedElsewhere,
+    ConfigError,
+    DeferDelivery,
+    PermanentDelivery,
+    RetryableDelivery,
+    SentBefore,
+)
 from shipcast.messages import (
     UNREACHABLE,
     Critical,
@@ -50,6 +59,8 @@ from shipcast.plugins.sms.providers import CustomerOptedOut, NotOnWhatsApp, Twil
 from shipcast.settings import Settings
 from shipcast.store import Attempt
 from shipcast.templating import environment
+
+log = logging.getLogger(__name__)
 
 #: The variables each event type's content template gets by default, in order ({{1}}, {{2}}, ...).
 VARIABLES: dict[str, list[str]] = {
@@ -113,6 +124,48 @@ def variables_for(settings: Settings, event: Event, partner: Partner, config: Ma
     return orjson.dumps(rendered).decode()
 
 
+#: (Content API, sid) of the templates Twilio said are approved utility ones:
+#: asked once per process.
+_approved: set[tuple[str, str]] = set()
+
+
+async def _unapproved(settings: Settings, content_sids: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each content template Twilio's Content API says is not an approved
+    utility template, by the field naming it. Checked only with Twilio's
+    credentials set; a template Twilio cannot be asked about now is let
+    through with a warning (shipcast must start while Twilio is down)."""
+    if not settings.twilio_account_sid or not settings.twilio_auth_token:
+        return {}
+    fields_of = {f"content_sids.{event_type}" + (f".{language}" if isinstance(sids, Mapping) else ""): sid
+                 for event_type, sids in content_sids.items()
+                 for language, sid in (sids.items() if isinstance(sids, Mapping) else [("", sids)])}
+    errors: dict[str, list[str]] = {}
+    twilio = TwilioSms(settings)
+    await twilio.start()
+    try:
+        for field_name, sid in fields_of.items():
+            if (settings.twilio_content_url, sid) in _approved:
+                continue
+            try:
+                status, category = await twilio.whatsapp_approval(sid)
+            except LookupError as exc:
+                errors[field_name] = [str(exc)]
+                continue
+            except RetryableDelivery as exc:
+                log.warning("could not check WhatsApp template %s (%s): %s", sid, field_name, exc)
+                continue
+            if status != "approved":
+                errors[field_name] = [f"{sid} is not approved for WhatsApp (status: {status or 'none'})"]
+            elif category.upper() != "UTILITY":
+                errors[field_name] = [f"{sid} is a {category or 'uncategorised'} template: customers' order "
+                                      "messages must use UTILITY templates"]
+            else:
+                _approved.add((settings.twilio_content_url, sid))
+    finally:
+        await twilio.close()
+    return errors
+
+
 class WhatsAppChannel(Channel):
     name = "whatsapp"
     description = "WhatsApp messages to the order's customer (Twilio content templates), with SMS fallback"
@@ -140,6 +193,7 @@ class WhatsAppChannel(Channel):
                 except ConfigError as exc:
                     errors[f"variables.{event_type}"] = [str(exc)]
                     break
+        errors |= await _unapproved(settings, config["content_sids"])
         if errors:
             raise ConfigError("refused", errors)
         return config
