@@ -491,15 +491,15 @@ async def keep_rules(services: Services, channel: str, event: Event, address: st
             quiet = config["quiet_hours"]
             raise DeferDelivery(f"quiet hours until {_as_time(quiet['end']):%H:%M} {quiet.get('timezone')}",
                                 retry_after=wait)
+    # A claim still "sending", fresh or stale, may belong to a copy whose broker
+    # connection dropped after the provider took the message (see send_noted).
+    sent = await store.sent_message(event.event_id, channel, target)
+    if sent is not None:
+        raise SentBefore(sent)
     held = await store.claim(event.event_id, channel, target, event.partner_id, mask(address), CLAIM_STALE_AFTER)
     if held == "delivered":
         raise SkipDelivery("sent already: one message per event")
     if held is not None:
-        # A claim still "sending" may belong to a copy whose broker connection
-        # dropped after the provider took the message (see send_noted).
-        sent = await store.sent_message(event.event_id, channel, target)
-        if sent is not None:
-            raise SentBefore(sent)
         raise ClaimedElsewhere("another copy of this event is being sent now")
     return unreachable
 
@@ -513,11 +513,34 @@ async def send_noted(services: Services, send: Callable[[], Awaitable[str]], pro
     sends nothing again."""
     async def sending() -> str:
         message_id = await send()
-        await settle_quietly(services.store.add_provider_message(provider, message_id, event.event_id, channel,
-                                                                 target))
+        # Noted or the message may go twice: a store that fails now gets a few more tries.
+        for pause in NOTE_RETRIES:
+            try:
+                await services.store.add_provider_message(provider, message_id, event.event_id, channel, target)
+                break
+            except StoreError as exc:
+                if pause is None:
+                    log.warning("sent, but not recorded: %s", exc)
+                else:
+                    await asyncio.sleep(pause)
         return message_id
 
-    return await asyncio.shield(sending())
+    task = asyncio.ensure_future(sending())
+    _sending.add(task)  # held (and awaited by finish_sends) even when the handler is cancelled
+    task.add_done_callback(_sending.discard)
+    return await asyncio.shield(task)
+
+
+#: Pauses between tries to note a sent message's id; None: the last try.
+NOTE_RETRIES: tuple[float | None, ...] = (0.5, 2.0, 5.0, None)
+_sending: set[asyncio.Future[str]] = set()
+
+
+async def finish_sends(timeout: float = 30) -> None:
+    """Wait for messages handed to a provider to be noted (before the
+    provider's client and the store close)."""
+    if _sending:
+        await asyncio.wait(set(_sending), timeout=timeout)
 
 
 def mask(address: str) -> str:

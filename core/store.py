@@ -142,6 +142,7 @@ provider_messages = sa.Table(
     sa.Column("target", sa.String(200), nullable=False),
     sa.Column("rank", sa.Integer, nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_provider_messages_delivery", "event_id", "channel", "target"),
 )
 
 #: Customers who opted out of a channel for a partner, by a hash of their address.
@@ -620,10 +621,16 @@ class Store:
              "target": target, "rank": 0, "at": now()}])])
 
     async def sent_message(self, event_id: str, channel: str, target: str) -> str | None:
-        """The id a provider gave a message sent for this delivery, if any."""
-        found = await self._rows(sa.select(provider_messages.c.message_id).where(
+        """The id a provider gave a message sent under this delivery's current
+        ``sending`` claim (noted since it was taken), if any: a message from an
+        earlier claim, which may have failed since, does not count."""
+        found = await self._rows(sa.select(provider_messages.c.message_id).join(deliveries, (
+            (deliveries.c.event_id == provider_messages.c.event_id)
+            & (deliveries.c.channel == provider_messages.c.channel)
+            & (deliveries.c.target == provider_messages.c.target))).where(
             (provider_messages.c.event_id == event_id) & (provider_messages.c.channel == channel)
-            & (provider_messages.c.target == target)).limit(1))
+            & (provider_messages.c.target == target) & (deliveries.c.status == "sending")
+            & (provider_messages.c.at >= deliveries.c.updated_at)).limit(1))
         return str(found[0].message_id) if found else None
 
     async def provider_status(self, provider: str, message_id: str, status: str,

@@ -137,6 +137,7 @@ class ChannelWorker:
             lambda event_ids: services.store.delivered_for(self.name, event_ids))
         self.gates = Gates(services.settings)
         self._order_locks = KeyedLock()
+        self._event_locks = KeyedLock()
 
     async def start(self) -> None:
         connection = self.services.broker.require()
@@ -221,6 +222,15 @@ class ChannelWorker:
             await message.ack()
             return
 
+        # Copies of one event in this process take turns (a redelivery, an OMS posting
+        # again, a retry tier's copy): the second finds the first's delivery logged.
+        await self._event_locks.acquire(event.event_id)
+        try:
+            await self._handle_event(event, message)
+        finally:
+            self._event_locks.release(event.event_id)
+
+    async def _handle_event(self, event: Event, message: AbstractIncomingMessage) -> None:
         headers = dict(message.headers or {})
         target_id = header_text(headers.get(TARGET_HEADER))
         attempt = header_int(headers.get(ATTEMPT_HEADER)) or 0

@@ -684,6 +684,7 @@ async def test_another_provider_gets_the_dlt_id_of_the_text_it_sends(sms_setting
     ({"OFD": {"hi": HI_OFD}}, "dlt_template_ids.OFD.en", "English is the fallback"),
     ({"OFD": {"en": EN_OFD}}, "dlt_template_ids.OFD.hi", "OFD texts are sent in 'hi'"),
     ({"OFD": {"en": EN_OFD, "ta": HI_OFD}}, "dlt_template_ids.OFD.ta", "unknown language"),
+    ({"OFD": EN_OFD}, "dlt_template_ids.OFD", "one id, but OFD texts are also sent in 'hi'"),
     ({"OFD": ["1107161234567890001"]}, "dlt_template_ids.OFD", "19-digit"),
 ])
 async def test_apply_refuses_a_dlt_id_naming_the_field(sms_settings: Settings, ids: dict[str, Any], field: str,

@@ -163,3 +163,21 @@ async def test_time_filters_mean_the_same_instant_whatever_the_offset(store: Sto
         for value in (since.astimezone(UTC), since.astimezone(india), since.astimezone(UTC).replace(tzinfo=None)):
             assert len(await store.list_deliveries(since=value)) == found, value
             assert len(await store.list_attempts(since=value)) == found, value
+
+
+async def test_a_sent_message_counts_only_under_the_claim_it_was_sent_under(store: Store) -> None:
+    """The id a provider gave is what stops a redelivered copy from texting
+    again; a text from an earlier claim, which failed since, must not."""
+    assert await store.claim("e9", "sms", "customer", "acme", "+91******3210", stale_after=120) is None
+    assert await store.sent_message("e9", "sms", "customer") is None
+    await store.add_provider_message("twilio", "SM1", "e9", "sms", "customer")
+    assert await store.sent_message("e9", "sms", "customer") == "SM1"  # cut off after Twilio took it
+    # The carrier reported it undelivered: dead. A replay claims it again; SM1 no longer counts.
+    await store.record([Attempt(event_id="e9", channel="sms", target="customer", partner_id="acme",
+                                address="+91******3210", outcome="dead", attempt=1, latency_ms=1.0,
+                                error="Twilio 30003: unreachable")])
+    assert await store.sent_message("e9", "sms", "customer") is None
+    assert await store.claim("e9", "sms", "customer", "acme", "+91******3210", stale_after=120) is None
+    assert await store.sent_message("e9", "sms", "customer") is None
+    await store.add_provider_message("twilio", "SM2", "e9", "sms", "customer")
+    assert await store.sent_message("e9", "sms", "customer") == "SM2"

@@ -279,3 +279,12 @@ async def test_a_template_twilio_cannot_be_asked_about_is_let_through(
     async with ShipcastProcess(unreachable, channels=[]) as shipcast:
         await shipcast.apply(wa_doc(content_sids={"OFD": "HX" + "e" * 32, "FAIL": "HX" + "f" * 32}))
     assert any("could not check WhatsApp template" in r.getMessage() for r in caplog.records)
+
+
+async def test_credentials_twilio_refuses_are_an_error_at_apply(sms_settings: Settings) -> None:
+    wrong = sms_settings.model_copy(update={"twilio_auth_token": "not-the-token"})
+    async with ShipcastProcess(wrong, channels=[]) as shipcast:
+        with pytest.raises(ConfigError) as caught:
+            await shipcast.apply(wa_doc(content_sids={"OFD": "HX" + "c" * 32, "FAIL": "HX" + "d" * 32}))
+    assert "Twilio refused SHIPCAST_TWILIO_ACCOUNT_SID and _AUTH_TOKEN (401)" in str(caught.value)
+    assert "not-the-token" not in str(caught.value)

@@ -9,8 +9,8 @@ Config (``channels.sms`` in the partners file)::
       sender: ACMEIN               # the sender header (India: the DLT header)
       provider: twilio             # default
       country: IN                  # for numbers written without +country code
-      dlt_template_ids: {OFD: "1107161234567890123",     # one id for every language, or
-                         FAIL: {en: "1107161234567890124", hi: "1107161234567890125"}}
+      dlt_template_ids: {OFD: {en: "1107161234567890123", hi: "1107161234567890125"},
+                         FAIL: "1107161234567890124"}   # one id: FAIL's texts are all English
       templates: {FAIL: "..."}     # or {FAIL: {en: "...", hi: "..."}}
       quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}
       critical: [RET]              # more types sent even in quiet hours
@@ -36,11 +36,12 @@ from shipcast.channel import Channel, Delivered, EventList, Target
 from shipcast.envelope import Event
 from shipcast.exceptions import ConfigError, PermanentDelivery, SentBefore
 from shipcast.messages import (
-    LANGUAGES,
     Critical,
     IdsByType,
+    LANGUAGES,
     QuietHours,
     check_templates,
+    finish_sends,
     id_for,
     keep_rules,
     language_of,
@@ -126,6 +127,7 @@ class SmsChannel(Channel):
         self._opening = asyncio.Lock()
 
     async def close(self) -> None:
+        await finish_sends()
         for provider in self.providers.values():
             await provider.close()
 
@@ -199,15 +201,18 @@ def missing_dlt_ids(config: Mapping[str, Any]) -> dict[str, list[str]]:
     a Hindi text under the English text's id is one the carrier filters."""
     errors: dict[str, list[str]] = {}
     for event_type, ids in config.get("dlt_template_ids", {}).items():
-        if not isinstance(ids, Mapping):
-            continue
         for language in LANGUAGES:
             try:
                 written_in = text_language("sms", event_type, language, config.get("templates"),
                                            config.get("template_dir"))
             except ConfigError:
                 continue  # no text at all: check_templates says so
-            if written_in not in ids:
+            if not isinstance(ids, Mapping) and written_in != "en":
+                # One id is one registered text: the English one.
+                errors[f"dlt_template_ids.{event_type}"] = [
+                    f"one id, but {event_type} texts are also sent in '{written_in}', registered under their "
+                    f"own DLT id: give {{en: …, {written_in}: …}}"]
+            elif isinstance(ids, Mapping) and written_in not in ids:
                 errors[f"dlt_template_ids.{event_type}.{written_in}"] = [
                     f"missing: {event_type} texts are sent in '{written_in}', registered under their own DLT id"]
     return errors

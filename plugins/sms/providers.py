@@ -153,7 +153,7 @@ class TwilioSms(SmsProvider):
         except TwilioRestException as exc:
             if exc.status == 404:
                 raise LookupError(f"Twilio has no content template {content_sid}") from exc
-            raise RetryableDelivery(f"Twilio's Content API answered {exc.status}") from exc
+            raise RetryableDelivery(f"Twilio's Content API answered {exc.status}", status=exc.status) from exc
         except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
             raise RetryableDelivery(f"Twilio unreachable: {type(exc).__name__}: {exc}") from exc
         whatsapp = approval.whatsapp or {}

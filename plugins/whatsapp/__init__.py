@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,11 +40,12 @@ from shipcast.exceptions import (
     SentBefore,
 )
 from shipcast.messages import (
-    UNREACHABLE,
     Critical,
     IdsByType,
     QuietHours,
+    UNREACHABLE,
     context,
+    finish_sends,
     id_for,
     keep_rules,
     lacks,
@@ -124,43 +126,61 @@ def variables_for(settings: Settings, event: Event, partner: Partner, config: Ma
     return orjson.dumps(rendered).decode()
 
 
-#: (Content API, sid) of the templates Twilio said are approved utility ones:
-#: asked once per process.
-_approved: set[tuple[str, str]] = set()
+#: When each (Content API, sid) was last seen an approved utility template:
+#: asked again after :data:`APPROVAL_TTL` seconds (a template can be recategorised).
+_approved: dict[tuple[str, str], float] = {}
+APPROVAL_TTL = 3600.0
+#: How long apply waits for Twilio's answers, all templates together.
+APPROVAL_DEADLINE = 10.0
 
 
 async def _unapproved(settings: Settings, content_sids: Mapping[str, Any]) -> dict[str, list[str]]:
     """Each content template Twilio's Content API says is not an approved
     utility template, by the field naming it. Checked only with Twilio's
-    credentials set; a template Twilio cannot be asked about now is let
-    through with a warning (shipcast must start while Twilio is down)."""
+    credentials set; a template Twilio cannot be asked about within
+    :data:`APPROVAL_DEADLINE` is let through with a warning (shipcast must
+    start while Twilio is down), but credentials Twilio refuses are an error."""
     if not settings.twilio_account_sid or not settings.twilio_auth_token:
         return {}
     fields_of = {f"content_sids.{event_type}" + (f".{language}" if isinstance(sids, Mapping) else ""): sid
                  for event_type, sids in content_sids.items()
                  for language, sid in (sids.items() if isinstance(sids, Mapping) else [("", sids)])}
+    now = time.monotonic()
+    asked = {field_name: sid for field_name, sid in fields_of.items()
+             if now - _approved.get((settings.twilio_content_url, sid), -APPROVAL_TTL) >= APPROVAL_TTL}
     errors: dict[str, list[str]] = {}
     twilio = TwilioSms(settings)
     await twilio.start()
-    try:
-        for field_name, sid in fields_of.items():
-            if (settings.twilio_content_url, sid) in _approved:
-                continue
-            try:
-                status, category = await twilio.whatsapp_approval(sid)
-            except LookupError as exc:
-                errors[field_name] = [str(exc)]
-                continue
-            except RetryableDelivery as exc:
-                log.warning("could not check WhatsApp template %s (%s): %s", sid, field_name, exc)
-                continue
-            if status != "approved":
-                errors[field_name] = [f"{sid} is not approved for WhatsApp (status: {status or 'none'})"]
-            elif category.upper() != "UTILITY":
-                errors[field_name] = [f"{sid} is a {category or 'uncategorised'} template: customers' order "
-                                      "messages must use UTILITY templates"]
+
+    async def judge(field_name: str, sid: str) -> None:
+        try:
+            status, category = await twilio.whatsapp_approval(sid)
+        except LookupError as exc:
+            errors[field_name] = [str(exc)]
+            return
+        except RetryableDelivery as exc:
+            if exc.status in (401, 403):
+                errors[field_name] = [f"Twilio refused SHIPCAST_TWILIO_ACCOUNT_SID and _AUTH_TOKEN ({exc.status})"]
             else:
-                _approved.add((settings.twilio_content_url, sid))
+                log.warning("could not check WhatsApp template %s (%s): %s", sid, field_name, exc)
+            return
+        if status != "approved":
+            errors[field_name] = [f"{sid} is not approved for WhatsApp (status: {status or 'none'})"]
+        elif category.upper() != "UTILITY":
+            errors[field_name] = [f"{sid} is a {category or 'uncategorised'} template: customers' order "
+                                  "messages must use UTILITY templates"]
+        else:
+            _approved[(settings.twilio_content_url, sid)] = time.monotonic()
+
+    tasks = [asyncio.ensure_future(judge(field_name, sid)) for field_name, sid in asked.items()]
+    try:
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=APPROVAL_DEADLINE)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("could not check %d WhatsApp templates: Twilio did not answer in %.0f s",
+                            len(late), APPROVAL_DEADLINE)
     finally:
         await twilio.close()
     return errors
@@ -206,6 +226,7 @@ class WhatsAppChannel(Channel):
         await self.sms.start()
 
     async def close(self) -> None:
+        await finish_sends()
         if self._started:
             await self.twilio.close()
         await self.sms.close()
