@@ -10,7 +10,7 @@ Every message moves with a publisher confirm before it is acked, so nothing
 is lost if the migration stops half way: run it again to finish.
 
 The channel's workers must be stopped: a consumer would be cut off when its
-queue is deleted. The API may keep running. Run one migration at a time.
+queue is deleted. The API may keep running. One migration runs at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from .topology import ChannelTopology, QueueSpec, declare_exchange, existing_arg
 
 log = logging.getLogger(__name__)
 
+#: An exclusive queue held while a migration runs: one at a time.
+LOCK = "shipcast.migration.lock"
 #: The message that proves a queue refuses new messages before it is deleted.
 MARKER = "shipcast-migration-seal"
 SEAL_TRIES = 100
@@ -56,8 +58,24 @@ async def migrate(connection: AbstractConnection, management: Management,
 
     :raises MigrationRefused: before anything moves, when a channel's
         workers still consume, shipcast's policies lack what the queues will
-        depend on, or a queue has arguments no shipcast declared.
+        depend on, a queue has arguments no shipcast declared, or another
+        migration is running.
     """
+    lock = await connection.channel()
+    try:
+        await lock.declare_queue(LOCK, exclusive=True, arguments={"x-queue-type": "classic"})
+    except aiormq.exceptions.ChannelLockedResource:
+        raise MigrationRefused("another `shipcast queues migrate` is running; let it finish") from None
+    try:
+        return await _migrate(connection, management, topologies)
+    finally:
+        if not lock.is_closed:
+            await lock.queue_delete(LOCK)
+            await lock.close()
+
+
+async def _migrate(connection: AbstractConnection, management: Management,
+                   topologies: list[ChannelTopology]) -> list[Migrated]:
     plans = []
     for topology in topologies:
         plan = []

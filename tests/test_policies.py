@@ -203,6 +203,18 @@ async def test_a_migration_stopped_half_way_finishes_when_run_again(
             "definition": {"max-length": 0, "overflow": "reject-publish"}}).raise_for_status()
         waiting = await services.publisher.publish(*(example("RET", partner_id="acme") for _ in range(5)))
 
+        # One migration at a time: while another holds its lock, this one refuses before doing anything.
+        connection = await aio_pika.connect(settings.amqp_url)
+        try:
+            channel = await connection.channel()
+            await channel.declare_queue("shipcast.migration.lock", exclusive=True)
+            refused = await asyncio.to_thread(run_cli, settings, "queues", "migrate", "--channel", "webhook")
+            holding = await channel.declare_queue("shipcast.webhook.migrating", passive=True)
+            assert holding.declaration_result.message_count == 5  # untouched
+        finally:
+            await connection.close()
+        assert refused.returncode == 1 and "another `shipcast queues migrate` is running" in refused.stderr
+
         result = await asyncio.to_thread(run_cli, settings, "queues", "migrate", "--channel", "webhook")
         assert result.returncode == 0, result.stderr
         assert "1 queue migrated" in result.stdout
