@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,20 @@ def run_command(factory: Callable[[], Awaitable[T]]) -> T:
     except ShipcastError as exc:
         raise click.ClickException(str(exc)) from exc
     return result[0]
+
+
+def echo_json(value: Any, **dumps: Any) -> None:
+    """Print ``value`` as indented JSON, all of it: written out in a loop that
+    waits on a full pipe even if the descriptor was left non-blocking (a
+    test saw ``deliveries list --json`` cut at 64 KiB)."""
+    sys.stdout.flush()
+    data = (json.dumps(value, indent=2, **dumps) + "\n").encode()
+    fd = sys.stdout.fileno()
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 @asynccontextmanager
@@ -143,7 +158,7 @@ def partners_list(as_json: bool) -> None:
 
     found = run_command(fetch)
     if as_json:
-        click.echo(json.dumps([redact(p.to_dict()) for p in found], indent=2))
+        echo_json([redact(p.to_dict()) for p in found])
         return
     if not found:
         click.echo("no partners applied yet: shipcast partners apply -f FILE")
@@ -259,7 +274,7 @@ def deliveries_list(as_json: bool, **filters: Any) -> None:
 
     rows = run_command(fetch)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        echo_json(rows, default=str)
         return
     if not rows:
         click.echo("no deliveries match")
@@ -320,7 +335,7 @@ def deliveries_attempts(event_id: str, as_json: bool) -> None:
 
     rows = run_command(fetch)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        echo_json(rows, default=str)
         return
     for row in rows:
         row["when"] = f"{row['at']:%Y-%m-%d %H:%M:%S.%f}"[:-3]
@@ -476,7 +491,7 @@ def status(as_json: bool) -> None:
 
     rows = [queue_status(queue) for queue in sorted(run_command(fetch), key=lambda q: q["name"])]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     if not rows:
         click.echo("no shipcast queues yet: start `shipcast run`")
@@ -551,7 +566,7 @@ def topology(vhost: str, user: str, password: str) -> None:
     delays = Settings().retry_delays
     described = definitions([cls.topology(delays) for _, cls in sorted(channels().items())], vhost=vhost,
                             user=user, password_hash=password_hash(password, salt=b"shcs"))
-    click.echo(json.dumps(described, indent=2))
+    echo_json(described)
 
 
 @main.command()
@@ -562,7 +577,7 @@ def schema(example_type: str | None) -> None:
     from .plugin_manager import event_types
 
     if example_type is None:
-        click.echo(json.dumps(json_schema(), indent=2))
+        echo_json(json_schema())
         return
     registry = event_types()
     if example_type not in registry:

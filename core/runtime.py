@@ -159,8 +159,9 @@ def _blocking_stdio() -> None:
     """Put stdout and stderr back in blocking mode. uvloop can leave them
     non-blocking (MagicStack/uvloop#460, #712); a command printing more than a
     pipe holds (``deliveries list --json | jq``) would then lose the rest
-    with EAGAIN. A test on a loaded machine once saw that command's output
-    cut at 64 KiB, which this would explain."""
+    with EAGAIN. (A test on a loaded machine saw that command's output cut at
+    64 KiB twice, once after this was in place: JSON output also goes
+    through ``cli.echo_json``, which waits on a full pipe.)"""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, OSError, ValueError):
             os.set_blocking(stream.fileno(), True)

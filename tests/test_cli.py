@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,9 @@ from shipcast.examples import example
 from shipcast.parking import list_dead
 from shipcast.plugin_manager import channels
 from shipcast.settings import Settings
+from shipcast.store import Attempt, Store
 
-from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli
+from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli, settings_env
 
 pytestmark = pytest.mark.broker
 
@@ -88,7 +91,11 @@ def _dead_row(settings: Settings) -> dict[str, Any] | None:
 
 def _listed(settings: Settings, n: int) -> list[dict[str, object]] | None:
     result = run_cli(settings, "deliveries", "list", "--channel", "webhook", "--limit", "1000", "--json")
-    rows = json.loads(result.stdout)
+    try:
+        rows = json.loads(result.stdout)
+    except json.JSONDecodeError as exc:  # say how the output ended, should it be cut short again
+        raise AssertionError(f"{exc}: exit {result.returncode}, {len(result.stdout)} characters of output, "
+                             f"stderr: {result.stderr[-2000:]}") from exc
     return rows if len(rows) == n else None
 
 
@@ -178,3 +185,28 @@ async def _ready(http: object) -> bool:
 
 async def _posted(http: object, event: dict[str, object]) -> bool:
     return (await http.post("/v1/events", json=event)).status_code == 202  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_json_output_arrives_whole_through_a_non_blocking_pipe_read_slowly(settings: Settings) -> None:
+    """`deliveries list --json | slow-reader`, with the pipe left non-blocking:
+    all of the output arrives, not the 64 KiB a full pipe holds."""
+    store = await Store(settings.database_url).open()
+    try:
+        await store.record([Attempt(event_id=f"evt_{i:032d}", channel="webhook", target="main", partner_id="acme",
+                                    address="https://x.example.com/", outcome="delivered", attempt=1,
+                                    latency_ms=1.0, status=200) for i in range(300)])
+    finally:
+        await store.close()
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    with subprocess.Popen([str(Path(sys.executable).with_name("shipcast")), "deliveries", "list", "--json",
+                           "--limit", "1000"], stdout=write, stderr=subprocess.PIPE,
+                          env=settings_env(settings)) as command:
+        os.close(write)
+        time.sleep(2)  # the command fills the pipe and waits
+        output = b""
+        while chunk := os.read(read, 65536):
+            output += chunk
+        os.close(read)
+        assert command.wait(30) == 0, command.stderr.read() if command.stderr else ""
+    assert len(output) > 65536 and len(json.loads(output)) == 300

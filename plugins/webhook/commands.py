@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from shipcast.cli import WHEN, open_services, print_table, run_command
+from shipcast.cli import WHEN, echo_json, open_services, print_table, run_command
 
 from . import admin
 
@@ -38,7 +38,7 @@ def endpoints_list(partner_id: str | None, as_json: bool) -> None:
 
     rows = run_command(fetch)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     for row in rows:
         row["events"] = ",".join(row["events"])
