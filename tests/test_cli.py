@@ -70,7 +70,8 @@ async def test_publish_file_progress_summary_and_delivery_commands(settings: Set
         await eventually(lambda: len(set(receiver.ids)) == 250)
         assert set(receiver.ids) == {e["event_id"] for e in events}
 
-        listed = await eventually(lambda: _listed(settings, 250))
+        # Each look is a command of its own (a second or more on a loaded machine).
+        listed = await eventually(lambda: _listed(settings, 250), timeout=60)
         assert all(row["status"] == "delivered" for row in listed), {row["status"] for row in listed}
 
         replayed = run_cli(settings, "deliveries", "replay", "--event", events[0]["event_id"])
