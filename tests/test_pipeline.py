@@ -190,6 +190,8 @@ async def test_a_gone_endpoint_is_disabled(shipcast: ShipcastProcess, receiver: 
     first, second = body_of("OFD"), body_of("DEL")
     assert (await shipcast.http.post("/v1/events", json=first)).status_code == 202
     await eventually(lambda: _status(shipcast, first["event_id"], "dead"))
+    # The worker learns of the disable a moment after the delivery is logged dead.
+    await eventually(lambda: shipcast.services.partners.is_disabled("webhook", "acme", "main"))
     skipped = metrics.value("shipcast_targets_skipped_total", channel="webhook", reason="disabled")
     assert (await shipcast.http.post("/v1/events", json=second)).status_code == 202
     await eventually(lambda: metrics.value("shipcast_targets_skipped_total", channel="webhook",
