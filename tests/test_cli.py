@@ -70,9 +70,9 @@ async def test_publish_file_progress_summary_and_delivery_commands(settings: Set
         await eventually(lambda: len(set(receiver.ids)) == 250)
         assert set(receiver.ids) == {e["event_id"] for e in events}
 
-        # Each look is a command of its own (a second or more on a loaded machine).
-        listed = await eventually(lambda: _listed(settings, 250), timeout=60)
-        assert all(row["status"] == "delivered" for row in listed), {row["status"] for row in listed}
+        # Each look is a command of its own (a second or more on a loaded machine), and on a
+        # loaded machine a delivery may have timed out once and be retrying when the receiver has it.
+        await eventually(lambda: _listed(settings, 250, status="delivered"), timeout=60)
 
         replayed = run_cli(settings, "deliveries", "replay", "--event", events[0]["event_id"])
         assert replayed.stdout.strip() == "replayed 1 deliveries"
@@ -90,8 +90,9 @@ def _dead_row(settings: Settings) -> dict[str, Any] | None:
     return row if row["ready"] else None
 
 
-def _listed(settings: Settings, n: int) -> list[dict[str, object]] | None:
-    result = run_cli(settings, "deliveries", "list", "--channel", "webhook", "--limit", "1000", "--json")
+def _listed(settings: Settings, n: int, status: str) -> list[dict[str, object]] | None:
+    result = run_cli(settings, "deliveries", "list", "--channel", "webhook", "--status", status, "--limit", "1000",
+                     "--json")
     try:
         rows = json.loads(result.stdout)
     except json.JSONDecodeError as exc:  # say how the output ended, should it be cut short again
