@@ -78,18 +78,6 @@ class Management:
             changed.append(name)
         return changed
 
-    async def policies_lacking(self) -> dict[str, list[str]]:
-        """Each of shipcast's policies that is missing or lacks settings, with
-        what it lacks."""
-        from .topology import POLICIES
-
-        lacking = {}
-        for name, _, definition in POLICIES:
-            existing = await self._get(self._policy(name))
-            if missing := sorted(set(definition) - set(existing["definition"] if existing else {})):
-                lacking[name] = missing
-        return lacking
-
     async def put_policy(self, name: str, body: dict[str, Any]) -> None:
         await self._send("PUT", self._policy(name), body)
 
