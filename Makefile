@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SHIPCAST_CONFIG ?= deploy/partners.example.yaml
 
-.PHONY: run test services tools install bench clean
+.PHONY: run test test-fast services tools install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,7 @@ $(BIN)/python:
 
 # A real (not editable) install: the suite tests what `pip install .` gives.
 install: $(BIN)/python
+	rm -rf build  # setuptools would pack a module since removed from the tree
 	$(BIN)/pip install -q '.[test]'
 
 services:
@@ -31,6 +32,10 @@ TEST_PROCESSES ?= 4
 test: services tools install
 	$(BIN)/mypy -p shipcast
 	$(BIN)/pytest -n $(TEST_PROCESSES) --dist worksteal
+
+# The inner loop: the tests that need no RabbitMQ or PostgreSQL, in seconds.
+test-fast: install
+	$(BIN)/pytest -m fast -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info shipcast.db*

@@ -2,17 +2,21 @@
 
 Plugins import what they need from here::
 
-    from shipcast import Channel, Delivered, Target, hookimpl
+    from shipcast import Channel, ChannelConfig, Delivered, Event, Partner, Target, hookimpl
+
+The core's subpackages are its layers, each importing only from its own
+layer or below (``docs/architecture.md``).
 """
 
 from __future__ import annotations
 
-from .hookspecs import hookimpl  # first: every other module may register hooks
-
-from .broker import Publisher  # noqa: E402
-from .channel import Channel, Delivered, Target  # noqa: E402
-from .envelope import Event  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = ["Channel", "Delivered", "Event", "Publisher", "Target", "__version__", "hookimpl"]
+from shipcast.app.publisher import Publisher  # noqa: E402
+from shipcast.model.envelope import Event  # noqa: E402
+from shipcast.model.partners import Partner  # noqa: E402
+from shipcast.plugin.channel import Channel, ChannelConfig, Delivered, Target  # noqa: E402
+from shipcast.plugin.markers import hookimpl  # noqa: E402
+
+__all__ = ["Channel", "ChannelConfig", "Delivered", "Event", "Partner", "Publisher", "Target", "__version__",
+           "hookimpl"]

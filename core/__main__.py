@@ -1,5 +1,5 @@
 """``python -m shipcast`` is the ``shipcast`` command."""
 
-from .cli import main
+from shipcast.app.cli import main
 
 main()

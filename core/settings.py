@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 from functools import cached_property
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
-
-from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,10 +14,16 @@ DEFAULT_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
 
 
 class Settings(BaseSettings):
-    """Every setting; secrets are left out of the repr, so a logged or printed
-    Settings never shows them."""
+    """Every setting the core and several channels share; secrets are left out
+    of the repr, so a logged or printed Settings never shows them.
 
-    model_config = SettingsConfigDict(env_prefix="SHIPCAST_", extra="ignore", frozen=True)
+    A channel's own settings (the email channel's SMTP server, say) live with
+    the channel, read from their own ``SHIPCAST_*`` variables; values given
+    here by name (``Settings(smtp_host=...)``) are kept as extras for the
+    channel to take, and never shown.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SHIPCAST_", extra="allow", frozen=True)
 
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     database_url: str = "sqlite+aiosqlite:///shipcast.db"
@@ -35,6 +40,8 @@ class Settings(BaseSettings):
     webhook_allowed_networks: str = ""
     webhook_timeout: float = Field(15.0, gt=0)
     config: str = "shipcast.yaml"
+    #: Which plugins load (comma-separated names, e.g. ``webhook,archive,my-sms``); empty: all.
+    plugins: str = ""
     publish_timeout: float = Field(10.0, gt=0)
     max_batch: int = Field(1000, ge=1)
     #: Largest event accepted at ingest, as JSON bytes.
@@ -66,15 +73,19 @@ class Settings(BaseSettings):
     twilio_api_url: str = "https://api.twilio.com"
     #: Twilio's Content API, where WhatsApp templates' approval and category are read.
     twilio_content_url: str = "https://content.twilio.com"
-    #: The SMTP server customer email goes through; the password only from the environment.
-    smtp_host: str = "localhost"
-    smtp_port: int = 25
-    smtp_username: str | None = None
-    smtp_password: str | None = Field(None, repr=False)
-    smtp_starttls: bool = False
     #: Where operator events (endpoint failing, recovered, disabled) are posted, signed.
     operator_webhook_url: str | None = None
     operator_webhook_secret: str | None = Field(None, repr=False)
+
+    def __repr_args__(self) -> Any:
+        extras = self.model_extra or {}
+        return [(name, value) for name, value in super().__repr_args__() if name not in extras]
+
+    def given(self, prefix: str) -> dict[str, Any]:
+        """The extras whose names start with ``prefix``, without it: what a
+        channel's own settings were given here (``given("smtp_")``)."""
+        return {name.removeprefix(prefix): value for name, value in (self.model_extra or {}).items()
+                if name.startswith(prefix)}
 
     @field_validator("retry_schedule")
     @classmethod
@@ -110,6 +121,12 @@ class Settings(BaseSettings):
             for part in self.webhook_allowed_networks.split(",")
             if part.strip()
         )
+
+    @cached_property
+    def allowed_plugins(self) -> frozenset[str] | None:
+        """The plugin names ``SHIPCAST_PLUGINS`` allows, or ``None`` for all."""
+        names = frozenset(name.strip() for name in self.plugins.split(",") if name.strip())
+        return names or None
 
     @cached_property
     def vhost(self) -> str:

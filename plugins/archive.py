@@ -11,9 +11,9 @@ from typing import Any
 
 from shipcast import hookimpl
 from shipcast.batching import Batcher
-from shipcast.channel import Channel, Delivered, Target
-from shipcast.envelope import Event
-from shipcast.partners import Partner
+from shipcast.model.envelope import Event
+from shipcast.model.partners import Partner
+from shipcast.plugin.channel import Channel, Delivered, Target
 
 _TARGET = Target("store", "events table")
 
@@ -31,7 +31,7 @@ class ArchiveChannel(Channel):
 
     async def start(self) -> None:
         # Concurrent deliveries share one insert: write-behind in batches.
-        self._batcher: Batcher[Event, None] = Batcher(self.services.store.save_events)
+        self._batcher: Batcher[Event, None] = Batcher(self.context.store.save_events)
 
     async def close(self) -> None:
         await self._batcher.close()

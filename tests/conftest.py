@@ -85,6 +85,25 @@ def _flock(file: Any, exclusive: bool, service: str) -> None:
             time.sleep(0.1)
 
 
+#: Fixtures that reach RabbitMQ or PostgreSQL: a test of the fast tier uses none.
+SERVICE_FIXTURES = {"vhost", "management", "pg_database", "database_url", "settings", "shipcast"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/fast/ is in the fast tier; and a test marked
+    ``fast`` that asks for a service is refused, so the tier stays one that
+    runs with no service at all."""
+    fast_dir = Path(__file__).parent / "fast"
+    for item in items:
+        if fast_dir in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.fast)
+        if item.get_closest_marker("fast") is not None:
+            wanted = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+            if wanted or item.get_closest_marker("broker") or item.get_closest_marker("store"):
+                raise pytest.UsageError(f"{item.nodeid} is marked fast but needs a service "
+                                        f"({', '.join(sorted(wanted)) or 'broker/store marker'})")
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Collect the reliability scenarios' rows (in the controlling process
     too, when the tests run in several)."""

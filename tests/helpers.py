@@ -21,10 +21,10 @@ import httpx
 import orjson
 from aiohttp import web
 
-from shipcast.partners import load_partners
-from shipcast.reconcile import apply_partners
-from shipcast.runtime import api_server, start_workers, stop_workers
-from shipcast.services import Services
+from shipcast.model.partners import load_partners
+from shipcast.app.reconcile import apply_partners
+from shipcast.app.runtime import api_server, start_workers, stop_workers
+from shipcast.app.services import Services
 from shipcast.settings import Settings
 
 
@@ -132,13 +132,12 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
 async def applied(settings: Settings, doc: dict[str, Any]) -> AsyncIterator[Services]:
     """Services connected to the broker, with the partners of ``doc`` applied
     (for tests that run the workers as real processes)."""
-    from shipcast.partners import load_partners
-    from shipcast.reconcile import apply_partners
+    from shipcast.app.reconcile import apply_partners
 
     services = Services.from_settings(settings)
     await services.start(wait_for_broker=True)
     try:
-        await apply_partners(services, load_partners(doc, "test"))
+        await apply_partners(services, load_partners(doc, "test", catalog=services.registry.catalog))
         yield services
     finally:
         await services.close()
@@ -154,20 +153,19 @@ def partners_doc(partner_id: str, url: str, events: Sequence[str] = ("*",), **en
 class ShipcastProcess:
     """shipcast's API and channel workers in this process, on a real port."""
 
-    def __init__(self, settings: Settings, channels: Sequence[str] | None = None, *, workers: bool = True) -> None:
+    def __init__(self, settings: Settings, channels: Sequence[str] | None = None, *, workers: bool = True,
+                 plugins: Sequence[object] = ()) -> None:
         self.settings = settings
         self.channels = channels
         self.with_workers = workers
-        self.services = Services.from_settings(settings)
+        self.services = Services.from_settings(settings, plugins=plugins)
         self.base_url = f"http://127.0.0.1:{settings.port}"
 
     async def __aenter__(self) -> ShipcastProcess:
-        from shipcast.plugin_manager import channels
-
         await self.services.start()
         self.workers = []
         if self.with_workers:
-            names = list(self.channels) if self.channels is not None else sorted(channels())
+            names = list(self.channels) if self.channels is not None else sorted(self.services.registry.channels)
             self.workers = await start_workers(self.services, names)
         self.server = api_server(self.services, log_level="warning")
         self._serving = asyncio.create_task(self.server.serve())
@@ -177,7 +175,7 @@ class ShipcastProcess:
         return self
 
     async def apply(self, doc: dict[str, Any]) -> None:
-        await apply_partners(self.services, load_partners(doc, "test"))
+        await apply_partners(self.services, load_partners(doc, "test", catalog=self.services.registry.catalog))
 
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aio_pika
 import pytest
 
-from shipcast.examples import example
+from tests.bound import example
 
 from .conftest import make_settings
 from .helpers import TcpProxy, Receiver, ShipcastProcess, eventually, partners_doc

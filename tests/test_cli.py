@@ -16,9 +16,9 @@ import jsonschema
 import orjson
 import pytest
 
-from shipcast.examples import example
-from shipcast.parking import list_dead
-from shipcast.plugin_manager import channels
+from tests.bound import example
+from shipcast.amqp.parking import list_dead
+from tests.bound import channels
 from shipcast.settings import Settings
 from shipcast.store import Attempt, Store
 
@@ -144,7 +144,7 @@ def test_pip_install_dot_into_a_fresh_venv_gives_a_working_command_with_template
                                 "print(pathlib.Path(shipcast.__file__).parent)"],
                                capture_output=True, text=True, check=True).stdout.strip())
     assert site.is_relative_to(venv), site  # the installed copy, not this checkout
-    assert (site / "py.typed").exists() and (site / "signing.py").exists() and (site / "plugins" / "webhook" / "guard.py").exists()
+    assert (site / "py.typed").exists() and (site / "security" / "signing.py").exists() and (site / "plugins" / "webhook" / "guard.py").exists()
     assert sorted(p.name for p in (site / "templates").rglob("*.html"))
     result = subprocess.run([str(venv / "bin" / "shipcast"), "schema", "--example", "OFD"],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)

@@ -17,9 +17,9 @@ from aiohttp import web
 from fastapi import APIRouter
 
 from shipcast import hookimpl
-from shipcast.event_types import EventType
-from shipcast.examples import example
-from shipcast.plugin_manager import get_plugin_manager
+from shipcast.model.event_types import EventType
+from tests.bound import example
+from shipcast.model import examples
 
 from .conftest import free_port, make_settings
 from .helpers import Receiver, ShipcastProcess, TcpProxy, eventually, partners_doc
@@ -136,7 +136,7 @@ async def test_deliveries_pause_while_the_store_is_down_and_nothing_is_lost(
             # The session's database holds other tests' rows too: look at this test's events.
             await eventually(lambda: _delivered(shipcast, expected), timeout=30)
             await eventually(lambda: _archived(shipcast, expected), timeout=30)
-            from shipcast.parking import list_dead
+            from shipcast.amqp.parking import list_dead
 
             for worker in shipcast.workers:
                 assert await list_dead(shipcast.services.broker, worker.topology) == []
@@ -172,29 +172,44 @@ class PickupPlugin:
         return [router]
 
 
-@pytest.fixture
-def pickup_plugin() -> Iterator[None]:
-    pm = get_plugin_manager()
-    plugin = PickupPlugin()
-    pm.register(plugin, name="pickup")
-    reset_registries()
-    yield
-    pm.unregister(plugin)
-    reset_registries()
+async def test_two_differently_configured_instances_live_in_one_process(
+        settings: Any, vhost: str, tmp_path: Any, management: Any, receiver: Receiver) -> None:
+    """Nothing is process-wide: one instance with the pickup plugin and only
+    the webhook channel, one with every built-in channel and no pickup,
+    side by side in one event loop, each validating against its own registry."""
+    from tests.conftest import make_settings
+
+    second_vhost = f"{vhost}-b"
+    management.put(f"/api/vhosts/{second_vhost}").raise_for_status()
+    management.put(f"/api/permissions/{second_vhost}/guest",
+                   json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    narrow = settings.model_copy(update={"plugins": "webhook"})
+    wide = make_settings(second_vhost, f"sqlite+aiosqlite:///{tmp_path / 'wide.db'}")
+    try:
+        async with ShipcastProcess(narrow, plugins=[PickupPlugin()]) as one, ShipcastProcess(wide) as other:
+            assert sorted(one.services.registry.channels) == ["webhook"]
+            assert "sms" in other.services.registry.channels
+            await one.apply(partners_doc("acme", receiver.url, events=["PICKED_UP"]))
+            pickup = orjson.loads(examples.example("PICKED_UP", one.services.registry.event_types,
+                                                   partner_id="acme").to_json())
+            assert (await one.http.post("/v1/events", json=pickup)).status_code == 202
+            refused = await other.http.post("/v1/events", json=pickup)
+            assert refused.status_code == 422
+            assert refused.json()["detail"][0]["loc"] == ["event_type"]
+            assert "unknown event type 'PICKED_UP'" in refused.json()["detail"][0]["msg"]
+            with pytest.raises(Exception, match="unknown channel; installed: webhook"):
+                await one.apply({"partners": [{"id": "acme", "name": "Acme", "channels": {"sms": {
+                    "sender": "ACMEIN"}}}]})
+            await eventually(lambda: receiver.ids == [pickup["event_id"]])
+    finally:
+        management.delete(f"/api/vhosts/{second_vhost}")
 
 
-def reset_registries() -> None:
-    from shipcast.plugin_manager import channels, event_types
-
-    event_types.cache_clear()
-    channels.cache_clear()
-
-
-async def test_a_plugin_adds_an_event_type_and_a_route(pickup_plugin: None, settings: Any,
-                                                       receiver: Receiver) -> None:
-    async with ShipcastProcess(settings) as shipcast:
+async def test_a_plugin_adds_an_event_type_and_a_route(settings: Any, receiver: Receiver) -> None:
+    async with ShipcastProcess(settings, plugins=[PickupPlugin()]) as shipcast:
         await shipcast.apply(partners_doc("acme", receiver.url, events=["PICKED_UP"]))
-        event = orjson.loads(example("PICKED_UP", partner_id="acme").to_json())
+        types = shipcast.services.registry.event_types
+        event = orjson.loads(examples.example("PICKED_UP", types, partner_id="acme").to_json())
         assert event["rider"] is not None and event["otp"] is None
         assert (await shipcast.http.post("/v1/events", json=event)).status_code == 202
         await eventually(lambda: receiver.ids == [event["event_id"]])

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiosmtpd.controller import Controller
 
-from shipcast.examples import example
+from tests.bound import example
 from shipcast.exceptions import ConfigError
 from shipcast.settings import Settings
 
@@ -166,10 +166,10 @@ async def test_a_template_without_what_it_needs_is_refused_at_apply(mail_setting
 @pytest.mark.parametrize("language", ["en", "hi"])
 @pytest.mark.parametrize("event_type", ["OFD", "DEL", "FAIL", "RET"])
 def test_every_email_composes_for_every_event_type_and_language(event_type: str, language: str) -> None:
-    from shipcast.messages import check_templates
-    from shipcast.partners import Partner
+    from tests.bound import check_templates
+    from shipcast.model.partners import Partner
     from shipcast.plugins.email import EmailChannel
-    from shipcast.services import Services
+    from shipcast.app.services import Services
 
     settings = make_settings("unused", "sqlite+aiosqlite:///:memory:", public_url="https://track.example.com")
     config = {"events": ["*"], "from_address": "Acme <orders@acme.example.com>", "transactional": ["OFD"]}
@@ -177,7 +177,7 @@ def test_every_email_composes_for_every_event_type_and_language(event_type: str,
     channel = EmailChannel(Services.from_settings(settings))
     body = orjson.loads(example(event_type).to_json())
     body["order"]["customer"]["language"] = language
-    from shipcast.envelope import parse_event
+    from tests.bound import parse_event
 
     event = parse_event(body)
     partner = Partner("acme", "Acme Retail", {"support_email": "care@acme.example.com"}, {"email": config})
@@ -199,7 +199,7 @@ def test_unsubscribe_links_outlive_a_rotation_of_the_secret_key(mail_settings: S
     import base64
     import os
 
-    from shipcast.messages import read_unsubscribe_token, unsubscribe_token
+    from shipcast.security.links import read_unsubscribe_token, unsubscribe_token
 
     old = mail_settings
     token = unsubscribe_token(old, "email", "acme", "asha@example.com")
@@ -214,7 +214,7 @@ def test_unsubscribe_links_outlive_a_rotation_of_the_secret_key(mail_settings: S
 
 def test_every_unsubscribe_link_verifies_whatever_bytes_its_mac_holds(mail_settings: Settings) -> None:
     """A link's MAC is binary, and about one in twenty holds the separator's byte."""
-    from shipcast.messages import read_unsubscribe_token, unsubscribe_token
+    from shipcast.security.links import read_unsubscribe_token, unsubscribe_token
 
     addresses = [f"customer{i}@example.com" for i in range(1000)]
     assert all(read_unsubscribe_token(mail_settings, unsubscribe_token(mail_settings, "email", "acme", address))

@@ -34,16 +34,17 @@ import yaml
 from hypothesis import strategies as st
 
 from shipcast import metrics
-from shipcast.api import partner_scope, require_token
-from shipcast.envelope import Event, parse_event, parse_events
-from shipcast.event_types import GROUPS
-from shipcast.examples import example
+from shipcast.app.api import partner_scope, require_token
+from shipcast.model.envelope import Event
+from tests.bound import parse_event, parse_events
+from shipcast.model.event_types import GROUPS
+from tests.bound import example
 from shipcast.exceptions import ConfigError, InvalidEvent
 from shipcast.logs import JsonFormatter, TextFormatter
-from shipcast.parking import list_dead
-from shipcast.partners import load_partners_file
-from shipcast.plugin_manager import event_types
-from shipcast.reconcile import apply_partners
+from shipcast.amqp.parking import list_dead
+from tests.bound import load_partners_file
+from tests.bound import event_types
+from shipcast.app.reconcile import apply_partners
 from shipcast.settings import Settings
 
 from .conftest import make_settings
@@ -459,9 +460,9 @@ async def test_tokens_are_compared_in_constant_time_or_never_compared(
 
     import sqlalchemy as sa
 
-    from shipcast.api import token_hash
+    from shipcast.app.api import token_hash
     from shipcast.plugins.tracking.links import tracking_token
-    from shipcast.store import partner_tokens
+    from shipcast.store.tables import partner_tokens
 
     compared: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
@@ -640,7 +641,7 @@ def test_the_command_line_says_what_is_wrong_with_a_template_without_a_traceback
 
 # -- the broker: messages shipcast did not publish -----------------------------------
 
-FORGED_LINE = "2026-01-01 00:00:00,000 INFO shipcast.worker: all clear"
+FORGED_LINE = "2026-01-01 00:00:00,000 INFO shipcast.delivery.consumer: all clear"
 
 
 @pytest.mark.broker
@@ -664,7 +665,7 @@ async def test_messages_shipcast_did_not_publish_are_parked_with_a_reason_and_th
     handlers = [logging.StreamHandler(text), logging.StreamHandler(structured)]
     handlers[0].setFormatter(TextFormatter())
     handlers[1].setFormatter(JsonFormatter())
-    worker_log = logging.getLogger("shipcast.worker")
+    worker_log = logging.getLogger("shipcast.delivery.consumer")
     for handler in handlers:
         worker_log.addHandler(handler)
     try:
@@ -733,11 +734,11 @@ def test_hostile_order_data_is_text_in_every_customer_message() -> None:
     WhatsApp refuses)."""
     from email import message_from_bytes, policy
 
-    from shipcast.partners import Partner
+    from shipcast.model.partners import Partner
     from shipcast.plugins.email import EmailChannel
     from shipcast.plugins.sms import SmsChannel
     from shipcast.plugins.whatsapp import variables_for
-    from shipcast.services import Services
+    from shipcast.app.services import Services
 
     settings = Settings(api_token="t", public_url="https://track.example.com", config="/nonexistent")
     services = Services.from_settings(settings)
@@ -750,7 +751,7 @@ def test_hostile_order_data_is_text_in_every_customer_message() -> None:
     text = SmsChannel(services).render(event, partner, partner.channels["sms"])
     assert HOSTILE["order_id"] in text and HOSTILE["rider"] in text and EVALUATED not in text
 
-    variables = orjson.loads(variables_for(settings, event, partner, partner.channels["whatsapp"]))
+    variables = orjson.loads(variables_for(services.registry, event, partner, partner.channels["whatsapp"]))
     assert variables["2"] == f"ORD-1 Bcc: mallory@example.com {SYNTAX}"
     assert variables["3"] == f"Ravi {SYNTAX} Kumar"
     assert not any(re.search(r"[\r\n\t]| {5}", value) for value in variables.values()), variables
@@ -808,7 +809,7 @@ def test_a_line_break_in_logged_data_cannot_forge_a_log_line(formatter: logging.
     the delivery fields; JSON logs carry them inside a string. Either way one
     entry is one line, and a traceback is all that may follow it."""
     order_id = f"ORD-1\r\n{FORGED_LINE}\x1b[2J"
-    record = logging.LogRecord("shipcast.worker", logging.WARNING, __file__, 1, "cannot render %s/%s",
+    record = logging.LogRecord("shipcast.delivery.consumer", logging.WARNING, __file__, 1, "cannot render %s/%s",
                                ("acme", order_id), None)
     record.__dict__.update(partner="acme", target=f"main\n{FORGED_LINE}")
     [line] = formatter.format(record).splitlines()

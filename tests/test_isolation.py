@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from shipcast.isolation import SLOT_WAIT, START_LIMIT, Breaker, Gate, KeyedLock
+from shipcast.delivery.isolation import SLOT_WAIT, START_LIMIT, Breaker, Gate, KeyedLock
 
 
 @pytest.mark.parametrize(("results", "state", "changes"), [

@@ -22,11 +22,11 @@ import httpx
 import pytest
 
 from shipcast import metrics
-from shipcast.broker import Publisher
-from shipcast.examples import example
-from shipcast.plugin_manager import channels
+from shipcast.app.publisher import Publisher
+from tests.bound import example
+from tests.bound import channels
 from shipcast.settings import Settings
-from shipcast.topology import definitions, password_hash
+from shipcast.amqp.topology import definitions, password_hash
 
 from .conftest import AMQP_HOST, MANAGEMENT, free_port, make_settings
 from .helpers import Receiver, ShipcastProcess, Subprocess, applied, eventually, partners_doc
@@ -54,7 +54,11 @@ def _check_command(where: str, args: list[str]) -> None:
 def test_the_compose_file_and_the_manifests_use_only_what_shipcast_knows() -> None:
     import yaml
 
-    known = {f"SHIPCAST_{name.upper()}" for name in Settings.model_fields}
+    from shipcast.plugins.email.settings import SmtpSettings
+
+    # The core's settings, and those a channel reads itself.
+    known = {f"SHIPCAST_{name.upper()}" for name in Settings.model_fields} \
+        | {f"SHIPCAST_SMTP_{name.upper()}" for name in SmtpSettings.model_fields}
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     workers = set()
     for name, service in compose["services"].items():
@@ -117,7 +121,7 @@ async def test_imported_definitions_give_a_broker_shipcast_runs_on_as_a_least_pr
     settings = make_settings(vhost, sqlite_url).model_copy(
         update={"amqp_url": f"amqp://{user}:{password}@{AMQP_HOST}/{vhost}",
                 "management_url": f"http://{user}:{password}@{MANAGEMENT.split('@')[-1]}"})
-    caplog.set_level(logging.INFO, logger="shipcast.reconcile")
+    caplog.set_level(logging.INFO, logger="shipcast.app.reconcile")
     async with ShipcastProcess(settings) as shipcast:
         # Not a policymaker, it cannot check the policies; it says so, and runs on the imported ones.
         assert any("shipcast's policies not checked" in r.getMessage() and "policymaker" in r.getMessage()

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from shipcast.examples import example
+from tests.bound import example
 
 from .conftest import make_settings
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from shipcast.exceptions import ConfigError
-from shipcast.partners import load_partners, load_partners_file
+from tests.bound import load_partners, load_partners_file
 from shipcast.settings import Settings
 
 from .helpers import ShipcastProcess, run_cli
@@ -44,6 +44,7 @@ P = ["partners", 0]
 E = [*P, "channels", "webhook", "endpoints", 0]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("path", "value", "location", "words"), [
     ([*P, "id"], "Acme Retail", "partner 'Acme Retail': id", "must match [a-z0-9_-]+"),
     ([*P, "name"], KeyError, "partner 'acme': name", "Missing data"),
@@ -72,6 +73,7 @@ def test_errors_name_the_file_the_partner_and_the_field(path: list[Any], value: 
     assert any(words in message for message in matching[location]), text
 
 
+@pytest.mark.fast
 def test_every_partner_is_reported_and_duplicates_are_errors() -> None:
     doc = {"partners": [GOOD["partners"][0], GOOD["partners"][0], {"id": "BAD", "name": "x"}]}
     with pytest.raises(ConfigError) as exc:
@@ -79,6 +81,7 @@ def test_every_partner_is_reported_and_duplicates_are_errors() -> None:
     assert set(exc.value.errors) == {"partner 'acme': id", "partner 'BAD': id"}
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("text", "words"), [
     ("partners: [\n  - id: acme\n   name: x", "not valid YAML"),
     ("[1, 2]", "one key, 'partners'"),
@@ -93,13 +96,14 @@ def test_malformed_files(tmp_path: Path, text: str, words: str) -> None:
     assert str(exc.value).startswith(str(path))
 
 
+@pytest.mark.fast
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_partners_file(tmp_path / "nope.yaml")
 
 
 async def bindings(settings: Settings, queue: str) -> set[str]:
-    from shipcast.management import Management
+    from shipcast.amqp.management import Management
 
     async with Management(settings) as management:
         return await management.queue_bindings(queue)
@@ -122,7 +126,7 @@ async def test_apply_through_the_cli_binds_lists_and_never_prints_secrets(settin
     assert partner["channels"]["webhook"]["endpoints"][0]["secret"] == "…redacted…"
 
     # A generated secret is kept across applies; a given one is stored as given, both encrypted.
-    from shipcast.crypto import secret_box
+    from shipcast.security.crypto import secret_box
     from shipcast.store import Store
 
     store = await Store(settings.database_url).open()

@@ -13,10 +13,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from shipcast import metrics
-from shipcast.event_types import GROUPS
-from shipcast.examples import example
+from shipcast.model.event_types import GROUPS
+from tests.bound import example
 from shipcast.settings import Settings
-from shipcast.parking import list_dead, replay_dead
+from shipcast.amqp.parking import list_dead, replay_dead
 
 from .conftest import TOKEN, make_settings
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc
@@ -234,7 +234,7 @@ async def test_an_event_already_delivered_is_not_sent_again(
     await eventually(lambda: _status(shipcast, event.event_id, "delivered"))
     skipped = metrics.value("shipcast_targets_skipped_total", channel="webhook", reason="delivered")
     # The OMS posts it again (after a timeout, say), and a copy arrives as a retry would.
-    from shipcast.broker import TARGET_HEADER, event_message
+    from shipcast.amqp.headers import TARGET as TARGET_HEADER, event_message
 
     assert (await shipcast.http.post("/v1/events", json=orjson.loads(event.to_json()))).status_code == 202
     await shipcast.services.broker.publish(event_message(event, headers={TARGET_HEADER: "main"}),
@@ -243,7 +243,7 @@ async def test_an_event_already_delivered_is_not_sent_again(
                                            reason="delivered") == skipped + 2)
     assert receiver.ids == [event.event_id]
     # A replay asked for by an operator is the exception: it is sent again.
-    from shipcast.replay import replay_deliveries
+    from shipcast.delivery.replay import replay_deliveries
 
     assert await replay_deliveries(shipcast.services, event_id=event.event_id) == 1
     await eventually(lambda: receiver.ids == [event.event_id] * 2)
@@ -357,7 +357,7 @@ async def test_the_index_page_links_the_docs_and_hides_credentials(shipcast: Shi
 
 
 async def test_a_publish_nobody_receives_is_an_error_not_a_silent_drop(shipcast: ShipcastProcess) -> None:
-    from shipcast.broker import event_message
+    from shipcast.amqp.headers import event_message
     from shipcast.exceptions import PublishNotConfirmed
 
     with pytest.raises(PublishNotConfirmed, match="no queue is bound for shipcast.nowhere"):

@@ -14,11 +14,11 @@ import aio_pika
 import httpx
 import pytest
 
-from shipcast.broker import TARGET_HEADER, event_message
-from shipcast.examples import example
-from shipcast.plugin_manager import channels
+from shipcast.amqp.headers import TARGET as TARGET_HEADER, event_message
+from tests.bound import example
+from tests.bound import channels
 from shipcast.settings import Settings
-from shipcast.topology import LEGACY_ARGUMENTS, POLICIES, policy_body
+from shipcast.amqp.topology import LEGACY_ARGUMENTS, POLICIES, policy_body
 
 from .helpers import Receiver, Subprocess, applied, eventually, partners_doc, run_cli
 

@@ -6,8 +6,8 @@ import aio_pika
 import orjson
 import pytest
 
-from shipcast.broker import Publisher
-from shipcast.examples import example
+from shipcast.app.publisher import Publisher
+from tests.bound import example
 from shipcast.exceptions import BrokerUnavailable, InvalidEvent
 from shipcast.settings import Settings
 

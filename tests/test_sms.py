@@ -17,12 +17,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from shipcast.channel import Target
-from shipcast.examples import example
+from shipcast.plugin.channel import Target
+from tests.bound import example
 from shipcast.exceptions import ConfigError
-from shipcast.messages import LANGUAGES, check_templates, render, sparse_event
-from shipcast.partners import Partner
-from shipcast.plugin_manager import event_types
+from shipcast.messaging.templates import LANGUAGES, sparse_event
+from tests.bound import check_templates, render
+from shipcast.model.partners import Partner
+from tests.bound import event_types
 from shipcast.plugins.sms.segments import encoding, segments
 from shipcast.settings import Settings
 
@@ -146,7 +147,7 @@ def test_text_is_sent_as_written_and_a_printed_null_is_refused() -> None:
     settings = Settings(api_token="t", public_url="https://track.example.com")
     body = orjson.loads(example("OFD").to_json())
     body["order"]["customer"]["name"] = "Ann O'Brien & Co <3"
-    from shipcast.envelope import parse_event
+    from tests.bound import parse_event
 
     partner = Partner("acme", "Tom & Jerry's", {}, {})
     text = render(settings, "sms", parse_event(body), partner, {"OFD": "{{ partner.name }}: hi {{ customer.name }}"})
@@ -331,7 +332,7 @@ async def test_one_text_when_the_broker_redelivers_after_twilio_accepted_it(vhos
     the text: the handler is cancelled before it logs or acks, and the broker
     hands the message out again. The redelivered copy finds the text Twilio
     took, logs it delivered, and sends nothing."""
-    from shipcast.parking import list_dead
+    from shipcast.amqp.parking import list_dead
 
     proxy = await TcpProxy().start()
     settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
@@ -411,7 +412,7 @@ async def test_review_requests_wait_out_the_quiet_hours_but_otps_and_failures_go
 @pytest.mark.parametrize("key", ["auth_token", "twilio_auth_token", "account_sid"])
 def test_the_partners_file_refuses_twilio_credentials(key: str) -> None:
     """Secrets come from the environment, never the partners file."""
-    from shipcast.partners import load_partners
+    from tests.bound import load_partners
 
     with pytest.raises(ConfigError) as caught:
         load_partners(sms_doc(**{key: "twilio-test-token"}), "test")
@@ -420,7 +421,7 @@ def test_the_partners_file_refuses_twilio_credentials(key: str) -> None:
 
 
 def test_quiet_hours_that_never_end_are_refused() -> None:
-    from shipcast.partners import load_partners
+    from tests.bound import load_partners
 
     with pytest.raises(ConfigError, match="quiet_hours.*start and end"):
         load_partners(sms_doc(quiet_hours={"start": "21:00", "end": "21:00"}), "test")
@@ -525,7 +526,7 @@ async def twilio_callback(shipcast: ShipcastProcess, sid: str, status: str, sign
 
 async def test_a_text_the_carrier_refuses_later_is_logged_dead_and_parked(sms_settings: Settings,
                                                                           twilio: FakeTwilio) -> None:
-    from shipcast.parking import list_dead
+    from shipcast.amqp.parking import list_dead
 
     async with ShipcastProcess(sms_settings) as shipcast:
         event, sid = await sent_text(shipcast, "FAIL")
@@ -588,6 +589,8 @@ class FakeMsg91:
 
     received: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    #: The plugin that registers the provider (set by the fixture).
+    plugin: Any = None
 
     async def _send(self, request: web.Request) -> web.Response:
         if request.headers.get("authkey") != "msg91-test-key":
@@ -615,7 +618,6 @@ async def msg91() -> AsyncIterator[FakeMsg91]:
 
     from shipcast import hookimpl
     from shipcast.exceptions import PermanentDelivery, RetryableDelivery
-    from shipcast.plugin_manager import get_plugin_manager
     from shipcast.plugins.sms.providers import SmsMessage, SmsProvider
 
     async with FakeMsg91() as server:
@@ -646,12 +648,8 @@ async def msg91() -> AsyncIterator[FakeMsg91]:
             def shipcast_sms_providers(self) -> list[type[SmsProvider]]:
                 return [Msg91]
 
-        manager = get_plugin_manager()
-        manager.register(Plugin(), name="test-msg91")
-        try:
-            yield server
-        finally:
-            manager.unregister(name="test-msg91")
+        server.plugin = Plugin()
+        yield server
 
 
 async def test_another_provider_gets_the_dlt_id_of_the_text_it_sends(sms_settings: Settings, twilio: FakeTwilio,
@@ -660,7 +658,7 @@ async def test_another_provider_gets_the_dlt_id_of_the_text_it_sends(sms_setting
     differ, and a partner's single text counts as English whatever the
     customer's language. The provider, a plugin the channel knows nothing
     of, gets the id of the text it sends."""
-    async with ShipcastProcess(sms_settings, channels=["sms"]) as shipcast:
+    async with ShipcastProcess(sms_settings, channels=["sms"], plugins=[msg91.plugin]) as shipcast:
         await shipcast.apply(sms_doc(provider="msg91", templates={"FAIL": {"en": GOOD_FAIL}}, dlt_template_ids={
             "OFD": {"en": EN_OFD, "hi": HI_OFD}, "FAIL": {"en": EN_FAIL, "hi": HI_FAIL}}))
         events = [event_body("OFD", language="en"), event_body("OFD", language="hi"),

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shipcast.batching import Batcher
-from shipcast.examples import example
+from tests.bound import example
 from shipcast.exceptions import StoreError
-from shipcast.partners import Partner
+from shipcast.model.partners import Partner
 from shipcast.store import Attempt, Store
 
 pytestmark = pytest.mark.store

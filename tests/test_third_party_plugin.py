@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from shipcast.broker import Publisher
-from shipcast.examples import example
+from shipcast.app.publisher import Publisher
+from tests.bound import example
 from shipcast.settings import Settings
 
 from .helpers import Receiver, Subprocess, eventually, run_cli

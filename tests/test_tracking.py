@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from shipcast.examples import example
+from tests.bound import example
 from shipcast.plugins.tracking.links import read_tracking_token, tracking_token
 from shipcast.plugins.tracking.routes import Limiter
 from shipcast.plugins.tracking.words import pick_language
@@ -113,7 +113,7 @@ def test_dates_numbers_and_names_as_the_page_shows_them() -> None:
 
 def test_a_tracking_config_is_checked() -> None:
     from shipcast.exceptions import ConfigError
-    from shipcast.partners import load_partners
+    from tests.bound import load_partners
 
     with pytest.raises(ConfigError, match="channels.tracking.timezone.*unknown time zone 'Mars/Olympus'"):
         load_partners(doc(timezone="Mars/Olympus"), "test")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shipcast.signing import generate_secret, jwk, sign, sign_ed25519
+from shipcast.security.signing import generate_secret, jwk, sign, sign_ed25519
 
 DOCS = Path(__file__).parents[1] / "docs" / "partners.md"
 SECTION = "## Verify the signature"

@@ -14,6 +14,8 @@ from shipcast.plugins.webhook.guard import DestinationRefused, GuardedResolver, 
 
 from .helpers import Receiver
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize(("address", "range_name"), [
     ("0.1.2.3", "this network"),

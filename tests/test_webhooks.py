@@ -17,10 +17,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shipcast.examples import example
+from tests.bound import example
 from shipcast.exceptions import ConfigError
-from shipcast.partners import load_partners
-from shipcast.signing import generate_secret
+from tests.bound import load_partners
+from shipcast.security.signing import generate_secret
 
 from .conftest import make_settings
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli, serve, settled

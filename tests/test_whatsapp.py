@@ -182,8 +182,8 @@ SIDS = {event_type: {"en": "HX" + f"{index}e" * 16, "hi": "HX" + f"{index}f" * 1
 
 def customer_event(event_type: str, language: str, sparse: bool) -> dict[str, Any]:
     """An event for a customer in ``language``; ``sparse``: every optional field null."""
-    from shipcast.examples import example
-    from shipcast.messages import sparse_event
+    from tests.bound import example
+    from shipcast.messaging.templates import sparse_event
 
     event = example(event_type)
     body: dict[str, Any] = orjson.loads((sparse_event(event) if sparse else event).to_json())
@@ -219,8 +219,9 @@ async def test_each_language_gets_its_own_content_template(sms_settings: Setting
 
 
 def test_a_language_without_its_own_template_gets_englishs() -> None:
-    from shipcast.envelope import parse_event
-    from shipcast.messages import id_for, language_of
+    from tests.bound import parse_event
+    from shipcast.messaging.fields import id_for
+    from shipcast.messaging.templates import language_of
 
     sids = {"OFD": {"en": OFD_SID}, "FAIL": FAIL_SID}
     for language in ("hi", "ta", "hi-IN"):

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from shipcast.broker import Publisher
-from shipcast.examples import example
-from shipcast.partners import load_partners
-from shipcast.reconcile import apply_partners
-from shipcast.services import Services
+from shipcast.app.publisher import Publisher
+from tests.bound import example
+from tests.bound import load_partners
+from shipcast.app.reconcile import apply_partners
+from shipcast.app.services import Services
 
 from .conftest import make_settings
 from .helpers import Receiver, Subprocess, eventually, partners_doc
@@ -73,7 +73,7 @@ async def test_kill_9_mid_run_loses_nothing_and_logs_each_delivery_once(
 async def _delivered_attempts(services: Services) -> Counter[str]:
     import sqlalchemy as sa
 
-    from shipcast.store import attempts
+    from shipcast.store.tables import attempts
 
     assert services.store.engine is not None
     query = sa.select(attempts.c.event_id).where(attempts.c.channel == "webhook", attempts.c.outcome == "delivered")

@@ -28,28 +28,22 @@ from email.message import EmailMessage
 from typing import Any
 
 import aiosmtplib
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import RAISE, Schema, ValidationError, fields, validates
 
 from shipcast import hookimpl
-from shipcast.channel import Channel, Delivered, EventList, Target
-from shipcast.envelope import Event
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
-from shipcast.messages import (
-    Critical,
-    QuietHours,
-    check_templates,
-    context,
-    keep_rules,
-    language_of,
-    mask,
-    render,
-    serves,
-    unsubscribe_token,
-)
-from shipcast.partners import Partner
+from shipcast.messaging.fields import Critical, QuietHours
+from shipcast.messaging.rules import keep_rules, mask
+from shipcast.messaging.templates import check_templates, context, language_of, render, serves
+from shipcast.model.envelope import Event
+from shipcast.model.partners import Partner
+from shipcast.plugin.channel import Channel, Delivered, EventList, Target
+from shipcast.plugin.context import Registered
 from shipcast.plugins.sms import TemplateText
-from shipcast.settings import Settings
+from shipcast.security.links import unsubscribe_token
 from shipcast.templating import environment
+
+from .settings import SmtpSettings
 
 TRANSACTIONAL = ("OFD", "FAIL", "RET")
 #: SMTP answers that refuse shipcast's own login, not one customer's message.
@@ -85,10 +79,10 @@ class EmailChannel(Channel):
     config_schema = EmailConfig
 
     @classmethod
-    async def prepare(cls, settings: Settings, partner_id: str, config: dict[str, Any],
+    async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],
                       stored: Mapping[str, Any] | None) -> dict[str, Any]:
         """Every template this config may send renders, in every language, and has a subject line."""
-        errors = check_templates(settings, cls.name, partner_id, partner_id, {}, config, shape=_subject_and_body)
+        errors = check_templates(registry, cls.name, partner_id, partner_id, {}, config, shape=_subject_and_body)
         if errors:
             raise ConfigError("refused", errors)
         return config
@@ -100,18 +94,21 @@ class EmailChannel(Channel):
             return []
         return [Target("customer", mask(to), {"to": to, "config": partner.channels[self.name], "partner": partner})]
 
+    async def start(self) -> None:
+        self.smtp = SmtpSettings.of(self.settings)
+
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         config, partner, to = target.options["config"], target.options["partner"], target.options["to"]
-        await keep_rules(self.services, self.name, event, to, config)
+        await keep_rules(self.context, self.name, event, to, config)
         try:
             message = self.compose(event, partner, config, to)
         except ConfigError as exc:  # a template edited since it was applied: retrying cannot fix it
             raise PermanentDelivery(str(exc)) from exc
-        settings = self.settings
+        smtp = self.smtp
         try:
-            await aiosmtplib.send(message, hostname=settings.smtp_host, port=settings.smtp_port,
-                                  username=settings.smtp_username, password=settings.smtp_password,
-                                  start_tls=settings.smtp_starttls, timeout=settings.webhook_timeout)
+            await aiosmtplib.send(message, hostname=smtp.host, port=smtp.port, username=smtp.username,
+                                  password=smtp.password, start_tls=smtp.starttls,
+                                  timeout=self.settings.webhook_timeout)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = next(iter(exc.recipients), None)
             code, text = (refused.code, refused.message) if refused is not None else (550, str(exc))
@@ -134,7 +131,7 @@ class EmailChannel(Channel):
         """The message: subject, text and HTML parts, and the headers."""
         language = language_of(event)
         # Order data on one line: a line break in it must not end the subject early.
-        subject, _, text = render(self.settings, self.name, event, partner, config.get("templates"),
+        subject, _, text = render(self.context.registry, self.name, event, partner, config.get("templates"),
                                   language, config.get("template_dir"), single_lines=True).partition("\n")
         text = text.strip()
         unsubscribe = None
@@ -142,7 +139,7 @@ class EmailChannel(Channel):
             unsubscribe = (f"{self.settings.public_url.rstrip('/')}/u/"
                            f"{unsubscribe_token(self.settings, self.name, event.partner_id, to)}")
         html = environment().get_template("email/layout.html").render(
-            context(self.settings, event, partner), subject=subject, language=language,
+            context(self.context.registry, event, partner), subject=subject, language=language,
             paragraphs=[p.strip() for p in text.split("\n\n") if p.strip()], unsubscribe_url=unsubscribe)
         message = EmailMessage()
         sender = email.utils.parseaddr(config["from_address"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from shipcast.api import services_of
-from shipcast.messages import read_unsubscribe_token
+from shipcast.app.api import services_of
+from shipcast.security.links import read_unsubscribe_token
 
 router = APIRouter(prefix="/u", tags=["unsubscribe"], include_in_schema=False)
 

@@ -29,30 +29,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import phonenumbers
+import pluggy
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shipcast import hookimpl
-from shipcast.channel import Channel, Delivered, EventList, Target
-from shipcast.envelope import Event
 from shipcast.exceptions import ConfigError, PermanentDelivery, SentBefore
-from shipcast.messages import (
-    Critical,
-    IdsByType,
-    LANGUAGES,
-    QuietHours,
-    check_templates,
-    finish_sends,
-    id_for,
-    keep_rules,
-    language_of,
-    mask,
-    render,
-    send_noted,
-    serves,
-    text_language,
-)
-from shipcast.partners import Partner
-from shipcast.settings import Settings
+from shipcast.messaging.fields import Critical, IdsByType, QuietHours, id_for
+from shipcast.messaging.rules import finish_sends, keep_rules, mask, send_noted
+from shipcast.messaging.templates import LANGUAGES, check_templates, language_of, render, serves, text_language
+from shipcast.model.catalog import current
+from shipcast.model.envelope import Event
+from shipcast.model.partners import Partner
+from shipcast.plugin.channel import Channel, Delivered, EventList, Target
+from shipcast.plugin.context import Registered
 
 from .providers import CustomerOptedOut, SmsMessage, SmsProvider, TwilioSms
 from .segments import encoding, segments
@@ -92,9 +81,7 @@ class SmsConfig(Schema):
 
     @validates_schema
     def _known_types(self, data: dict[str, Any], **_: Any) -> None:
-        from shipcast.plugin_manager import event_types
-
-        known = event_types()
+        known = current().event_types
         for key in ("dlt_template_ids", "templates", "critical"):
             unknown = sorted(set(data.get(key, {})) - set(known))
             if unknown:
@@ -109,14 +96,14 @@ class SmsChannel(Channel):
     providers: dict[str, SmsProvider]
 
     @classmethod
-    async def prepare(cls, settings: Settings, partner_id: str, config: dict[str, Any],
+    async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],
                       stored: Mapping[str, Any] | None) -> dict[str, Any]:
         """Every template this config may send renders, in every language."""
-        known = providers()
+        known = providers(registry)
         errors: dict[str, list[str]] = {}
         if config["provider"] not in known:
             errors["provider"] = [f"unknown SMS provider; installed: {', '.join(sorted(known))}"]
-        errors.update(check_templates(settings, cls.name, partner_id, partner_id, {}, config))
+        errors.update(check_templates(registry, cls.name, partner_id, partner_id, {}, config))
         errors.update(missing_dlt_ids(config))
         if errors:
             raise ConfigError("refused", errors)
@@ -135,7 +122,7 @@ class SmsChannel(Channel):
         if name not in self.providers:
             async with self._opening:  # the first texts arrive together: open one client, not one each
                 if name not in self.providers:
-                    provider = providers()[name](self.settings)
+                    provider = providers(self.context.registry)[name](self.settings)
                     await provider.start()
                     self.providers[name] = provider
         return self.providers[name]
@@ -157,7 +144,7 @@ class SmsChannel(Channel):
             raise PermanentDelivery(f"not a valid phone number: {target.address}", target_fault=False)
         config, partner = target.options["config"], target.options["partner"]
         try:
-            await keep_rules(self.services, self.name, event, target.options["to"], config)
+            await keep_rules(self.context, self.name, event, target.options["to"], config)
         except SentBefore as sent:
             return Delivered(201, sent.reason)
         return await self.text(event, partner, config, target.options["to"])
@@ -168,7 +155,7 @@ class SmsChannel(Channel):
         return text, f"{len(text)} characters, {count} segment{'s' if count > 1 else ''} ({encoding(text)})"
 
     def render(self, event: Event, partner: Partner, config: Mapping[str, Any]) -> str:
-        return render(self.settings, self.name, event, partner, config.get("templates"),
+        return render(self.context.registry, self.name, event, partner, config.get("templates"),
                       directory=config.get("template_dir"))
 
     async def text(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str) -> Delivered:
@@ -189,9 +176,9 @@ class SmsChannel(Channel):
             dlt_template_id=id_for(config.get("dlt_template_ids", {}), event.event_type, written_in),
             status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/{provider.name}")
         try:
-            sid = await send_noted(self.services, lambda: provider.send(message), provider.name, event, self.name)
+            sid = await send_noted(self.context, lambda: provider.send(message), provider.name, event, self.name)
         except CustomerOptedOut as exc:
-            await self.services.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
+            await self.context.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
             raise
         return Delivered(201, f"{sid}: {count} segment{'s' if count > 1 else ''}")
 
@@ -230,14 +217,20 @@ def e164(raw: str, country: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
-def providers() -> dict[str, type[SmsProvider]]:
-    from shipcast.plugin_manager import get_plugin_manager
-
+def providers(registry: Registered) -> dict[str, type[SmsProvider]]:
+    """Every SMS provider registered with ``registry``, by name."""
     found: dict[str, type[SmsProvider]] = {}
-    for registered in get_plugin_manager().hook.shipcast_sms_providers():
+    for registered in registry.hook.shipcast_sms_providers():
         for provider in registered:
             found[provider.name] = provider
     return found
+
+
+@hookimpl
+def shipcast_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @hookimpl

@@ -18,9 +18,9 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from shipcast.api import services_of
+from shipcast.app.api import services_of
+from shipcast.app.services import Services
 from shipcast.exceptions import BrokerError, StoreError
-from shipcast.services import Services
 
 router = APIRouter(prefix="/callbacks/sms", tags=["callbacks"], include_in_schema=False)
 
@@ -57,10 +57,10 @@ async def twilio_status(request: Request) -> Response:
 
 
 async def _failed_later(services: Services, found: dict[str, Any], code: int, to: str) -> None:
-    from shipcast.envelope import parse_event
-    from shipcast.messages import UNREACHABLE
-    from shipcast.parking import park
-    from shipcast.replay import replay_rows
+    from shipcast.amqp.parking import park
+    from shipcast.delivery.replay import replay_rows
+    from shipcast.messaging.rules import UNREACHABLE
+    from shipcast.model.envelope import parse_event
 
     from .providers import WHATSAPP_UNREACHABLE, twilio_reason
 
@@ -77,4 +77,5 @@ async def _failed_later(services: Services, found: dict[str, Any], code: int, to
             return
     body = await services.store.get_event(found["event_id"])
     if body is not None:
-        await park(services.broker, channel, parse_event(body), found["target"], reason, code)
+        await park(services.broker, channel, parse_event(body, services.registry.event_types), found["target"],
+                   reason, code)

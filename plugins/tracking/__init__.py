@@ -23,11 +23,11 @@ from typing import Any
 from marshmallow import RAISE, Schema, fields, validate
 
 from shipcast import hookimpl
-from shipcast.channel import Channel, Delivered, Target
-from shipcast.envelope import Event
-from shipcast.event_types import EventType
-from shipcast.messages import TimeZone
-from shipcast.partners import Partner
+from shipcast.messaging.fields import TimeZone
+from shipcast.model.envelope import Event
+from shipcast.model.event_types import EventType
+from shipcast.model.partners import Partner
+from shipcast.plugin.channel import Channel, Delivered, Target
 from shipcast.plugins.archive import ArchiveChannel
 from shipcast.settings import Settings
 
@@ -58,7 +58,7 @@ class TrackingChannel(ArchiveChannel):
 
     async def start(self) -> None:
         await super().start()
-        self._pings = await self.services.broker.require().channel()
+        self._pings = await self.context.broker.require().channel()
         self._live = await declare_live_exchange(self._pings)
 
     async def close(self) -> None:

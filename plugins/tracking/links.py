@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from shipcast.messages import check_link_mac, link_mac, sign_link, verify_link
+from shipcast.security.links import check_link_mac, link_mac, sign_link, verify_link
 from shipcast.settings import Settings
 
 DAY = 86400

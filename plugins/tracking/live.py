@@ -23,7 +23,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from shipcast.services import Services
+from shipcast.app.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from shipcast.envelope import Event
-from shipcast.messages import mask
-from shipcast.partners import Partner
+from shipcast.messaging.rules import mask
+from shipcast.model.envelope import Event
+from shipcast.model.event_types import EventTypeRegistry
+from shipcast.model.partners import Partner
 
 from .words import day_words, moment_words, words
 
@@ -54,10 +55,10 @@ class Order:
         return status.otp.code if status is not None and status.event_type == "OFD" and status.otp else None
 
 
-def order_of(bodies: Sequence[Mapping[str, Any]]) -> Order:
-    from shipcast.envelope import parse_event
+def order_of(bodies: Sequence[Mapping[str, Any]], event_types: EventTypeRegistry) -> Order:
+    from shipcast.model.envelope import parse_event
 
-    events = [parse_event(dict(body)) for body in bodies]
+    events = [parse_event(dict(body), event_types) for body in bodies]
     # A customer's event has the sequence of the status it answers, and comes after it.
     events.sort(key=lambda e: (e.sequence, e.event_type in CUSTOMER_TYPES, e.occurred_at))
     return Order(events)

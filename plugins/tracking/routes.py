@@ -25,11 +25,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.responses import StreamingResponse
 
-from shipcast.api import services_of
-from shipcast.envelope import parse_event, rfc3339
+from shipcast.app.api import services_of
+from shipcast.app.services import Services
 from shipcast.exceptions import BrokerError, InvalidEvent, StoreError
-from shipcast.partners import Partner
-from shipcast.services import Services
+from shipcast.model.envelope import parse_event, rfc3339
+from shipcast.model.partners import Partner
 from shipcast.templating import environment
 
 from .links import CSRF_COOKIE, csrf_ok, csrf_token, new_csrf_cookie, read_tracking_token
@@ -103,7 +103,7 @@ async def _resolve(request: Request, token: str) -> tuple[Services, Partner, str
     partner = await services.partners.get(partner_id)
     if partner is None:
         return None
-    return services, partner, order_id, order_of(await services.store.order_events(partner_id, order_id))
+    return services, partner, order_id, order_of(await services.store.order_events(partner_id, order_id), services.registry.event_types)
 
 
 def _language(request: Request, order: Order) -> str:
@@ -150,7 +150,7 @@ async def render_bodies(services: Services, partner_id: str, order_id: str,
     partner = await services.partners.get(partner_id)
     if partner is None:
         return "", {}
-    order = order_of(await services.store.order_events(partner_id, order_id))
+    order = order_of(await services.store.order_events(partner_id, order_id), services.registry.event_types)
     template = environment().get_template("tracking/main.html")
     now = datetime.now(UTC)
     return order.version, {language: template.render(view(order, partner, _config(partner), language, now,
@@ -302,5 +302,5 @@ async def _publish(services: Services, partner: Partner, order: Order, event_typ
         **extra, "event_type": event_type, "occurred_at": rfc3339(datetime.now(UTC)), "partner_id": partner.id,
         "sequence": status.sequence, "order": latest.order.model_dump(mode="json"),
         "customer_input": {**given, "submitted_via": "tracking_page"},
-    })
+    }, services.registry.event_types)
     await services.publisher.publish_valid([event])

@@ -12,21 +12,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shipcast.broker import TARGET_HEADER, event_message
-from shipcast.crypto import secret_box
-from shipcast.envelope import Event
-from shipcast.examples import example
+from shipcast.amqp.headers import event_message, resend_headers
+from shipcast.amqp.topology import QUEUE_PREFIX
+from shipcast.app.reconcile import reconcile_bindings
+from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError, ShipcastError
-from shipcast.partners import Partner
-from shipcast.plugin_manager import event_types
-from shipcast.reconcile import reconcile_bindings
-from shipcast.services import Services
-from shipcast.signing import SECRET_PATTERN, generate_secret
+from shipcast.model.envelope import Event
+from shipcast.model.examples import example
+from shipcast.model.partners import Partner
+from shipcast.security.crypto import secret_box
+from shipcast.security.signing import SECRET_PATTERN, generate_secret
 from shipcast.store import attempt_stats
-from shipcast.topology import QUEUE_PREFIX
-from shipcast.worker import FORCE_HEADER, TEST_HEADER
 
-from . import WebhookChannel, valid_secrets, with_secret
+from .channel import WebhookChannel, valid_secrets, with_secret
 
 CHANNEL = WebhookChannel.name
 #: The longest overlap a rotation may ask for: 30 days.
@@ -118,14 +116,14 @@ async def rotate_secret(services: Services, partner_id: str, endpoint_id: str, s
 async def send_test(services: Services, partner_id: str, endpoint_id: str, event_type: Any = "OFD") -> Event:
     """Send a realistic sample event of ``event_type`` to this endpoint only,
     whatever its event filter; it is archived, so its message can be followed."""
-    known = event_types()
+    known = services.registry.event_types
     if event_type not in known:
         raise ConfigError("invalid test", {"event_type": [f"unknown; known: {', '.join(known)}"]})
     find(await load(services, partner_id), endpoint_id)
-    event = example(event_type, partner_id=partner_id, order_id=f"TEST-{int(time.time() * 1000) % 10**8}")
+    event = example(event_type, known, partner_id=partner_id, order_id=f"TEST-{int(time.time() * 1000) % 10**8}")
     await services.store.save_events([event])
     await services.broker.publish(
-        event_message(event, headers={TARGET_HEADER: endpoint_id, TEST_HEADER: True, FORCE_HEADER: True}),
+        event_message(event, headers=resend_headers(endpoint_id)),
         f"{QUEUE_PREFIX}{CHANNEL}", exchange="")
     return event
 

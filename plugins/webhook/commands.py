@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from shipcast.cli import WHEN, echo_json, open_services, print_table, run_command
+from shipcast.app.cli import WHEN, echo_json, open_services, print_table, run_command
 
 from . import admin
 
@@ -26,7 +26,6 @@ def endpoints() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def endpoints_list(partner_id: str | None, as_json: bool) -> None:
     """Every endpoint with its URL, events, options and health (no secrets)."""
-    import json
 
     async def fetch() -> list[dict[str, Any]]:
         async with open_services(broker=False) as services:

@@ -8,17 +8,17 @@ import base64
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from shipcast.crypto import secret_box
-from shipcast.services import Services
-from shipcast.signing import key_id
+from shipcast.plugin.context import ChannelContext
+from shipcast.security.crypto import secret_box
+from shipcast.security.signing import key_id
 
 
-def _load(services: Services, stored: str) -> Ed25519PrivateKey:
+def _load(services: ChannelContext, stored: str) -> Ed25519PrivateKey:
     raw = base64.b64decode(secret_box(services.settings).decrypt(stored))
     return Ed25519PrivateKey.from_private_bytes(raw)
 
 
-async def signing_keys(services: Services) -> list[Ed25519PrivateKey]:
+async def signing_keys(services: ChannelContext) -> list[Ed25519PrivateKey]:
     """Every stored key, newest (the one that signs) first; one is made if none is stored."""
     stored = await services.store.get_signing_keys()
     if not stored:

@@ -15,15 +15,16 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from marshmallow import RAISE, ValidationError
 
-from shipcast.api import errors, partner_scope, services_of
-from shipcast.crypto import secret_box
+from shipcast.app.api import errors, partner_scope, services_of
+from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError
-from shipcast.partners import _flatten, lone_surrogates
-from shipcast.services import Services
-from shipcast.signing import jwk
+from shipcast.model.catalog import validating
+from shipcast.model.partners import _flatten, lone_surrogates
+from shipcast.security.crypto import secret_box
+from shipcast.security.signing import jwk
 
-from . import EndpointSchema, WebhookChannel
 from . import admin
+from .channel import EndpointSchema, WebhookChannel
 from .keys import signing_keys
 
 router = APIRouter()
@@ -42,14 +43,15 @@ def _answers() -> Iterator[None]:
         raise HTTPException(422, {"errors": exc.errors or {"(request)": [str(exc)]}}) from exc
 
 
-def _validate(data: Any, *, partial: bool) -> dict[str, Any]:
+def _validate(services: Services, data: Any, *, partial: bool) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise HTTPException(422, "the body must be a JSON object")
     halves = lone_surrogates(data)
     if halves:
         raise HTTPException(422, {"errors": {where: ["half a UTF-16 surrogate pair: not text"] for where in halves}})
     try:
-        loaded: dict[str, Any] = EndpointSchema(unknown=RAISE, partial=partial).load(data)
+        with validating(services.registry.catalog):
+            loaded: dict[str, Any] = EndpointSchema(unknown=RAISE, partial=partial).load(data)
     except ValidationError as exc:
         raise HTTPException(422, {"errors": _flatten(exc.messages)}) from exc
     return loaded
@@ -60,7 +62,7 @@ async def _prepared(services: Services, partner_id: str, endpoint: dict[str, Any
     """The endpoint as it is stored, through the channel's ``prepare``: its
     destination checked, its secret (kept, given or new) encrypted."""
     try:
-        config = await WebhookChannel.prepare(services.settings, partner_id, {"endpoints": [endpoint]},
+        config = await WebhookChannel.prepare(services.registry, partner_id, {"endpoints": [endpoint]},
                                               {"endpoints": [old]} if old else None)
     except ConfigError as exc:
         raise HTTPException(422, {"errors": {loc.removeprefix("endpoints.0."): messages
@@ -85,7 +87,7 @@ async def create_endpoint(partner_id: str, request: Request, body: dict[str, Any
     services = services_of(request)
     with _answers():
         partner = await admin.load(services, partner_id)
-    endpoint = _validate(body, partial=False)
+    endpoint = _validate(services, body, partial=False)
     found = admin.endpoints_of(partner)
     if any(e["id"] == endpoint["id"] for e in found):
         raise HTTPException(409, f"partner {partner_id!r} already has an endpoint {endpoint['id']!r}")
@@ -115,7 +117,7 @@ async def update_endpoint(partner_id: str, endpoint_id: str, request: Request,
     if "id" in body or "secret" in body:
         raise HTTPException(422, {"errors": {key: ["cannot be changed here"] for key in ("id", "secret")
                                              if key in body}})
-    changes = _validate(body, partial=True)
+    changes = _validate(services, body, partial=True)
     with _answers():
         partner = await admin.load(services, partner_id)
         found, index = admin.find(partner, endpoint_id)

@@ -29,8 +29,6 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shipcast import hookimpl
-from shipcast.channel import Channel, Delivered, EventList, Target
-from shipcast.envelope import Event
 from shipcast.exceptions import (
     ClaimedElsewhere,
     ConfigError,
@@ -39,23 +37,14 @@ from shipcast.exceptions import (
     RetryableDelivery,
     SentBefore,
 )
-from shipcast.messages import (
-    Critical,
-    IdsByType,
-    QuietHours,
-    UNREACHABLE,
-    context,
-    finish_sends,
-    id_for,
-    keep_rules,
-    lacks,
-    language_of,
-    mask,
-    send_noted,
-    settle_quietly,
-    tracking_url,
-)
-from shipcast.partners import Partner
+from shipcast.messaging.fields import Critical, IdsByType, QuietHours, id_for
+from shipcast.messaging.rules import UNREACHABLE, finish_sends, keep_rules, mask, send_noted, settle_quietly
+from shipcast.messaging.templates import context, lacks, language_of, tracking_url
+from shipcast.model.catalog import current
+from shipcast.model.envelope import Event
+from shipcast.model.partners import Partner
+from shipcast.plugin.channel import Channel, Delivered, EventList, Target
+from shipcast.plugin.context import Registered
 from shipcast.plugins.sms import SmsChannel, e164
 from shipcast.plugins.sms.providers import CustomerOptedOut, NotOnWhatsApp, TwilioSms
 from shipcast.settings import Settings
@@ -97,9 +86,7 @@ class WhatsAppConfig(Schema):
 
     @validates_schema
     def _every_type_has_a_template(self, data: dict[str, Any], **_: Any) -> None:
-        from shipcast.plugin_manager import event_types
-
-        unknown = sorted(set(data.get("content_sids", {})) - set(event_types()))
+        unknown = sorted(set(data.get("content_sids", {})) - set(current().event_types))
         if unknown:
             raise ValidationError(f"unknown event types {unknown}", "content_sids")
         events = data.get("events", ["*"])  # '*': every type it has a content template for
@@ -109,14 +96,14 @@ class WhatsAppConfig(Schema):
                                   "content_sids")
 
 
-def variables_for(settings: Settings, event: Event, partner: Partner, config: Mapping[str, Any]) -> str:
+def variables_for(registry: Registered, event: Event, partner: Partner, config: Mapping[str, Any]) -> str:
     """The content template's variables as Twilio takes them: ``{"1": …, "2": …}`` in JSON.
 
     Each is one line with single spaces: WhatsApp refuses a variable with a
     line break, a tab or a run of spaces, so order data holding one must not
     cost the customer the message."""
     expressions = (config.get("variables") or {}).get(event.event_type) or VARIABLES.get(event.event_type, _DEFAULT)
-    values = context(settings, event, partner)
+    values = context(registry, event, partner)
     env = environment()
     try:
         rendered = {str(i): " ".join(env.from_string(e).render(values).split()) or "-"
@@ -193,27 +180,27 @@ class WhatsAppChannel(Channel):
     config_schema = WhatsAppConfig
 
     @classmethod
-    async def prepare(cls, settings: Settings, partner_id: str, config: dict[str, Any],
+    async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],
                       stored: Mapping[str, Any] | None) -> dict[str, Any]:
         """Every event type's variables render, with full events and with the envelope's nulls."""
-        from shipcast.examples import example
-        from shipcast.messages import sparse_event
+        from shipcast.messaging.templates import sparse_event
+        from shipcast.model.examples import example
 
         partner = Partner(partner_id, partner_id, {}, {cls.name: config})
         errors: dict[str, list[str]] = {}
         for event_type in config["content_sids"]:
-            for event in (example(event_type, partner_id=partner_id),
-                          sparse_event(example(event_type, partner_id=partner_id))):
+            for event in (example(event_type, registry.event_types, partner_id=partner_id),
+                          sparse_event(example(event_type, registry.event_types, partner_id=partner_id))):
                 try:
-                    url = tracking_url(settings, event, partner)
-                    values = orjson.loads(variables_for(settings, event, partner, config))
+                    url = tracking_url(registry, event, partner)
+                    values = orjson.loads(variables_for(registry, event, partner, config))
                     wrong = lacks(" ".join(values.values()), event, url)
                     if wrong:
                         raise ConfigError(f"whatsapp variables for {event_type} {wrong}")
                 except ConfigError as exc:
                     errors[f"variables.{event_type}"] = [str(exc)]
                     break
-        errors |= await _unapproved(settings, config["content_sids"])
+        errors |= await _unapproved(registry.settings, config["content_sids"])
         if errors:
             raise ConfigError("refused", errors)
         return config
@@ -222,7 +209,7 @@ class WhatsAppChannel(Channel):
         self.twilio = TwilioSms(self.settings)
         self._started = False
         self._opening = asyncio.Lock()
-        self.sms = SmsChannel(self.services)
+        self.sms = SmsChannel(self.context)
         await self.sms.start()
 
     async def close(self) -> None:
@@ -246,7 +233,7 @@ class WhatsAppChannel(Channel):
         sid = id_for(config["content_sids"], event.event_type, language_of(event))
         if sid is None:
             raise ConfigError(f"no approved content template for {event.event_type} in content_sids")
-        variables = orjson.loads(variables_for(self.settings, event, partner, config))
+        variables = orjson.loads(variables_for(self.context.registry, event, partner, config))
         text = "\n".join(f"{{{{{number}}}}} = {value}" for number, value in variables.items())
         return text, f"content template {sid}, {len(variables)} variables"
 
@@ -257,13 +244,13 @@ class WhatsAppChannel(Channel):
         fallback = bool(config.get("fallback_sms_sender"))
         # A customer WhatsApp could not reach before goes straight to the fallback text.
         try:
-            unreachable = await keep_rules(self.services, self.name, event, to, config, unreachable_ok=fallback)
+            unreachable = await keep_rules(self.context, self.name, event, to, config, unreachable_ok=fallback)
         except SentBefore as sent:
             return Delivered(201, sent.reason)
         if unreachable:
             return await self.fallback(event, partner, config, to, unreachable)
         try:
-            variables = variables_for(self.settings, event, partner, config)
+            variables = variables_for(self.context.registry, event, partner, config)
         except ConfigError as exc:  # a template edited since it was applied: retrying cannot fix it
             raise PermanentDelivery(str(exc)) from exc
         if not self._started:
@@ -272,17 +259,17 @@ class WhatsAppChannel(Channel):
                     await self.twilio.start()
                     self._started = True
         try:
-            sid = await send_noted(self.services, lambda: self.twilio.create(
+            sid = await send_noted(self.context, lambda: self.twilio.create(
                 to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}",
                 content_sid=id_for(config["content_sids"], event.event_type, language_of(event)),
                 content_variables=variables,
                 status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio"),
                 "twilio", event, self.name, target.id)
         except CustomerOptedOut as exc:
-            await self.services.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
+            await self.context.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
             raise
         except NotOnWhatsApp as exc:
-            await self.services.store.add_opt_out(self.name, event.partner_id, to, f"{UNREACHABLE}{exc.reason}")
+            await self.context.store.add_opt_out(self.name, event.partner_id, to, f"{UNREACHABLE}{exc.reason}")
             if not fallback:
                 raise
             return await self.fallback(event, partner, config, to, exc.reason)
@@ -293,7 +280,7 @@ class WhatsAppChannel(Channel):
         """Text the customer instead, under the SMS channel's rules and claim: never twice."""
         sms_config = {**(partner.channels.get("sms") or {}), "sender": config["fallback_sms_sender"]}
         try:
-            await keep_rules(self.services, "sms", event, to, {**sms_config, "critical": config.get("critical", [])})
+            await keep_rules(self.context, "sms", event, to, {**sms_config, "critical": config.get("critical", [])})
         except ClaimedElsewhere as claimed:  # the SMS channel is texting them now: this copy comes back
             raise DeferDelivery(claimed.reason) from claimed
         except SentBefore as before:
@@ -301,7 +288,7 @@ class WhatsAppChannel(Channel):
         else:
             sent = await self.sms.text(event, partner, sms_config, to)
         # Settle the SMS channel's claim as sent, so its own copy of this event sends nothing.
-        await settle_quietly(self.services.recorder.submit(Attempt(
+        await settle_quietly(self.context.recorder.submit(Attempt(
             event_id=event.event_id, channel="sms", target="customer", partner_id=event.partner_id,
             address=mask(to), outcome="delivered", attempt=1, latency_ms=0.0, status=sent.status,
             response=f"sent as WhatsApp's fallback: {sent.response}", event_type=event.event_type,

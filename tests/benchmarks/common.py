@@ -19,7 +19,7 @@ import httpx
 import psutil
 from aiohttp import web
 
-from shipcast.examples import example
+from tests.bound import example
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_HOST = os.environ.get("BENCH_AMQP_HOST", "127.0.0.1:5672")

@@ -70,20 +70,17 @@ class Shipcast:
 
         for key, value in self.env.items():
             os.environ[key] = value
-        from shipcast.plugin_manager import reset
-
-        reset()
         return Settings()
 
     async def apply(self, doc: dict[str, Any]) -> None:
-        from shipcast.partners import load_partners
-        from shipcast.reconcile import apply_partners
-        from shipcast.services import Services
+        from shipcast.app.reconcile import apply_partners
+        from shipcast.app.services import Services
+        from shipcast.model.partners import load_partners
 
         services = Services.from_settings(self.settings())
         await services.start(wait_for_broker=True)
         try:
-            await apply_partners(services, load_partners(doc, "bench"))
+            await apply_partners(services, load_partners(doc, "bench", catalog=services.registry.catalog))
         finally:
             await services.close()
 
@@ -94,7 +91,7 @@ class Shipcast:
         return proc
 
     async def publisher(self) -> Any:
-        from shipcast.broker import Publisher
+        from shipcast.app.publisher import Publisher
 
         publisher = Publisher(settings=self.settings())
         await publisher.__aenter__()
@@ -631,7 +628,7 @@ def _live_stream(n: int, orders: int, hot_every: int) -> list[Any]:
     """``n`` FAIL events over ``orders`` orders in turn, each order's in
     sequence; with ``hot_every``, every ``hot_every``-th is ORD-0's and the
     rest go to the other orders in turn."""
-    from shipcast.examples import example
+    from tests.bound import example
 
     sequences: dict[int, int] = {}
     stream = []
@@ -647,7 +644,7 @@ def _live_stream(n: int, orders: int, hot_every: int) -> list[Any]:
 
 async def _live_fanout(ship: Shipcast, orders: int, watched: int, viewers: int, rate: int,
                        seconds: int, hot_every: int = 0) -> tuple[float, float, float, int]:
-    from shipcast.examples import example
+    from tests.bound import example
     from shipcast.plugins.tracking.links import tracking_token
 
     settings = ship.settings()

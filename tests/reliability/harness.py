@@ -25,10 +25,10 @@ import httpx
 import orjson
 from aiohttp import web
 
-from shipcast.examples import example
-from shipcast.parking import list_dead
-from shipcast.plugin_manager import channels
-from shipcast.services import Services
+from tests.bound import example
+from shipcast.amqp.parking import list_dead
+from tests.bound import channels
+from shipcast.app.services import Services
 from shipcast.settings import Settings
 
 from ..helpers import Received, Receiver, Subprocess, eventually

@@ -21,8 +21,8 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from shipcast.examples import example
-from shipcast.services import Services
+from tests.bound import example
+from shipcast.app.services import Services
 from shipcast.settings import Settings
 
 from ..conftest import make_settings
@@ -55,7 +55,7 @@ async def readyz(base_url: str) -> tuple[int, dict[str, Any]]:
 
 
 async def archived(services: Services) -> int:
-    from shipcast.store import events
+    from shipcast.store.tables import events
 
     assert services.store.engine is not None
     async with services.store.engine.connect() as conn:

@@ -4,7 +4,7 @@ and delivers by doing nothing, so what is measured is the cost of a channel."""
 from __future__ import annotations
 
 from shipcast import Channel, Delivered, Event, Target, hookimpl
-from shipcast.partners import Partner
+from shipcast.model.partners import Partner
 
 
 class _Noop(Channel):

@@ -1,0 +1,128 @@
+"""The HTTP API: ingest, admin, the partner API, health, and plugin routes.
+
+OpenAPI at ``/openapi.json``, docs at ``/docs``. Every ``/v1`` route requires
+a bearer token: the operator's ``SHIPCAST_API_TOKEN`` for everything, or a
+partner-scoped token (``scp_…``) for ``/v1/partners/{its id}/…`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shipcast import __version__, metrics
+from shipcast.app.api import admin, ingest, partner
+from shipcast.app.api.access import (
+    PARTNER_TOKEN_PREFIX,
+    JSONAnswer,
+    Principal,
+    errors,
+    partner_scope,
+    require_token,
+    services_of,
+    token_hash,
+)
+from shipcast.app.api.operations import _public_url, add_operations_routes, operations_app
+from shipcast.app.services import Services
+from shipcast.exceptions import BrokerError, ConfigError, InvalidEvent, StoreError
+from shipcast.model.envelope import json_schema
+
+__all__ = ["PARTNER_TOKEN_PREFIX", "Principal", "create_app", "errors", "operations_app", "partner_scope",
+           "require_token", "services_of", "token_hash"]
+
+
+def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
+    """The ASGI app. With ``manage_services`` the app opens and closes the
+    services itself; ``shipcast run`` shares them with the workers instead."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_services:
+            await services.start()
+        try:
+            yield
+        finally:
+            if manage_services:
+                await services.close()
+
+    app = FastAPI(title="shipcast", version=__version__, lifespan=lifespan,
+                  description="Order events in; signed webhooks and no-code channels out.")
+    app.state.services = services
+
+    @app.middleware("http")
+    async def _count_ingest(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if request.url.path == "/v1/events" and request.method == "POST":
+            metrics.inc("shipcast_ingest_requests_total", code=str(response.status_code))
+        return response
+
+    @app.exception_handler(InvalidEvent)
+    async def _invalid(request: Request, exc: InvalidEvent) -> JSONResponse:
+        metrics.inc("shipcast_events_rejected_total")
+        return JSONAnswer({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(ConfigError)
+    async def _config(request: Request, exc: ConfigError) -> JSONResponse:
+        return JSONAnswer({"detail": str(exc), "errors": exc.errors}, status_code=422)
+
+    @app.exception_handler(BrokerError)
+    async def _broker(request: Request, exc: BrokerError) -> JSONResponse:
+        return JSONAnswer({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        return JSONAnswer({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    # FastAPI's own two, answering in JSON that can always be sent.
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (204, 304) or exc.status_code < 200:  # statuses that carry no body
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONAnswer({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONAnswer({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        from shipcast.templating import environment
+
+        page = environment().get_template("console/index.html").render(
+            version=__version__, broker_up=services.broker.connected,
+            channels={name: cls.description for name, cls in sorted(services.registry.channels.items())},
+            management_url=_public_url(services.settings.management_url))
+        return HTMLResponse(page)
+
+    add_operations_routes(app, services)
+
+    app.include_router(ingest.router)
+    app.include_router(admin.router)
+    app.include_router(partner.router)
+    for routers in services.registry.hook.shipcast_routers():
+        for router in routers:
+            app.include_router(router)
+
+    # The envelope is documented in OpenAPI from the same models ingest validates
+    # with, and with the same rows: the registered event types and their groups.
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = original()
+            event = json_schema(services.registry.event_types, as_input=True, ref_template="#/components/schemas/{model}")
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            components.update(event.pop("$defs", {}))
+            components["Event"] = event
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

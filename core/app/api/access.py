@@ -1,0 +1,103 @@
+"""Who may call the API: the operator's token for everything, a partner-scoped
+token (``scp_…``) for its own ``/v1/partners/{id}/…`` only; and the error
+shapes every route documents."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from shipcast.app.services import Services
+
+_bearer = HTTPBearer(auto_error=False, description="SHIPCAST_API_TOKEN")
+
+
+class JSONAnswer(JSONResponse):
+    """JSON that can always be sent. An error that echoes what a caller sent
+    may hold half a UTF-16 surrogate pair (from a ``\\ud800`` escape), which
+    UTF-8 cannot encode: it goes back as that escape, not as a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
+            "utf-8", "backslashreplace")
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the operator (``partner_id`` is ``None``) or one partner."""
+
+    partner_id: str | None = None
+
+
+PARTNER_TOKEN_PREFIX = "scp_"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def principal(request: Request,
+                    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+    """The caller, from the bearer token. Plugin routes that need a caller add
+    this (or :func:`require_token` / :func:`partner_scope`) themselves: a
+    tracking page or a provider's callback must stay reachable without one."""
+    services = services_of(request)
+    given = credentials.credentials if credentials else ""
+    expected = services.settings.api_token
+    if expected and hmac.compare_digest(given.encode(), expected.encode()):
+        return Principal()
+    if given.startswith(PARTNER_TOKEN_PREFIX):
+        partner_id = await services.store.partner_for_token(token_hash(given))
+        if partner_id is not None:
+            return Principal(partner_id)
+    if not expected:
+        raise HTTPException(401, "SHIPCAST_API_TOKEN is not set on the server: every request is refused "
+                                 "but a partner token's", headers={"WWW-Authenticate": "Bearer"})
+    raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_token(caller: Principal = Depends(principal)) -> Principal:
+    """The operator's token only: ingest and every cross-partner route."""
+    if caller.partner_id is not None:
+        raise HTTPException(403, f"this token is scoped to partner {caller.partner_id!r}: "
+                                 f"use /v1/partners/{caller.partner_id}/…")
+    return caller
+
+
+def partner_scope(partner_id: str, caller: Principal = Depends(principal)) -> str:
+    """The operator's token, or the token of the partner named in the path."""
+    if caller.partner_id is not None and caller.partner_id != partner_id:
+        raise HTTPException(403, f"this token is scoped to partner {caller.partner_id!r}")
+    return partner_id
+
+
+#: What each error status means, for the OpenAPI document.
+_ERRORS = {
+    400: "The body cannot be read as JSON (not UTF-8)",
+    401: "No bearer token, or a wrong one",
+    403: "A partner's token, reaching beyond its partner",
+    404: "No such partner, event, endpoint or token (or not this partner's)",
+    409: "It exists already",
+    413: "The body is larger than SHIPCAST_MAX_EVENT_BYTES × SHIPCAST_MAX_BATCH",
+    422: "Invalid: the answer names each field that is wrong",
+    503: "The broker or the store is unreachable right now: try again after Retry-After",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` for error statuses a route answers with, each ``{"detail": …}``."""
+    schema = {"type": "object", "required": ["detail"], "properties": {"detail": {}}}
+    return {status: {"description": _ERRORS[status], "content": {"application/json": {"schema": schema}}}
+            for status in statuses}

@@ -1,0 +1,97 @@
+"""Ingest: ``POST /v1/events`` (validated, published with confirms, 202),
+``GET /v1/events/{id}`` and the envelope's schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from shipcast import metrics
+from shipcast.app.api.access import (
+    errors,
+    require_token,
+    services_of,
+)
+from shipcast.exceptions import InvalidEvent
+from shipcast.model.envelope import Event, json_schema, parse_events
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=errors(401, 403, 503))
+
+
+_EVENTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": [
+            {"$ref": "#/components/schemas/Event"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "minItems": 1},
+        ]}}},
+    }
+}
+
+
+@router.post("/events", status_code=202, openapi_extra=_EVENTS_BODY, responses=errors(413, 422))
+async def post_events(request: Request) -> JSONResponse:
+    """Publish one event or an array of events. Answers 202 with the ids only
+    once RabbitMQ has confirmed every one; nothing of an invalid batch is published."""
+    services = services_of(request)
+    limit = services.settings.max_event_bytes
+    most = limit * services.settings.max_batch
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > most:  # refused before it is read
+        raise HTTPException(413, f"request body is {declared} bytes; at most {most} "
+                                 f"({services.settings.max_batch} events of {limit} bytes)")
+    raw = await request.body()
+    if len(raw) > most:
+        raise HTTPException(413, f"request body is {len(raw)} bytes; at most {most} "
+                                 f"({services.settings.max_batch} events of {limit} bytes)")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent([{"loc": ["body"], "msg": f"not JSON: {exc}", "type": "json_invalid"}]) from exc
+    if isinstance(data, list) and len(data) > services.settings.max_batch:
+        raise InvalidEvent([{"loc": ["body"], "msg": f"at most {services.settings.max_batch} events per request",
+                             "type": "too_long"}])
+    events = parse_events(data, services.registry.event_types)
+    if len(raw) > limit - SIZE_SLACK:  # a smaller body cannot hold an event over the limit
+        _check_sizes(events, limit)
+    ids = await services.publisher.publish_valid(events)
+    for event in events:
+        metrics.inc("shipcast_events_published_total", event_type=event.event_type)
+    return JSONResponse({"ids": ids}, status_code=202)
+
+
+@router.get("/events/{event_id}", responses=errors(404))
+async def get_event(event_id: str, request: Request) -> dict[str, Any]:
+    """An archived event with its deliveries and every attempt."""
+    store = services_of(request).store
+    event = await store.get_event(event_id)
+    if event is None:
+        raise HTTPException(404, f"no event {event_id!r} in the archive")
+    return {"event": event, "deliveries": await store.list_deliveries(event_id=event_id),
+            "attempts": await store.list_attempts(event_id)}
+
+
+@router.get("/schema")
+async def schema(request: Request) -> dict[str, Any]:
+    """The envelope's JSON Schema, with one rule per registered event type."""
+    return json_schema(services_of(request).registry.event_types)
+
+
+#: How much larger an event can grow when it is sent on (null groups written out).
+SIZE_SLACK = 1024
+
+
+def _check_sizes(events: list[Event], limit: int) -> None:
+    """Refuse any event larger than ``SHIPCAST_MAX_EVENT_BYTES`` as sent on."""
+    errors = []
+    for index, event in enumerate(events):
+        size = len(event.to_json())
+        if size > limit:
+            errors.append({"loc": [index] if len(events) > 1 else [], "type": "too_large",
+                           "msg": f"event {event.event_id} is {size} bytes as JSON; the limit is {limit} "
+                                  "(SHIPCAST_MAX_EVENT_BYTES)"})
+    if errors:
+        raise InvalidEvent(errors)

@@ -1,0 +1,169 @@
+"""Running shipcast: the API, channel workers, or both in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from shipcast.app.reconcile import apply_partners, reconcile_bindings
+from shipcast.app.services import Services
+from shipcast.delivery.consumer import ChannelWorker
+from shipcast.exceptions import ConfigError
+from shipcast.model.partners import load_partners_file
+from shipcast.plugin.registry import Registry
+
+log = logging.getLogger("shipcast")
+
+
+def select_channels(registry: Registry, names: Sequence[str]) -> list[str]:
+    known = registry.channels
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown channels {unknown}; installed: {', '.join(sorted(known))}")
+    return list(names) or sorted(known)
+
+
+async def start_workers(services: Services, names: Sequence[str],
+                        started: list[ChannelWorker] | None = None) -> list[ChannelWorker]:
+    """Wait for the broker, apply the partners file (``SHIPCAST_CONFIG``) if
+    there is one, then start one worker per named channel (none for the API alone).
+
+    Each worker joins ``started`` as it starts, so a shutdown that cancels
+    the start-up half way still stops (and drains) the workers already
+    consuming."""
+    started = [] if started is None else started
+    await services.broker.connect()
+    config = Path(services.settings.config)
+    if config.is_file():
+        partners = load_partners_file(config, catalog=services.registry.catalog)
+        # Not a re-assertion by the operator: disabled endpoints stay disabled across restarts.
+        await apply_partners(services, partners, source=str(config), reenable=False)
+        log.info("applied %d partners from %s", len(partners), config)
+    else:
+        await reconcile_bindings(services)
+    known = services.registry.channels
+    workers = [ChannelWorker(known[name](services), services) for name in names]
+    if workers:
+        await services.listen_for_changes()
+        services.start_notifier()
+    for worker in workers:
+        started.append(worker)
+        await worker.start()
+    services.started = True
+    return workers
+
+
+async def stop_workers(workers: Sequence[ChannelWorker]) -> None:
+    await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn, minus its signal handling: shipcast handles SIGINT and SIGTERM
+    itself, so workers drain after the API stops, and the process then exits 0.
+    On shutdown it sets ``services.stopping`` first, so responses that never
+    end by themselves (a tracking page's live stream) end, and uvicorn's wait
+    for open connections does not last for ever."""
+
+    def __init__(self, config: uvicorn.Config, services: Services) -> None:
+        super().__init__(config)
+        self.services = services
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.services.stopping.set()
+        await super().shutdown(sockets)
+
+
+def api_server(services: Services, *, log_level: str = "info") -> ApiServer:
+    from shipcast.app.api import create_app
+
+    app = create_app(services, manage_services=False)
+    return ApiServer(uvicorn.Config(app, host=services.settings.host, port=services.settings.port,
+                                    log_level=log_level, access_log=False, lifespan="on",
+                                    timeout_graceful_shutdown=30), services)
+
+
+def health_server(services: Services) -> ApiServer | None:
+    """``/healthz``, ``/readyz`` and ``/metrics`` for a worker, on ``SHIPCAST_HEALTH_PORT``."""
+    from shipcast.app.api import operations_app
+
+    settings = services.settings
+    if settings.health_port is None:
+        return None
+    return ApiServer(uvicorn.Config(operations_app(services), host=settings.host, port=settings.health_port,
+                                    log_level="warning", access_log=False, lifespan="off"), services)
+
+
+async def serve(*, api: bool, worker_names: Sequence[str], services: Services | None = None) -> None:
+    """Run the API and/or workers until SIGINT or SIGTERM, then stop taking
+    requests and messages, finish those in flight, and return."""
+    services = services or Services.from_settings()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await services.start()
+    workers: list[ChannelWorker] = []
+    starting = asyncio.create_task(start_workers(services, worker_names, workers))
+    tasks: list[asyncio.Task[Any]] = [starting]
+    server = api_server(services) if api else health_server(services)
+    if server is not None:
+        tasks.append(asyncio.create_task(server.serve()))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        pending = set(tasks)
+        while not stop.is_set():
+            done, pending = await asyncio.wait(pending | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopping}:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+                if task is not starting and server is not None:
+                    stop.set()  # the API stopped on its own
+    finally:
+        stopping.cancel()
+        starting.cancel()  # still starting (waiting for the broker, say): give up; those started are stopped
+        if server is not None:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_workers(workers)
+        await services.close()
+
+
+def run_async(coro: object) -> None:
+    """Run a coroutine on uvloop where available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform but Windows
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        try:
+            uvloop.run(coro)  # type: ignore[arg-type]
+        finally:
+            _blocking_stdio()
+
+
+def _blocking_stdio() -> None:
+    """Put stdout and stderr back in blocking mode. uvloop can leave them
+    non-blocking (MagicStack/uvloop#460, #712); a command printing more than a
+    pipe holds (``deliveries list --json | jq``) would then lose the rest
+    with EAGAIN. (A test on a loaded machine saw that command's output cut at
+    64 KiB twice, once after this was in place: JSON output also goes
+    through ``cli.echo_json``, which waits on a full pipe.)"""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.set_blocking(stream.fileno(), True)
+
+

@@ -1,0 +1,75 @@
+"""Settlement: the one place a consumed message is acked or nacked.
+
+The consumer works out a :class:`Settlement` for each message (the copies to
+publish first: one per target to a retry tier or to the parking lot; or
+that it goes back to the queue), and :func:`settle` carries it out. Copies
+are confirmed before the original is acked, so a crash at any point
+redelivers rather than loses; a copy that cannot be published puts the
+original back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from shipcast.amqp.headers import copy_message
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[aio_pika.Message, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A copy of the message, with new headers, for the queue named."""
+
+    queue: str
+    headers: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How one message is settled: publish ``copies`` (confirmed), then ack;
+    or, with ``requeue``, publish nothing and put it back after ``hold`` seconds."""
+
+    copies: tuple[Copy, ...] = field(default=())
+    requeue: bool = False
+    hold: float = 0.0
+
+
+#: Done with: nothing to publish.
+ACK = Settlement()
+
+
+def requeue(hold: float = 0.0) -> Settlement:
+    """Back to the queue, unsettled, after ``hold`` seconds."""
+    return Settlement(requeue=True, hold=hold)
+
+
+async def settle(message: AbstractIncomingMessage, settlement: Settlement, publish: Publish) -> bool:
+    """Carry out ``settlement``: exactly one ack or nack of ``message``.
+
+    Returns whether it was acked.
+    """
+    if not settlement.requeue:
+        try:
+            for copy in settlement.copies:
+                await publish(copy_message(message, copy.headers), copy.queue)
+            await message.ack()
+            return True
+        except Exception as exc:  # unconfirmed, or the connection dropped: redelivered, never lost
+            log.warning("cannot settle %s (%s); it will be redelivered", message.message_id, exc)
+    elif settlement.hold:
+        await asyncio.sleep(settlement.hold)
+    try:
+        await message.nack(requeue=True)
+    except Exception:  # the channel is gone: the broker has it back already
+        log.debug("nack of %s failed", message.message_id, exc_info=True)
+    return False

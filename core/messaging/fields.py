@@ -1,0 +1,93 @@
+"""The marshmallow fields customer channels share in their configs: provider
+ids per event type and language, quiet hours and their time zone, and the
+types that are sent whatever the hour."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+
+from shipcast.messaging.templates import LANGUAGES
+
+
+class IdsByType(fields.Field):  # type: ignore[type-arg]
+    """A provider's id for each event type's text: ``{OFD: id}`` for every
+    language, or ``{OFD: {en: id, hi: id}}`` one per language (English, the
+    fallback, required). Errors name the event type and language."""
+
+    def __init__(self, pattern: str, error: str, **kwargs: Any) -> None:
+        if not kwargs.get("required"):
+            kwargs.setdefault("load_default", dict)
+        super().__init__(**kwargs)
+        self.pattern, self.error = re.compile(pattern), error
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ValidationError("must map event types to an id, or to {en: id, hi: id}")
+        errors: dict[str, Any] = {}
+        for event_type, ids in value.items():
+            if not isinstance(ids, Mapping):
+                if not (isinstance(ids, str) and self.pattern.fullmatch(ids)):
+                    errors[str(event_type)] = [self.error]
+                continue
+            wrong = {str(lang): [f"unknown language; one of {', '.join(LANGUAGES)}"]
+                     for lang in ids if lang not in LANGUAGES}
+            wrong.update({str(lang): [self.error] for lang, one in ids.items() if lang in LANGUAGES
+                          and not (isinstance(one, str) and self.pattern.fullmatch(one))})
+            if "en" not in ids:
+                wrong["en"] = ["missing: English is the fallback for every other language"]
+            if wrong:
+                errors[str(event_type)] = wrong
+        if errors:
+            raise ValidationError(errors)
+        return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
+
+
+def id_for(ids: Mapping[str, Any], event_type: str, language: str) -> str | None:
+    """The id :class:`IdsByType` gives this event type's text in ``language`` (English where it has none)."""
+    found = ids.get(event_type)
+    if isinstance(found, Mapping):
+        return found.get(language) or found.get("en")
+    return found
+
+
+def _known_zone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"unknown time zone {value!r}") from None
+
+
+class TimeZone(fields.String):
+    """An IANA time zone name (``Asia/Kolkata``, the default), refused when unknown."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(load_default="Asia/Kolkata", validate=_known_zone, **kwargs)
+
+
+class QuietHours(Schema):
+    """``quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}``."""
+
+    class Meta:
+        unknown = RAISE
+
+    start = fields.Time(required=True, format="%H:%M")
+    end = fields.Time(required=True, format="%H:%M")
+    timezone = TimeZone()
+
+    @validates_schema
+    def _ends(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("start") == data.get("end"):
+            raise ValidationError("start and end are the same: the hours would be quiet all day", "end")
+
+
+class Critical(fields.List):  # type: ignore[type-arg]
+    """``critical: [DEL]``: event types sent even in quiet hours, besides the
+    OFDs, FAILs and OTPs that always are (empty by default)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(), load_default=list, **kwargs)

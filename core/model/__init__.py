@@ -1,0 +1,1 @@
+"""The model: the event envelope, event types, the partners file, examples."""

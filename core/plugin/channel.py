@@ -1,0 +1,161 @@
+"""What a channel is: the base class every channel plugin subclasses.
+
+A channel is configured by class attributes (its name, prefetch, queue
+arguments, the marshmallow schema of its per-partner config) and does three
+things: say which routing keys a partner's config binds, resolve an event into
+targets, and deliver to one target. It never touches the broker: the core
+declares its queues, consumes, retries and dead-letters for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from marshmallow import Schema
+
+from shipcast.amqp.topology import ChannelTopology
+from shipcast.exceptions import ConfigError
+from shipcast.model.partners import EventList
+
+if TYPE_CHECKING:
+    from shipcast.model.envelope import Event
+    from shipcast.model.partners import Partner
+    from shipcast.plugin.context import ChannelContext, Registered
+
+__all__ = ["Channel", "ChannelConfig", "Delivered", "EventList", "Target", "routing_keys"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place an event goes: a webhook endpoint, a phone number, a page.
+
+    :param id: unique within the channel for this partner; retries and the
+        delivery log are keyed on ``(event_id, channel, id)``.
+    :param address: where it goes, for people (a URL, a masked phone number).
+    :param options: whatever the channel needs to deliver (a secret, a template).
+    """
+
+    id: str
+    address: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: Deliveries in flight at once to this target, per worker process;
+    #: ``None`` takes ``SHIPCAST_ENDPOINT_CONCURRENCY``.
+    concurrency: int | None = None
+    #: Deliveries per second to this target, per worker process; ``None`` takes
+    #: ``SHIPCAST_ENDPOINT_RATE_LIMIT``, 0 means no limit.
+    rate_limit: float | None = None
+    #: Deliver one order's events in ``sequence`` order: a later event waits
+    #: while an earlier one for the same order is retrying or waiting.
+    ordered: bool = False
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a successful delivery reports back for the attempt log."""
+
+    status: int | None = None
+    response: str | None = None
+
+
+class ChannelConfig(Schema):
+    """The config every channel accepts: which event types it serves."""
+
+    events = EventList()
+
+
+def routing_keys(partner_id: str, events: Sequence[str]) -> set[str]:
+    """The routing keys for a partner's list of event types (``*`` for all)."""
+    if "*" in events:
+        return {f"{partner_id}.*"}
+    return {f"{partner_id}.{event_type}" for event_type in events}
+
+
+class Channel:
+    """Base class of every channel. Subclass it, set the class attributes,
+    implement :meth:`targets` and :meth:`deliver`, and register the class with
+    the ``shipcast_channels`` hook."""
+
+    #: The channel's name: ``[a-z][a-z0-9_]*``; its queue is ``shipcast.<name>``.
+    name: ClassVar[str]
+    #: One line for ``shipcast status`` and the docs.
+    description: ClassVar[str] = ""
+    #: Unacknowledged messages in flight per worker: how many deliveries run at once.
+    prefetch: ClassVar[int] = 64
+    #: Seconds one deliver() may take before the core counts it as a retryable
+    #: timeout; ``None`` for a channel that enforces its own deadline.
+    deliver_timeout: ClassVar[float | None] = 120.0
+    #: Extra arguments for the work queue (``x-max-length``, ...).
+    queue_arguments: ClassVar[Mapping[str, Any]] = {}
+    #: Routing keys bound whatever the partners say (``#`` for every event).
+    static_bindings: ClassVar[tuple[str, ...]] = ()
+    #: Whether the core logs each delivery and skips targets already delivered.
+    records_deliveries: ClassVar[bool] = True
+    #: The marshmallow schema of this channel's section of a partner's config.
+    config_schema: ClassVar[type[Schema]] = ChannelConfig
+
+    def __init__(self, context: ChannelContext) -> None:
+        self.context = context
+        self.settings = context.settings
+
+    @classmethod
+    def topology(cls, delays: Sequence[int]) -> ChannelTopology:
+        """The channel's queues; the core declares them."""
+        return ChannelTopology.build(
+            cls.name, delays, arguments=cls.queue_arguments, bindings=cls.static_bindings
+        )
+
+    @classmethod
+    async def prepare(
+        cls, registry: Registered, partner_id: str, config: dict[str, Any], stored: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """Complete and vet a partner's validated config before it is stored:
+        generate and encrypt secrets, refuse what the running settings forbid.
+        ``stored`` is the config stored before, if any.
+
+        :raises ConfigError: with ``errors`` keyed by field (``endpoints.0.url``).
+        """
+        return config
+
+    @classmethod
+    def bindings(cls, partner_id: str, config: Mapping[str, Any]) -> set[str]:
+        """The routing keys a partner's config for this channel binds."""
+        return routing_keys(partner_id, config.get("events", ["*"]))
+
+    async def start(self) -> None:
+        """Open what the channel needs (HTTP clients, SMTP pools)."""
+
+    async def close(self) -> None:
+        """Release what :meth:`start` opened."""
+
+    def target(self, partner: Partner, target_id: str) -> Target | None:
+        """One of a partner's targets by id, whatever the event type: test
+        sends ask for it. ``None`` when there is no such target."""
+        return None
+
+    def targets(self, event: Event, partner: Partner | None) -> list[Target]:
+        """Resolve an event into the targets to deliver it to.
+
+        ``partner`` is ``None`` when the event's partner has no stored config.
+        """
+        raise NotImplementedError
+
+    def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
+        """What this channel would send the customer for ``event``, without
+        sending it, for ``shipcast templates preview``: the message as the
+        customer sees it, and a one-line summary (length, parts, template).
+
+        :raises ConfigError: the channel sends no customer message, or the
+            partner's template for this event fails.
+        """
+        raise ConfigError(f"the {self.name} channel sends no customer message to preview")
+
+    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered | None:
+        """Deliver ``event`` (``body`` is its envelope as JSON) to one target.
+
+        Return normally on success; raise
+        :class:`~shipcast.exceptions.RetryableDelivery` or
+        :class:`~shipcast.exceptions.PermanentDelivery` on failure.
+        """
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Secrets at rest, webhook signatures, signed links and redaction."""

@@ -1,0 +1,22 @@
+"""The store: events, deliveries and attempts, partners, customers' claims
+and opt-outs, tokens and keys (SQLAlchemy async Core), one module for each,
+composed into one :class:`Store`.
+"""
+
+from __future__ import annotations
+
+from shipcast.security.identifiers import address_hash
+from shipcast.store.cache import PartnerCache
+from shipcast.store.customers import CustomerStore
+from shipcast.store.deliveries import DeliveryStore
+from shipcast.store.events import EventStore
+from shipcast.store.keys import KeyStore
+from shipcast.store.partners import PartnerStore
+from shipcast.store.records import Attempt, attempt_stats
+from shipcast.store.tables import metadata
+
+__all__ = ["Attempt", "PartnerCache", "Store", "address_hash", "attempt_stats", "metadata"]
+
+
+class Store(PartnerStore, EventStore, DeliveryStore, CustomerStore, KeyStore):
+    """Async access to the database named by ``SHIPCAST_DATABASE_URL``."""

@@ -1,0 +1,89 @@
+"""Deliveries (one event to one target) and the log of their attempts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from shipcast.model.outcomes import Outcome
+from shipcast.store.base import RESPONSE_EXCERPT, StoreBase, _aware, _filtered, now
+from shipcast.store.records import Attempt
+from shipcast.store.tables import attempts, deliveries
+
+
+class DeliveryStore(StoreBase):
+
+    async def delivered_targets(self, event_id: str, channel: str) -> set[str]:
+        return (await self.delivered_for(channel, [event_id]))[0]
+
+    async def delivered_for(self, channel: str, event_ids: Sequence[str]) -> list[set[str]]:
+        """For each event id, the targets of ``channel`` it was delivered to."""
+        rows = await self._rows(self._statements["delivered_for"].params(channel=channel, ids=list(set(event_ids))),
+                                hot=True)
+        found: dict[str, set[str]] = {event_id: set() for event_id in event_ids}
+        for row in rows:
+            found[row.event_id].add(row.target)
+        return [found[event_id] for event_id in event_ids]
+
+    async def record(self, items: Sequence[Attempt]) -> None:
+        """Log attempts and upsert the deliveries they belong to, in one
+        transaction. A delivered row is never turned back into a failure; a
+        deferral (``waiting``) updates the delivery but is not an attempt."""
+        if not items:
+            return
+        stamp = now()
+        attempt_rows = [{"event_id": a.event_id, "channel": a.channel, "target": a.target,
+                         "partner_id": a.partner_id, "at": a.at or stamp, "outcome": a.outcome,
+                         "status": a.status, "error": a.error, "latency_ms": a.latency_ms,
+                         "response": a.response[:RESPONSE_EXCERPT] if a.response else None}
+                        for a in items if a.outcome != "waiting"]
+        latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for a in items:
+            latest[(a.event_id, a.channel, a.target)] = {
+                "event_id": a.event_id, "channel": a.channel, "target": a.target,
+                "partner_id": a.partner_id, "event_type": a.event_type, "order_id": a.order_id,
+                "sequence": a.sequence, "address": a.address, "status": Outcome(a.outcome).status,
+                "attempts": a.attempt if a.outcome != "waiting" else a.attempt - 1,
+                "last_status": a.status, "last_error": a.error, "updated_at": a.at or stamp}
+        # Rows in key order: two workers upserting overlapping rows take locks in one order.
+        await self._run([(self._statements["insert_attempts"], attempt_rows),
+                         (self._statements["upsert_deliveries"], [latest[key] for key in sorted(latest)])],
+                        hot=True)
+
+    async def order_blocked(self, channel: str, partner_id: str, target: str, order_id: str,
+                            sequence: int, stale_after: float) -> str | None:
+        """The id of an earlier event of the same order still retrying or
+        waiting for this target, if any: ordered delivery waits for it. A row
+        not updated for ``stale_after`` seconds belongs to a message that is
+        gone (a purged queue) and no longer holds anything up."""
+        fresh = now() - timedelta(seconds=stale_after)
+        rows = await self._rows(self._statements["order_blocked"].params(
+            channel=channel, partner_id=partner_id, target=target, order_id=order_id, sequence=sequence,
+            fresh=fresh), hot=True)
+        return rows[0].event_id if rows else None
+
+    async def list_deliveries(self, *, event_id: str | None = None, partner_id: str | None = None,
+                              channel: str | None = None, status: str | None = None,
+                              target: str | None = None, event_type: str | None = None,
+                              order_id: str | None = None, since: datetime | None = None,
+                              until: datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Deliveries, newest first; ``since``/``until`` bound when each last changed."""
+        query = _filtered(sa.select(deliveries).order_by(deliveries.c.updated_at.desc()).limit(limit),
+                          deliveries.c.updated_at, since, until, event_id=event_id, partner_id=partner_id,
+                          channel=channel, status=status, target=target, event_type=event_type, order_id=order_id)
+        return [{**row._asdict(), "updated_at": _aware(row.updated_at)} for row in await self._rows(query)]
+
+    async def list_attempts(self, event_id: str | None = None, channel: str | None = None, *,
+                            partner_id: str | None = None, target: str | None = None,
+                            outcome: str | None = None, since: datetime | None = None,
+                            until: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Attempts, oldest first for one event, newest first otherwise."""
+        query = _filtered(sa.select(attempts).order_by(attempts.c.id if event_id else attempts.c.id.desc())
+                          .limit(limit), attempts.c.at, since, until, event_id=event_id, channel=channel,
+                          partner_id=partner_id, target=target, outcome=outcome)
+        return [{**row._asdict(), "at": _aware(row.at)} for row in await self._rows(query)]
+
+    # -- endpoint health and operator events -----------------------------------

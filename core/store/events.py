@@ -1,0 +1,58 @@
+"""The event archive: every event, for replay and the order timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from shipcast.model.envelope import Event
+from shipcast.store.base import StoreBase, _utc, now
+from shipcast.store.tables import events
+
+
+class EventStore(StoreBase):
+
+    async def save_events(self, items: Sequence[Event]) -> None:
+        """Store events; an event already stored is left as it is."""
+        stamp = now()
+        rows = [{"event_id": e.event_id, "partner_id": e.partner_id, "event_type": e.event_type,
+                 "order_id": e.order.order_id, "sequence": e.sequence, "occurred_at": e.occurred_at,
+                 "stored_at": stamp, "body": e.model_dump_json()} for e in items]
+        await self._run([(self._statements["insert_events"], rows)], hot=True)
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))
+        return orjson.loads(rows[0].body) if rows else None
+
+    async def order_events(self, partner_id: str, order_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        """One order's archived events, oldest first (by sequence): its timeline."""
+        rows = await self._rows(sa.select(events.c.body).where(
+            events.c.partner_id == partner_id, events.c.order_id == order_id
+        ).order_by(events.c.sequence.desc(), events.c.occurred_at.desc()).limit(limit))
+        return [orjson.loads(row.body) for row in reversed(rows)]
+
+    async def list_events(self, *, partner_id: str | None = None, since: datetime | None = None,
+                          limit: int = 1000) -> list[dict[str, Any]]:
+        query = sa.select(events.c.body).order_by(events.c.stored_at, events.c.event_id).limit(limit)
+        if partner_id:
+            query = query.where(events.c.partner_id == partner_id)
+        if since:
+            query = query.where(events.c.stored_at >= _utc(since))
+        return [orjson.loads(row.body) for row in await self._rows(query)]
+
+    # -- deliveries -------------------------------------------------------
+
+    async def later_event(self, partner_id: str, order_id: str, sequence: int,
+                          event_types: Sequence[str]) -> str | None:
+        """An archived event of the order, of one of ``event_types``, later in
+        sequence: the DEL that makes an OFD stale."""
+        rows = await self._rows(sa.select(events.c.event_id).where(
+            events.c.partner_id == partner_id, events.c.order_id == order_id, events.c.sequence > sequence,
+            events.c.event_type.in_(list(event_types))).limit(1))
+        return str(rows[0].event_id) if rows else None
+
+    # -- partner tokens and signing keys ---------------------------------------

@@ -1,0 +1,24 @@
+"""The email channel's own settings: the SMTP server customer email goes
+through (``SHIPCAST_SMTP_*``; the password only from the environment)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shipcast.settings import Settings
+
+
+class SmtpSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHIPCAST_SMTP_", extra="ignore", frozen=True)
+
+    host: str = "localhost"
+    port: int = 25
+    username: str | None = None
+    password: str | None = Field(None, repr=False)
+    starttls: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> SmtpSettings:
+        """From the environment, with what ``settings`` was given by name (``smtp_port=…``) first."""
+        return cls(**settings.given("smtp_"))

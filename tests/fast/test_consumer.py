@@ -1,0 +1,181 @@
+"""The consumer, driven through the in-memory broker: the real worker, the
+real retry policy and settlement, a real SQLite store; only RabbitMQ is
+stood in for. Each behaviour here is also proven on the real broker
+(tests/test_delivery.py, tests/test_webhooks.py, tests/test_pipeline.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import pytest
+from marshmallow import fields
+
+from shipcast import Channel, ChannelConfig, Delivered, Event, Partner, Target, hookimpl
+from shipcast.amqp import headers as h
+from shipcast.amqp.memory import MemoryBroker
+from shipcast.app.services import Services
+from shipcast.delivery.consumer import ChannelWorker
+from shipcast.exceptions import PermanentDelivery, RetryableDelivery
+from shipcast.model.examples import example
+from shipcast.plugin.registry import Registry
+from shipcast.settings import Settings
+from shipcast.store import Store
+
+pytestmark = pytest.mark.fast
+
+WORK, DEAD = "shipcast.scripted", "shipcast.scripted.dead"
+
+
+class ScriptedConfig(ChannelConfig):
+    targets = fields.List(fields.String(), load_default=lambda: ["a"])
+
+
+@dataclass
+class Script:
+    """What each target answers, in order (``None``: delivered); then delivered."""
+
+    answers: dict[str, list[Exception | None]] = field(default_factory=dict)
+    sent: list[tuple[str, str]] = field(default_factory=list)
+
+
+class ScriptedChannel(Channel):
+    name = "scripted"
+    config_schema = ScriptedConfig
+
+    def targets(self, event: Event, partner: Partner | None) -> list[Target]:
+        if partner is None or self.name not in partner.channels:
+            return []
+        return [Target(t, f"https://{t}.example") for t in partner.channels[self.name]["targets"]]
+
+    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered | None:
+        script: Script = self.context.extensions["script"]
+        script.sent.append((event.event_id, target.id))
+        answers = script.answers.get(target.id) or []
+        answer = answers.pop(0) if answers else None
+        if answer is not None:
+            raise answer
+        return Delivered(200, "ok")
+
+
+class ScriptedPlugin:
+    @hookimpl
+    def shipcast_channels(self) -> list[type[Channel]]:
+        return [ScriptedChannel]
+
+
+@dataclass
+class Rig:
+    broker: MemoryBroker
+    services: Services
+    script: Script
+    worker: ChannelWorker
+
+    async def publish(self, event: Event) -> None:
+        await self.services.publisher.publish_valid([event])
+        await self.broker.drain()
+
+    async def outcomes(self, event_id: str) -> list[tuple[str, str]]:
+        rows = await self.services.store.list_attempts(event_id)
+        return sorted((row["target"], row["outcome"]) for row in rows)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", retry_schedule="5,60",
+                        plugins="scripted", config=str(tmp_path / "none.yaml"), secret_key_file=str(tmp_path / "k"))
+    registry = Registry(settings, plugins=[ScriptedPlugin()])
+    broker = MemoryBroker()
+    services = Services(settings, registry, Store(settings.database_url), broker)  # type: ignore[arg-type]
+    await services.store.open()
+    script = services.extensions["script"] = Script()
+    config = {"events": ["*"], "targets": ["a", "b"]}
+    await services.store.put_partners([Partner("acme", "Acme", {}, {"scripted": config})])
+    worker = ChannelWorker(ScriptedChannel(services), services)
+    await worker.start()
+    broker.bind(WORK, ScriptedChannel.bindings("acme", config))
+    try:
+        yield Rig(broker, services, script, worker)
+    finally:
+        await worker.stop()
+        await services.close()
+
+
+async def test_each_target_is_delivered_once_and_the_message_acked(rig: Rig) -> None:
+    event = example("OFD", rig.services.registry.event_types)
+    await rig.publish(event)
+    assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b")]
+    assert await rig.outcomes(event.event_id) == [("a", "delivered"), ("b", "delivered")]
+    assert not rig.broker.messages(WORK) and not rig.broker.messages(DEAD)
+    # At-least-once meets an idempotent consumer: a redelivered copy sends nothing again.
+    await rig.broker.publish(h.event_message(event), WORK, exchange="")
+    await rig.broker.drain()
+    assert len(rig.script.sent) == 2
+
+
+async def test_only_the_failing_target_is_retried_through_its_tier(rig: Rig) -> None:
+    rig.script.answers["b"] = [RetryableDelivery("HTTP 503", status=503)]
+    event = example("DEL", rig.services.registry.event_types)
+    await rig.publish(event)
+    [waiting] = rig.broker.messages("shipcast.scripted.retry.5")
+    assert waiting.headers[h.TARGET] == "b" and waiting.headers[h.ATTEMPT] == 1
+    assert waiting.headers[h.LAST_ERROR] == "HTTP 503"
+    assert await rig.broker.expire() == 1
+    await rig.broker.drain()
+    assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b"), (event.event_id, "b")]
+    assert await rig.outcomes(event.event_id) == [("a", "delivered"), ("b", "delivered"), ("b", "retry")]
+
+
+async def test_retry_after_picks_a_later_tier(rig: Rig) -> None:
+    rig.script.answers["a"] = [RetryableDelivery("HTTP 429", status=429, retry_after=30)]
+    await rig.publish(example("OFD", rig.services.registry.event_types))
+    assert [m.headers[h.TARGET] for m in rig.broker.messages("shipcast.scripted.retry.60")] == ["a"]
+    assert not rig.broker.messages("shipcast.scripted.retry.5")
+
+
+async def test_exhausted_retries_and_permanent_failures_are_parked(rig: Rig) -> None:
+    rig.script.answers["a"] = [RetryableDelivery("HTTP 500")] * 3
+    rig.script.answers["b"] = [PermanentDelivery("HTTP 400", status=400)]
+    event = example("FAIL", rig.services.registry.event_types)
+    await rig.publish(event)
+    while await rig.broker.expire():
+        await rig.broker.drain()
+    parked = {m.headers[h.TARGET]: m.headers for m in rig.broker.messages(DEAD)}
+    assert parked["b"][h.REASON] == "HTTP 400" and parked["b"][h.STATUS] == 400
+    assert parked["a"][h.REASON] == "retries exhausted after 3 attempts: HTTP 500"
+    assert parked["a"][h.CHANNEL] == "scripted" and parked["a"][h.FIRST_FAILED]
+    assert await rig.outcomes(event.event_id) == [
+        ("a", "dead"), ("a", "retry"), ("a", "retry"), ("b", "dead")]
+    deliveries = {row["target"]: row for row in await rig.services.store.list_deliveries(event_id=event.event_id)}
+    assert (deliveries["a"]["status"], deliveries["a"]["attempts"]) == ("dead", 3)
+
+
+@pytest.mark.parametrize(("body", "content_type", "reason"), [
+    (b"not json", "application/json", "unparseable message"),
+    (b'{"event_type": "OFD"}', "application/json", "unparseable message"),
+    (b"{}", "text/plain", "content type 'text/plain' is not application/json"),
+])
+async def test_a_poison_message_is_parked_whole(rig: Rig, body: bytes, content_type: str, reason: str) -> None:
+    await rig.broker.publish(aio_pika.Message(body, content_type=content_type, message_id="poison"), WORK,
+                             exchange="")
+    await rig.broker.drain()
+    [parked] = rig.broker.messages(DEAD)
+    assert parked.body == body and reason in parked.headers[h.REASON]
+    assert not rig.script.sent
+
+
+async def test_a_bug_in_a_channel_is_a_retry_not_a_loss(rig: Rig) -> None:
+    rig.script.answers["a"] = [ZeroDivisionError("oops")]
+    await rig.publish(example("OFD", rig.services.registry.event_types))
+    [waiting] = rig.broker.messages("shipcast.scripted.retry.5")
+    assert waiting.headers[h.TARGET] == "a"
+    assert "ZeroDivisionError: oops" in waiting.headers[h.LAST_ERROR]
+
+
+async def test_the_exchange_routes_only_what_the_config_binds(rig: Rig) -> None:
+    other = example("OFD", rig.services.registry.event_types, partner_id="globex")
+    with pytest.raises(Exception, match="no queue is bound for globex.OFD"):
+        await rig.services.publisher.publish_valid([other])
+    assert not rig.script.sent
