@@ -14,8 +14,8 @@ and ``x-shipcast-role`` (work, retry or dead; a retry queue also
 dead-letter routes, retry TTLs); what operators tune (length and delivery
 limits, overflow, at-least-once dead-lettering) is in :data:`POLICIES`.
 :func:`definitions` describes the whole topology for ``POST /api/definitions``,
-with those policies and a least-privilege ``shipcast`` user
-(``deploy/rabbitmq/definitions.json``).
+with those policies and a least-privilege ``shipcast`` user whose password
+hash is made from the operator's secret at deploy time (``shipcast topology``).
 """
 
 from __future__ import annotations
@@ -204,11 +204,12 @@ def policy_body(name: str) -> dict[str, Any]:
 
 
 def definitions(topologies: Iterable[ChannelTopology], *, vhost: str = "/", user: str = "shipcast",
-                password_hash: str = "") -> dict[str, Any]:
+                password_hash: str) -> dict[str, Any]:
     """The RabbitMQ definitions of shipcast's whole topology on ``vhost``:
     exchanges, queues with their arguments, static bindings, policies, and a
     ``user`` allowed only ``shipcast.*`` (plus the default exchange, which
-    retries and dead letters are published through)."""
+    retries and dead letters are published through), who logs in with the
+    password ``password_hash`` was made from (:func:`password_hash`)."""
     exchanges = [(EXCHANGE, "topic"), (CONTROL_EXCHANGE, "fanout"), ("shipcast.tracking.live", "fanout")]
     queues, bindings = [], []
     for topology in topologies:
@@ -231,10 +232,15 @@ def definitions(topologies: Iterable[ChannelTopology], *, vhost: str = "/", user
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
-    """RabbitMQ's ``rabbit_password_hashing_sha256`` of ``password``."""
+    """RabbitMQ's ``rabbit_password_hashing_sha256`` of ``password``:
+    base64 of a 4-byte salt followed by SHA-256 of the salt and the password's
+    UTF-8 bytes. The salt is random unless given."""
     import base64
     import hashlib
     import os
 
+    if not password:
+        # An empty password is no secret: refuse it rather than store its hash.
+        raise ValueError("the RabbitMQ user needs a password: none was given")
     salt = os.urandom(4) if salt is None else salt
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()

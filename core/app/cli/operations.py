@@ -117,16 +117,23 @@ def queue_status(queue: dict[str, Any]) -> dict[str, Any]:
 @cli.command()
 @click.option("--vhost", default="/", show_default=True, help="The virtual host to describe.")
 @click.option("--user", default="shipcast", show_default=True, help="The least-privilege user to create.")
-@click.option("--password", envvar="SHIPCAST_RABBITMQ_PASSWORD", default="change-me", show_default=True,
-              help="Its password (stored hashed); or SHIPCAST_RABBITMQ_PASSWORD.")
-def topology(vhost: str, user: str, password: str) -> None:
+@click.option("--password", envvar="SHIPCAST_RABBITMQ_PASSWORD", metavar="SECRET",
+              help="Its password, required (stored only as a salted hash); or SHIPCAST_RABBITMQ_PASSWORD.")
+def topology(vhost: str, user: str, password: str | None) -> None:
     """Print RabbitMQ definitions of shipcast's whole topology (exchanges,
-    queues, policies, a least-privilege user), for import through the
-    management API: deploy/rabbitmq/definitions.json."""
+    queues, policies, a least-privilege user whose password is
+    SHIPCAST_RABBITMQ_PASSWORD), for import at the broker's boot or through
+    the management API. Deploy scripts render them with the operator's secret
+    (deploy/docker-compose.yml)."""
     from shipcast.amqp.topology import definitions, password_hash
 
+    # No default: a password printed in these definitions would be one every
+    # installation shares, and anyone who reaches the broker could log in with it.
+    if not password:
+        raise click.UsageError("no password for the RabbitMQ user: set SHIPCAST_RABBITMQ_PASSWORD "
+                               "(or pass --password) to the secret shipcast will connect with")
     found = registry()
     delays = found.settings.retry_delays
     described = definitions([cls.topology(delays) for _, cls in sorted(found.channels.items())], vhost=vhost,
-                            user=user, password_hash=password_hash(password, salt=b"shcs"))
+                            user=user, password_hash=password_hash(password))
     echo_json(described)
