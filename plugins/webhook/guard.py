@@ -4,14 +4,25 @@
 The check runs inside the HTTP client's resolver, so the address checked is
 the address connected to: a name cannot re-resolve to a private address
 between the check and the connect.
+
+An IPv6 address that carries an IPv4 one (IPv4-mapped, IPv4-translated,
+6to4) is judged as the IPv4 address it carries; the forms whose IPv4 address
+cannot be judged, or that nothing public uses (IPv4-compatible, local-use
+NAT64, Teredo, site-local), are refused whole.
+
+What a partner is told names the rule that refused a destination, never the
+address one of its names resolved to: that would let it map the internal
+network through our resolver. The operator's log has the address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import yarl
@@ -20,6 +31,8 @@ from aiohttp.resolver import DefaultResolver
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+log = logging.getLogger(__name__)
 
 
 class DestinationRefused(OSError):
@@ -45,31 +58,102 @@ REFUSED: tuple[tuple[Network, str], ...] = tuple(
         ("240.0.0.0/4", "reserved and broadcast"),
         ("::/128", "unspecified"),
         ("::1/128", "loopback"),
+        # Deprecated (RFC 4291); some stacks still reach the IPv4 address in the last 32 bits.
+        ("::/96", "IPv4-compatible, deprecated"),
         ("64:ff9b::/96", "NAT64"),
+        # RFC 8215: the operator's own translator; where the IPv4 address sits depends on its prefix length.
+        ("64:ff9b:1::/48", "local-use NAT64"),
+        # Tunnelled to a relay and a client both named by IPv4 addresses in the address; nothing uses it now.
+        ("2001::/32", "Teredo"),
         ("2001:db8::/32", "documentation"),
         ("fc00::/7", "unique local"),
         ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local, deprecated"),
         ("ff00::/8", "multicast"),
     )
 )
 
+#: RFC 2765's IPv4-translated addresses, ``::ffff:0:a.b.c.d`` (Python has no
+#: property for them, as it has ``ipv4_mapped`` and ``sixtofour``).
+IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+ALLOW_HINT = "SHIPCAST_WEBHOOK_ALLOWED_NETWORKS can allow it"
 
-def refusal(address: str, allowed: Sequence[Network]) -> str | None:
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an address is refused: the IPv4 address it carries (if it carries
+    one, and how) and the range that refused the address judged."""
+
+    address: Address
+    carried: ipaddress.IPv4Address | None
+    form: str | None  # how the IPv4 address is carried: "6to4", ...
+    rule: str | None  # the refusing range, "127.0.0.0/8 (loopback)"; None: not public (Python's registry)
+
+    @property
+    def _verdict(self) -> str:
+        return "is not a public address" if self.rule is None else f"is in {self.rule}"
+
+    def detail(self) -> str:
+        """With the address: for the operator's log, or for a partner who gave that address itself."""
+        if self.carried is not None:
+            return f"{self.address} carries {self.carried} ({self.form}), which {self._verdict}; {ALLOW_HINT}"
+        return f"{self.address} {self._verdict}; {ALLOW_HINT}"
+
+    def without_address(self) -> str:
+        """What a partner whose name resolved to the address may be told: the rule only."""
+        if self.carried is not None:
+            return f"resolves to an address whose IPv4 part ({self.form}) {self._verdict}; {ALLOW_HINT}"
+        return f"resolves to an address that {self._verdict}; {ALLOW_HINT}"
+
+
+def carried_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
+    """The IPv4 address ``ip`` carries where packets to it go to that IPv4
+    address (or to a router it names), and the form carrying it."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped, "IPv4-mapped"
+    if ip in IPV4_TRANSLATED:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "IPv4-translated"
+    if ip.sixtofour is not None:
+        return ip.sixtofour, "6to4"
+    return None
+
+
+def judge(address: str, allowed: Sequence[Network]) -> Refusal | None:
     """Why ``address`` may not be connected to, or ``None`` when it may.
 
-    An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is judged as the IPv4
-    address it carries."""
+    An IPv6 address carrying an IPv4 address is judged as that IPv4 address;
+    an allowed network lifts the refusal whether it lists the IPv6 address or
+    the IPv4 address it carries."""
     ip: Address = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if any(ip in network for network in allowed):
+    carried = carried_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    judged: Address = carried[0] if carried is not None else ip
+    if any(candidate in network for candidate in {ip, judged} for network in allowed):
         return None
+    carrier, form = carried if carried is not None else (None, None)
     for network, name in REFUSED:
-        if ip.version == network.version and ip in network:
-            return f"{ip} is in {network} ({name}); SHIPCAST_WEBHOOK_ALLOWED_NETWORKS can allow it"
-    if not ip.is_global:  # whatever else Python knows to be special-purpose
-        return f"{ip} is not a public address; SHIPCAST_WEBHOOK_ALLOWED_NETWORKS can allow it"
+        if judged.version == network.version and judged in network:
+            return Refusal(ip, carrier, form, f"{network} ({name})")
+    if not judged.is_global:  # whatever else Python knows to be special-purpose
+        return Refusal(ip, carrier, form, None)
     return None
+
+
+def refusal(address: str, allowed: Sequence[Network]) -> str | None:
+    """Why ``address`` may not be connected to, naming it, or ``None`` when it may."""
+    refused = judge(address, allowed)
+    return refused.detail() if refused is not None else None
+
+
+def refused_name(host: str, addresses: Sequence[str], allowed: Sequence[Network]) -> str:
+    """What to tell a partner about ``host``, all of whose ``addresses`` are
+    refused: the rule, not the addresses (logged for the operator instead)."""
+    if not addresses:
+        return "no address"
+    refused = judge(addresses[0], allowed)
+    assert refused is not None, "only refused addresses are explained"
+    log.warning("webhook destination %s refused: %s", host, "; ".join(
+        r.detail() for r in (judge(a, allowed) for a in addresses) if r is not None))
+    return refused.without_address()
 
 
 class GuardedResolver(AbstractResolver):
@@ -81,10 +165,9 @@ class GuardedResolver(AbstractResolver):
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        kept = [result for result in results if refusal(result["host"], self.allowed) is None]
+        kept = [result for result in results if judge(result["host"], self.allowed) is None]
         if not kept:
-            reason = refusal(results[0]["host"], self.allowed) if results else "no address"
-            raise DestinationRefused(f"{host}: {reason}")
+            raise DestinationRefused(f"{host}: {refused_name(host, [r['host'] for r in results], self.allowed)}")
         return kept
 
     async def close(self) -> None:
@@ -141,7 +224,7 @@ async def check_destination(url: str, allowed: tuple[Network, ...], *, require_h
             infos = await asyncio.get_running_loop().getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError):
         return None
-    reasons = [refusal(str(info[4][0]), allowed) for info in infos]
-    if reasons and all(reasons):  # as at send time: one allowed address is enough
-        return f"destination refused: {host}: {reasons[0]}"
+    addresses = [str(info[4][0]) for info in infos]
+    if addresses and all(judge(a, allowed) for a in addresses):  # as at send time: one allowed address is enough
+        return f"destination refused: {host}: {refused_name(host, addresses, allowed)}"
     return None
