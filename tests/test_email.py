@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
@@ -30,6 +31,7 @@ class Mailbox:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        self.raw: list[bytes] = []  # as received, before any parser saw them
         self.refuse: list[str] = []
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
@@ -40,6 +42,7 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.raw.append(envelope.content)
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append(parsed)
@@ -123,6 +126,30 @@ async def test_a_review_request_carries_one_click_unsubscribe_which_is_honoured(
         assert row["status"] == "skipped" and "opted out" in row["last_error"]
         await eventually(lambda: len(box.messages) == 2)
         assert box.messages[1]["Subject"].startswith("We missed you")
+
+
+async def test_one_click_unsubscribe_headers_arrive_verbatim(mail_settings: Settings,
+                                                              mailbox: tuple[Mailbox, int]) -> None:
+    """RFC 8058: a client offers one-click unsubscribe only when it finds the
+    URL itself in List-Unsubscribe, not RFC 2047 encoded-words, which is
+    what the header was folded into at 78 columns."""
+    box, _ = mailbox
+    async with ShipcastProcess(mail_settings) as shipcast:
+        await shipcast.apply(email_doc())
+        await shipcast.http.post("/v1/events", json=event_body("DEL"))
+        [raw] = await eventually(lambda: box.raw)
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    html = message.get_body(("html",))
+    assert html is not None
+    # The link the customer can click in the message is the one the header carries.
+    [url] = re.findall(r'href="(https://track\.example\.com/u/[^"]+)"', html.get_content())
+    assert message["List-Unsubscribe"] == f"<{url}>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert b"=?utf-8?" not in raw.lower()
+    headers = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert f"List-Unsubscribe: <{url}>".encode() in headers  # one line, as set
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in headers
 
 
 @pytest.mark.parametrize(("answer", "outcome"), [

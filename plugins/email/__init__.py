@@ -20,11 +20,13 @@ Config (``channels.email``)::
 
 from __future__ import annotations
 
+import email.policy
 import email.utils
 import re
 from collections.abc import Mapping
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.policy import EmailPolicy, Policy
 from typing import Any
 
 import aiosmtplib
@@ -49,6 +51,33 @@ TRANSACTIONAL = ("OFD", "FAIL", "RET")
 #: SMTP answers that refuse shipcast's own login, not one customer's message.
 AUTH_REFUSED = {530, 534, 535}
 ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>]+")
+#: RFC 5322's hard limit on a line, CRLF excluded.
+MAX_LINE = 998
+
+
+class VerbatimHeader(UnstructuredHeader, BaseHeader):
+    """A header written out on one line, as it was set.
+
+    Mail clients offer one-click unsubscribe only when they find the URL
+    itself in ``List-Unsubscribe`` (RFC 2369, RFC 8058). A URL has no
+    whitespace to fold at, so at the usual 78 columns the generator (and
+    aiosmtplib flattens with ``email.policy.SMTP``, whatever the message's
+    policy) writes it as RFC 2047 encoded-words, which no client reads as a
+    link. Up to RFC 5322's hard limit it is left whole instead."""
+
+    def fold(self, *, policy: Policy) -> str:
+        return super().fold(policy=policy.clone(max_line_length=MAX_LINE))
+
+
+def _policy() -> EmailPolicy[EmailMessage]:
+    registry = HeaderRegistry()
+    for name in ("List-Unsubscribe", "List-Unsubscribe-Post"):
+        registry.map_to_type(name, VerbatimHeader)
+    return email.policy.default.clone(header_factory=registry)
+
+
+#: The default policy, with the one-click unsubscribe headers kept verbatim.
+POLICY = _policy()
 
 
 class EmailConfig(Schema):
@@ -141,7 +170,7 @@ class EmailChannel(Channel):
         html = environment().get_template("email/layout.html").render(
             context(self.context.registry, event, partner), subject=subject, language=language,
             paragraphs=[p.strip() for p in text.split("\n\n") if p.strip()], unsubscribe_url=unsubscribe)
-        message = EmailMessage()
+        message = EmailMessage(policy=POLICY)
         sender = email.utils.parseaddr(config["from_address"])
         message["From"] = str(Address(sender[0], addr_spec=sender[1]))
         message["To"] = to
