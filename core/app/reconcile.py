@@ -102,10 +102,10 @@ async def _ensure_policies(management: Management) -> None:
     try:
         created = await management.ensure_policies()
     except ManagementRefused as exc:
-        # The least-privilege user of deploy/rabbitmq/definitions.json gets its policies from that file:
+        # The least-privilege user of `shipcast topology`'s definitions gets its policies from them:
         # worth a line, not an alarm. `shipcast status` flags a queue that really lacks them.
-        log.info("shipcast's policies not checked: %s; they come from deploy/rabbitmq/definitions.json (or tag "
-                 "the user policymaker). `shipcast status` flags a queue without them.", exc)
+        log.info("shipcast's policies not checked: %s; they come from the definitions `shipcast topology` "
+                 "prints (or tag the user policymaker). `shipcast status` flags a queue without them.", exc)
         return
     if created:
         log.info("created RabbitMQ policies %s", ", ".join(created))
