@@ -13,6 +13,23 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
 
 from shipcast.messaging.templates import LANGUAGES
 
+#: The longest template text a partner may give, in characters.
+MAX_TEMPLATE = 32 * 1024
+
+
+class TemplateText(fields.Field):  # type: ignore[type-arg]
+    """One template text, or one per language, each at most :data:`MAX_TEMPLATE` characters."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        texts = [value] if isinstance(value, str) else list(value.values()) if isinstance(value, Mapping) else None
+        if not texts or not all(isinstance(text, str) and text.strip() for text in texts) or (
+                isinstance(value, Mapping) and not all(isinstance(key, str) for key in value)):
+            raise ValidationError("must be a template text, or a mapping of language to text")
+        longest = max(len(text) for text in texts)
+        if longest > MAX_TEMPLATE:
+            raise ValidationError(f"a template text is at most {MAX_TEMPLATE} characters; this one is {longest}")
+        return value if isinstance(value, str) else dict(value)
+
 
 class IdsByType(fields.Field):  # type: ignore[type-arg]
     """A provider's id for each event type's text: ``{OFD: id}`` for every

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
 
 from shipcast.exceptions import ConfigError
 from shipcast.model.envelope import Event
 from shipcast.model.examples import example
 from shipcast.model.partners import Partner
 from shipcast.plugin.context import Registered
-from shipcast.templating import environment
+from shipcast.templating import environment, sandbox, template_line, unsafe
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def context(registry: Registered, event: Event, partner: Partner | None) -> dict
 
 @cache
 def _compiled(source: str) -> jinja2.Template:
-    return environment().from_string(source)
+    """A partner's text, compiled in the sandbox: it is data, never code."""
+    return sandbox().from_string(source)
 
 
 @lru_cache(maxsize=1024)
@@ -170,10 +172,49 @@ def render(registry: Registered, channel: str, event: Event, partner: Partner | 
         return template.render(single_line(values) if single_lines else values).strip()
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"{where} is not valid Jinja: line {exc.lineno}: {exc.message}") from exc
+    except SecurityError as exc:
+        raise ConfigError(f"{where} refused{_at(exc)}: {exc}") from exc
     except jinja2.TemplateError as exc:
-        raise ConfigError(f"{where} failed: {exc}") from exc
+        raise ConfigError(f"{where} failed{_at(exc)}: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:  # a partner's template file, unreadable
         raise ConfigError(f"{where} cannot be read: {exc}") from exc
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
+        # A partner's template dividing by zero, say: its error, never the process's.
+        raise ConfigError(f"{where} failed{_at(exc)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _at(exc: BaseException) -> str:
+    line = template_line(exc)
+    return f" at line {line}" if line is not None else ""
+
+
+def partner_sources(channel: str, config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Every template text a partner's config supplies, as ``(field, which,
+    text)``: ``("templates.OFD", "hi", …)``, ``("template_dir", "OFD.en.j2", …)``."""
+    found: list[tuple[str, str, str]] = []
+    for event_type, text in (config.get("templates") or {}).items():
+        if isinstance(text, Mapping):
+            found += [(f"templates.{event_type}", str(lang), str(one)) for lang, one in text.items()]
+        elif text:
+            found.append((f"templates.{event_type}", "", str(text)))
+    directory = config.get("template_dir")
+    folder = Path(directory) / channel if directory else None
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.glob("*.j2")):
+            try:
+                found.append(("template_dir", path.name, path.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError):
+                continue  # rendering it reports that it cannot be read
+    return found
+
+
+def refusals(channel: str, config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """What :func:`shipcast.templating.unsafe` finds in each template the
+    config supplies, by field, each finding naming the text and its line."""
+    errors: dict[str, list[str]] = {}
+    for field, which, source in partner_sources(channel, config):
+        errors.setdefault(field, []).extend(f"{which}: {found}" if which else found for found in unsafe(source))
+    return {field: found for field, found in errors.items() if found}
 
 
 def check_templates(registry: Registered, channel: str, partner_id: str, partner_name: str,
@@ -192,6 +233,9 @@ def check_templates(registry: Registered, channel: str, partner_id: str, partner
     directory = config.get("template_dir")
     if directory and not (Path(directory) / channel).is_dir():
         return {"template_dir": [f"no directory {Path(directory) / channel} on this server"]}
+    refused = refusals(channel, config)
+    if refused:  # never rendered: what reaches for code is refused before it runs, even sandboxed
+        return refused
     for event_type in types:
         event = example(event_type, registry.event_types, partner_id=partner_id)
         sparse = sparse_event(event)

@@ -34,14 +34,13 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validates
 
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
-from shipcast.messaging.fields import Critical, QuietHours
+from shipcast.messaging.fields import Critical, QuietHours, TemplateText
 from shipcast.messaging.rules import keep_rules, mask
 from shipcast.messaging.templates import check_templates, context, language_of, render, serves
 from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target
 from shipcast.plugin.context import Registered
-from shipcast.plugins.sms import TemplateText
 from shipcast.security.links import unsubscribe_token
 from shipcast.templating import environment
 

@@ -34,7 +34,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, SentBefore
-from shipcast.messaging.fields import Critical, IdsByType, QuietHours, id_for
+from shipcast.messaging.fields import Critical, IdsByType, QuietHours, TemplateText, id_for
 from shipcast.messaging.rules import finish_sends, keep_rules, mask, send_noted
 from shipcast.messaging.templates import LANGUAGES, check_templates, language_of, render, serves, text_language
 from shipcast.model.catalog import current
@@ -48,18 +48,6 @@ from .segments import encoding, segments
 
 #: The longest text sent, in segments: anything longer is a template to fix.
 MAX_SEGMENTS = 6
-
-
-class TemplateText(fields.Field):  # type: ignore[type-arg]
-    """One template text, or one per language."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, str) and value.strip():
-            return value
-        if isinstance(value, Mapping) and value and all(
-                isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in value.items()):
-            return dict(value)
-        raise ValidationError("must be a template text, or a mapping of language to text")
 
 
 class SmsConfig(Schema):

@@ -49,7 +49,7 @@ from shipcast.plugins.sms import SmsChannel, e164
 from shipcast.plugins.sms.providers import CustomerOptedOut, NotOnWhatsApp, TwilioSms
 from shipcast.settings import Settings
 from shipcast.store import Attempt
-from shipcast.templating import environment
+from shipcast.templating import sandbox, unsafe
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ class WhatsAppConfig(Schema):
     #: The approved content template of each event type: one, or one per language.
     content_sids = IdsByType(r"HX[0-9a-fA-F]{32}", "must be an approved content template's sid (HX…)",
                              required=True)
-    variables = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), load_default=dict)
+    variables = fields.Dict(keys=fields.String(), values=fields.List(
+        fields.String(validate=validate.Length(min=1, max=1000)), validate=validate.Length(max=20)),
+        load_default=dict)
     fallback_sms_sender = fields.String(validate=validate.Regexp(
         r"^(\+[0-9]{6,15}|[A-Za-z0-9]{3,11})$", error="must be a phone number (+…) or a 3-11 character header"))
     quiet_hours = fields.Nested(QuietHours)
@@ -104,12 +106,14 @@ def variables_for(registry: Registered, event: Event, partner: Partner, config: 
     cost the customer the message."""
     expressions = (config.get("variables") or {}).get(event.event_type) or VARIABLES.get(event.event_type, _DEFAULT)
     values = context(registry, event, partner)
-    env = environment()
+    env = sandbox()  # the partner's expressions are data: rendered in the sandbox
     try:
         rendered = {str(i): " ".join(env.from_string(e).render(values).split()) or "-"
                     for i, e in enumerate(expressions, 1)}
     except jinja2.TemplateError as exc:
         raise ConfigError(f"whatsapp variables for {event.event_type} failed: {exc}") from exc
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"whatsapp variables for {event.event_type} failed: {type(exc).__name__}: {exc}") from exc
     return orjson.dumps(rendered).decode()
 
 
@@ -187,7 +191,12 @@ class WhatsAppChannel(Channel):
         from shipcast.model.examples import example
 
         partner = Partner(partner_id, partner_id, {}, {cls.name: config})
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, list[str]] = {
+            f"variables.{event_type}.{index}": found
+            for event_type, expressions in (config.get("variables") or {}).items()
+            for index, expression in enumerate(expressions) if (found := unsafe(expression))}
+        if errors:  # what reaches for code is refused before it runs, even sandboxed
+            raise ConfigError("refused", errors)
         for event_type in config["content_sids"]:
             for event in (example(event_type, registry.event_types, partner_id=partner_id),
                           sparse_event(example(event_type, registry.event_types, partner_id=partner_id))):
