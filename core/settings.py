@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     max_batch: int = Field(1000, ge=1)
     #: Largest event accepted at ingest, as JSON bytes.
     max_event_bytes: int = Field(256 * 1024, ge=1024)
+    #: Largest request body read by any route but ingest (whose bound is
+    #: ``max_batch`` events of ``max_event_bytes``), in bytes.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    #: Days kept (0: for ever): the attempt log, the response excerpts in it, the
+    #: archived events (with their deliveries). OTPs leave the archive as soon as
+    #: their order is delivered or returned, or they expire.
+    retain_attempts_days: float = Field(30.0, ge=0)
+    retain_responses_days: float = Field(7.0, ge=0)
+    retain_events_days: float = Field(90.0, ge=0)
+    #: Seconds between background pruning passes, in each process that runs workers.
+    prune_interval: float = Field(600.0, gt=0)
+    #: Messages a partner may have sent again (test sends, resends, recovers)
+    #: through the partner API per hour, per API process.
+    partner_resend_quota: int = Field(10_000, ge=1)
     #: Fernet keys (comma-separated; the first encrypts, all decrypt) for secrets at rest.
     #: Unset: a key is generated once into ``secret_key_file``.
     secret_key: str | None = Field(None, repr=False)

@@ -206,9 +206,13 @@ class _StrictLoader(yaml.SafeLoader):
 def read_yaml(text: str | bytes) -> Any:
     """Parse a partners document (YAML, or JSON, which is YAML).
 
-    :raises yaml.YAMLError: not YAML, or a key given twice in one mapping.
+    :raises yaml.YAMLError: not YAML, a key given twice in one mapping, or
+        nested deeper than a partners document ever is.
     """
-    return yaml.load(text, Loader=_StrictLoader)
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply to be a partners document") from None
 
 
 def load_partners_file(path: str | Path, *, catalog: Catalog) -> list[Partner]:

@@ -14,13 +14,17 @@ back to SMS, sent again through the WhatsApp worker, which texts them instead.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from shipcast.app.api import services_of
 from shipcast.app.services import Services
 from shipcast.exceptions import BrokerError, StoreError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/callbacks/sms", tags=["callbacks"], include_in_schema=False)
 
@@ -37,10 +41,16 @@ async def twilio_status(request: Request) -> Response:
 
     services = services_of(request)
     token = services.settings.twilio_auth_token
-    form = await request.form()
-    params = {key: str(value) for key, value in form.items()}
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not token or not signature:  # refused unread
+        raise HTTPException(403, "not signed by Twilio for this URL")
+    # Twilio signs the URL and the form's fields, so the fields are read to
+    # check it; read by hand, bounded (BodyLimit), with no multipart parser.
+    if request.headers.get("content-type", "").partition(";")[0].strip() != "application/x-www-form-urlencoded":
+        raise HTTPException(415, "Twilio posts application/x-www-form-urlencoded")
+    params = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
     url = services.settings.public_url.rstrip("/") + request.url.path
-    if not token or not RequestValidator(token).validate(url, params, request.headers.get("X-Twilio-Signature", "")):
+    if not RequestValidator(token).validate(url, params, signature):
         raise HTTPException(403, "not signed by Twilio for this URL")
     status = params.get("MessageStatus", "")
     if status not in RANK or not params.get("MessageSid"):
@@ -52,7 +62,8 @@ async def twilio_status(request: Request) -> Response:
         if found is not None and status in FAILED:
             await _failed_later(services, found, int(code) if code and code.isdigit() else 0, params.get("To", ""))
     except (StoreError, BrokerError) as exc:  # a 5xx: Twilio tries the callback again
-        raise HTTPException(503, f"not recorded, try again: {exc}") from exc
+        log.warning("Twilio status for %s not recorded: %s", params.get("MessageSid"), exc)
+        raise HTTPException(503, "not recorded, try again") from exc
     return Response(status_code=204)
 
 

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from marshmallow import RAISE, ValidationError
 
 from shipcast.app.api import errors, partner_scope, services_of
+from shipcast.app.api.quotas import resend_quota
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError
 from shipcast.model.catalog import validating
@@ -170,6 +171,7 @@ async def send_test(partner_id: str, endpoint_id: str, request: Request,
                     body: dict[str, Any] | None = Body(None)) -> dict[str, Any]:
     """Send a realistic sample event of ``event_type`` (default ``OFD``) to this
     endpoint only, whatever its event filter. Follow it at ``…/messages/{event_id}``."""
+    resend_quota(request).take(partner_id, 1)  # a test send fills the shared queue like any other
     with _answers():
         event = await admin.send_test(services_of(request), partner_id, endpoint_id,
                                       (body or {}).get("event_type", "OFD"))

@@ -7,6 +7,7 @@ partner-scoped token (``scp_…``) for ``/v1/partners/{its id}/…`` only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,10 +30,17 @@ from shipcast.app.api.access import (
     services_of,
     token_hash,
 )
+from shipcast.app.api.limits import BodyLimit
 from shipcast.app.api.operations import _public_url, add_operations_routes, operations_app
+from shipcast.app.api.quotas import Quota
 from shipcast.app.services import Services
 from shipcast.exceptions import BrokerError, ConfigError, InvalidEvent, StoreError
 from shipcast.model.envelope import json_schema
+
+log = logging.getLogger(__name__)
+
+#: What a caller is told when the store fails; the log has the rest.
+STORE_UNAVAILABLE = "the store is unavailable right now: try again shortly"
 
 __all__ = ["PARTNER_TOKEN_PREFIX", "Principal", "create_app", "errors", "operations_app", "partner_scope",
            "require_token", "services_of", "token_hash"]
@@ -55,6 +63,7 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     app = FastAPI(title="shipcast", version=__version__, lifespan=lifespan,
                   description="Order events in; signed webhooks and no-code channels out.")
     app.state.services = services
+    app.state.resend_quota = Quota(services.settings.partner_resend_quota)
 
     @app.middleware("http")
     async def _count_ingest(request: Request, call_next: Any) -> Response:
@@ -78,13 +87,19 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
 
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
-        return JSONAnswer({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        # The detail holds SQL, its parameters, the database's address: for the log, never the caller.
+        log.warning("store error answering %s %s: %s", request.method, request.url.path, exc)
+        return JSONAnswer({"detail": STORE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "1"})
 
     # FastAPI's own two, answering in JSON that can always be sent.
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code in (204, 304) or exc.status_code < 200:  # statuses that carry no body
             return Response(status_code=exc.status_code, headers=exc.headers)
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's own parse of a body nested thousands deep: bad input, named as such.
+            return JSONAnswer({"detail": [{"loc": ["body"], "msg": "nested too deeply", "type": "json_invalid"}]},
+                              status_code=422)
         return JSONAnswer({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -102,6 +117,14 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
         return HTMLResponse(page)
 
     add_operations_routes(app, services)
+    settings = services.settings
+
+    def body_limit(scope: Any) -> int:
+        if scope["path"] == "/v1/events":
+            return settings.max_event_bytes * settings.max_batch
+        return settings.max_body_bytes
+
+    app.add_middleware(BodyLimit, limit_for=body_limit)
 
     app.include_router(ingest.router)
     app.include_router(admin.router)

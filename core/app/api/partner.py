@@ -6,14 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from shipcast.app.api.access import (
     errors,
     partner_scope,
     services_of,
 )
-from shipcast.delivery.replay import replay_deliveries
+from shipcast.app.api.quotas import resend_quota
+from shipcast.delivery.replay import matching_deliveries, replay_rows
 from shipcast.model.outcomes import DeliveryStatus, Outcome
 
 #: The partner API: the operator, or that partner's own token.
@@ -64,18 +65,30 @@ async def list_attempts(partner_id: str, request: Request, event_id: str | None 
 async def resend(partner_id: str, event_id: str, request: Request, endpoint: str | None = None,
                  channel: str | None = None) -> dict[str, int]:
     """Send one message again to each of its targets (or one endpoint), even if delivered."""
-    count = await replay_deliveries(services_of(request), event_id=event_id, partner_id=partner_id,
-                                    target=endpoint, channel=channel)
-    if not count:
+    services, quota = services_of(request), resend_quota(request)
+    rows = await matching_deliveries(services, event_id=event_id, partner_id=partner_id, target=endpoint,
+                                     channel=channel)
+    if not rows:
         raise HTTPException(404, f"no deliveries of {event_id!r} for partner {partner_id!r}")
+    granted = quota.take(partner_id, len(rows))
+    count = await replay_rows(services, rows[:granted])
+    quota.give_back(partner_id, granted - count)
     return {"resent": count}
 
 
 @router.post("/recover", status_code=202)
-async def recover(partner_id: str, request: Request, since: datetime, until: datetime | None = None,
+async def recover(partner_id: str, request: Request, response: Response, since: datetime, until: datetime | None = None,
                   endpoint: str | None = None, channel: str | None = None,
                   limit: int = Query(10000, ge=1, le=100000)) -> dict[str, int]:
-    """Send again every message that failed (parked) since ``since``."""
-    count = await replay_deliveries(services_of(request), partner_id=partner_id, status="dead", since=since,
-                                    until=until, target=endpoint, channel=channel, limit=limit)
+    """Send again every message that failed (parked) since ``since``, as many
+    as the partner's quota of messages sent again allows; the header
+    ``X-Shipcast-Remaining`` says how many more matched (ask again after the
+    ``Retry-After`` of the 429 that follows)."""
+    services, quota = services_of(request), resend_quota(request)
+    rows = await matching_deliveries(services, partner_id=partner_id, status="dead", since=since, until=until,
+                                     target=endpoint, channel=channel, limit=limit)
+    granted = quota.take(partner_id, len(rows)) if rows else 0
+    count = await replay_rows(services, rows[:granted])
+    quota.give_back(partner_id, granted - count)
+    response.headers["X-Shipcast-Remaining"] = str(len(rows) - granted)
     return {"recovered": count}
