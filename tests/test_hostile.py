@@ -447,8 +447,10 @@ async def test_tokens_are_compared_in_constant_time_or_never_compared(
         shipcast: ShipcastProcess, stranger: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """Which comparison each secret meets, watched as requests are refused:
 
-    * the operator's token, link tokens (tracking, unsubscribe) and CSRF
-      tokens: :func:`hmac.compare_digest`;
+    * the operator's token, CSRF tokens and the signed link tokens of earlier
+      versions (tracking, unsubscribe): :func:`hmac.compare_digest`;
+    * sealed link tokens: AES-SIV's tag, checked inside the cryptography
+      library's OpenSSL (constant-time by design); a forged one is refused;
     * partner tokens: never compared with a stored one in Python. The store
       is asked for the SHA-256 of what was presented, and holds only such
       digests: an index lookup's timing can tell at most about the digest of
@@ -457,11 +459,13 @@ async def test_tokens_are_compared_in_constant_time_or_never_compared(
       (``twilio.request_validator.compare``, constant-time by design).
     """
     import hmac
+    import time
 
     import sqlalchemy as sa
 
     from shipcast.app.api import token_hash
     from shipcast.plugins.tracking.links import tracking_token
+    from shipcast.security.links import sign_link
     from shipcast.store.tables import partner_tokens
 
     compared: list[tuple[bytes, bytes]] = []
@@ -477,10 +481,15 @@ async def test_tokens_are_compared_in_constant_time_or_never_compared(
     assert (await stranger.get("/v1/partners", headers={"authorization": "Bearer wrong-token"})).status_code == 401
     assert (b"wrong-token", api_token) in compared
 
-    compared.clear()
-    forged = tracking_token(shipcast.settings.model_copy(update={"secret_key": "another-key"}), "acme", "ORD-1", 30)
+    other = shipcast.settings.model_copy(update={"secret_key": "another-key"})
+    forged = tracking_token(other, "acme", "ORD-1", 30)
     assert (await stranger.get(f"/t/{forged}")).status_code == 404
     assert (await stranger.post(f"/u/{forged}")).status_code == 404
+    compared.clear()
+    # A token in the readable, signed form of earlier versions: its MAC meets compare_digest.
+    legacy = sign_link(other, "tracking", f"acme:{int(time.time() // 86400) + 30}:ORD-1")
+    assert (await stranger.get(f"/t/{legacy}")).status_code == 404
+    assert (await stranger.post(f"/u/{sign_link(other, 'unsubscribe', 'email:acme:ab')}")).status_code == 404
     macs = [pair for pair in compared if len(pair[0]) == len(pair[1]) == 12]  # link MACs are 96 bits
     assert len(macs) >= 2, compared
 

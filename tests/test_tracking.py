@@ -472,3 +472,18 @@ async def test_the_link_in_an_email_opens_the_orders_page(mail_settings: Setting
         plain = message.get_body(("plain",))
         assert plain is not None
         await _opens_the_orders_page(shipcast, plain.get_content())
+
+
+async def test_cookies_are_secure_when_the_public_url_is_https(vhost: str, sqlite_url: str) -> None:
+    """Behind a proxy that ends TLS shipcast sees plain http: the public URL decides."""
+    from .conftest import make_settings
+
+    settings = make_settings(vhost, sqlite_url, public_url="https://track.example.com")
+    async with ShipcastProcess(settings) as process:
+        await process.apply(doc())
+        await post_events(process, event("OFD", 1))
+        process.http.headers.pop("authorization")
+        response = await process.http.get(page_url(settings) + "?lang=hi")
+        assert response.status_code == 200
+        cookies = response.headers.get_list("set-cookie")
+        assert len(cookies) == 2 and all("; secure" in cookie.lower() for cookie in cookies), cookies

@@ -56,6 +56,7 @@ async def start_workers(services: Services, names: Sequence[str],
     if workers:
         await services.listen_for_changes()
         services.start_notifier()
+        services.start_pruner()
     for worker in workers:
         started.append(worker)
         await worker.start()

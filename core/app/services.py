@@ -20,9 +20,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from shipcast.amqp.connection import Broker
 from shipcast.amqp.topology import CONTROL_EXCHANGE
 from shipcast.app.publisher import Publisher
+from shipcast.app.retention import Pruner
 from shipcast.batching import Batcher
 from shipcast.delivery.health import EndpointHealth, OperatorNotifier
 from shipcast.plugin.registry import Registry
+from shipcast.security.links import identifiers
 from shipcast.settings import Settings
 from shipcast.store import Attempt, PartnerCache, Store
 
@@ -43,6 +45,8 @@ class Services:
     health: EndpointHealth = field(init=False)
     #: Posts operator events, in processes that run workers and have an operator endpoint.
     notifier: OperatorNotifier | None = field(default=None, init=False)
+    #: Prunes what is past its retention, in processes that run workers.
+    pruner: Pruner | None = field(default=None, init=False)
     #: What plugins keep per process (a live-update hub), by plugin name.
     extensions: dict[str, Any] = field(default_factory=dict, init=False)
     #: Set when the API starts shutting down: long-lived responses end.
@@ -68,7 +72,8 @@ class Services:
         from ``settings`` (with ``plugins`` registered besides), unless given."""
         settings = settings or Settings()
         registry = registry or Registry(settings, plugins=plugins)
-        return cls(settings, registry, Store(settings.database_url), Broker(settings, registry.topologies()))
+        store = Store(settings.database_url, identifiers(settings))
+        return cls(settings, registry, store, Broker(settings, registry.topologies()))
 
     async def start(self, *, wait_for_broker: bool = False) -> None:
         await self.store.open()
@@ -104,7 +109,16 @@ class Services:
         finally:
             await channel.close()
 
+    def start_pruner(self) -> None:
+        """Prune what is past its retention every ``SHIPCAST_PRUNE_INTERVAL`` seconds."""
+        if self.pruner is None:
+            self.pruner = Pruner(self.store, self.settings)
+            self.pruner.start()
+
     async def close(self) -> None:
+        if self.pruner is not None:
+            await self.pruner.close()
+            self.pruner = None
         if self.notifier is not None:
             await self.notifier.close()
             self.notifier = None

@@ -52,9 +52,14 @@ class SecretBox:
 
 def _key_from_file(path: Path) -> str:
     try:
-        return path.read_text().strip()
+        mode = path.stat().st_mode
     except FileNotFoundError:
         pass
+    else:
+        if mode & 0o077:  # a key anyone else on the machine reads is no secret
+            raise ConfigError(f"{path}: the secret key file is readable by other users "
+                              f"(mode {mode & 0o777:o}); make it private with: chmod 600 {path}")
+        return path.read_text().strip()
     key = Fernet.generate_key().decode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,5 +1,11 @@
-"""Signed links: tokens in the links customers get (the tracking page, one-click
-unsubscribe) and the MACs of forms, keyed by ``SHIPCAST_SECRET_KEY``."""
+"""Tokens in the links customers get (the tracking page, one-click
+unsubscribe) and the MACs of forms, keyed by ``SHIPCAST_SECRET_KEY``.
+
+A link's token is sealed (:func:`seal`): AES-SIV over its payload, so it can
+be neither forged, altered nor read, and one payload has one token. Tokens
+of earlier versions, signed but readable (:func:`sign_link`), are still
+accepted while the key that signed them is configured.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,25 @@ import base64
 import hashlib
 import hmac
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
 from shipcast.security.crypto import secret_box
-from shipcast.security.identifiers import address_hash
+from shipcast.security.identifiers import Identifiers
 from shipcast.settings import Settings
+
+
+def purpose_keys(settings: Settings, purpose: str) -> list[bytes]:
+    """32-byte keys for one purpose (``tracking``, ``identifiers``…): one per
+    ``SHIPCAST_SECRET_KEY`` key, the first in use, every one still accepted, so
+    rotating the secret key (new key first, old after it) keeps what was made
+    with the old one working."""
+    return _link_keys(settings, purpose)
+
+
+def identifiers(settings: Settings) -> Identifiers:
+    """How these settings key customer identifiers."""
+    return Identifiers(lambda: purpose_keys(settings, "identifiers"))
 
 
 def _link_keys(settings: Settings, purpose: str) -> list[bytes]:
@@ -52,15 +74,43 @@ def verify_link(settings: Settings, purpose: str, token: str) -> str | None:
     return payload.decode("utf-8", "replace")
 
 
+def _siv_keys(settings: Settings, purpose: str) -> list[AESSIV]:
+    return [AESSIV(hashlib.sha512(b"seal:" + key).digest()) for key in _link_keys(settings, purpose)]
+
+
+def seal(settings: Settings, purpose: str, payload: str) -> str:
+    """``payload`` sealed for ``purpose``, URL-safe: opaque, unforgeable, and
+    the same token each time for the same payload."""
+    sealed = _siv_keys(settings, purpose)[0].encrypt(payload.encode(), [purpose.encode()])
+    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+
+
+def unseal(settings: Settings, purpose: str, token: str) -> str | None:
+    """The payload of a token :func:`seal` made for ``purpose`` (or, from an
+    earlier version, :func:`sign_link`), or ``None``."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, TypeError):
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+        return None  # one token per payload: no second spelling with stray characters
+    for box in _siv_keys(settings, purpose):
+        try:
+            return box.decrypt(raw, [purpose.encode()]).decode("utf-8", "replace")
+        except (InvalidTag, ValueError):
+            continue
+    return verify_link(settings, purpose, token)
+
+
 def unsubscribe_token(settings: Settings, channel: str, partner_id: str, address: str) -> str:
     """A token for one customer's one-click unsubscribe from one partner's
-    messages on one channel; it carries a hash of the address, not the address."""
-    return sign_link(settings, "unsubscribe", f"{channel}:{partner_id}:{address_hash(address)}")
+    messages on one channel: sealed, and holding only the address's keyed hash."""
+    return seal(settings, "unsubscribe", f"{channel}:{partner_id}:{identifiers(settings).key(address)}")
 
 
 def read_unsubscribe_token(settings: Settings, token: str) -> tuple[str, str, str] | None:
-    """``(channel, partner_id, address hash)``, or ``None`` for a forged token."""
-    payload = verify_link(settings, "unsubscribe", token)
+    """``(channel, partner_id, the address as stored)``, or ``None`` for a forged token."""
+    payload = unseal(settings, "unsubscribe", token)
     if payload is None or payload.count(":") != 2:
         return None
     channel, partner_id, hashed = payload.split(":")

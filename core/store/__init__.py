@@ -5,18 +5,18 @@ composed into one :class:`Store`.
 
 from __future__ import annotations
 
-from shipcast.security.identifiers import address_hash
 from shipcast.store.cache import PartnerCache
 from shipcast.store.customers import CustomerStore
 from shipcast.store.deliveries import DeliveryStore
 from shipcast.store.events import EventStore
 from shipcast.store.keys import KeyStore
 from shipcast.store.partners import PartnerStore
+from shipcast.store.privacy import Forgotten, PrivacyStore
 from shipcast.store.records import Attempt, attempt_stats
 from shipcast.store.tables import metadata
 
-__all__ = ["Attempt", "PartnerCache", "Store", "address_hash", "attempt_stats", "metadata"]
+__all__ = ["Attempt", "Forgotten", "PartnerCache", "Store", "attempt_stats", "metadata"]
 
 
-class Store(PartnerStore, EventStore, DeliveryStore, CustomerStore, KeyStore):
+class Store(PartnerStore, EventStore, DeliveryStore, CustomerStore, KeyStore, PrivacyStore):
     """Async access to the database named by ``SHIPCAST_DATABASE_URL``."""

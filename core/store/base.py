@@ -19,7 +19,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shipcast.exceptions import StoreError
+from shipcast.exceptions import ConfigError, StoreError
+from shipcast.security.identifiers import Identifiers
 from shipcast.store.tables import attempts, deliveries, events, metadata
 
 #: How much of a remote answer the attempt log keeps.
@@ -77,12 +78,19 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 
+def _no_keys() -> list[bytes]:
+    raise ConfigError("this store was opened without keys for customer identifiers: "
+                      "open it with Store(url, identifiers=shipcast.security.links.identifiers(settings))")
+
+
 class StoreBase:
     """Async access to the database named by ``SHIPCAST_DATABASE_URL``: its
     engine, connections and the hot statements."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, identifiers: Identifiers | None = None) -> None:
         self.url = url
+        #: How customers' addresses are keyed before they are stored.
+        self.identifiers = identifiers or Identifiers(_no_keys)
         self.engine: AsyncEngine | None = None
         self._held: AsyncConnection | None = None
         self._held_lock = asyncio.Lock()

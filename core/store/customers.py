@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from shipcast.exceptions import StoreError
-from shipcast.security.identifiers import address_hash
 from shipcast.store.base import StoreBase, now
 from shipcast.store.tables import deliveries, opt_outs, provider_messages
 
@@ -107,14 +106,30 @@ class CustomerStore(StoreBase):
 
     async def add_opt_out(self, channel: str, partner_id: str, address: str, reason: str, *,
                           hashed: bool = False) -> None:
-        """Record that a customer opted out (``address`` may be given already hashed)."""
+        """Record that a customer opted out: ``address`` is keyed before it is
+        stored (or given as stored already, from an unsubscribe link)."""
         await self._run([(self._insert(opt_outs).on_conflict_do_nothing(), [
             {"channel": channel, "partner_id": partner_id,
-             "address_hash": address if hashed else address_hash(address), "reason": reason, "at": now()}])])
+             "address_hash": address if hashed else self.identifiers.key(address), "reason": reason,
+             "at": now()}])])
 
     async def opted_out(self, channel: str, partner_id: str, address: str) -> str | None:
-        """Why this address opted out of this partner's messages on this channel, if it did."""
-        rows = await self._rows(sa.select(opt_outs.c.reason).where(
+        """Why this address opted out of this partner's messages on this
+        channel, if it did. One found under an older key (or as an earlier
+        version's bare hash) is keyed again under the current one."""
+        matches = self.identifiers.matches(address)
+        rows = await self._rows(sa.select(opt_outs.c.reason, opt_outs.c.address_hash).where(
             opt_outs.c.channel == channel, opt_outs.c.partner_id == partner_id,
-            opt_outs.c.address_hash == address_hash(address)))
-        return str(rows[0].reason) if rows else None
+            opt_outs.c.address_hash.in_(matches)))
+        if not rows:
+            return None
+        current = [row for row in rows if row.address_hash == matches[0]]
+        if not current:
+            row = rows[0]
+            await self._run([
+                (self._insert(opt_outs).on_conflict_do_nothing(), [
+                    {"channel": channel, "partner_id": partner_id, "address_hash": matches[0],
+                     "reason": row.reason, "at": now()}]),
+                (opt_outs.delete().where(opt_outs.c.channel == channel, opt_outs.c.partner_id == partner_id,
+                                         opt_outs.c.address_hash.in_(matches[1:])), None)])
+        return str((current or rows)[0].reason)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from shipcast.security.links import check_link_mac, link_mac, sign_link, verify_link
+from shipcast.security.links import check_link_mac, link_mac, seal, unseal
 from shipcast.settings import Settings
 
 DAY = 86400
@@ -15,14 +15,14 @@ CSRF_COOKIE = "shipcast_csrf"
 
 
 def tracking_token(settings: Settings, partner_id: str, order_id: str, days: int, now: float | None = None) -> str:
-    """An unguessable token naming one order of one partner, valid for ``days`` days."""
+    """An opaque, unguessable token naming one order of one partner, valid for ``days`` days."""
     expires = int((time.time() if now is None else now) // DAY) + days
-    return sign_link(settings, "tracking", f"{partner_id}:{expires}:{order_id}")
+    return seal(settings, "tracking", f"{partner_id}:{expires}:{order_id}")
 
 
 def read_tracking_token(settings: Settings, token: str, now: float | None = None) -> tuple[str, str] | None:
     """``(partner_id, order_id)``, or ``None`` for a forged, altered or expired token."""
-    payload = verify_link(settings, "tracking", token)
+    payload = unseal(settings, "tracking", token)
     if payload is None or payload.count(":") < 2:
         return None
     partner_id, expires, order_id = payload.split(":", 2)

@@ -123,7 +123,8 @@ def _page(request: Request, token: str, partner: Partner, order: Order, *, statu
                    live_url=f"/t/{token}/live?lang={language}", otp_url=f"/t/{token}")
     html = environment().get_template("tracking/page.html").render(context)
     response = HTMLResponse(html, status_code=status, headers=_headers(nonce))
-    secure = request.url.scheme == "https"
+    # Behind a proxy that ends TLS the request itself is plain http: the public URL says.
+    secure = request.url.scheme == "https" or services.settings.public_url.startswith("https://")
     if request.cookies.get(CSRF_COOKIE) != cookie:
         response.set_cookie(CSRF_COOKIE, cookie, httponly=True, samesite="lax", secure=secure, path="/t/")
     if request.query_params.get("lang") in LABELS:

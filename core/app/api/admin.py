@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipcast.app.api.access import (
     PARTNER_TOKEN_PREFIX,
@@ -23,6 +24,23 @@ from shipcast.exceptions import ConfigError
 from shipcast.model.outcomes import DeliveryStatus
 from shipcast.model.partners import Partner, load_partners, read_yaml
 from shipcast.security.redact import redact
+
+
+class ForgetCustomer(BaseModel):
+    """Whom to forget: a phone number or an email address, of one partner's orders or every partner's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str | None = Field(None, min_length=6, max_length=32, pattern=r"^\+?[0-9 ()-]{6,32}$")
+    email: str | None = Field(None, min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    partner_id: str | None = Field(None, pattern=r"^[a-z0-9_-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _one(self) -> ForgetCustomer:
+        if bool(self.phone) == bool(self.email):
+            raise ValueError("give one of phone or email")
+        return self
+
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=errors(401, 403, 503))
 
@@ -134,3 +152,14 @@ async def replay(request: Request, event_id: str | None = None, partner_id: str 
 async def operator_events(request: Request, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     """Operator events (endpoint failing, recovered, disabled), newest first."""
     return await services_of(request).store.list_operator_events(limit=limit)
+
+
+@router.post("/customers/forget", responses=errors(422))
+async def forget_customer(request: Request, body: ForgetCustomer) -> dict[str, Any]:
+    """Redact a customer's personal data (name, phone, email, address, what
+    they wrote, OTPs) from every archived event that names them, the
+    addresses of their deliveries and the responses logged for them, and say
+    what changed. Their opt-outs stay, kept as keyed hashes."""
+    forgotten = await services_of(request).store.forget_customer(phone=body.phone, email=body.email,
+                                                                 partner_id=body.partner_id)
+    return forgotten.to_dict()

@@ -7,7 +7,16 @@ import sys
 
 import click
 
-from shipcast.app.cli import dead, deliveries, events, operations, partners, serve, templates  # noqa: F401
+from shipcast.app.cli import (  # noqa: F401  (their commands)
+    dead,
+    deliveries,
+    events,
+    operations,
+    partners,
+    privacy,
+    serve,
+    templates,
+)
 from shipcast.app.cli.base import (
     WHEN,
     cli,
