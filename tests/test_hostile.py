@@ -320,10 +320,8 @@ async def test_the_api_fuzzed_from_its_openapi_document_never_fails_and_publishe
 #: The routes anyone may call, and why. Every other route must refuse a caller
 #: without the operator's token, so a new route that forgets auth fails here.
 PUBLIC = {
-    ("GET", "/"): "the console's front page: version, channels, the management UI's address without credentials",
     ("GET", "/healthz"): "liveness probe",
     ("GET", "/readyz"): "readiness probe",
-    ("GET", "/metrics"): "Prometheus scrapes it; counters only, no partner's data",
     ("GET", "/openapi.json"): "the API's documentation",
     ("GET", "/docs"): "the API's documentation",
     ("GET", "/docs/oauth2-redirect"): "the API's documentation",

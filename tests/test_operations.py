@@ -244,3 +244,26 @@ async def _ready(http: httpx.AsyncClient) -> bool:
         return (await http.get("/readyz")).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+async def test_metrics_and_the_console_are_the_operators_on_the_public_port(vhost: str, sqlite_url: str) -> None:
+    """The API's own port answers /metrics and / only with the operator's
+    token; its operations port serves them, with the probes, without one."""
+    settings = make_settings(vhost, sqlite_url)
+    health = free_port()
+    api = Subprocess(settings, "api", env={"SHIPCAST_HEALTH_PORT": str(health)}).start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{health}") as ops, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}") as public:
+            await eventually(lambda: _ready(ops), timeout=30)
+            assert "shipcast_" in (await ops.get("/metrics")).text
+            assert "shipcast" in (await ops.get("/")).text
+            for path in ("/metrics", "/"):
+                assert (await public.get(path)).status_code == 401, path
+                wrong = await public.get(path, headers={"authorization": "Bearer wrong"})
+                assert wrong.status_code == 401, path
+                allowed = await public.get(path, headers={"authorization": f"Bearer {settings.api_token}"})
+                assert allowed.status_code == 200, path
+            assert (await public.get("/readyz")).status_code == 200  # probes stay open
+    finally:
+        await asyncio.to_thread(api.stop)

@@ -98,7 +98,7 @@ def api_server(services: Services, *, log_level: str = "info") -> ApiServer:
 
 
 def health_server(services: Services) -> ApiServer | None:
-    """``/healthz``, ``/readyz`` and ``/metrics`` for a worker, on ``SHIPCAST_HEALTH_PORT``."""
+    """The operations port (health, metrics, the console), on ``SHIPCAST_HEALTH_PORT`` when it is set."""
     from shipcast.app.api import operations_app
 
     settings = services.settings
@@ -120,9 +120,11 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
     workers: list[ChannelWorker] = []
     starting = asyncio.create_task(start_workers(services, worker_names, workers))
     tasks: list[asyncio.Task[Any]] = [starting]
-    server = api_server(services) if api else health_server(services)
-    if server is not None:
-        tasks.append(asyncio.create_task(server.serve()))
+    # The operations port (SHIPCAST_HEALTH_PORT) beside the API too, when it is set.
+    servers = [found for found in (api_server(services) if api else None, health_server(services))
+               if found is not None]
+    serving = [asyncio.create_task(server.serve()) for server in servers]
+    tasks += serving
     stopping = asyncio.create_task(stop.wait())
     try:
         pending = set(tasks)
@@ -131,12 +133,12 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
             for task in done - {stopping}:
                 if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-                if task is not starting and server is not None:
-                    stop.set()  # the API stopped on its own
+                if task in serving:
+                    stop.set()  # a server stopped on its own
     finally:
         stopping.cancel()
         starting.cancel()  # still starting (waiting for the broker, say): give up; those started are stopped
-        if server is not None:
+        for server in servers:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         await stop_workers(workers)

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shipcast import __version__, metrics
@@ -31,7 +31,7 @@ from shipcast.app.api.access import (
     token_hash,
 )
 from shipcast.app.api.limits import BodyLimit
-from shipcast.app.api.operations import _public_url, add_operations_routes, operations_app
+from shipcast.app.api.operations import add_operations_routes, operations_app
 from shipcast.app.api.quotas import Quota
 from shipcast.app.services import Services
 from shipcast.exceptions import BrokerError, ConfigError, InvalidEvent, StoreError
@@ -106,17 +106,8 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONAnswer({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> HTMLResponse:
-        from shipcast.templating import environment
-
-        page = environment().get_template("console/index.html").render(
-            version=__version__, broker_up=services.broker.connected,
-            channels={name: cls.description for name, cls in sorted(services.registry.channels.items())},
-            management_url=_public_url(services.settings.management_url))
-        return HTMLResponse(page)
-
-    add_operations_routes(app, services)
+    # Counters and the console are the operator's: on the public port, behind the token.
+    add_operations_routes(app, services, guard=[Depends(require_token)])
     settings = services.settings
 
     def body_limit(scope: Any) -> int:

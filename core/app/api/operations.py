@@ -1,13 +1,17 @@
-"""Health, readiness and metrics: on the API, and on a worker's health port."""
+"""Health, readiness, metrics and the console: on the operations port
+(``SHIPCAST_HEALTH_PORT``) for anyone who reaches it, and on the API's public
+port, where the metrics and the console need the operator's token."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from shipcast import metrics
+from shipcast import __version__, metrics
 from shipcast.app.services import Services
 from shipcast.exceptions import StoreError
 
@@ -18,9 +22,19 @@ def _public_url(url: str) -> str:
     return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
-def add_operations_routes(app: FastAPI, services: Services) -> None:
-    """``/healthz``, ``/readyz`` and ``/metrics``: on the API, and on a
-    worker's health port (``SHIPCAST_HEALTH_PORT``)."""
+def add_operations_routes(app: FastAPI, services: Services, guard: Sequence[Any] = ()) -> None:
+    """``/healthz`` and ``/readyz`` for anyone; ``/metrics`` and the console
+    (``/``) behind ``guard`` (the operator's token, on the public port)."""
+
+    @app.get("/", include_in_schema=False, dependencies=list(guard))
+    async def console() -> HTMLResponse:
+        from shipcast.templating import environment
+
+        page = environment().get_template("console/index.html").render(
+            version=__version__, broker_up=services.broker.connected,
+            channels={name: cls.description for name, cls in sorted(services.registry.channels.items())},
+            management_url=_public_url(services.settings.management_url))
+        return HTMLResponse(page)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -43,13 +57,14 @@ def add_operations_routes(app: FastAPI, services: Services) -> None:
         return JSONResponse({"broker": broker_state, "store": "up" if store else "down",
                              "started": services.started}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=list(guard))
     async def prometheus() -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 def operations_app(services: Services) -> FastAPI:
-    """The health and metrics routes alone, for a process without the API."""
-    app = FastAPI(title="shipcast worker", docs_url=None, redoc_url=None, openapi_url=None)
+    """The operations port: health, metrics and the console, unguarded (keep
+    it on an internal network)."""
+    app = FastAPI(title="shipcast operations", docs_url=None, redoc_url=None, openapi_url=None)
     add_operations_routes(app, services)
     return app
