@@ -395,3 +395,39 @@ async def test_an_endless_response_is_read_only_up_to_the_cap(shipcast: Shipcast
         assert sent < 512 * 1024 * 1024  # it stopped reading long before the server stopped sending
     finally:
         await runner.cleanup()
+
+
+async def test_credentials_in_an_endpoint_url_are_kept_encrypted_and_never_shown(vhost: str, sqlite_url: str,
+                                                                                receiver: Receiver) -> None:
+    """``https://user:password@host/…`` still authenticates to the partner,
+    but the credentials are stored like a secret and shown nowhere."""
+    settings = make_settings(vhost, sqlite_url)
+    password = "p4ss-w0rd-kept-secret"
+    url = receiver.url.replace("http://", f"http://erp-user:{password}@")
+    async with ShipcastProcess(settings) as shipcast:
+        await shipcast.apply(partners_doc("acme", url))
+        event = example("OFD", partner_id="acme")
+        assert (await shipcast.http.post("/v1/events", content=event.to_json(),
+                                         headers={"content-type": "application/json"})).status_code == 202
+        await eventually(lambda: receiver.ids == [event.event_id])
+        expected = "Basic " + base64.b64encode(f"erp-user:{password}".encode()).decode()
+        assert receiver.requests[0].headers["Authorization"] == expected
+        engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT config FROM partners")).scalar_one()
+            addresses = [row[0] for row in conn.execute(sa.text("SELECT address FROM deliveries"))]
+        engine.dispose()
+        assert password not in stored and "erp-user" not in stored and '"userinfo_secret":"enc:' in stored
+        assert addresses and not any("erp-user" in address for address in addresses)
+        [listed] = (await shipcast.http.get("/v1/partners/acme/endpoints")).json()
+        assert listed["url"] == receiver.url and listed["url_credentials"] is True
+        for path in ("/v1/partners", "/v1/partners/acme", "/v1/deliveries", f"/v1/events/{event.event_id}"):
+            text = (await shipcast.http.get(path)).text
+            assert password not in text and "erp-user" not in text, path
+        # An edit of another field keeps the credentials; a new URL without them drops them.
+        patched = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"description": "ERP"})
+        assert patched.status_code == 200 and patched.json()["url_credentials"] is True
+        moved = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"url": receiver.url + "v2"})
+        assert moved.status_code == 200 and moved.json()["url_credentials"] is False
+    listed_cli = run_cli(settings, "partners", "list", "--json")
+    assert listed_cli.returncode == 0 and password not in listed_cli.stdout

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+#: ``scheme://user:password@`` in a URL: the credentials are masked wherever a URL is shown.
+_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 _SECRET_KEYS = ("secret", "token", "password", "auth_token", "api_key")
 
@@ -18,4 +22,6 @@ def redact(value: Any) -> Any:
                 for key, item in value.items()}
     if isinstance(value, list):
         return [redact(item) for item in value]
+    if isinstance(value, str) and "@" in value:
+        return _USERINFO.sub(r"\1…redacted…@", value)
     return value

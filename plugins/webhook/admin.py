@@ -24,7 +24,7 @@ from shipcast.security.crypto import secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret
 from shipcast.store import attempt_stats
 
-from .channel import WebhookChannel, valid_secrets, with_secret
+from .channel import WebhookChannel, strip_userinfo, valid_secrets, with_secret
 
 CHANNEL = WebhookChannel.name
 #: The longest overlap a rotation may ask for: 30 days.
@@ -62,7 +62,8 @@ def describe(services: Services, partner_id: str, endpoint: Mapping[str, Any]) -
     overlaps = [p["expires_at"] for p in endpoint.get("previous_secrets", ()) if p["expires_at"] > now]
     failing = services.partners.failing.get(key)
     return {
-        "id": endpoint["id"], "url": endpoint["url"], "events": endpoint.get("events", ["*"]),
+        "id": endpoint["id"], "url": str(strip_userinfo(endpoint["url"])), "events": endpoint.get("events", ["*"]),
+        "url_credentials": bool(endpoint.get("userinfo_secret")),
         "description": endpoint.get("description"), "ordered": endpoint.get("ordered", False),
         "asymmetric": endpoint.get("asymmetric", False), "rate_limit": endpoint.get("rate_limit"),
         "max_concurrency": endpoint.get("max_concurrency"),

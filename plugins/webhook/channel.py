@@ -93,7 +93,8 @@ class WebhookChannel(Channel):
             raise ConfigError("refused", errors)
         box = secret_box(settings)
         previous = {e["id"]: e for e in (stored or {}).get("endpoints", [])}
-        endpoints = [with_secret(box, endpoint, previous.get(endpoint["id"]), None, settings.webhook_secret_overlap)
+        endpoints = [with_userinfo(box, with_secret(box, endpoint, previous.get(endpoint["id"]), None,
+                                                    settings.webhook_secret_overlap), previous.get(endpoint["id"]))
                      for endpoint in config["endpoints"]]
         # Endpoints the partner registered through the API stay unless the config names them.
         named = {endpoint["id"] for endpoint in endpoints}
@@ -144,8 +145,11 @@ class WebhookChannel(Channel):
         ]
 
     def _target(self, endpoint: Mapping[str, Any]) -> Target:
-        return Target(endpoint["id"], endpoint["url"],
-                      {"secrets": valid_secrets(self._box, endpoint), "asymmetric": endpoint.get("asymmetric")},
+        userinfo = endpoint.get("userinfo_secret")
+        # The address logged and shown never carries credentials; they ride in the options.
+        return Target(endpoint["id"], str(strip_userinfo(endpoint["url"])),
+                      {"secrets": valid_secrets(self._box, endpoint), "asymmetric": endpoint.get("asymmetric"),
+                       "userinfo": self._box.decrypt(userinfo) if userinfo else _userinfo(endpoint["url"])},
                       concurrency=endpoint.get("max_concurrency"), rate_limit=endpoint.get("rate_limit"),
                       ordered=endpoint.get("ordered", False))
 
@@ -154,6 +158,9 @@ class WebhookChannel(Channel):
         url, refused = _parse(target.address, self._allowed, self._https)
         if refused:
             raise PermanentDelivery(refused)
+        if target.options.get("userinfo"):
+            user, _, password = target.options["userinfo"].partition(":")
+            url = url.with_user(user).with_password(password or None)
         timestamp = int(time.time())
         signature = sign(target.options["secrets"], event.event_id, timestamp, body)
         if target.options["asymmetric"]:
@@ -229,6 +236,33 @@ def with_secret(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, A
     previous = [{"secret": old["secret"], "expires_at": now + overlap}] if old is not None and overlap > 0 else []
     return {**endpoint, "secret": box.encrypt(fresh or generate_secret()), "previous_secrets": previous + kept,
             **extra}
+
+
+def strip_userinfo(url: str) -> yarl.URL:
+    """``url`` without ``user:password@``: how an endpoint is stored, logged and shown."""
+    return yarl.URL(url).with_user(None)
+
+
+def _userinfo(url: str) -> str | None:
+    parsed = yarl.URL(url)
+    if parsed.raw_user is None:
+        return None
+    return f"{parsed.user}:{parsed.password}" if parsed.password is not None else str(parsed.user)
+
+
+def with_userinfo(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``endpoint`` with the credentials of its URL (``https://user:pass@…``)
+    moved out of it and stored encrypted, like its secret; a URL given again
+    without them (an edit of another field) keeps the ones stored."""
+    endpoint = dict(endpoint)
+    given = _userinfo(endpoint["url"])
+    endpoint["url"] = str(strip_userinfo(endpoint["url"]))
+    endpoint.pop("userinfo_secret", None)
+    if given is not None:
+        endpoint["userinfo_secret"] = box.encrypt(given)
+    elif old is not None and old.get("userinfo_secret") and str(strip_userinfo(old["url"])) == endpoint["url"]:
+        endpoint["userinfo_secret"] = old["userinfo_secret"]
+    return endpoint
 
 
 def _fingerprint(secret: str) -> str:
