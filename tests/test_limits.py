@@ -129,3 +129,11 @@ async def test_a_partner_cannot_fill_the_shared_queues_with_sends_again(vhost: s
         await shipcast.apply(partners_doc("globex", failing.url))
         test = await shipcast.http.post("/v1/partners/globex/endpoints/main/test", json={})
         assert test.status_code == 202, test.text
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe not utf-8 \x80", b"{not json", b'{"phone": "+91'])
+async def test_a_body_that_is_not_json_is_a_422_naming_it(shipcast: ShipcastProcess, body: bytes) -> None:
+    for path in ("/v1/customers/forget", "/v1/partners/acme/endpoints"):
+        response = await shipcast.http.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"][0]["loc"][0] == "body", response.text

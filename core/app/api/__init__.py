@@ -39,6 +39,8 @@ from shipcast.model.envelope import json_schema
 
 log = logging.getLogger(__name__)
 
+#: What FastAPI says of a body it could not parse for a route's model.
+BODY_UNPARSED = "There was an error parsing the body"
 #: What a caller is told when the store fails; the log has the rest.
 STORE_UNAVAILABLE = "the store is unavailable right now: try again shortly"
 
@@ -96,10 +98,13 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code in (204, 304) or exc.status_code < 200:  # statuses that carry no body
             return Response(status_code=exc.status_code, headers=exc.headers)
-        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
-            # FastAPI's own parse of a body nested thousands deep: bad input, named as such.
-            return JSONAnswer({"detail": [{"loc": ["body"], "msg": "nested too deeply", "type": "json_invalid"}]},
-                              status_code=422)
+        if exc.status_code == 400 and exc.__cause__ is not None and exc.detail == BODY_UNPARSED:
+            # FastAPI's own parse of a body that is no JSON (not UTF-8, nested thousands
+            # deep): bad input, answered like every other, naming what is wrong.
+            cause = exc.__cause__
+            why = "nested too deeply" if isinstance(cause, RecursionError) else \
+                f"not JSON: {type(cause).__name__}: {cause}"[:300]
+            return JSONAnswer({"detail": [{"loc": ["body"], "msg": why, "type": "json_invalid"}]}, status_code=422)
         return JSONAnswer({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
