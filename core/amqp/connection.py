@@ -190,8 +190,8 @@ class Broker:
         self.require()
         if self.blocked:
             raise BrokerUnavailable(f"RabbitMQ at {self._safe_url} has blocked publishing (a memory or disk alarm)")
-        channel = self._publish_channel
-        assert channel is not None and self._exchange is not None
+        channel = await self._open_publish_channel()
+        assert self._exchange is not None
         target = self._exchange if exchange is None else channel.default_exchange
         try:
             confirmation = await target.publish(
@@ -204,6 +204,11 @@ class Broker:
             raise PublishNotConfirmed(f"broker refused {routing_key}: {exc}") from exc
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"lost RabbitMQ while publishing {routing_key}: {exc}") from exc
+        except aio_pika.exceptions.ChannelInvalidStateError as exc:
+            # The channel closed under the publish (a reconnect that failed half way):
+            # the next publish gets a new one; this one is the caller's to post again.
+            await self._renew_publish_channel(channel)
+            raise BrokerUnavailable(f"RabbitMQ's publishing channel closed while publishing {routing_key}") from exc
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             # A returned message (no queue bound) is acked too, but reached nobody.
             raise PublishNotConfirmed(f"no queue is bound for {routing_key}: nothing received it")
@@ -217,6 +222,39 @@ class Broker:
         await channel.set_qos(prefetch_count=prefetch)
         queue = await declare(connection, channel, topology)
         return Consumer(channel, queue, await queue.consume(on_message))
+
+    @property
+    def publishable(self) -> bool:
+        """Whether a publish can be confirmed now: connected, not blocked by an
+        alarm, and the publishing channel open."""
+        channel = self._publish_channel
+        return self.connected and not self.blocked and channel is not None and not channel.is_closed
+
+    async def ready_to_publish(self) -> bool:
+        """:attr:`publishable`, after opening a new publishing channel if the
+        connection is up but its channel was lost (a reconnect that restored
+        the connection but not the channel)."""
+        if self.connected and not self.blocked:
+            try:
+                await self._open_publish_channel()
+            except BrokerUnavailable:
+                return False
+        return self.publishable
+
+    async def _open_publish_channel(self) -> AbstractChannel:
+        """The publishing channel, opened again if it was closed under us.
+
+        :raises BrokerUnavailable: none could be opened (at most one try a second).
+        """
+        channel = self._publish_channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        if channel is not None:
+            await self._renew_publish_channel(channel)
+        renewed = self._publish_channel
+        if renewed is None or renewed.is_closed:
+            raise BrokerUnavailable(f"RabbitMQ at {self._safe_url}: no open publishing channel yet")
+        return renewed
 
     async def _renew_publish_channel(self, refused_on: AbstractChannel) -> None:
         """Publish on a new channel after the broker refused a message.

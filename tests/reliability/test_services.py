@@ -266,3 +266,73 @@ async def _refused_at_once(base_url: str, token: str) -> tuple[int, float, str] 
         took = time.monotonic() - start
     return (response.status_code, took, response.text) if response.status_code != 202 else None
 
+
+
+#: Seconds RabbitMQ stays down on each restart: from half a second to ten, in turn.
+DOWN_TIMES = (0.5, 1, 2, 3, 5, 8, 10, 0.5, 2, 4)
+#: Restarts that stop it again while shipcast is still reconnecting (0.3 s after start_app).
+AGAIN_WHILE_RECONNECTING = {4, 11, 18, 25}
+#: How soon, after the broker is up, ingest must publish again.
+RECOVERY_BOUND = 5.0
+
+
+@pytest.mark.exclusive("rabbitmq")
+@pytest.mark.timeout(900)
+async def test_2b_rabbitmq_restarted_30_times(vhost: str, sqlite_url: str, record_property: Any) -> None:
+    """After every one of 30 restarts (0.5 to 10 s down, some while shipcast
+    is still reconnecting), ingest publishes again within 5 s of the broker
+    being up, /readyz is 200 only when a publish with confirm succeeds, and
+    every confirmed event is archived."""
+    settings = make_settings(vhost, sqlite_url)
+    base_url = f"http://127.0.0.1:{settings.port}"
+    headers = {"authorization": f"Bearer {settings.api_token}"}
+    confirmed: list[str] = []
+    worst = 0.0
+    async with applied(settings, webhook_doc([])) as services, \
+            processes(settings, ("api",), ("worker", "--channel", "archive")), \
+            httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15) as http:
+        await ready(base_url)
+
+        async def post() -> int:
+            event = example("OFD", partner_id="acme")
+            try:
+                response = await http.post("/v1/events", content=event.to_json(),
+                                           headers={"content-type": "application/json"})
+            except httpx.TransportError:
+                return 0
+            if response.status_code == 202:
+                confirmed.append(event.event_id)
+            return response.status_code
+
+        for restart in range(30):
+            await run("rabbitmqctl", "stop_app")
+            await eventually(lambda: _unready(base_url), timeout=30)
+            assert await post() == 503  # refused while down, never accepted unconfirmed
+            await asyncio.sleep(DOWN_TIMES[restart % len(DOWN_TIMES)])
+            if restart in AGAIN_WHILE_RECONNECTING:
+                await run("rabbitmqctl", "start_app")
+                await asyncio.sleep(0.3)
+                await run("rabbitmqctl", "stop_app")
+                await asyncio.sleep(1)
+            await run("rabbitmqctl", "start_app")
+            up = time.monotonic()
+            # Ready must mean a publish can be confirmed: every 200 is followed at once by a 202.
+            while time.monotonic() - up < RECOVERY_BOUND + 10:
+                code, _ = await readyz(base_url)
+                if code == 200:
+                    status = await post()
+                    assert status == 202, f"restart {restart + 1}: /readyz 200 but ingest answered {status}"
+                    break
+                await asyncio.sleep(0.1)
+            took = time.monotonic() - up
+            worst = max(worst, took)
+            assert took <= RECOVERY_BOUND, f"restart {restart + 1}: ingest published again only after {took:.1f}s"
+        await eventually(lambda: _archived_all(services, len(confirmed)), timeout=60)
+        archived_ids = {row["event_id"] for row in await services.store.list_events(limit=10 * len(confirmed))}
+        lost = [event_id for event_id in confirmed if event_id not in archived_ids]
+    Row("2b. RabbitMQ restarted 30 times", len(confirmed),
+        "rabbitmqctl stop_app / start_app 30 times, 0.5 to 10 s down, 4 stopped again while reconnecting",
+        len(lost), 0, 0, round(worst, 1),
+        "ingest publishes again within 5 s of each start; /readyz 200 only when a publish is confirmed"
+        ).record(record_property)
+    assert not lost

@@ -42,10 +42,11 @@ def add_operations_routes(app: FastAPI, services: Services, guard: Sequence[Any]
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        """Ready: the broker connected and not blocking publishers (no memory
-        or disk alarm), the store answering within 2 s, and start-up done (the
-        partners file applied, consumers attached)."""
-        broker = services.broker.connected and not services.broker.blocked
+        """Ready: the broker connected, not blocking publishers (no memory or
+        disk alarm) and a publishing channel open, the store answering within
+        2 s, and start-up done (the partners file applied, consumers attached)."""
+        # Ready means a publish can be confirmed: its channel open, reopened if it was lost.
+        broker = await services.broker.ready_to_publish()
         try:
             async with asyncio.timeout(2):
                 await services.store.ping()
@@ -53,7 +54,7 @@ def add_operations_routes(app: FastAPI, services: Services, guard: Sequence[Any]
         except (StoreError, TimeoutError):
             store = False
         ready = broker and store and services.started
-        broker_state = "up" if broker else "blocked" if services.broker.connected else "down"
+        broker_state = "up" if broker else "blocked" if services.broker.blocked else "down"
         return JSONResponse({"broker": broker_state, "store": "up" if store else "down",
                              "started": services.started}, status_code=200 if ready else 503)
 
