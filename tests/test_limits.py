@@ -88,7 +88,10 @@ async def test_a_failing_store_tells_the_caller_nothing_about_itself(shipcast: S
     assert shipcast.services.store.engine is not None
     async with shipcast.services.store.engine.begin() as connection:
         await connection.execute(sa.text("DROP TABLE events"))  # a store that has lost a table
-    for path in ("/v1/events/evt_1", "/v1/partners/acme/messages/evt_1"):
+    from shipcast.plugins.tracking.links import tracking_token
+
+    page = f"/t/{tracking_token(shipcast.settings, 'acme', 'ORD-1', 30)}"  # the public tracking page
+    for path in ("/v1/events/evt_1", "/v1/partners/acme/messages/evt_1", page):
         response = await shipcast.http.get(path)
         assert response.status_code == 503, (path, response.text)
         text = response.text.lower()
