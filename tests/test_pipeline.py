@@ -352,7 +352,9 @@ async def test_health_metrics_and_openapi(shipcast: ShipcastProcess) -> None:
 
 
 async def test_the_index_page_links_the_docs_and_hides_credentials(shipcast: ShipcastProcess) -> None:
-    response = await shipcast.http.get("/", headers={"authorization": ""})
+    # The console is the operator's on the public port (open on the operations port).
+    assert (await shipcast.http.get("/", headers={"authorization": ""})).status_code == 401
+    response = await shipcast.http.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert 'href="/docs"' in response.text and "connected" in response.text
     assert "<code>webhook</code>" in response.text and "guest:guest" not in response.text

@@ -412,6 +412,8 @@ async def test_credentials_in_an_endpoint_url_are_kept_encrypted_and_never_shown
         await eventually(lambda: receiver.ids == [event.event_id])
         expected = "Basic " + base64.b64encode(f"erp-user:{password}".encode()).decode()
         assert receiver.requests[0].headers["Authorization"] == expected
+        # The delivery is logged just after the receiver answers.
+        await eventually(lambda: shipcast.services.store.list_deliveries(event_id=event.event_id, status="delivered"))
         engine = sa.create_engine(sqlite_url.replace("+aiosqlite", ""))
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT config FROM partners")).scalar_one()
