@@ -16,6 +16,7 @@ at apply what reaches for attributes, macros or nested loops, naming the line.
 from __future__ import annotations
 
 import operator
+import re
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -53,24 +54,55 @@ def environment() -> jinja2.Environment:
     )
 
 
+def _too_big(value: Any) -> bool:
+    return isinstance(value, str | list | tuple) and len(value) > MAX_BUILT
+
+
+def _refuse_big() -> SecurityError:
+    return SecurityError(f"a text or list of over {MAX_BUILT} items is not built in a partner's template")
+
+
 class PartnerSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with what a template may build bounded: no
-    ``"x" * 10**9``, no ``range`` past :data:`MAX_RANGE`."""
+    ``"x" * 10**9``, no ``10 ** 10**6``, no ``'{:>99999999}'.format(1)``, no
+    filter that pads or repeats past :data:`MAX_BUILT`, no ``range`` past
+    :data:`MAX_RANGE`."""
 
     intercepted_binops = frozenset({"*", "**", "+"})
 
     def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
-        if op == "**" and isinstance(right, int) and abs(right) > 64:
-            raise SecurityError("an exponent over 64 is not allowed in a partner's template")
+        if op == "**" and isinstance(left, int) and isinstance(right, int) and (
+                abs(right) > 64 or max(abs(left), 2).bit_length() * abs(right) > 4096):
+            raise SecurityError("a power of over 4,096 bits is not computed in a partner's template")
         if op == "*" and isinstance(left, int) and isinstance(right, str | list | tuple):
             left, right = right, left
         if op == "*" and isinstance(left, str | list | tuple) and isinstance(right, int) \
                 and len(left) * right > MAX_BUILT:
-            raise SecurityError(f"a text or list of over {MAX_BUILT} items is not built in a partner's template")
+            raise _refuse_big()
         result = {"*": operator.mul, "**": operator.pow, "+": operator.add}[op](left, right)
-        if isinstance(result, str | list | tuple) and len(result) > MAX_BUILT:
-            raise SecurityError(f"a text or list of over {MAX_BUILT} items is not built in a partner's template")
+        if _too_big(result):
+            raise _refuse_big()
         return result
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        """A method called in a template (``'x'.center(n)``, ``'{:>n}'.format(v)``):
+        its widths and its result bounded like the rest."""
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str | list | tuple):
+            if any(isinstance(value, int) and abs(value) > MAX_BUILT for value in (*args, *kwargs.values())):
+                raise _refuse_big()
+            if isinstance(owner, str) and getattr(__obj, "__name__", "") in ("format", "format_map"):
+                _check_widths(owner)
+        found = super().call(__context, __obj, *args, **kwargs)
+        if _too_big(found):
+            raise _refuse_big()
+        return found
+
+
+def _check_widths(fmt: str) -> None:
+    """Refuse a format string whose widths or precisions would build past the bound."""
+    if any(int(number) > MAX_BUILT for number in re.findall(r"\d+", fmt)):
+        raise _refuse_big()
 
 
 def _bounded_range(*args: int) -> range:
@@ -78,6 +110,30 @@ def _bounded_range(*args: int) -> range:
     if len(found) > MAX_RANGE:
         raise SecurityError(f"range over {MAX_RANGE} items is not allowed in a partner's template")
     return found
+
+
+def _bounded_filter(filter_function: Any) -> Any:
+    """A filter whose result is refused past :data:`MAX_BUILT` (and whose width
+    arguments are, before it builds anything)."""
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        if filter_function.__name__ == "do_format" and args and isinstance(args[0], str):
+            _check_widths(args[0])
+        widths = [value for value in (*args[1:], *kwargs.values()) if isinstance(value, int)]
+        if any(abs(width) > MAX_BUILT for width in widths):
+            raise _refuse_big()
+        found = filter_function(*args, **kwargs)
+        if _too_big(found):
+            raise _refuse_big()
+        return found
+    for attribute in ("jinja_pass_arg",):  # keep how Jinja2 calls it (environment, context, eval context)
+        if hasattr(filter_function, attribute):
+            setattr(bounded, attribute, getattr(filter_function, attribute))
+    return bounded
+
+
+#: Filters that pad, repeat, join or format: each bounded in the sandbox.
+_BOUNDED_FILTERS = ("center", "indent", "format", "wordwrap", "replace", "join", "truncate", "list", "batch",
+                    "slice", "filesizeformat", "urlize")
 
 
 @cache
@@ -94,6 +150,10 @@ def sandbox() -> jinja2.Environment:
         enable_async=False,
     )
     env.globals["range"] = _bounded_range
+    env.globals.pop("lipsum", None)  # text by the kilobyte, for no message's sake
+    for name in _BOUNDED_FILTERS:
+        if name in env.filters:
+            env.filters[name] = _bounded_filter(env.filters[name])
     return env
 
 
@@ -125,6 +185,12 @@ def unsafe(source: str) -> list[str]:
     for kind, what in _REFUSED:
         found += [f"line {node.lineno}: {what} is not allowed in a partner's template"
                   for node in tree.find_all(kind)]
+    for assign in tree.find_all(nodes.Assign):
+        # A value built from itself (``{% set a = a ~ a %}``) doubles with every line or turn.
+        names = {target.name for target in assign.find_all(nodes.Name) if target.ctx == "store"}
+        if isinstance(assign.target, nodes.NSRef) or names & {
+                name.name for name in assign.node.find_all(nodes.Name) if name.ctx == "load"}:
+            found.append(f"line {assign.lineno}: a value built from itself is not allowed in a partner's template")
     for loop in tree.find_all(nodes.For):
         if loop.recursive:
             found.append(f"line {loop.lineno}: a recursive loop is not allowed in a partner's template")

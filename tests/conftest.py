@@ -48,7 +48,8 @@ def shared_services(request: pytest.FixtureRequest) -> Iterator[None]:
     marker = request.node.get_closest_marker("exclusive")
     alone = set(marker.args) if marker is not None else set()
     assert alone <= set(SERVICES), f"exclusive({', '.join(sorted(alone))}): the services are {SERVICES}"
-    uses = {"rabbitmq"}
+    # A test of the fast tier uses no service: it never waits for one that is stopped.
+    uses = set() if request.node.get_closest_marker("fast") else {"rabbitmq"}
     if {"pg_database", "pg_url"} & set(request.fixturenames):
         uses.add("postgresql")
     with contextlib.ExitStack() as held:

@@ -92,6 +92,14 @@ async def test_an_otp_leaves_the_archive_once_delivered_or_expired(store: Store)
     assert (await body(store, delivered.event_id))["otp"] is None
     assert (await body(store, expired.event_id))["otp"] is None
     assert (await body(store, pending.event_id))["otp"]["code"] == "4821"  # still out for delivery
+    # However many valid OTPs come first, an expired one further on is found.
+    await store.save_events([customer_event("OFD", f"ORD-V{i}") for i in range(12)])
+    late = customer_event("OFD", "ORD-LATE")
+    late = late.model_copy(update={"otp": late.otp.model_copy(  # type: ignore[union-attr]
+        update={"expires_at": NOW - timedelta(minutes=1)})})
+    await store.save_events([late])
+    assert await store.drop_spent_otps(NOW, 2) == 1
+    assert (await body(store, late.event_id))["otp"] is None
     assert (await body(store, delivered.event_id))["order"]["order_id"] == "ORD-1"
 
 
@@ -124,6 +132,10 @@ async def test_a_customer_is_forgotten_everywhere_and_reported(store: Store) -> 
     assert (await body(store, elsewhere.event_id))["order"]["customer"]["phone"] == "+919876543210"
     assert (await body(store, someone_else.event_id))["order"]["customer"]["name"] == "Priya Sharma"
     assert await store.opted_out("sms", "acme", "+919876543210") == "STOP"
+
+    spaced = customer_event("OFD", "ORD-7", phone="+33 6 12 34 50 29", email="jean@example.fr")
+    await store.save_events([spaced])  # the number's last four digits split by a space
+    assert (await store.forget_customer(phone="+33612345029")).event_ids == [spaced.event_id]
 
     by_email = await store.forget_customer(email="PRIYA@example.com")
     assert by_email.events == 1 and by_email.event_ids == [elsewhere.event_id]

@@ -63,7 +63,7 @@ def context(registry: Registered, event: Event, partner: Partner | None) -> dict
     }
 
 
-@cache
+@lru_cache(maxsize=4096)
 def _compiled(source: str) -> jinja2.Template:
     """A partner's text, compiled in the sandbox: it is data, never code."""
     return sandbox().from_string(source)
@@ -178,7 +178,7 @@ def render(registry: Registered, channel: str, event: Event, partner: Partner | 
         raise ConfigError(f"{where} failed{_at(exc)}: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:  # a partner's template file, unreadable
         raise ConfigError(f"{where} cannot be read: {exc}") from exc
-    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError, MemoryError) as exc:
         # A partner's template dividing by zero, say: its error, never the process's.
         raise ConfigError(f"{where} failed{_at(exc)}: {type(exc).__name__}: {exc}") from exc
 

@@ -29,8 +29,10 @@ class SecretBox:
     """Encrypts and decrypts short secrets with the configured keys."""
 
     def __init__(self, keys: str) -> None:
-        #: Names the key without revealing it: other secrets are derived from it.
-        self.key_id = hashlib.sha256(keys.split(",")[0].strip().encode()).hexdigest()
+        #: The first key, which encrypts; links and identifiers derive their keys from it.
+        self.key = keys.split(",")[0].strip()
+        #: Names the key without revealing it.
+        self.key_id = hashlib.sha256(self.key.encode()).hexdigest()
         try:
             self._fernet = MultiFernet([Fernet(key.strip()) for key in keys.split(",") if key.strip()])
         except (ValueError, TypeError) as exc:

@@ -38,9 +38,13 @@ def _link_keys(settings: Settings, purpose: str) -> list[bytes]:
     """The keys links are signed with: one per ``SHIPCAST_SECRET_KEY`` key,
     the first signing, every one verifying, so rotating the secret key (new
     key first, old after it) keeps links in messages already sent working."""
-    secrets = [k.strip() for k in (settings.secret_key or "").split(",") if k.strip()] \
-        or [secret_box(settings).key_id]
-    return [hashlib.sha256(f"{purpose}:{secret}".encode()).digest() for secret in secrets]
+    configured = [k.strip() for k in (settings.secret_key or "").split(",") if k.strip()]
+    if not configured:  # the generated key file; the same derivation as the key given in the variable
+        configured = [secret_box(settings).key]
+    # Keys derived from each key, first; then from each key's id, which keyed what
+    # was made while the key lived only in the key file (still accepted, never used).
+    roots = configured + [hashlib.sha256(key.encode()).hexdigest() for key in configured]
+    return [hashlib.sha256(f"{purpose}:{secret}".encode()).digest() for secret in roots]
 
 
 #: The bytes of HMAC-SHA256 a link token keeps: 96 bits, unguessable.

@@ -124,8 +124,8 @@ class CustomerStore(StoreBase):
         if not rows:
             return None
         current = [row for row in rows if row.address_hash == matches[0]]
-        if not current:
-            row = rows[0]
+        if len(current) < len(rows):  # some under an older key, or an earlier version's bare hash
+            row = (current or rows)[0]
             await self._run([
                 (self._insert(opt_outs).on_conflict_do_nothing(), [
                     {"channel": channel, "partner_id": partner_id, "address_hash": matches[0],

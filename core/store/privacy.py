@@ -114,9 +114,16 @@ class PrivacyStore(StoreBase):
         limit = None if dry_run else batch
         changed = {row.event_id: row.body for row in await self._rows(
             sa.select(events.c.event_id, events.c.body).where(holding, done).limit(limit))}
-        if limit is None or len(changed) < limit:
-            for row in await self._rows(sa.select(events.c.event_id, events.c.body).where(holding, ~done)
-                                        .order_by(events.c.stored_at).limit(None if limit is None else limit * 4)):
+        # Expired OTPs of orders still open: page through them all (however many are still valid).
+        last = ""
+        while limit is None or len(changed) < limit:
+            rows = await self._rows(sa.select(events.c.event_id, events.c.body)
+                                    .where(holding, ~done, events.c.event_id > last)
+                                    .order_by(events.c.event_id).limit(batch * 4))
+            if not rows:
+                break
+            last = rows[-1].event_id
+            for row in rows:
                 expires = (orjson.loads(row.body).get("otp") or {}).get("expires_at")
                 if expires and datetime.fromisoformat(expires.replace("Z", "+00:00")) <= now:
                     changed[row.event_id] = row.body
@@ -142,9 +149,9 @@ class PrivacyStore(StoreBase):
         of their deliveries, and the provider responses logged for them."""
         if not phone and not email:
             raise ValueError("give a phone number or an email address")
-        # A coarse filter in SQL (the number's last four digits, however it was
-        # written, or the address), the exact match in Python.
-        needle = _digits(phone or "")[-4:] if phone else normalized(email or "")
+        # A coarse filter in SQL (the number's last two digits, which no way of
+        # writing it splits, or the address), the exact match in Python.
+        needle = _digits(phone or "")[-2:] if phone else normalized(email or "")
         candidates = events.c.body.like(f"%{needle}%") if phone else sa.func.lower(events.c.body).like(
             f"%{needle}%")
         done = Forgotten()

@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import yarl
@@ -160,7 +161,7 @@ class WebhookChannel(Channel):
             raise PermanentDelivery(refused)
         if target.options.get("userinfo"):
             user, _, password = target.options["userinfo"].partition(":")
-            url = url.with_user(user).with_password(password or None)
+            url = url.with_user(unquote(user)).with_password(unquote(password) if password else None)
         timestamp = int(time.time())
         signature = sign(target.options["secrets"], event.event_id, timestamp, body)
         if target.options["asymmetric"]:
@@ -244,10 +245,12 @@ def strip_userinfo(url: str) -> yarl.URL:
 
 
 def _userinfo(url: str) -> str | None:
+    """``user:password`` as the URL writes them (percent-encoded, so a ``:`` in
+    the user name cannot be taken for the separator)."""
     parsed = yarl.URL(url)
     if parsed.raw_user is None:
         return None
-    return f"{parsed.user}:{parsed.password}" if parsed.password is not None else str(parsed.user)
+    return f"{parsed.raw_user}:{parsed.raw_password}" if parsed.raw_password is not None else parsed.raw_user
 
 
 def with_userinfo(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -132,3 +132,41 @@ def test_a_secret_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(ConfigError, match=f"{path}: the secret key file is readable by other users .*chmod 600 {path}"):
         secret_box(made)
+
+
+async def test_the_key_file_and_the_same_key_in_the_variable_are_one_key(tmp_path: Path) -> None:
+    """An operator who moves the generated key into SHIPCAST_SECRET_KEY (as the
+    start-up warning asks) keeps every opt-out and every link already sent."""
+    from shipcast.security.crypto import secret_box
+
+    in_file = Settings(secret_key=None, secret_key_file=str(tmp_path / "shipcast.key"))
+    key = secret_box(in_file).key
+    in_variable = Settings(secret_key=key)
+    link = tracking_token(in_file, "acme", "ORD-1", 30)
+    assert read_tracking_token(in_variable, link) == ("acme", "ORD-1")
+    assert identifiers(in_file).key(PHONE) == identifiers(in_variable).key(PHONE)
+    # What was keyed from the key's id, before the two were one, still matches.
+    legacy = hmac.new(hashlib.sha256(f"identifiers:{hashlib.sha256(key.encode()).hexdigest()}".encode()).digest(),
+                      PHONE.encode(), hashlib.sha256).hexdigest()
+    assert legacy in identifiers(in_variable).matches(PHONE)
+
+
+async def test_an_opt_out_under_an_older_form_leaves_no_copy_behind(store: Store) -> None:
+    await store.add_opt_out("sms", "acme", PHONE, "STOP")
+    await store.add_opt_out("sms", "acme", bare_hash(PHONE), "STOP (earlier)", hashed=True)
+    assert len(await stored_hashes(store)) == 2
+    assert await store.opted_out("sms", "acme", PHONE) == "STOP"
+    assert await stored_hashes(store) == [identifiers(SETTINGS).key(PHONE)]  # the bare hash is gone
+
+
+def test_a_colon_in_a_urls_user_name_stays_in_the_user_name() -> None:
+    from urllib.parse import unquote
+
+    from shipcast.plugins.webhook.channel import with_userinfo
+    from shipcast.security.crypto import secret_box
+
+    box = secret_box(SETTINGS)
+    stored = with_userinfo(box, {"url": "https://us%3Aer:p%40ss@hooks.example.com/x"}, None)
+    assert stored["url"] == "https://hooks.example.com/x"
+    user, _, password = box.decrypt(stored["userinfo_secret"]).partition(":")
+    assert (unquote(user), unquote(password)) == ("us:er", "p@ss")

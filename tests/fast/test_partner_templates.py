@@ -79,8 +79,17 @@ def test_a_template_stored_before_the_checks_is_refused_by_the_sandbox(marker: P
 @pytest.mark.parametrize(("template", "words"), [
     ("{{ 'x' * 100000000 }}", "over 10000 items"),
     ("{% for i in range(1000000) %}{% endfor %}", "range over 1000 items"),
-    ("{{ 2 ** 100000 }}", "exponent over 64"),
+    ("{{ 2 ** 100000 }}", "power of over 4,096 bits"),
     ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ("{{ (((10**64)**64)**64)**64 }}", "power of over 4,096 bits"),
+    ("{{ 'x'|center(10**8) }}", "over 10000 items"),
+    ("{{ 'x'.center(10**8) }}", "over 10000 items"),
+    ("{{ '%0100000000d'|format(1) }}", "over 10000 items"),
+    ("{{ '{:>100000000}'.format(1) }}", "over 10000 items"),
+    ("{{ '{:>{w}}'.format(1, w=10**8) }}", "over 10000 items"),
+    ("{{ 'x\nx'|indent(10**8) }}", "over 10000 items"),
+    ("{{ ('x' * 10000)|replace('x', 'x' * 10000) }}", "over 10000 items"),
+    ("{{ lipsum(n=20000) }}", "'lipsum' is undefined"),
 ])
 def test_what_a_template_may_build_is_bounded(template: str, words: str) -> None:
     partner = Partner("acme", "Acme", {}, {})
@@ -93,6 +102,9 @@ def test_what_a_template_may_build_is_bounded(template: str, words: str) -> None
     ("{% for a in [1] %}\n{% for b in [2] %}{% endfor %}{% endfor %}", "line 2: a loop inside a loop"),
     ("{% include 'sms/OFD.en.j2' %}", "an include is not allowed"),
     ("{{ order['__class__'] }}", "'__class__' is not allowed"),
+    ("{% set a = order.order_id %}\n{% set a = a ~ a %}{{ a }}", "line 2: a value built from itself"),
+    ("{% set ns = namespace(v='x') %}{% for i in range(9) %}{% set ns.v = ns.v ~ 'y' %}{% endfor %}",
+     "a value built from itself"),
 ])
 def test_constructs_that_define_code_are_refused_before_rendering(template: str, words: str) -> None:
     assert any(words in found for found in unsafe(template)), unsafe(template)

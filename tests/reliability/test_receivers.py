@@ -48,6 +48,13 @@ async def test_4_misbehaving_receivers_beside_healthy_ones(vhost: str, pg_url: s
             await oms.done()
             accounts = await account(oms, targets, services, timeout=120)
             huge_rows = await services.store.list_deliveries(partner_id="bad-huge", status="delivered", limit=n)
+            # A healthy partner's event arriving twice is allowed only where its first attempt
+            # is logged as failed (it timed out on the loaded machine after the receiver had it).
+            retried = {}
+            for target in healthy:
+                again = [i for i, count in target.delivered().items() if count > 1]
+                retried[target.partner_id] = {i: [row["outcome"] for row in await services.store.list_attempts(i)]
+                                              for i in again}
 
     before, during = [], []
     for target in healthy:
@@ -63,9 +70,10 @@ async def test_4_misbehaving_receivers_beside_healthy_ones(vhost: str, pg_url: s
         f"({p99_during / p99_before:.2f}×); parked per partner {dict(accounts.parked_by)}").record(record_property)
     print(f"delivered per partner: {by_target}")
     assert not accounts.lost, summary(accounts)
-    for target in healthy:  # everything, once
-        assert sorted(target.delivered().values()) == [1] * len({i for i, p in oms.partner_of.items()
-                                                                  if p == target.partner_id})
+    for target in healthy:  # everything, once (again only after a logged failure)
+        assert set(target.delivered()) == {i for i, p in oms.partner_of.items() if p == target.partner_id}
+        for event_id, outcomes in retried[target.partner_id].items():
+            assert "retry" in outcomes, (target.partner_id, event_id, outcomes)
     assert not trap.requests, "a redirect was followed"
     # A 10 MB answer is still a 2xx: shipcast read 64 KiB of it and recorded each as delivered.
     assert {r["event_id"] for r in huge_rows} == {i for i, p in oms.partner_of.items() if p == "bad-huge"}
