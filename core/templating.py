@@ -125,9 +125,8 @@ def _bounded_filter(filter_function: Any) -> Any:
         if _too_big(found):
             raise _refuse_big()
         return found
-    for attribute in ("jinja_pass_arg",):  # keep how Jinja2 calls it (environment, context, eval context)
-        if hasattr(filter_function, attribute):
-            setattr(bounded, attribute, getattr(filter_function, attribute))
+    if hasattr(filter_function, "jinja_pass_arg"):  # keep how Jinja2 calls it (environment, context…)
+        bounded.jinja_pass_arg = filter_function.jinja_pass_arg  # type: ignore[attr-defined]
     return bounded
 
 

@@ -21,23 +21,16 @@ from shipcast.security.identifiers import Identifiers
 from shipcast.settings import Settings
 
 
-def purpose_keys(settings: Settings, purpose: str) -> list[bytes]:
-    """32-byte keys for one purpose (``tracking``, ``identifiers``…): one per
-    ``SHIPCAST_SECRET_KEY`` key, the first in use, every one still accepted, so
-    rotating the secret key (new key first, old after it) keeps what was made
-    with the old one working."""
-    return _link_keys(settings, purpose)
-
-
 def identifiers(settings: Settings) -> Identifiers:
     """How these settings key customer identifiers."""
     return Identifiers(lambda: purpose_keys(settings, "identifiers"))
 
 
-def _link_keys(settings: Settings, purpose: str) -> list[bytes]:
-    """The keys links are signed with: one per ``SHIPCAST_SECRET_KEY`` key,
-    the first signing, every one verifying, so rotating the secret key (new
-    key first, old after it) keeps links in messages already sent working."""
+def purpose_keys(settings: Settings, purpose: str) -> list[bytes]:
+    """32-byte keys for one purpose (``tracking``, ``identifiers``…): one per
+    ``SHIPCAST_SECRET_KEY`` key, the first in use, every one still accepted, so
+    rotating the secret key (new key first, old after it) keeps what was made
+    with the old one working."""
     configured = [k.strip() for k in (settings.secret_key or "").split(",") if k.strip()]
     if not configured:  # the generated key file; the same derivation as the key given in the variable
         configured = [secret_box(settings).key]
@@ -58,28 +51,34 @@ def _mac(key: bytes, payload: bytes) -> bytes:
 def sign_link(settings: Settings, purpose: str, payload: str) -> str:
     """``payload`` and its MAC (keyed for ``purpose``), URL-safe: a link
     token nobody can forge or alter. Not encrypted: the payload is readable."""
-    mac = _mac(_link_keys(settings, purpose)[0], payload.encode())
+    mac = _mac(purpose_keys(settings, purpose)[0], payload.encode())
     return base64.urlsafe_b64encode(payload.encode() + b"|" + mac).rstrip(b"=").decode()
 
 
-def verify_link(settings: Settings, purpose: str, token: str) -> str | None:
-    """The payload of a token :func:`sign_link` made for ``purpose``, or ``None``."""
+def _decoded(token: str) -> bytes | None:
+    """A token's bytes, or ``None`` unless it is their one spelling (no stray characters)."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, TypeError):
         return None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
-        return None  # one token per payload: no second spelling with stray characters
+    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == token else None
+
+
+def verify_link(settings: Settings, purpose: str, token: str) -> str | None:
+    """The payload of a token :func:`sign_link` made for ``purpose``, or ``None``."""
+    raw = _decoded(token)
+    if raw is None:
+        return None
     # The MAC is binary and may hold a "|" itself: split at its fixed length, never by searching.
     payload, bar, mac = raw[:-MAC_BYTES - 1], raw[-MAC_BYTES - 1:-MAC_BYTES], raw[-MAC_BYTES:]
     if not payload or bar != b"|" or not any(hmac.compare_digest(mac, _mac(key, payload))
-                              for key in _link_keys(settings, purpose)):
+                              for key in purpose_keys(settings, purpose)):
         return None
     return payload.decode("utf-8", "replace")
 
 
 def _siv_keys(settings: Settings, purpose: str) -> list[AESSIV]:
-    return [AESSIV(hashlib.sha512(b"seal:" + key).digest()) for key in _link_keys(settings, purpose)]
+    return [AESSIV(hashlib.sha512(b"seal:" + key).digest()) for key in purpose_keys(settings, purpose)]
 
 
 def seal(settings: Settings, purpose: str, payload: str) -> str:
@@ -92,12 +91,9 @@ def seal(settings: Settings, purpose: str, payload: str) -> str:
 def unseal(settings: Settings, purpose: str, token: str) -> str | None:
     """The payload of a token :func:`seal` made for ``purpose`` (or, from an
     earlier version, :func:`sign_link`), or ``None``."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (ValueError, TypeError):
+    raw = _decoded(token)
+    if raw is None:
         return None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
-        return None  # one token per payload: no second spelling with stray characters
     for box in _siv_keys(settings, purpose):
         try:
             return box.decrypt(raw, [purpose.encode()]).decode("utf-8", "replace")
@@ -123,9 +119,9 @@ def read_unsubscribe_token(settings: Settings, token: str) -> tuple[str, str, st
 
 def link_mac(settings: Settings, purpose: str, payload: str) -> str:
     """A short MAC of ``payload`` for ``purpose`` (a form's CSRF token), hex."""
-    return _mac(_link_keys(settings, purpose)[0], payload.encode()).hex()
+    return _mac(purpose_keys(settings, purpose)[0], payload.encode()).hex()
 
 
 def check_link_mac(settings: Settings, purpose: str, payload: str, mac: str) -> bool:
     return any(hmac.compare_digest(mac.encode(), _mac(key, payload.encode()).hex().encode())
-               for key in _link_keys(settings, purpose))
+               for key in purpose_keys(settings, purpose))

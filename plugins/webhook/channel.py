@@ -146,11 +146,14 @@ class WebhookChannel(Channel):
         ]
 
     def _target(self, endpoint: Mapping[str, Any]) -> Target:
-        userinfo = endpoint.get("userinfo_secret")
+        url, stored = endpoint["url"], endpoint.get("userinfo_secret")
+        userinfo = self._box.decrypt(stored) if stored else None
+        if "@" in url:  # a config stored before credentials left the URL (no parse on the common path)
+            userinfo, url = userinfo or _userinfo(url), str(strip_userinfo(url))
         # The address logged and shown never carries credentials; they ride in the options.
-        return Target(endpoint["id"], str(strip_userinfo(endpoint["url"])),
+        return Target(endpoint["id"], url,
                       {"secrets": valid_secrets(self._box, endpoint), "asymmetric": endpoint.get("asymmetric"),
-                       "userinfo": self._box.decrypt(userinfo) if userinfo else _userinfo(endpoint["url"])},
+                       "userinfo": userinfo},
                       concurrency=endpoint.get("max_concurrency"), rate_limit=endpoint.get("rate_limit"),
                       ordered=endpoint.get("ordered", False))
 

@@ -16,7 +16,7 @@ import click
 from shipcast import __version__
 from shipcast.app.runtime import run_async
 from shipcast.app.services import Services
-from shipcast.exceptions import ShipcastError
+from shipcast.exceptions import ConfigError, ShipcastError
 from shipcast.plugin.registry import Registry
 from shipcast.settings import Settings
 
@@ -126,7 +126,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> N
 
 def _topology(channel: str) -> Any:
     found = registry()
-    if channel not in found.channels:
-        raise click.BadParameter(f"unknown channel; installed: {', '.join(sorted(found.channels))}",
-                                 param_hint="--channel")
-    return found.channels[channel].topology(found.settings.retry_delays)
+    try:
+        return found.channel(channel).topology(found.settings.retry_delays)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channel") from None
