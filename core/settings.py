@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     twilio_api_url: str = "https://api.twilio.com"
     #: Twilio's Content API, where WhatsApp templates' approval and category are read.
     twilio_content_url: str = "https://content.twilio.com"
+    #: The partner portal (``/portal/``): its name and logo in every page's header,
+    #: how long an invitation link works, and how long a session lasts idle and at most.
+    portal_name: str = Field("shipcast", min_length=1, max_length=80)
+    portal_logo_url: str | None = Field(None, max_length=2000)
+    portal_invite_ttl: float = Field(86400.0, gt=0)
+    portal_session_idle: float = Field(8 * 3600.0, gt=0)
+    portal_session_max: float = Field(7 * 86400.0, gt=0)
     #: Where operator events (endpoint failing, recovered, disabled) are posted, signed.
     operator_webhook_url: str | None = None
     operator_webhook_secret: str | None = Field(None, repr=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from shipcast.amqp.management import Management
 from shipcast.amqp.topology import declare_exchange, declare_queue, existing_arguments
+from shipcast.app.audit import Actor, record
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError, ManagementRefused
 from shipcast.model.partners import Partner
@@ -52,12 +53,19 @@ async def prepare(registry: Registry, partners: Sequence[Partner], stored: dict[
 
 
 async def apply_partners(services: Services, partners: Sequence[Partner], *, source: str = "<partners>",
-                         reenable: bool = True) -> BindingChanges:
-    """Store validated partners (upsert), reconcile bindings, tell the workers."""
+                         reenable: bool = True, actor: Actor | None = None) -> BindingChanges:
+    """Store validated partners (upsert), reconcile bindings, tell the workers.
+    With ``actor``, each partner whose config changed is written to the audit log."""
     stored = {partner.id: partner for partner in await services.store.get_partners()}
     ready = await prepare(services.registry, partners, stored, source)
     await services.store.put_partners(ready, reenable=reenable)
     await services.announce_change()
+    if actor is not None:
+        for partner in ready:
+            before = stored[partner.id].to_dict() if partner.id in stored else None
+            if before != partner.to_dict():
+                await record(services, actor, "partner.apply" if before else "partner.create",
+                             partner_id=partner.id, subject=partner.id, before=before, after=partner.to_dict())
     return await reconcile_bindings(services)
 
 

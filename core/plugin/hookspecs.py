@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from shipcast.plugin.markers import hookspec
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     import click
     import pluggy
     from fastapi import APIRouter
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from shipcast.model.event_types import EventType
     from shipcast.model.partners import Partner
     from shipcast.plugin.channel import Channel
+    from shipcast.plugin.portal import PortalSection
     from shipcast.settings import Settings
 
 
@@ -100,4 +103,28 @@ def shipcast_tracking_url(event: Event, partner: Partner | None, settings: Setti
     :param partner: the partner's stored config, or ``None``.
     :param settings: the running settings.
     :return: an absolute URL, or ``None`` to leave it to another plugin.
+    """
+
+
+@hookspec
+def shipcast_portal_sections() -> list[PortalSection]:
+    """Add pages to the partner portal's navigation (a channel's own pages:
+    the webhook channel's endpoints, say). The pages themselves are routes the
+    plugin adds with :func:`shipcast_routers`, under
+    ``/portal/p/{partner_id}/<path>``, guarded by the portal's dependencies
+    (``shipcast.app.portal.member`` to read, ``partner_admin`` to change).
+
+    :return: a list of :class:`shipcast.plugin.portal.PortalSection`.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def shipcast_send_mail(settings: Settings, to: str, subject: str, text: str) -> Awaitable[None] | None:
+    """Send an email to a person (a portal invitation), not to a customer.
+    The email channel answers when SMTP is configured (``SHIPCAST_SMTP_HOST``
+    set). Stops at the first non-None result.
+
+    :return: an awaitable that sends it (and raises if it cannot), or ``None``
+        when not configured to send.
     """

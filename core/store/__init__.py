@@ -11,6 +11,7 @@ from shipcast.store.deliveries import DeliveryStore
 from shipcast.store.events import EventStore
 from shipcast.store.keys import KeyStore
 from shipcast.store.partners import PartnerStore
+from shipcast.store.portal import PortalStore
 from shipcast.store.privacy import Forgotten, PrivacyStore
 from shipcast.store.records import Attempt, attempt_stats
 from shipcast.store.tables import metadata
@@ -18,5 +19,5 @@ from shipcast.store.tables import metadata
 __all__ = ["Attempt", "Forgotten", "PartnerCache", "Store", "attempt_stats", "metadata"]
 
 
-class Store(PartnerStore, EventStore, DeliveryStore, CustomerStore, KeyStore, PrivacyStore):
+class Store(PartnerStore, EventStore, DeliveryStore, CustomerStore, KeyStore, PrivacyStore, PortalStore):
     """Async access to the database named by ``SHIPCAST_DATABASE_URL``."""

@@ -141,3 +141,50 @@ signing_keys = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
+
+#: One-time sign-in links to the portal, by a hash of the token in the link.
+portal_invitations = sa.Table(
+    "portal_invitations", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(254), nullable=False),
+    #: ``None`` for an operator.
+    sa.Column("partner_id", sa.String(64)),
+    sa.Column("role", sa.String(16), nullable=False),  # admin | viewer | operator
+    sa.Column("invited_by", sa.String(300), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("used_at", UtcDateTime),
+    sa.Index("ix_portal_invitations_partner", "partner_id", "created_at"),
+)
+
+#: Portal sessions, by a hash of the cookie's value; revoked ones are kept until pruned.
+portal_sessions = sa.Table(
+    "portal_sessions", metadata,
+    sa.Column("session_hash", sa.String(64), primary_key=True),
+    #: What the session is shown and revoked by (not the cookie, nor its hash).
+    sa.Column("id", sa.String(32), nullable=False, unique=True),
+    sa.Column("email", sa.String(254), nullable=False),
+    sa.Column("partner_id", sa.String(64)),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("last_seen", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime),
+    sa.Index("ix_portal_sessions_partner", "partner_id", "email"),
+)
+
+#: Who changed what, when, through the portal or the API: before and after, secrets left out.
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.String(300), nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),  # portal | api | cli
+    #: The partner the change is about (``None``: shipcast as a whole).
+    sa.Column("partner_id", sa.String(64)),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("subject", sa.String(300)),
+    sa.Column("before", sa.Text),
+    sa.Column("after", sa.Text),
+    sa.Index("ix_audit_partner", "partner_id", "id"),
+)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy, Policy
@@ -42,6 +42,7 @@ from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target
 from shipcast.plugin.context import Registered
 from shipcast.security.links import unsubscribe_token
+from shipcast.settings import Settings
 from shipcast.templating import environment
 
 from .settings import SmtpSettings
@@ -209,6 +210,26 @@ def _smtp_error(code: int, text: str, customer: bool = False) -> PermanentDelive
 @hookimpl
 def shipcast_channels() -> list[type[Channel]]:
     return [EmailChannel]
+
+
+@hookimpl
+def shipcast_send_mail(settings: Settings, to: str, subject: str, text: str) -> Awaitable[None] | None:
+    """A person's email (a portal invitation) through the SMTP server, when one is configured."""
+    smtp = SmtpSettings.of(settings)
+    if not smtp.configured:
+        return None
+    message = EmailMessage(policy=_policy())
+    message["From"], message["To"], message["Subject"] = smtp.from_address, to, subject
+    message["Date"] = email.utils.formatdate(localtime=False)
+    message["Message-ID"] = email.utils.make_msgid(domain=email.utils.parseaddr(smtp.from_address)[1]
+                                                   .rsplit("@", 1)[-1] or None)
+    message.set_content(text)
+
+    async def send() -> None:
+        await aiosmtplib.send(message, hostname=smtp.host, port=smtp.port, username=smtp.username,
+                              password=smtp.password, start_tls=smtp.starttls, timeout=settings.webhook_timeout)
+
+    return send()
 
 
 @hookimpl

@@ -17,6 +17,13 @@ class SmtpSettings(BaseSettings):
     username: str | None = None
     password: str | None = Field(None, repr=False)
     starttls: bool = False
+    #: Who the portal's invitations come from (customers' email comes from each partner's ``from_address``).
+    from_address: str = "shipcast <noreply@localhost>"
+
+    @property
+    def configured(self) -> bool:
+        """Whether an SMTP server was named (``SHIPCAST_SMTP_HOST``): only then are people emailed."""
+        return "host" in self.model_fields_set
 
     @classmethod
     def of(cls, settings: Settings) -> SmtpSettings:

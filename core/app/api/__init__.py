@@ -19,21 +19,23 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shipcast import __version__, metrics
+from shipcast.app import portal
 from shipcast.app.api import admin, ingest, partner
 from shipcast.app.api.access import (
-    PARTNER_TOKEN_PREFIX,
     JSONAnswer,
     Principal,
     errors,
     partner_scope,
     require_token,
     services_of,
-    token_hash,
 )
 from shipcast.app.api.limits import BodyLimit
 from shipcast.app.api.operations import add_operations_routes, operations_app
 from shipcast.app.api.quotas import Quota
+from shipcast.app.portal import SignInRequired
+from shipcast.app.portal.signin import portal_error, sign_in_first
 from shipcast.app.services import Services
+from shipcast.app.tokens import PARTNER_TOKEN_PREFIX, token_hash
 from shipcast.exceptions import BrokerError, ConfigError, InvalidEvent, StoreError
 from shipcast.model.envelope import json_schema
 
@@ -98,6 +100,8 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code in (204, 304) or exc.status_code < 200:  # statuses that carry no body
             return Response(status_code=exc.status_code, headers=exc.headers)
+        if request.url.path.startswith("/portal/"):
+            return portal_error(request, exc.status_code, str(exc.detail))
         if exc.status_code == 400 and exc.__cause__ is not None and exc.detail == BODY_UNPARSED:
             # FastAPI's own parse of a body that is no JSON (not UTF-8, nested thousands
             # deep): bad input, answered like every other, naming what is wrong.
@@ -108,8 +112,13 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
         return JSONAnswer({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _request(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/portal/"):
+            wrong = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+            return portal_error(request, 422, f"Something in the address or form is not right: {wrong}"[:500])
         return JSONAnswer({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    app.add_exception_handler(SignInRequired, sign_in_first)  # type: ignore[arg-type]
 
     # Counters and the console are the operator's: on the public port, behind the token.
     add_operations_routes(app, services, guard=[Depends(require_token)])
@@ -125,6 +134,8 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(admin.router)
     app.include_router(partner.router)
+    for router in portal.routers():
+        app.include_router(router)
     for routers in services.registry.hook.shipcast_routers():
         for router in routers:
             app.include_router(router)

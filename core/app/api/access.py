@@ -4,7 +4,6 @@ shapes every route documents."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass
@@ -14,7 +13,9 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from shipcast.app.audit import Actor
 from shipcast.app.services import Services
+from shipcast.app.tokens import PARTNER_TOKEN_PREFIX, token_hash
 
 _bearer = HTTPBearer(auto_error=False, description="SHIPCAST_API_TOKEN")
 
@@ -36,16 +37,17 @@ def services_of(request: Request) -> Services:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the operator (``partner_id`` is ``None``) or one partner."""
+    """Who is calling: the operator (``partner_id`` is ``None``) or one
+    partner, and by which token (the start of its hash, for the audit log)."""
 
     partner_id: str | None = None
+    token_id: str | None = None
 
-
-PARTNER_TOKEN_PREFIX = "scp_"
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    @property
+    def actor(self) -> Actor:
+        if self.partner_id is None:
+            return Actor("operator token", "api")
+        return Actor(f"token {self.token_id} of {self.partner_id}", "api")
 
 
 async def principal(request: Request,
@@ -59,9 +61,10 @@ async def principal(request: Request,
     if expected and hmac.compare_digest(given.encode(), expected.encode()):
         return Principal()
     if given.startswith(PARTNER_TOKEN_PREFIX):
-        partner_id = await services.store.partner_for_token(token_hash(given))
+        digest = token_hash(given)
+        partner_id = await services.store.partner_for_token(digest)
         if partner_id is not None:
-            return Principal(partner_id)
+            return Principal(partner_id, digest[:16])
     if not expected:
         raise HTTPException(401, "SHIPCAST_API_TOKEN is not set on the server: every request is refused "
                                  "but a partner token's", headers={"WWW-Authenticate": "Bearer"})
@@ -81,6 +84,11 @@ def partner_scope(partner_id: str, caller: Principal = Depends(principal)) -> st
     if caller.partner_id is not None and caller.partner_id != partner_id:
         raise HTTPException(403, f"this token is scoped to partner {caller.partner_id!r}")
     return partner_id
+
+
+def actor_of(caller: Principal = Depends(principal)) -> Actor:
+    """Who the audit log says made a change through the API."""
+    return caller.actor
 
 
 #: What each error status means, for the OpenAPI document.

@@ -3,22 +3,23 @@ replay, operator events."""
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shipcast.app.api.access import (
-    PARTNER_TOKEN_PREFIX,
+    actor_of,
     errors,
     require_token,
     services_of,
-    token_hash,
 )
+from shipcast.app.audit import Actor, record
+from shipcast.app.portal.session import invite
 from shipcast.app.reconcile import apply_partners, reconcile_bindings
+from shipcast.app.tokens import create_token, revoke_token
 from shipcast.delivery.replay import replay_deliveries
 from shipcast.exceptions import ConfigError
 from shipcast.model.outcomes import DeliveryStatus
@@ -68,15 +69,13 @@ async def stored_partner(request: Request, partner_id: str) -> Partner:
 
 @router.post("/partners/{partner_id}/tokens", status_code=201, responses=errors(404))
 async def create_partner_token(partner_id: str, request: Request,
-                               name: str = Query("default", min_length=1, max_length=200)) -> dict[str, str]:
+                               name: str = Query("default", min_length=1, max_length=200),
+                               actor: Actor = Depends(actor_of)) -> dict[str, str]:
     """A new token scoped to this partner: it sees and changes only this
     partner's data. Shown once; only its hash is stored, and the start of
     that hash is the token's id."""
     await stored_partner(request, partner_id)
-    token = PARTNER_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    digest = token_hash(token)
-    await services_of(request).store.add_partner_token(digest, partner_id, name)
-    return {"partner_id": partner_id, "id": digest[:16], "name": name, "token": token}
+    return await create_token(services_of(request), partner_id, name, actor)
 
 
 @router.get("/partners/{partner_id}/tokens")
@@ -86,20 +85,24 @@ async def list_partner_tokens(partner_id: str, request: Request) -> list[dict[st
 
 
 @router.delete("/partners/{partner_id}/tokens/{token_id}", responses=errors(404))
-async def revoke_partner_token(partner_id: str, token_id: str, request: Request) -> dict[str, str]:
+async def revoke_partner_token(partner_id: str, token_id: str, request: Request,
+                               actor: Actor = Depends(actor_of)) -> dict[str, str]:
     """Revoke one token at once."""
-    if not await services_of(request).store.delete_partner_token(partner_id, token_id):
+    if not await revoke_token(services_of(request), partner_id, token_id, actor):
         raise HTTPException(404, f"partner {partner_id!r} has no token {token_id!r}")
     return {"revoked": token_id}
 
 
 @router.delete("/partners/{partner_id}", responses=errors(404))
-async def delete_partner(partner_id: str, request: Request) -> dict[str, Any]:
+async def delete_partner(partner_id: str, request: Request, actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Remove a partner's config and the bindings it made; its channels stop
     receiving its events."""
     services = services_of(request)
+    before = await services.store.get_partner(partner_id)
     if not await services.store.delete_partner(partner_id):
         raise HTTPException(404, f"no partner {partner_id!r}")
+    await record(services, actor, "partner.delete", partner_id=partner_id, subject=partner_id,
+                 before=before.to_dict() if before else None)
     await services.announce_change()
     changes = await reconcile_bindings(services)
     return {"deleted": partner_id,
@@ -109,7 +112,7 @@ async def delete_partner(partner_id: str, request: Request) -> dict[str, Any]:
 @router.post("/partners", responses=errors(422), openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["partners"]}},
     "application/yaml": {"schema": {"type": "string"}}}}})
-async def post_partners(request: Request) -> dict[str, Any]:
+async def post_partners(request: Request, actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Apply a partners document (the partners file, as JSON or YAML): upsert the
     partners in it and make the bindings match."""
     raw = await request.body()
@@ -118,7 +121,7 @@ async def post_partners(request: Request) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"request body: not valid YAML or JSON: {exc}") from exc
     partners = load_partners(data, "request body", catalog=services_of(request).registry.catalog)
-    changes = await apply_partners(services_of(request), partners, source="request body")
+    changes = await apply_partners(services_of(request), partners, source="request body", actor=actor)
     return {"applied": [partner.id for partner in partners],
             "bindings_added": {q: sorted(k) for q, k in changes.added.items()},
             "bindings_removed": {q: sorted(k) for q, k in changes.removed.items()}}
@@ -140,11 +143,13 @@ async def list_deliveries(request: Request, event_id: str | None = None, partner
 async def replay(request: Request, event_id: str | None = None, partner_id: str | None = None,
                  channel: str | None = None, status: DeliveryStatus | None = DeliveryStatus.DEAD, target: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
-                 limit: int = Query(1000, ge=1, le=100000)) -> dict[str, int]:
+                 limit: int = Query(1000, ge=1, le=100000), actor: Actor = Depends(actor_of)) -> dict[str, int]:
     """Send logged deliveries again (by default every dead one), even if delivered before."""
-    count = await replay_deliveries(services_of(request), event_id=event_id, partner_id=partner_id,
-                                    channel=channel, status=status, target=target, since=since, until=until,
-                                    limit=limit)
+    asked = {"event_id": event_id, "partner_id": partner_id, "channel": channel, "status": status,
+             "target": target, "since": since, "until": until, "limit": limit}
+    count = await replay_deliveries(services_of(request), **asked)
+    await record(services_of(request), actor, "deliveries.replay", partner_id=partner_id, subject=event_id,
+                 after={**{k: v for k, v in asked.items() if v is not None}, "replayed": count})
     return {"replayed": count}
 
 
@@ -155,11 +160,58 @@ async def operator_events(request: Request, limit: int = Query(100, ge=1, le=100
 
 
 @router.post("/customers/forget", responses=errors(422))
-async def forget_customer(request: Request, body: ForgetCustomer) -> dict[str, Any]:
+async def forget_customer(request: Request, body: ForgetCustomer, actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Redact a customer's personal data (name, phone, email, address, what
     they wrote, OTPs) from every archived event that names them, the
     addresses of their deliveries and the responses logged for them, and say
     what changed. Their opt-outs stay, kept as keyed hashes."""
     forgotten = await services_of(request).store.forget_customer(phone=body.phone, email=body.email,
                                                                  partner_id=body.partner_id)
+    # Whom is not recorded: the audit log must not become a list of forgotten customers.
+    await record(services_of(request), actor, "customer.forget", partner_id=body.partner_id,
+                 after={"by": "phone" if body.phone else "email"})
     return forgotten.to_dict()
+
+
+class Invitation(BaseModel):
+    """Whom to invite to the portal: a partner's person (``partner_id`` and
+    ``role``), or an operator (``operator: true``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(min_length=3, max_length=254)
+    partner_id: str | None = Field(None, pattern=r"^[a-z0-9_-]{1,64}$")
+    role: Literal["admin", "viewer"] = "viewer"
+    operator: bool = False
+    #: Seconds the link works (default ``SHIPCAST_PORTAL_INVITE_TTL``, 24 h); at most 30 days.
+    ttl_seconds: float | None = Field(None, gt=0, le=30 * 86400)
+
+    @model_validator(mode="after")
+    def _whose(self) -> Invitation:
+        if self.operator == bool(self.partner_id):
+            raise ValueError("give partner_id, or operator: true (not both)")
+        return self
+
+
+@router.post("/portal/invitations", status_code=201, responses=errors(422))
+async def invite_person(request: Request, body: Invitation, actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+    """A one-time sign-in link to the portal (emailed when SMTP is configured):
+    it works once, until ``expires_at``."""
+    return await invite(services_of(request), email=body.email, partner_id=body.partner_id,
+                        role="operator" if body.operator else body.role, invited_by=actor, ttl=body.ttl_seconds)
+
+
+@router.get("/portal/sessions")
+async def list_sessions(request: Request, partner_id: str | None = None) -> list[dict[str, Any]]:
+    """Portal sessions not revoked, newest first (whose, since when, last seen)."""
+    return await services_of(request).store.list_sessions(partner_id)
+
+
+@router.delete("/portal/sessions/{session_id}", responses=errors(404))
+async def revoke_session(session_id: str, request: Request, actor: Actor = Depends(actor_of)) -> dict[str, str]:
+    """End a portal session at once."""
+    services = services_of(request)
+    if not await services.store.revoke_sessions(session_id=session_id):
+        raise HTTPException(404, f"no live session {session_id!r}")
+    await record(services, actor, "session.revoke", partner_id=None, subject=session_id)
+    return {"revoked": session_id}

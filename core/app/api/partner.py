@@ -9,11 +9,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from shipcast.app.api.access import (
+    actor_of,
     errors,
     partner_scope,
     services_of,
 )
 from shipcast.app.api.quotas import resend_quota
+from shipcast.app.audit import Actor, record
 from shipcast.delivery.replay import matching_deliveries, replay_rows
 from shipcast.model.outcomes import DeliveryStatus, Outcome
 
@@ -63,7 +65,7 @@ async def list_attempts(partner_id: str, request: Request, event_id: str | None 
 
 @router.post("/messages/{event_id}/resend", status_code=202, responses=errors(404))
 async def resend(partner_id: str, event_id: str, request: Request, endpoint: str | None = None,
-                 channel: str | None = None) -> dict[str, int]:
+                 channel: str | None = None, actor: Actor = Depends(actor_of)) -> dict[str, int]:
     """Send one message again to each of its targets (or one endpoint), even if delivered."""
     services, quota = services_of(request), resend_quota(request)
     rows = await matching_deliveries(services, event_id=event_id, partner_id=partner_id, target=endpoint,
@@ -73,13 +75,15 @@ async def resend(partner_id: str, event_id: str, request: Request, endpoint: str
     granted = quota.take(partner_id, len(rows))
     count = await replay_rows(services, rows[:granted])
     quota.give_back(partner_id, granted - count)
+    await record(services, actor, "message.resend", partner_id=partner_id, subject=event_id,
+                 after={"endpoint": endpoint, "channel": channel, "resent": count})
     return {"resent": count}
 
 
 @router.post("/recover", status_code=202)
 async def recover(partner_id: str, request: Request, response: Response, since: datetime, until: datetime | None = None,
                   endpoint: str | None = None, channel: str | None = None,
-                  limit: int = Query(10000, ge=1, le=100000)) -> dict[str, int]:
+                  limit: int = Query(10000, ge=1, le=100000), actor: Actor = Depends(actor_of)) -> dict[str, int]:
     """Send again every message that failed (parked) since ``since``, as many
     as the partner's quota of messages sent again allows; the header
     ``X-Shipcast-Remaining`` says how many more matched (ask again after the
@@ -91,4 +95,6 @@ async def recover(partner_id: str, request: Request, response: Response, since: 
     count = await replay_rows(services, rows[:granted])
     quota.give_back(partner_id, granted - count)
     response.headers["X-Shipcast-Remaining"] = str(len(rows) - granted)
+    await record(services, actor, "messages.recover", partner_id=partner_id, subject=since.isoformat(),
+                 after={"until": until, "endpoint": endpoint, "channel": channel, "recovered": count})
     return {"recovered": count}

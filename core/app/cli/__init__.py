@@ -13,6 +13,7 @@ from shipcast.app.cli import (  # noqa: F401  (their commands)
     events,
     operations,
     partners,
+    portal,
     privacy,
     serve,
     templates,

@@ -1,0 +1,40 @@
+"""The portal: partners' people and operators, in a browser, under ``/portal/``.
+
+Server-rendered from ``templates/portal/`` on the API's own app, through the
+same functions the API calls (no rule is written twice). Pages work without
+JavaScript; the one script the package ships adds live updates. Every form
+carries the session's CSRF token, every page a nonce-based CSP.
+
+Plugins add pages of their own: routes under ``/portal/p/{partner_id}/…``
+(``shipcast_routers``) guarded by :func:`member` or :func:`partner_admin`,
+and a navigation entry (``shipcast_portal_sections``).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from shipcast.app.portal.session import (
+    Person,
+    SignInRequired,
+    checked_form,
+    checked_form_lists,
+    current_person,
+    invite,
+    member,
+    operator,
+    partner_admin,
+    signed_in,
+)
+from shipcast.app.portal.web import form_errors, fragment, page, redirect
+
+__all__ = ["Person", "SignInRequired", "checked_form", "checked_form_lists", "current_person", "form_errors",
+           "fragment", "invite", "member", "operator", "page", "partner_admin", "redirect", "routers",
+           "signed_in"]
+
+
+def routers() -> list[APIRouter]:
+    """The portal's own routes (plugins add theirs through ``shipcast_routers``)."""
+    from shipcast.app.portal import signin
+
+    return [signin.router]
