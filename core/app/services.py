@@ -125,3 +125,9 @@ class Services:
         await self.recorder.close()
         await self.broker.close()
         await self.store.close()
+
+
+def services_of(request: Any) -> Services:
+    """The running services, from a request to the API (``request.app.state``)."""
+    services: Services = request.app.state.services
+    return services

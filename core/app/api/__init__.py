@@ -27,14 +27,13 @@ from shipcast.app.api.access import (
     errors,
     partner_scope,
     require_token,
-    services_of,
 )
 from shipcast.app.api.limits import BodyLimit
 from shipcast.app.api.operations import add_operations_routes, operations_app
 from shipcast.app.api.quotas import Quota
 from shipcast.app.portal import SignInRequired
 from shipcast.app.portal.signin import portal_error, sign_in_first
-from shipcast.app.services import Services
+from shipcast.app.services import Services, services_of
 from shipcast.app.tokens import PARTNER_TOKEN_PREFIX, token_hash
 from shipcast.exceptions import BrokerError, ConfigError, InvalidEvent, StoreError
 from shipcast.model.envelope import json_schema

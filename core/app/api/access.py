@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shipcast.app.audit import Actor
-from shipcast.app.services import Services
+from shipcast.app.services import services_of
 from shipcast.app.tokens import PARTNER_TOKEN_PREFIX, token_hash
 
 _bearer = HTTPBearer(auto_error=False, description="SHIPCAST_API_TOKEN")
@@ -28,11 +28,6 @@ class JSONAnswer(JSONResponse):
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
             "utf-8", "backslashreplace")
-
-
-def services_of(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from shipcast.app.api.access import (
     actor_of,
     errors,
     require_token,
-    services_of,
 )
 from shipcast.app.audit import Actor, record
-from shipcast.app.portal.session import invite
+from shipcast.app.people import invite
 from shipcast.app.reconcile import apply_partners, reconcile_bindings
+from shipcast.app.services import services_of
 from shipcast.app.tokens import create_token, revoke_token
 from shipcast.delivery.replay import replay_deliveries
 from shipcast.exceptions import ConfigError

@@ -13,8 +13,8 @@ from shipcast import metrics
 from shipcast.app.api.access import (
     errors,
     require_token,
-    services_of,
 )
+from shipcast.app.services import services_of
 from shipcast.exceptions import InvalidEvent
 from shipcast.model.envelope import Event, json_schema, parse_events
 

@@ -12,10 +12,10 @@ from shipcast.app.api.access import (
     actor_of,
     errors,
     partner_scope,
-    services_of,
 )
 from shipcast.app.api.quotas import resend_quota
 from shipcast.app.audit import Actor, record
+from shipcast.app.services import services_of
 from shipcast.delivery.replay import matching_deliveries, replay_rows
 from shipcast.model.outcomes import DeliveryStatus, Outcome
 

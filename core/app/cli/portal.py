@@ -38,7 +38,7 @@ def invite(email: str, partner_id: str | None, role: str, as_operator: bool, ttl
     """Print a one-time sign-in link (and email it when SMTP is configured)."""
     if as_operator == bool(partner_id):
         raise click.UsageError("give --partner, or --operator (not both)")
-    from shipcast.app.portal.session import invite as make
+    from shipcast.app.people import invite as make
 
     async def go() -> dict[str, Any]:
         async with open_services(broker=False) as services:

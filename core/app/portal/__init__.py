@@ -20,7 +20,6 @@ from shipcast.app.portal.session import (
     checked_form,
     checked_form_lists,
     current_person,
-    invite,
     member,
     operator,
     partner_admin,
@@ -29,7 +28,7 @@ from shipcast.app.portal.session import (
 from shipcast.app.portal.web import form_errors, fragment, page, redirect
 
 __all__ = ["Person", "SignInRequired", "checked_form", "checked_form_lists", "current_person", "form_errors",
-           "fragment", "invite", "member", "operator", "page", "partner_admin", "redirect", "routers",
+           "fragment", "member", "operator", "page", "partner_admin", "redirect", "routers",
            "signed_in"]
 
 

@@ -8,18 +8,10 @@ from importlib.resources import files
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
-from shipcast.app.api.access import services_of
-from shipcast.app.portal.session import (
-    COOKIE,
-    Person,
-    SignInRequired,
-    checked_form,
-    current_person,
-    end_session,
-    signed_in,
-    start_session,
-)
+from shipcast.app.people import digest, end_session, start_session
+from shipcast.app.portal.session import COOKIE, Person, SignInRequired, checked_form, current_person, signed_in
 from shipcast.app.portal.web import page, redirect
+from shipcast.app.services import services_of
 
 router = APIRouter(prefix="/portal", include_in_schema=False)
 
@@ -50,9 +42,7 @@ async def signin_page(request: Request, token: str | None = None) -> Response:
     (a link scanner fetching the link does not use it up). Without: how to get one."""
     invitation = None
     if token and len(token) <= 100:
-        from shipcast.app.portal.session import _hash
-
-        invitation = await services_of(request).store.peek_invitation(_hash(token))
+        invitation = await services_of(request).store.peek_invitation(digest(token))
     expired = invitation is not None and invitation["used_at"] is None \
         and invitation["expires_at"] <= datetime.now(UTC)
     return page(request, "signin.html", await current_person(request), title="Sign in", token=token,

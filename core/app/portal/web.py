@@ -16,8 +16,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from shipcast import __version__
-from shipcast.app.api.access import services_of
 from shipcast.app.portal.session import Person
+from shipcast.app.services import services_of
 from shipcast.plugin.portal import PortalSection
 
 NOTICE_COOKIE = "shipcast_notice"
