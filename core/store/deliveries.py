@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from shipcast.model.outcomes import Outcome
@@ -38,7 +39,8 @@ class DeliveryStore(StoreBase):
         attempt_rows = [{"event_id": a.event_id, "channel": a.channel, "target": a.target,
                          "partner_id": a.partner_id, "at": a.at or stamp, "outcome": a.outcome,
                          "status": a.status, "error": a.error, "latency_ms": a.latency_ms,
-                         "response": a.response[:RESPONSE_EXCERPT] if a.response else None}
+                         "response": a.response[:RESPONSE_EXCERPT] if a.response else None,
+                         "request": orjson.dumps(a.request).decode() if a.request else None}
                         for a in items if a.outcome != "waiting"]
         latest: dict[tuple[str, str, str], dict[str, Any]] = {}
         for a in items:
@@ -84,6 +86,7 @@ class DeliveryStore(StoreBase):
         query = _filtered(sa.select(attempts).order_by(attempts.c.id if event_id else attempts.c.id.desc())
                           .limit(limit), attempts.c.at, since, until, event_id=event_id, channel=channel,
                           partner_id=partner_id, target=target, outcome=outcome)
-        return [{**row._asdict(), "at": _aware(row.at)} for row in await self._rows(query)]
+        return [{**row._asdict(), "at": _aware(row.at), "request": orjson.loads(row.request) if row.request else None}
+                for row in await self._rows(query)]
 
     # -- endpoint health and operator events -----------------------------------

@@ -32,6 +32,8 @@ class Attempt:
     event_type: str | None = None
     order_id: str | None = None
     sequence: int | None = None
+    #: What was sent (``{"method", "url", "headers"}``), when the channel tells.
+    request: dict[str, Any] | None = None
 
 
 def attempt_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:

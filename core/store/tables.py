@@ -59,6 +59,8 @@ attempts = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("response", sa.Text),
+    #: What was sent, for the partner to see: ``{"method", "url", "headers"}`` as JSON (no credentials).
+    sa.Column("request", sa.Text),
     sa.Index("ix_attempts_delivery", "event_id", "channel", "target"),
     sa.Index("ix_attempts_target", "partner_id", "channel", "target", "at"),
 )
