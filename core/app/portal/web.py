@@ -77,13 +77,16 @@ def sections(request: Request) -> list[PortalSection]:
     return cached
 
 
-def page(request: Request, template: str, person: Person | None, *, title: str,
+def page(request: Request, template: str | jinja2.Template, person: Person | None, *, title: str,
          partner_id: str | None = None, status_code: int = 200, **context: Any) -> HTMLResponse:
-    """A whole page in the portal's layout."""
+    """A whole page in the portal's layout: ``template`` is a file of
+    ``templates/portal/``, or a template a plugin made with :func:`environment`
+    (which can extend ``portal/base.html``)."""
     nonce = secrets.token_urlsafe(16)
     settings = services_of(request).settings
     notice = request.cookies.get(NOTICE_COOKIE)
-    body = environment().get_template(f"portal/{template}").render(
+    found = environment().get_template(f"portal/{template}") if isinstance(template, str) else template
+    body = found.render(
         request=request, person=person, title=title, partner_id=partner_id, nonce=nonce,
         portal_name=settings.portal_name, portal_logo=settings.portal_logo_url, version=__version__,
         sections=sections(request) if partner_id else [], operator_sections=OPERATOR_SECTIONS,
