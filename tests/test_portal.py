@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiosmtpd.controller import Controller
 
-from .conftest import make_settings
+from .conftest import free_port, make_settings
 from .helpers import ShipcastProcess, eventually, partners_doc, run_cli
 from .portal import Visitor, invitation, signed_in
 
@@ -215,3 +216,38 @@ async def test_changes_through_the_api_are_audited_without_secrets(portal: Shipc
     first = await portal.services.store.list_audit("acme", limit=2)
     rest = await portal.services.store.list_audit("acme", before_id=first[-1]["id"])
     assert [r["id"] for r in first + rest] == [r["id"] for r in await portal.services.store.list_audit("acme")]
+
+
+async def test_an_invitation_is_emailed_when_smtp_is_configured(vhost: str, sqlite_url: str) -> None:
+    from .test_email import Mailbox
+
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        settings = make_settings(vhost, sqlite_url, smtp_host="127.0.0.1", smtp_port=port,
+                                 smtp_from_address="Acme Logistics <portal@notify.example.com>")
+        async with ShipcastProcess(settings, workers=False) as running:
+            await eventually(lambda: running.services.broker.connected)
+            await running.apply(partners_doc("acme", "https://acme.example.com/hooks"))
+            made = await running.http.post("/v1/portal/invitations",
+                                           json={"email": "dev@acme.example.com", "partner_id": "acme"})
+            assert made.status_code == 201 and made.json()["emailed"] is True
+            [message] = box.messages
+            assert message["To"] == "dev@acme.example.com" and "portal@notify.example.com" in message["From"]
+            assert made.json()["link"] in message.get_content()
+            # The mail server refusing: the invitation stands, its link answered, the failure said.
+            box.refuse.append("550 no such user")
+            refused = await running.http.post("/v1/portal/invitations",
+                                              json={"email": "gone@acme.example.com", "partner_id": "acme"})
+            assert refused.status_code == 201 and refused.json()["emailed"] is False
+            async with Visitor(running) as browser:
+                token = refused.json()["link"].split("token=", 1)[1]
+                assert (await browser.post("/portal/signin", {"token": token}, csrf=False)).status_code == 303
+    finally:
+        controller.stop()
+    # Without SHIPCAST_SMTP_HOST nobody is emailed: the link is for the operator to pass on.
+    async with ShipcastProcess(make_settings(vhost, sqlite_url), workers=False) as running:
+        await eventually(lambda: running.services.broker.connected)
+        made = await running.http.post("/v1/portal/invitations", json={"email": "ops@example.com", "operator": True})
+        assert made.json()["emailed"] is False
