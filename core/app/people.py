@@ -7,16 +7,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from shipcast.app.audit import Actor, record
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError
-
-if TYPE_CHECKING:
-    from shipcast.app.portal.session import Person
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +22,31 @@ log = logging.getLogger(__name__)
 ROLES = ("admin", "viewer")
 OPERATOR = "operator"
 EMAIL_MAX = 254
+
+
+@dataclass(frozen=True)
+class Person:
+    """The person behind a portal session."""
+
+    session_id: str
+    email: str
+    partner_id: str | None
+    role: str
+    csrf: str
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == OPERATOR
+
+    def may_read(self, partner_id: str) -> bool:
+        return self.is_operator or self.partner_id == partner_id
+
+    def may_change(self, partner_id: str) -> bool:
+        return self.is_operator or (self.partner_id == partner_id and self.role == "admin")
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(f"{self.email} ({self.role})", "portal")
 
 
 def digest(value: str) -> str:
@@ -91,8 +114,6 @@ async def _email(services: Services, email: str, partner_id: str | None, role: s
 async def start_session(services: Services, token: str) -> tuple[str, Person] | None:
     """Use an invitation's token: a new session's cookie value and its person,
     or ``None`` when the link was used already, expired or never existed."""
-    from shipcast.app.portal.session import Person
-
     invitation = await services.store.take_invitation(digest(token))
     if invitation is None:
         return None

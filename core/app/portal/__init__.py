@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from shipcast.app.people import Person
 from shipcast.app.portal.session import (
-    Person,
     SignInRequired,
     checked_form,
     checked_form_lists,

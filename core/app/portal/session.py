@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fastapi import Depends, HTTPException, Request
 
-from shipcast.app.audit import Actor
-from shipcast.app.people import OPERATOR, digest
+from shipcast.app.people import Person, digest
 from shipcast.app.services import services_of
 
 log = logging.getLogger(__name__)
@@ -31,31 +29,6 @@ log = logging.getLogger(__name__)
 COOKIE = "shipcast_portal"
 #: How often a session's last-seen time is written: not on every request.
 TOUCH_EVERY = timedelta(seconds=60)
-
-
-@dataclass(frozen=True)
-class Person:
-    """The person behind a portal session."""
-
-    session_id: str
-    email: str
-    partner_id: str | None
-    role: str
-    csrf: str
-
-    @property
-    def is_operator(self) -> bool:
-        return self.role == OPERATOR
-
-    def may_read(self, partner_id: str) -> bool:
-        return self.is_operator or self.partner_id == partner_id
-
-    def may_change(self, partner_id: str) -> bool:
-        return self.is_operator or (self.partner_id == partner_id and self.role == "admin")
-
-    @property
-    def actor(self) -> Actor:
-        return Actor(f"{self.email} ({self.role})", "portal")
 
 
 class SignInRequired(Exception):

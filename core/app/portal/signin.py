@@ -8,8 +8,8 @@ from importlib.resources import files
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
-from shipcast.app.people import digest, end_session, start_session
-from shipcast.app.portal.session import COOKIE, Person, SignInRequired, checked_form, current_person, signed_in
+from shipcast.app.people import Person, digest, end_session, start_session
+from shipcast.app.portal.session import COOKIE, SignInRequired, checked_form, current_person, signed_in
 from shipcast.app.portal.web import page, redirect
 from shipcast.app.services import services_of
 

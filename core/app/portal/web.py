@@ -16,7 +16,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from shipcast import __version__
-from shipcast.app.portal.session import Person
+from shipcast.app.people import Person
 from shipcast.app.services import services_of
 from shipcast.plugin.portal import PortalSection
 
