@@ -74,6 +74,7 @@ class Health:
     channel: str
     target: str
     address: str | None
+    #: A webhook endpoint of the partner's config (else a target seen only in the attempt log).
     configured: bool
     stats: dict[str, Any]
     circuit: dict[str, Any]
@@ -113,7 +114,7 @@ def circuit_state(rows: list[dict[str, Any]], settings: Settings) -> dict[str, A
                    f"(at least {settings.breaker_min_requests}) failed, which the log cannot tell"}
 
 
-def advice_for(health: Health, settings: Settings, partner_id: str) -> list[str]:
+def advice_for(health: Health, settings: Settings) -> list[str]:
     """Plain words on what to do about one target, from what is known of it."""
     name = f"{health.channel} target {health.target}" if health.channel != WEBHOOK else f"endpoint {health.target}"
     found: list[str] = []
@@ -193,7 +194,7 @@ async def overview_facts(services: Services, partner_id: str) -> dict[str, Any]:
             health.failure = sent[0]
         if health.address is None and sent:
             health.address = str(redact(rows[0].get("address") or "")) or None
-        health.advice = advice_for(health, settings, partner_id)
+        health.advice = advice_for(health, settings)
         healths.append(health)
     counts = await store.delivery_counts(partner_id, since)
     advice = [line for health in healths for line in health.advice]
@@ -465,10 +466,14 @@ async def resend_message(partner_id: str, event_id: str, request: Request, perso
                                              endpoint=target or None, channel=channel or None))
     if spent is None and count is None:
         raise HTTPException(404, "no such delivery")
+    page_url = f"{_base(partner_id)}/messages/{event_id}"
+    if spent:
+        return redirect(page_url, spent)
+    if not count:
+        return redirect(page_url, "Nothing was sent again: the event is no longer archived.")
+    # The page stays live until an attempt beyond those it has now is logged.
     where = f" to {target}" if target else ""
-    notice = spent or (f"Sent again{where}: watch its attempts below." if count else
-                       "Nothing was sent again: the event is no longer archived.")
-    return redirect(f"{_base(partner_id)}/messages/{event_id}?watch={len(found['attempts'])}", notice)
+    return redirect(f"{page_url}?watch={len(found['attempts'])}", f"Sent again{where}: watch its attempts below.")
 
 
 # -- the event catalog ----------------------------------------------------------
@@ -506,8 +511,10 @@ def _rules(node: Mapping[str, Any]) -> str:
     if "minLength" in node or "maxLength" in node:
         said.append(f"{node.get('minLength', 0)}–{node['maxLength']} characters" if "maxLength" in node
                     else f"at least {node['minLength']} characters")
-    if "minimum" in node or "maximum" in node:
-        said.append(f"from {node.get('minimum', '…')} to {node.get('maximum', '…')}")
+    if "minimum" in node and "maximum" in node:
+        said.append(f"from {node['minimum']} to {node['maximum']}")
+    elif "minimum" in node or "maximum" in node:
+        said.append(f"at least {node['minimum']}" if "minimum" in node else f"at most {node['maximum']}")
     if "pattern" in node:
         said.append(f"matches {node['pattern']}")
     if "default" in node and node["default"] is not None:
@@ -516,7 +523,7 @@ def _rules(node: Mapping[str, Any]) -> str:
 
 
 def field_rows(schema: Mapping[str, Any], row: EventType) -> list[dict[str, str]]:
-    """The field table of one event type, from the envelope's JSON Schema:
+    """The field table of one event type, from its JSON Schema (:func:`type_schema`):
     each field's path, type, whether it is present, and what it means."""
     defs = schema.get("$defs", {})
     found: list[dict[str, str]] = []
@@ -535,7 +542,7 @@ def field_rows(schema: Mapping[str, Any], row: EventType) -> list[dict[str, str]
                 presence = "optional (may be null)"
             else:
                 presence = "always present (has a default)"
-            description = str(node.get("description") or "").split("\n\n")[0].replace("\n", " ")
+            description = str(node.get("description") or "").split("\n\n")[0].replace("\n", " ").replace("``", "")
             found.append({"path": path, "type": _type_of(node), "presence": presence,
                           "description": description, "rules": _rules(node)})
             if presence != "always null" and isinstance(node.get("properties"), dict):
@@ -596,14 +603,14 @@ async def catalog_type(partner_id: str, event_type: str, request: Request,
     if event_type not in types:
         raise HTTPException(404, "no such event type")
     row = types[event_type]
-    schema = json_schema(types)
+    schema = type_schema(json_schema(types), row)
     sample = example(event_type, types, partner_id=partner_id)
     return page(request, "partner_catalog_type.html", person, title=f"Event type {event_type}",
                 partner_id=partner_id, base=_base(partner_id), row=row, fields=field_rows(schema, row),
                 groups=[{"name": g, "presence": "required" if g in row.required else
                          "always null" if g in row.forbidden else "optional (may be null)"} for g in GROUPS],
                 null_groups=[g for g in GROUPS if g in row.forbidden],
-                schema=orjson.dumps(type_schema(schema, row), option=orjson.OPT_INDENT_2).decode(),
+                schema=orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode(),
                 example=orjson.dumps(orjson.loads(sample.to_json()), option=orjson.OPT_INDENT_2).decode())
 
 
