@@ -105,8 +105,9 @@ class DeliveryStore(StoreBase):
                               limit: int = 25) -> list[dict[str, Any]]:
         """One partner's deliveries, newest first, a page at a time: the next
         page is the rows after the last one's :func:`delivery_key` (keyset,
-        not offset), so a page costs the same deep in a large log and rows
-        arriving meanwhile neither repeat one nor skip one."""
+        not offset), so a page costs the same deep in a large log, and rows
+        arriving meanwhile (newer) never repeat a row on the next page nor push
+        one off it. A row that changes meanwhile moves up to the newest page."""
         d = deliveries.c
         query = _filtered(sa.select(deliveries).order_by(d.updated_at.desc(), d.event_id.desc(), d.channel.desc(),
                                                          d.target.desc()).limit(limit),
