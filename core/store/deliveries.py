@@ -10,9 +10,17 @@ import orjson
 import sqlalchemy as sa
 
 from shipcast.model.outcomes import Outcome
-from shipcast.store.base import RESPONSE_EXCERPT, StoreBase, _aware, _filtered, now
+from shipcast.store.base import RESPONSE_EXCERPT, StoreBase, _aware, _filtered, _utc, now
 from shipcast.store.records import Attempt
 from shipcast.store.tables import attempts, deliveries
+
+#: Where a delivery sits in the log's order: ``(updated_at, event_id, channel, target)``.
+DeliveryKey = tuple[datetime, str, str, str]
+
+
+def delivery_key(row: dict[str, Any]) -> DeliveryKey:
+    """The key of a row of :meth:`DeliveryStore.page_deliveries`: the next page starts after it."""
+    return row["updated_at"], row["event_id"], row["channel"], row["target"]
 
 
 class DeliveryStore(StoreBase):
@@ -88,5 +96,43 @@ class DeliveryStore(StoreBase):
                           partner_id=partner_id, target=target, outcome=outcome)
         return [{**row._asdict(), "at": _aware(row.at), "request": orjson.loads(row.request) if row.request else None}
                 for row in await self._rows(query)]
+
+    async def page_deliveries(self, partner_id: str, *, after: DeliveryKey | None = None,
+                              event_id: str | None = None, channel: str | None = None,
+                              status: str | None = None, target: str | None = None,
+                              event_type: str | None = None, order_id: str | None = None,
+                              since: datetime | None = None, until: datetime | None = None,
+                              limit: int = 25) -> list[dict[str, Any]]:
+        """One partner's deliveries, newest first, a page at a time: the next
+        page is the rows after the last one's :func:`delivery_key` (keyset,
+        not offset), so a page costs the same deep in a large log, and rows
+        arriving meanwhile (newer) never repeat a row on the next page nor push
+        one off it. A row that changes meanwhile moves up to the newest page."""
+        d = deliveries.c
+        query = _filtered(sa.select(deliveries).order_by(d.updated_at.desc(), d.event_id.desc(), d.channel.desc(),
+                                                         d.target.desc()).limit(limit),
+                          d.updated_at, since, until, partner_id=partner_id, event_id=event_id, channel=channel,
+                          status=status, target=target, event_type=event_type, order_id=order_id)
+        if after is not None:
+            stamp, last_event, last_channel, last_target = after
+            at = _utc(stamp)
+            query = query.where(sa.or_(d.updated_at < at, sa.and_(d.updated_at == at, sa.or_(
+                d.event_id < last_event, sa.and_(d.event_id == last_event, sa.or_(
+                    d.channel < last_channel, sa.and_(d.channel == last_channel, d.target < last_target)))))))
+        return [{**row._asdict(), "updated_at": _aware(row.updated_at)} for row in await self._rows(query)]
+
+    async def delivery_counts(self, partner_id: str, since: datetime) -> dict[str, int]:
+        """How many of a partner's deliveries last changed since ``since``, by status."""
+        d = deliveries.c
+        rows = await self._rows(sa.select(d.status, sa.func.count().label("n")).where(
+            d.partner_id == partner_id, d.updated_at >= _utc(since)).group_by(d.status))
+        return {row.status: int(row.n) for row in rows}
+
+    async def attempted_targets(self, partner_id: str, since: datetime) -> list[tuple[str, str]]:
+        """Every ``(channel, target)`` of a partner's attempts since ``since``."""
+        a = attempts.c
+        rows = await self._rows(sa.select(a.channel, a.target).where(a.partner_id == partner_id, a.at >= _utc(since))
+                                .group_by(a.channel, a.target).order_by(a.channel, a.target))
+        return [(row.channel, row.target) for row in rows]
 
     # -- endpoint health and operator events -----------------------------------

@@ -52,7 +52,8 @@ def attempt_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "attempts": len(rows), "delivered": delivered, "failed": len(rows) - delivered,
         "success_rate": round(delivered / len(rows), 4) if rows else None,
-        "latency_ms": {"p50": percentile(50), "p90": percentile(90), "p99": percentile(99)},
+        "latency_ms": {"p50": percentile(50), "p90": percentile(90), "p95": percentile(95),
+                       "p99": percentile(99)},
         "last_error": {"at": last_error["at"].isoformat(), "error": last_error["error"],
                        "status": last_error["status"]} if last_error else None,
     }

@@ -8,15 +8,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
+from shipcast.app import messages
 from shipcast.app.api.access import (
     actor_of,
     errors,
     partner_scope,
 )
-from shipcast.app.api.quotas import resend_quota
-from shipcast.app.audit import Actor, record
+from shipcast.app.audit import Actor
+from shipcast.app.messages import resend_quota
 from shipcast.app.services import services_of
-from shipcast.delivery.replay import matching_deliveries, replay_rows
 from shipcast.model.outcomes import DeliveryStatus, Outcome
 
 #: The partner API: the operator, or that partner's own token.
@@ -40,15 +40,10 @@ async def list_messages(partner_id: str, request: Request, status: DeliveryStatu
 @router.get("/messages/{event_id}", responses=errors(404))
 async def get_message(partner_id: str, event_id: str, request: Request) -> dict[str, Any]:
     """One event as sent, with its deliveries and every attempt."""
-    store = services_of(request).store
-    event = await store.get_event(event_id)
-    if event is not None and event.get("partner_id") != partner_id:
-        event = None  # event ids are the publishers': another partner's may share this one
-    rows = await store.list_deliveries(event_id=event_id, partner_id=partner_id)
-    if event is None and not rows:
+    found = await messages.message(services_of(request).store, partner_id, event_id)
+    if found is None:
         raise HTTPException(404, f"no message {event_id!r} for partner {partner_id!r}")
-    return {"event": event, "deliveries": rows,
-            "attempts": await store.list_attempts(event_id, partner_id=partner_id)}
+    return found
 
 
 @router.get("/attempts")
@@ -67,34 +62,23 @@ async def list_attempts(partner_id: str, request: Request, event_id: str | None 
 async def resend(partner_id: str, event_id: str, request: Request, endpoint: str | None = None,
                  channel: str | None = None, actor: Actor = Depends(actor_of)) -> dict[str, int]:
     """Send one message again to each of its targets (or one endpoint), even if delivered."""
-    services, quota = services_of(request), resend_quota(request)
-    rows = await matching_deliveries(services, event_id=event_id, partner_id=partner_id, target=endpoint,
-                                     channel=channel)
-    if not rows:
+    count = await messages.resend(services_of(request), resend_quota(request), partner_id, event_id, actor,
+                                 endpoint=endpoint, channel=channel)
+    if count is None:
         raise HTTPException(404, f"no deliveries of {event_id!r} for partner {partner_id!r}")
-    granted = quota.take(partner_id, len(rows))
-    count = await replay_rows(services, rows[:granted])
-    quota.give_back(partner_id, granted - count)
-    await record(services, actor, "message.resend", partner_id=partner_id, subject=event_id,
-                 after={"endpoint": endpoint, "channel": channel, "resent": count})
     return {"resent": count}
 
 
 @router.post("/recover", status_code=202)
 async def recover(partner_id: str, request: Request, response: Response, since: datetime, until: datetime | None = None,
                   endpoint: str | None = None, channel: str | None = None,
-                  limit: int = Query(10000, ge=1, le=100000), actor: Actor = Depends(actor_of)) -> dict[str, int]:
+                  limit: int = Query(messages.RECOVER_LIMIT, ge=1, le=100000),
+                  actor: Actor = Depends(actor_of)) -> dict[str, int]:
     """Send again every message that failed (parked) since ``since``, as many
     as the partner's quota of messages sent again allows; the header
     ``X-Shipcast-Remaining`` says how many more matched (ask again after the
     ``Retry-After`` of the 429 that follows)."""
-    services, quota = services_of(request), resend_quota(request)
-    rows = await matching_deliveries(services, partner_id=partner_id, status="dead", since=since, until=until,
-                                     target=endpoint, channel=channel, limit=limit)
-    granted = quota.take(partner_id, len(rows)) if rows else 0
-    count = await replay_rows(services, rows[:granted])
-    quota.give_back(partner_id, granted - count)
-    response.headers["X-Shipcast-Remaining"] = str(len(rows) - granted)
-    await record(services, actor, "messages.recover", partner_id=partner_id, subject=since.isoformat(),
-                 after={"until": until, "endpoint": endpoint, "channel": channel, "recovered": count})
-    return {"recovered": count}
+    done = await messages.recover(services_of(request), resend_quota(request), partner_id, actor, since=since,
+                                 until=until, endpoint=endpoint, channel=channel, limit=limit)
+    response.headers["X-Shipcast-Remaining"] = str(done.remaining)
+    return {"recovered": done.recovered}

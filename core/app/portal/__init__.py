@@ -34,6 +34,6 @@ __all__ = ["Person", "SignInRequired", "checked_form", "checked_form_lists", "cu
 
 def routers() -> list[APIRouter]:
     """The portal's own routes (plugins add theirs through ``shipcast_routers``)."""
-    from shipcast.app.portal import signin
+    from shipcast.app.portal import partner, signin
 
-    return [signin.router]
+    return [signin.router, partner.router]
