@@ -99,17 +99,19 @@ class DeliveryError(ShipcastError):
     ``target_fault`` is ``False`` when the target is not to blame (quiet hours,
     another copy in flight, one customer's invalid number on a provider that
     serves every customer): the circuit breaker and the concurrency limit
-    ignore such failures.
+    ignore such failures. ``request`` is what was sent, for the attempt log
+    (``{"method", "url", "headers"}``, never a credential), when the channel tells.
     """
 
     def __init__(
         self, reason: str, *, status: int | None = None, response: str | None = None,
-        target_fault: bool = True,
+        target_fault: bool = True, request: dict[str, Any] | None = None,
     ) -> None:
         self.reason = reason
         self.status = status
         self.response = response
         self.target_fault = target_fault
+        self.request = request
         super().__init__(reason)
 
 
@@ -128,8 +130,9 @@ class RetryableDelivery(DeliveryError):
         response: str | None = None,
         retry_after: float | None = None,
         target_fault: bool = True,
+        request: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(reason, status=status, response=response, target_fault=target_fault)
+        super().__init__(reason, status=status, response=response, target_fault=target_fault, request=request)
         self.retry_after = retry_after
 
 
@@ -148,8 +151,9 @@ class PermanentDelivery(DeliveryError):
         response: str | None = None,
         disable_target: bool = False,
         target_fault: bool = True,
+        request: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(reason, status=status, response=response, target_fault=target_fault)
+        super().__init__(reason, status=status, response=response, target_fault=target_fault, request=request)
         self.disable_target = disable_target
 
 

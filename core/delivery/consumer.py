@@ -371,16 +371,17 @@ class ChannelWorker:
             status=error.status if error is not None else (result.status if result else None),
             reason=decision.reason,
             response=error.response if error is not None else (result.response if result else None),
+            request=error.request if error is not None else (result.request if result else None),
         ), error, decision.delay, recorded=isinstance(error, ClaimedElsewhere))
 
     def _attempt_record(self, event: Event, target: Target, attempt: int, outcome: Outcome, latency: float, *,
                         status: int | None = None, reason: str | None = None,
-                        response: str | None = None) -> Attempt:
+                        response: str | None = None, request: dict[str, Any] | None = None) -> Attempt:
         return Attempt(
             event_id=event.event_id, channel=self.name, target=target.id, partner_id=event.partner_id,
             address=target.address, outcome=outcome, attempt=attempt + 1, latency_ms=latency,
             status=status, error=reason, response=response, event_type=event.event_type,
-            order_id=event.order.order_id, sequence=event.sequence)
+            order_id=event.order.order_id, sequence=event.sequence, request=request)
 
     def _dead_copy(self, headers: dict[str, Any], reason: str, *, status: int | None = None) -> Copy:
         return Copy(self.topology.dead.name, h.dead_headers(headers, self.name, reason, status=status))

@@ -53,10 +53,13 @@ class Target:
 
 @dataclass(frozen=True)
 class Delivered:
-    """What a successful delivery reports back for the attempt log."""
+    """What a successful delivery reports back for the attempt log: the
+    remote status, the start of its answer, and what was sent
+    (``{"method", "url", "headers"}``; never a credential), for the partner to see."""
 
     status: int | None = None
     response: str | None = None
+    request: dict[str, Any] | None = None
 
 
 class ChannelConfig(Schema):

@@ -6,6 +6,9 @@ optionally, per-order ordering and an Ed25519 ``v1a`` signature. A 2xx within
 the timeout is success; redirects are not followed and, like timeouts,
 connection errors and other answers, are retried; 429 and 503 honour
 ``Retry-After``; 410 Gone disables the endpoint.
+
+Partners manage their endpoints through the partner API (``routes.py``) and
+the portal's Endpoints pages (``portal.py``), both through ``admin.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from shipcast import hookimpl
 from shipcast.plugin.channel import Channel
+from shipcast.plugin.portal import PortalSection
 
 from .channel import EndpointSchema, WebhookChannel, WebhookConfig, valid_secrets, with_secret
 
@@ -27,9 +31,15 @@ def shipcast_channels() -> list[type[Channel]]:
 
 @hookimpl
 def shipcast_routers() -> list[Any]:
+    from .portal import router as pages
     from .routes import router
 
-    return [router]
+    return [router, pages]
+
+
+@hookimpl
+def shipcast_portal_sections() -> list[PortalSection]:
+    return [PortalSection("Endpoints", "endpoints", 10)]
 
 
 @hookimpl

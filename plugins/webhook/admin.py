@@ -1,38 +1,53 @@
-"""Operations on partners' endpoints, shared by the partner API and the
-``shipcast endpoints`` commands: find, describe, save, rotate a secret, send
-a test event. Each raises :class:`UnknownEndpoint` or a
-:class:`~shipcast.exceptions.ConfigError` naming the field that is wrong.
+"""Operations on partners' endpoints, shared by the partner API, the portal's
+endpoint pages and the ``shipcast endpoints`` commands: find, describe,
+validate, create, update, delete, disable, enable, reveal or rotate a
+secret, send a test event. Each raises :class:`UnknownEndpoint`,
+:class:`EndpointExists` or a :class:`~shipcast.exceptions.ConfigError`
+naming the field that is wrong; each change is written to the audit log,
+with who made it (never a secret).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import yarl
+from marshmallow import RAISE, ValidationError
+
 from shipcast.amqp.headers import event_message, resend_headers
 from shipcast.amqp.topology import QUEUE_PREFIX
+from shipcast.app.audit import Actor, record
 from shipcast.app.reconcile import reconcile_bindings
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError, ShipcastError
+from shipcast.model.catalog import validating
 from shipcast.model.envelope import Event
 from shipcast.model.examples import example
-from shipcast.model.partners import Partner
+from shipcast.model.partners import Partner, _flatten, lone_surrogates
 from shipcast.security.crypto import secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret
 from shipcast.store import attempt_stats
 
-from .channel import WebhookChannel, strip_userinfo, valid_secrets, with_secret
+from .channel import EndpointSchema, WebhookChannel, strip_userinfo, valid_secrets, with_secret
 
 CHANNEL = WebhookChannel.name
 #: The longest overlap a rotation may ask for: 30 days.
 MAX_OVERLAP = 30 * 86400.0
+#: Settings an update may clear (given as ``None``): the channel's defaults apply again.
+CLEARABLE = ("description", "rate_limit", "max_concurrency")
 
 
 class UnknownEndpoint(ShipcastError):
     """No such partner, or no such endpoint for it."""
+
+
+class EndpointExists(ShipcastError):
+    """The partner has an endpoint of that id already."""
 
 
 async def load(services: Services, partner_id: str) -> Partner:
@@ -73,6 +88,122 @@ def describe(services: Services, partner_id: str, endpoint: Mapping[str, Any]) -
     }
 
 
+def validate(services: Services, data: Any, *, partial: bool) -> dict[str, Any]:
+    """An endpoint's fields as the channel's schema loads them (``partial``:
+    an update, whose absent fields keep their values).
+
+    :raises ConfigError: naming each field that is wrong.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError("invalid endpoint", {"(body)": ["must be a JSON object"]})
+    halves = lone_surrogates(data)
+    if halves:
+        raise ConfigError("invalid endpoint", {where: ["half a UTF-16 surrogate pair: not text"] for where in halves})
+    try:
+        with validating(services.registry.catalog):
+            loaded: dict[str, Any] = EndpointSchema(unknown=RAISE, partial=partial).load(data)
+    except ValidationError as exc:
+        raise ConfigError("invalid endpoint", _flatten(exc.messages)) from exc
+    return loaded
+
+
+async def prepared(services: Services, partner_id: str, endpoint: dict[str, Any],
+                   old: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The endpoint as it is stored, through the channel's ``prepare``: its
+    destination checked, its secret (kept, given or new) encrypted.
+
+    :raises ConfigError: naming the field (``url``: why the destination is refused).
+    """
+    try:
+        config = await WebhookChannel.prepare(services.registry, partner_id, {"endpoints": [endpoint]},
+                                              {"endpoints": [old]} if old else None)
+    except ConfigError as exc:
+        raise ConfigError("refused", {loc.removeprefix("endpoints.0."): messages
+                                      for loc, messages in exc.errors.items()}) from exc
+    stored: dict[str, Any] = config["endpoints"][0]
+    return stored
+
+
+def new_id(partner: Partner, url: Any) -> str:
+    """An id for an endpoint registered without one: its host's name, made
+    unique among the partner's endpoints (``hooks-acme-com``, ``…-2``)."""
+    try:
+        host = yarl.URL(str(url)).host or ""
+    except (ValueError, TypeError):
+        host = ""
+    base = re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-")[:56].strip("-") or "endpoint"
+    taken = {e["id"] for e in endpoints_of(partner)}
+    candidate, number = base, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{base}-{number}"
+    return candidate
+
+
+async def create(services: Services, partner_id: str, body: Any, actor: Actor) -> tuple[dict[str, Any], str]:
+    """Register an endpoint (without a ``secret``, one is generated): how it
+    is shown, and its secret, the one time it is given back with it.
+
+    :raises UnknownEndpoint: no such partner.
+    :raises ConfigError: a field is wrong, or the destination is refused.
+    :raises EndpointExists: the partner has an endpoint of that id.
+    """
+    partner = await load(services, partner_id)
+    endpoint = validate(services, body, partial=False)
+    found = endpoints_of(partner)
+    if any(e["id"] == endpoint["id"] for e in found):
+        raise EndpointExists(f"partner {partner_id!r} already has an endpoint {endpoint['id']!r}")
+    stored = await prepared(services, partner_id, {**endpoint, "origin": "api"}, None)
+    await services.store.enable_target(CHANNEL, partner_id, endpoint["id"])  # an old one of that id
+    await save(services, partner, found + [stored])
+    shown = describe(services, partner_id, stored)
+    await record(services, actor, "endpoint.create", partner_id=partner_id, subject=stored["id"], after=shown)
+    return shown, secret_box(services.settings).decrypt(stored["secret"])
+
+
+async def update(services: Services, partner_id: str, endpoint_id: str, body: Any, actor: Actor) -> dict[str, Any]:
+    """Change an endpoint's URL, events, description, ordering, signing or
+    limits (a clearable setting given as ``None`` goes back to the default);
+    it is re-enabled if it was disabled. Its id and secret are not changed here.
+
+    :raises UnknownEndpoint: no such partner or endpoint.
+    :raises ConfigError: a field is wrong, or the destination is refused.
+    """
+    if isinstance(body, Mapping) and ("id" in body or "secret" in body):
+        raise ConfigError("invalid update", {key: ["cannot be changed here"] for key in ("id", "secret")
+                                             if key in body})
+    cleared = {key for key in CLEARABLE if isinstance(body, Mapping) and key in body and body[key] is None}
+    given = {key: value for key, value in body.items() if key not in cleared} if isinstance(body, Mapping) else body
+    changes = validate(services, given, partial=True)
+    partner = await load(services, partner_id)
+    found, index = find(partner, endpoint_id)
+    old = found[index]
+    before = describe(services, partner_id, old)
+    # partial loading still fills defaults for absent fields: keep only those given
+    plain = {key: value for key, value in old.items()
+             if key not in ("secret", "previous_secrets") and key not in cleared}
+    updated = await prepared(services, partner_id,
+                             {**plain, **{key: value for key, value in changes.items() if key in given}}, old)
+    found[index] = updated
+    await services.store.enable_target(CHANNEL, partner_id, endpoint_id)
+    await save(services, partner, found)
+    await services.partners.reload()
+    after = describe(services, partner_id, updated)
+    await record(services, actor, "endpoint.update", partner_id=partner_id, subject=endpoint_id,
+                 before=before, after=after)
+    return after
+
+
+async def delete(services: Services, partner_id: str, endpoint_id: str, actor: Actor) -> None:
+    """Remove an endpoint: nothing is sent to it any more."""
+    partner = await load(services, partner_id)
+    found, index = find(partner, endpoint_id)
+    before = describe(services, partner_id, found[index])
+    del found[index]
+    await save(services, partner, found)
+    await record(services, actor, "endpoint.delete", partner_id=partner_id, subject=endpoint_id, before=before)
+
+
 async def save(services: Services, partner: Partner, found: list[dict[str, Any]]) -> None:
     """Store the partner with these endpoints, then make the bindings match."""
     channels = {name: dict(config) for name, config in partner.channels.items()}
@@ -94,8 +225,16 @@ async def current_secret(services: Services, partner_id: str, endpoint_id: str) 
                 "previous_secret_valid_until"]}
 
 
+async def reveal_secret(services: Services, partner_id: str, endpoint_id: str, actor: Actor) -> dict[str, Any]:
+    """The endpoint's current secret, given to ``actor``: the audit log says
+    who saw it (not what it is)."""
+    shown = await current_secret(services, partner_id, endpoint_id)
+    await record(services, actor, "endpoint.secret_reveal", partner_id=partner_id, subject=endpoint_id)
+    return shown
+
+
 async def rotate_secret(services: Services, partner_id: str, endpoint_id: str, secret: Any = None,
-                        overlap: Any = None) -> dict[str, Any]:
+                        overlap: Any = None, *, actor: Actor) -> dict[str, Any]:
     """Replace an endpoint's secret with ``secret`` (or a new one); the old one
     keeps signing for ``overlap`` seconds (default ``SHIPCAST_WEBHOOK_SECRET_OVERLAP``)."""
     if secret is not None and (not isinstance(secret, str) or not SECRET_PATTERN.match(secret)):
@@ -109,12 +248,19 @@ async def rotate_secret(services: Services, partner_id: str, endpoint_id: str, s
     box = secret_box(services.settings)
     if secret is not None and secret == box.decrypt(found[index]["secret"]):
         raise ConfigError("invalid rotation", {"secret": ["is the current secret already"]})
+    before = describe(services, partner_id, found[index])["previous_secret_valid_until"]
     found[index] = with_secret(box, found[index], found[index], secret or generate_secret(), float(overlap))
     await save(services, partner, found)
-    return await current_secret(services, partner_id, endpoint_id)
+    rotated = await current_secret(services, partner_id, endpoint_id)
+    await record(services, actor, "endpoint.secret_rotate", partner_id=partner_id, subject=endpoint_id,
+                 before={"previous_secret_valid_until": before},
+                 after={"overlap_seconds": float(overlap), "given": secret is not None,
+                        "previous_secret_valid_until": rotated["previous_secret_valid_until"]})
+    return rotated
 
 
-async def send_test(services: Services, partner_id: str, endpoint_id: str, event_type: Any = "OFD") -> Event:
+async def send_test(services: Services, partner_id: str, endpoint_id: str, event_type: Any = "OFD", *,
+                    actor: Actor) -> Event:
     """Send a realistic sample event of ``event_type`` to this endpoint only,
     whatever its event filter; it is archived, so its message can be followed."""
     known = services.registry.event_types
@@ -126,16 +272,44 @@ async def send_test(services: Services, partner_id: str, endpoint_id: str, event
     await services.broker.publish(
         event_message(event, headers=resend_headers(endpoint_id)),
         f"{QUEUE_PREFIX}{CHANNEL}", exchange="")
+    await record(services, actor, "endpoint.test", partner_id=partner_id, subject=endpoint_id,
+                 after={"event_id": event.event_id, "event_type": event.event_type})
     return event
 
 
-async def enable(services: Services, partner_id: str, endpoint_id: str) -> dict[str, Any]:
-    """Re-enable an endpoint that was disabled (by 410 Gone or long failure)."""
+async def enable(services: Services, partner_id: str, endpoint_id: str, actor: Actor) -> dict[str, Any]:
+    """Re-enable an endpoint that was disabled (by 410 Gone, long failure, or by hand)."""
     found, index = find(await load(services, partner_id), endpoint_id)
+    await services.partners.reload(if_older_than=1.0)
+    before = describe(services, partner_id, found[index])
     await services.store.enable_target(CHANNEL, partner_id, endpoint_id)
     await services.announce_change()
     await services.partners.reload()
-    return describe(services, partner_id, found[index])
+    after = describe(services, partner_id, found[index])
+    await record(services, actor, "endpoint.enable", partner_id=partner_id, subject=endpoint_id,
+                 before=_state(before), after=_state(after))
+    return after
+
+
+async def disable(services: Services, partner_id: str, endpoint_id: str, actor: Actor) -> dict[str, Any]:
+    """Stop sending to an endpoint until it is enabled (or updated, or its
+    partner applied again); the reason stored says who disabled it."""
+    found, index = find(await load(services, partner_id), endpoint_id)
+    await services.partners.reload(if_older_than=1.0)
+    before = describe(services, partner_id, found[index])
+    await services.store.disable_target(CHANNEL, partner_id, endpoint_id,
+                                        f"disabled by {actor.name} through the {actor.via}")
+    await services.announce_change()
+    await services.partners.reload()
+    after = describe(services, partner_id, found[index])
+    await record(services, actor, "endpoint.disable", partner_id=partner_id, subject=endpoint_id,
+                 before=_state(before), after=_state(after))
+    return after
+
+
+def _state(shown: Mapping[str, Any]) -> dict[str, Any]:
+    """What disabling or enabling changes, for the audit log."""
+    return {"disabled": shown["disabled"], "failing_since": shown["failing_since"]}
 
 
 async def stats(services: Services, partner_id: str, endpoint_id: str, since: datetime | None = None,

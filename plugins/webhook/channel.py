@@ -153,7 +153,7 @@ class WebhookChannel(Channel):
         # The address logged and shown never carries credentials; they ride in the options.
         return Target(endpoint["id"], url,
                       {"secrets": valid_secrets(self._box, endpoint), "asymmetric": endpoint.get("asymmetric"),
-                       "userinfo": userinfo},
+                       "userinfo": userinfo, "shown_url": masked_userinfo(url) if userinfo else url},
                       concurrency=endpoint.get("max_concurrency"), rate_limit=endpoint.get("rate_limit"),
                       ordered=endpoint.get("ordered", False))
 
@@ -176,6 +176,8 @@ class WebhookChannel(Channel):
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
+        # What the attempt log shows the partner: these headers, and the URL with any credentials masked.
+        sent = {"method": "POST", "url": target.options.get("shown_url", target.address), "headers": headers}
         try:
             # One deadline for the whole exchange: a server trickling bytes is cut off too.
             async with asyncio.timeout(self.settings.webhook_timeout):
@@ -183,24 +185,25 @@ class WebhookChannel(Channel):
                                              allow_redirects=False) as response:
                     excerpt = await _read_capped(response)
         except TimeoutError as exc:
-            raise RetryableDelivery(f"timed out after {self.settings.webhook_timeout:g}s") from exc
+            raise RetryableDelivery(f"timed out after {self.settings.webhook_timeout:g}s", request=sent) from exc
         except (aiohttp.ClientError, OSError) as exc:
             refusal = find_refusal(exc)
-            if refusal is not None:
+            if refusal is not None:  # nothing left: no address was connected to
                 raise PermanentDelivery(f"destination refused: {refusal}") from exc
-            raise RetryableDelivery(f"connection failed: {type(exc).__name__}: {exc}") from exc
+            raise RetryableDelivery(f"connection failed: {type(exc).__name__}: {exc}", request=sent) from exc
 
         status = response.status
         if 200 <= status < 300:
-            return Delivered(status, excerpt)
+            return Delivered(status, excerpt, sent)
         if 300 <= status < 400:
             raise RetryableDelivery(f"HTTP {status} redirect to {response.headers.get('location', '?')} "
-                                    "(redirects are not followed)", status=status, response=excerpt)
+                                    "(redirects are not followed)", status=status, response=excerpt, request=sent)
         if status == 410:
             raise PermanentDelivery("HTTP 410 Gone: endpoint disabled", status=status, response=excerpt,
-                                    disable_target=True)
+                                    disable_target=True, request=sent)
         retry_after = parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
-        raise RetryableDelivery(f"HTTP {status}", status=status, response=excerpt, retry_after=retry_after)
+        raise RetryableDelivery(f"HTTP {status}", status=status, response=excerpt, retry_after=retry_after,
+                                request=sent)
 
 
 @lru_cache(maxsize=65536)
@@ -245,6 +248,13 @@ def with_secret(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, A
 def strip_userinfo(url: str) -> yarl.URL:
     """``url`` without ``user:password@``: how an endpoint is stored, logged and shown."""
     return yarl.URL(url).with_user(None)
+
+
+def masked_userinfo(url: str) -> str:
+    """``url`` as shown beside a request sent with credentials: they were
+    sent, and are not shown (``https://…:…@host/path``)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://…:…@{rest}"
 
 
 def _userinfo(url: str) -> str | None:

@@ -6,19 +6,30 @@ tables, for every partner at once.
 
 from __future__ import annotations
 
+import getpass
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
+from shipcast.app.audit import Actor
 from shipcast.app.cli import WHEN, echo_json, open_services, print_table, run_command
 
 from . import admin
 
 
+def _actor() -> Actor:
+    """Who the audit log says made a change from the command line."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown user"
+    return Actor(f"command line ({user})", "cli")
+
+
 @click.group()
 def endpoints() -> None:
-    """Webhook endpoints across partners: list, stats, secrets, tests, enable, operator events."""
+    """Webhook endpoints across partners: list, stats, secrets, tests, disable, enable, operator events."""
 
 
 @endpoints.command("list")
@@ -83,7 +94,7 @@ def endpoints_secret(partner_id: str, endpoint_id: str) -> None:
 
     async def fetch() -> dict[str, Any]:
         async with open_services(broker=False) as services:
-            return await admin.current_secret(services, partner_id, endpoint_id)
+            return await admin.reveal_secret(services, partner_id, endpoint_id, _actor())
 
     click.echo(run_command(fetch)["secret"])
 
@@ -98,7 +109,7 @@ def endpoints_rotate(partner_id: str, endpoint_id: str, secret: str | None, over
 
     async def go() -> dict[str, Any]:
         async with open_services() as services:
-            return await admin.rotate_secret(services, partner_id, endpoint_id, secret, overlap)
+            return await admin.rotate_secret(services, partner_id, endpoint_id, secret, overlap, actor=_actor())
 
     rotated = run_command(go)
     click.echo(rotated["secret"])
@@ -115,7 +126,7 @@ def endpoints_test(partner_id: str, endpoint_id: str, event_type: str) -> None:
 
     async def go() -> str:
         async with open_services() as services:
-            return (await admin.send_test(services, partner_id, endpoint_id, event_type)).event_id
+            return (await admin.send_test(services, partner_id, endpoint_id, event_type, actor=_actor())).event_id
 
     click.echo(run_command(go))
 
@@ -128,10 +139,24 @@ def endpoints_enable(partner_id: str, endpoint_id: str) -> None:
 
     async def go() -> None:
         async with open_services() as services:
-            await admin.enable(services, partner_id, endpoint_id)
+            await admin.enable(services, partner_id, endpoint_id, _actor())
 
     run_command(go)
     click.echo(f"enabled {partner_id}/{endpoint_id}")
+
+
+@endpoints.command("disable")
+@click.argument("partner_id")
+@click.argument("endpoint_id")
+def endpoints_disable(partner_id: str, endpoint_id: str) -> None:
+    """Stop sending to an endpoint until it is enabled again."""
+
+    async def go() -> None:
+        async with open_services() as services:
+            await admin.disable(services, partner_id, endpoint_id, _actor())
+
+    run_command(go)
+    click.echo(f"disabled {partner_id}/{endpoint_id}")
 
 
 @endpoints.command("events")

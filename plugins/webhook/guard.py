@@ -78,6 +78,32 @@ REFUSED: tuple[tuple[Network, str], ...] = tuple(
 IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 ALLOW_HINT = "SHIPCAST_WEBHOOK_ALLOWED_NETWORKS can allow it"
 
+#: Each refused range, in words for a developer registering an endpoint.
+IN_WORDS: dict[str | None, str] = {
+    "this network": "the \"this network\" range, no real destination",
+    "private": "a private network",
+    "carrier-grade NAT": "a carrier's shared private network (carrier-grade NAT)",
+    "loopback": "a loopback address: shipcast's own machine",
+    "link-local": "a link-local network (where cloud metadata services answer)",
+    "IETF protocol assignments": "a range reserved for internet protocols",
+    "documentation": "a range reserved for documentation examples",
+    "benchmarking": "a range reserved for network benchmarks",
+    "multicast": "a multicast range",
+    "reserved and broadcast": "a reserved or broadcast range",
+    "unspecified": "the unspecified address",
+    "IPv4-compatible, deprecated": "a deprecated IPv6 form",
+    "NAT64": "a NAT64 translation range",
+    "local-use NAT64": "a private NAT64 translation range",
+    "Teredo": "a Teredo tunnel range",
+    "unique local": "a private IPv6 network (unique local)",
+    "site-local, deprecated": "a deprecated private IPv6 range (site-local)",
+    None: "not a public internet address",
+}
+#: What a developer whose endpoint is refused can do.
+REFUSAL_ADVICE = ("Give an address reachable from the internet (or ask the operator to allow that network "
+                  "with SHIPCAST_WEBHOOK_ALLOWED_NETWORKS).")
+HTTPS_REQUIRED = "HTTPS is required (SHIPCAST_WEBHOOK_REQUIRE_HTTPS)"
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -88,6 +114,7 @@ class Refusal:
     carried: ipaddress.IPv4Address | None
     form: str | None  # how the IPv4 address is carried: "6to4", ...
     rule: str | None  # the refusing range, "127.0.0.0/8 (loopback)"; None: not public (Python's registry)
+    kind: str | None = None  # the range's name alone, "loopback"
 
     @property
     def _verdict(self) -> str:
@@ -104,6 +131,16 @@ class Refusal:
         if self.carried is not None:
             return f"resolves to an address whose IPv4 part ({self.form}) {self._verdict}; {ALLOW_HINT}"
         return f"resolves to an address that {self._verdict}; {ALLOW_HINT}"
+
+    def in_words(self, said: str) -> str:
+        """``said`` (:meth:`detail` or :meth:`without_address`), for a
+        developer registering an endpoint: what the range is, in words, and
+        what to do instead."""
+        said = said.removesuffix(f"; {ALLOW_HINT}")
+        words = IN_WORDS.get(self.kind, IN_WORDS[None])
+        if self.rule is None:
+            return f"{said}, which shipcast does not send to. {REFUSAL_ADVICE}"
+        return f"{said}: that is {words}, which shipcast does not send to. {REFUSAL_ADVICE}"
 
 
 def carried_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
@@ -132,7 +169,7 @@ def judge(address: str, allowed: Sequence[Network]) -> Refusal | None:
     carrier, form = carried if carried is not None else (None, None)
     for network, name in REFUSED:
         if judged.version == network.version and judged in network:
-            return Refusal(ip, carrier, form, f"{network} ({name})")
+            return Refusal(ip, carrier, form, f"{network} ({name})", name)
     if not judged.is_global:  # whatever else Python knows to be special-purpose
         return Refusal(ip, carrier, form, None)
     return None
@@ -144,16 +181,18 @@ def refusal(address: str, allowed: Sequence[Network]) -> str | None:
     return refused.detail() if refused is not None else None
 
 
-def refused_name(host: str, addresses: Sequence[str], allowed: Sequence[Network]) -> str:
+def refused_name(host: str, addresses: Sequence[str], allowed: Sequence[Network], *, words: bool = False) -> str:
     """What to tell a partner about ``host``, all of whose ``addresses`` are
-    refused: the rule, not the addresses (logged for the operator instead)."""
+    refused: the rule, not the addresses (logged for the operator instead);
+    with ``words``, explained for a developer registering it."""
     if not addresses:
         return "no address"
     refused = judge(addresses[0], allowed)
     assert refused is not None, "only refused addresses are explained"
     log.warning("webhook destination %s refused: %s", host, "; ".join(
         r.detail() for r in (judge(a, allowed) for a in addresses) if r is not None))
-    return refused.without_address()
+    said = refused.without_address()
+    return refused.in_words(said) if words else said
 
 
 class GuardedResolver(AbstractResolver):
@@ -201,24 +240,25 @@ def static_refusal(url: yarl.URL, allowed: tuple[Network, ...], *, require_https
     """What can be judged from the URL alone: its scheme, and a host that is
     an IP literal (the HTTP client skips the resolver for those)."""
     if require_https and url.scheme != "https":
-        return "destination refused: HTTPS is required (SHIPCAST_WEBHOOK_REQUIRE_HTTPS)"
+        return f"destination refused: {HTTPS_REQUIRED}"
     literal = literal_refusal(url.host or "", allowed)
     return f"destination refused: {literal}" if literal is not None else None
 
 
 async def check_destination(url: str, allowed: tuple[Network, ...], *, require_https: bool) -> str | None:
-    """Why an endpoint URL may not be registered, or ``None``. Checked again
-    at every send; a name that does not resolve yet is let through to that."""
+    """Why an endpoint URL may not be registered, in words for the developer
+    registering it, or ``None``. Checked again at every send; a name that does
+    not resolve yet is let through to that."""
     parsed = yarl.URL(url)
-    refused = static_refusal(parsed, allowed, require_https=require_https)
-    if refused is not None:
-        return refused
+    if require_https and parsed.scheme != "https":
+        return f"destination refused: {HTTPS_REQUIRED}: this shipcast sends only to https:// addresses"
     host = parsed.host or ""
     try:
-        ipaddress.ip_address(host.strip("[]"))
-        return None  # an allowed literal
+        literal = judge(host.strip("[]"), allowed)
     except ValueError:
-        pass
+        pass  # a name: judged by what it resolves to
+    else:
+        return None if literal is None else f"destination refused: {literal.in_words(literal.detail())}"
     try:
         async with asyncio.timeout(5):
             infos = await asyncio.get_running_loop().getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
@@ -226,5 +266,5 @@ async def check_destination(url: str, allowed: tuple[Network, ...], *, require_h
         return None
     addresses = [str(info[4][0]) for info in infos]
     if addresses and all(judge(a, allowed) for a in addresses):  # as at send time: one allowed address is enough
-        return f"destination refused: {host}: {refused_name(host, addresses, allowed)}"
+        return f"destination refused: {host}: {refused_name(host, addresses, allowed, words=True)}"
     return None
