@@ -34,18 +34,16 @@ import yaml
 from hypothesis import strategies as st
 
 from shipcast import metrics
+from shipcast.amqp.parking import list_dead
 from shipcast.app.api import partner_scope, require_token
-from shipcast.model.envelope import Event
-from tests.bound import parse_event, parse_events
-from shipcast.model.event_types import GROUPS
-from tests.bound import example
+from shipcast.app.portal import signed_in
+from shipcast.app.reconcile import apply_partners
 from shipcast.exceptions import ConfigError, InvalidEvent
 from shipcast.logs import JsonFormatter, TextFormatter
-from shipcast.amqp.parking import list_dead
-from tests.bound import load_partners_file
-from tests.bound import event_types
-from shipcast.app.reconcile import apply_partners
+from shipcast.model.envelope import Event
+from shipcast.model.event_types import GROUPS
 from shipcast.settings import Settings
+from tests.bound import event_types, example, load_partners_file, parse_event, parse_events
 
 from .conftest import make_settings
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli
@@ -334,6 +332,8 @@ PUBLIC = {
     ("POST", "/u/{token}"): "one-click unsubscribe: the same key",
     ("POST", "/callbacks/sms/twilio"): "Twilio's status callbacks: believed only with a valid X-Twilio-Signature",
 }
+#: The portal's routes open without a session: signing in (an invitation's one-time token is the key) and its files.
+PORTAL_OPEN = {("GET", "/portal/signin"), ("POST", "/portal/signin"), ("GET", "/portal/static/{name}")}
 #: What a public route answers a stranger holding no key, or a forged one.
 PUBLIC_ANSWERS = {"/t/{token}": 404, "/t/{token}/live": 404, "/u/{token}": 404, "/callbacks/sms/twilio": 403}
 
@@ -400,6 +400,10 @@ async def test_every_route_refuses_a_stranger_and_a_partner_reaching_for_another
     app = shipcast.server.config.app
     routes = [(method, route.path, guards(route)) for route in every_route(app)
               for method in sorted(route.methods or ()) if method != "HEAD"]
+    # The portal's pages are guarded by its sessions (tests/test_portal_access.py walks them as everyone).
+    portal = {(method, path) for method, path, found in routes if path.startswith("/portal") and signed_in not in found}
+    assert portal == PORTAL_OPEN, "a portal route without a session that is not listed as open, or one gone"
+    routes = [(method, path, found) for method, path, found in routes if not path.startswith("/portal")]
     unguarded = {(method, path) for method, path, found in routes if not found & {require_token, partner_scope}}
     assert unguarded == set(PUBLIC), "a route without auth that is not listed as public, or a listed one gone"
 
@@ -741,11 +745,11 @@ def test_hostile_order_data_is_text_in_every_customer_message() -> None:
     WhatsApp refuses)."""
     from email import message_from_bytes, policy
 
+    from shipcast.app.services import Services
     from shipcast.model.partners import Partner
     from shipcast.plugins.email import EmailChannel
     from shipcast.plugins.sms import SmsChannel
     from shipcast.plugins.whatsapp import variables_for
-    from shipcast.app.services import Services
 
     settings = Settings(api_token="t", public_url="https://track.example.com", config="/nonexistent")
     services = Services.from_settings(settings)

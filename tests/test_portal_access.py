@@ -17,6 +17,7 @@ from tests.bound import example
 from .conftest import make_settings
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, settled
 from .portal import Visitor, signed_in
+from .test_hostile import every_route
 
 pytestmark = pytest.mark.broker
 
@@ -44,9 +45,8 @@ async def two_partners(vhost: str, sqlite_url: str, receiver: Receiver) -> Async
 
 
 def portal_routes(shipcast: ShipcastProcess) -> list[tuple[str, str]]:
-    app = shipcast.server.config.app
     found = []
-    for route in app.routes:
+    for route in every_route(shipcast.server.config.app):
         if isinstance(route, APIRoute) and route.path.startswith("/portal") and route.path not in OPEN:
             found += [(method, route.path) for method in sorted(route.methods or ()) if method != "HEAD"]
     return found
