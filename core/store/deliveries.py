@@ -89,4 +89,16 @@ class DeliveryStore(StoreBase):
         return [{**row._asdict(), "at": _aware(row.at), "request": orjson.loads(row.request) if row.request else None}
                 for row in await self._rows(query)]
 
+    async def count_deliveries(self, *, since: datetime | None = None,
+                               status: str | None = None) -> dict[str, dict[str, int]]:
+        """How many deliveries each partner has in each status, of those last
+        changed since ``since`` (all when ``None``): ``{partner: {status: n}}``."""
+        query = _filtered(sa.select(deliveries.c.partner_id, deliveries.c.status, sa.func.count().label("n"))
+                          .group_by(deliveries.c.partner_id, deliveries.c.status),
+                          deliveries.c.updated_at, since, None, status=status)
+        counts: dict[str, dict[str, int]] = {}
+        for row in await self._rows(query):
+            counts.setdefault(row.partner_id, {})[row.status] = int(row.n)
+        return counts
+
     # -- endpoint health and operator events -----------------------------------
