@@ -123,10 +123,7 @@ class DeliveryStore(StoreBase):
 
     async def delivery_counts(self, partner_id: str, since: datetime) -> dict[str, int]:
         """How many of a partner's deliveries last changed since ``since``, by status."""
-        d = deliveries.c
-        rows = await self._rows(sa.select(d.status, sa.func.count().label("n")).where(
-            d.partner_id == partner_id, d.updated_at >= _utc(since)).group_by(d.status))
-        return {row.status: int(row.n) for row in rows}
+        return (await self.count_deliveries(since=since, partner_id=partner_id)).get(partner_id, {})
 
     async def attempted_targets(self, partner_id: str, since: datetime) -> list[tuple[str, str]]:
         """Every ``(channel, target)`` of a partner's attempts since ``since``."""
@@ -134,5 +131,17 @@ class DeliveryStore(StoreBase):
         rows = await self._rows(sa.select(a.channel, a.target).where(a.partner_id == partner_id, a.at >= _utc(since))
                                 .group_by(a.channel, a.target).order_by(a.channel, a.target))
         return [(row.channel, row.target) for row in rows]
+
+    async def count_deliveries(self, *, since: datetime | None = None, status: str | None = None,
+                               partner_id: str | None = None) -> dict[str, dict[str, int]]:
+        """How many deliveries each partner has in each status, of those last
+        changed since ``since`` (all when ``None``): ``{partner: {status: n}}``."""
+        query = _filtered(sa.select(deliveries.c.partner_id, deliveries.c.status, sa.func.count().label("n"))
+                          .group_by(deliveries.c.partner_id, deliveries.c.status),
+                          deliveries.c.updated_at, since, None, status=status, partner_id=partner_id)
+        counts: dict[str, dict[str, int]] = {}
+        for row in await self._rows(query):
+            counts.setdefault(row.partner_id, {})[row.status] = int(row.n)
+        return counts
 
     # -- endpoint health and operator events -----------------------------------

@@ -17,6 +17,7 @@ from shipcast.app.api.access import (
 )
 from shipcast.app.audit import Actor, record
 from shipcast.app.people import invite
+from shipcast.app.people import revoke_session as end_session_by_id
 from shipcast.app.reconcile import apply_partners, reconcile_bindings
 from shipcast.app.services import services_of
 from shipcast.app.tokens import create_token, revoke_token
@@ -210,8 +211,6 @@ async def list_sessions(request: Request, partner_id: str | None = None) -> list
 @router.delete("/portal/sessions/{session_id}", responses=errors(404))
 async def revoke_session(session_id: str, request: Request, actor: Actor = Depends(actor_of)) -> dict[str, str]:
     """End a portal session at once."""
-    services = services_of(request)
-    if not await services.store.revoke_sessions(session_id=session_id):
+    if not await end_session_by_id(services_of(request), session_id, actor):
         raise HTTPException(404, f"no live session {session_id!r}")
-    await record(services, actor, "session.revoke", partner_id=None, subject=session_id)
     return {"revoked": session_id}

@@ -34,6 +34,8 @@ __all__ = ["Person", "SignInRequired", "checked_form", "checked_form_lists", "cu
 
 def routers() -> list[APIRouter]:
     """The portal's own routes (plugins add theirs through ``shipcast_routers``)."""
-    from shipcast.app.portal import partner, signin
+    # Not ``operator.py``: importing a submodule of that name would replace the
+    # package's ``operator`` guard with the module.
+    from shipcast.app.portal import operator_pages, partner, signin
 
-    return [signin.router, partner.router]
+    return [signin.router, partner.router, operator_pages.router]

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
 from shipcast.app.messages import message, recover, resend, resend_quota
+from shipcast.app.people import Person
 from shipcast.app.portal.session import checked_form, member, partner_admin
 from shipcast.app.portal.web import fragment, page, redirect
 from shipcast.app.services import Services, services_of
