@@ -202,8 +202,8 @@ async def test_debugging_a_failing_delivery_by_keyboard(browser: Browser, shipca
         # Resend it and see it delivered.
         await page.goto(f"{shipcast.base_url}/portal/p/acme/messages/{event.event_id}")
         await page.get_by_role("button", name="Resend to every target").focus()
-        await page.keyboard.press("Enter")
-        await page.goto(f"{shipcast.base_url}/portal/p/acme/messages/{event.event_id}")
+        await page.keyboard.press("Enter")  # back on the message's page, which follows the new attempt live
+        await expect(page.get_by_role("status").first).to_contain_text("Sent again")
         await expect(page.locator("#live-attempts").get_by_text("delivered").first).to_be_visible(timeout=20_000)
         assert [r.headers["webhook-id"] for r in receiver.delivered] == [event.event_id]
         assert not steps.refused, steps.refused
