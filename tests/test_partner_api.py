@@ -246,3 +246,20 @@ async def test_the_partner_walk_through_runs_as_written(shipcast: ShipcastProces
     [request] = receiver.requests
     payload = Webhook(secret.group(1)).verify(request.body, {k.lower(): v for k, v in request.headers.items()})
     assert payload["event_type"] == "DEL" and payload["partner_id"] == "acme"
+
+
+async def test_a_resend_that_fails_is_retried_though_the_event_was_delivered(shipcast: ShipcastProcess,
+                                                                            receiver: Receiver) -> None:
+    """A resend's first try failing must not lose it: its retry is still a
+    resend, not skipped as "delivered already" (which the first send was)."""
+    await shipcast.apply(partners_doc("acme", receiver.url))
+    body = body_of("DEL")
+    assert (await shipcast.http.post("/v1/events", json=body)).status_code == 202
+    await eventually(lambda: receiver.delivered)
+    receiver.script = [503]  # the partner's server stumbles once on the resend
+    resent = await shipcast.http.post(f"/v1/partners/acme/messages/{body['event_id']}/resend")
+    assert resent.status_code == 202 and resent.json() == {"resent": 1}
+    await eventually(lambda: len(receiver.delivered) == 2, timeout=20)
+    assert receiver.answered == [200, 503, 200]
+    attempts = (await shipcast.http.get(f"/v1/partners/acme/messages/{body['event_id']}")).json()["attempts"]
+    assert [(a["outcome"], a["status"]) for a in attempts] == [("delivered", 200), ("retry", 503), ("delivered", 200)]

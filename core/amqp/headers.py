@@ -116,10 +116,14 @@ def retry_headers(headers: dict[str, Any], target: str, attempt: int, *, waiting
                   error: str | None) -> dict[str, Any]:
     """The headers of a copy of a message for one target, going to a retry
     tier (``attempt`` spent unless it is ``waiting``), or on to the parking lot.
-    ``error`` is the failure's reason, if it failed."""
+    ``error`` is the failure's reason, if it failed.
+
+    A copy sent on purpose (a resend, a replay) stays forced through its
+    retries: the target was delivered before, so without it the retry would
+    be skipped as done and the resend lost. The price is the one every
+    at-least-once copy pays: a worker that dies between a forced retry's
+    success and its ack sends it once more (same ``webhook-id``)."""
     copy = {**headers, TARGET: target, ATTEMPT: attempt if waiting else attempt + 1}
-    if not waiting:
-        copy.pop(FORCE, None)
     if error is not None:
         # What an operator reads in the parking lot: when it first failed, and how it failed last.
         copy.setdefault(FIRST_FAILED, datetime.now(UTC).isoformat())

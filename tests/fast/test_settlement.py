@@ -83,7 +83,8 @@ def test_routing_headers_tolerate_foreign_publishers(headers: dict[str, Any], ex
 def test_a_retry_copy_spends_a_tier_and_a_deferral_does_not() -> None:
     original = {h.PUBLISHED: 1, h.FORCE: True, "x-partner-header": "kept"}
     retry = h.retry_headers(original, "orders", 2, waiting=False, error="HTTP 500: " + "x" * 600)
-    assert retry[h.TARGET] == "orders" and retry[h.ATTEMPT] == 3 and h.FORCE not in retry
+    # A resend's retry stays a resend: the target was delivered before, so unforced it would be skipped.
+    assert retry[h.TARGET] == "orders" and retry[h.ATTEMPT] == 3 and retry[h.FORCE] is True
     assert retry[h.LAST_ERROR].startswith("HTTP 500") and len(retry[h.LAST_ERROR]) == 500
     assert retry["x-partner-header"] == "kept" and h.FIRST_FAILED in retry
     again = h.retry_headers(retry, "orders", 3, waiting=False, error="HTTP 502")
