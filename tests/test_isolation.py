@@ -15,13 +15,24 @@ from shipcast.delivery.isolation import SLOT_WAIT, START_LIMIT, Breaker, Gate, K
     ([False] * 3, "open", ["opened"]),
     ([True, False, True, False], "open", ["opened"]),   # half of the last four failed
     ([True, True, True, False], "closed", []),
-    ([False, False, True, True, True, True], "open", ["opened"]),  # once open, later results wait for the probe
+    ([False, False, False, True, True, True], "open", ["opened"]),  # once open, later results wait for the probe
+    # Failures that were too few to judge, then successes: a success never opens the circuit.
+    ([False, False, True], "closed", []),
 ])
 def test_the_breaker_opens_when_enough_of_the_window_failed(results: list[bool], state: str,
                                                             changes: list[str]) -> None:
     breaker = Breaker(window=4, min_requests=3, failure_ratio=0.5, cooldown=10)
     seen = [change for ok in results if (change := breaker.record(ok, now=0.0))]
     assert breaker.state == state and seen == changes
+
+
+def test_a_success_never_opens_the_circuit() -> None:
+    """Six failures while too few to judge, then four successes in a window of
+    ten: the successes close nothing and open nothing."""
+    breaker = Breaker(window=10, min_requests=10, failure_ratio=0.5, cooldown=30)
+    changes = [breaker.record(ok, 0.0) for ok in [False] * 6 + [True] * 4]
+    assert changes == [None] * 10 and breaker.state == "closed"
+    assert breaker.record(False, 1.0) == "opened"  # the next failure, with six of ten failed, does
 
 
 def test_an_open_breaker_lets_one_probe_through_after_the_cooldown() -> None:

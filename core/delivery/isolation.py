@@ -68,6 +68,8 @@ class Breaker:
         if self.state == "open":
             return None  # a request started before the circuit opened
         self.results.append(ok)
+        if ok:  # a success never opens the circuit, whatever the window held before it
+            return None
         failures = self.results.count(False)
         if len(self.results) >= self.min_requests and failures >= self.failure_ratio * len(self.results):
             self.state, self.opened_at = "open", now
