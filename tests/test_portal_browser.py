@@ -54,6 +54,13 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
+async def photograph(page: Page, name: str) -> None:
+    """A step of a flow, for docs/portal.md: ``build/test-artifacts/portal/flow-<name>.png``."""
+    folder = ARTIFACTS / "portal"
+    folder.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(folder / f"flow-{name}.png"), full_page=True)
+
+
 class Steps:
     """One person's page, counting what they do: each navigation, click,
     keystroke sequence or field filled is one interaction."""
@@ -138,11 +145,14 @@ async def test_a_new_developer_gets_to_a_verified_test_event(browser: Browser, s
         await steps.goto(made["link"].replace(shipcast.settings.public_url, shipcast.base_url))
         await steps.click(page.get_by_role("button", name="Sign in as dev@acme.example.com"), "sign in")
         await expect(page.get_by_role("heading", level=1)).to_be_visible()
+        await photograph(page, "1-overview")
         await steps.click(page.get_by_role("navigation", name="Partner pages").get_by_role("link", name="Endpoints"),
                           "Endpoints")
         await steps.fill(page.get_by_label("URL"), f"http://127.0.0.1:{port}/webhooks/shipcast", "the URL")
+        await photograph(page, "2-add-endpoint")
         await steps.click(page.get_by_role("button", name="Add endpoint"), "Add endpoint")
         await expect(page.get_by_role("heading", name=re.compile("added"))).to_be_visible()
+        await photograph(page, "3-secret-and-snippets")
         # Copy the secret, as they would into their server's configuration.
         await steps.click(page.get_by_role("button", name="Copy the secret"), "Copy")
         own.secret = await page.evaluate("navigator.clipboard.readText()")
@@ -157,6 +167,8 @@ async def test_a_new_developer_gets_to_a_verified_test_event(browser: Browser, s
         await expect(live).to_have_attribute("data-final", "")
         await expect(live.get_by_text("verified, thanks").first).to_be_attached()
         await expect(live.get_by_text("webhook-signature").first).to_be_attached()
+        await live.get_by_text("POST http").first.click()  # open the request sent, for the picture
+        await photograph(page, "4-test-event-delivered")
         assert len(own.verified) == 1 and own.verified[0]["partner_id"] == "acme", (own.verified, own.refused)
         assert len(steps.done) <= MOST_STEPS, steps.done
         assert not steps.refused, steps.refused
@@ -189,6 +201,7 @@ async def test_debugging_a_failing_delivery_by_keyboard(browser: Browser, shipca
         await summary.focus()
         await page.keyboard.press("Enter")
         await expect(live.get_by_text("Not Found").first).to_be_visible()
+        await photograph(page, "5-failing-delivery")
         # Fix the URL, by keyboard: to the endpoint's page, its URL field, save.
         await page.goto(f"{shipcast.base_url}/portal/p/acme/endpoints/main")
         url = page.get_by_label("URL")
@@ -226,6 +239,7 @@ async def test_an_operator_replays_a_parked_message(browser: Browser, shipcast: 
         lot = page.locator("main")
         await expect(lot.get_by_text(event.event_id).first).to_be_visible(timeout=20_000)
         await expect(lot.get_by_text("400").first).to_be_visible()  # its reason
+        await photograph(page, "6-operator-parking-lot")
         receiver.default = 200  # the partner fixed their server
         await page.get_by_role("button", name=re.compile("^Replay")).first.click()
         await eventually(lambda: receiver.delivered, timeout=20)
