@@ -8,6 +8,7 @@ import base64
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -246,3 +247,20 @@ async def shipcast(settings: Settings) -> AsyncIterator[ShipcastProcess]:
     """shipcast's API and every channel worker, in this process, on real sockets."""
     async with ShipcastProcess(settings) as running:
         yield running
+
+
+#: Debian's Chromium, which Playwright drives (it cannot download its own here).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: Where browser tests leave their screenshots (``SHIPCAST_TEST_ARTIFACTS`` moves them).
+ARTIFACTS = Path(os.environ.get("SHIPCAST_TEST_ARTIFACTS") or Path(__file__).parents[1] / "build" / "test-artifacts")
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium for a module's browser tests."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        await launched.close()

@@ -5,17 +5,32 @@ token. ``Visitor`` is one person's browser (httpx, following nothing)."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
 from shipcast.app.audit import Actor
 from shipcast.app.people import invite
+from shipcast.settings import Settings
 
-from .helpers import ShipcastProcess
+from .helpers import ShipcastProcess, eventually, partners_doc
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 TESTS = Actor("tests", "cli")
+
+
+@asynccontextmanager
+async def two_partners(settings: Settings, acme_url: str = "https://acme.example.com/hooks",
+                       globex_url: str = "https://globex.example.com/hooks",
+                       **acme_endpoint: Any) -> AsyncIterator[ShipcastProcess]:
+    """shipcast's API (no workers) with partners acme and globex, each with an endpoint ``main``."""
+    async with ShipcastProcess(settings, workers=False) as running:
+        await eventually(lambda: running.services.broker.connected)
+        await running.apply(partners_doc("acme", acme_url, **acme_endpoint))
+        await running.apply(partners_doc("globex", globex_url))
+        yield running
 
 
 class Visitor:

@@ -12,17 +12,14 @@ from aiosmtpd.controller import Controller
 
 from .conftest import free_port, make_settings
 from .helpers import ShipcastProcess, eventually, partners_doc, run_cli
-from .portal import Visitor, invitation, signed_in
+from .portal import Visitor, invitation, signed_in, two_partners
 
 pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
 async def portal(vhost: str, sqlite_url: str) -> AsyncIterator[ShipcastProcess]:
-    async with ShipcastProcess(make_settings(vhost, sqlite_url), workers=False) as running:
-        await eventually(lambda: running.services.broker.connected)
-        await running.apply(partners_doc("acme", "https://acme.example.com/hooks"))
-        await running.apply(partners_doc("globex", "https://globex.example.com/hooks"))
+    async with two_partners(make_settings(vhost, sqlite_url)) as running:
         yield running
 
 

@@ -15,43 +15,31 @@ Playwright), as its people use it:
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shipcast.app.people import invite
 from tests.bound import example
 
-from .conftest import make_settings
+from .conftest import ARTIFACTS, make_settings
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, serve, settled
 from .portal import TESTS
 from .test_portal_access import filled, portal_routes
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("SHIPCAST_TEST_ARTIFACTS") or Path(__file__).parents[1] / "build" / "test-artifacts")
 AXE = Path(__file__).parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
 PHONE = {"width": 360, "height": 740}
 DESKTOP = {"width": 1280, "height": 900}
 #: The most interactions a new developer may need, from the invitation to a verified test event.
 MOST_STEPS = 12
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        await launched.close()
 
 
 async def photograph(page: Page, name: str) -> None:

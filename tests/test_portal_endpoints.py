@@ -23,7 +23,7 @@ from shipcast.store.tables import disabled_targets
 
 from .conftest import make_settings
 from .helpers import Receiver, ShipcastProcess, eventually, partners_doc
-from .portal import Visitor, signed_in
+from .portal import Visitor, signed_in, two_partners
 from .test_verify_snippets import DOCS, LANGUAGES, code_blocks
 
 pytestmark = pytest.mark.broker
@@ -35,10 +35,8 @@ BASE = "/portal/p/acme/endpoints"
 
 @pytest.fixture
 async def portal(vhost: str, sqlite_url: str) -> AsyncIterator[ShipcastProcess]:
-    async with ShipcastProcess(make_settings(vhost, sqlite_url), workers=False) as running:
-        await eventually(lambda: running.services.broker.connected)
-        await running.apply(partners_doc("acme", f"{PUBLIC}/hooks", events=["OFD"]))
-        await running.apply(partners_doc("globex", f"{PUBLIC}/globex"))
+    async with two_partners(make_settings(vhost, sqlite_url), f"{PUBLIC}/hooks", f"{PUBLIC}/globex",
+                            events=["OFD"]) as running:
         yield running
 
 

@@ -6,8 +6,6 @@ merchants' pages at phone and desktop width, kept in
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +13,14 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
+from .conftest import ARTIFACTS
 from .helpers import Receiver, ShipcastProcess, eventually, serve
 from .test_tracking import doc, event, page_url, post_events, shipcast  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.broker
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("SHIPCAST_TEST_ARTIFACTS") or Path(__file__).parents[1] / "build" / "test-artifacts")
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
@@ -58,14 +55,6 @@ def with_photo(cdn: str, body: dict[str, Any]) -> dict[str, Any]:
     if body.get("rider"):
         body["rider"]["photo_url"] = f"{cdn}/rider.svg"
     return body
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        await launched.close()
 
 
 async def open_page(browser: Browser, url: str, viewport: dict[str, int] = PHONE, **options: Any) -> Page:

@@ -6,25 +6,14 @@ tables, for every partner at once.
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from shipcast.app.audit import Actor
-from shipcast.app.cli import WHEN, echo_json, open_services, print_table, run_command
+from shipcast.app.cli import WHEN, cli_actor, echo_json, open_services, print_table, run_command
 
 from . import admin
-
-
-def _actor() -> Actor:
-    """Who the audit log says made a change from the command line."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown user"
-    return Actor(f"command line ({user})", "cli")
 
 
 @click.group()
@@ -94,7 +83,7 @@ def endpoints_secret(partner_id: str, endpoint_id: str) -> None:
 
     async def fetch() -> dict[str, Any]:
         async with open_services(broker=False) as services:
-            return await admin.reveal_secret(services, partner_id, endpoint_id, _actor())
+            return await admin.reveal_secret(services, partner_id, endpoint_id, cli_actor())
 
     click.echo(run_command(fetch)["secret"])
 
@@ -109,7 +98,7 @@ def endpoints_rotate(partner_id: str, endpoint_id: str, secret: str | None, over
 
     async def go() -> dict[str, Any]:
         async with open_services() as services:
-            return await admin.rotate_secret(services, partner_id, endpoint_id, secret, overlap, actor=_actor())
+            return await admin.rotate_secret(services, partner_id, endpoint_id, secret, overlap, actor=cli_actor())
 
     rotated = run_command(go)
     click.echo(rotated["secret"])
@@ -126,7 +115,7 @@ def endpoints_test(partner_id: str, endpoint_id: str, event_type: str) -> None:
 
     async def go() -> str:
         async with open_services() as services:
-            return (await admin.send_test(services, partner_id, endpoint_id, event_type, actor=_actor())).event_id
+            return (await admin.send_test(services, partner_id, endpoint_id, event_type, actor=cli_actor())).event_id
 
     click.echo(run_command(go))
 
@@ -139,7 +128,7 @@ def endpoints_enable(partner_id: str, endpoint_id: str) -> None:
 
     async def go() -> None:
         async with open_services() as services:
-            await admin.enable(services, partner_id, endpoint_id, _actor())
+            await admin.enable(services, partner_id, endpoint_id, cli_actor())
 
     run_command(go)
     click.echo(f"enabled {partner_id}/{endpoint_id}")
@@ -153,7 +142,7 @@ def endpoints_disable(partner_id: str, endpoint_id: str) -> None:
 
     async def go() -> None:
         async with open_services() as services:
-            await admin.disable(services, partner_id, endpoint_id, _actor())
+            await admin.disable(services, partner_id, endpoint_id, cli_actor())
 
     run_command(go)
     click.echo(f"disabled {partner_id}/{endpoint_id}")

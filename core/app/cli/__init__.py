@@ -21,6 +21,7 @@ from shipcast.app.cli import (  # noqa: F401  (their commands)
 from shipcast.app.cli.base import (
     WHEN,
     cli,
+    cli_actor,
     echo_json,
     open_services,
     print_table,
@@ -32,7 +33,7 @@ from shipcast.exceptions import ShipcastError
 from shipcast.plugin.registry import Registry
 from shipcast.settings import Settings
 
-__all__ = ["WHEN", "cli", "echo_json", "main", "open_services", "print_table", "registry", "run_command",
+__all__ = ["WHEN", "cli", "cli_actor", "echo_json", "main", "open_services", "print_table", "registry", "run_command",
            "utc_filters"]
 
 

@@ -3,6 +3,7 @@ point built, the services a command opens, and printing."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import select
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from shipcast import __version__
+from shipcast.app.audit import Actor
 from shipcast.app.runtime import run_async
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError, ShipcastError
@@ -30,6 +32,15 @@ def registry() -> Registry:
     context = click.get_current_context(silent=True)
     found = context.find_object(Registry) if context is not None else None
     return found if found is not None else Registry(Settings())
+
+
+def cli_actor() -> Actor:
+    """Who the audit log says made a change from the command line: the user running it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown user"
+    return Actor(f"command line ({user})", "cli")
 
 
 def run_command(factory: Callable[[], Awaitable[T]]) -> T:

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import getpass
 from typing import Any
 
 import click
 
-from shipcast.app.audit import Actor
-from shipcast.app.cli.base import cli, echo_json, open_services, print_table, run_command
-
-
-def _actor() -> Actor:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown user"
-    return Actor(f"command line ({user})", "cli")
+from shipcast.app.cli.base import cli, cli_actor, echo_json, open_services, print_table, run_command
 
 
 @cli.group()
@@ -43,7 +33,7 @@ def invite(email: str, partner_id: str | None, role: str, as_operator: bool, ttl
     async def go() -> dict[str, Any]:
         async with open_services(broker=False) as services:
             return await make(services, email=email, partner_id=partner_id,
-                              role="operator" if as_operator else role, invited_by=_actor(), ttl=ttl)
+                              role="operator" if as_operator else role, invited_by=cli_actor(), ttl=ttl)
 
     made = run_command(go)
     if as_json:
@@ -88,7 +78,7 @@ def revoke(session_id: str | None, email: str | None, partner_id: str | None) ->
             count: int = await services.store.revoke_sessions(session_id=session_id, email=email,
                                                          partner_id=partner_id)
             if count:
-                await record(services, _actor(), "session.revoke", partner_id=partner_id,
+                await record(services, cli_actor(), "session.revoke", partner_id=partner_id,
                              subject=session_id or email, after={"revoked": count})
             return count
 
