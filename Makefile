@@ -24,6 +24,8 @@ tools:
 
 run: services install
 	@test -n "$$SHIPCAST_API_TOKEN" || echo "SHIPCAST_API_TOKEN not set: using the development token 'dev-token'"
+	@echo "The portal, as an operator (the link works once; make another with 'shipcast portal invite --operator'):"
+	@$(BIN)/shipcast portal invite --operator --email operator@shipcast.local | tail -1
 	SHIPCAST_API_TOKEN=$${SHIPCAST_API_TOKEN:-dev-token} $(BIN)/shipcast run
 
 # The suite, with the fault-injection scenarios of tests/reliability/, in
