@@ -153,7 +153,8 @@ async def test_pages_carry_a_nonce_csp_and_no_inline_script(portal: ShipcastProc
 
 
 async def test_https_public_url_makes_the_cookie_secure(vhost: str, sqlite_url: str) -> None:
-    settings = make_settings(vhost, sqlite_url, public_url="https://notify.example.com")
+    settings = make_settings(vhost, sqlite_url, public_url="https://notify.example.com",
+                             portal_name="Acme Logistics Partners", portal_logo_url="https://cdn.example.com/logo.svg")
     async with ShipcastProcess(settings, workers=False) as running:
         await eventually(lambda: running.services.broker.connected)
         await running.apply(partners_doc("acme", "https://acme.example.com/hooks"))
@@ -161,6 +162,10 @@ async def test_https_public_url_makes_the_cookie_secure(vhost: str, sqlite_url: 
         async with Visitor(running) as browser:
             signed = await browser.post("/portal/signin", {"token": link.split("token=", 1)[1]}, csrf=False)
             assert "Secure" in signed.headers["set-cookie"]
+            # The operator's name and logo head every page.
+            shown = await browser.get("/portal/signin")
+            assert "<title>Sign in · Acme Logistics Partners</title>" in shown.text
+            assert '<img src="https://cdn.example.com/logo.svg" alt="">' in shown.text
 
 
 async def test_the_command_line_invites_and_revokes(portal: ShipcastProcess) -> None:

@@ -6,6 +6,7 @@ pages) as a partner's admin; and nothing changed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,9 +52,18 @@ def portal_routes(shipcast: ShipcastProcess) -> list[tuple[str, str]]:
     return found
 
 
-def filled(path: str, params: dict[str, str]) -> str:
-    import re
+def no_inline_code(url: str, response: Any) -> None:
+    """A page under the portal's CSP: a nonce, and no script, handler or style it would refuse."""
+    policy = response.headers["content-security-policy"]
+    nonce = re.search(r"'nonce-([^']+)'", policy)
+    assert nonce and "unsafe-inline" not in policy and "style-src 'self'" in policy, (url, policy)
+    page = response.text
+    scripts = re.findall(r"<script\b[^>]*>", page)
+    assert all(f'nonce="{nonce.group(1)}"' in tag and " src=" in tag for tag in scripts), (url, scripts)
+    assert not re.search(r"<style\b|\sstyle=|\son[a-z]+=|javascript:", page, re.IGNORECASE), url
 
+
+def filled(path: str, params: dict[str, str]) -> str:
     names = re.findall(r"{(\w+)(?::\w+)?}", path)
     unknown = [name for name in names if name not in params]
     assert not unknown, f"{path}: the walk does not know what to put for {unknown}: add it to the fixture"
@@ -113,6 +123,7 @@ async def test_every_portal_route_keeps_to_its_own(two_partners: dict[str, Any])
             if method == "GET":  # a page that only leads to a change (a form, a secret) may be refused
                 response = await viewer.get(url)
                 assert response.status_code in (200, 403), (path, response.status_code, response.text[:300])
+                no_inline_code(url, response)
             else:
                 response = await viewer.post(url, {})
                 assert response.status_code == 403, (method, path, response.status_code, response.text[:300])

@@ -306,3 +306,29 @@ async def test_every_page_is_accessible_fits_a_phone_and_is_photographed(
     serious = {url: problems for url, problems in found.items() if problems}
     assert not serious, serious
     assert len(list(folder.glob("*-phone.png"))) >= 15
+
+
+async def test_without_javascript_everything_works_but_live_updates(browser: Browser, shipcast: ShipcastProcess,
+                                                                   receiver: Receiver) -> None:
+    """Scripts off: signing in, adding an endpoint, reading its secret and
+    sending a test event all work; the attempts show on reloading."""
+    await shipcast.apply({"partners": [{"id": "acme", "name": "Acme Retail", "channels": {"archive": {}}}]})
+    page = await person_page(browser, java_script_enabled=False)
+    try:
+        await sign_in(page, shipcast, "dev@acme.example.com", "acme")
+        await page.goto(f"{shipcast.base_url}/portal/p/acme/endpoints")
+        await page.get_by_label("URL").fill(receiver.url)
+        await page.get_by_role("button", name="Add endpoint").click()
+        secret = await page.locator("#secret").inner_text()
+        assert secret.startswith("whsec_")
+        await expect(page.get_by_role("button", name="Copy the secret")).to_be_hidden()  # it needs the script
+        await page.get_by_role("button", name="Send a test event").click()
+        await eventually(lambda: receiver.delivered, timeout=20)
+        Webhook(secret).verify(receiver.delivered[0].body, receiver.delivered[0].headers)
+        for _ in range(50):  # nothing refreshes by itself: reload, as the page says
+            await page.reload()
+            if await page.locator("#live-attempts").get_by_text("delivered").count():
+                break
+        await expect(page.locator("#live-attempts").get_by_text("delivered").first).to_be_visible()
+    finally:
+        await page.context.close()
