@@ -18,6 +18,7 @@ pytestmark = pytest.mark.fast
 
 DOCS = Path(__file__).parents[1] / "docs" / "plugins.md"
 EXAMPLE = Path(__file__).parent / "fixtures" / "shipcast-echo" / "shipcast_echo.py"
+PORTAL_EXAMPLE = EXAMPLE.with_name("shipcast_echo_portal.py")
 
 #: What the guide promised to cover when it was written; the tests below find
 #: the real attributes and methods, so a new one must be documented too.
@@ -104,6 +105,11 @@ def test_every_channel_method_is_documented(docs: str, method: str) -> None:
 def test_the_example_channel_is_the_one_the_tests_install(docs: str) -> None:
     assert f"```python\n{EXAMPLE.read_text(encoding='utf-8')}```" in docs, (
         f"the example module in {DOCS} differs from {EXAMPLE}; keep them identical")
+
+
+def test_the_portal_page_example_is_the_one_installed(docs: str) -> None:
+    assert f"```python\n{PORTAL_EXAMPLE.read_text(encoding='utf-8')}```" in docs, (
+        f"the portal page example in {DOCS} differs from {PORTAL_EXAMPLE}; keep them identical")
 
 
 def test_every_python_example_compiles(docs: str) -> None:

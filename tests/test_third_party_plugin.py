@@ -110,3 +110,48 @@ def test_shipcast_plugins_restricts_which_installed_channels_load(settings: Sett
     result = run_cli(settings, "worker", "--channel", "echo", env=env, timeout=60)
     assert result.returncode != 0
     assert "unknown channels ['echo']; installed: webhook" in result.stderr
+
+
+async def test_an_installed_plugin_adds_a_portal_page_behind_the_portals_guards(
+        settings: Settings, echo_site: Path, receiver: Receiver, tmp_path: Path) -> None:
+    """The portal example of docs/plugins.md, installed as its own entry point:
+    its page is in every partner's navigation, served in the portal's layout,
+    and guarded like the core's (another partner's: 404; a stranger: sign in)."""
+    env = {"PYTHONPATH": str(echo_site)}
+    partners = tmp_path / "partners.yaml"
+    partners.write_text(yaml.safe_dump({"partners": [
+        {"id": pid, "name": pid.title(), "channels": {"echo": {"url": receiver.url}}} for pid in ("acme", "globex")]}))
+    applied = await asyncio.to_thread(run_cli, settings, "partners", "apply", "-f", str(partners), env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+
+    def link(partner_id: str) -> str:
+        made = run_cli(settings, "portal", "invite", "--partner", partner_id, "--email", f"dev@{partner_id}.example",
+                       env=env)
+        assert made.returncode == 0, made.stderr
+        return made.stdout.strip().splitlines()[-1].split("token=", 1)[1]
+
+    api = Subprocess(settings, "api", env=env).start()
+    base = f"http://127.0.0.1:{settings.port}"
+
+    def listening() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        await eventually(listening, timeout=30)
+        async with httpx.AsyncClient(base_url=base) as acme, httpx.AsyncClient(base_url=base) as globex:
+            for client, partner_id in ((acme, "acme"), (globex, "globex")):
+                signed = await client.post("/portal/signin", data={"token": link(partner_id)})
+                assert signed.status_code == 303, signed.text
+            overview = await acme.get("/portal/p/acme/")
+            assert overview.status_code == 200 and '<a href="/portal/p/acme/echo">Echo</a>' in overview.text
+            page = await acme.get("/portal/p/acme/echo")
+            assert page.status_code == 200 and "<h1>Echo</h1><p>hello</p>" in page.text
+            assert "content-security-policy" in page.headers and 'aria-current="page">Echo' in page.text
+            assert (await globex.get("/portal/p/acme/echo")).status_code == 404
+            async with httpx.AsyncClient(base_url=base) as stranger:
+                assert (await stranger.get("/portal/p/acme/echo")).headers["location"] == "/portal/signin"
+    finally:
+        print(api.stop())
