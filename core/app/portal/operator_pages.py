@@ -380,7 +380,7 @@ def _shown_json(value: Any) -> str | None:
 async def audit_page(request: Request, person: Person = Depends(operator),
                      partner: str = Query("", max_length=64, pattern=r"^([a-z0-9_-]{1,64})?$"),
                      action: str = Query("", max_length=64, pattern=r"^[a-z0-9_.-]*$"),
-                     before: int | None = Query(None, ge=1)) -> Response:
+                     before: int | None = Query(None, ge=1, le=2**63 - 1)) -> Response:
     """Every partner's entries and the operator's own, newest first, a page at a time (keyset)."""
     store = services_of(request).store
     entries = await store.list_audit(partner or None, before_id=before, action=action or None, limit=AUDIT_PAGE)

@@ -411,7 +411,7 @@ def _message_context(found: dict[str, Any], watch: int) -> dict[str, Any]:
 def _watch(request: Request) -> int:
     """After a resend, the page watches for attempts beyond the ones it had."""
     value = request.query_params.get("watch") or ""
-    return int(value) if value.isdigit() and len(value) <= 9 else -1
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else -1
 
 
 async def _message(request: Request, partner_id: str, event_id: str) -> dict[str, Any]:
@@ -674,7 +674,7 @@ def _pretty(value: Any) -> str | None:
 @router.get("/audit")
 async def audit(partner_id: str, request: Request, person: Person = Depends(member)) -> Response:
     typed = request.query_params.get("before") or ""
-    before_id = int(typed) if typed.isdigit() and len(typed) <= 18 else None
+    before_id = int(typed) if typed.isascii() and typed.isdigit() and len(typed) <= 18 else None
     error = "this page's link is damaged: start again from the newest entries" \
         if typed and before_id is None else None
     found = [] if error else await services_of(request).store.list_audit(partner_id, before_id=before_id,
