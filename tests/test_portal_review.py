@@ -53,3 +53,54 @@ async def test_an_operator_audit_cursor_beyond_any_id_is_no_500(portal: Shipcast
         found = await operator.get("/portal/operator/audit?before=99999999999999999999999999")
         assert found.status_code == 422 and "before" in found.text
         assert (await operator.get("/portal/operator/audit?before=9223372036854775807")).status_code == 200
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def either_store(request: pytest.FixtureRequest, vhost: str, sqlite_url: str,
+                       pg_database: str) -> AsyncIterator[ShipcastProcess]:
+    """The two-partner portal on SQLite and on PostgreSQL (emptied first)."""
+    url = sqlite_url
+    if request.param == "postgresql":
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from shipcast.store import metadata
+
+        url = pg_database
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+        await engine.dispose()
+    async with two_partners(make_settings(vhost, url)) as running:
+        yield running
+
+
+def cursor(*items: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(items))).decode().rstrip("=")
+
+
+async def test_a_nul_character_is_refused_as_input_not_failed_as_a_store_outage(
+        either_store: ShipcastProcess) -> None:
+    """PostgreSQL stores no NUL: each was a 503 ("the store is unavailable") there."""
+    portal = either_store
+    async with await signed_in(portal, "dev@acme.example.com", "acme", "admin") as admin:
+        found = await admin.get("/portal/p/acme/messages?order_id=a%00b")
+        assert found.status_code == 422 and 'id="order_id-error">holds a NUL character' in found.text
+        found = await admin.get("/portal/p/acme/messages?endpoint=a%00b")
+        assert found.status_code == 422 and 'id="endpoint-error">holds a NUL character' in found.text
+        found = await admin.get("/portal/p/acme/messages?before=" + cursor("2026-01-01T00:00:00", "a\0", "b", "c"))
+        assert found.status_code == 422 and "link is damaged" in found.text
+        assert (await admin.get("/portal/p/acme/messages/a%00b")).status_code == 404
+        assert (await admin.get("/portal/p/acme/messages/a%00b/attempts")).status_code == 404
+        made = await admin.post("/portal/p/acme/tokens", {"name": "a\0b"})
+        assert made.status_code == 422 and "NUL" in made.text
+        assert await portal.services.store.list_partner_tokens("acme") == []
+    # The partner API reads a message through the same function.
+    api = await portal.http.get("/v1/partners/acme/messages/a%00b")
+    assert api.status_code == 404
+    async with await signed_in(portal, "op@example.com", None) as operator:
+        assert (await operator.get("/portal/p/acme%00/")).status_code == 404
+        invited = await operator.post("/portal/operator/invitations",
+                                      {"partner_id": "acme", "email": "a\0@b.example.com", "role": "viewer"})
+        assert invited.status_code == 422 and "email" in invited.text
+        ended = await operator.post("/portal/operator/people/sessions/a%00/revoke")
+        assert ended.status_code == 303 and ended.headers["location"] == "/portal/operator/people"

@@ -248,7 +248,8 @@ def decode_cursor(text: str) -> DeliveryKey:
         data = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (binascii.Error, ValueError) as exc:
         raise ValueError("unreadable") from exc
-    if not (isinstance(data, list) and len(data) == 4 and all(isinstance(item, str) for item in data)):
+    if not (isinstance(data, list) and len(data) == 4
+            and all(isinstance(item, str) and "\x00" not in item for item in data)):
         raise ValueError("not a cursor")
     return parse_when(data[0]), data[1], data[2], data[3]
 
@@ -278,7 +279,9 @@ def parse_search(params: Mapping[str, str], services: Services) -> Search:
             errors[name] = [f"at most {longest} characters"]
             values[name] = value[:longest]
             continue
-        if name == "event_id" and not _EVENT_ID.match(value):
+        if "\x00" in value:
+            errors[name] = ["holds a NUL character, which is not text"]
+        elif name == "event_id" and not _EVENT_ID.match(value):
             errors[name] = ["an event id has letters, digits and _ . : - only"]
         elif name == "event_type" and value not in registry.event_types:
             errors[name] = [f"unknown event type; known: {', '.join(registry.event_types)}"]
