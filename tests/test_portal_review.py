@@ -104,3 +104,30 @@ async def test_a_nul_character_is_refused_as_input_not_failed_as_a_store_outage(
         assert invited.status_code == 422 and "email" in invited.text
         ended = await operator.post("/portal/operator/people/sessions/a%00/revoke")
         assert ended.status_code == 303 and ended.headers["location"] == "/portal/operator/people"
+
+
+async def test_an_invitation_posted_from_another_site_signs_nobody_in(portal: ShipcastProcess) -> None:
+    """Login CSRF: another site's page must not sign this browser in as whoever's link it holds."""
+    link = await invitation(portal, "mallory@globex.example.com", "globex", "admin")
+    token = link.split("token=", 1)[1]
+    async with Visitor(portal) as browser:
+        for headers in ({"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"},
+                        {"origin": "https://evil.example"}, {"origin": "null"}):
+            refused = await browser.http.post("/portal/signin", data={"token": token}, headers=headers)
+            assert refused.status_code == 403, headers
+            assert "shipcast_portal" not in refused.headers.get("set-cookie", "")
+        # The link is not used up: its owner signs in from the portal's page.
+        own = portal.base_url.rstrip("/")
+        signed = await browser.http.post("/portal/signin", data={"token": token},
+                                         headers={"sec-fetch-site": "same-origin", "origin": own})
+        assert signed.status_code == 303 and "shipcast_portal=" in signed.headers["set-cookie"]
+
+
+async def test_signing_in_again_ends_the_session_it_replaces(portal: ShipcastProcess) -> None:
+    async with await signed_in(portal, "dev@acme.example.com", "acme", "admin") as browser:
+        [first] = await portal.services.store.list_sessions("acme")
+        link = await invitation(portal, "dev@acme.example.com", "acme", "viewer")
+        signed = await browser.post("/portal/signin", {"token": link.split("token=", 1)[1]}, csrf=False)
+        assert signed.status_code == 303
+        live = await portal.services.store.list_sessions("acme")
+        assert [s["role"] for s in live] == ["viewer"] and first["id"] not in {s["id"] for s in live}
