@@ -131,3 +131,15 @@ async def test_signing_in_again_ends_the_session_it_replaces(portal: ShipcastPro
         assert signed.status_code == 303
         live = await portal.services.store.list_sessions("acme")
         assert [s["role"] for s in live] == ["viewer"] and first["id"] not in {s["id"] for s in live}
+
+
+async def test_a_test_send_that_sends_nothing_spends_no_quota(vhost: str, sqlite_url: str) -> None:
+    async with two_partners(make_settings(vhost, sqlite_url, partner_resend_quota=1)) as portal:
+        wrong = await portal.http.post("/v1/partners/acme/endpoints/main/test", json={"event_type": "NOPE"})
+        assert wrong.status_code == 422, wrong.text
+        missing = await portal.http.post("/v1/partners/acme/endpoints/nowhere/test", json={})
+        assert missing.status_code == 404, missing.text
+        sent = await portal.http.post("/v1/partners/acme/endpoints/main/test", json={"event_type": "OFD"})
+        assert sent.status_code == 202, sent.text  # the one send of the hour is still there
+        again = await portal.http.post("/v1/partners/acme/endpoints/main/test", json={"event_type": "OFD"})
+        assert again.status_code == 429
