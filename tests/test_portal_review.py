@@ -143,3 +143,12 @@ async def test_a_test_send_that_sends_nothing_spends_no_quota(vhost: str, sqlite
         assert sent.status_code == 202, sent.text  # the one send of the hour is still there
         again = await portal.http.post("/v1/partners/acme/endpoints/main/test", json={"event_type": "OFD"})
         assert again.status_code == 429
+
+
+async def test_the_api_refuses_a_nul_in_a_token_name_or_an_invitations_email(either_store: ShipcastProcess) -> None:
+    portal = either_store
+    made = await portal.http.post("/v1/partners/acme/tokens", params={"name": "a\0b"})
+    assert made.status_code == 422 and "name" in made.text, made.text
+    invited = await portal.http.post("/v1/portal/invitations",
+                                     json={"email": "a\0@b.example.com", "partner_id": "acme"})
+    assert invited.status_code == 422 and "email" in invited.text, invited.text

@@ -57,8 +57,8 @@ def digest(value: str) -> str:
 def _valid_email(email: str) -> str:
     email = email.strip()
     local, at, domain = email.partition("@")
-    if not at or not local or "." not in domain or len(email) > EMAIL_MAX or any(c.isspace() for c in email) \
-            or "@" in domain:
+    if not at or not local or "." not in domain or len(email) > EMAIL_MAX \
+            or any(c.isspace() or not c.isprintable() for c in email) or "@" in domain:
         raise ConfigError("invalid invitation", {"email": ["must be an email address, like dev@example.com"]})
     return email
 
