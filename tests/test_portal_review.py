@@ -152,3 +152,21 @@ async def test_the_api_refuses_a_nul_in_a_token_name_or_an_invitations_email(eit
     invited = await portal.http.post("/v1/portal/invitations",
                                      json={"email": "a\0@b.example.com", "partner_id": "acme"})
     assert invited.status_code == 422 and "email" in invited.text, invited.text
+
+
+async def test_a_url_whose_port_is_past_65535_is_refused_beside_the_field(portal: ShipcastProcess) -> None:
+    """The URL validator took it, then the HTTP client's parser raised: a 500 everywhere an endpoint is made."""
+    url = "https://hooks.acme.example.com:99999/in"
+    async with await signed_in(portal, "dev@acme.example.com", "acme", "admin") as admin:
+        added = await admin.post("/portal/p/acme/endpoints", {"url": url, "events": "*"})
+        assert added.status_code == 422 and "Port out of range" in added.text
+        edited = await admin.post("/portal/p/acme/endpoints/main", {"url": url, "events": "*"})
+        assert edited.status_code == 422 and "Port out of range" in edited.text
+    api = await portal.http.post("/v1/partners/acme/endpoints", json={"id": "far", "url": url})
+    assert api.status_code == 422 and "url" in api.text, api.text
+    async with await signed_in(portal, "op@example.com", None) as operator:
+        made = await operator.post("/portal/operator/partners", {"id": "initech", "name": "Initech", "url": url})
+        assert made.status_code == 422 and "Port out of range" in made.text
+    assert await portal.services.store.get_partner("initech") is None
+    main = (await portal.services.store.get_partner("acme")).channels["webhook"]["endpoints"]  # type: ignore[union-attr]
+    assert [e["url"] for e in main] == ["https://acme.example.com/hooks"]
