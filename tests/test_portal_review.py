@@ -170,3 +170,27 @@ async def test_a_url_whose_port_is_past_65535_is_refused_beside_the_field(portal
     assert await portal.services.store.get_partner("initech") is None
     main = (await portal.services.store.get_partner("acme")).channels["webhook"]["endpoints"]  # type: ignore[union-attr]
     assert [e["url"] for e in main] == ["https://acme.example.com/hooks"]
+
+
+async def test_the_overviews_count_links_to_the_same_deliveries(portal: ShipcastProcess) -> None:
+    """The card counts deliveries changed in the last 24 h; its link's ``since``
+    was cut to the minute, so the page it opened listed up to 59 s more of them."""
+    import asyncio
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    while not 3 <= datetime.now(UTC).second <= 50:  # the old link's minute holds the row below
+        await asyncio.sleep(0.5)
+    event = example("OFD", portal.services.registry.event_types, partner_id="acme")
+    await portal.services.store.record([Attempt(event.event_id, "webhook", "main", "acme", "https://a.example",
+                                                "delivered", 1, 3.0, status=200,
+                                                at=datetime.now(UTC) - timedelta(days=1, seconds=2))])
+    async with await signed_in(portal, "dev@acme.example.com", "acme", "viewer") as viewer:
+        overview = await viewer.get("/portal/p/acme/")
+        card = re.search(r'<div class="stat">(\d+)</div><a href="([^"]+)">delivered</a>', overview.text)
+        assert card is not None and card.group(1) == "0"
+        listed = await viewer.get(card.group(2).replace("&amp;", "&"))
+        assert listed.status_code == 200 and event.event_id not in listed.text
+        # A time to the second is a valid value of the search form's inputs (else the browser blocks the form).
+        assert 'name="since" type="datetime-local"' in listed.text
+        assert re.search(r'name="since" type="datetime-local" value="[0-9T:-]+:[0-9]{2}"[^>]* step=1', listed.text)
