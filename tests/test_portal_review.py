@@ -194,3 +194,17 @@ async def test_the_overviews_count_links_to_the_same_deliveries(portal: Shipcast
         # A time to the second is a valid value of the search form's inputs (else the browser blocks the form).
         assert 'name="since" type="datetime-local"' in listed.text
         assert re.search(r'name="since" type="datetime-local" value="[0-9T:-]+:[0-9]{2}"[^>]* step=1', listed.text)
+
+
+async def test_a_resend_cut_short_by_the_quota_says_so(vhost: str, sqlite_url: str) -> None:
+    async with two_partners(make_settings(vhost, sqlite_url, partner_resend_quota=1)) as portal:
+        event = example("OFD", portal.services.registry.event_types, partner_id="acme")
+        await portal.services.store.save_events([event])
+        await portal.services.store.record([
+            Attempt(event.event_id, "webhook", target, "acme", "https://acme.example.com/hooks", "dead", 3, 5.0,
+                    status=500, error="HTTP 500") for target in ("main", "second")])
+        async with await signed_in(portal, "dev@acme.example.com", "acme", "admin") as admin:
+            sent = await admin.post(f"/portal/p/acme/messages/{event.event_id}/resend")
+            assert sent.status_code == 303
+            page = await admin.get(sent.headers["location"])
+            assert "Sent again to 1 of its 2 targets" in page.text and "quota" in page.text

@@ -477,6 +477,12 @@ async def resend_message(partner_id: str, event_id: str, request: Request, perso
         return redirect(page_url, "Nothing was sent again: the event is no longer archived.")
     # The page stays live until an attempt beyond those it has now is logged.
     where = f" to {target}" if target else ""
+    wanted = sum(1 for row in found["deliveries"]
+                 if (not target or row["target"] == target) and (not channel or row["channel"] == channel))
+    if count < wanted:  # the quota granted fewer than the targets asked for
+        return redirect(f"{page_url}?watch={len(found['attempts'])}",
+                        f"Sent again to {count} of its {wanted} targets: the rest are beyond this hour's quota "
+                        f"of messages sent again; try again later. Watch its attempts below.")
     return redirect(f"{page_url}?watch={len(found['attempts'])}", f"Sent again{where}: watch its attempts below.")
 
 
