@@ -152,6 +152,8 @@ async def test_the_api_refuses_a_nul_in_a_token_name_or_an_invitations_email(eit
     invited = await portal.http.post("/v1/portal/invitations",
                                      json={"email": "a\0@b.example.com", "partner_id": "acme"})
     assert invited.status_code == 422 and "email" in invited.text, invited.text
+    ended = await portal.http.delete("/v1/portal/sessions/a%00b")
+    assert ended.status_code == 404, ended.text
 
 
 async def test_a_url_whose_port_is_past_65535_is_refused_beside_the_field(portal: ShipcastProcess) -> None:

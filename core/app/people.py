@@ -126,7 +126,7 @@ async def start_session(services: Services, token: str) -> tuple[str, Person] | 
 async def revoke_session(services: Services, session_id: str, actor: Actor) -> bool:
     """End the session ``session_id`` at once (whoever's it is), recorded in the
     audit log; ``False`` when no live session has that id."""
-    if not await services.store.revoke_sessions(session_id=session_id):
+    if "\x00" in session_id or not await services.store.revoke_sessions(session_id=session_id):
         return False
     await record(services, actor, "session.revoke", partner_id=None, subject=session_id)
     return True
