@@ -34,6 +34,8 @@ async def message(store: Store, partner_id: str, event_id: str) -> dict[str, Any
     attempt (oldest first); ``None`` when the partner has no such message.
     Event ids are the publishers': another partner's event may share this
     one's id, and is never shown."""
+    if "\x00" in event_id:  # no id holds one (and PostgreSQL would refuse the query)
+        return None
     event = await store.get_event(event_id)
     if event is not None and event.get("partner_id") != partner_id:
         event = None

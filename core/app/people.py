@@ -57,8 +57,8 @@ def digest(value: str) -> str:
 def _valid_email(email: str) -> str:
     email = email.strip()
     local, at, domain = email.partition("@")
-    if not at or not local or "." not in domain or len(email) > EMAIL_MAX or any(c.isspace() for c in email) \
-            or "@" in domain:
+    if not at or not local or "." not in domain or len(email) > EMAIL_MAX \
+            or any(c.isspace() or not c.isprintable() for c in email) or "@" in domain:
         raise ConfigError("invalid invitation", {"email": ["must be an email address, like dev@example.com"]})
     return email
 
@@ -126,7 +126,7 @@ async def start_session(services: Services, token: str) -> tuple[str, Person] | 
 async def revoke_session(services: Services, session_id: str, actor: Actor) -> bool:
     """End the session ``session_id`` at once (whoever's it is), recorded in the
     audit log; ``False`` when no live session has that id."""
-    if not await services.store.revoke_sessions(session_id=session_id):
+    if "\x00" in session_id or not await services.store.revoke_sessions(session_id=session_id):
         return False
     await record(services, actor, "session.revoke", partner_id=None, subject=session_id)
     return True

@@ -27,6 +27,8 @@ async def create_token(services: Services, partner_id: str, name: str, actor: Ac
     name = name.strip()
     if not 1 <= len(name) <= NAME_MAX:
         raise ConfigError("invalid token", {"name": [f"must be 1 to {NAME_MAX} characters"]})
+    if "\x00" in name:  # PostgreSQL stores no NUL
+        raise ConfigError("invalid token", {"name": ["holds a NUL character, which is not text"]})
     token = PARTNER_TOKEN_PREFIX + secrets.token_urlsafe(32)
     digest = token_hash(token)
     await services.store.add_partner_token(digest, partner_id, name)

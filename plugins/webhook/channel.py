@@ -33,6 +33,14 @@ RESPONSE_CAP = 64 * 1024
 USER_AGENT = "shipcast-webhooks/1"
 
 
+def _parsable(url: str) -> None:
+    """A URL the validator takes may still be one the HTTP client cannot parse (a port past 65535)."""
+    try:
+        yarl.URL(url)
+    except ValueError as exc:
+        raise ValidationError(f"is not a URL shipcast can send to: {exc}") from exc
+
+
 class EndpointSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -40,7 +48,7 @@ class EndpointSchema(Schema):
     id = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_-]{1,64}$",
                                                                   error="must match [a-z0-9_-]+"))
     url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
-                     validate=validate.Length(max=2000))
+                     validate=[validate.Length(max=2000), _parsable])
     events = EventList()
     secret = fields.String(validate=validate.Regexp(SECRET_PATTERN, error="must look like whsec_<base64>"))
     description = fields.String(validate=validate.Length(max=500))

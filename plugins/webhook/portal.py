@@ -372,9 +372,15 @@ async def send_test(partner_id: str, endpoint_id: str, request: Request, person:
     try:
         with _found():
             admin.find(await admin.load(services, partner_id), endpoint_id)
-            if event_type in services.registry.event_types:
+            taken = event_type in services.registry.event_types
+            if taken:
                 resend_quota(request).take(partner_id, 1)  # a test send fills the shared queue like any other
-            event = await admin.send_test(services, partner_id, endpoint_id, event_type, actor=person.actor)
+            try:
+                event = await admin.send_test(services, partner_id, endpoint_id, event_type, actor=person.actor)
+            except Exception:
+                if taken:
+                    resend_quota(request).give_back(partner_id, 1)  # nothing was sent
+                raise
     except ConfigError as exc:
         endpoint = await _one(services, partner_id, endpoint_id)
         return _test_page(request, person, partner_id, endpoint, chosen=event_type,

@@ -120,10 +120,15 @@ async def send_test(partner_id: str, endpoint_id: str, request: Request,
                     body: dict[str, Any] | None = Body(None), actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Send a realistic sample event of ``event_type`` (default ``OFD``) to this
     endpoint only, whatever its event filter. Follow it at ``…/messages/{event_id}``."""
-    resend_quota(request).take(partner_id, 1)  # a test send fills the shared queue like any other
-    with _answers():
-        event = await admin.send_test(services_of(request), partner_id, endpoint_id,
-                                      (body or {}).get("event_type", "OFD"), actor=actor)
+    quota = resend_quota(request)
+    quota.take(partner_id, 1)  # a test send fills the shared queue like any other
+    try:
+        with _answers():
+            event = await admin.send_test(services_of(request), partner_id, endpoint_id,
+                                          (body or {}).get("event_type", "OFD"), actor=actor)
+    except Exception:
+        quota.give_back(partner_id, 1)  # nothing was sent: a wrong type or endpoint costs nothing
+        raise
     return {"event_id": event.event_id, "event_type": event.event_type,
             "message": f"/v1/partners/{partner_id}/messages/{event.event_id}"}
 

@@ -259,7 +259,8 @@ async def invite_operator(request: Request, form: dict[str, str] = Depends(check
 async def revoke(request: Request, session_id: str, form: dict[str, str] = Depends(checked_form),
                  person: Person = Depends(operator)) -> Response:
     """End someone's session at once (audited, as ``DELETE /v1/portal/sessions/{id}``)."""
-    if len(session_id) > 64 or not await revoke_session(services_of(request), session_id, person.actor):
+    if len(session_id) > 64 or "\x00" in session_id \
+            or not await revoke_session(services_of(request), session_id, person.actor):
         return redirect("/portal/operator/people", "That session had ended already.")
     if session_id == person.session_id:
         return redirect("/portal/signin", "Your own session is ended.")
@@ -380,7 +381,7 @@ def _shown_json(value: Any) -> str | None:
 async def audit_page(request: Request, person: Person = Depends(operator),
                      partner: str = Query("", max_length=64, pattern=r"^([a-z0-9_-]{1,64})?$"),
                      action: str = Query("", max_length=64, pattern=r"^[a-z0-9_.-]*$"),
-                     before: int | None = Query(None, ge=1)) -> Response:
+                     before: int | None = Query(None, ge=1, le=2**63 - 1)) -> Response:
     """Every partner's entries and the operator's own, newest first, a page at a time (keyset)."""
     store = services_of(request).store
     entries = await store.list_audit(partner or None, before_id=before, action=action or None, limit=AUDIT_PAGE)

@@ -248,7 +248,8 @@ def decode_cursor(text: str) -> DeliveryKey:
         data = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (binascii.Error, ValueError) as exc:
         raise ValueError("unreadable") from exc
-    if not (isinstance(data, list) and len(data) == 4 and all(isinstance(item, str) for item in data)):
+    if not (isinstance(data, list) and len(data) == 4
+            and all(isinstance(item, str) and "\x00" not in item for item in data)):
         raise ValueError("not a cursor")
     return parse_when(data[0]), data[1], data[2], data[3]
 
@@ -278,7 +279,9 @@ def parse_search(params: Mapping[str, str], services: Services) -> Search:
             errors[name] = [f"at most {longest} characters"]
             values[name] = value[:longest]
             continue
-        if name == "event_id" and not _EVENT_ID.match(value):
+        if "\x00" in value:
+            errors[name] = ["holds a NUL character, which is not text"]
+        elif name == "event_id" and not _EVENT_ID.match(value):
             errors[name] = ["an event id has letters, digits and _ . : - only"]
         elif name == "event_type" and value not in registry.event_types:
             errors[name] = [f"unknown event type; known: {', '.join(registry.event_types)}"]
@@ -411,7 +414,7 @@ def _message_context(found: dict[str, Any], watch: int) -> dict[str, Any]:
 def _watch(request: Request) -> int:
     """After a resend, the page watches for attempts beyond the ones it had."""
     value = request.query_params.get("watch") or ""
-    return int(value) if value.isdigit() and len(value) <= 9 else -1
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else -1
 
 
 async def _message(request: Request, partner_id: str, event_id: str) -> dict[str, Any]:
@@ -474,6 +477,12 @@ async def resend_message(partner_id: str, event_id: str, request: Request, perso
         return redirect(page_url, "Nothing was sent again: the event is no longer archived.")
     # The page stays live until an attempt beyond those it has now is logged.
     where = f" to {target}" if target else ""
+    wanted = sum(1 for row in found["deliveries"]
+                 if (not target or row["target"] == target) and (not channel or row["channel"] == channel))
+    if count < wanted:  # the quota granted fewer than the targets asked for
+        return redirect(f"{page_url}?watch={len(found['attempts'])}",
+                        f"Sent again to {count} of its {wanted} targets: the rest are beyond this hour's quota "
+                        f"of messages sent again; try again later. Watch its attempts below.")
     return redirect(f"{page_url}?watch={len(found['attempts'])}", f"Sent again{where}: watch its attempts below.")
 
 
@@ -674,7 +683,7 @@ def _pretty(value: Any) -> str | None:
 @router.get("/audit")
 async def audit(partner_id: str, request: Request, person: Person = Depends(member)) -> Response:
     typed = request.query_params.get("before") or ""
-    before_id = int(typed) if typed.isdigit() and len(typed) <= 18 else None
+    before_id = int(typed) if typed.isascii() and typed.isdigit() and len(typed) <= 18 else None
     error = "this page's link is damaged: start again from the newest entries" \
         if typed and before_id is None else None
     found = [] if error else await services_of(request).store.list_audit(partner_id, before_id=before_id,

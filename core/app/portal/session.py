@@ -68,7 +68,8 @@ async def signed_in(request: Request) -> Person:
 async def member(partner_id: str, request: Request, person: Person = Depends(signed_in)) -> Person:
     """A person who may read ``partner_id``'s pages; anyone else gets a 404,
     as does everyone for a partner that does not exist."""
-    if not person.may_read(partner_id) or await services_of(request).store.get_partner(partner_id) is None:
+    if not person.may_read(partner_id) or "\x00" in partner_id \
+            or await services_of(request).store.get_partner(partner_id) is None:
         raise HTTPException(404, "no such page")
     return person
 
@@ -95,7 +96,11 @@ async def checked_form(request: Request, person: Person = Depends(signed_in)) ->
     given = form.get("csrf")
     if not isinstance(given, str) or not hmac.compare_digest(given.encode(), person.csrf.encode()):
         raise HTTPException(403, "this form has expired: reload the page and try again")
-    return {key: value for key, value in form.multi_items() if isinstance(value, str) and key != "csrf"}
+    fields = {key: value for key, value in form.multi_items() if isinstance(value, str) and key != "csrf"}
+    for key, value in form.multi_items():  # PostgreSQL stores no NUL: refused here, not failed there
+        if isinstance(value, str) and "\x00" in value:
+            raise HTTPException(422, f"the field {key[:64]!r} holds a NUL character, which is not text")
+    return fields
 
 
 async def checked_form_lists(request: Request, person: Person = Depends(signed_in)) -> dict[str, list[str]]:

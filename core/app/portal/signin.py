@@ -49,8 +49,31 @@ async def signin_page(request: Request, token: str | None = None) -> Response:
                 invitation=None if expired else invitation, failed=expired or (bool(token) and invitation is None))
 
 
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}".lower()
+
+
+def cross_site(request: Request) -> bool:
+    """Whether a form was posted from another site's page (the browser says so
+    in ``Sec-Fetch-Site``, or by an ``Origin`` other than the portal's own)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False  # not a browser's cross-site POST: every browser that sends forms cross-site says Origin
+    own = {_origin(str(request.base_url)), _origin(services_of(request).settings.public_url)}
+    return origin.lower() not in own
+
+
 @router.post("/signin")
 async def signin(request: Request) -> Response:
+    """Use an invitation. Not from another site's page: a form there could sign
+    this browser in as someone else (login CSRF). A session this browser had
+    ends: the new cookie replaces it."""
+    if cross_site(request):
+        raise HTTPException(403, "sign in from the portal's own sign-in page: open your invitation link again")
     form = await request.form()
     token = form.get("token")
     services = services_of(request)
@@ -59,6 +82,9 @@ async def signin(request: Request) -> Response:
         return page(request, "signin.html", None, title="Sign in", token=None, invitation=None,
                     status_code=400, failed=True)
     cookie, person = started
+    previous = request.cookies.get(COOKIE)
+    if previous and len(previous) <= 100:
+        await end_session(services, previous)
     response = redirect("/portal/", f"Signed in as {person.email}.")
     settings = services.settings
     response.set_cookie(COOKIE, cookie, max_age=int(settings.portal_session_max), path="/portal", httponly=True,
