@@ -71,6 +71,8 @@ async def test_invitations_refuse_what_is_wrong_naming_the_field(portal: Shipcas
     http = portal.http
     bad = [({"email": "not-an-address", "partner_id": "acme"}, "email"),
            ({"email": "a@b.example", "partner_id": "nobody"}, "partner_id"),
+           ({"email": "x,evil@b.example", "partner_id": "acme"}, "email"),  # one address, not a list
+           ({"email": "Dev <dev@b.example>", "partner_id": "acme"}, "email"),
            ({"email": "a@b.example", "partner_id": "acme", "role": "owner"}, "role"),
            ({"email": "a@b.example"}, "operator"),
            ({"email": "a@b.example", "partner_id": "acme", "operator": True}, "operator")]
@@ -161,7 +163,8 @@ async def test_https_public_url_makes_the_cookie_secure(vhost: str, sqlite_url: 
         link = await invitation(running, "dev@acme.example.com", "acme")
         async with Visitor(running) as browser:
             signed = await browser.post("/portal/signin", {"token": link.split("token=", 1)[1]}, csrf=False)
-            assert "Secure" in signed.headers["set-cookie"]
+            cookies = signed.headers.get_list("set-cookie")
+            assert len(cookies) == 2 and all("Secure" in cookie for cookie in cookies), cookies  # session, notice
             # The operator's name and logo head every page.
             shown = await browser.get("/portal/signin")
             assert "<title>Sign in · Acme Logistics Partners</title>" in shown.text

@@ -58,7 +58,7 @@ def _valid_email(email: str) -> str:
     email = email.strip()
     local, at, domain = email.partition("@")
     if not at or not local or "." not in domain or len(email) > EMAIL_MAX \
-            or any(c.isspace() or not c.isprintable() for c in email) or "@" in domain:
+            or any(c.isspace() or not c.isprintable() or c in ',;<>()[]\\:"' for c in email) or "@" in domain:
         raise ConfigError("invalid invitation", {"email": ["must be an email address, like dev@example.com"]})
     return email
 

@@ -230,7 +230,7 @@ async def edit_endpoint(partner_id: str, endpoint_id: str, request: Request,
         except ConfigError as exc:
             errors = _field_errors(exc.errors or {"_form": [str(exc)]})
         else:
-            return redirect(f"{_base(partner_id)}/{endpoint_id}", f"Endpoint {endpoint_id} saved.")
+            return redirect(request, f"{_base(partner_id)}/{endpoint_id}", f"Endpoint {endpoint_id} saved.")
     endpoint = await _one(services, partner_id, endpoint_id)
     return _endpoint_page(request, person, partner_id, endpoint, values={**typed, "id": endpoint_id},
                           errors=errors, status_code=422)
@@ -242,7 +242,7 @@ async def disable_endpoint(partner_id: str, endpoint_id: str, request: Request,
                            _: dict[str, str] = Depends(checked_form)) -> Response:
     with _found():
         await admin.disable(services_of(request), partner_id, endpoint_id, person.actor)
-    return redirect(f"{_base(partner_id)}/{endpoint_id}",
+    return redirect(request, f"{_base(partner_id)}/{endpoint_id}",
                     f"Endpoint {endpoint_id} disabled: nothing is sent to it until you enable it.")
 
 
@@ -252,7 +252,7 @@ async def enable_endpoint(partner_id: str, endpoint_id: str, request: Request,
                           _: dict[str, str] = Depends(checked_form)) -> Response:
     with _found():
         await admin.enable(services_of(request), partner_id, endpoint_id, person.actor)
-    return redirect(f"{_base(partner_id)}/{endpoint_id}", f"Endpoint {endpoint_id} enabled.")
+    return redirect(request, f"{_base(partner_id)}/{endpoint_id}", f"Endpoint {endpoint_id} enabled.")
 
 
 @router.get("/{endpoint_id}/delete")
@@ -270,7 +270,7 @@ async def delete_endpoint(partner_id: str, endpoint_id: str, request: Request,
                           _: dict[str, str] = Depends(checked_form)) -> Response:
     with _found():
         await admin.delete(services_of(request), partner_id, endpoint_id, person.actor)
-    return redirect(_base(partner_id), f"Endpoint {endpoint_id} deleted.")
+    return redirect(request, _base(partner_id), f"Endpoint {endpoint_id} deleted.")
 
 
 # -- the secret -------------------------------------------------------------------
@@ -385,5 +385,5 @@ async def send_test(partner_id: str, endpoint_id: str, request: Request, person:
         endpoint = await _one(services, partner_id, endpoint_id)
         return _test_page(request, person, partner_id, endpoint, chosen=event_type,
                           errors=form_errors(exc.errors), status_code=422)
-    return redirect(f"/portal/p/{partner_id}/messages/{event.event_id}",
+    return redirect(request, f"/portal/p/{partner_id}/messages/{event.event_id}",
                     f"Test event {event.event_type} sent to {endpoint_id}: its attempts appear below as they happen.")

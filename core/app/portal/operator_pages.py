@@ -188,7 +188,7 @@ async def create_partner(request: Request, form: dict[str, str] = Depends(checke
                     return await _partners_page(request, person, status_code=503, create=values,
                                                 create_errors=errors)
                 else:
-                    return redirect("/portal/operator/", f"Partner {partner.id} created: invite its people from its row.")
+                    return redirect(request, "/portal/operator/", f"Partner {partner.id} created: invite its people from its row.")
     return await _partners_page(request, person, status_code=422, create=values, create_errors=form_errors(errors))
 
 
@@ -261,10 +261,10 @@ async def revoke(request: Request, session_id: str, form: dict[str, str] = Depen
     """End someone's session at once (audited, as ``DELETE /v1/portal/sessions/{id}``)."""
     if len(session_id) > 64 or "\x00" in session_id \
             or not await revoke_session(services_of(request), session_id, person.actor):
-        return redirect("/portal/operator/people", "That session had ended already.")
+        return redirect(request, "/portal/operator/people", "That session had ended already.")
     if session_id == person.session_id:
-        return redirect("/portal/signin", "Your own session is ended.")
-    return redirect("/portal/operator/people", f"Session {session_id} ended.")
+        return redirect(request, "/portal/signin", "Your own session is ended.")
+    return redirect(request, "/portal/operator/people", f"Session {session_id} ended.")
 
 
 # -- queues and parking lots --------------------------------------------------
@@ -352,7 +352,7 @@ async def replay(request: Request, form: dict[str, str] = Depends(checked_form),
                  after={"replayed": replayed, **({"event_id": values["event_id"]} if event_ids else {})})
     total = sum(replayed.values())
     where = ", ".join(f"{count} into shipcast.{name}" for name, count in replayed.items() if count) or "nothing"
-    return redirect("/portal/operator/queues", f"Replayed {total} parked message{'s' * (total != 1)}: {where}.")
+    return redirect(request, "/portal/operator/queues", f"Replayed {total} parked message{'s' * (total != 1)}: {where}.")
 
 
 # -- operator events and the audit log -----------------------------------------

@@ -360,7 +360,7 @@ async def retry_failed(partner_id: str, request: Request, person: Person = Depen
     """Send again every delivery of this partner that failed for good."""
     done, spent = await _quota_spent(recover(services_of(request), resend_quota(request), partner_id,
                                              person.actor, since=None))
-    return redirect(f"{_base(partner_id)}/messages",
+    return redirect(request, f"{_base(partner_id)}/messages",
                     _sent_notice(done.recovered, done.remaining, "failed messages") if done else spent)
 
 
@@ -388,7 +388,7 @@ async def recover_since(partner_id: str, request: Request, person: Person = Depe
                                    action_values={"recover_since": typed}, status_code=422)
     done, spent = await _quota_spent(recover(services_of(request), resend_quota(request), partner_id,
                                              person.actor, since=since))
-    return redirect(f"{_base(partner_id)}/messages",
+    return redirect(request, f"{_base(partner_id)}/messages",
                     _sent_notice(done.recovered, done.remaining, f"messages failed since {since:%Y-%m-%d %H:%M} UTC")
                     if done else spent)
 
@@ -472,18 +472,18 @@ async def resend_message(partner_id: str, event_id: str, request: Request, perso
         raise HTTPException(404, "no such delivery")
     page_url = f"{_base(partner_id)}/messages/{event_id}"
     if spent:
-        return redirect(page_url, spent)
+        return redirect(request, page_url, spent)
     if not count:
-        return redirect(page_url, "Nothing was sent again: the event is no longer archived.")
+        return redirect(request, page_url, "Nothing was sent again: the event is no longer archived.")
     # The page stays live until an attempt beyond those it has now is logged.
     where = f" to {target}" if target else ""
     wanted = sum(1 for row in found["deliveries"]
                  if (not target or row["target"] == target) and (not channel or row["channel"] == channel))
     if count < wanted:  # the quota granted fewer than the targets asked for
-        return redirect(f"{page_url}?watch={len(found['attempts'])}",
+        return redirect(request, f"{page_url}?watch={len(found['attempts'])}",
                         f"Sent again to {count} of its {wanted} targets: the rest are beyond this hour's quota "
                         f"of messages sent again; try again later. Watch its attempts below.")
-    return redirect(f"{page_url}?watch={len(found['attempts'])}", f"Sent again{where}: watch its attempts below.")
+    return redirect(request, f"{page_url}?watch={len(found['attempts'])}", f"Sent again{where}: watch its attempts below.")
 
 
 # -- the event catalog ----------------------------------------------------------
@@ -660,7 +660,7 @@ async def drop_token(partner_id: str, token_id: str, request: Request, person: P
                      form: dict[str, str] = Depends(checked_form)) -> Response:
     if not await revoke_token(services_of(request), partner_id, token_id[:100], person.actor):
         raise HTTPException(404, "no such token")
-    return redirect(f"{_base(partner_id)}/tokens", f"Token {token_id} revoked: it no longer opens the API.")
+    return redirect(request, f"{_base(partner_id)}/tokens", f"Token {token_id} revoked: it no longer opens the API.")
 
 
 # -- the audit log --------------------------------------------------------------

@@ -29,11 +29,11 @@ async def static(name: str) -> Response:
 
 
 @router.get("/")
-async def home(person: Person = Depends(signed_in)) -> Response:
+async def home(request: Request, person: Person = Depends(signed_in)) -> Response:
     """An operator's home is the partners list; a partner's person's, their overview."""
     if person.is_operator:
-        return redirect("/portal/operator/")
-    return redirect(f"/portal/p/{person.partner_id}/")
+        return redirect(request, "/portal/operator/")
+    return redirect(request, f"/portal/p/{person.partner_id}/")
 
 
 @router.get("/signin")
@@ -85,7 +85,7 @@ async def signin(request: Request) -> Response:
     previous = request.cookies.get(COOKIE)
     if previous and len(previous) <= 100:
         await end_session(services, previous)
-    response = redirect("/portal/", f"Signed in as {person.email}.")
+    response = redirect(request, "/portal/", f"Signed in as {person.email}.")
     settings = services.settings
     response.set_cookie(COOKIE, cookie, max_age=int(settings.portal_session_max), path="/portal", httponly=True,
                         samesite="lax", secure=settings.public_url.startswith("https:"))
@@ -97,7 +97,7 @@ async def signout(request: Request, _: dict[str, str] = Depends(checked_form)) -
     cookie = request.cookies.get(COOKIE)
     if cookie:
         await end_session(services_of(request), cookie)
-    response = redirect("/portal/signin", "Signed out.")
+    response = redirect(request, "/portal/signin", "Signed out.")
     response.delete_cookie(COOKIE, path="/portal")
     return response
 
@@ -115,4 +115,4 @@ def sign_in_first(request: Request, exc: SignInRequired) -> Response:
     if request.method != "GET" or request.headers.get("x-shipcast-fragment"):
         return page(request, "error.html", None, title="Signed out", status_code=401,
                     message="Your session has ended: sign in again with a new invitation link.")
-    return redirect("/portal/signin", "Sign in to see that page.")
+    return redirect(request, "/portal/signin", "Sign in to see that page.")

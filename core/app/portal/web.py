@@ -103,12 +103,13 @@ def fragment(request: Request, template: str, **context: Any) -> HTMLResponse:
     return HTMLResponse(body, headers=security_headers(secrets.token_urlsafe(8)))
 
 
-def redirect(url: str, notice: str | None = None) -> Response:
-    """After a POST, to a page (303), with a notice it shows once."""
+def redirect(request: Request, url: str, notice: str | None = None) -> Response:
+    """After a POST, to a page (303), with a notice it shows once (in a cookie,
+    ``Secure`` when ``SHIPCAST_PUBLIC_URL`` is https, like the session's)."""
     response = RedirectResponse(url, status_code=303)
     if notice:
         response.set_cookie(NOTICE_COOKIE, quote(notice[:500]), max_age=60, path="/portal", httponly=True,
-                            samesite="lax")
+                            samesite="lax", secure=services_of(request).settings.public_url.startswith("https:"))
     return response
 
 
