@@ -37,6 +37,27 @@ SECRET_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
 SERVICES = ("rabbitmq", "postgresql")
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def tasks_end_with_the_session() -> AsyncIterator[None]:
+    """Every task a test left running is cancelled when the session ends; one
+    that will not stop (it swallows its cancellation, or waits on what never
+    comes) fails the session's last teardown, named with where it is stuck,
+    instead of hanging the closing event loop and, with it, the test process."""
+    yield
+    me = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not me and not task.done()]
+    for task in left:
+        task.cancel()
+    stuck = (await asyncio.wait(left, timeout=15))[1] if left else set()
+    if stuck:
+        where = []
+        for task in stuck:
+            frames = task.get_stack(limit=8)
+            where.append(f"{task!r} at " + " <- ".join(f"{f.f_code.co_filename}:{f.f_lineno}" for f in frames))
+            asyncio.tasks._all_tasks.discard(task)  # type: ignore[attr-defined]  # or the closing loop waits for ever
+        raise AssertionError("tasks left running that do not stop when cancelled:\n" + "\n".join(where))
+
+
 @pytest.fixture(autouse=True)
 def shared_services(request: pytest.FixtureRequest) -> Iterator[None]:
     """The tests share one RabbitMQ and one PostgreSQL, and run in parallel

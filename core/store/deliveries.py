@@ -116,6 +116,9 @@ class DeliveryStore(StoreBase):
         if after is not None:
             stamp, last_event, last_channel, last_target = after
             at = _utc(stamp)
+            # The plain bound first: the index on (partner_id, updated_at) starts the scan at the cursor
+            # (without it, the OR below makes a deep page read every newer row, as OFFSET does).
+            query = query.where(d.updated_at <= at)
             query = query.where(sa.or_(d.updated_at < at, sa.and_(d.updated_at == at, sa.or_(
                 d.event_id < last_event, sa.and_(d.event_id == last_event, sa.or_(
                     d.channel < last_channel, sa.and_(d.channel == last_channel, d.target < last_target)))))))

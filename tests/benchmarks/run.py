@@ -704,10 +704,62 @@ async def _live_fanout(ship: Shipcast, orders: int, watched: int, viewers: int, 
         await publisher.close()
 
 
-DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "live"]
+async def paging(tmp: Path, quick: bool) -> None:
+    """The portal's delivery log, deep in a large log: a keyset page (what the
+    portal does) against the same page by OFFSET, each as a multiple of the
+    first page's time, on SQLite and PostgreSQL."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    from shipcast.store import Store
+    from shipcast.store.deliveries import delivery_key
+    from shipcast.store.tables import deliveries
+
+    n = 20_000 if quick else 200_000
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [{"event_id": f"evt_{i:08d}", "channel": "webhook", "target": "main", "partner_id": "acme",
+             "event_type": "OFD", "order_id": f"ORD-{i}", "sequence": 1, "address": "https://x.example/h",
+             "status": "delivered", "attempts": 1, "updated_at": start + timedelta(milliseconds=i)}
+            for i in range(n)]
+
+    async def timed(call: Callable[[], Awaitable[Any]], repeat: int = 15) -> float:
+        times = []
+        for _ in range(repeat):
+            began = time.perf_counter()
+            await call()
+            times.append((time.perf_counter() - began) * 1000)
+        return sorted(times)[len(times) // 2]
+
+    async def measure(label: str, url: str) -> None:
+        store = await Store(url).open()
+        try:
+            for chunk in range(0, n, 5000):
+                await store._run([(deliveries.insert(), rows[chunk:chunk + 5000])])
+            depth = n - 100
+            order = (deliveries.c.updated_at.desc(), deliveries.c.event_id.desc(), deliveries.c.channel.desc(),
+                     deliveries.c.target.desc())
+            query = sa.select(deliveries).where(deliveries.c.partner_id == "acme").order_by(*order)
+            [before] = await store._rows(query.offset(depth - 1).limit(1))
+            cursor = delivery_key({**before._asdict(), "updated_at": before.updated_at})
+            first = await timed(lambda: store.page_deliveries("acme", limit=25))
+            keyset = await timed(lambda: store.page_deliveries("acme", after=cursor, limit=25))
+            offset = await timed(lambda: store._rows(query.offset(depth).limit(25)))
+            report(f"portal log, first page ({label}, {n:,} rows)", first, "ms")
+            report(f"portal log, page at row {depth:,}: keyset ({label})", keyset, "ms", first, "the first page")
+            report(f"portal log, page at row {depth:,}: OFFSET ({label})", offset, "ms", first, "the first page")
+        finally:
+            await store.close()
+
+    await measure("SQLite", f"sqlite+aiosqlite:///{tmp / 'paging.db'}")
+    async with postgres_database() as url:
+        await measure("PostgreSQL", url)
+
+
+DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "live", "paging"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow,
              "latency": latency, "ingest": ingest, "fanout": fanout, "growth": growth, "memory": memory,
-             "isolation": isolation, "live": live}
+             "isolation": isolation, "live": live, "paging": paging}
 
 
 async def main(selected: Sequence[str], quick: bool) -> None:
