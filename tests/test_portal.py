@@ -10,8 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiosmtpd.controller import Controller
 
+from shipcast.store.tables import events
+from tests.bound import example
+
 from .conftest import free_port, make_settings
-from .helpers import ShipcastProcess, eventually, partners_doc, run_cli
+from .helpers import Receiver, ShipcastProcess, eventually, partners_doc, run_cli
 from .portal import Visitor, invitation, signed_in, two_partners
 
 pytestmark = pytest.mark.broker
@@ -256,3 +259,28 @@ async def test_an_invitation_is_emailed_when_smtp_is_configured(vhost: str, sqli
         await eventually(lambda: running.services.broker.connected)
         made = await running.http.post("/v1/portal/invitations", json={"email": "ops@example.com", "operator": True})
         assert made.json()["emailed"] is False
+
+
+async def test_a_message_no_target_takes_stops_waiting_for_one(vhost: str, sqlite_url: str, receiver: Receiver) -> None:
+    """An event whose type no endpoint takes is archived and never delivered:
+    its page waits for a delivery a minute, then stops polling and says why."""
+    async with ShipcastProcess(make_settings(vhost, sqlite_url)) as shipcast:
+        await shipcast.apply(partners_doc("acme", receiver.url, events=["OFD"]))
+        event = example("DEL", partner_id="acme")
+        assert (await shipcast.http.post("/v1/events", content=event.to_json(),
+                                         headers={"content-type": "application/json"})).status_code == 202
+        await eventually(lambda: shipcast.services.store.get_event(event.event_id))
+        browser = await signed_in(shipcast, "dev@acme.example.com", "acme", "viewer")
+        try:
+            live = f"/portal/p/acme/messages/{event.event_id}/attempts"
+            waiting = await browser.get(live)
+            assert waiting.status_code == 200 and "data-final" not in waiting.text
+            assert "No delivery logged yet" in waiting.text
+            store = shipcast.services.store
+            await store._run([(events.update().where(events.c.event_id == event.event_id)
+                               .values(stored_at=datetime.now(UTC) - timedelta(seconds=61)), None)])
+            done = await browser.get(live)
+            assert "data-final" in done.text and "takes its type" in done.text
+            assert not receiver.requests  # and nothing was sent meanwhile
+        finally:
+            await browser.aclose()

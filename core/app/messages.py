@@ -42,7 +42,9 @@ async def message(store: Store, partner_id: str, event_id: str) -> dict[str, Any
     rows = await store.list_deliveries(event_id=event_id, partner_id=partner_id)
     if event is None and not rows:
         return None
-    return {"event": event, "deliveries": rows, "attempts": await store.list_attempts(event_id, partner_id=partner_id)}
+    return {"event": event, "deliveries": rows, "attempts": await store.list_attempts(event_id, partner_id=partner_id),
+            # Without a delivery, how long the event has waited for one (a type no channel takes never gets one).
+            "stored_at": await store.event_stored_at(event_id) if event is not None and not rows else None}
 
 
 class Quota:

@@ -10,7 +10,7 @@ import orjson
 import sqlalchemy as sa
 
 from shipcast.model.envelope import Event
-from shipcast.store.base import StoreBase, _utc, now
+from shipcast.store.base import StoreBase, _aware, _utc, now
 from shipcast.store.tables import events
 
 
@@ -27,6 +27,11 @@ class EventStore(StoreBase):
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))
         return orjson.loads(rows[0].body) if rows else None
+
+    async def event_stored_at(self, event_id: str) -> datetime | None:
+        """When the archive stored an event, or ``None``."""
+        rows = await self._rows(sa.select(events.c.stored_at).where(events.c.event_id == event_id))
+        return _aware(rows[0].stored_at) if rows else None
 
     async def order_events(self, partner_id: str, order_id: str, limit: int = 500) -> list[dict[str, Any]]:
         """One order's archived events, oldest first (by sequence): its timeline."""

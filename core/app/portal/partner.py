@@ -404,11 +404,17 @@ def _attempt_view(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "request": request}
 
 
+#: How long an archived event may go without a delivery before its page stops waiting for one.
+UNDELIVERED_AFTER = timedelta(seconds=60)
+
+
 def _message_context(found: dict[str, Any], watch: int) -> dict[str, Any]:
     rows = found["deliveries"]
     attempts = [_attempt_view(row) for row in found["attempts"]]
-    final = bool(rows) and all(row["status"] in FINAL for row in rows) and len(attempts) > watch
-    return {"deliveries": rows, "attempts": attempts, "final": final, "watch": watch}
+    stored_at = found.get("stored_at")
+    undelivered = not rows and stored_at is not None and datetime.now(UTC) - stored_at > UNDELIVERED_AFTER
+    final = undelivered or (bool(rows) and all(row["status"] in FINAL for row in rows) and len(attempts) > watch)
+    return {"deliveries": rows, "attempts": attempts, "final": final, "watch": watch, "undelivered": undelivered}
 
 
 def _watch(request: Request) -> int:
