@@ -64,7 +64,7 @@ async def test_what_is_past_its_retention_goes_in_batches_and_a_dry_run_changes_
     await store.record([attempt(fresh, NOW - timedelta(days=40)), attempt(fresh, NOW - timedelta(days=10)),
                         attempt(fresh, NOW - timedelta(days=1)), attempt(old, NOW - timedelta(days=99))])
 
-    expected = {"otps": 0, "attempts": 2, "responses": 1, "events": 1}
+    expected = {"otps": 0, "attempts": 2, "portal_signins": 0, "responses": 1, "events": 1}
     assert await prune(store, SETTINGS, dry_run=True, now=NOW) == expected
     assert await store.get_event(old.event_id) is not None and len(await store.list_attempts()) == 4
 
@@ -72,7 +72,8 @@ async def test_what_is_past_its_retention_goes_in_batches_and_a_dry_run_changes_
     assert await store.get_event(old.event_id) is None and await store.list_deliveries(event_id=old.event_id) == []
     left = await store.list_attempts(fresh.event_id)
     assert len(left) == 2 and sorted(row["response"] is None for row in left) == [False, True]
-    assert await prune(store, SETTINGS, now=NOW) == {"otps": 0, "attempts": 0, "responses": 0, "events": 0}
+    assert await prune(store, SETTINGS, now=NOW) == {"otps": 0, "attempts": 0, "portal_signins": 0, "responses": 0,
+                                                       "events": 0}
     forever = SETTINGS.model_copy(update={"retain_attempts_days": 0, "retain_events_days": 0,
                                           "retain_responses_days": 0})
     # Kept for ever but the OTP, expired by then.
@@ -86,8 +87,8 @@ async def test_an_otp_leaves_the_archive_once_delivered_or_expired(store: Store)
         update={"expires_at": NOW - timedelta(minutes=1)})})
     pending = customer_event("OFD", "ORD-3")
     await store.save_events([delivered, customer_event("DEL", "ORD-1", sequence=2), expired, pending])
-    assert await prune(store, SETTINGS, dry_run=True, now=NOW) == {"otps": 2, "attempts": 0, "responses": 0,
-                                                                   "events": 0}
+    assert await prune(store, SETTINGS, dry_run=True, now=NOW) == {"otps": 2, "attempts": 0, "portal_signins": 0,
+                                                                   "responses": 0, "events": 0}
     assert (await prune(store, SETTINGS, now=NOW))["otps"] == 2
     assert (await body(store, delivered.event_id))["otp"] is None
     assert (await body(store, expired.event_id))["otp"] is None
@@ -154,7 +155,8 @@ async def test_the_commands_prune_and_forget(database_url: str, tmp_path: Any) -
         await opened.close()
     dry = run_cli(settings, "prune", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout) == {"dry_run": True, "otps": 1, "attempts": 0, "responses": 0, "events": 0}
+    assert json.loads(dry.stdout) == {"dry_run": True, "otps": 1, "attempts": 0, "portal_signins": 0,
+                                         "responses": 0, "events": 0}
     done = run_cli(settings, "prune")
     assert done.returncode == 0 and "removed 1 otps" in done.stdout
     forgot = run_cli(settings, "customers", "forget", "--phone", "+91 98765-43210")
@@ -197,3 +199,25 @@ async def test_the_operator_forgets_a_customer_through_the_api(shipcast: Any) ->
     partner = await shipcast.http.post("/v1/customers/forget", json={"phone": "+919876543210"},
                                        headers={"authorization": f"Bearer {token}"})
     assert partner.status_code == 403  # the operator's alone
+
+
+async def test_sign_ins_that_can_no_longer_sign_anyone_in_are_pruned(store: Store) -> None:
+    """Invitations expired, and portal sessions unseen or revoked, for longer
+    than the attempt log is kept go; a live session and an invitation still
+    usable stay."""
+    from shipcast.store.tables import portal_invitations, portal_sessions
+
+    old = NOW - timedelta(days=SETTINGS.retain_attempts_days + 1)
+    await store.add_invitation("a" * 64, email="gone@x.example", partner_id=None, role="operator",
+                               invited_by="tests", expires_at=old)
+    await store.add_invitation("b" * 64, email="fresh@x.example", partner_id=None, role="operator",
+                               invited_by="tests", expires_at=NOW + timedelta(days=1))
+    for digest, email in (("c" * 64, "idle@x.example"), ("d" * 64, "live@x.example")):
+        await store.add_session(digest, digest[:16], email=email, partner_id=None, role="operator", csrf="t")
+    await store._run([(portal_sessions.update().where(portal_sessions.c.email == "idle@x.example")
+                       .values(last_seen=old), None)])
+    assert (await prune(store, SETTINGS, dry_run=True, now=NOW))["portal_signins"] == 2
+    assert (await prune(store, SETTINGS, now=NOW))["portal_signins"] == 2
+    invitations = await store._rows(sa.select(portal_invitations.c.email))
+    sessions = await store._rows(sa.select(portal_sessions.c.email))
+    assert [r.email for r in invitations] == ["fresh@x.example"] and [r.email for r in sessions] == ["live@x.example"]

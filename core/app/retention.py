@@ -34,6 +34,8 @@ async def prune(store: Store, settings: Settings, *, dry_run: bool = False,
     cutoff = now - timedelta(days=settings.retain_attempts_days) if settings.retain_attempts_days else None
     if cutoff is not None:
         passes["attempts"] = lambda: store.prune_attempts(cutoff, BATCH, dry_run=dry_run)
+        # Sign-in links and sessions that can no longer sign anyone in, kept as long as the attempt log.
+        passes["portal_signins"] = lambda: store.prune_portal(cutoff, BATCH, dry_run=dry_run)
     if settings.retain_responses_days:
         responses = now - timedelta(days=settings.retain_responses_days)
         # Attempts the pass above removes whole are not counted twice.

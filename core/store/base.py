@@ -216,6 +216,9 @@ class StoreBase:
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"store read failed: {exc}") from exc
 
+    async def _total(self, table: sa.Table, where: Any) -> int:
+        return int((await self._rows(sa.select(sa.func.count()).select_from(table).where(where)))[0][0])
+
     async def ping(self) -> None:
         """One round trip to the database. :raises StoreError: it is unreachable."""
         await self._rows(sa.select(sa.literal(1)))

@@ -3,7 +3,7 @@ the audit log of every change made through the portal or the API."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -127,13 +127,22 @@ class PortalStore(StoreBase):
         return [{key: value for key, value in _session(row).items() if key != "csrf"}
                 for row in await self._rows(query)]
 
-    async def prune_portal(self, older_than: timedelta) -> None:
-        """Drop invitations and sessions dead for longer than ``older_than``."""
-        cutoff = now() - older_than
-        await self._run([
-            (portal_invitations.delete().where(portal_invitations.c.expires_at < cutoff), None),
-            (portal_sessions.delete().where(sa.or_(portal_sessions.c.last_seen < cutoff,
-                                                   portal_sessions.c.revoked_at < cutoff)), None)])
+    async def prune_portal(self, before: datetime, batch: int, *, dry_run: bool = False) -> int:
+        """Delete up to ``batch`` invitations that expired, and sessions last
+        seen (or revoked), before ``before``: none of them can sign anyone in
+        any more (with ``dry_run``: count every one that would go)."""
+        dead = [(portal_invitations, portal_invitations.c.token_hash, portal_invitations.c.expires_at < before),
+                (portal_sessions, portal_sessions.c.session_hash,
+                 sa.or_(portal_sessions.c.last_seen < before, portal_sessions.c.revoked_at < before))]
+        if dry_run:
+            return sum([await self._total(table, old) for table, _, old in dead])
+        count = 0
+        for table, key, old in dead:
+            found = [row[0] for row in await self._rows(sa.select(key).where(old).limit(batch))]
+            if found:
+                await self._run([(table.delete().where(key.in_(found)), None)])
+            count += len(found)
+        return count
 
     # -- audit log --------------------------------------------------------
 

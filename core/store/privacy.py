@@ -133,9 +133,6 @@ class PrivacyStore(StoreBase):
             await self._rewrite({event_id: {**orjson.loads(body), "otp": None} for event_id, body in changed.items()})
         return len(changed)
 
-    async def _total(self, table: sa.Table, where: Any) -> int:
-        return int((await self._rows(sa.select(sa.func.count()).select_from(table).where(where)))[0][0])
-
     async def _rewrite(self, bodies: Mapping[str, dict[str, Any]]) -> None:
         await self._run([(events.update().where(events.c.event_id == sa.bindparam("id"))
                           .values(body=sa.bindparam("new_body")),
