@@ -282,6 +282,7 @@ async def test_every_page_is_accessible_fits_a_phone_and_is_photographed(
     folder = ARTIFACTS / "portal"
     folder.mkdir(parents=True, exist_ok=True)
     found: dict[str, list[str]] = {}
+    taken: list[Path] = []
     for viewport, width in ((PHONE, "phone"), (DESKTOP, "desktop")):
         # axe is injected into each page, so this context lets it past the CSP (the flows above keep it).
         page = await person_page(browser, viewport=viewport, bypass_csp=True)
@@ -300,12 +301,16 @@ async def test_every_page_is_accessible_fits_a_phone_and_is_photographed(
                 if width == "phone":
                     wide = await page.evaluate("document.documentElement.scrollWidth")
                     assert wide <= PHONE["width"] + 1, f"{url} is {wide} px wide on a 360 px phone"
-                await page.screenshot(path=str(folder / f"{slug(url)}-{width}.png"), full_page=True)
+                shot = folder / f"{slug(url)}-{width}.png"
+                shot.unlink(missing_ok=True)  # a picture left by an earlier run proves nothing
+                await page.screenshot(path=str(shot), full_page=True)
+                taken.append(shot)
         finally:
             await page.context.close()
     serious = {url: problems for url, problems in found.items() if problems}
     assert not serious, serious
-    assert len(list(folder.glob("*-phone.png"))) >= 15
+    phone = [shot for shot in taken if shot.name.endswith("-phone.png")]
+    assert len(phone) >= 15 and all(shot.stat().st_size > 0 for shot in taken), taken
 
 
 async def test_without_javascript_everything_works_but_live_updates(browser: Browser, shipcast: ShipcastProcess,
