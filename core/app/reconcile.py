@@ -7,6 +7,7 @@ enables that channel, and bindings no config asks for any more are removed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from shipcast.amqp.topology import declare_exchange, declare_queue, existing_arg
 from shipcast.app.audit import Actor, record
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError, ManagementRefused
-from shipcast.model.partners import Partner
+from shipcast.model.partners import Partner, merge_document
 from shipcast.plugin.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ async def prepare(registry: Registry, partners: Sequence[Partner], stored: dict[
             except ConfigError as exc:
                 for loc, messages in (exc.errors or {"(config)": [str(exc)]}).items():
                     errors[f"partner {partner.id!r}: channels.{name}.{loc}"] = messages
-        prepared.append(Partner(partner.id, partner.name, partner.branding, configs))
+        prepared.append(dataclasses.replace(partner, channels=configs))
     if errors:
         raise ConfigError(f"{source}: refused", errors)
     return prepared
@@ -55,9 +56,19 @@ async def prepare(registry: Registry, partners: Sequence[Partner], stored: dict[
 async def apply_partners(services: Services, partners: Sequence[Partner], *, source: str = "<partners>",
                          reenable: bool = True, actor: Actor | None = None) -> BindingChanges:
     """Store validated partners (upsert), reconcile bindings, tell the workers.
-    With ``actor``, each partner whose config changed is written to the audit log."""
+    Each keeps what its own people set where the document says nothing
+    (:func:`~shipcast.model.partners.merge_document`). With ``actor``, each
+    partner whose config changed is written to the audit log."""
     stored = {partner.id: partner for partner in await services.store.get_partners()}
-    ready = await prepare(services.registry, partners, stored, source)
+    merged, errors = [], {}
+    for partner in partners:
+        try:
+            merged.append(merge_document(services.registry.catalog, stored.get(partner.id), partner))
+        except ConfigError as exc:
+            errors.update({f"partner {partner.id!r}: {at}": messages for at, messages in exc.errors.items()})
+    if errors:
+        raise ConfigError(f"{source}: refused", errors)
+    ready = await prepare(services.registry, merged, stored, source)
     await services.store.put_partners(ready, reenable=reenable)
     await services.announce_change()
     if actor is not None:

@@ -86,14 +86,26 @@ class TimeZone(fields.String):
         super().__init__(load_default="Asia/Kolkata", validate=_known_zone, **kwargs)
 
 
+class Clock(fields.Time):
+    """A time of day, ``"21:00"``; ``"21:00:00"`` too, as a stored config gives it back."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="%H:%M", **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{2}:[0-9]{2}:00", value):
+            value = value[:5]
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class QuietHours(Schema):
     """``quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}``."""
 
     class Meta:
         unknown = RAISE
 
-    start = fields.Time(required=True, format="%H:%M")
-    end = fields.Time(required=True, format="%H:%M")
+    start = Clock(required=True)
+    end = Clock(required=True)
     timezone = TimeZone()
 
     @validates_schema

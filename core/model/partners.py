@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
@@ -24,16 +25,51 @@ from shipcast.model.envelope import PARTNER_ID_PATTERN
 
 @dataclass(frozen=True)
 class Partner:
-    """A partner's applied config: who they are and which channels serve them."""
+    """A partner's applied config: who they are and which channels serve them.
+
+    ``file_fields`` are the fields a partners document (the file, or
+    ``POST /v1/partners``) set, as paths (``name``, ``branding.primary_color``,
+    ``channels.sms``, ``channels.sms.sender``): the document owns them, and the
+    partner API and the portal change only the rest. ``None`` for a config
+    stored before fields were marked: the document owns all of it."""
 
     id: str
     name: str
     branding: Mapping[str, Any] = field(default_factory=dict)
     channels: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    file_fields: frozenset[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "branding": dict(self.branding),
-                "channels": {name: dict(config) for name, config in self.channels.items()}}
+        shown = {"id": self.id, "name": self.name, "branding": dict(self.branding),
+                 "channels": {name: dict(config) for name, config in self.channels.items()}}
+        if self.file_fields is not None:
+            shown["file_fields"] = sorted(self.file_fields)
+        return shown
+
+    def owned(self) -> frozenset[str]:
+        """The fields the partners document owns (every one it could have set, for an unmarked config)."""
+        return self.file_fields if self.file_fields is not None else fields_set(self.to_dict())
+
+
+#: The channel whose section a document owns whole: its endpoints follow their own rule (an
+#: endpoint registered through the API is kept when the document lists the channel without it).
+WHOLE_SECTIONS = frozenset({"webhook"})
+
+
+def fields_set(item: Mapping[str, Any]) -> frozenset[str]:
+    """The fields a partners document's entry sets, as paths: ``name``, each
+    ``branding.<key>``, each ``channels.<name>`` and each of its keys."""
+    found = {"name"} if "name" in item else set()
+    branding = item.get("branding")
+    if isinstance(branding, Mapping):
+        found |= {f"branding.{key}" for key in branding}
+    channels = item.get("channels")
+    if isinstance(channels, Mapping):
+        for name, config in channels.items():
+            found.add(f"channels.{name}")
+            if name not in WHOLE_SECTIONS and isinstance(config, Mapping):
+                found |= {f"channels.{name}.{key}" for key in config}
+    return frozenset(found)
 
 
 class BrandingSchema(Schema):
@@ -122,6 +158,68 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     return {prefix or "(file)": [str(messages)]}
 
 
+BRANDING = "branding"
+
+
+def plain(value: Any) -> Any:
+    """A config value as JSON gives it back (a time as ``"21:00:00"``)."""
+    return orjson.loads(orjson.dumps(value))
+
+
+def load_section(catalog: Catalog, section: str, value: Any) -> dict[str, Any]:
+    """``value`` validated as the partners document's ``branding`` or
+    ``channels.<name>`` would be.
+
+    :raises ConfigError: naming each field wrong by its path in the document.
+    """
+    where = BRANDING if section == BRANDING else f"channels.{section}"
+    if not isinstance(value, Mapping):
+        raise ConfigError("invalid config", {where: ["must be a mapping"]})
+    halves = lone_surrogates(value)
+    if halves:
+        raise ConfigError("invalid config", {f"{where}.{at}": ["half a UTF-16 surrogate pair: not text"]
+                                             for at in halves})
+    schema = BrandingSchema if section == BRANDING else catalog.channel_schemas[section]
+    try:
+        with validating(catalog):
+            loaded: dict[str, Any] = schema(unknown=RAISE).load(plain(value))
+    except ValidationError as exc:
+        raise ConfigError("invalid config", {f"{where}.{at}" if at != "(file)" else where: messages
+                                             for at, messages in _flatten(exc.messages).items()}) from exc
+    return loaded
+
+
+def merge_document(catalog: Catalog, stored: Partner | None, given: Partner) -> Partner:
+    """The config a partners document's entry makes of the stored one: the
+    document's fields, and the partner's own where the document says nothing.
+
+    :raises ConfigError: the merged section is not valid (the document
+        dropped a field the partner's own settings need), naming it.
+    """
+    if stored is None or given.file_fields is None:
+        return given
+    before, now = stored.owned(), given.file_fields
+    branding = {key: value for key, value in stored.branding.items() if f"{BRANDING}.{key}" not in before}
+    branding.update(given.branding)
+    channels: dict[str, Mapping[str, Any]] = {}
+    for name, config in stored.channels.items():
+        if name not in given.channels and f"channels.{name}" not in before:
+            channels[name] = config  # the partner's own channel: the document never listed it
+    for name, config in given.channels.items():
+        previous = stored.channels.get(name)
+        kept = {key: value for key, value in (previous or {}).items() if f"channels.{name}.{key}" not in before}
+        if name in WHOLE_SECTIONS or not kept:
+            channels[name] = config
+            continue
+        written = {key: config[key] for key in config if f"channels.{name}.{key}" in now}
+        try:
+            channels[name] = load_section(catalog, name, {**kept, **written})
+        except ConfigError as exc:
+            raise ConfigError("refused", {f"{at} (with the partner's own settings)": messages
+                                          for at, messages in exc.errors.items()}) from exc
+    return replace(given, branding=branding, channels=channels)
+
+
 def load_partners(data: Any, source: str = "<partners>", *, catalog: Catalog) -> list[Partner]:
     """Validate a parsed partners document (``{"partners": [...]}``) against
     the registered channels and event types.
@@ -150,7 +248,8 @@ def load_partners(data: Any, source: str = "<partners>", *, catalog: Catalog) ->
             errors[f"{label}: id"] = ["duplicate partner id"]
             continue
         seen.add(loaded["id"])
-        partners.append(Partner(loaded["id"], loaded["name"], loaded["branding"], loaded["channels"]))
+        partners.append(Partner(loaded["id"], loaded["name"], loaded["branding"], loaded["channels"],
+                                fields_set(item)))
     if errors:
         raise ConfigError(f"{source}: invalid partners file", errors)
     return partners

@@ -97,6 +97,14 @@ class Channel:
     records_deliveries: ClassVar[bool] = True
     #: The marshmallow schema of this channel's section of a partner's config.
     config_schema: ClassVar[type[Schema]] = ChannelConfig
+    #: Whether a partner's own people set this channel's section (the partner
+    #: API's ``/config`` routes, the portal's settings), beside the operator's
+    #: partners file. The webhook channel's endpoints have routes of their own.
+    partner_editable: ClassVar[bool] = False
+    #: A page under ``/portal/p/{partner_id}/`` showing what customers see of
+    #: the partner's branding on this channel (the branding in its query), for
+    #: the portal's branding page to frame; ``None`` for none.
+    branding_preview: ClassVar[str | None] = None
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context
@@ -120,6 +128,14 @@ class Channel:
         :raises ConfigError: with ``errors`` keyed by field (``endpoints.0.url``).
         """
         return config
+
+    @classmethod
+    def check(cls, registry: Registered, partner_id: str, config: Mapping[str, Any]) -> dict[str, list[str]]:
+        """What is wrong with a partner's validated config that can be found
+        without the network (its templates render, in every language), by
+        field; empty when nothing is. The portal's live preview asks on every
+        change; a channel's :meth:`prepare` should refuse what this finds."""
+        return {}
 
     @classmethod
     def bindings(cls, partner_id: str, config: Mapping[str, Any]) -> set[str]:
@@ -153,6 +169,26 @@ class Channel:
             partner's template for this event fails.
         """
         raise ConfigError(f"the {self.name} channel sends no customer message to preview")
+
+    def preview_parts(self, event: Event, partner: Partner) -> dict[str, Any]:
+        """The message :meth:`preview` shows, in parts for the portal:
+        ``text`` and ``summary`` always, and what else the channel has
+        (an email's ``subject`` and ``html``, WhatsApp's ``variables``).
+
+        :raises ConfigError: as :meth:`preview`.
+        """
+        text, summary = self.preview(event, partner)
+        return {"text": text, "summary": summary}
+
+    async def send_test(self, event: Event, partner: Partner, to: str) -> Delivered:
+        """Send ``event``'s message to ``to`` (the merchant's own number or
+        address) now, as a customer would get it, through the provider the
+        channel uses, keeping no customer rule (quiet hours, opt-outs).
+
+        :raises ConfigError: the channel sends no test messages, or ``to`` is not an address it sends to.
+        :raises RetryableDelivery, PermanentDelivery: the provider refused it.
+        """
+        raise ConfigError(f"the {self.name} channel sends no test messages")
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered | None:
         """Deliver ``event`` (``body`` is its envelope as JSON) to one target.

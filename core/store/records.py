@@ -61,4 +61,6 @@ def attempt_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def partner_from_json(config: str) -> Partner:
     data = orjson.loads(config)
-    return Partner(data["id"], data["name"], data.get("branding", {}), data.get("channels", {}))
+    marked = data.get("file_fields")
+    return Partner(data["id"], data["name"], data.get("branding", {}), data.get("channels", {}),
+                   frozenset(marked) if marked is not None else None)

@@ -106,15 +106,21 @@ class EmailChannel(Channel):
     description = "Email to the order's customer, text and HTML, over SMTP"
     prefetch = 32
     config_schema = EmailConfig
+    partner_editable = True
+    branding_preview = "branding/email"
 
     @classmethod
     async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],
                       stored: Mapping[str, Any] | None) -> dict[str, Any]:
         """Every template this config may send renders, in every language, and has a subject line."""
-        errors = check_templates(registry, cls.name, partner_id, partner_id, {}, config, shape=_subject_and_body)
+        errors = cls.check(registry, partner_id, config)
         if errors:
             raise ConfigError("refused", errors)
         return config
+
+    @classmethod
+    def check(cls, registry: Registered, partner_id: str, config: Mapping[str, Any]) -> dict[str, list[str]]:
+        return check_templates(registry, cls.name, partner_id, partner_id, {}, config, shape=_subject_and_body)
 
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         to = event.order.customer.email
@@ -133,6 +139,15 @@ class EmailChannel(Channel):
             message = self.compose(event, partner, config, to)
         except ConfigError as exc:  # a template edited since it was applied: retrying cannot fix it
             raise PermanentDelivery(str(exc)) from exc
+        return await self.send(message)
+
+    async def send_test(self, event: Event, partner: Partner, to: str) -> Delivered:
+        if not ADDRESS.fullmatch(to.strip()) or len(to) > 254:
+            raise ConfigError("invalid address", {"to": ["not an email address"]})
+        return await self.send(self.compose(event, partner, partner.channels[self.name], to.strip()))
+
+    async def send(self, message: EmailMessage) -> Delivered:
+        """Hand one composed message to the SMTP server."""
         smtp = self.smtp
         try:
             await aiosmtplib.send(message, hostname=smtp.host, port=smtp.port, username=smtp.username,
@@ -155,6 +170,14 @@ class EmailChannel(Channel):
         text = plain.get_content().strip() if plain is not None else ""
         unsubscribe = "with" if message["List-Unsubscribe"] else "without"
         return f"Subject: {message['Subject']}\n\n{text}", f"text and HTML parts, {unsubscribe} List-Unsubscribe"
+
+    def preview_parts(self, event: Event, partner: Partner) -> dict[str, Any]:
+        shown, summary = self.preview(event, partner)
+        message = self.compose(event, partner, partner.channels[self.name], event.order.customer.email or
+                               "customer@example.com")
+        html = message.get_body(("html",))
+        return {"text": shown, "summary": summary, "subject": str(message["Subject"]),
+                "html": html.get_content() if html is not None else None}
 
     def compose(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str) -> EmailMessage:
         """The message: subject, text and HTML parts, and the headers."""
@@ -234,6 +257,7 @@ def shipcast_send_mail(settings: Settings, to: str, subject: str, text: str) -> 
 
 @hookimpl
 def shipcast_routers() -> list[Any]:
+    from . import portal
     from .unsubscribe import router
 
-    return [router]
+    return [router, portal.router]

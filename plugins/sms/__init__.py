@@ -81,21 +81,27 @@ class SmsChannel(Channel):
     description = "Texts to the order's customer (Twilio, or another provider plugin)"
     prefetch = 64
     config_schema = SmsConfig
+    partner_editable = True
     providers: dict[str, SmsProvider]
 
     @classmethod
     async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],
                       stored: Mapping[str, Any] | None) -> dict[str, Any]:
         """Every template this config may send renders, in every language."""
-        known = providers(registry)
-        errors: dict[str, list[str]] = {}
-        if config["provider"] not in known:
-            errors["provider"] = [f"unknown SMS provider; installed: {', '.join(sorted(known))}"]
-        errors.update(check_templates(registry, cls.name, partner_id, partner_id, {}, config))
-        errors.update(missing_dlt_ids(config))
+        errors = cls.check(registry, partner_id, config)
         if errors:
             raise ConfigError("refused", errors)
         return config
+
+    @classmethod
+    def check(cls, registry: Registered, partner_id: str, config: Mapping[str, Any]) -> dict[str, list[str]]:
+        known = providers(registry)
+        errors: dict[str, list[str]] = {}
+        if config.get("provider", "twilio") not in known:
+            errors["provider"] = [f"unknown SMS provider; installed: {', '.join(sorted(known))}"]
+        errors.update(check_templates(registry, cls.name, partner_id, partner_id, {}, config))
+        errors.update(missing_dlt_ids(config))
+        return errors
 
     async def start(self) -> None:
         self.providers = {}
@@ -141,6 +147,19 @@ class SmsChannel(Channel):
         text = self.render(event, partner, partner.channels[self.name])
         count = segments(text)
         return text, f"{len(text)} characters, {count} segment{'s' if count > 1 else ''} ({encoding(text)})"
+
+    def preview_parts(self, event: Event, partner: Partner) -> dict[str, Any]:
+        text, summary = self.preview(event, partner)
+        count = segments(text)
+        return {"text": text, "summary": summary, "segments": count, "encoding": encoding(text),
+                "too_long": f"{count} segments; at most {MAX_SEGMENTS} are sent" if count > MAX_SEGMENTS else None}
+
+    async def send_test(self, event: Event, partner: Partner, to: str) -> Delivered:
+        config = partner.channels[self.name]
+        number = e164(to, config.get("country", "IN"))
+        if number is None:
+            raise ConfigError("invalid number", {"to": [f"not a valid phone number for {config.get('country', 'IN')}"]})
+        return await self.text(event, partner, config, number)
 
     def render(self, event: Event, partner: Partner, config: Mapping[str, Any]) -> str:
         return render(self.context.registry, self.name, event, partner, config.get("templates"),

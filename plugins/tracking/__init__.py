@@ -55,6 +55,8 @@ class TrackingChannel(ArchiveChannel):
     description = "The branded tracking page: each order's timeline, live in the customer's browser"
     prefetch = 256
     config_schema = TrackingConfig
+    partner_editable = True
+    branding_preview = "branding/tracking"
 
     async def start(self) -> None:
         await super().start()
@@ -98,9 +100,10 @@ def shipcast_event_types() -> list[EventType]:
 
 @hookimpl
 def shipcast_routers() -> list[Any]:
+    from . import portal
     from .routes import router
 
-    return [router]
+    return [router, portal.router]
 
 
 @hookimpl

@@ -9,6 +9,7 @@ with who made it (never a secret).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -211,8 +212,7 @@ async def save(services: Services, partner: Partner, found: list[dict[str, Any]]
         channels[CHANNEL] = {**channels.get(CHANNEL, {}), "endpoints": found}
     else:
         channels.pop(CHANNEL, None)
-    await services.store.put_partners([Partner(partner.id, partner.name, partner.branding, channels)],
-                                      reenable=False)
+    await services.store.put_partners([dataclasses.replace(partner, channels=channels)], reenable=False)
     await services.announce_change()
     services.partners.invalidate()
     await reconcile_bindings(services)

@@ -182,11 +182,20 @@ class WhatsAppChannel(Channel):
     description = "WhatsApp messages to the order's customer (Twilio content templates), with SMS fallback"
     prefetch = 64
     config_schema = WhatsAppConfig
+    partner_editable = True
 
     @classmethod
     async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],
                       stored: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Every event type's variables render, with full events and with the envelope's nulls."""
+        """Every event type's variables render, with full events and with the
+        envelope's nulls, and Twilio has approved each content template."""
+        errors = cls.check(registry, partner_id, config) | await _unapproved(registry.settings, config["content_sids"])
+        if errors:
+            raise ConfigError("refused", errors)
+        return config
+
+    @classmethod
+    def check(cls, registry: Registered, partner_id: str, config: Mapping[str, Any]) -> dict[str, list[str]]:
         from shipcast.messaging.templates import sparse_event
         from shipcast.model.examples import example
 
@@ -196,7 +205,7 @@ class WhatsAppChannel(Channel):
             for event_type, expressions in (config.get("variables") or {}).items()
             for index, expression in enumerate(expressions) if (found := unsafe(expression))}
         if errors:  # what reaches for code is refused before it runs, even sandboxed
-            raise ConfigError("refused", errors)
+            return errors
         for event_type in config["content_sids"]:
             for event in (example(event_type, registry.event_types, partner_id=partner_id),
                           sparse_event(example(event_type, registry.event_types, partner_id=partner_id))):
@@ -209,10 +218,7 @@ class WhatsAppChannel(Channel):
                 except ConfigError as exc:
                     errors[f"variables.{event_type}"] = [str(exc)]
                     break
-        errors |= await _unapproved(registry.settings, config["content_sids"])
-        if errors:
-            raise ConfigError("refused", errors)
-        return config
+        return errors
 
     async def start(self) -> None:
         self.twilio = TwilioSms(self.settings)
@@ -246,6 +252,13 @@ class WhatsAppChannel(Channel):
         text = "\n".join(f"{{{{{number}}}}} = {value}" for number, value in variables.items())
         return text, f"content template {sid}, {len(variables)} variables"
 
+    def preview_parts(self, event: Event, partner: Partner) -> dict[str, Any]:
+        text, summary = self.preview(event, partner)
+        config = partner.channels[self.name]
+        return {"text": text, "summary": summary,
+                "content_sid": id_for(config["content_sids"], event.event_type, language_of(event)),
+                "variables": orjson.loads(variables_for(self.context.registry, event, partner, config))}
+
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         config, partner, to = target.options["config"], target.options["partner"], target.options["to"]
         if to is None:
@@ -262,18 +275,8 @@ class WhatsAppChannel(Channel):
             variables = variables_for(self.context.registry, event, partner, config)
         except ConfigError as exc:  # a template edited since it was applied: retrying cannot fix it
             raise PermanentDelivery(str(exc)) from exc
-        if not self._started:
-            async with self._opening:  # the first messages arrive together: open one client
-                if not self._started:
-                    await self.twilio.start()
-                    self._started = True
         try:
-            sid = await send_noted(self.context, lambda: self.twilio.create(
-                to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}",
-                content_sid=id_for(config["content_sids"], event.event_type, language_of(event)),
-                content_variables=variables,
-                status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio"),
-                "twilio", event, self.name, target.id)
+            sid = await self.send(event, config, to, variables, target.id)
         except CustomerOptedOut as exc:
             await self.context.store.add_opt_out(self.name, event.partner_id, to, exc.reason)
             raise
@@ -283,6 +286,29 @@ class WhatsAppChannel(Channel):
                 raise
             return await self.fallback(event, partner, config, to, exc.reason)
         return Delivered(201, sid)
+
+    async def send(self, event: Event, config: Mapping[str, Any], to: str, variables: str,
+                   target_id: str = "customer") -> str:
+        """Hand the content template's message to Twilio, noting its sid; returns it."""
+        if not self._started:
+            async with self._opening:  # the first messages arrive together: open one client
+                if not self._started:
+                    await self.twilio.start()
+                    self._started = True
+        return await send_noted(self.context, lambda: self.twilio.create(
+            to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}",
+            content_sid=id_for(config["content_sids"], event.event_type, language_of(event)),
+            content_variables=variables,
+            status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio"),
+            "twilio", event, self.name, target_id)
+
+    async def send_test(self, event: Event, partner: Partner, to: str) -> Delivered:
+        config = partner.channels[self.name]
+        number = e164(to, config.get("country", "IN"))
+        if number is None:
+            raise ConfigError("invalid number", {"to": [f"not a valid phone number for {config.get('country', 'IN')}"]})
+        return Delivered(201, await self.send(event, config, number,
+                                              variables_for(self.context.registry, event, partner, config)))
 
     async def fallback(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str,
                        why: str) -> Delivered:

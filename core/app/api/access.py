@@ -95,6 +95,8 @@ _ERRORS = {
     409: "It exists already",
     413: "The body is larger than SHIPCAST_MAX_EVENT_BYTES × SHIPCAST_MAX_BATCH",
     422: "Invalid: the answer names each field that is wrong",
+    429: "Over the partner's quota of messages sent again: try again after Retry-After",
+    502: "The provider (Twilio, the SMTP server) refused the message: the answer says why",
     503: "The broker or the store is unreachable right now: try again after Retry-After",
 }
 

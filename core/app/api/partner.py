@@ -3,12 +3,15 @@ recovery, with a partner-scoped token."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from shipcast.app import messages
+from shipcast.app import messages, partner_config
 from shipcast.app.api.access import (
     actor_of,
     errors,
@@ -16,8 +19,11 @@ from shipcast.app.api.access import (
 )
 from shipcast.app.audit import Actor
 from shipcast.app.messages import resend_quota
+from shipcast.app.partner_config import UnknownPartner
 from shipcast.app.services import services_of
+from shipcast.exceptions import DeliveryError
 from shipcast.model.outcomes import DeliveryStatus, Outcome
+from shipcast.model.partners import BRANDING
 
 #: The partner API: the operator, or that partner's own token.
 router = APIRouter(prefix="/v1/partners/{partner_id}", dependencies=[Depends(partner_scope)],
@@ -82,3 +88,132 @@ async def recover(partner_id: str, request: Request, response: Response, since: 
                                  until=until, endpoint=endpoint, channel=channel, limit=limit)
     response.headers["X-Shipcast-Remaining"] = str(done.remaining)
     return {"recovered": done.recovered}
+
+
+# -- the partner's own settings: branding and customer channels ------------------------------
+
+
+@contextmanager
+def _config_answers() -> Iterator[None]:
+    """No such partner, channel or section: a 404; a wrong field (or one the
+    partners file owns) is the 422 a partners document gets."""
+    try:
+        yield
+    except UnknownPartner as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+def _section(channel: str | None) -> str:
+    return channel if channel is not None else BRANDING
+
+
+@router.get("/config", responses=errors(404))
+async def get_config(partner_id: str, request: Request) -> dict[str, Any]:
+    """The partner's whole config (secrets redacted), which fields the
+    operator's partners file owns (``file_fields``: those are changed in the
+    file, not here) and which sections the partner changes (``editable``)."""
+    services = services_of(request)
+    partner = await services.store.get_partner(partner_id)
+    if partner is None:
+        raise HTTPException(404, f"no partner {partner_id!r}")
+    return partner_config.describe(services.registry, partner)
+
+
+async def _change(request: Request, partner_id: str, section: str, body: Any, actor: Actor,
+                  patch: bool) -> dict[str, Any]:
+    services = services_of(request)
+    with _config_answers():
+        changed = await partner_config.change_section(services, partner_id, section, body, actor, patch=patch)
+    return partner_config.describe(services.registry, changed)
+
+
+@router.put("/config/branding", responses=errors(404, 422))
+async def put_branding(partner_id: str, request: Request, body: dict[str, Any] = Body(...),
+                       actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+    """Set the branding (``logo_url``, ``primary_color``, ``support_phone``,
+    ``support_email``) the tracking page and customer messages wear."""
+    return await _change(request, partner_id, BRANDING, body, actor, patch=False)
+
+
+@router.patch("/config/branding", responses=errors(404, 422))
+async def patch_branding(partner_id: str, request: Request, body: dict[str, Any] = Body(...),
+                         actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+    """Change some branding fields (JSON merge patch: ``null`` removes one)."""
+    return await _change(request, partner_id, BRANDING, body, actor, patch=True)
+
+
+@router.put("/config/channels/{channel}", responses=errors(404, 422))
+async def put_channel(partner_id: str, channel: str, request: Request, body: dict[str, Any] = Body(...),
+                      actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+    """Turn a customer channel on with this config, or replace its config:
+    the ``channels.<channel>`` section of the partners file, validated the
+    same way (templates rendered for every event type and language). Its
+    queue bindings follow at once."""
+    return await _change(request, partner_id, channel, body, actor, patch=False)
+
+
+@router.patch("/config/channels/{channel}", responses=errors(404, 422))
+async def patch_channel(partner_id: str, channel: str, request: Request, body: dict[str, Any] = Body(...),
+                        actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+    """Change part of a channel's config (JSON merge patch, RFC 7396:
+    ``{"templates": {"FAIL": {"hi": null}}}`` drops the Hindi FAIL text)."""
+    return await _change(request, partner_id, channel, body, actor, patch=True)
+
+
+@router.delete("/config/channels/{channel}", responses=errors(404, 422))
+async def delete_channel(partner_id: str, channel: str, request: Request,
+                         actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+    """Turn a customer channel off: its customers get nothing more on it."""
+    return await _change(request, partner_id, channel, None, actor, patch=False)
+
+
+class PreviewRequest(BaseModel):
+    """What to preview: an event type and language, and a draft config (the saved one when absent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_type: str = Field("OFD", max_length=64)
+    language: str = Field("en", max_length=8)
+    config: dict[str, Any] | None = None
+
+
+@router.post("/config/channels/{channel}/preview", responses=errors(404, 422))
+async def preview_channel(partner_id: str, channel: str, request: Request, body: PreviewRequest) -> dict[str, Any]:
+    """The message the channel would send for a sample event, as the draft
+    ``config`` (or the saved one) makes it: with a realistic sample and with
+    every optional field null; and each problem the draft has (``field``,
+    ``language``, ``line``), as saving it would report. Nothing is saved."""
+    with _config_answers():
+        shown = await partner_config.preview_section(services_of(request), partner_id, channel, body.config,
+                                                     body.event_type, body.language)
+    return shown.to_dict()
+
+
+class TestMessage(BaseModel):
+    """Where to send a test message: a phone number (SMS, WhatsApp) or an email address of your own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=3, max_length=254)
+    event_type: str = Field("OFD", max_length=64)
+    language: str = Field("en", pattern="^(en|hi)$")
+
+
+@router.post("/config/channels/{channel}/test", status_code=202, responses=errors(404, 422, 429, 502))
+async def test_channel(partner_id: str, channel: str, request: Request, body: TestMessage,
+                       actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+    """Send the channel's message for a sample event, as the saved config
+    makes it, to ``to`` now, through the channel's provider (the development
+    outbox when none is configured). Counts against the partner's quota of
+    messages sent again. A provider's refusal is a 502 saying why."""
+    quota = resend_quota(request)
+    quota.take(partner_id, 1)
+    try:
+        with _config_answers():
+            return await partner_config.send_test(services_of(request), partner_id, channel, body.to,
+                                                  body.event_type, body.language, actor)
+    except DeliveryError as exc:
+        raise HTTPException(502, f"the provider refused the test message: {exc}") from exc
+    except Exception:
+        quota.give_back(partner_id, 1)  # nothing was sent
+        raise

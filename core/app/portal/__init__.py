@@ -25,10 +25,10 @@ from shipcast.app.portal.session import (
     partner_admin,
     signed_in,
 )
-from shipcast.app.portal.web import form_errors, fragment, page, redirect
+from shipcast.app.portal.web import form_errors, fragment, framed, page, redirect
 
 __all__ = ["Person", "SignInRequired", "checked_form", "checked_form_lists", "current_person", "form_errors",
-           "fragment", "member", "operator", "page", "partner_admin", "redirect", "routers",
+           "fragment", "framed", "member", "operator", "page", "partner_admin", "redirect", "routers",
            "signed_in"]
 
 
@@ -36,6 +36,6 @@ def routers() -> list[APIRouter]:
     """The portal's own routes (plugins add theirs through ``shipcast_routers``)."""
     # Not ``operator.py``: importing a submodule of that name would replace the
     # package's ``operator`` guard with the module.
-    from shipcast.app.portal import operator_pages, partner, signin
+    from shipcast.app.portal import channels, operator_pages, partner, signin
 
-    return [signin.router, partner.router, operator_pages.router]
+    return [signin.router, partner.router, channels.router, operator_pages.router]

@@ -26,6 +26,8 @@ NOTICE_COOKIE = "shipcast_notice"
 CORE_SECTIONS = (
     PortalSection("Overview", "", 0),
     PortalSection("Deliveries", "messages", 20),
+    PortalSection("Customer channels", "channels", 30),
+    PortalSection("Branding", "branding", 35),
     PortalSection("Event catalog", "catalog", 60),
     PortalSection("API tokens", "tokens", 70),
     PortalSection("Audit log", "audit", 80),
@@ -61,7 +63,7 @@ def environment() -> jinja2.Environment:
 def security_headers(nonce: str) -> dict[str, str]:
     """No inline script runs: only the portal's own script, carrying the nonce."""
     policy = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self'; img-src * data:; "
-              "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+              "connect-src 'self'; form-action 'self'; frame-src 'self'; frame-ancestors 'none'; base-uri 'none'")
     return {"Content-Security-Policy": policy, "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
@@ -121,3 +123,14 @@ def form_errors(errors: Mapping[str, Any]) -> dict[str, list[str]]:
         items = messages if isinstance(messages, list) else [messages]
         shown.setdefault(key, []).extend(str(m) for m in items)
     return shown
+
+
+def framed(html: str, nonce: str | None = None) -> HTMLResponse:
+    """A preview of what customers see, for a frame in the portal's own
+    pages: no script may run in it, whatever it holds (a sandbox without
+    scripts), and only the portal may frame it."""
+    style = f"'nonce-{nonce}'" if nonce else "'unsafe-inline'"
+    policy = (f"sandbox; default-src 'none'; style-src {style}; img-src https: http: data:; "
+              "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+    return HTMLResponse(html, headers={"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff",
+                                       "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
