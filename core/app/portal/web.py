@@ -26,6 +26,8 @@ NOTICE_COOKIE = "shipcast_notice"
 CORE_SECTIONS = (
     PortalSection("Overview", "", 0),
     PortalSection("Deliveries", "messages", 20),
+    PortalSection("Customer messages", "customers", 30),
+    PortalSection("Opt-outs", "opt-outs", 35),
     PortalSection("Event catalog", "catalog", 60),
     PortalSection("API tokens", "tokens", 70),
     PortalSection("Audit log", "audit", 80),
