@@ -41,6 +41,7 @@ async def twilio() -> AsyncIterator[FakeTwilio]:
 
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    """A real SMTP server (as tests/test_email.py's)."""
     box, port = Mailbox(), free_port()
     controller = Controller(box, hostname="127.0.0.1", port=port)
     controller.start()
@@ -150,13 +151,18 @@ async def test_the_log_shows_what_each_customer_got_and_why_found_by_order_phone
         [dead] = (await log(shipcast, phone=C_PHONE, status="dead"))["messages"]
         assert dead["event_id"] == c_fail["event_id"] and "21610" in dead["last_error"]
 
-        # Forgotten, A is found by their phone no more; B still is.
+        # Forgotten, A is found by their phone no more; B still is. A stays opted out, without a mask shown.
+        await shipcast.services.store.add_opt_out("sms", "acme", "+919876543210", "unsubscribed (one-click)")
         forgot = await shipcast.http.post("/v1/customers/forget", json={"phone": "+919876543210",
                                                                          "partner_id": "acme"})
         assert forgot.status_code == 200, forgot.text
         assert (await log(shipcast, phone=A_PHONE))["messages"] == []
         assert (await log(shipcast, email=A_EMAIL))["messages"] == []
         assert ids(await log(shipcast, phone=B_PHONE)) == {(b_ofd["event_id"], "sms")}
+        [kept] = (await shipcast.http.get("/v1/partners/acme/opt-outs", params={"phone": A_PHONE})).json()["opt_outs"]
+        assert kept["address"] is None and kept["reason"] == "unsubscribed (one-click)"
+        [c_stop] = (await shipcast.http.get("/v1/partners/acme/opt-outs", params={"phone": C_PHONE})).json()["opt_outs"]
+        assert c_stop["address"] == "+91******1111"  # another customer's is untouched
 
 
 #: Searches refused, and the field each names.

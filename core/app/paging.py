@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from shipcast.exceptions import ConfigError
+
 #: The longest cursor read: a key is a time and a few bounded strings.
 CURSOR_MAX = 1000
 
@@ -45,3 +47,17 @@ def decode_cursor(text: str, size: int = 4) -> tuple[Any, ...]:
             and all(isinstance(item, str) and "\x00" not in item for item in data)):
         raise ValueError("not a cursor")
     return parse_when(data[0]), *data[1:]
+
+
+def page_start(before: str | None, size: int = 4) -> tuple[Any, ...] | None:
+    """Where a page starts: the key in its ``before=``, or ``None`` for the newest.
+
+    :raises ConfigError: naming ``before``, when it is not a cursor of this list.
+    """
+    if not before:
+        return None
+    try:
+        return decode_cursor(before, size)
+    except ValueError:
+        raise ConfigError("invalid page", {"before": [
+            "this page's link is damaged (not the next of an earlier page): start again from the newest"]}) from None

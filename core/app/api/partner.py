@@ -16,9 +16,8 @@ from shipcast.app.api.access import (
 )
 from shipcast.app.audit import Actor
 from shipcast.app.messages import resend_quota
-from shipcast.app.paging import decode_cursor, encode_cursor
+from shipcast.app.paging import encode_cursor, page_start
 from shipcast.app.services import services_of
-from shipcast.exceptions import ConfigError
 from shipcast.model.outcomes import DeliveryStatus, Outcome
 
 #: The partner API: the operator, or that partner's own token.
@@ -86,19 +85,6 @@ async def recover(partner_id: str, request: Request, response: Response, since: 
     return {"recovered": done.recovered}
 
 
-def _after(before: str | None, size: int) -> Any:
-    """Where a page starts, from the ``next`` of the page before.
-
-    :raises ConfigError: naming ``before``, when it is not such a cursor."""
-    if not before:
-        return None
-    try:
-        return decode_cursor(before, size)
-    except ValueError:
-        raise ConfigError("invalid page", {"before": ["not the `next` of an earlier page: start again without it"]}) \
-            from None
-
-
 @router.get("/customer-messages", responses=errors(422))
 async def customer_messages(partner_id: str, request: Request, order_id: str | None = None,
                             phone: str | None = None, email: str | None = None, channel: str | None = None,
@@ -115,7 +101,7 @@ async def customer_messages(partner_id: str, request: Request, order_id: str | N
     services = services_of(request)
     search = customers.parse_customer_search(services, await services.partners.get(partner_id), {
         "order_id": order_id, "phone": phone, "email": email, "channel": channel, "status": status})
-    page = await customers.customer_messages(services, partner_id, search, after=_after(before, 4), limit=limit)
+    page = await customers.customer_messages(services, partner_id, search, after=page_start(before, 4), limit=limit)
     return {"messages": page.rows, "next": encode_cursor(page.next) if page.next else None,
             "scanned": page.scanned, "capped": page.capped}
 
@@ -134,7 +120,7 @@ async def list_opt_outs(partner_id: str, request: Request, channel: str | None =
         if written:
             found = await customers.find_opt_outs(services, partner_id, customer_field, written, channel or None)
             return {"opt_outs": found, "next": None}
-    rows, after = await customers.opt_outs_page(services, partner_id, channel=channel, after=_after(before, 3),
+    rows, after = await customers.opt_outs_page(services, partner_id, channel=channel, after=page_start(before, 3),
                                                 limit=limit)
     return {"opt_outs": rows, "next": encode_cursor(after) if after else None}
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from shipcast.app import customers
-from shipcast.app.paging import decode_cursor, encode_cursor
+from shipcast.app.paging import encode_cursor, page_start
 from shipcast.app.people import Person
 from shipcast.app.portal.session import checked_form, member, partner_admin
 from shipcast.app.portal.web import page, redirect
@@ -24,7 +24,6 @@ router = APIRouter(prefix="/portal/p/{partner_id}", include_in_schema=False)
 
 #: Rows on one page.
 PAGE = 25
-DAMAGED = "this page's link is damaged: start again from the newest"
 
 
 def _base(partner_id: str) -> str:
@@ -37,13 +36,10 @@ def _typed(request: Request, names: tuple[str, ...]) -> dict[str, str]:
 
 
 def _after(request: Request, size: int, errors: dict[str, list[str]]) -> Any:
-    before = request.query_params.get("before") or ""
-    if not before:
-        return None
     try:
-        return decode_cursor(before, size)
-    except ValueError:
-        errors["before"] = [DAMAGED]
+        return page_start(request.query_params.get("before"), size)
+    except ConfigError as exc:
+        errors.update(exc.errors)
         return None
 
 
