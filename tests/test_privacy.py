@@ -115,7 +115,8 @@ async def test_a_customer_is_forgotten_everywhere_and_reported(store: Store) -> 
 
     forgotten = await store.forget_customer(phone="+919876543210", partner_id="acme")
     assert forgotten.to_dict() == {"events": 2, "deliveries": 1, "attempts": 2,
-                                   "opt_outs": "kept: stored as keyed hashes, so the customer stays opted out"}
+                                   "opt_outs": "kept: stored as keyed hashes, so the customer stays opted out "
+                                               "(their masked address dropped)"}
     for event in mine:
         redacted = await body(store, event.event_id)
         assert redacted["order"]["customer"] == {"name": "[redacted]", "phone": None, "email": None,

@@ -14,6 +14,7 @@ from shipcast.exceptions import ClaimedElsewhere, DeferDelivery, SentBefore, Ski
 from shipcast.messaging.quiet import TERMINAL, _as_time, critical, quiet_for
 from shipcast.model.envelope import Event
 from shipcast.plugin.context import ChannelContext
+from shipcast.security.identifiers import mask as mask  # where channels have always found it
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,34 @@ CLAIM_STALE_AFTER = 120.0
 #: How an opt-out starts when the channel cannot reach the customer at all
 #: (not on WhatsApp, blocked), rather than the customer asked.
 UNREACHABLE = "unreachable: "
+
+#: How the reasons :func:`keep_rules` gives start, by what a merchant reads in their customer message log.
+OPTED_OUT, STALE, QUIET_HOURS = "the customer opted out of ", "stale: ", "quiet hours until "
+CANNOT_REACH = " cannot reach the customer: "
+
+
+def held_because(error: str | None) -> str | None:
+    """Why the rules held a message back, in a word or two (``opted out``,
+    ``unreachable``, ``stale``, ``quiet hours``), from its delivery's last
+    error; ``None`` for any other error, or none."""
+    if not error:
+        return None
+    if error.startswith(OPTED_OUT):
+        return "opted out"
+    channel, reach, _ = error.partition(CANNOT_REACH)
+    if reach and channel.isidentifier():
+        return "unreachable"
+    if error.startswith(STALE):
+        return "stale"
+    if error.startswith(QUIET_HOURS):
+        return "quiet hours"
+    return None
+
+
+def asked_by_customer(reason: str) -> bool:
+    """An opt-out the customer asked for (replied STOP, unsubscribed), rather
+    than one recorded because the channel cannot reach them."""
+    return not reason.startswith(UNREACHABLE)
 
 
 async def keep_rules(context: ChannelContext, channel: str, event: Event, address: str,
@@ -52,20 +81,20 @@ async def keep_rules(context: ChannelContext, channel: str, event: Event, addres
         reason = await store.opted_out(channel, event.partner_id, address)
     if reason is not None and reason.startswith(UNREACHABLE):
         if not unreachable_ok:
-            raise SkipDelivery(f"{channel} cannot reach the customer: {reason.removeprefix(UNREACHABLE)}")
+            raise SkipDelivery(f"{channel}{CANNOT_REACH}{reason.removeprefix(UNREACHABLE)}")
         unreachable = reason.removeprefix(UNREACHABLE)
     # An unsubscribe from marketing-like messages leaves the transactional ones (OTPs, failures) flowing.
     elif reason is not None and not transactional:
-        raise SkipDelivery(f"the customer opted out of {channel}: {reason}")
+        raise SkipDelivery(f"{OPTED_OUT}{channel}: {reason}")
     if event.event_type not in TERMINAL:
         later = await store.later_event(event.partner_id, event.order.order_id, event.sequence, TERMINAL)
         if later is not None:
-            raise SkipDelivery(f"stale: a later {'/'.join(TERMINAL)} of this order ({later}) was received first")
+            raise SkipDelivery(f"{STALE}a later {'/'.join(TERMINAL)} of this order ({later}) was received first")
     if not critical(event, config):
         wait = quiet_for(config.get("quiet_hours"), datetime.now(UTC))
         if wait > 0:
             quiet = config["quiet_hours"]
-            raise DeferDelivery(f"quiet hours until {_as_time(quiet['end']):%H:%M} {quiet.get('timezone')}",
+            raise DeferDelivery(f"{QUIET_HOURS}{_as_time(quiet['end']):%H:%M} {quiet.get('timezone')}",
                                 retry_after=wait)
     # A claim still "sending", fresh or stale, may belong to a copy whose broker
     # connection dropped after the provider took the message (see send_noted).
@@ -119,12 +148,6 @@ async def finish_sends(timeout: float = 30) -> None:
     provider's client and the store close)."""
     if _sending:
         await asyncio.wait(set(_sending), timeout=timeout)
-
-
-def mask(address: str) -> str:
-    """An address as the delivery log keeps it: the start and last four characters."""
-    address = address.strip()
-    return address[:3] + "*" * max(0, len(address) - 7) + address[-4:] if len(address) > 7 else "***"
 
 
 async def settle_quietly(bookkeeping: Awaitable[Any]) -> None:

@@ -105,6 +105,14 @@ class Channel:
     #: the partner's branding on this channel (the branding in its query), for
     #: the portal's branding page to frame; ``None`` for none.
     branding_preview: ClassVar[str | None] = None
+    #: Which of the order's customer's addresses its deliveries go to
+    #: (``"phone"`` or ``"email"``), or ``None`` when they go elsewhere (an
+    #: endpoint, a page). The customer message log and the opt-outs a merchant
+    #: sees are those of the channels that set it.
+    customer_field: ClassVar[str | None] = None
+    #: What lifting an opt-out the customer asked for does not undo (a
+    #: provider's own block), shown beside it; ``""`` when nothing.
+    lift_note: ClassVar[str] = ""
 
     def __init__(self, context: ChannelContext) -> None:
         self.context = context
@@ -136,6 +144,16 @@ class Channel:
         field; empty when nothing is. The portal's live preview asks on every
         change; a channel's :meth:`prepare` should refuse what this finds."""
         return {}
+
+    @classmethod
+    def customer_address(cls, written: str, config: Mapping[str, Any]) -> str | None:
+        """The customer's phone or email (``customer_field``), as an event or a
+        merchant writes it, the way this channel sends to it and keys its
+        opt-outs (a phone in E.164, an email in lower case); ``None`` when it
+        is not one. ``config`` is the partner's section for this channel (a
+        phone's default country). The log's masked address is the mask of it,
+        which is how a merchant's search by phone or email finds a customer."""
+        return None
 
     @classmethod
     def bindings(cls, partner_id: str, config: Mapping[str, Any]) -> set[str]:

@@ -20,6 +20,12 @@ def normalized(address: str) -> str:
     return address.strip().lower()
 
 
+def mask(address: str) -> str:
+    """An address as the delivery log keeps it: the start and last four characters."""
+    address = address.strip()
+    return address[:3] + "*" * max(0, len(address) - 7) + address[-4:] if len(address) > 7 else "***"
+
+
 def bare_hash(address: str) -> str:
     """The unkeyed SHA-256 earlier versions stored: still matched, never written."""
     return hashlib.sha256(normalized(address).encode()).hexdigest()

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from shipcast.security.crypto import secret_box
-from shipcast.security.identifiers import Identifiers
+from shipcast.security.identifiers import Identifiers, mask
 from shipcast.settings import Settings
 
 
@@ -104,17 +104,21 @@ def unseal(settings: Settings, purpose: str, token: str) -> str | None:
 
 def unsubscribe_token(settings: Settings, channel: str, partner_id: str, address: str) -> str:
     """A token for one customer's one-click unsubscribe from one partner's
-    messages on one channel: sealed, and holding only the address's keyed hash."""
-    return seal(settings, "unsubscribe", f"{channel}:{partner_id}:{identifiers(settings).key(address)}")
+    messages on one channel: sealed, and holding only the address's keyed
+    hash and its mask (which the merchant's list of opt-outs shows)."""
+    return seal(settings, "unsubscribe",
+                f"{channel}:{partner_id}:{identifiers(settings).key(address)}:{mask(address)}")
 
 
-def read_unsubscribe_token(settings: Settings, token: str) -> tuple[str, str, str] | None:
-    """``(channel, partner_id, the address as stored)``, or ``None`` for a forged token."""
+def read_unsubscribe_token(settings: Settings, token: str) -> tuple[str, str, str, str | None] | None:
+    """``(channel, partner_id, the address as stored, its mask)`` (no mask in
+    an earlier version's token), or ``None`` for a forged token."""
     payload = unseal(settings, "unsubscribe", token)
-    if payload is None or payload.count(":") != 2:
+    parts = payload.split(":", 3) if payload is not None else []
+    if len(parts) not in (3, 4):
         return None
-    channel, partner_id, hashed = payload.split(":")
-    return channel, partner_id, hashed
+    channel, partner_id, hashed, *masked = parts
+    return channel, partner_id, hashed, masked[0] if masked else None
 
 
 def link_mac(settings: Settings, purpose: str, payload: str) -> str:

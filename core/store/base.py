@@ -141,6 +141,10 @@ class StoreBase:
                     "last_status": upsert.excluded.last_status,
                     "last_error": upsert.excluded.last_error,
                     "updated_at": upsert.excluded.updated_at,
+                    # A customer channel's claim made the row without them: filled once its attempt is logged.
+                    "event_type": sa.func.coalesce(deliveries.c.event_type, upsert.excluded.event_type),
+                    "order_id": sa.func.coalesce(deliveries.c.order_id, upsert.excluded.order_id),
+                    "sequence": sa.func.coalesce(deliveries.c.sequence, upsert.excluded.sequence),
                 }),
             "order_blocked": sa.select(deliveries.c.event_id).where(
                 deliveries.c.channel == sa.bindparam("channel"), deliveries.c.partner_id == sa.bindparam("partner_id"),

@@ -3,15 +3,25 @@ messages and their reports, opt-outs (addresses keyed, never in clear)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from shipcast.exceptions import StoreError
-from shipcast.store.base import StoreBase, now
+from shipcast.security.identifiers import mask
+from shipcast.store.base import StoreBase, _aware, _utc, now
 from shipcast.store.tables import deliveries, opt_outs, provider_messages
+
+#: Where an opt-out sits in a partner's list: ``(at, channel, address_hash)``.
+OptOutKey = tuple[datetime, str, str]
+
+
+def opt_out_key(row: dict[str, Any]) -> OptOutKey:
+    """The key of a row of :meth:`CustomerStore.list_opt_outs`: the next page starts after it."""
+    return row["at"], row["channel"], row["address_hash"]
 
 
 class CustomerStore(StoreBase):
@@ -105,20 +115,60 @@ class CustomerStore(StoreBase):
             raise StoreError(f"store write failed: {exc}") from exc
 
     async def add_opt_out(self, channel: str, partner_id: str, address: str, reason: str, *,
-                          hashed: bool = False) -> None:
+                          hashed: bool = False, masked: str | None = None) -> None:
         """Record that a customer opted out: ``address`` is keyed before it is
-        stored (or given as stored already, from an unsubscribe link)."""
+        stored, beside its mask (or given as stored already, from an
+        unsubscribe link, with the mask it carries if any)."""
         await self._run([(self._insert(opt_outs).on_conflict_do_nothing(), [
             {"channel": channel, "partner_id": partner_id,
              "address_hash": address if hashed else self.identifiers.key(address), "reason": reason,
-             "at": now()}])])
+             "at": now(), "address_mask": masked if hashed else mask(address)}])])
+
+    async def list_opt_outs(self, partner_id: str, *, channels: Sequence[str] | None = None,
+                            hashes: Sequence[str] | None = None, after: OptOutKey | None = None,
+                            limit: int = 25) -> list[dict[str, Any]]:
+        """A partner's opt-outs, newest first, a page at a time (keyset, like
+        :meth:`page_deliveries`: the next page starts after the last row's
+        :func:`opt_out_key`); ``hashes``: only those stored so (one customer's)."""
+        o = opt_outs.c
+        query = sa.select(opt_outs).where(o.partner_id == partner_id).order_by(
+            o.at.desc(), o.channel.desc(), o.address_hash.desc()).limit(limit)
+        if channels is not None:
+            query = query.where(o.channel.in_(list(channels)))
+        if hashes is not None:
+            query = query.where(o.address_hash.in_(list(hashes)))
+        if after is not None:
+            at, channel, hashed = after
+            stamp = _utc(at)
+            query = query.where(o.at <= stamp, sa.or_(o.at < stamp, sa.and_(o.at == stamp, sa.or_(
+                o.channel < channel, sa.and_(o.channel == channel, o.address_hash < hashed)))))
+        return [{**row._asdict(), "at": _aware(row.at)} for row in await self._rows(query)]
+
+    async def find_opt_out(self, partner_id: str, channel: str, hash_start: str) -> dict[str, Any] | None:
+        """The partner's opt-out on ``channel`` whose stored hash starts with ``hash_start`` (hex), if one."""
+        rows = await self._rows(sa.select(opt_outs).where(
+            opt_outs.c.partner_id == partner_id, opt_outs.c.channel == channel,
+            opt_outs.c.address_hash.startswith(hash_start, autoescape=True)).limit(2))
+        return {**rows[0]._asdict(), "at": _aware(rows[0].at)} if len(rows) == 1 else None
+
+    async def delete_opt_out(self, partner_id: str, channel: str, address_hash: str) -> bool:
+        """Lift one opt-out; ``False`` when it was not there (lifted meanwhile)."""
+        try:
+            async with self._connection(False) as conn:
+                gone = await conn.execute(opt_outs.delete().where(
+                    opt_outs.c.partner_id == partner_id, opt_outs.c.channel == channel,
+                    opt_outs.c.address_hash == address_hash))
+                return bool(gone.rowcount)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
 
     async def opted_out(self, channel: str, partner_id: str, address: str) -> str | None:
         """Why this address opted out of this partner's messages on this
         channel, if it did. One found under an older key (or as an earlier
         version's bare hash) is keyed again under the current one."""
         matches = self.identifiers.matches(address)
-        rows = await self._rows(sa.select(opt_outs.c.reason, opt_outs.c.address_hash).where(
+        rows = await self._rows(sa.select(
+            opt_outs.c.reason, opt_outs.c.address_hash, opt_outs.c.address_mask).where(
             opt_outs.c.channel == channel, opt_outs.c.partner_id == partner_id,
             opt_outs.c.address_hash.in_(matches)))
         if not rows:
@@ -129,7 +179,7 @@ class CustomerStore(StoreBase):
             await self._run([
                 (self._insert(opt_outs).on_conflict_do_nothing(), [
                     {"channel": channel, "partner_id": partner_id, "address_hash": matches[0],
-                     "reason": row.reason, "at": now()}]),
+                     "reason": row.reason, "at": now(), "address_mask": row.address_mask or mask(address)}]),
                 (opt_outs.delete().where(opt_outs.c.channel == channel, opt_outs.c.partner_id == partner_id,
                                          opt_outs.c.address_hash.in_(matches[1:])), None)])
         return str((current or rows)[0].reason)

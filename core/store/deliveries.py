@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from shipcast.model.outcomes import Outcome
 from shipcast.store.base import RESPONSE_EXCERPT, StoreBase, _aware, _filtered, _utc, now
 from shipcast.store.records import Attempt
-from shipcast.store.tables import attempts, deliveries
+from shipcast.store.tables import attempts, deliveries, events
 
 #: Where a delivery sits in the log's order: ``(updated_at, event_id, channel, target)``.
 DeliveryKey = tuple[datetime, str, str, str]
@@ -102,17 +102,29 @@ class DeliveryStore(StoreBase):
                               status: str | None = None, target: str | None = None,
                               event_type: str | None = None, order_id: str | None = None,
                               since: datetime | None = None, until: datetime | None = None,
+                              channels: Sequence[str] | None = None, masks: Sequence[str] | None = None,
                               limit: int = 25) -> list[dict[str, Any]]:
         """One partner's deliveries, newest first, a page at a time: the next
         page is the rows after the last one's :func:`delivery_key` (keyset,
         not offset), so a page costs the same deep in a large log, and rows
         arriving meanwhile (newer) never repeat a row on the next page nor push
-        one off it. A row that changes meanwhile moves up to the newest page."""
+        one off it. A row that changes meanwhile moves up to the newest page.
+        ``channels`` narrows to those channels, ``masks`` to rows whose masked
+        address is one of them (in any case: an email's mask keeps its case)."""
         d = deliveries.c
         query = _filtered(sa.select(deliveries).order_by(d.updated_at.desc(), d.event_id.desc(), d.channel.desc(),
                                                          d.target.desc()).limit(limit),
                           d.updated_at, since, until, partner_id=partner_id, event_id=event_id, channel=channel,
-                          status=status, target=target, event_type=event_type, order_id=order_id)
+                          status=status, target=target, event_type=event_type)
+        if order_id:
+            # A customer channel's claim wrote its row without the order (filled since once an attempt is
+            # logged): the archive names the order's events either way.
+            query = query.where(sa.or_(d.order_id == order_id, d.event_id.in_(sa.select(events.c.event_id).where(
+                events.c.partner_id == partner_id, events.c.order_id == order_id))))
+        if channels is not None:
+            query = query.where(d.channel.in_(list(channels)))
+        if masks is not None:
+            query = query.where(sa.func.lower(d.address).in_(sorted({masked.lower() for masked in masks})))
         if after is not None:
             stamp, last_event, last_channel, last_target = after
             at = _utc(stamp)

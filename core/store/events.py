@@ -28,6 +28,14 @@ class EventStore(StoreBase):
         rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))
         return orjson.loads(rows[0].body) if rows else None
 
+    async def partner_events(self, partner_id: str, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Those of ``event_ids`` the archive holds for ``partner_id``, by id."""
+        if not event_ids:
+            return {}
+        rows = await self._rows(sa.select(events.c.event_id, events.c.body).where(
+            events.c.partner_id == partner_id, events.c.event_id.in_(list(set(event_ids)))))
+        return {row.event_id: orjson.loads(row.body) for row in rows}
+
     async def event_stored_at(self, event_id: str) -> datetime | None:
         """When the archive stored an event, or ``None``."""
         rows = await self._rows(sa.select(events.c.stored_at).where(events.c.event_id == event_id))

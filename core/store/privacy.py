@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from shipcast.security.identifiers import normalized
 from shipcast.store.base import StoreBase, _utc
-from shipcast.store.tables import attempts, deliveries, events, provider_messages
+from shipcast.store.tables import attempts, deliveries, events, opt_outs, provider_messages
 
 #: What a customer's forgotten fields read afterwards.
 REDACTED = "[redacted]"
@@ -45,7 +45,8 @@ class Forgotten:
 
     def to_dict(self) -> dict[str, Any]:
         return {"events": self.events, "deliveries": self.deliveries, "attempts": self.attempts,
-                "opt_outs": "kept: stored as keyed hashes, so the customer stays opted out"}
+                "opt_outs": "kept: stored as keyed hashes, so the customer stays opted out (their masked "
+                            "address dropped)"}
 
 
 def redact_customer(body: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +170,7 @@ class PrivacyStore(StoreBase):
                 done.events += len(matched)
         for start in range(0, len(done.event_ids), batch):
             ids = done.event_ids[start:start + batch]
+            await self._forget_opt_out_masks(ids)
             done.deliveries += await self._total(deliveries, sa.and_(deliveries.c.event_id.in_(ids),
                                                                      deliveries.c.channel != "webhook"))
             done.attempts += await self._total(attempts, sa.and_(attempts.c.event_id.in_(ids),
@@ -178,6 +180,21 @@ class PrivacyStore(StoreBase):
                  .values(address=REDACTED), None),
                 (attempts.update().where(attempts.c.event_id.in_(ids)).values(response=None), None)])
         return done
+
+    async def _forget_opt_out_masks(self, event_ids: list[str]) -> None:
+        """Drop the masked address of the opt-outs a forgotten customer's
+        deliveries were masked as (the opt-out itself stays: the customer
+        stays opted out). Another customer of the partner masked the same
+        on that channel loses the mask shown beside theirs too: the list
+        shows fewer masks rather than keep one of the forgotten's."""
+        masked = {(row.channel, row.partner_id, row.address) for row in await self._rows(
+            sa.select(deliveries.c.channel, deliveries.c.partner_id, deliveries.c.address).where(
+                deliveries.c.event_id.in_(event_ids), deliveries.c.channel != "webhook",
+                deliveries.c.address != REDACTED).distinct())}
+        await self._run([(opt_outs.update().where(
+            opt_outs.c.channel == channel, opt_outs.c.partner_id == partner_id,
+            sa.func.lower(opt_outs.c.address_mask) == address.lower()).values(address_mask=None), None)
+            for channel, partner_id, address in sorted(masked)])
 
 
 def _names(body: Mapping[str, Any], phone: str | None, email: str | None) -> bool:

@@ -133,6 +133,9 @@ opt_outs = sa.Table(
     sa.Column("address_hash", sa.String(64), primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
+    #: The address as the delivery log masks it, for the merchant to tell opt-outs apart (none on older rows).
+    sa.Column("address_mask", sa.String(64)),
+    sa.Index("ix_opt_outs_partner", "partner_id", "at"),
 )
 
 #: Ed25519 keys for ``v1a`` signatures; the private half encrypted.

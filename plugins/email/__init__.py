@@ -41,6 +41,7 @@ from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target
 from shipcast.plugin.context import Registered
+from shipcast.security.identifiers import normalized
 from shipcast.security.links import unsubscribe_token
 from shipcast.settings import Settings
 from shipcast.templating import environment
@@ -108,6 +109,13 @@ class EmailChannel(Channel):
     config_schema = EmailConfig
     partner_editable = True
     branding_preview = "branding/email"
+    customer_field = "email"
+
+    @classmethod
+    def customer_address(cls, written: str, config: Mapping[str, Any]) -> str | None:
+        """The address in lower case (as opt-outs key it)."""
+        address = normalized(written)
+        return address if ADDRESS.fullmatch(address) else None
 
     @classmethod
     async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],

@@ -27,7 +27,8 @@ async def unsubscribe(token: str, request: Request) -> HTMLResponse:
     found = read_unsubscribe_token(services.settings, token)
     if found is None:
         raise HTTPException(404, "unknown unsubscribe link")
-    channel, partner_id, hashed = found
-    await services.store.add_opt_out(channel, partner_id, hashed, "unsubscribed (one-click)", hashed=True)
+    channel, partner_id, hashed, masked = found
+    await services.store.add_opt_out(channel, partner_id, hashed, "unsubscribed (one-click)", hashed=True,
+                                     masked=masked)
     return HTMLResponse('<!doctype html><meta charset="utf-8"><title>Unsubscribed</title>'
                         "<p>You will not get these messages any more.</p>")

@@ -82,7 +82,16 @@ class SmsChannel(Channel):
     prefetch = 64
     config_schema = SmsConfig
     partner_editable = True
+    customer_field = "phone"
+    lift_note = ("Twilio itself keeps blocking texts to a number that replied STOP until the customer texts "
+                 "START to your sender: until then a text fails again with Twilio 21610 and the opt-out "
+                 "comes back.")
     providers: dict[str, SmsProvider]
+
+    @classmethod
+    def customer_address(cls, written: str, config: Mapping[str, Any]) -> str | None:
+        """The number in E.164 (the config's ``country`` for one written without +)."""
+        return e164(written, config.get("country", "IN"))
 
     @classmethod
     async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],
@@ -128,7 +137,7 @@ class SmsChannel(Channel):
         if not serves(self.name, event.event_type, config):
             return []
         raw = event.order.customer.phone
-        number = e164(raw, config.get("country", "IN"))
+        number = self.customer_address(raw, config)
         if number is None:
             return [Target("customer", mask(raw), {"invalid": raw, "config": config, "partner": partner})]
         return [Target("customer", mask(number), {"to": number, "config": config, "partner": partner})]

@@ -183,6 +183,14 @@ class WhatsAppChannel(Channel):
     prefetch = 64
     config_schema = WhatsAppConfig
     partner_editable = True
+    customer_field = "phone"
+    lift_note = ("A customer who sent STOP on WhatsApp stays blocked by Twilio (21610) until they message "
+                 "START to your WhatsApp number.")
+
+    @classmethod
+    def customer_address(cls, written: str, config: Mapping[str, Any]) -> str | None:
+        """The number in E.164 (the config's ``country`` for one written without +)."""
+        return e164(written, config.get("country", "IN"))
 
     @classmethod
     async def prepare(cls, registry: Registered, partner_id: str, config: dict[str, Any],
@@ -239,7 +247,7 @@ class WhatsAppChannel(Channel):
         config = partner.channels[self.name]
         if event.event_type not in config["content_sids"]:
             return []
-        number = e164(event.order.customer.phone, config.get("country", "IN"))
+        number = self.customer_address(event.order.customer.phone, config)
         options = {"to": number, "config": config, "partner": partner}
         return [Target("customer", mask(number or event.order.customer.phone), options)]
 

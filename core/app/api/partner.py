@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from shipcast.app import messages, partner_config
+from shipcast.app import customers, messages, partner_config
 from shipcast.app.api.access import (
     actor_of,
     errors,
@@ -19,6 +19,7 @@ from shipcast.app.api.access import (
 )
 from shipcast.app.audit import Actor
 from shipcast.app.messages import resend_quota
+from shipcast.app.paging import encode_cursor, page_start
 from shipcast.app.partner_config import UnknownPartner
 from shipcast.app.services import services_of
 from shipcast.exceptions import DeliveryError
@@ -217,3 +218,58 @@ async def test_channel(partner_id: str, channel: str, request: Request, body: Te
     except Exception:
         quota.give_back(partner_id, 1)  # nothing was sent
         raise
+
+
+@router.get("/customer-messages", responses=errors(422))
+async def customer_messages(partner_id: str, request: Request, order_id: str | None = None,
+                            phone: str | None = None, email: str | None = None, channel: str | None = None,
+                            status: str | None = None, before: str | None = None,
+                            limit: int = Query(25, ge=1, le=200)) -> dict[str, Any]:
+    """What this partner's customers got: every SMS, WhatsApp message and
+    email sent, skipped or waiting, newest first, with why (``held``:
+    ``opted out``, ``stale``, ``quiet hours``, ``unreachable``; the reason in
+    ``last_error``), the provider's latest status and the attempts. Search by
+    ``order_id``, or by the customer's ``phone`` or ``email`` (each candidate
+    checked against the order's customer). The next page: ``before=<next>``.
+    A search by phone or email reads at most a bounded number of candidates
+    per page: ``capped`` says it stopped there (more may follow from ``next``)."""
+    services = services_of(request)
+    search = customers.parse_customer_search(services, await services.partners.get(partner_id), {
+        "order_id": order_id, "phone": phone, "email": email, "channel": channel, "status": status})
+    page = await customers.customer_messages(services, partner_id, search, after=page_start(before, 4), limit=limit)
+    return {"messages": page.rows, "next": encode_cursor(page.next) if page.next else None,
+            "scanned": page.scanned, "capped": page.capped}
+
+
+@router.get("/opt-outs", responses=errors(422))
+async def list_opt_outs(partner_id: str, request: Request, channel: str | None = None, phone: str | None = None,
+                        email: str | None = None, before: str | None = None,
+                        limit: int = Query(25, ge=1, le=200)) -> dict[str, Any]:
+    """This partner's customers who opted out (replied STOP, unsubscribed, or
+    cannot be reached), newest first: ``id``, ``channel``, ``reason``, ``at``,
+    the masked ``address`` (none on opt-outs recorded before it was kept),
+    ``asked_by_customer``, and ``note``: what lifting it leaves. With ``phone``
+    or ``email``: that customer's opt-outs only."""
+    services = services_of(request)
+    for customer_field, written in (("phone", phone), ("email", email)):
+        if written:
+            found = await customers.find_opt_outs(services, partner_id, customer_field, written, channel or None)
+            return {"opt_outs": found, "next": None}
+    rows, after = await customers.opt_outs_page(services, partner_id, channel=channel, after=page_start(before, 3),
+                                                limit=limit)
+    return {"opt_outs": rows, "next": encode_cursor(after) if after else None}
+
+
+@router.delete("/opt-outs/{channel}/{opt_out_id}", responses=errors(404, 422))
+async def lift_opt_out(partner_id: str, channel: str, opt_out_id: str, request: Request,
+                       customer_asked: bool = False, actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+    """Lift an opt-out: the channel sends to the customer again. One the
+    customer asked for (``asked_by_customer``) needs ``customer_asked=true``:
+    they asked to get these messages again. Twilio still blocks a number that
+    replied STOP until the customer texts START (see ``note``)."""
+    try:
+        lifted = await customers.lift_opt_out(services_of(request), partner_id, channel, opt_out_id, actor,
+                                              customer_asked=customer_asked)
+    except customers.NotFound:
+        raise HTTPException(404, f"no opt-out {opt_out_id!r} on {channel!r} for partner {partner_id!r}") from None
+    return {"lifted": lifted}

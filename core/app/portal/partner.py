@@ -8,8 +8,6 @@ is written twice.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import re
 from collections.abc import Awaitable, Mapping
@@ -23,6 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
 from shipcast.app.messages import message, recover, resend, resend_quota
+from shipcast.app.paging import decode_cursor, encode_cursor, parse_when
 from shipcast.app.people import Person
 from shipcast.app.portal.session import checked_form, member, partner_admin
 from shipcast.app.portal.web import fragment, page, redirect
@@ -222,36 +221,6 @@ async def overview(partner_id: str, request: Request, person: Person = Depends(m
 #: The search form's fields, each bounded.
 SEARCH_FIELDS = {"order_id": 100, "event_id": 100, "event_type": 32, "status": 16, "channel": 64,
                  "endpoint": 200, "since": 40, "until": 40}
-CURSOR_MAX = 1000
-
-
-def parse_when(value: str) -> datetime:
-    """A date and time as a ``datetime-local`` input sends it (UTC), or RFC 3339.
-
-    :raises ValueError: it is neither.
-    """
-    when = datetime.fromisoformat(value)
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
-
-
-def encode_cursor(key: DeliveryKey) -> str:
-    """A page's key as the ``before=`` of the link to the next page."""
-    at, *rest = key
-    return base64.urlsafe_b64encode(orjson.dumps([at.isoformat(), *rest])).decode().rstrip("=")
-
-
-def decode_cursor(text: str) -> DeliveryKey:
-    """:raises ValueError: the cursor was not made by :func:`encode_cursor`."""
-    if len(text) > CURSOR_MAX:
-        raise ValueError("too long")
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("unreadable") from exc
-    if not (isinstance(data, list) and len(data) == 4
-            and all(isinstance(item, str) and "\x00" not in item for item in data)):
-        raise ValueError("not a cursor")
-    return parse_when(data[0]), data[1], data[2], data[3]
 
 
 @dataclass

@@ -26,6 +26,8 @@ NOTICE_COOKIE = "shipcast_notice"
 CORE_SECTIONS = (
     PortalSection("Overview", "", 0),
     PortalSection("Deliveries", "messages", 20),
+    PortalSection("Customer messages", "customers", 22),
+    PortalSection("Opt-outs", "opt-outs", 24),
     PortalSection("Customer channels", "channels", 30),
     PortalSection("Branding", "branding", 35),
     PortalSection("Event catalog", "catalog", 60),
