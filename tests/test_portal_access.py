@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from shipcast.store import OutboxMessage
 from tests.bound import example
 
 from .conftest import make_settings
@@ -38,9 +39,13 @@ async def two_partners(vhost: str, sqlite_url: str, receiver: Receiver) -> Async
         token = (await shipcast.http.post("/v1/partners/acme/tokens", params={"name": "walk"})).json()
         operator = await signed_in(shipcast, "ops@example.com")
         sessions = await shipcast.services.store.list_sessions(operators=True)
+        # An email in acme's development outbox: its page, and its HTML part's own document.
+        number = await shipcast.services.store.add_outbox(OutboxMessage(
+            channel="email", partner_id="acme", recipient="priya@example.com", text="Hello",
+            subject="Your order", html='<p style="color:#123456">Hello</p>'))
         yield {"shipcast": shipcast, "params": {
             "partner_id": "acme", "endpoint_id": "main", "event_id": event.event_id, "event_type": "OFD",
-            "token_id": token["id"], "channel": "webhook", "session_id": sessions[0]["id"]}}
+            "token_id": token["id"], "channel": "webhook", "session_id": sessions[0]["id"], "number": str(number)}}
         await operator.aclose()
 
 
@@ -53,8 +58,15 @@ def portal_routes(shipcast: ShipcastProcess) -> list[tuple[str, str]]:
 
 
 def no_inline_code(url: str, response: Any) -> None:
-    """A page under the portal's CSP: a nonce, and no script, handler or style it would refuse."""
+    """A page under the portal's CSP: a nonce, and no script, handler or style
+    it would refuse. Or an email's HTML, the one document with styles inline:
+    sandboxed, where nothing may run, shown only in a frame of the portal's."""
     policy = response.headers["content-security-policy"]
+    if url.endswith("/html"):
+        assert policy.startswith("sandbox;") and "allow-" not in policy and "script-src" not in policy, (url, policy)
+        assert "default-src 'none'" in policy and "frame-ancestors 'self'" in policy, (url, policy)
+        assert not re.search(r"<script\b|\son[a-z]+=|javascript:", response.text, re.IGNORECASE), url
+        return
     nonce = re.search(r"'nonce-([^']+)'", policy)
     assert nonce and "unsafe-inline" not in policy and "style-src 'self'" in policy, (url, policy)
     page = response.text
