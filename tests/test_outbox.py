@@ -29,8 +29,8 @@ from shipcast.store import OutboxMessage, Store
 from .conftest import make_settings
 from .helpers import ShipcastProcess, eventually, run_cli, settled
 from .portal import signed_in
-from .test_email import Mailbox, mailbox  # noqa: F401, F811 (fixture)
-from .test_sms import SID, TOKEN, FakeTwilio, event_body, twilio  # noqa: F401, F811 (fixture)
+from .test_email import Mailbox, mailbox  # noqa: F401 (fixtures)
+from .test_sms import SID, TOKEN, FakeTwilio, event_body, twilio  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.broker
 OFD_SID = "HX" + "a" * 32
@@ -61,6 +61,14 @@ def _all(shipcast: ShipcastProcess, event_id: str, channels: tuple[str, ...]) ->
         rows = await settled(shipcast, event_id)()
         return rows if {row["channel"] for row in rows} >= set(channels) else None
     return check
+
+
+async def one_event_kept(shipcast: ShipcastProcess) -> dict[str, int]:
+    """Post an OFD for acme; once delivered, each channel's message's number in the outbox."""
+    event = event_body("OFD")
+    await shipcast.http.post("/v1/events", json=event)
+    await delivered(shipcast, event["event_id"], CUSTOMER_CHANNELS)
+    return {row["channel"]: row["id"] for row in await shipcast.services.store.list_outbox()}
 
 
 @pytest.fixture
@@ -128,8 +136,8 @@ async def test_an_opted_out_customer_gets_nothing_in_the_outbox_either(developme
     assert any(row["channel"] == "email" for row in rows)
 
 
-async def test_with_credentials_nothing_goes_to_the_outbox(vhost: str, sqlite_url: str, twilio: FakeTwilio,
-                                                            mailbox: tuple[Mailbox, int]) -> None:
+async def test_with_credentials_nothing_goes_to_the_outbox(vhost: str, sqlite_url: str, twilio: FakeTwilio,  # noqa: F811
+                                                            mailbox: tuple[Mailbox, int]) -> None:  # noqa: F811
     settings = make_settings(vhost, sqlite_url, development=True, twilio_account_sid=SID, twilio_auth_token=TOKEN,
                              twilio_api_url=twilio.url, twilio_content_url=twilio.url, smtp_host="127.0.0.1",
                              smtp_port=mailbox[1])
@@ -176,10 +184,7 @@ async def test_off_fails_as_production_does(vhost: str, sqlite_url: str) -> None
 
 async def test_the_command_line_lists_and_shows_the_outbox(development: ShipcastProcess) -> None:
     shipcast = development
-    event = event_body("OFD")
-    await shipcast.http.post("/v1/events", json=event)
-    await delivered(shipcast, event["event_id"], CUSTOMER_CHANNELS)
-    kept = {row["channel"]: row["id"] for row in await shipcast.services.store.list_outbox()}
+    kept = await one_event_kept(shipcast)
     settings = shipcast.settings
     listed = run_cli(settings, "outbox", "list", "--partner", "acme")
     assert listed.returncode == 0, listed.stderr
@@ -197,16 +202,15 @@ async def test_the_command_line_lists_and_shows_the_outbox(development: Shipcast
     assert "NUMBER" in missing.stderr
     no_html = run_cli(settings, "outbox", "show", str(kept["sms"]), "--html")
     assert no_html.returncode == 2 and "--html" in no_html.stderr
+    huge = run_cli(settings, "outbox", "show", "9" * 30)
+    assert huge.returncode == 2 and "NUMBER" in huge.stderr
     bad_limit = run_cli(settings, "outbox", "list", "--limit", "0")
     assert bad_limit.returncode == 2 and "--limit" in bad_limit.stderr
 
 
 async def test_the_portal_shows_the_outbox_and_a_banner_on_every_page(development: ShipcastProcess) -> None:
     shipcast = development
-    event = event_body("OFD")
-    await shipcast.http.post("/v1/events", json=event)
-    await delivered(shipcast, event["event_id"], CUSTOMER_CHANNELS)
-    kept = {row["channel"]: row["id"] for row in await shipcast.services.store.list_outbox()}
+    kept = await one_event_kept(shipcast)
     viewer = await signed_in(shipcast, "reader@acme.example.com", "acme", "viewer")
     try:
         for path in ("/portal/p/acme/", "/portal/p/acme/messages", "/portal/p/acme/outbox"):
@@ -232,6 +236,9 @@ async def test_the_portal_shows_the_outbox_and_a_banner_on_every_page(developmen
         assert "allow-scripts" not in policy and "frame-ancestors 'self'" in policy and "#123456" in framed.text
         assert (await viewer.get(f"/portal/p/acme/outbox/{kept['sms']}/html")).status_code == 404
         assert (await viewer.get("/portal/p/acme/outbox/99999")).status_code == 404
+        for hostile in ("/portal/p/acme/outbox/" + "9" * 30, "/portal/p/acme/outbox?before=" + "9" * 30):
+            refused = await viewer.get(hostile)  # bounded, and named: never a 500
+            assert refused.status_code == 422 and ("number" in refused.text or "before" in refused.text), hostile
     finally:
         await viewer.aclose()
 

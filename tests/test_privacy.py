@@ -15,7 +15,7 @@ from shipcast.app.retention import prune
 from shipcast.model.envelope import Event
 from shipcast.security.links import identifiers
 from shipcast.settings import Settings
-from shipcast.store import Attempt, Store
+from shipcast.store import Attempt, OutboxMessage, Store
 from shipcast.store.tables import attempts, events
 from tests.bound import example
 
@@ -112,10 +112,14 @@ async def test_a_customer_is_forgotten_everywhere_and_reported(store: Store) -> 
     await store.record([attempt(mine[0], NOW, channel="sms", response='{"to": "+919876543210"}'),
                         attempt(mine[0], NOW), attempt(someone_else, NOW, channel="sms")])
     await store.add_opt_out("sms", "acme", "+919876543210", "STOP")
+    for event in (mine[0], someone_else):  # what the development outbox kept for each
+        await store.add_outbox(OutboxMessage(channel="sms", partner_id="acme", event_id=event.event_id,
+                                             recipient=event.order.customer.phone or "", text="Hi"))
 
     forgotten = await store.forget_customer(phone="+919876543210", partner_id="acme")
-    assert forgotten.to_dict() == {"events": 2, "deliveries": 1, "attempts": 2,
+    assert forgotten.to_dict() == {"events": 2, "deliveries": 1, "attempts": 2, "outbox": 1,
                                    "opt_outs": "kept: stored as keyed hashes, so the customer stays opted out"}
+    assert [row["event_id"] for row in await store.list_outbox()] == [someone_else.event_id]
     for event in mine:
         redacted = await body(store, event.event_id)
         assert redacted["order"]["customer"] == {"name": "[redacted]", "phone": None, "email": None,

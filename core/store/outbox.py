@@ -90,10 +90,4 @@ class OutboxStore(StoreBase):
     async def prune_outbox(self, before: datetime, batch: int, *, dry_run: bool = False) -> int:
         """Delete up to ``batch`` messages kept before ``before`` (with
         ``dry_run``: count every one that would go)."""
-        old = outbox.c.at < _utc(before)
-        if dry_run:
-            return await self._total(outbox, old)
-        found = [row.id for row in await self._rows(sa.select(outbox.c.id).where(old).limit(batch))]
-        if found:
-            await self._run([(outbox.delete().where(outbox.c.id.in_(found)), None)])
-        return len(found)
+        return await self._delete_some(outbox, outbox.c.at < _utc(before), batch, dry_run=dry_run)

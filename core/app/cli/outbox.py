@@ -46,7 +46,7 @@ def outbox_list(partner_id: str | None, channel: str | None, limit: int, as_json
 
 
 @outbox.command("show")
-@click.argument("number", type=int)
+@click.argument("number", type=click.IntRange(1, 2**62))
 @click.option("--html", "as_html", is_flag=True, help="Print an email's HTML part only.")
 @click.option("--json", "as_json", is_flag=True)
 def outbox_show(number: int, as_html: bool, as_json: bool) -> None:

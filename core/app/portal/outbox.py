@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from shipcast.app.people import Person
@@ -24,6 +24,9 @@ router = APIRouter(include_in_schema=False)
 PAGE = 50
 #: The longest channel name a filter takes.
 MAX_CHANNEL = 64
+#: A message's number, as the store's column holds it (a larger one is an error naming it, not a 500).
+NUMBER = Path(ge=1, le=2**62)
+BEFORE = Query(None, ge=1, le=2**62)
 
 #: The email's own document: no script, no form, no plugin; its styles inline; framed by the portal only.
 EMAIL_POLICY = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src * data:; "
@@ -45,7 +48,7 @@ def _context(request: Request) -> dict[str, Any]:
 
 @router.get("/portal/p/{partner_id}/outbox")
 async def partner_outbox(partner_id: str, request: Request, channel: str | None = Query(None),
-                         before: int | None = Query(None, ge=1), person: Person = Depends(member)) -> Response:
+                         before: int | None = BEFORE, person: Person = Depends(member)) -> Response:
     rows = await services_of(request).store.list_outbox(partner_id=partner_id, channel=_channel(channel),
                                                         limit=PAGE, before=before)
     return page(request, "partner_outbox.html", person, title="Outbox", partner_id=partner_id, rows=rows,
@@ -61,7 +64,7 @@ async def _message(request: Request, partner_id: str, number: int) -> dict[str, 
 
 
 @router.get("/portal/p/{partner_id}/outbox/{number}")
-async def outbox_message(partner_id: str, number: int, request: Request,
+async def outbox_message(partner_id: str, request: Request, number: int = NUMBER,
                          person: Person = Depends(member)) -> Response:
     message = await _message(request, partner_id, number)
     response = page(request, "partner_outbox_message.html", person, title=f"Outbox #{number}",
@@ -72,7 +75,8 @@ async def outbox_message(partner_id: str, number: int, request: Request,
 
 
 @router.get("/portal/p/{partner_id}/outbox/{number}/html")
-async def outbox_email(partner_id: str, number: int, request: Request, person: Person = Depends(member)) -> Response:
+async def outbox_email(partner_id: str, request: Request, number: int = NUMBER,
+                       person: Person = Depends(member)) -> Response:
     """An email's HTML part, alone: for the sandboxed frame of its message's page."""
     message = await _message(request, partner_id, number)
     if not message["html"]:
@@ -84,7 +88,7 @@ async def outbox_email(partner_id: str, number: int, request: Request, person: P
 
 @router.get("/portal/operator/outbox")
 async def operator_outbox(request: Request, partner: str | None = Query(None, max_length=64),
-                          channel: str | None = Query(None), before: int | None = Query(None, ge=1),
+                          channel: str | None = Query(None), before: int | None = BEFORE,
                           person: Person = Depends(operator)) -> Response:
     rows = await services_of(request).store.list_outbox(partner_id=partner or None, channel=_channel(channel),
                                                         limit=PAGE, before=before)
