@@ -22,11 +22,12 @@ services:
 tools:
 	deploy/test-tools.sh
 
+# Development mode (SHIPCAST_DEVELOPMENT=1): `shipcast run` prints an operator's
+# sign-in link, serves the demo partner's webhook receiver, and keeps SMS and
+# email in the development outbox while no Twilio or SMTP settings are given.
 run: services install
 	@test -n "$$SHIPCAST_API_TOKEN" || echo "SHIPCAST_API_TOKEN not set: using the development token 'dev-token'"
-	@echo "The portal, as an operator (the link works once; make another with 'shipcast portal invite --operator'):"
-	@$(BIN)/shipcast portal invite --operator --email operator@shipcast.local | tail -1
-	SHIPCAST_API_TOKEN=$${SHIPCAST_API_TOKEN:-dev-token} $(BIN)/shipcast run
+	SHIPCAST_DEVELOPMENT=$${SHIPCAST_DEVELOPMENT:-1} SHIPCAST_API_TOKEN=$${SHIPCAST_API_TOKEN:-dev-token} $(BIN)/shipcast run
 
 # The suite, with the fault-injection scenarios of tests/reliability/, in
 # TEST_PROCESSES processes: most tests wait on sockets, not on the CPU.

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     #: Where operator events (endpoint failing, recovered, disabled) are posted, signed.
     operator_webhook_url: str | None = None
     operator_webhook_secret: str | None = Field(None, repr=False)
+    #: Development mode (``make run`` sets it): ``shipcast run`` prints an
+    #: operator's sign-in link, and shipcast serves a webhook receiver at
+    #: ``/dev/receiver/{partner}/{endpoint}`` that its webhooks may reach on loopback.
+    development: bool = False
+    #: Customer messages with no provider to go to (no Twilio credentials, no
+    #: SMTP server) are kept in the development outbox (``auto``), or fail as
+    #: they would in production (``off``).
+    dev_outbox: Literal["auto", "off"] = "auto"
 
     def __repr_args__(self) -> Any:
         extras = self.model_extra or {}

@@ -331,11 +331,14 @@ PUBLIC = {
     ("GET", "/u/{token}"): "one-click unsubscribe: its link token, MAC-signed, is its key",
     ("POST", "/u/{token}"): "one-click unsubscribe: the same key",
     ("POST", "/callbacks/sms/twilio"): "Twilio's status callbacks: believed only with a valid X-Twilio-Signature",
+    ("POST", "/dev/receiver/{partner_id}/{endpoint_id}"): "development mode's webhook receiver (signature-checked); "
+                                                          "a 404 outside development mode",
 }
 #: The portal's routes open without a session: signing in (an invitation's one-time token is the key) and its files.
 PORTAL_OPEN = {("GET", "/portal/signin"), ("POST", "/portal/signin"), ("GET", "/portal/static/{name}")}
 #: What a public route answers a stranger holding no key, or a forged one.
-PUBLIC_ANSWERS = {"/t/{token}": 404, "/t/{token}/live": 404, "/u/{token}": 404, "/callbacks/sms/twilio": 403}
+PUBLIC_ANSWERS = {"/t/{token}": 404, "/t/{token}/live": 404, "/u/{token}": 404, "/callbacks/sms/twilio": 403,
+                  "/dev/receiver/{partner_id}/{endpoint_id}": 404}
 
 
 def every_route(app: Any) -> list[Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from shipcast.store import OutboxMessage
 from tests.bound import example
 
 from .conftest import make_settings
@@ -38,10 +39,14 @@ async def two_partners(vhost: str, sqlite_url: str, receiver: Receiver) -> Async
         token = (await shipcast.http.post("/v1/partners/acme/tokens", params={"name": "walk"})).json()
         operator = await signed_in(shipcast, "ops@example.com")
         sessions = await shipcast.services.store.list_sessions(operators=True)
+        # An email in acme's development outbox: its page, and its HTML part's own document.
+        number = await shipcast.services.store.add_outbox(OutboxMessage(
+            channel="email", partner_id="acme", recipient="priya@example.com", text="Hello",
+            subject="Your order", html='<p style="color:#123456">Hello</p>'))
         yield {"shipcast": shipcast, "params": {
             "partner_id": "acme", "endpoint_id": "main", "event_id": event.event_id, "event_type": "OFD",
             "token_id": token["id"], "channel": "webhook", "session_id": sessions[0]["id"],
-            "customer_channel": "email"}}
+            "customer_channel": "email", "number": str(number)}}
         await operator.aclose()
 
 
@@ -56,10 +61,12 @@ def portal_routes(shipcast: ShipcastProcess) -> list[tuple[str, str]]:
 def no_inline_code(url: str, response: Any) -> None:
     """A page under the portal's CSP: a nonce, and no script, handler or style
     it would refuse. A preview of what customers see (the tracking page, an
-    email) is framed in a sandbox where no script runs at all, whatever it holds."""
+    email's HTML, styled inline) is a document of its own, sandboxed so that
+    nothing may run in it whatever it holds, and shown only in a frame of the portal's."""
     policy = response.headers["content-security-policy"]
     if policy.startswith("sandbox;"):
-        assert "allow-scripts" not in policy and "script-src" not in policy and "frame-ancestors 'self'" in policy, url
+        assert "allow-" not in policy and "script-src" not in policy, (url, policy)
+        assert "default-src 'none'" in policy and "frame-ancestors 'self'" in policy, (url, policy)
         return
     nonce = re.search(r"'nonce-([^']+)'", policy)
     assert nonce and "unsafe-inline" not in policy and "style-src 'self'" in policy, (url, policy)

@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Locator, Page, expect
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shipcast.app.people import invite
+from shipcast.store import OutboxMessage
 from tests.bound import example
 
 from .conftest import ARTIFACTS, make_settings
@@ -246,10 +247,16 @@ async def pages_of(shipcast: ShipcastProcess) -> tuple[dict[str, str], list[str]
     await eventually(settled(shipcast, event.event_id), timeout=30)
     token = (await shipcast.http.post("/v1/partners/acme/tokens", params={"name": "ci"})).json()
     sessions = await shipcast.services.store.list_sessions(operators=True)
+    number = await shipcast.services.store.add_outbox(OutboxMessage(  # an email in the development outbox
+        channel="email", partner_id="acme", event_id=event.event_id, event_type="OFD", order_id="ORD-10023",
+        recipient="priya@example.com", subject="Your order", text="Hello", html="<p>Hello</p>"))
     params = {"partner_id": "acme", "endpoint_id": "main", "event_id": event.event_id, "event_type": "OFD",
-              "token_id": token["id"], "channel": "webhook", "session_id": sessions[0]["id"] if sessions else "none"}
+              "token_id": token["id"], "channel": "webhook", "customer_channel": "sms",
+              "session_id": sessions[0]["id"] if sessions else "none",
+              "number": str(number)}
+    # Live fragments, and an email's own document in its message page's frame, are parts of pages, not pages.
     urls = [filled(path, params) for method, path in portal_routes(shipcast) if method == "GET"
-            and not path.endswith(("/attempts", "/live"))]  # live fragments are parts of pages, not pages
+            and not path.endswith(("/attempts", "/live", "/html"))]
     return params, urls
 
 

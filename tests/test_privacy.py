@@ -15,7 +15,7 @@ from shipcast.app.retention import prune
 from shipcast.model.envelope import Event
 from shipcast.security.links import identifiers
 from shipcast.settings import Settings
-from shipcast.store import Attempt, Store
+from shipcast.store import Attempt, OutboxMessage, Store
 from shipcast.store.tables import attempts, events
 from tests.bound import example
 
@@ -64,7 +64,7 @@ async def test_what_is_past_its_retention_goes_in_batches_and_a_dry_run_changes_
     await store.record([attempt(fresh, NOW - timedelta(days=40)), attempt(fresh, NOW - timedelta(days=10)),
                         attempt(fresh, NOW - timedelta(days=1)), attempt(old, NOW - timedelta(days=99))])
 
-    expected = {"otps": 0, "attempts": 2, "portal_signins": 0, "responses": 1, "events": 1}
+    expected = {"otps": 0, "attempts": 2, "portal_signins": 0, "outbox": 0, "responses": 1, "events": 1}
     assert await prune(store, SETTINGS, dry_run=True, now=NOW) == expected
     assert await store.get_event(old.event_id) is not None and len(await store.list_attempts()) == 4
 
@@ -72,8 +72,8 @@ async def test_what_is_past_its_retention_goes_in_batches_and_a_dry_run_changes_
     assert await store.get_event(old.event_id) is None and await store.list_deliveries(event_id=old.event_id) == []
     left = await store.list_attempts(fresh.event_id)
     assert len(left) == 2 and sorted(row["response"] is None for row in left) == [False, True]
-    assert await prune(store, SETTINGS, now=NOW) == {"otps": 0, "attempts": 0, "portal_signins": 0, "responses": 0,
-                                                       "events": 0}
+    assert await prune(store, SETTINGS, now=NOW) == {"otps": 0, "attempts": 0, "portal_signins": 0, "outbox": 0,
+                                                       "responses": 0, "events": 0}
     forever = SETTINGS.model_copy(update={"retain_attempts_days": 0, "retain_events_days": 0,
                                           "retain_responses_days": 0})
     # Kept for ever but the OTP, expired by then.
@@ -88,7 +88,7 @@ async def test_an_otp_leaves_the_archive_once_delivered_or_expired(store: Store)
     pending = customer_event("OFD", "ORD-3")
     await store.save_events([delivered, customer_event("DEL", "ORD-1", sequence=2), expired, pending])
     assert await prune(store, SETTINGS, dry_run=True, now=NOW) == {"otps": 2, "attempts": 0, "portal_signins": 0,
-                                                                   "responses": 0, "events": 0}
+                                                                   "outbox": 0, "responses": 0, "events": 0}
     assert (await prune(store, SETTINGS, now=NOW))["otps"] == 2
     assert (await body(store, delivered.event_id))["otp"] is None
     assert (await body(store, expired.event_id))["otp"] is None
@@ -112,11 +112,15 @@ async def test_a_customer_is_forgotten_everywhere_and_reported(store: Store) -> 
     await store.record([attempt(mine[0], NOW, channel="sms", response='{"to": "+919876543210"}'),
                         attempt(mine[0], NOW), attempt(someone_else, NOW, channel="sms")])
     await store.add_opt_out("sms", "acme", "+919876543210", "STOP")
+    for event in (mine[0], someone_else):  # what the development outbox kept for each
+        await store.add_outbox(OutboxMessage(channel="sms", partner_id="acme", event_id=event.event_id,
+                                             recipient=event.order.customer.phone or "", text="Hi"))
 
     forgotten = await store.forget_customer(phone="+919876543210", partner_id="acme")
-    assert forgotten.to_dict() == {"events": 2, "deliveries": 1, "attempts": 2,
+    assert forgotten.to_dict() == {"events": 2, "deliveries": 1, "attempts": 2, "outbox": 1,
                                    "opt_outs": "kept: stored as keyed hashes, so the customer stays opted out "
                                                "(their masked address dropped)"}
+    assert [row["event_id"] for row in await store.list_outbox()] == [someone_else.event_id]
     for event in mine:
         redacted = await body(store, event.event_id)
         assert redacted["order"]["customer"] == {"name": "[redacted]", "phone": None, "email": None,
@@ -157,7 +161,7 @@ async def test_the_commands_prune_and_forget(database_url: str, tmp_path: Any) -
     dry = run_cli(settings, "prune", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout) == {"dry_run": True, "otps": 1, "attempts": 0, "portal_signins": 0,
-                                         "responses": 0, "events": 0}
+                                         "outbox": 0, "responses": 0, "events": 0}
     done = run_cli(settings, "prune")
     assert done.returncode == 0 and "removed 1 otps" in done.stdout
     forgot = run_cli(settings, "customers", "forget", "--phone", "+91 98765-43210")

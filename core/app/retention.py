@@ -36,6 +36,8 @@ async def prune(store: Store, settings: Settings, *, dry_run: bool = False,
         passes["attempts"] = lambda: store.prune_attempts(cutoff, BATCH, dry_run=dry_run)
         # Sign-in links and sessions that can no longer sign anyone in, kept as long as the attempt log.
         passes["portal_signins"] = lambda: store.prune_portal(cutoff, BATCH, dry_run=dry_run)
+        # The development outbox is a log of what would have been sent: kept as long as the attempt log.
+        passes["outbox"] = lambda: store.prune_outbox(cutoff, BATCH, dry_run=dry_run)
     if settings.retain_responses_days:
         responses = now - timedelta(days=settings.retain_responses_days)
         # Attempts the pass above removes whole are not counted twice.

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from shipcast.model.envelope import Event
     from shipcast.model.partners import Partner
     from shipcast.plugin.context import ChannelContext, Registered
+    from shipcast.settings import Settings
 
 __all__ = ["Channel", "ChannelConfig", "Delivered", "EventList", "Target", "routing_keys"]
 
@@ -159,6 +160,14 @@ class Channel:
     def bindings(cls, partner_id: str, config: Mapping[str, Any]) -> set[str]:
         """The routing keys a partner's config for this channel binds."""
         return routing_keys(partner_id, config.get("events", ["*"]))
+
+    @classmethod
+    def development_outbox(cls, settings: Settings) -> str | None:
+        """Why this channel's messages go to the development outbox under
+        ``settings`` (its provider is not configured, and
+        ``SHIPCAST_DEV_OUTBOX`` is not ``off``), or ``None`` when they are
+        sent. Said at start and on every portal page while it holds."""
+        return None
 
     async def start(self) -> None:
         """Open what the channel needs (HTTP clients, SMTP pools)."""

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import re
 import secrets as _secrets
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,6 +46,31 @@ def sign(secrets: Iterable[str], msg_id: str, timestamp: int, body: bytes) -> st
         "v1," + base64.b64encode(hmac.new(secret_key(secret), signed, hashlib.sha256).digest()).decode()
         for secret in secrets
     )
+
+
+#: How far a webhook's timestamp may be from the receiver's clock, in seconds (Standard Webhooks' tolerance).
+TOLERANCE = 300
+
+
+def verify(secrets: Iterable[str], msg_id: str, timestamp: str, body: bytes, header: str, *,
+           now: float | None = None) -> str | None:
+    """What a receiver checks (the inverse of :func:`sign`): why a webhook
+    does not verify with any of ``secrets``, or ``None`` when one of its
+    ``v1,`` signatures matches and its timestamp is within :data:`TOLERANCE`."""
+    if not msg_id or not timestamp or not header:
+        return "missing webhook-id, webhook-timestamp or webhook-signature"
+    try:
+        stamp = int(timestamp)
+    except ValueError:
+        return "webhook-timestamp is not a number of seconds"
+    now = time.time() if now is None else now
+    if abs(now - stamp) > TOLERANCE:
+        return f"webhook-timestamp is more than {TOLERANCE} s from now"
+    given = [part.removeprefix("v1,") for part in header.split() if part.startswith("v1,")]
+    expected = [part.removeprefix("v1,") for part in sign(secrets, msg_id, stamp, body).split()]
+    if any(hmac.compare_digest(g.encode(), e.encode()) for g in given for e in expected):
+        return None
+    return "no v1 signature matches the endpoint's secret"
 
 
 def sign_ed25519(key: Ed25519PrivateKey, msg_id: str, timestamp: int, body: bytes) -> str:

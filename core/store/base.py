@@ -223,6 +223,16 @@ class StoreBase:
     async def _total(self, table: sa.Table, where: Any) -> int:
         return int((await self._rows(sa.select(sa.func.count()).select_from(table).where(where)))[0][0])
 
+    async def _delete_some(self, table: sa.Table, where: Any, batch: int, *, dry_run: bool) -> int:
+        """Delete up to ``batch`` rows of ``table`` (keyed by ``id``) that match
+        ``where``; with ``dry_run``, count every one that would go instead."""
+        if dry_run:
+            return await self._total(table, where)
+        found = [row.id for row in await self._rows(sa.select(table.c.id).where(where).limit(batch))]
+        if found:
+            await self._run([(table.delete().where(table.c.id.in_(found)), None)])
+        return len(found)
+
     async def ping(self) -> None:
         """One round trip to the database. :raises StoreError: it is unreachable."""
         await self._rows(sa.select(sa.literal(1)))

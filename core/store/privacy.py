@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from shipcast.security.identifiers import normalized
 from shipcast.store.base import StoreBase, _utc
-from shipcast.store.tables import attempts, deliveries, events, opt_outs, provider_messages
+from shipcast.store.tables import attempts, deliveries, events, opt_outs, outbox, provider_messages
 
 #: What a customer's forgotten fields read afterwards.
 REDACTED = "[redacted]"
@@ -41,10 +41,13 @@ class Forgotten:
     events: int = 0
     deliveries: int = 0
     attempts: int = 0
+    #: Messages of the development outbox about their orders, deleted (they hold full addresses).
+    outbox: int = 0
     event_ids: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"events": self.events, "deliveries": self.deliveries, "attempts": self.attempts,
+                "outbox": self.outbox,
                 "opt_outs": "kept: stored as keyed hashes, so the customer stays opted out (their masked "
                             "address dropped)"}
 
@@ -71,13 +74,7 @@ class PrivacyStore(StoreBase):
     async def prune_attempts(self, before: datetime, batch: int, *, dry_run: bool = False) -> int:
         """Delete up to ``batch`` attempts logged before ``before`` (with
         ``dry_run``: count every one that would go)."""
-        old = attempts.c.at < _utc(before)
-        if dry_run:
-            return await self._total(attempts, old)
-        found = [row.id for row in await self._rows(sa.select(attempts.c.id).where(old).limit(batch))]
-        if found:
-            await self._run([(attempts.delete().where(attempts.c.id.in_(found)), None)])
-        return len(found)
+        return await self._delete_some(attempts, attempts.c.at < _utc(before), batch, dry_run=dry_run)
 
     async def strip_responses(self, before: datetime, batch: int, *, dry_run: bool = False,
                               since: datetime | None = None) -> int:
@@ -144,7 +141,8 @@ class PrivacyStore(StoreBase):
                               partner_id: str | None = None, batch: int = 500) -> Forgotten:
         """Redact a customer's personal data from every archived event that
         names them (by phone or email, of one partner or all), the addresses
-        of their deliveries, and the provider responses logged for them."""
+        of their deliveries, and the provider responses logged for them; and
+        delete the development outbox's messages about those events."""
         if not phone and not email:
             raise ValueError("give a phone number or an email address")
         # A coarse filter in SQL (the number's last two digits, which no way of
@@ -175,10 +173,12 @@ class PrivacyStore(StoreBase):
                                                                      deliveries.c.channel != "webhook"))
             done.attempts += await self._total(attempts, sa.and_(attempts.c.event_id.in_(ids),
                                                                  attempts.c.response.is_not(None)))
+            done.outbox += await self._total(outbox, outbox.c.event_id.in_(ids))
             await self._run([
                 (deliveries.update().where(deliveries.c.event_id.in_(ids), deliveries.c.channel != "webhook")
                  .values(address=REDACTED), None),
-                (attempts.update().where(attempts.c.event_id.in_(ids)).values(response=None), None)])
+                (attempts.update().where(attempts.c.event_id.in_(ids)).values(response=None), None),
+                (outbox.delete().where(outbox.c.event_id.in_(ids)), None)])
         return done
 
     async def _forget_opt_out_masks(self, event_ids: list[str]) -> None:

@@ -193,3 +193,30 @@ audit_log = sa.Table(
     sa.Column("after", sa.Text),
     sa.Index("ix_audit_partner", "partner_id", "id"),
 )
+
+#: The development outbox: customer messages kept, rendered as sent, when no
+#: provider is configured (no Twilio credentials, no SMTP server), and what
+#: the development webhook receiver received. Full addresses: development only.
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("channel", sa.String(64), nullable=False),  # sms | whatsapp | email | webhook-receiver | ...
+    sa.Column("partner_id", sa.String(64), nullable=False),
+    sa.Column("event_id", sa.String(100)),
+    sa.Column("event_type", sa.String(32)),
+    sa.Column("order_id", sa.String(100)),
+    sa.Column("recipient", sa.String(320), nullable=False),
+    sa.Column("subject", sa.String(1000)),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("html", sa.Text),
+    sa.Column("content_sid", sa.String(64)),
+    #: A WhatsApp content template's variables, as Twilio would have been sent them (JSON).
+    sa.Column("variables", sa.Text),
+    #: The webhook receiver's verdict on the signature (``None``: not a webhook).
+    sa.Column("verified", sa.Boolean),
+    #: What to know at a glance: an SMS's segments and encoding, why a signature failed.
+    sa.Column("detail", sa.String(500)),
+    sa.Index("ix_outbox_partner", "partner_id", "id"),
+    sa.Index("ix_outbox_at", "at"),
+)

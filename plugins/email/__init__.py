@@ -34,6 +34,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validates
 
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from shipcast.messaging import outbox
 from shipcast.messaging.fields import Critical, QuietHours, TemplateText
 from shipcast.messaging.rules import keep_rules, mask
 from shipcast.messaging.templates import check_templates, context, language_of, render, serves
@@ -137,8 +138,15 @@ class EmailChannel(Channel):
             return []
         return [Target("customer", mask(to), {"to": to, "config": partner.channels[self.name], "partner": partner})]
 
+    @classmethod
+    def development_outbox(cls, settings: Settings) -> str | None:
+        if outbox.in_use(settings, SmtpSettings.of(settings).configured):
+            return "SHIPCAST_SMTP_HOST is not set"
+        return None
+
     async def start(self) -> None:
         self.smtp = SmtpSettings.of(self.settings)
+        self.outbox = bool(self.development_outbox(self.settings))
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         config, partner, to = target.options["config"], target.options["partner"], target.options["to"]
@@ -147,15 +155,17 @@ class EmailChannel(Channel):
             message = self.compose(event, partner, config, to)
         except ConfigError as exc:  # a template edited since it was applied: retrying cannot fix it
             raise PermanentDelivery(str(exc)) from exc
-        return await self.send(message)
+        return await self.send(event, message, to)
 
     async def send_test(self, event: Event, partner: Partner, to: str) -> Delivered:
         if not ADDRESS.fullmatch(to.strip()) or len(to) > 254:
             raise ConfigError("invalid address", {"to": ["not an email address"]})
-        return await self.send(self.compose(event, partner, partner.channels[self.name], to.strip()))
+        return await self.send(event, self.compose(event, partner, partner.channels[self.name], to.strip()), to.strip())
 
-    async def send(self, message: EmailMessage) -> Delivered:
-        """Hand one composed message to the SMTP server."""
+    async def send(self, event: Event, message: EmailMessage, to: str) -> Delivered:
+        """Hand one composed message to the SMTP server (without one, keep it in the development outbox)."""
+        if self.outbox:  # no SMTP server: kept as the customer would have received it
+            return Delivered(250, await self.keep(event, message, to))
         smtp = self.smtp
         try:
             await aiosmtplib.send(message, hostname=smtp.host, port=smtp.port, username=smtp.username,
@@ -174,10 +184,13 @@ class EmailChannel(Channel):
     def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
         message = self.compose(event, partner, partner.channels[self.name], event.order.customer.email or
                                "customer@example.com")
-        plain = message.get_body(("plain",))
-        text = plain.get_content().strip() if plain is not None else ""
-        unsubscribe = "with" if message["List-Unsubscribe"] else "without"
-        return f"Subject: {message['Subject']}\n\n{text}", f"text and HTML parts, {unsubscribe} List-Unsubscribe"
+        return f"Subject: {message['Subject']}\n\n{_part(message, 'plain')}", _parts(message)
+
+    async def keep(self, event: Event, message: EmailMessage, to: str) -> str:
+        """Keep ``message`` in the development outbox: its subject, and both parts as composed."""
+        return await outbox.keep(self.context, self.name, event, to, _part(message, "plain"),
+                                 subject=str(message["Subject"]), html=_part(message, "html"),
+                                 detail=f"from {message['From']}; {_parts(message)}")
 
     def preview_parts(self, event: Event, partner: Partner) -> dict[str, Any]:
         shown, summary = self.preview(event, partner)
@@ -217,6 +230,17 @@ class EmailChannel(Channel):
         message.set_content(text + "\n")
         message.add_alternative(html, subtype="html")
         return message
+
+
+def _part(message: EmailMessage, subtype: str) -> str:
+    """One part of a composed message (``plain`` or ``html``), as text."""
+    part = message.get_body((subtype,))
+    return str(part.get_content()).strip() if part is not None else ""
+
+
+def _parts(message: EmailMessage) -> str:
+    unsubscribe = "with" if message["List-Unsubscribe"] else "without"
+    return f"text and HTML parts, {unsubscribe} List-Unsubscribe"
 
 
 def _subject_and_body(text: str) -> str | None:

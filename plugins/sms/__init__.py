@@ -34,6 +34,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, SentBefore
+from shipcast.messaging import outbox
 from shipcast.messaging.fields import Critical, IdsByType, QuietHours, TemplateText, id_for
 from shipcast.messaging.rules import finish_sends, keep_rules, mask, send_noted
 from shipcast.messaging.templates import LANGUAGES, check_templates, language_of, render, serves, text_language
@@ -42,9 +43,10 @@ from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target
 from shipcast.plugin.context import Registered
+from shipcast.settings import Settings
 
-from .providers import CustomerOptedOut, SmsMessage, SmsProvider, TwilioSms
-from .segments import encoding, segments
+from .providers import CustomerOptedOut, OutboxSms, SmsMessage, SmsProvider, TwilioSms
+from .segments import describe, encoding, segments
 
 #: The longest text sent, in segments: anything longer is a template to fix.
 MAX_SEGMENTS = 6
@@ -112,6 +114,12 @@ class SmsChannel(Channel):
         errors.update(missing_dlt_ids(config))
         return errors
 
+    @classmethod
+    def development_outbox(cls, settings: Settings) -> str | None:
+        if outbox.in_use(settings, outbox.twilio_configured(settings)):
+            return "texts through Twilio, whose SHIPCAST_TWILIO_ACCOUNT_SID and _AUTH_TOKEN are not set"
+        return None
+
     async def start(self) -> None:
         self.providers = {}
         self._opening = asyncio.Lock()
@@ -125,7 +133,10 @@ class SmsChannel(Channel):
         if name not in self.providers:
             async with self._opening:  # the first texts arrive together: open one client, not one each
                 if name not in self.providers:
-                    provider = providers(self.context.registry)[name](self.settings)
+                    if name == TwilioSms.name and self.development_outbox(self.settings):
+                        provider: SmsProvider = OutboxSms(self.settings, self.context)
+                    else:
+                        provider = providers(self.context.registry)[name](self.settings)
                     await provider.start()
                     self.providers[name] = provider
         return self.providers[name]
@@ -154,8 +165,7 @@ class SmsChannel(Channel):
 
     def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
         text = self.render(event, partner, partner.channels[self.name])
-        count = segments(text)
-        return text, f"{len(text)} characters, {count} segment{'s' if count > 1 else ''} ({encoding(text)})"
+        return text, describe(text)
 
     def preview_parts(self, event: Event, partner: Partner) -> dict[str, Any]:
         text, summary = self.preview(event, partner)
@@ -190,7 +200,7 @@ class SmsChannel(Channel):
         message = SmsMessage(
             to=to, sender=config["sender"], body=text,
             dlt_template_id=id_for(config.get("dlt_template_ids", {}), event.event_type, written_in),
-            status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/{provider.name}")
+            status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/{provider.name}", event=event)
         try:
             sid = await send_noted(self.context, lambda: provider.send(message), provider.name, event, self.name)
         except CustomerOptedOut as exc:

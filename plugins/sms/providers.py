@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from shipcast.messaging import outbox
 from shipcast.settings import Settings
+
+from .segments import describe
+
+if TYPE_CHECKING:
+    from shipcast.model.envelope import Event
+    from shipcast.plugin.context import ChannelContext
 
 #: Twilio errors that retrying cannot fix (https://www.twilio.com/docs/api/errors).
 TWILIO_PERMANENT = {
@@ -69,6 +76,8 @@ class SmsMessage:
     #: India's DLT template id for this text, for providers on Indian routes.
     dlt_template_id: str | None = None
     status_callback: str | None = None
+    #: The event the text is about (the development outbox files the text under it).
+    event: Event | None = None
 
 
 class SmsProvider:
@@ -88,6 +97,23 @@ class SmsProvider:
 
     async def send(self, message: SmsMessage) -> str:
         raise NotImplementedError
+
+
+class OutboxSms(SmsProvider):
+    """Keeps each text in the development outbox instead of sending it: what
+    Twilio is given when its credentials are not set (see
+    :mod:`shipcast.messaging.outbox`). Never chosen by a partner's config."""
+
+    name = outbox.PROVIDER
+
+    def __init__(self, settings: Settings, context: ChannelContext) -> None:
+        super().__init__(settings)
+        self.context = context
+
+    async def send(self, message: SmsMessage) -> str:
+        assert message.event is not None, "the outbox files a text under its event"
+        return await outbox.keep(self.context, "sms", message.event, message.to, message.body,
+                                 subject=f"from {message.sender}", detail=describe(message.body))
 
 
 class TwilioSms(SmsProvider):

@@ -33,3 +33,9 @@ def segments(text: str) -> int:
             count, used = count + 1, 0
         used += size
     return count
+
+
+def describe(text: str) -> str:
+    """A text's length, segments and encoding, as the previews and the outbox show them."""
+    count = segments(text)
+    return f"{len(text)} characters, {count} segment{'s' if count != 1 else ''} ({encoding(text)})"

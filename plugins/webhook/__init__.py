@@ -32,9 +32,10 @@ def shipcast_channels() -> list[type[Channel]]:
 @hookimpl
 def shipcast_routers() -> list[Any]:
     from .portal import router as pages
+    from .receiver import router as receiver
     from .routes import router
 
-    return [router, pages]
+    return [router, pages, receiver]
 
 
 @hookimpl

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from typing import Any
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+
+from shipcast.settings import Settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -141,6 +144,21 @@ class Refusal:
         if self.rule is None:
             return f"{said}, which shipcast does not send to. {REFUSAL_ADVICE}"
         return f"{said}: that is {words}, which shipcast does not send to. {REFUSAL_ADVICE}"
+
+
+#: The development webhook receiver's path (``receiver.py``), and the hosts it is reached at.
+RECEIVER_PATH = re.compile(r"^/dev/receiver/[a-z0-9_-]{1,64}/[a-z0-9_-]{1,64}$")
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def is_receiver(url: yarl.URL, settings: Settings) -> bool:
+    """Whether ``url`` is the development webhook receiver on shipcast's own address (an IP
+    literal, the port shipcast serves on), in development mode: the one
+    loopback destination webhooks may reach without
+    ``SHIPCAST_WEBHOOK_ALLOWED_NETWORKS``."""
+    return (settings.development and url.scheme == "http" and url.port == settings.port
+            and (url.host in LOOPBACK or url.host == settings.host) and not url.query_string
+            and bool(RECEIVER_PATH.match(url.path)))
 
 
 def carried_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:

@@ -37,6 +37,7 @@ from shipcast.exceptions import (
     RetryableDelivery,
     SentBefore,
 )
+from shipcast.messaging import outbox
 from shipcast.messaging.fields import Critical, IdsByType, QuietHours, id_for
 from shipcast.messaging.rules import UNREACHABLE, finish_sends, keep_rules, mask, send_noted, settle_quietly
 from shipcast.messaging.templates import context, lacks, language_of, tracking_url
@@ -115,6 +116,14 @@ def variables_for(registry: Registered, event: Event, partner: Partner, config: 
     except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
         raise ConfigError(f"whatsapp variables for {event.event_type} failed: {type(exc).__name__}: {exc}") from exc
     return orjson.dumps(rendered).decode()
+
+
+def shown(content_sid: str, variables: str) -> tuple[str, str]:
+    """A content template's variables (Twilio's JSON) as a person reads them,
+    one ``{{n}} = value`` a line, and what the message is: for the preview and the outbox."""
+    values = orjson.loads(variables)
+    text = "\n".join(f"{{{{{number}}}}} = {value}" for number, value in values.items())
+    return text, f"content template {content_sid}, {len(values)} variables"
 
 
 #: When each (Content API, sid) was last seen an approved utility template:
@@ -228,8 +237,15 @@ class WhatsAppChannel(Channel):
                     break
         return errors
 
+    @classmethod
+    def development_outbox(cls, settings: Settings) -> str | None:
+        if outbox.in_use(settings, outbox.twilio_configured(settings)):
+            return "messages through Twilio, whose SHIPCAST_TWILIO_ACCOUNT_SID and _AUTH_TOKEN are not set"
+        return None
+
     async def start(self) -> None:
         self.twilio = TwilioSms(self.settings)
+        self.outbox = bool(self.development_outbox(self.settings))
         self._started = False
         self._opening = asyncio.Lock()
         self.sms = SmsChannel(self.context)
@@ -256,9 +272,7 @@ class WhatsAppChannel(Channel):
         sid = id_for(config["content_sids"], event.event_type, language_of(event))
         if sid is None:
             raise ConfigError(f"no approved content template for {event.event_type} in content_sids")
-        variables = orjson.loads(variables_for(self.context.registry, event, partner, config))
-        text = "\n".join(f"{{{{{number}}}}} = {value}" for number, value in variables.items())
-        return text, f"content template {sid}, {len(variables)} variables"
+        return shown(sid, variables_for(self.context.registry, event, partner, config))
 
     def preview_parts(self, event: Event, partner: Partner) -> dict[str, Any]:
         text, summary = self.preview(event, partner)
@@ -297,15 +311,22 @@ class WhatsAppChannel(Channel):
 
     async def send(self, event: Event, config: Mapping[str, Any], to: str, variables: str,
                    target_id: str = "customer") -> str:
-        """Hand the content template's message to Twilio, noting its sid; returns it."""
+        """Hand the content template's message to Twilio (without credentials,
+        keep it in the development outbox), noting its sid; returns it."""
+        content_sid = id_for(config["content_sids"], event.event_type, language_of(event))
+        if self.outbox:  # no Twilio credentials: kept as Twilio would have been given it
+            text, detail = shown(content_sid or "", variables)
+            return await send_noted(self.context, lambda: outbox.keep(
+                self.context, self.name, event, f"whatsapp:{to}", text, subject=f"from whatsapp:{config['sender']}",
+                content_sid=content_sid, variables=variables, detail=detail), outbox.PROVIDER, event, self.name,
+                target_id)
         if not self._started:
             async with self._opening:  # the first messages arrive together: open one client
                 if not self._started:
                     await self.twilio.start()
                     self._started = True
         return await send_noted(self.context, lambda: self.twilio.create(
-            to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}",
-            content_sid=id_for(config["content_sids"], event.event_type, language_of(event)),
+            to=f"whatsapp:{to}", from_=f"whatsapp:{config['sender']}", content_sid=content_sid,
             content_variables=variables,
             status_callback=f"{self.settings.public_url.rstrip('/')}/callbacks/sms/twilio"),
             "twilio", event, self.name, target_id)

@@ -12,6 +12,7 @@ from shipcast.app.cli import (  # noqa: F401  (their commands)
     deliveries,
     events,
     operations,
+    outbox,
     partners,
     portal,
     privacy,

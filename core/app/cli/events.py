@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,9 @@ def publish(path: Path, batch: int) -> None:
 
 @cli.command()
 @click.option("--example", "example_type", metavar="TYPE", help="Print a realistic sample event of TYPE instead.")
-def schema(example_type: str | None) -> None:
+@click.option("--partner", "partner_id", default="acme", show_default=True, metavar="ID",
+              help="With --example: the partner the sample is for.")
+def schema(example_type: str | None, partner_id: str) -> None:
     """Print the envelope's JSON Schema (or a sample event)."""
     from shipcast.model.envelope import json_schema
     from shipcast.model.examples import example
@@ -82,5 +85,7 @@ def schema(example_type: str | None) -> None:
         return
     if example_type not in types:
         raise click.BadParameter(f"unknown event type; known: {', '.join(types)}", param_hint="--example")
-    click.echo(orjson.dumps(orjson.loads(example(example_type, types).to_json()),
+    if not re.fullmatch(r"[a-z0-9_-]{1,64}", partner_id):
+        raise click.BadParameter("must match [a-z0-9_-]+ (at most 64 characters)", param_hint="--partner")
+    click.echo(orjson.dumps(orjson.loads(example(example_type, types, partner_id=partner_id).to_json()),
                             option=orjson.OPT_INDENT_2).decode())

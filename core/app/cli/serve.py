@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 import click
 
 from shipcast import __version__
+from shipcast.app.audit import Actor
 from shipcast.app.cli.base import (
     cli,
+    open_services,
     registry,
     run_command,
 )
 from shipcast.app.runtime import select_channels, serve
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError
+from shipcast.messaging import outbox
+
+log = logging.getLogger("shipcast")
+
+#: Whom ``shipcast run`` signs in to the portal in development mode.
+DEVELOPMENT_OPERATOR = "operator@shipcast.local"
 
 
 @cli.command()
@@ -20,6 +31,9 @@ def run() -> None:
     """The API and every channel worker in one process."""
     names = select_channels(registry(), [])
     _announce()
+    _warn_outbox(names)
+    if registry().settings.development:
+        _sign_in_link()
     run_command(lambda: serve(api=True, worker_names=names, services=Services.from_settings(
         registry().settings, registry=registry())))
 
@@ -41,6 +55,7 @@ def worker(names: tuple[str, ...]) -> None:
         selected = select_channels(registry(), names)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--channel") from exc
+    _warn_outbox(selected)
     run_command(lambda: serve(api=False, worker_names=selected, services=Services.from_settings(
         registry().settings, registry=registry())))
 
@@ -51,3 +66,27 @@ def _announce() -> None:
                f"(docs at /docs), RabbitMQ UI at {settings.management_url.split('@')[-1]}", err=True)
     if not settings.api_token:
         click.echo("warning: SHIPCAST_API_TOKEN is not set: the API refuses every request", err=True)
+
+
+def _warn_outbox(names: Sequence[str]) -> None:
+    """Say, at start, which of the channels this process works on keep their
+    messages in the development outbox, and why."""
+    found = registry()
+    reasons = outbox.reasons(found.settings, {name: found.channels[name] for name in names})
+    if reasons:
+        log.warning(outbox.warning(reasons))
+
+
+def _sign_in_link() -> None:
+    """Development mode: a one-time link that signs the developer in to the portal as an operator."""
+    from shipcast.app.people import invite
+
+    async def make() -> str:
+        async with open_services(broker=False) as services:
+            made = await invite(services, email=DEVELOPMENT_OPERATOR, partner_id=None, role="operator",
+                                invited_by=Actor("shipcast run (development mode)", "cli"))
+            return str(made["link"])
+
+    link = run_command(make)
+    click.echo("The portal, as an operator (the link works once; make another with "
+               f"'shipcast portal invite --operator --email {DEVELOPMENT_OPERATOR}'):\n{link}", err=True)

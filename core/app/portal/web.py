@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from shipcast import __version__
 from shipcast.app.people import Person
 from shipcast.app.services import services_of
+from shipcast.messaging import outbox
 from shipcast.plugin.portal import PortalSection
 
 NOTICE_COOKIE = "shipcast_notice"
@@ -30,6 +31,7 @@ CORE_SECTIONS = (
     PortalSection("Opt-outs", "opt-outs", 24),
     PortalSection("Customer channels", "channels", 30),
     PortalSection("Branding", "branding", 35),
+    PortalSection("Outbox", "outbox", 40),
     PortalSection("Event catalog", "catalog", 60),
     PortalSection("API tokens", "tokens", 70),
     PortalSection("Audit log", "audit", 80),
@@ -42,6 +44,7 @@ OPERATOR_SECTIONS = (
     PortalSection("Operator events", "events", 20),
     PortalSection("People", "people", 30),
     PortalSection("Audit log", "audit", 40),
+    PortalSection("Outbox", "outbox", 50),
 )
 
 
@@ -81,6 +84,17 @@ def sections(request: Request) -> list[PortalSection]:
     return cached
 
 
+def development_outbox(request: Request) -> dict[str, str]:
+    """The channels whose messages go to the development outbox, and why: the
+    banner on every page while there are any (the settings do not change while the app runs)."""
+    cached: dict[str, str] | None = getattr(request.app.state, "development_outbox", None)
+    if cached is None:
+        services = services_of(request)
+        cached = request.app.state.development_outbox = outbox.reasons(services.settings,
+                                                                       services.registry.channels)
+    return cached
+
+
 def page(request: Request, template: str | jinja2.Template, person: Person | None, *, title: str,
          partner_id: str | None = None, status_code: int = 200, **context: Any) -> HTMLResponse:
     """A whole page in the portal's layout: ``template`` is a file of
@@ -94,7 +108,8 @@ def page(request: Request, template: str | jinja2.Template, person: Person | Non
         request=request, person=person, title=title, partner_id=partner_id, nonce=nonce,
         portal_name=settings.portal_name, portal_logo=settings.portal_logo_url, version=__version__,
         sections=sections(request) if partner_id else [], operator_sections=OPERATOR_SECTIONS,
-        notice=unquote(notice)[:500] if notice else None, path=request.url.path, **context)
+        notice=unquote(notice)[:500] if notice else None, path=request.url.path,
+        development_outbox=development_outbox(request), **context)
     response = HTMLResponse(body, status_code=status_code, headers=security_headers(nonce))
     if notice:
         response.delete_cookie(NOTICE_COOKIE, path="/portal")
@@ -134,5 +149,6 @@ def framed(html: str, nonce: str | None = None) -> HTMLResponse:
     style = f"'nonce-{nonce}'" if nonce else "'unsafe-inline'"
     policy = (f"sandbox; default-src 'none'; style-src {style}; img-src https: http: data:; "
               "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
-    return HTMLResponse(html, headers={"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff",
-                                       "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
+    return HTMLResponse(html, headers={"Content-Security-Policy": policy, "X-Frame-Options": "SAMEORIGIN",
+                                       "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                                       "Cache-Control": "no-store"})
