@@ -100,6 +100,7 @@ SMS = {"sender": "ACMEIN", "events": ["OFD", "FAIL"]}
     ("channels/sms", {**SMS, "quiet_hours": {"start": "21:00", "end": "08:00", "timezone": "Mars/Olympus"}},
      "channels.sms.quiet_hours.timezone", "unknown time zone"),
     ("channels/email", {"from_address": "nobody"}, "channels.email.from_address", "must be an address"),
+    ("channels/sms", {**SMS, "template_dir": "/etc"}, "channels.sms.template_dir", "only the operator's partners file"),
     ("branding", {"primary_color": "blue"}, "branding.primary_color", "colour like #0a7cff"),
     ("branding", {"logo": "x"}, "branding.logo", "Unknown field"),
 ])

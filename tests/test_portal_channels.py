@@ -217,3 +217,15 @@ async def test_whatsapp_shows_each_content_templates_variables(shipcast: Shipcas
     wrong = await admin.post(f"{BASE}/channels/whatsapp", {
         "sender": "+14155238886", "events": ["OFD"], "country": "IN", "content_sids": "{not json"})
     assert wrong.status_code == 422 and "not JSON" in field_error(wrong.text, "content_sids")
+
+    # The form's messages follow what is typed: a variable of the draft, before saving.
+    live = await admin.post(f"{BASE}/channels/whatsapp/preview", {
+        "sender": "+14155238886", "events": ["OFD"], "country": "IN", "content_sids": f'{{"OFD": "{sid}"}}',
+        "variables": '{"OFD": ["{{ partner.name }} says hi", "{{ tracking_url }}"]}'})
+    assert live.status_code == 200 and "{{1}} = Acme Retail says hi" in live.text
+    broken = await admin.post(f"{BASE}/channels/whatsapp/preview", {
+        "sender": "+14155238886", "events": ["OFD"], "country": "IN", "content_sids": f'{{"OFD": "{sid}"}}',
+        "variables": '{"OFD": ["{{ partner.name }}"]}'})
+    assert "must give the tracking link" in broken.text
+    partner = await shipcast.services.store.get_partner("acme")
+    assert partner is not None and not partner.channels["whatsapp"].get("variables")  # nothing saved

@@ -34,6 +34,8 @@ from shipcast.plugin.registry import Registry
 
 #: The largest section one request may set, as JSON: a channel's templates, in every language, fit easily.
 MAX_SECTION = 256 * 1024
+#: Fields a partner's people never set: a directory on the server is the operator's.
+SERVER_ONLY = frozenset({"template_dir"})
 #: Said of a field the partners document owns.
 OWNED = "set by the operator's partners file: ask them to change it there"
 
@@ -111,6 +113,9 @@ async def change_section(services: Services, partner_id: str, section: str, valu
         value = {}
     loaded = load_section(registry.catalog, section, value) if value is not None else None
     refused = _owned_changes(partner.owned(), where, before, loaded)
+    for key in SERVER_ONLY:
+        if loaded is not None and plain(loaded.get(key)) != plain((before or {}).get(key)):
+            refused[f"{where}.{key}"] = ["a directory on shipcast's server: only the operator's partners file sets it"]
     if refused:
         raise ConfigError("refused", refused)
     channels = dict(partner.channels)

@@ -120,10 +120,29 @@
     });
   }
 
+  // A channel's form (form[data-channel-preview]): its messages follow what is typed.
+  function channelPreview(form) {
+    var waiting = null;
+    var holder = document.getElementById("channel-previews");
+    function refresh() {
+      fetch(form.getAttribute("data-channel-preview"), { method: "POST", body: new FormData(form),
+                                                         credentials: "same-origin",
+                                                         headers: { "X-Shipcast-Fragment": "1" } })
+        .then(function (response) { return response.ok ? response.text() : null; })
+        .then(function (html) { if (html !== null && holder) holder.innerHTML = html; })
+        .catch(function () { /* the next change asks again */ });
+    }
+    form.addEventListener("input", function () {
+      clearTimeout(waiting);
+      waiting = setTimeout(refresh, 400);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-live]").forEach(live);
     document.querySelectorAll("button[data-copy]").forEach(copier);
     document.querySelectorAll("form[data-preview]").forEach(editor);
     document.querySelectorAll("form[data-frames]").forEach(branding);
+    document.querySelectorAll("form[data-channel-preview]").forEach(channelPreview);
   });
 }());

@@ -29,6 +29,7 @@ from marshmallow import Schema, fields
 
 from shipcast.app import partner_config
 from shipcast.app.api.quotas import resend_quota
+from shipcast.app.partner_config import SERVER_ONLY
 from shipcast.app.people import Person
 from shipcast.app.portal.session import checked_form_lists, member, partner_admin
 from shipcast.app.portal.web import fragment, framed, page, redirect
@@ -63,8 +64,6 @@ HELP = {
     "link_days": "How many days a tracking link keeps working.",
     "rating": "Ask the customer to rate the delivery on the tracking page.",
 }
-#: Fields a merchant never sets: a directory on the server is the operator's.
-SERVER_ONLY = frozenset({"template_dir"})
 #: The longest value one form field may carry (a JSON field's whole text).
 MAX_VALUE = 64 * 1024
 #: Branding's fields, in the order the form shows them.
@@ -217,19 +216,23 @@ def _has_templates(services: Services, channel: str) -> bool:
     return "templates" in _schema(services, channel).fields
 
 
-async def message_previews(services: Services, partner: Partner, channel: str) -> list[Preview]:
+async def message_previews(services: Services, partner: Partner, channel: str,
+                           draft: Mapping[str, Any] | None = None) -> list[Preview]:
     """What a channel without templates of its own (WhatsApp: approved content
     templates) sends for each event type it has a message for, as the saved
-    config makes it: its channel page shows them."""
-    config = partner.channels.get(channel)
+    config (or ``draft``) makes it: its channel page shows them, and follows
+    the form as one types."""
+    config = draft if draft is not None else partner.channels.get(channel)
     if config is None or _has_templates(services, channel):
         return []
-    events = config.get("events", ["*"])
+    events = config.get("events") or ["*"]
     shown = []
     for event_type in services.registry.event_types:
         if "*" not in events and event_type not in events:
             continue
-        found = await partner_config.preview_section(services, partner.id, channel, None, event_type, "en")
+        found = await partner_config.preview_section(services, partner.id, channel, draft, event_type, "en")
+        if not found.samples:  # the draft is not a valid section: its problems, once
+            return [found]
         if event_type in events or any(sample.error is None for sample in found.samples):
             shown.append(found)
     return shown
@@ -299,6 +302,19 @@ def _typed(form: Mapping[str, list[str]], field: FormField) -> Any:
     if field.kind == "quiet":
         return {key: (form.get(f"{field.name}.{key}") or [""])[-1] for key in ("start", "end", "timezone")}
     return given[-1] if given else ""
+
+
+@router.post("/channels/{customer_channel}/preview")
+async def channel_preview(partner_id: str, customer_channel: str, request: Request,
+                          person: Person = Depends(partner_admin),
+                          form: dict[str, list[str]] = Depends(checked_form_lists)) -> Response:
+    """The messages of what is typed in the channel's form (the page's script asks as one types): nothing is saved."""
+    services = services_of(request)
+    channel = _channel(services, customer_channel)
+    partner = await stored_partner(services, partner_id)
+    value, wrong = _parse(form, form_fields(services, partner, channel), plain(partner.channels.get(channel) or {}))
+    previews = [] if wrong else await message_previews(services, partner, channel, value)
+    return fragment(request, "channel_previews.html", previews=previews, wrong=wrong)
 
 
 @router.post("/channels/{customer_channel}/off")
