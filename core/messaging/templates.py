@@ -38,6 +38,27 @@ def language_of(event: Event, default: str = "en") -> str:
     return language if language in LANGUAGES else default
 
 
+#: The colour of a partner's tracking page and emails when it has not set one.
+DEFAULT_COLOUR = "#0a7cff"
+
+
+def _luminance(colour: str) -> float:
+    """WCAG's relative luminance of ``#rrggbb``."""
+    def linear(channel: float) -> float:
+        return channel / 12.92 if channel <= 0.03928 else ((channel + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return 0.2126 * linear(red) + 0.7152 * linear(green) + 0.0722 * linear(blue)
+
+
+def ink_on(colour: str) -> str:
+    """The text colour, white or black, that reads best on ``colour``: a
+    merchant's colour is the background of the tracking page's header and of
+    the buttons there and in emails, and white on a light one is unreadable."""
+    light = _luminance(colour)
+    return "#ffffff" if (1.05 / (light + 0.05)) >= ((light + 0.05) / 0.05) else "#000000"
+
+
 def tracking_url(registry: Registered, event: Event, partner: Partner | None) -> str:
     """The tracking-page link every message carries, from the tracking
     channel (or another plugin) through ``shipcast_tracking_url``; without
@@ -58,7 +79,8 @@ def context(registry: Registered, event: Event, partner: Partner | None) -> dict
         **envelope,
         "event": envelope,
         "customer": envelope["order"]["customer"],
-        "partner": {"id": event.partner_id, "name": partner.name if partner else event.partner_id, **branding},
+        "partner": {"id": event.partner_id, "name": partner.name if partner else event.partner_id, **branding,
+                    "ink": ink_on(branding["primary_color"] or DEFAULT_COLOUR)},
         "tracking_url": tracking_url(registry, event, partner),
     }
 

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from shipcast.messaging.rules import mask
+from shipcast.messaging.templates import DEFAULT_COLOUR, ink_on
 from shipcast.model.envelope import Event
 from shipcast.model.event_types import EventTypeRegistry
 from shipcast.model.partners import Partner
@@ -132,7 +133,8 @@ def view(order: Order, partner: Partner, config: Mapping[str, Any], language: st
         "language": language,
         "t": said["labels"],
         "partner": {"name": partner.name, "logo_url": partner.branding.get("logo_url"),
-                    "color": partner.branding.get("primary_color") or "#0a7cff",
+                    "color": partner.branding.get("primary_color") or DEFAULT_COLOUR,
+                    "ink": ink_on(partner.branding.get("primary_color") or DEFAULT_COLOUR),
                     "support_phone": partner.branding.get("support_phone"),
                     "support_email": partner.branding.get("support_email")},
         "order_ref": (latest.order.merchant_order_ref or latest.order.order_id) if latest else "",
