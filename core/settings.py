@@ -102,9 +102,9 @@ class Settings(BaseSettings):
     #: ``/dev/receiver/{partner}/{endpoint}`` that its webhooks may reach on loopback.
     development: bool = False
     #: Customer messages with no provider to go to (no Twilio credentials, no
-    #: SMTP server) are kept in the development outbox (``auto``), or fail as
-    #: they would in production (``off``).
-    dev_outbox: Literal["auto", "off"] = "auto"
+    #: SMTP server) are kept in the development outbox: in development mode
+    #: (``auto``), always (``on``), or never, failing as in production (``off``).
+    dev_outbox: Literal["auto", "on", "off"] = "auto"
 
     def __repr_args__(self) -> Any:
         extras = self.model_extra or {}

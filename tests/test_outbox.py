@@ -161,9 +161,13 @@ async def test_with_credentials_nothing_goes_to_the_outbox(vhost: str, sqlite_ur
 
 @pytest.mark.parametrize("channel", [SmsChannel, WhatsAppChannel, EmailChannel])
 def test_the_outbox_is_used_only_without_a_provider_and_never_when_off(channel: Any) -> None:
-    bare = Settings(api_token="t")
+    bare = Settings(api_token="t", development=True)
     assert channel.development_outbox(bare)  # says why
     assert channel.development_outbox(bare.model_copy(update={"dev_outbox": "off"})) is None
+    # Not in development mode: a missing provider fails deliveries, as in production, unless asked for.
+    production = Settings(api_token="t")
+    assert channel.development_outbox(production) is None
+    assert channel.development_outbox(production.model_copy(update={"dev_outbox": "on"}))
     configured = Settings(api_token="t", twilio_account_sid=SID, twilio_auth_token=TOKEN, smtp_host="mail.local")
     assert channel.development_outbox(configured) is None
     with pytest.raises(ValueError, match="dev_outbox"):
@@ -285,16 +289,20 @@ async def test_the_dev_receiver_verifies_a_good_signature_and_records_a_bad_one(
             "webhook-id": "evt_forged", "webhook-timestamp": stamp,
             "webhook-signature": sign([generate_secret()], "evt_forged", int(stamp), body)})
         assert forged.status_code == 401 and "no v1 signature matches" in forged.json()["detail"]
-        unsigned = await shipcast.http.post("/dev/receiver/acme/nope", content=body)
-        assert unsigned.status_code == 401 and "no endpoint 'nope'" in unsigned.json()["detail"]
+        # An endpoint that does not exist: nothing is filed (anyone may post here, but only to real endpoints).
+        unknown = await shipcast.http.post("/dev/receiver/acme/nope", content=body)
+        assert unknown.status_code == 404 and "no endpoint 'nope'" in unknown.json()["detail"]
         rows = await shipcast.services.store.list_outbox(channel="webhook-receiver")
-        assert [(r["event_id"], r["verified"]) for r in rows] == [
-            (None, False), ("evt_forged", False), (event["event_id"], True)]
-        assert rows[1]["detail"].startswith("not verified: no v1 signature matches")
+        assert [(r["event_id"], r["verified"]) for r in rows] == [("evt_forged", False), (event["event_id"], True)]
+        assert rows[0]["detail"].startswith("not verified: no v1 signature matches")
 
-        # Loopback is otherwise still refused: another path, port or a query.
+        # Loopback is otherwise still refused: another path, port or a query, and another
+        # partner's or endpoint's receiver (its events would land in that partner's outbox).
+        await shipcast.apply({"partners": [{"id": "globex", "name": "Globex"}]})
         for other in (f"http://127.0.0.1:{settings.port}/v1/events", f"http://127.0.0.1:{settings.port + 1}"
-                      "/dev/receiver/acme/orders", url + "?to=elsewhere"):
+                      "/dev/receiver/acme/orders", url + "?to=elsewhere",
+                      f"http://127.0.0.1:{settings.port}/dev/receiver/globex/orders",
+                      f"http://127.0.0.1:{settings.port}/dev/receiver/acme/other"):
             with pytest.raises(ConfigError, match="loopback"):
                 await shipcast.apply(receiver_doc(other, secret))
 

@@ -1,6 +1,6 @@
 """The development outbox: where a customer message goes, rendered exactly as
 it would have been sent, when its provider is not configured (no Twilio
-credentials, no SMTP server) and ``SHIPCAST_DEV_OUTBOX`` is not ``off``.
+credentials, no SMTP server) in development mode (or with ``SHIPCAST_DEV_OUTBOX=on``).
 
 The channel keeps every rule (opt-outs, quiet hours, the claim) as for a
 real send; only the last step differs, and the delivery is logged
@@ -24,9 +24,18 @@ PROVIDER = "outbox"
 OFF = "off"
 
 
+#: What ``SHIPCAST_DEV_OUTBOX`` says when the outbox is used outside development mode too.
+ON = "on"
+
+
 def in_use(settings: Settings, configured: bool) -> bool:
-    """Whether messages whose provider is (or is not) ``configured`` go to the outbox."""
-    return not configured and settings.dev_outbox != OFF
+    """Whether messages whose provider is (or is not) ``configured`` go to
+    the outbox: only in development mode (``SHIPCAST_DEVELOPMENT``), unless
+    ``SHIPCAST_DEV_OUTBOX`` says ``on`` (or ``off``). A production process
+    missing a credential fails its deliveries, as it always did."""
+    if configured or settings.dev_outbox == OFF:
+        return False
+    return settings.development or settings.dev_outbox == ON
 
 
 def twilio_configured(settings: Settings) -> bool:
