@@ -202,10 +202,9 @@ async def test_a_test_message_goes_through_the_provider_to_the_merchants_own_num
     twilio: FakeTwilio = shipcast.twilio  # type: ignore[attr-defined]
     async with await partner_client(shipcast) as merchant:
         sent = await merchant.post("/v1/partners/acme/config/channels/sms/test",
-                                   json={"to": "98123 45678", "event_type": "FAIL", "language": "hi"})
+                                   json={"to": "9812345678", "event_type": "FAIL", "language": "hi"})
         assert sent.status_code == 202, sent.text
-        assert sent.json()["response"].startswith("SM") and sent.json()["to"].endswith("5678")
-        assert "12345" not in sent.json()["to"]
+        assert sent.json()["response"].startswith("SM") and sent.json()["to"] == "981***5678"  # masked
         assert twilio.received[-1]["To"] == "+919812345678" and "ACMEIN" == twilio.received[-1]["From"]
         bad = await merchant.post("/v1/partners/acme/config/channels/sms/test", json={"to": "12"})
         assert bad.status_code == 422 and "to" in str(bad.json())
@@ -218,5 +217,82 @@ async def test_a_test_message_goes_through_the_provider_to_the_merchants_own_num
         assert unused.status_code == 404
     audit = await shipcast.services.store.list_audit(partner_id="acme", limit=10)
     tests = [row for row in audit if row["action"] == "channel.test"]
-    assert tests and "9812345678" not in str(tests)
+    assert tests and tests[-1]["after"]["to"] == "981***5678" and "9812345678" not in str(tests)
 
+
+
+async def test_what_the_merchant_adds_survives_the_file_and_what_it_needs_is_not_dropped(
+        shipcast: ShipcastProcess) -> None:
+    async with await partner_client(shipcast) as merchant:
+        added = await merchant.put("/v1/partners/acme/config/channels/email", json={
+            "events": ["DEL"], "from_address": "Acme <orders@acme.example.com>"})
+        assert added.status_code == 200, added.text
+        kept = await merchant.patch("/v1/partners/acme/config/channels/sms", json={"templates": {"FAIL": GOOD_FAIL}})
+        assert kept.status_code == 200, kept.text
+    await shipcast.apply(FILE)  # a restart applies the file: the merchant's email channel stays
+    partner = await shipcast.services.store.get_partner("acme")
+    assert partner is not None and partner.channels["email"]["events"] == ["DEL"]
+    # A file listing SMS without the sender it needs is refused, naming it, whatever the merchant set.
+    from shipcast.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        await shipcast.apply({"partners": [{"id": "acme", "name": "Acme Retail", "channels": {
+            "sms": {"events": ["OFD", "FAIL"]}}}]})
+    assert "partner 'acme': channels.sms.sender" in str(refused.value)
+    after = await shipcast.services.store.get_partner("acme")
+    assert after is not None and after.channels["sms"]["sender"] == "ACMEIN"
+
+
+async def test_a_partner_stored_before_fields_were_marked_keeps_what_its_merchant_adds(
+        shipcast: ShipcastProcess) -> None:
+    from shipcast.model.partners import Partner
+
+    # As an older shipcast stored it: no file_fields, so the whole config was the file's.
+    await shipcast.services.store.put_partners([Partner("legacy", "Legacy", {"primary_color": "#0a7cff"}, {
+        "sms": {"sender": "LEGACY", "events": ["OFD"], "provider": "twilio", "country": "IN"}})])
+    async with await partner_client(shipcast, "legacy") as merchant:
+        shown = (await merchant.get("/v1/partners/legacy/config")).json()
+        assert "channels.sms.sender" in shown["file_fields"] and "branding.primary_color" in shown["file_fields"]
+        refused = await merchant.patch("/v1/partners/legacy/config/branding", json={"primary_color": "#000000"})
+        assert refused.status_code == 422 and "branding.primary_color" in refused.json()["errors"]
+        added = await merchant.patch("/v1/partners/legacy/config/branding", json={"support_email": "help@legacy.in"})
+        assert added.status_code == 200, added.text
+    await shipcast.apply({"partners": [{"id": "legacy", "name": "Legacy", "branding": {"primary_color": "#0a7cff"},
+                                        "channels": {"sms": {"sender": "LEGACY", "events": ["OFD"]}}}]})
+    partner = await shipcast.services.store.get_partner("legacy")
+    assert partner is not None and partner.branding == {"primary_color": "#0a7cff", "support_email": "help@legacy.in"}
+
+
+async def test_endpoints_registered_through_the_api_stay_when_the_file_drops_the_webhook_channel(
+        shipcast: ShipcastProcess) -> None:
+    await shipcast.apply({"partners": [{"id": "acme", "name": "Acme Retail", "channels": {"webhook": {"endpoints": [
+        {"id": "file", "url": "https://hooks.acme.example.com/file"}]}}}]})
+    async with await partner_client(shipcast) as merchant:
+        made = await merchant.post("/v1/partners/acme/endpoints", json={"id": "own", "url": "https://own.example.com/h"})
+        assert made.status_code == 201, made.text
+    await shipcast.apply({"partners": [{"id": "acme", "name": "Acme Retail"}]})
+    partner = await shipcast.services.store.get_partner("acme")
+    assert partner is not None and [e["id"] for e in partner.channels["webhook"]["endpoints"]] == ["own"]
+
+
+async def test_drafts_are_bounded_and_refused_constructs_never_run(shipcast: ShipcastProcess) -> None:
+    async with await partner_client(shipcast) as merchant:
+        huge = await merchant.put("/v1/partners/acme/config/channels/sms", json={
+            **SMS, "templates": {f"T{i}": "x" * 30_000 for i in range(10)}})
+        assert huge.status_code == 422 and "KiB as JSON" in huge.json()["errors"]["channels.sms"][0]
+        nested = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}x{% endfor %}" \
+                 "{% endfor %}{% endfor %} {{ tracking_url }} {{ failure.reason }}"
+        shown = await merchant.post("/v1/partners/acme/config/channels/sms/preview", json={
+            "event_type": "FAIL", "config": {**SMS, "templates": {"FAIL": nested}}}, timeout=10)
+        assert shown.status_code == 200
+        assert any("a loop inside a loop" in p["message"] for p in shown.json()["problems"])
+        assert all(sample["text"] is None if "text" in sample else True for sample in shown.json()["samples"])
+        assert all("not allowed" in (sample["error"] or "") for sample in shown.json()["samples"])
+        grows = "{% for i in range(1000) %}{{ 'x' * 9999 }}{% endfor %} {{ tracking_url }} {{ failure.reason }}"
+        refused = await merchant.put("/v1/partners/acme/config/channels/sms", json={
+            **SMS, "templates": {"FAIL": grows}})
+        assert refused.status_code == 422 and "grows past" in str(refused.json()["errors"])
+        # A draft names no directory of the server: the file's (none here) is used, and nothing is read.
+        elsewhere = await merchant.post("/v1/partners/acme/config/channels/sms/preview", json={
+            "event_type": "OFD", "config": {**SMS, "template_dir": "/etc"}})
+        assert elsewhere.json()["ok"] and "/etc" not in elsewhere.text

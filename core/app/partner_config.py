@@ -131,7 +131,9 @@ async def change_section(services: Services, partner_id: str, section: str, valu
         except ConfigError as exc:
             raise ConfigError("refused", {f"{where}.{at}": messages
                                           for at, messages in exc.errors.items()}) from exc
-    changed = dataclasses.replace(partner, branding=branding, channels=channels)
+    # A config stored before fields were marked is the file's as it stood: marked so now, what the
+    # partner adds here stays theirs when the file is applied again.
+    changed = dataclasses.replace(partner, branding=branding, channels=channels, file_fields=partner.owned())
     if plain(changed.to_dict()) == plain(partner.to_dict()):
         return partner
     await services.store.put_partners([changed], reenable=False)
@@ -150,6 +152,10 @@ def draft(services: Services, partner: Partner, channel: str, value: Any) -> Par
     """
     if channel not in editable(services.registry):
         raise UnknownPartner(f"no customer channel {channel!r}; there are: {', '.join(editable(services.registry))}")
+    saved = partner.channels.get(channel) or {}
+    if isinstance(value, Mapping):  # a draft reads no directory of the server but the one the file set
+        value = {**{k: v for k, v in value.items() if k not in SERVER_ONLY},
+                 **{k: saved[k] for k in SERVER_ONLY if k in saved}}
     return dataclasses.replace(partner, channels={**partner.channels,
                                                   channel: load_section(services.registry.catalog, channel, value)})
 

@@ -85,10 +85,41 @@ def context(registry: Registered, event: Event, partner: Partner | None) -> dict
     }
 
 
+#: The longest message a template may render, in characters: far past any
+#: text or email, short of what a loop of long values would build.
+MAX_RENDERED = 256 * 1024
+
+
 @lru_cache(maxsize=4096)
 def _compiled(source: str) -> jinja2.Template:
-    """A partner's text, compiled in the sandbox: it is data, never code."""
+    """A partner's text, compiled in the sandbox: it is data, never code.
+    What :func:`~shipcast.templating.unsafe` finds in it (a loop in a loop,
+    a macro, an attribute starting with ``_``) is refused here, before it
+    ever runs, wherever it is rendered from (a preview too)."""
+    found = unsafe(source)
+    if found:
+        raise SecurityError("; ".join(found))
     return sandbox().from_string(source)
+
+
+def render_source(source: str, values: Mapping[str, Any]) -> str:
+    """A partner's own text (a WhatsApp variable, say) rendered in the sandbox,
+    refused as :func:`_compiled` refuses it, bounded as every message is.
+
+    :raises jinja2.TemplateError: including ``SecurityError`` for what is refused.
+    """
+    return _bounded(_compiled(source), values)
+
+
+def _bounded(template: jinja2.Template, values: Mapping[str, Any]) -> str:
+    """``template`` rendered, refused once its output passes :data:`MAX_RENDERED`."""
+    parts, size = [], 0
+    for part in template.generate(values):
+        size += len(part)
+        if size > MAX_RENDERED:
+            raise SecurityError(f"the message grows past {MAX_RENDERED // 1024} KiB: it is refused")
+        parts.append(part)
+    return "".join(parts)
 
 
 @lru_cache(maxsize=1024)
@@ -191,7 +222,7 @@ def render(registry: Registered, channel: str, event: Event, partner: Partner | 
     values = context(registry, event, partner)
     try:
         template = template_for(channel, event.event_type, language, overrides, directory)
-        return template.render(single_line(values) if single_lines else values).strip()
+        return _bounded(template, single_line(values) if single_lines else values).strip()
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"{where} is not valid Jinja: line {exc.lineno}: {exc.message}") from exc
     except SecurityError as exc:

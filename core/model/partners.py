@@ -205,6 +205,11 @@ def merge_document(catalog: Catalog, stored: Partner | None, given: Partner) -> 
     for name, config in stored.channels.items():
         if name not in given.channels and f"channels.{name}" not in before:
             channels[name] = config  # the partner's own channel: the document never listed it
+        elif name not in given.channels and name in WHOLE_SECTIONS:
+            # The document stopped listing the webhook channel: endpoints registered through the API stay.
+            own = [endpoint for endpoint in config.get("endpoints", ()) if endpoint.get("origin") == "api"]
+            if own:
+                channels[name] = {**config, "endpoints": own}
     for name, config in given.channels.items():
         previous = stored.channels.get(name)
         kept = {key: value for key, value in (previous or {}).items() if f"channels.{name}.{key}" not in before}

@@ -212,7 +212,8 @@ async def save(services: Services, partner: Partner, found: list[dict[str, Any]]
         channels[CHANNEL] = {**channels.get(CHANNEL, {}), "endpoints": found}
     else:
         channels.pop(CHANNEL, None)
-    await services.store.put_partners([dataclasses.replace(partner, channels=channels)], reenable=False)
+    await services.store.put_partners([dataclasses.replace(partner, channels=channels, file_fields=partner.owned())],
+                                      reenable=False)
     await services.announce_change()
     services.partners.invalidate()
     await reconcile_bindings(services)

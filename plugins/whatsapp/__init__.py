@@ -40,7 +40,7 @@ from shipcast.exceptions import (
 from shipcast.messaging import outbox
 from shipcast.messaging.fields import Critical, IdsByType, QuietHours, id_for
 from shipcast.messaging.rules import UNREACHABLE, finish_sends, keep_rules, mask, send_noted, settle_quietly
-from shipcast.messaging.templates import context, lacks, language_of, tracking_url
+from shipcast.messaging.templates import context, lacks, language_of, render_source, tracking_url
 from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
@@ -50,7 +50,7 @@ from shipcast.plugins.sms import SmsChannel, e164
 from shipcast.plugins.sms.providers import CustomerOptedOut, NotOnWhatsApp, TwilioSms
 from shipcast.settings import Settings
 from shipcast.store import Attempt
-from shipcast.templating import sandbox, unsafe
+from shipcast.templating import unsafe
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,8 @@ def variables_for(registry: Registered, event: Event, partner: Partner, config: 
     cost the customer the message."""
     expressions = (config.get("variables") or {}).get(event.event_type) or VARIABLES.get(event.event_type, _DEFAULT)
     values = context(registry, event, partner)
-    env = sandbox()  # the partner's expressions are data: rendered in the sandbox
-    try:
-        rendered = {str(i): " ".join(env.from_string(e).render(values).split()) or "-"
-                    for i, e in enumerate(expressions, 1)}
+    try:  # the partner's expressions are data: rendered in the sandbox, refused and bounded as templates are
+        rendered = {str(i): " ".join(render_source(e, values).split()) or "-" for i, e in enumerate(expressions, 1)}
     except jinja2.TemplateError as exc:
         raise ConfigError(f"whatsapp variables for {event.event_type} failed: {exc}") from exc
     except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
