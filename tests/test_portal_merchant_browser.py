@@ -121,20 +121,25 @@ async def test_a_merchant_sets_up_its_customer_messages_without_yaml(
         await steps.click(page.get_by_role("button", name="Save"), "save the branding")
         await expect(page.get_by_text("Saved the branding.")).to_be_visible()
         assert not steps.refused, steps.refused
+
+        # The OMS says a delivery failed: the customer gets the merchant's text and email.
+        event: dict[str, Any] = orjson.loads(example("FAIL", partner_id="freshmart").to_json())
+        event["order"]["customer"].update(phone="+919812345678", email="asha@example.com", language="en")
+        posted = await shipcast.http.post("/v1/events", json=event)
+        assert posted.status_code == 202, posted.text
+        await eventually(lambda: any(m["To"] == "+919812345678" for m in twilio.received), timeout=30)
+        text = next(m for m in twilio.received if m["To"] == "+919812345678")
+        assert text["From"] == "FRESHM" and text["Body"].startswith("FreshMart: we missed you today")
+        box, _ = mailbox
+        await eventually(lambda: [m for m in box.messages if m["To"] == "asha@example.com"], timeout=30)
+        mail = next(m for m in box.messages if m["To"] == "asha@example.com")  # (the first is the invitation)
+        assert "orders@freshmart.example.com" in mail["From"]
+        html = mail.get_body(("html",))
+        assert html is not None and "#d81b60" in html.get_content()  # the colour the merchant chose
+
+        # What the customer got, in the merchant's message log.
+        await page.goto(f"{base}/customers")
+        await expect(page.get_by_text("+91******5678").first).to_be_visible()
+        await photograph(page, "merchant-customer-messages")
     finally:
         await page.context.close()
-
-    # The OMS says a delivery failed: the customer gets the merchant's text and email.
-    event: dict[str, Any] = orjson.loads(example("FAIL", partner_id="freshmart").to_json())
-    event["order"]["customer"].update(phone="+919812345678", email="asha@example.com", language="en")
-    posted = await shipcast.http.post("/v1/events", json=event)
-    assert posted.status_code == 202, posted.text
-    await eventually(lambda: any(m["To"] == "+919812345678" for m in twilio.received), timeout=30)
-    text = next(m for m in twilio.received if m["To"] == "+919812345678")
-    assert text["From"] == "FRESHM" and text["Body"].startswith("FreshMart: we missed you today")
-    box, _ = mailbox
-    await eventually(lambda: [m for m in box.messages if m["To"] == "asha@example.com"], timeout=30)
-    mail = next(m for m in box.messages if m["To"] == "asha@example.com")  # (the first is the invitation)
-    assert "orders@freshmart.example.com" in mail["From"]
-    html = mail.get_body(("html",))
-    assert html is not None and "#d81b60" in html.get_content()  # the colour the merchant chose
