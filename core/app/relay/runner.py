@@ -10,12 +10,11 @@ import logging
 import time
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shipcast import metrics
 from shipcast.app.relay.rows import OutboxRow, error_text, parse_row
-from shipcast.app.relay.source import OutboxSource, OutboxStats
+from shipcast.app.relay.source import SOURCE_ERRORS, OutboxSource, OutboxStats
 from shipcast.app.services import Services
 from shipcast.exceptions import InvalidEvent, ShipcastError
 from shipcast.model.envelope import Event
@@ -26,8 +25,6 @@ log = logging.getLogger("shipcast.relay")
 RETRY_EVERY = 1.0
 #: Seconds between two readings of the outbox's depth and age for /metrics.
 STATS_EVERY = 1.0
-#: What a lost or unreachable source database raises through SQLAlchemy.
-SOURCE_ERRORS = (sa.exc.SQLAlchemyError, OSError, TimeoutError)
 
 
 class Relay:

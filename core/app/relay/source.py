@@ -20,6 +20,9 @@ from shipcast.app.relay.ddl import checked_table, dialect_of
 from shipcast.app.relay.rows import ERROR_CHARS, OutboxRow
 from shipcast.exceptions import ConfigError
 
+#: What a lost or unreachable outbox database raises through SQLAlchemy.
+SOURCE_ERRORS = (sa.exc.SQLAlchemyError, OSError, TimeoutError)
+
 
 @dataclass(frozen=True)
 class OutboxStats:
