@@ -36,6 +36,7 @@ from tests.bound import example
 
 from .conftest import AMQP_HOST, free_port, make_settings
 from .helpers import Subprocess, applied, eventually, partners_doc, run_cli
+from .portal import signed_in, two_partners
 
 pytestmark = [pytest.mark.broker]
 
@@ -392,3 +393,41 @@ async def _one_active(states: Any) -> bool:
 async def _active_is(port: int, value: float) -> bool:
     state = await _relay_state(port)
     return state is not None and state[0] == value
+
+
+async def test_the_relay_page_shows_the_outbox_and_retries_or_deletes_failed_rows(
+        vhost: str, tmp_path: Path, outbox: Outbox) -> None:
+    """The operator's Relay page: the figures and failed rows ``relay status``
+    shows, Retry and Delete (audited), a bad id refused naming the field, and
+    a 404 to a partner's admin."""
+    settings = relay_settings(vhost, tmp_path, outbox)
+    [pending] = await outbox.insert(event("A"))
+    failed = await outbox.insert(event("B"), event("C"), event("D"))
+    await outbox.execute(f"UPDATE {outbox.table} SET failed_at = CURRENT_TIMESTAMP, "
+                         "error = 'partner_id: no partner <b>x</b>' WHERE id >= :first", {"first": failed[0]})
+    async with two_partners(settings) as portal:
+        async with await signed_in(portal, "admin@acme.example.com", "acme") as admin:
+            assert (await admin.get("/portal/operator/relay")).status_code == 404
+            assert (await admin.post("/portal/operator/relay/delete", {"id": str(failed[0])})).status_code == 404
+        async with await signed_in(portal, "ops@example.com") as ops:
+            shown = await ops.get("/portal/operator/relay")
+            assert shown.status_code == 200, shown.text
+            assert f"{outbox.table}" in shown.text and "no partner &lt;b&gt;x&lt;/b&gt;" in shown.text
+            assert all(f'value="{row_id}"' in shown.text for row_id in failed)
+            for bad in ("abc", "0", "1" * 20, ""):
+                refused = await ops.post("/portal/operator/relay/delete", {"id": bad})
+                assert refused.status_code == 422 and "id: " in refused.text, bad
+            retried = await ops.post("/portal/operator/relay/retry", {"id": str(failed[0])})
+            assert retried.status_code == 303
+            deleted = await ops.post("/portal/operator/relay/delete", {"id": str(failed[1])})
+            assert deleted.status_code == 303
+            not_pending = await ops.post("/portal/operator/relay/delete", {"id": str(pending)})
+            assert not_pending.status_code == 303  # a pending row is never deleted by hand
+            rows = {row["id"]: row for row in await outbox.rows()}
+            assert set(rows) == {pending, failed[0], failed[2]}
+            assert rows[failed[0]]["failed_at"] is None and rows[failed[2]]["failed_at"] is not None
+            everything = await ops.post("/portal/operator/relay/retry", {"id": "all"})
+            assert everything.status_code == 303
+            assert all(row["failed_at"] is None for row in await outbox.rows())
+        actions = [entry["action"] for entry in await portal.services.store.list_audit()]
+        assert actions.count("relay.retry") == 2 and actions.count("relay.delete") == 1

@@ -28,7 +28,7 @@ async def serve_relay(services: Services, source: OutboxSource) -> None:
     await services.start()
     server = health_server(services, {"source": lambda: relay.source_up})
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(relay.run(stop), name="shipcast-relay"),
-             asyncio.create_task(_when_connected(services), name="shipcast-relay-start")]
+                                      asyncio.create_task(_when_connected(services), name="shipcast-relay-start")]
     if server is not None:
         tasks.append(asyncio.create_task(server.serve(), name="shipcast-relay-health"))
     waiting: asyncio.Task[Any] = asyncio.create_task(stop.wait())
@@ -44,6 +44,7 @@ async def serve_relay(services: Services, source: OutboxSource) -> None:
     finally:
         stop.set()
         waiting.cancel()
+        tasks[1].cancel()  # still waiting for the broker, perhaps for ever
         if server is not None:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)

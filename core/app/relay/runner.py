@@ -68,9 +68,11 @@ class Relay:
             await _sleep_unless(stop, RETRY_EVERY)
 
     async def _wait_for_lock(self, conn: AsyncConnection, stop: asyncio.Event) -> bool:
+        """Try for the lock every second; only while connected to RabbitMQ, so
+        a relay that cannot publish leaves the lock to one that can."""
         while not stop.is_set():
             async with asyncio.timeout(self.statement_timeout):
-                taken = await self.source.try_lock(conn)
+                taken = self.services.broker.connected and await self.source.try_lock(conn)
                 self.source_up = True
                 await self._update_stats(conn)
             if taken:
