@@ -62,7 +62,7 @@ class Relay:
                 self.source_up = False
                 log.warning("outbox database %s: %s; trying again", self.source.database, exc)
             finally:
-                if self.active:
+                if self.active and not stop.is_set():
                     log.warning("relay standing by: its lock's connection is gone")
                 self._set_active(False)
             await _sleep_unless(stop, RETRY_EVERY)
@@ -94,9 +94,22 @@ class Relay:
             async with asyncio.timeout(self.statement_timeout):
                 await self._update_stats(conn)
             if kept:  # the broker did not confirm some: try again soon
-                await _first(stop, self._wake, min(self.poll_interval, RETRY_EVERY))
+                await self._idle(conn, stop, min(self.poll_interval, RETRY_EVERY))
             elif len(rows) < self.batch_size:  # none left: wait for a NOTIFY, a poll, or stop
-                await _first(stop, self._wake, self.poll_interval)
+                await self._idle(conn, stop, self.poll_interval)
+
+    async def _idle(self, conn: AsyncConnection, stop: asyncio.Event, seconds: float) -> None:
+        """Wait ``seconds`` for a NOTIFY or stop, reading the outbox's figures
+        every second meanwhile: /metrics stays current, and a lost lock
+        connection is noticed within a second even when nothing is written."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and not self._wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await _first(stop, self._wake, min(left, STATS_EVERY))
+            async with asyncio.timeout(self.statement_timeout):
+                await self._update_stats(conn)
 
     async def _publish_batch(self, conn: AsyncConnection, rows: Sequence[OutboxRow]) -> int:
         """Validate, publish and delete one batch; move bad rows aside. How many
