@@ -16,7 +16,7 @@ from shipcast import metrics
 from shipcast.app.relay.rows import OutboxRow, error_text, parse_row
 from shipcast.app.relay.source import SOURCE_ERRORS, OutboxSource, OutboxStats
 from shipcast.app.services import Services
-from shipcast.exceptions import InvalidEvent, ShipcastError
+from shipcast.exceptions import InvalidEvent, ShipcastError, StoreError
 from shipcast.model.envelope import Event
 
 log = logging.getLogger("shipcast.relay")
@@ -61,6 +61,8 @@ class Relay:
             except SOURCE_ERRORS as exc:
                 self.source_up = False
                 log.warning("outbox database %s: %s; trying again", self.source.database, exc)
+            except StoreError as exc:  # partners cannot be looked up: let go, as a relay that cannot publish
+                log.warning("shipcast's store: %s; trying again", exc)
             finally:
                 if self.active and not stop.is_set():
                     log.warning("relay standing by: its lock's connection is gone")
