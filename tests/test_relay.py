@@ -291,8 +291,8 @@ async def test_a_commit_wakes_the_relay_at_once_on_postgresql(vhost: str, tmp_pa
     settings = relay_settings(vhost, tmp_path, pg_outbox, relay_poll_interval=60)
     async with applied(settings, DOC) as services, Wire(vhost) as wire:
         async with relaying(services) as relay:
-            await eventually(lambda: relay.stats is not None)  # active, its first poll done: now waiting
-            await asyncio.sleep(0.3)
+            await eventually(lambda: relay.active and relay.stats is not None)
+            await asyncio.sleep(0.5)  # its first poll done: now waiting for a NOTIFY or the next poll, a minute on
             took = []
             for order in ("A", "B", "C"):
                 started = time.perf_counter()
