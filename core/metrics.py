@@ -26,6 +26,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "shipcast_deliveries_in_flight": ("gauge", "Deliveries running now, by channel"),
     "shipcast_circuit_state": ("gauge", "Each target's circuit: 0 closed, 1 half open, 2 open "
                                         "(targets whose circuit has changed since the process started)"),
+    "shipcast_relay_published_total": ("counter", "Outbox rows the relay published (confirmed) and deleted"),
+    "shipcast_relay_failed_total": ("counter", "Outbox rows the relay moved aside as invalid"),
+    "shipcast_relay_active": ("gauge", "1 while this relay holds the outbox's lock and publishes, 0 on standby"),
+    "shipcast_relay_outbox_depth": ("gauge", "Outbox rows pending"),
+    "shipcast_relay_outbox_oldest_seconds": ("gauge", "Age of the oldest pending outbox row (0: none pending)"),
+    "shipcast_relay_outbox_failed": ("gauge", "Outbox rows moved aside, waiting for an operator"),
     "shipcast_delivery_latency_seconds": ("histogram", "From publish to delivered, retries included, "
                                                        "by channel and event type"),
 }

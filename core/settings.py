@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     #: SMTP server) are kept in the development outbox: in development mode
     #: (``auto``), always (``on``), or never, failing as in production (``off``).
     dev_outbox: Literal["auto", "on", "off"] = "auto"
+    #: The outbox relay (``shipcast relay``): the OMS's database it reads
+    #: (``postgresql+asyncpg://…`` or ``mysql+aiomysql://…``; unset: no relay,
+    #: and no Relay page in the portal), its outbox table, rows per batch, and
+    #: seconds between polls (PostgreSQL is woken at once by NOTIFY besides).
+    relay_database_url: str | None = Field(None, repr=False)
+    relay_table: str = Field("shipcast_outbox", pattern=r"^[a-z_][a-z0-9_]{0,50}$")
+    relay_batch_size: int = Field(100, ge=1, le=10_000)
+    relay_poll_interval: float = Field(1.0, gt=0)
 
     def __repr_args__(self) -> Any:
         extras = self.model_extra or {}

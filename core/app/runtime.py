@@ -11,7 +11,7 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -21,6 +21,9 @@ from shipcast.delivery.consumer import ChannelWorker
 from shipcast.exceptions import ConfigError
 from shipcast.model.partners import load_partners_file
 from shipcast.plugin.registry import Registry
+
+if TYPE_CHECKING:
+    from shipcast.app.api.operations import Checks
 
 log = logging.getLogger("shipcast")
 
@@ -97,14 +100,15 @@ def api_server(services: Services, *, log_level: str = "info") -> ApiServer:
                                     timeout_graceful_shutdown=30), services)
 
 
-def health_server(services: Services) -> ApiServer | None:
-    """The operations port (health, metrics, the console), on ``SHIPCAST_HEALTH_PORT`` when it is set."""
+def health_server(services: Services, checks: Checks | None = None) -> ApiServer | None:
+    """The operations port (health, metrics, the console), on
+    ``SHIPCAST_HEALTH_PORT`` when it is set; its ``/readyz`` also requires ``checks``."""
     from shipcast.app.api import operations_app
 
     settings = services.settings
     if settings.health_port is None:
         return None
-    return ApiServer(uvicorn.Config(operations_app(services), host=settings.host, port=settings.health_port,
+    return ApiServer(uvicorn.Config(operations_app(services, checks), host=settings.host, port=settings.health_port,
                                     log_level="warning", access_log=False, lifespan="off"), services)
 
 

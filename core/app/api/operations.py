@@ -5,7 +5,7 @@ port, where the metrics and the console need the operator's token."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,9 +22,17 @@ def _public_url(url: str) -> str:
     return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
-def add_operations_routes(app: FastAPI, services: Services, guard: Sequence[Any] = ()) -> None:
+#: More that ``/readyz`` requires, by name: each says whether its part is up
+#: (the relay's source database, say).
+Checks = Mapping[str, Callable[[], bool]]
+
+
+def add_operations_routes(app: FastAPI, services: Services, guard: Sequence[Any] = (),
+                          checks: Checks | None = None) -> None:
     """``/healthz`` and ``/readyz`` for anyone; ``/metrics`` and the console
-    (``/``) behind ``guard`` (the operator's token, on the public port)."""
+    (``/``) behind ``guard`` (the operator's token, on the public port).
+    ``/readyz`` also requires every one of ``checks``."""
+    checks = dict(checks or {})
 
     @app.get("/", include_in_schema=False, dependencies=list(guard))
     async def console() -> HTMLResponse:
@@ -53,9 +61,11 @@ def add_operations_routes(app: FastAPI, services: Services, guard: Sequence[Any]
             store = True
         except (StoreError, TimeoutError):
             store = False
-        ready = broker and store and services.started
+        extra = {name: check() for name, check in checks.items()}
+        ready = broker and store and services.started and all(extra.values())
         broker_state = "up" if broker else "blocked" if services.broker.blocked else "down"
         return JSONResponse({"broker": broker_state, "store": "up" if store else "down",
+                             **{name: "up" if up else "down" for name, up in extra.items()},
                              "started": services.started}, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False, dependencies=list(guard))
@@ -63,9 +73,9 @@ def add_operations_routes(app: FastAPI, services: Services, guard: Sequence[Any]
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def operations_app(services: Services) -> FastAPI:
+def operations_app(services: Services, checks: Checks | None = None) -> FastAPI:
     """The operations port: health, metrics and the console, unguarded (keep
     it on an internal network)."""
     app = FastAPI(title="shipcast operations", docs_url=None, redoc_url=None, openapi_url=None)
-    add_operations_routes(app, services)
+    add_operations_routes(app, services, checks=checks)
     return app

@@ -16,6 +16,7 @@ from shipcast.app.cli import (  # noqa: F401  (their commands)
     partners,
     portal,
     privacy,
+    relay,
     serve,
     templates,
 )

@@ -36,6 +36,7 @@ def routers() -> list[APIRouter]:
     """The portal's own routes (plugins add theirs through ``shipcast_routers``)."""
     # Not ``operator.py``: importing a submodule of that name would replace the
     # package's ``operator`` guard with the module.
-    from shipcast.app.portal import channels, customers, operator_pages, outbox, partner, signin
+    from shipcast.app.portal import channels, customers, operator_pages, outbox, partner, relay, signin
 
-    return [signin.router, partner.router, customers.router, channels.router, operator_pages.router, outbox.router]
+    return [signin.router, partner.router, customers.router, channels.router, operator_pages.router, outbox.router,
+            relay.router]

@@ -45,6 +45,7 @@ OPERATOR_SECTIONS = (
     PortalSection("People", "people", 30),
     PortalSection("Audit log", "audit", 40),
     PortalSection("Outbox", "outbox", 50),
+    PortalSection("Relay", "relay", 60),
 )
 
 
