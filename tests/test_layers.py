@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, int] = {
     # leaves
     "exceptions": 0, "settings": 0, "logs": 0, "metrics": 0, "batching": 0, "templating": 0,
+    "retry_after": 0,
     "model": 1,
     "security": 2, "amqp": 2, "store": 2,
     "plugin": 3,
