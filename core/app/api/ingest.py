@@ -16,7 +16,7 @@ from shipcast.app.api.access import (
 )
 from shipcast.app.services import services_of
 from shipcast.exceptions import InvalidEvent
-from shipcast.model.envelope import Event, json_schema, parse_events
+from shipcast.model.envelope import check_sizes, json_schema, parse_events
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=errors(401, 403, 503))
 
@@ -56,7 +56,7 @@ async def post_events(request: Request) -> JSONResponse:
                              "type": "too_long"}])
     events = parse_events(data, services.registry.event_types)
     if len(raw) > limit - SIZE_SLACK:  # a smaller body cannot hold an event over the limit
-        _check_sizes(events, limit)
+        check_sizes(events, limit)
     ids = await services.publisher.publish_valid(events)
     for event in events:
         metrics.inc("shipcast_events_published_total", event_type=event.event_type)
@@ -82,16 +82,3 @@ async def schema(request: Request) -> dict[str, Any]:
 
 #: How much larger an event can grow when it is sent on (null groups written out).
 SIZE_SLACK = 1024
-
-
-def _check_sizes(events: list[Event], limit: int) -> None:
-    """Refuse any event larger than ``SHIPCAST_MAX_EVENT_BYTES`` as sent on."""
-    errors = []
-    for index, event in enumerate(events):
-        size = len(event.to_json())
-        if size > limit:
-            errors.append({"loc": [index] if len(events) > 1 else [], "type": "too_large",
-                           "msg": f"event {event.event_id} is {size} bytes as JSON; the limit is {limit} "
-                                  "(SHIPCAST_MAX_EVENT_BYTES)"})
-    if errors:
-        raise InvalidEvent(errors)
