@@ -24,6 +24,8 @@ LAYERS: dict[str, int] = {
     "retry_after": 0,
     "model": 1,
     "security": 2, "amqp": 2, "store": 2,
+    # the OMS-side library: the model and the leaves, never the broker, the store or the app
+    "client": 2,
     "plugin": 3,
     "delivery": 4, "messaging": 4,
     "app": 5,
