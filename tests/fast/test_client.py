@@ -8,6 +8,7 @@ PostgreSQL, MariaDB, Django and the real API are in tests/test_client.py."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -386,3 +387,29 @@ async def _send_to(url: str, sync: bool, policy: RetryPolicy, *events: Draft) ->
 def test_event_is_the_envelope_the_api_takes() -> None:
     """The client reuses the API's own model: a Draft's payload is an Event once sequenced."""
     assert isinstance(parse_event(posted(ofd()).payload, BUILTIN_TYPES), Event)
+
+
+# --- the guide -------------------------------------------------------------------------------
+
+GUIDE = Path(__file__).parents[2] / "docs" / "relay-client.md"
+EXAMPLES = Path(__file__).parents[1] / "fixtures" / "oms"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", GUIDE.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.parametrize("example", ["django_outbox.py", "sqlalchemy_outbox.py"])
+def test_the_guides_examples_are_the_modules_the_tests_run(example: str) -> None:
+    """tests/test_client.py runs these modules against PostgreSQL (and MariaDB)."""
+    assert (EXAMPLES / example).read_text(encoding="utf-8") in python_blocks(), (
+        f"the example in {GUIDE} differs from {EXAMPLES / example}; keep them identical")
+
+
+def test_every_python_block_of_the_guide_compiles_and_the_first_builds_its_event() -> None:
+    blocks = python_blocks()
+    for number, block in enumerate(blocks):
+        compile(block, f"{GUIDE.name} python block {number}", "exec")
+    namespace: dict[str, Any] = {}
+    exec(blocks[0], namespace)  # noqa: S102 (the guide's own example)
+    assert isinstance(namespace["event"], Draft) and namespace["event"].json()["otp"]["code"] == "4821"
