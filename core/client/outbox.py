@@ -47,8 +47,8 @@ def write_outbox(target: Any, *events: Draft, table: str = DEFAULT_TABLE, params
     """Add ``events`` to the outbox in the transaction ``target`` is in.
 
     :param target: a SQLAlchemy ``Session`` or ``Connection``, or a DB-API 2.0
-        connection or cursor (psycopg, psycopg2, PyMySQL, sqlite3, Django's
-        ``connection``, …).
+        connection or cursor (psycopg, PyMySQL, sqlite3, Django's
+        ``connection``: any driver whose module declares its ``paramstyle``).
     :param table: the outbox table, ``shipcast_outbox`` by default.
     :param paramstyle: the DB-API driver's placeholder style, when its module
         does not declare one.
