@@ -306,6 +306,21 @@ def test_what_the_relay_reads_back_validates_as_ingest_validates_once_sequenced(
     assert parsed[0].order.customer.name == "प्रिया 🚚 Sharma"
 
 
+@pytest.mark.parametrize("oms", ["postgresql"], indirect=True)
+async def test_an_asyncpg_pool_is_refused_and_its_connection_taken(oms: Oms) -> None:
+    """A pool would run the insert on a connection of its own, outside the caller's transaction."""
+    pool = await asyncpg.create_pool(oms.dsn, min_size=1, max_size=1)
+    assert pool is not None
+    try:
+        with pytest.raises(TypeError, match="not an engine or a pool"):
+            await write_outbox_async(pool, *drafts())
+        async with pool.acquire() as conn, conn.transaction():
+            await write_outbox_async(conn, *drafts()[:1], table=oms.table)
+    finally:
+        await pool.close()
+    assert len(oms.rows()) == 1
+
+
 # --- the documented examples -----------------------------------------------------------------
 
 def load_example(name: str) -> ModuleType:

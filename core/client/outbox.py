@@ -19,11 +19,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-import sqlalchemy as sa
-from sqlalchemy import orm
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-
 from shipcast.client.envelopes import Draft
 from shipcast.exceptions import ConfigError
 
@@ -57,9 +52,10 @@ def write_outbox(target: Any, *events: Draft, table: str = DEFAULT_TABLE, params
     rows = _rows(events)
     if not rows:
         return
-    if isinstance(target, AsyncSession | AsyncConnection) or _is_asyncpg(target):
+    kind = _kind(target)
+    if kind in ("sqlalchemy-async", "asyncpg"):
         raise TypeError(f"{type(target).__name__} is asynchronous: await write_outbox_async(...)")
-    if isinstance(target, orm.Session | orm.scoped_session | sa.Connection):
+    if kind == "sqlalchemy":
         target.execute(_insert(table), rows)
         return
     sql, params = _dbapi(target, table, rows, paramstyle)
@@ -83,10 +79,13 @@ async def write_outbox_async(target: Any, *events: Draft, table: str = DEFAULT_T
     rows = _rows(events)
     if not rows:
         return
-    if isinstance(target, AsyncSession | AsyncConnection):
+    kind = _kind(target)
+    if kind == "sqlalchemy":
+        raise TypeError(f"{type(target).__name__} is synchronous: call write_outbox(...)")
+    if kind == "sqlalchemy-async":
         await target.execute(_insert(table), rows)
         return
-    if _is_asyncpg(target):
+    if kind == "asyncpg":
         placeholders = ", ".join(f"${index}" for index in range(1, len(COLUMNS) + 1))
         await target.executemany(f"INSERT INTO {_table(table)} ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                                  [tuple(row.values()) for row in rows])
@@ -120,7 +119,9 @@ def _table(table: str) -> str:
     return table
 
 
-def _insert(table: str) -> sa.TextClause:
+def _insert(table: str) -> Any:
+    import sqlalchemy as sa
+
     return sa.text(f"INSERT INTO {_table(table)} ({', '.join(COLUMNS)}) "
                    f"VALUES ({', '.join(':' + column for column in COLUMNS)})")
 
@@ -146,17 +147,45 @@ def _placeholder(style: str, index: int, column: str) -> str:
 
 def _paramstyle_of(target: Any) -> str:
     """The ``paramstyle`` PEP 249 has each driver module declare, found from
-    the module of the connection's (or cursor's) class."""
-    root = type(target).__module__.partition(".")[0]
-    if root in _KNOWN_STYLES:
-        return _KNOWN_STYLES[root]
-    style = getattr(sys.modules.get(root), "paramstyle", None)
-    if not isinstance(style, str):
-        raise ConfigError(f"paramstyle: {type(target).__module__}.{type(target).__name__} is no DB-API "
-                          "connection or cursor whose module declares one; pass paramstyle=",
-                          {"paramstyle": ["not found: pass it"]})
-    return style
+    the package of the connection's (or cursor's) class or of a class it
+    derives from."""
+    for root in _roots(target):
+        style = _KNOWN_STYLES.get(root) or getattr(sys.modules.get(root), "paramstyle", None)
+        if isinstance(style, str):
+            return style
+    raise ConfigError(f"paramstyle: {type(target).__module__}.{type(target).__name__} is no DB-API "
+                      "connection or cursor whose module declares one; pass paramstyle=",
+                      {"paramstyle": ["not found: pass it"]})
 
 
-def _is_asyncpg(target: Any) -> bool:
-    return isinstance(target, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy)
+def _roots(target: Any) -> list[str]:
+    """The top-level packages of ``target``'s class and of those it derives from."""
+    return [cls.__module__.partition(".")[0] for cls in type(target).__mro__]
+
+
+def _kind(target: Any) -> str:
+    """``sqlalchemy``, ``sqlalchemy-async``, ``asyncpg`` or ``dbapi``. SQLAlchemy
+    and asyncpg are imported only for a target of theirs, so an OMS on Django
+    or psycopg does not load them. An engine or a pool is refused: its
+    statements would run outside the caller's transaction.
+
+    :raises TypeError: for an engine, a pool or another object of theirs.
+    """
+    roots = _roots(target)
+    if "asyncpg" in roots:
+        import asyncpg
+
+        if isinstance(target, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+            return "asyncpg"
+    elif "sqlalchemy" in roots:
+        from sqlalchemy import Connection, orm
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
+
+        if isinstance(target, AsyncSession | AsyncConnection | async_scoped_session):
+            return "sqlalchemy-async"
+        if isinstance(target, orm.Session | orm.scoped_session | Connection):
+            return "sqlalchemy"
+    else:
+        return "dbapi"
+    raise TypeError(f"{type(target).__name__}: pass the connection (or session) your transaction is on, "
+                    "not an engine or a pool: the row must commit or roll back with your own change")

@@ -231,6 +231,44 @@ async def test_an_async_connection_is_refused_by_the_sync_writer_and_taken_by_th
     assert [row[1] for row in outbox_rows(sqlite_db)] == [draft.event_id]
 
 
+class OmsSession(Session):
+    """An OMS's own session class: known as SQLAlchemy's by what it derives from."""
+
+
+class OmsConnection(sqlite3.Connection):
+    """An OMS's own DB-API connection class: its driver's paramstyle is found all the same."""
+
+
+def test_subclasses_of_a_session_or_a_driver_connection_are_recognised(sqlite_db: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{sqlite_db}")
+    try:
+        with OmsSession(engine) as session, session.begin():
+            write_outbox(session, ofd())
+    finally:
+        engine.dispose()
+    with sqlite3.connect(sqlite_db, factory=OmsConnection) as conn:
+        write_outbox(conn, ofd())
+    assert len(outbox_rows(sqlite_db)) == 2
+
+
+async def test_an_engine_is_refused_for_its_statements_would_miss_the_transaction(sqlite_db: Path) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine, async_engine = sa.create_engine(f"sqlite:///{sqlite_db}"), create_async_engine("sqlite+aiosqlite://")
+    try:
+        with pytest.raises(TypeError, match="not an engine or a pool"):
+            write_outbox(engine, ofd())
+        with pytest.raises(TypeError, match="not an engine or a pool"):
+            await write_outbox_async(async_engine, ofd())
+        with Session(engine) as session:
+            with pytest.raises(TypeError, match="call write_outbox"):
+                await write_outbox_async(session, ofd())
+    finally:
+        engine.dispose()
+        await async_engine.dispose()
+    assert outbox_rows(sqlite_db) == []
+
+
 # --- the HTTP client, against a stand-in for the API -----------------------------------------
 
 @dataclass
