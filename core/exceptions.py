@@ -14,7 +14,7 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
     │   └── PublishNotConfirmed     the broker did not confirm a publish in time
     ├── StoreError                  the database refused or is unreachable
     ├── ApiError                    shipcast's HTTP API did not take events (the OMS-side client)
-    │   ├── ApiRefused              a 4xx: sending the same again cannot help
+    │   ├── ApiRefused              a 4xx or a 500: sending the same again cannot help
     │   └── ApiUnavailable          503s or no connection, through every attempt
     └── DeliveryError               raised by a channel while delivering one target
         ├── RetryableDelivery       try again later (timeouts, 5xx, connection errors)
@@ -109,7 +109,8 @@ class ApiError(ShipcastError):
 
 
 class ApiRefused(ApiError):
-    """The API answered 4xx (a wrong token, a body too large): never retried."""
+    """The API answered a 4xx (a wrong token, a body too large) or a 500:
+    sending the same again cannot help, so it is never retried."""
 
 
 class ApiUnavailable(ApiError):

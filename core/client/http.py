@@ -104,12 +104,20 @@ def _unreachable(exc: httpx.TransportError) -> _Failure:
     return _Failure(None, f"{type(exc).__name__}: {exc}")
 
 
-def _exhausted(failure: _Failure, attempts: int) -> ApiUnavailable:
+def _wait_after(retry: RetryPolicy, failure: _Failure, attempt: int) -> float:
+    """Seconds to wait before the next attempt.
+
+    :raises ApiUnavailable: when no attempt is left, or the API asks for a
+        longer wait than the policy allows, naming what it answered last.
+    """
+    wait = retry.wait(attempt, failure.retry_after)
+    if wait is not None:
+        return wait
     said = f"answered {failure.status}: {failure.detail}" if failure.status else f"unreachable ({failure.detail})"
     if failure.retry_after is not None:
         said += f"; Retry-After {failure.retry_after:g} s"
-    return ApiUnavailable(f"shipcast API did not take the events after {attempts} attempt(s): {said}",
-                          status=failure.status, detail=failure.detail, attempts=attempts)
+    raise ApiUnavailable(f"shipcast API did not take the events after {attempt} attempt(s): {said}",
+                         status=failure.status, detail=failure.detail, attempts=attempt)
 
 
 def _headers(token: str) -> dict[str, str]:
@@ -134,7 +142,7 @@ class Client:
         once the API has had each confirmed by RabbitMQ.
 
         :raises InvalidEvent: the API's 422, or an event without a sequence.
-        :raises ApiRefused: any other 4xx.
+        :raises ApiRefused: any other 4xx, or a 500.
         :raises ApiUnavailable: 503s or no connection through every attempt.
         """
         content = body(events)
@@ -147,10 +155,7 @@ class Client:
                 outcome = _unreachable(exc)
             if not isinstance(outcome, _Failure):
                 return outcome
-            wait = self.retry.wait(attempt, outcome.retry_after)
-            if wait is None:
-                raise _exhausted(outcome, attempt)
-            time.sleep(wait)
+            time.sleep(_wait_after(self.retry, outcome, attempt))
 
     def close(self) -> None:
         self._http.close()
@@ -183,10 +188,7 @@ class AsyncClient:
                 outcome = _unreachable(exc)
             if not isinstance(outcome, _Failure):
                 return outcome
-            wait = self.retry.wait(attempt, outcome.retry_after)
-            if wait is None:
-                raise _exhausted(outcome, attempt)
-            await asyncio.sleep(wait)
+            await asyncio.sleep(_wait_after(self.retry, outcome, attempt))
 
     async def aclose(self) -> None:
         await self._http.aclose()
