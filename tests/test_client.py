@@ -48,7 +48,8 @@ from .helpers import ShipcastProcess, eventually
 
 pytestmark = pytest.mark.store
 
-MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
+#: MariaDB's server; each test session works in a database of its own, dropped at the end.
+MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 EXAMPLES = Path(__file__).parent / "fixtures" / "oms"
 
 DDL = {
@@ -95,7 +96,7 @@ class Oms:
         """A DB-API connection, in a transaction once it writes (autocommit off)."""
         if self.dialect == "postgresql":
             return psycopg.connect(self.dsn)
-        return pymysql.connect(**MARIADB, charset="utf8mb4")
+        return pymysql.connect(**MARIADB, database=self.database, charset="utf8mb4")
 
     async def connect_async(self) -> Any:
         if self.dialect == "postgresql":
@@ -115,11 +116,27 @@ class Oms:
 DIALECTS = ("postgresql", "mariadb")
 
 
+@pytest.fixture(scope="session")
+def mariadb_database() -> Iterator[str]:
+    """A MariaDB database for this test session, so that no table of another
+    session's (another helper's ``shipcast_outbox``) is ever touched."""
+    name = f"shipcast_test_{uuid.uuid4().hex[:10]}"
+    admin = pymysql.connect(**MARIADB, autocommit=True)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        yield name
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+    finally:
+        admin.close()
+
+
 @pytest.fixture
-def oms(request: pytest.FixtureRequest, pg_database: str) -> Iterator[Oms]:
+def oms(request: pytest.FixtureRequest, pg_database: str, mariadb_database: str) -> Iterator[Oms]:
     """Parametrized by the tests with the dialect (indirect)."""
     dialect = request.param
-    database = pg_database.rsplit("/", 1)[1] if dialect == "postgresql" else str(MARIADB["database"])
+    database = pg_database.rsplit("/", 1)[1] if dialect == "postgresql" else mariadb_database
     table = f"outbox_{uuid.uuid4().hex[:10]}"
     reader = sa.create_engine(sync_url(dialect, database))
     with reader.begin() as conn:
