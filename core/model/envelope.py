@@ -259,7 +259,9 @@ def parse_event(data: Any, registry: EventTypeRegistry, *, prefix: tuple[Any, ..
                 "type": "unknown_event_type",
             })
         else:
-            present = [group for group in GROUPS if data.get(group) is not None]
+            # ``return`` may come by its Python name too (populate_by_name): the row sees either
+            present = [group for group in GROUPS
+                       if data.get(group) is not None or data.get(_ATTR[group]) is not None]
             reported = {tuple(e["loc"][: len(prefix) + 1]) for e in errors}
             for group, message in row.check(present):
                 if (*prefix, group) not in reported:
