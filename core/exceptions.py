@@ -13,6 +13,9 @@ these at the boundary with ``raise ... from exc``, so callers catch ours::
     │   ├── TopologyMismatch        a queue exists with other arguments; retrying cannot help
     │   └── PublishNotConfirmed     the broker did not confirm a publish in time
     ├── StoreError                  the database refused or is unreachable
+    ├── ApiError                    shipcast's HTTP API did not take events (the OMS-side client)
+    │   ├── ApiRefused              a 4xx or a 500: sending the same again cannot help
+    │   └── ApiUnavailable          503s or no connection, through every attempt
     └── DeliveryError               raised by a channel while delivering one target
         ├── RetryableDelivery       try again later (timeouts, 5xx, connection errors)
         │   └── DeferDelivery       not now, without spending an attempt (quiet hours)
@@ -89,6 +92,34 @@ class PublishNotConfirmed(BrokerError):
 
 class StoreError(ShipcastError):
     """The database refused a statement or cannot be reached."""
+
+
+class ApiError(ShipcastError):
+    """shipcast's HTTP API did not take the events :mod:`shipcast.client` posted.
+
+    ``status`` is the last HTTP status (``None`` when no answer came), and
+    ``detail`` what the API said (its ``detail``, or the start of the body).
+    A 422 is raised as :class:`InvalidEvent`, with the API's field errors.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, detail: Any = None) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(message)
+
+
+class ApiRefused(ApiError):
+    """The API answered a 4xx (a wrong token, a body too large) or a 500:
+    sending the same again cannot help, so it is never retried."""
+
+
+class ApiUnavailable(ApiError):
+    """The API answered 503 (or a gateway's 502/504), or could not be reached,
+    on every attempt. ``attempts`` says how many were made."""
+
+    def __init__(self, message: str, *, status: int | None = None, detail: Any = None, attempts: int = 0) -> None:
+        super().__init__(message, status=status, detail=detail)
+        self.attempts = attempts
 
 
 class DeliveryError(ShipcastError):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services shipcast and its tests need are up on this machine:
-# RabbitMQ with its management and Prometheus plugins, and PostgreSQL.
+# RabbitMQ with its management and Prometheus plugins, PostgreSQL, and
+# MariaDB where it is installed (an OMS's database, for the outbox tests).
 # Safe to run again: it starts only what is down.
 set -euo pipefail
 
@@ -43,5 +44,15 @@ if command -v pg_ctlcluster >/dev/null; then
   fi
 else
   log "PostgreSQL is not installed: the store runs on SQLite; PostgreSQL tests need it"
+fi
+if command -v mariadb-admin >/dev/null; then
+  if ! mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1; then
+    log "starting MariaDB"
+    service mariadb start >/dev/null 2>&1 || true
+    wait_for 60 "MariaDB" mariadb-admin -h 127.0.0.1 -u root ping
+  fi
+  mariadb -h 127.0.0.1 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null
+else
+  log "MariaDB is not installed: the outbox tests on MariaDB need it"
 fi
 log "RabbitMQ and PostgreSQL are up"

@@ -71,6 +71,20 @@ def test_a_group_the_row_requires_is_refused_when_missing_or_null(event_type: st
     assert (group,) in locs(exc)
 
 
+def test_a_return_group_under_its_python_name_meets_the_row_too() -> None:
+    """``return_`` (the model's name for ``return``, a Python keyword) is taken
+    as ``return`` is: on an OFD it is refused, on a RET it counts as present."""
+    body = sample("OFD")
+    del body["return"]  # a group that does not apply may be left out
+    body["return_"] = sample("RET")["return"]
+    with pytest.raises(InvalidEvent) as exc:
+        parse_event(body, REGISTRY)
+    assert locs(exc) == {("return",)}
+    returned = sample("RET")
+    returned["return_"] = returned.pop("return")
+    assert parse_event(returned, REGISTRY).return_ is not None
+
+
 def test_an_otp_on_a_delivered_event_is_an_error_not_a_leak() -> None:
     body = sample("DEL")
     body["otp"] = {"code": "4821"}

@@ -21,8 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, int] = {
     # leaves
     "exceptions": 0, "settings": 0, "logs": 0, "metrics": 0, "batching": 0, "templating": 0,
+    "retry_after": 0,
     "model": 1,
     "security": 2, "amqp": 2, "store": 2,
+    # the OMS-side library: the model and the leaves, never the broker, the store or the app
+    "client": 2,
     "plugin": 3,
     "delivery": 4, "messaging": 4,
     "app": 5,

@@ -10,7 +10,6 @@ from typing import Any
 
 from shipcast.amqp.connection import Broker
 from shipcast.amqp.headers import event_message
-from shipcast.exceptions import InvalidEvent
 from shipcast.model.envelope import Event, parse_events
 from shipcast.plugin.registry import Registry
 from shipcast.settings import Settings
@@ -81,16 +80,3 @@ async def _gather_all(coroutines: Iterable[Any]) -> None:
 
 #: How much larger an event can grow when it is sent on (null groups written out).
 SIZE_SLACK = 1024
-
-
-def check_sizes(events: list[Event], limit: int) -> None:
-    """Refuse any event larger than ``SHIPCAST_MAX_EVENT_BYTES`` as sent on."""
-    errors = []
-    for index, event in enumerate(events):
-        size = len(event.to_json())
-        if size > limit:
-            errors.append({"loc": [index] if len(events) > 1 else [], "type": "too_large",
-                           "msg": f"event {event.event_id} is {size} bytes as JSON; the limit is {limit} "
-                                  "(SHIPCAST_MAX_EVENT_BYTES)"})
-    if errors:
-        raise InvalidEvent(errors)

@@ -11,10 +11,8 @@ target still pending) waits in a tier without spending one.
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from shipcast.exceptions import DeferDelivery, DeliveryError, RetryableDelivery, SkipDelivery
 from shipcast.model.outcomes import Outcome
@@ -43,23 +41,6 @@ def defer_delay(delays: Sequence[int], wait: float | None) -> int:
         return min(delays)
     fitting = [delay for delay in delays if delay <= wait]
     return max(fitting) if fitting else min(delays)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date);
-    ``None`` when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 @dataclass(frozen=True)

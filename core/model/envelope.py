@@ -9,6 +9,7 @@ Which groups an event type requires or forbids is data (see
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -258,7 +259,9 @@ def parse_event(data: Any, registry: EventTypeRegistry, *, prefix: tuple[Any, ..
                 "type": "unknown_event_type",
             })
         else:
-            present = [group for group in GROUPS if data.get(group) is not None]
+            # ``return`` may come by its Python name too (populate_by_name): the row sees either
+            present = [group for group in GROUPS
+                       if data.get(group) is not None or data.get(_ATTR[group]) is not None]
             reported = {tuple(e["loc"][: len(prefix) + 1]) for e in errors}
             for group, message in row.check(present):
                 if (*prefix, group) not in reported:
@@ -289,6 +292,24 @@ def parse_events(data: Any, registry: EventTypeRegistry) -> list[Event]:
     if errors:
         raise InvalidEvent(errors)
     return events
+
+
+def check_sizes(events: Sequence[Event], limit: int) -> None:
+    """Refuse any event larger than ``limit`` (``SHIPCAST_MAX_EVENT_BYTES``)
+    as sent on: ingest checks what it publishes, the OMS-side client what it
+    writes to the outbox, so both refuse the same events.
+
+    :raises InvalidEvent: naming each event too large (by its index in a batch).
+    """
+    errors = []
+    for index, event in enumerate(events):
+        size = len(event.to_json())
+        if size > limit:
+            errors.append({"loc": [index] if len(events) > 1 else [], "type": "too_large",
+                           "msg": f"event {event.event_id} is {size} bytes as JSON; the limit is {limit} "
+                                  "(SHIPCAST_MAX_EVENT_BYTES)"})
+    if errors:
+        raise InvalidEvent(errors)
 
 
 def json_schema(registry: EventTypeRegistry, *, as_input: bool = False,

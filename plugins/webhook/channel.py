@@ -15,12 +15,12 @@ import aiohttp
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shipcast.delivery.retry import parse_retry_after
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target, routing_keys
 from shipcast.plugin.context import Registered
+from shipcast.retry_after import parse_retry_after
 from shipcast.security.crypto import PREFIX as ENCRYPTED
 from shipcast.security.crypto import SecretBox, secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret, sign, sign_ed25519

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from shipcast.delivery.retry import Decision, decide, defer_delay, deferral, next_delay, parse_retry_after
+from shipcast.delivery.retry import Decision, decide, defer_delay, deferral, next_delay
 from shipcast.exceptions import (
     ClaimedElsewhere,
     DeferDelivery,
@@ -18,6 +18,7 @@ from shipcast.exceptions import (
     SkipDelivery,
 )
 from shipcast.model.outcomes import DeliveryStatus, Outcome
+from shipcast.retry_after import parse_retry_after
 
 pytestmark = pytest.mark.fast
 

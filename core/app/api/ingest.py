@@ -14,10 +14,10 @@ from shipcast.app.api.access import (
     errors,
     require_token,
 )
-from shipcast.app.publisher import SIZE_SLACK, check_sizes
+from shipcast.app.publisher import SIZE_SLACK
 from shipcast.app.services import services_of
 from shipcast.exceptions import InvalidEvent
-from shipcast.model.envelope import json_schema, parse_events
+from shipcast.model.envelope import check_sizes, json_schema, parse_events
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=errors(401, 403, 503))
 

@@ -8,9 +8,8 @@ from typing import Any
 
 import orjson
 
-from shipcast.app.publisher import check_sizes
 from shipcast.exceptions import InvalidEvent
-from shipcast.model.envelope import Event, parse_events
+from shipcast.model.envelope import Event, check_sizes, parse_events
 from shipcast.model.event_types import EventTypeRegistry
 
 #: The longest error kept on a failed row.
