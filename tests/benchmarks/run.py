@@ -29,6 +29,7 @@ import httpx
 
 from .common import BIN, Proc, Receiver, Vhost, broker_cpu, events, mean, percentile
 from .floor import publish as floor_publish
+from .writepath import writepath
 
 HERE = Path(__file__).resolve().parent
 RESULTS: list[str] = []
@@ -756,10 +757,11 @@ async def paging(tmp: Path, quick: bool) -> None:
         await measure("PostgreSQL", url)
 
 
-DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "live", "paging"]
+DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "live", "paging",
+           "writepath"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow,
              "latency": latency, "ingest": ingest, "fanout": fanout, "growth": growth, "memory": memory,
-             "isolation": isolation, "live": live, "paging": paging}
+             "isolation": isolation, "live": live, "paging": paging, "writepath": writepath}
 
 
 async def main(selected: Sequence[str], quick: bool) -> None:

@@ -1,0 +1,260 @@
+"""Scenario 8: the transactional outbox relay under faults. An OMS commits
+order status changes with the event in the same transaction (the outbox
+table of its own PostgreSQL database); `shipcast relay` publishes them. The
+ledger is what the OMS committed: every committed event must reach the
+partner, and the outbox must be empty at the end.
+
+* 8a: two relays, one active; the active one is killed (kill -9) three times
+  mid-run, each time while it holds a batch: a standby takes over.
+* 8b: RabbitMQ restarted while the OMS commits: the outbox grows, then drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from tests.bound import example
+
+from ..conftest import PG_ADMIN_URL, free_port, make_settings
+from ..helpers import Receiver, Subprocess, applied, eventually
+from .harness import EVENT_TYPES, Row, Target, account, recovery, summary, webhook_doc
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
+
+N = 4_000
+TABLE = "shipcast_outbox"
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@asynccontextmanager
+async def oms_database() -> AsyncIterator[str]:
+    """The OMS's own database, with the outbox table as `shipcast relay sql` prints it."""
+    name = f"oms_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(_dsn(PG_ADMIN_URL))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    ddl = subprocess.run([str(Path(sys.executable).with_name("shipcast")), "relay", "sql", "--dialect", "postgresql"],
+                         check=True, capture_output=True, text=True).stdout
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        await conn.execute(ddl)
+    finally:
+        await conn.close()
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(_dsn(PG_ADMIN_URL))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+class OutboxOms:
+    """Commits ``n`` events over ``partners`` at ``rate`` a second, each in
+    its own transaction with the outbox row, as an OMS does; a transaction
+    that fails (its database restarting) is tried again with the same event.
+    ``confirmed`` is the ledger: event id → when it committed. Holds after
+    the share ``hold`` until :meth:`resume`, like the harness's ``Oms``."""
+
+    def __init__(self, url: str, partners: Sequence[str], n: int, *, rate: float = 400.0,
+                 hold: float | None = None) -> None:
+        self.url = url
+        self.rate = rate
+        self.bodies = []
+        for i in range(n):
+            body = orjson.loads(example(EVENT_TYPES[i % len(EVENT_TYPES)], partner_id=partners[i % len(partners)],
+                                        order_id=f"ORD-{i % 200}").to_json())
+            body["sequence"] = None  # the relay fills it from the row's id
+            self.bodies.append(body)
+        self.partner_of = {b["event_id"]: b["partner_id"] for b in self.bodies}
+        self.confirmed: dict[str, float] = {}
+        self.refusals: Counter[str] = Counter()
+        self.last_refusal = ""
+        self._hold = int(n * hold) if hold is not None else n
+        self._resumed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _commit(self, body: dict[str, Any]) -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(_dsn(self.url), timeout=5)
+                try:
+                    async with conn.transaction():
+                        await conn.execute(
+                            f"INSERT INTO {TABLE} (event_id, partner_id, order_id, payload) VALUES ($1, $2, $3, $4)",
+                            body["event_id"], body["partner_id"], body["order"]["order_id"],
+                            orjson.dumps(body).decode())
+                finally:
+                    await conn.close()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self.refusals[type(exc).__name__] += 1
+                self.last_refusal = repr(exc)
+                await asyncio.sleep(0.2)
+                continue
+            self.confirmed[body["event_id"]] = time.monotonic()
+            return
+
+    async def run(self) -> None:
+        start = time.monotonic()
+        for sent, body in enumerate(self.bodies):
+            while sent >= self._hold:
+                await self._resumed.wait()
+                start = time.monotonic() - sent / self.rate
+            ahead = start + sent / self.rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            await self._commit(body)
+
+    def start(self) -> OutboxOms:
+        self._task = asyncio.create_task(self.run(), name="outbox-oms")
+        return self
+
+    def resume(self) -> None:
+        self._hold = len(self.bodies)
+        self._resumed.set()
+
+    async def done(self, timeout: float = 180) -> None:
+        assert self._task is not None
+        await asyncio.wait_for(self._task, timeout)
+
+    @property
+    def sent(self) -> int:
+        return len(self.confirmed)
+
+
+async def pending(url: str) -> int:
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {TABLE}"))
+    finally:
+        await conn.close()
+
+
+def delivered(targets: Sequence[Target]) -> int:
+    return sum(len(t.receiver.delivered) for t in targets)
+
+
+def relay(settings: Any) -> Subprocess:
+    """A `shipcast relay` process with an operations port of its own (its /metrics say whether it is active)."""
+    port = free_port()
+    process = Subprocess(settings, "relay", env={"SHIPCAST_HEALTH_PORT": str(port)})
+    process.health = port  # type: ignore[attr-defined]
+    return process.start()
+
+
+async def relay_is_active(process: Subprocess) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            metrics = (await http.get(f"http://127.0.0.1:{process.health}/metrics")).text  # type: ignore[attr-defined]
+    except httpx.TransportError:
+        return False
+    return any(line.startswith("shipcast_relay_active") and line.rstrip().endswith((" 1", " 1.0"))
+               for line in metrics.splitlines())
+
+
+async def active(relays: Sequence[Subprocess]) -> Subprocess | None:
+    """The relay holding the lock, if one does; never two."""
+    holding = [process for process in relays if await relay_is_active(process)]
+    assert len(holding) <= 1, "two relays active at once"
+    return holding[0] if holding else None
+
+
+async def empty(url: str) -> bool:
+    return await pending(url) == 0
+
+
+async def test_8a_kill_9_of_the_active_relay_with_a_standby(vhost: str, pg_url: str, record_property: Any) -> None:
+    async with oms_database() as oms_url, Receiver() as main:
+        settings = make_settings(vhost, pg_url, relay_database_url=oms_url, relay_poll_interval=0.5)
+        targets = [Target("acme", "main", main)]
+        async with applied(settings, webhook_doc(targets)) as services:
+            worker = Subprocess(settings, "worker", "--channel", "webhook").start()
+            relays = [relay(settings), relay(settings)]
+            oms = OutboxOms(oms_url, ["acme"], N).start()
+            recoveries, takeovers = [], []
+            try:
+                for share in (0.2, 0.45, 0.7):
+                    await eventually(lambda: delivered(targets) >= share * N, timeout=90)
+                    holder = await eventually(lambda: active(relays), timeout=30)
+                    holder.kill()  # kill -9 while it publishes: its batch is mid-flight
+                    print(holder.stop())
+                    killed = time.monotonic()
+                    standby = [process for process in relays if process is not holder]
+                    await eventually(lambda: active(standby), timeout=30)
+                    takeovers.append(round(time.monotonic() - killed, 2))
+                    relays[relays.index(holder)] = relay(settings)  # as a supervisor would
+                    recoveries.append(await recovery(killed, targets, oms))  # type: ignore[arg-type]
+                await oms.done()
+                accounts = await account(oms, targets, services)  # type: ignore[arg-type]
+                await eventually(lambda: empty(oms_url), timeout=60)
+            finally:
+                for process in (*relays, worker):
+                    print(process.stop())
+    Row("8a. kill -9 of the active relay, a standby beside it", oms.sent, "3 × kill -9 of the active relay",
+        sum(map(len, accounts.lost.values())), accounts.duplicates, accounts.parked, max(recoveries),
+        f"PostgreSQL outbox; the standby took over in {max(takeovers)} s at most; 0 rows left"
+        ).record(record_property)
+    assert not accounts.lost, summary(accounts)
+    assert accounts.parked == 0, summary(accounts)
+    assert set(targets[0].delivered()) == set(oms.confirmed)
+
+
+@pytest.mark.exclusive("rabbitmq")
+async def test_8b_rabbitmq_restarted_while_the_oms_commits(vhost: str, pg_url: str, record_property: Any) -> None:
+    async with oms_database() as oms_url, Receiver() as main:
+        settings = make_settings(vhost, pg_url, relay_database_url=oms_url, relay_poll_interval=0.5)
+        targets = [Target("acme", "main", main)]
+        async with applied(settings, webhook_doc(targets)) as services:
+            worker = Subprocess(settings, "worker", "--channel", "webhook").start()
+            relays = [relay(settings)]
+            oms = OutboxOms(oms_url, ["acme"], N // 2, rate=300, hold=0.6).start()
+            grew = 0
+            try:
+                await eventually(lambda: delivered(targets) >= N // 2 * 0.3, timeout=90)
+                await run("rabbitmqctl", "stop_app")
+                try:
+                    oms.resume()  # the OMS commits on: its rows wait in the outbox
+                    await asyncio.sleep(5)
+                    grew = await pending(oms_url)
+                finally:
+                    await run("rabbitmqctl", "start_app")
+                restarted = time.monotonic()
+                recovered = await recovery(restarted, targets, timeout=90)
+                await oms.done()
+                accounts = await account(oms, targets, services)  # type: ignore[arg-type]
+                await eventually(lambda: empty(oms_url), timeout=90)
+            finally:
+                for process in (*relays, worker):
+                    print(process.stop())
+    Row("8b. RabbitMQ restarted under the relay", oms.sent, "rabbitmqctl stop_app, 5 s down, start_app",
+        sum(map(len, accounts.lost.values())), accounts.duplicates, accounts.parked, recovered,
+        f"the outbox grew to {grew} rows while it was down, then drained to 0").record(record_property)
+    assert grew > 0, "the OMS committed nothing while RabbitMQ was down"
+    assert not accounts.lost and accounts.parked == 0, summary(accounts)
+
+
+async def run(*command: str) -> str:
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
+    return done.stdout
