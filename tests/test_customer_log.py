@@ -7,22 +7,21 @@ opt-outs listed, looked up and lifted; a forgotten customer found no more."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
-from aiosmtpd.controller import Controller
 
 from shipcast.messaging.rules import UNREACHABLE, held_because
 from shipcast.plugins.sms.providers import twilio_reason
 from shipcast.settings import Settings
 
-from .conftest import free_port, make_settings
+from .conftest import make_settings
 from .helpers import ShipcastProcess, eventually, settled
 from .portal import signed_in
-from .test_email import Mailbox
+from .test_email import Mailbox, mailbox  # noqa: F401  (the real SMTP server fixture)
 from .test_sms import SID, TOKEN, FakeTwilio, event_body, twilio_callback
 
 pytestmark = pytest.mark.broker
@@ -37,18 +36,6 @@ LOG = "/v1/partners/acme/customer-messages"
 async def twilio() -> AsyncIterator[FakeTwilio]:
     async with FakeTwilio() as server:
         yield server
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    """A real SMTP server (as tests/test_email.py's)."""
-    box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield box, port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

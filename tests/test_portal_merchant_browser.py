@@ -8,36 +8,24 @@ then an event from the OMS reaches its customer by the channels it chose."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-from aiosmtpd.controller import Controller
 from playwright.async_api import Browser, expect
 
 from tests.bound import example
 
-from .conftest import free_port, make_settings
+from .conftest import make_settings
 from .helpers import ShipcastProcess, eventually
-from .test_email import Mailbox
+from .test_email import Mailbox, mailbox  # noqa: F401  (the real SMTP server fixture)
 from .test_portal_browser import Steps, person_page, photograph, sign_in
 from .test_sms import SID, TOKEN, FakeTwilio
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 FIXED = "{{ partner.name }}: we missed you today ({{ failure.reason }}). Pick a new time: {{ tracking_url }}"
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield box, port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture
