@@ -8,6 +8,7 @@ import base64
 import contextlib
 import fcntl
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -146,10 +147,26 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 RELIABILITY_ROWS: list[dict[str, Any]] = []
 
 
+#: Ports below the kernel's ephemeral range (32768 and up), a block per xdist
+#: worker: an outgoing connection's local port, which the kernel picks from that
+#: range, can never take a port a test chose and has not bound yet.
+_PORTS_PER_WORKER = 2000
+#: A random start in the block keeps two test sessions on one machine apart too.
+_next_port = iter(range(12000 + _PORTS_PER_WORKER * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+                        + random.randrange(_PORTS_PER_WORKER // 2), 32768))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    for port in _next_port:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left below the ephemeral range")
 
 
 @pytest.fixture(scope="session")

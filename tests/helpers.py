@@ -168,11 +168,23 @@ class ShipcastProcess:
             names = list(self.channels) if self.channels is not None else sorted(self.services.registry.channels)
             self.workers = await start_workers(self.services, names)
         self.server = api_server(self.services, log_level="warning")
-        self._serving = asyncio.create_task(self.server.serve())
-        await eventually(lambda: self.server.started, timeout=10)
+        self._serving = asyncio.create_task(self._serve())
+        await eventually(lambda: self.server.started or self._serving.done(), timeout=10)
+        if self._serving.done():
+            await stop_workers(self.workers)
+            await self.services.close()
+            self._serving.result()
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=30,
                                       headers={"authorization": f"Bearer {self.settings.api_token}"})
         return self
+
+    async def _serve(self) -> None:
+        # uvicorn answers a port it cannot bind with SystemExit, which would stop
+        # the test session's event loop itself: one test's error, not every test's.
+        try:
+            await self.server.serve()
+        except SystemExit as exit:
+            raise RuntimeError(f"the API did not start on {self.base_url} (exit {exit.code})") from None
 
     async def apply(self, doc: dict[str, Any]) -> None:
         await apply_partners(self.services, load_partners(doc, "test", catalog=self.services.registry.catalog))
