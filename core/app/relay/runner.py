@@ -23,6 +23,9 @@ log = logging.getLogger("shipcast.relay")
 
 #: Seconds between a standby relay's tries at the lock, and after an error.
 RETRY_EVERY = 1.0
+#: Seconds between looks at the broker while it is all a relay waits for
+#: (starting, or RabbitMQ coming back): the lock is tried as soon as it answers.
+BROKER_EVERY = 0.05
 #: Seconds between two readings of the outbox's depth and age for /metrics.
 STATS_EVERY = 1.0
 
@@ -70,16 +73,18 @@ class Relay:
             await _sleep_unless(stop, RETRY_EVERY)
 
     async def _wait_for_lock(self, conn: AsyncConnection, stop: asyncio.Event) -> bool:
-        """Try for the lock every second; only while connected to RabbitMQ, so
-        a relay that cannot publish leaves the lock to one that can."""
+        """Try for the lock every second, and only while connected to RabbitMQ,
+        so a relay that cannot publish leaves the lock to one that can; while
+        the broker is all that is missing, try again as soon as it answers."""
         while not stop.is_set():
+            connected = self.services.broker.connected
             async with asyncio.timeout(self.statement_timeout):
-                taken = self.services.broker.connected and await self.source.try_lock(conn)
+                taken = connected and await self.source.try_lock(conn)
                 self.source_up = True
                 await self._update_stats(conn)
             if taken:
                 return True
-            await _sleep_unless(stop, RETRY_EVERY)
+            await _sleep_unless(stop, RETRY_EVERY if connected else BROKER_EVERY)
         return False
 
     async def _relay(self, conn: AsyncConnection, stop: asyncio.Event) -> None:
