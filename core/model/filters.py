@@ -53,6 +53,8 @@ MAX_TERMS = 200
 MAX_VALUES = 100
 #: Characters of one text value.
 MAX_TEXT = 500
+#: Whole numbers are compared within 64 bits, as they are stored.
+INT64 = 2**63
 
 COMBINATORS = ("all", "any", "not")
 OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists")
@@ -277,6 +279,8 @@ def convert(field: Field, value: Any) -> Any:
             if len(value) > MAX_TEXT:
                 raise ValueError(f"longer than {MAX_TEXT} characters")
             return value
+    elif kind in ("integer", "number") and isinstance(value, int) and not -INT64 <= value < INT64:
+        raise ValueError("out of range: a whole number fits in 64 bits")
     elif kind == "integer":
         if isinstance(value, int):
             return value
@@ -315,9 +319,14 @@ def check(spec: Any, event_types: Collection[str] | None) -> dict[str, list[str]
     return checker.errors
 
 
-class FilterField(mfields.Field):  # type: ignore[type-arg]
-    """A config's ``filter:``, checked against the envelope and the registered
-    event types (of the load in progress); loaded as JSON gives it back."""
+class FilterField(mfields.Dict):
+    """A config's ``filter:``, a JSON object, checked against the envelope and
+    the registered event types (of the load in progress); loaded as JSON gives it back."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {"description": "Only the events this condition on their fields holds "
+                                                      "for: {\"order.payment.method\": \"cod\"}, all, any, not"})
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         errors = check(value, current().event_types)

@@ -66,8 +66,13 @@ def _value_problem(value: str, limit: int) -> str | None:
     return None
 
 
-class HeadersField(fields.Field):  # type: ignore[type-arg]
+class HeadersField(fields.Dict):
     """``headers:``, a mapping of header name to value (:data:`MASK` keeps the stored value)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {"description": f"Sent with each delivery, at most {MAX_HEADERS}; stored "
+                                                      f"encrypted, shown as {MASK}, which given back keeps a value"})
+        super().__init__(keys=fields.String(), values=fields.String(), **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, str]:
         if not isinstance(value, Mapping):

@@ -129,6 +129,9 @@ WRONG: list[tuple[Any, dict[str, str]]] = [
     ({"any": [{}]}, {"any.0": "is empty"}),
     ({1: "x"}, {"1": "a field's path must be text"}),
     ({"order.address.city": list(range(MAX_VALUES + 1))}, {"order.address.city": f"more than {MAX_VALUES} values"}),
+    ({"order.item_count": {"gt": 2**64}}, {"order.item_count.gt": "out of range: a whole number fits in 64 bits"}),
+    ({"order.payment.amount": -(2**70)}, {"order.payment.amount": "out of range"}),
+    ({"order.payment.amount": float("inf")}, {"order.payment.amount": "must be a number"}),
 ]
 
 
