@@ -37,6 +37,7 @@ from shipcast.app.services import Services, services_of
 from shipcast.exceptions import ConfigError
 
 from . import admin
+from .headers import MAX_VALUE as MAX_HEADER_VALUE
 
 router = APIRouter(prefix="/portal/p/{partner_id}/endpoints", include_in_schema=False)
 
@@ -47,7 +48,7 @@ FIELDS = ("id", "url", "events", "description", "ordered", "asymmetric", "rate_l
 MAX_VALUE = 2000
 MAX_EVENTS = 100
 #: The fields that may hold more: the filter, the headers (one per line), a bearer token.
-LONG_VALUES = {"filter": 20000, "headers": 20000, "auth_secret": MAX_VALUE + 2200}
+LONG_VALUES = {"filter": 20000, "headers": 20000, "auth_secret": MAX_HEADER_VALUE}
 #: Which form field an error of the endpoint's shows beside, by its first part, when not its own name.
 ERROR_FIELDS = {"auth.type": "auth_type", "auth.username": "auth_username", "auth.password": "auth_secret",
                 "auth.token": "auth_secret", "auth": "auth_type"}
