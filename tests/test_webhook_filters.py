@@ -234,6 +234,24 @@ async def test_a_patch_keeps_masked_values_and_changes_given_ones(shipcast: Ship
         "headers.X-Api-Key": ["no value is stored to keep: give the value"]}
 
 
+async def test_an_auth_without_its_type_or_a_value_ending_in_a_line_break_is_refused(
+        shipcast: ShipcastProcess) -> None:
+    await shipcast.apply({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
+        {"id": "main", "url": "https://93.184.216.34/a",
+         "auth": {"type": "basic", "username": "erp", "password": "p"}}]}}}]})
+    for body, where, words in [
+        ({"auth": {}}, "auth.type", "Missing data for required field"),
+        ({"auth": {"username": "other"}}, "auth.type", "Missing data for required field"),
+        ({"headers": {"X-Api-Key\n": "k"}}, "headers.X-Api-Key\n", "not a header name"),
+        ({"auth": {"type": "bearer", "token": "t-1\n"}}, "auth.token", "not a bearer token"),
+    ]:
+        patched = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json=body)
+        assert patched.status_code == 422, (body, patched.text)
+        assert words in patched.json()["detail"]["errors"][where][0], patched.text
+    shown = (await shipcast.http.get("/v1/partners/acme/endpoints/main")).json()
+    assert (shown["auth"], shown["headers"]) == ({"type": "basic", "username": "erp", "password": MASK}, {})
+
+
 @pytest.mark.parametrize(("headers", "auth", "where", "words"), [
     ({"Host": "internal"}, None, "headers.Host", "reserved"),
     ({"webhook-signature": "v1,forged"}, None, "headers.webhook-signature", "reserved"),

@@ -28,7 +28,7 @@ from shipcast.security.crypto import SecretBox, secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret, sign, sign_ed25519
 
 from .guard import GuardedResolver, Network, check_destination, find_refusal, is_receiver, static_refusal
-from .headers import AuthSchema, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
+from .headers import AuthField, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
 from .keys import signing_keys
 
 #: How much of a response body is read at most; the rest is never downloaded.
@@ -50,7 +50,7 @@ class EndpointSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    id = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_-]{1,64}$",
+    id = fields.String(required=True, validate=validate.Regexp(r"[a-z0-9_-]{1,64}\Z",
                                                                   error="must match [a-z0-9_-]+"))
     url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
                      validate=[validate.Length(max=2000), _parsable])
@@ -70,7 +70,7 @@ class EndpointSchema(Schema):
     #: Headers of the endpoint's own, sent with each delivery; stored encrypted, shown masked.
     headers = HeadersField()
     #: HTTP basic or bearer authentication, sent as Authorization beside the signature.
-    auth = fields.Nested(AuthSchema)
+    auth = AuthField()
 
 
 class WebhookConfig(Schema):

@@ -28,11 +28,12 @@ MAX_VALUE = 4096
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
 
+# Matched whole (fullmatch): ``$`` would also match before a final line break.
 #: An HTTP field name (RFC 9110 ``token``).
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A bearer token (RFC 6750 ``b64token``).
-_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
-_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Headers shipcast sends itself, or that govern the HTTP exchange: never an endpoint's own.
@@ -59,7 +60,7 @@ def _value_problem(value: str, limit: int) -> str | None:
         return f"longer than {limit} characters"
     if not value:
         return "must not be empty"
-    if not _PRINTABLE.match(value):
+    if not _PRINTABLE.fullmatch(value):
         return "must be printable ASCII (letters, digits, punctuation and spaces)"
     if value != value.strip():
         return "must not start or end with a space"
@@ -83,7 +84,7 @@ class HeadersField(fields.Dict):
         seen: dict[str, str] = {}
         for name, given in value.items():
             where = str(name)
-            if not isinstance(name, str) or not _TOKEN.match(name) or len(name) > MAX_NAME:
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name) or len(name) > MAX_NAME:
                 errors[where] = [f"not a header name: letters, digits and !#$%&'*+-.^_`|~, at most {MAX_NAME}"]
                 continue
             refused = _reserved(name)
@@ -109,7 +110,7 @@ def _secret_text(limit: int) -> list[Any]:
 
 
 def _token(value: str) -> None:
-    if value != MASK and not _B64TOKEN.match(value):
+    if value != MASK and not _B64TOKEN.fullmatch(value):
         raise ValidationError("not a bearer token: letters, digits and -._~+/, then any =")
 
 
@@ -141,6 +142,18 @@ class AuthSchema(Schema):
             errors.update({key: ["only for basic authentication"] for key in ("username", "password") if key in data})
         if errors:
             raise ValidationError(errors)
+
+
+class AuthField(fields.Nested):
+    """``auth:``, loaded whole even within an update: an ``auth`` given
+    replaces the stored one, so its ``type`` is required in a ``PATCH`` too
+    (marshmallow would pass the update's partial loading on to it)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(AuthSchema, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, partial: Any = None, **kwargs: Any) -> Any:
+        return super()._deserialize(value, attr, data, partial=False, **kwargs)
 
 
 # -- stored encrypted, kept when masked ---------------------------------------------
@@ -208,7 +221,9 @@ def with_auth(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any
     if url_credentials:
         raise ConfigError("refused", {"auth": ["the URL carries credentials too: give them in one place"]})
     previous = (old or {}).get("auth") or {}
-    kind = auth["type"]
+    kind = auth.get("type")
+    if kind not in ("basic", "bearer"):  # the schema requires it; said by name should a caller skip it
+        raise ConfigError("refused", {"auth.type": ["required: basic or bearer"]})
     secret, stored_as = ("password", "password_secret") if kind == "basic" else ("token", "token_secret")
     given = auth.get(secret)
     if given is not None and given != MASK:

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from marshmallow import ValidationError
 
 from shipcast.exceptions import ConfigError
+from shipcast.model.catalog import validating
 from shipcast.plugin.registry import Registry
-from shipcast.plugins.webhook.channel import WebhookChannel
+from shipcast.plugins.webhook.channel import EndpointSchema, WebhookChannel
 from shipcast.plugins.webhook.headers import MASK, MAX_HEADERS, request_headers
 from shipcast.security.crypto import secret_box
 from shipcast.settings import Settings
@@ -55,6 +57,7 @@ WRONG_HEADERS: list[tuple[dict[str, Any], str, str]] = [
     ({"X Key": "v"}, "X Key", "not a header name"),
     ({"X-Key:": "v"}, "X-Key:", "not a header name"),
     ({"X-" + "k" * 100: "v"}, "X-" + "k" * 100, "not a header name"),
+    ({"X-Key\n": "v"}, "X-Key\n", "not a header name"),  # a final line break is no end of the name
     ({"X-Key": "a\r\nX-Injected: 1"}, "X-Key", "must not hold a line break (CR or LF)"),
     ({"X-Key": "a\nb"}, "X-Key", "line break"),
     ({"X-Key": "naïve"}, "X-Key", "must be printable ASCII"),
@@ -91,6 +94,7 @@ WRONG_AUTH: list[tuple[dict[str, Any], str, str]] = [
     ({"type": "bearer", "token": "t", "username": "erp"}, "auth.username", "only for basic authentication"),
     ({"type": "bearer", "token": "has space"}, "auth.token", "not a bearer token"),
     ({"type": "bearer", "token": "t\r\nX: 1"}, "auth.token", "not a bearer token"),
+    ({"type": "bearer", "token": "abc\n"}, "auth.token", "not a bearer token"),
     ({"type": "bearer", "token": "t", "scheme": "Token"}, "auth.scheme", "Unknown field"),
     ({"username": "erp"}, "auth.type", "Missing data for required field"),
 ]
@@ -101,6 +105,20 @@ def test_wrong_authentication_is_refused_naming_the_field(auth: dict[str, Any], 
     errors = errors_of(auth=auth)
     assert f"{WHERE}.{where}" in errors, errors
     assert words in errors[f"{WHERE}.{where}"][0]
+
+
+@pytest.mark.parametrize("auth", [{}, {"username": "erp"}, {"password": "p"}, {"token": "t"}])
+def test_an_update_s_auth_names_its_type_too(auth: dict[str, Any]) -> None:
+    """An update loads its fields partially, but an ``auth`` given replaces
+    the stored one whole: without its type it is refused, naming it."""
+    with validating(REGISTRY.catalog), pytest.raises(ValidationError) as caught:
+        EndpointSchema(partial=True).load({"auth": auth})
+    assert caught.value.messages == {"auth": {"type": ["Missing data for required field."]}}
+
+
+def test_a_final_line_break_ends_no_id_or_secret() -> None:
+    assert errors_of(id="main\n") == {f"{WHERE}.id": ["must match [a-z0-9_-]+"]}
+    assert errors_of(secret="whsec_" + "A" * 32 + "\n") == {f"{WHERE}.secret": ["must look like whsec_<base64>"]}
 
 
 async def prepare(endpoint: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> dict[str, Any]:
