@@ -252,6 +252,29 @@ async def test_an_auth_without_its_type_or_a_value_ending_in_a_line_break_is_ref
     assert (shown["auth"], shown["headers"]) == ({"type": "basic", "username": "erp", "password": MASK}, {})
 
 
+async def test_credentials_stay_behind_when_the_url_moves_to_another_host(shipcast: ShipcastProcess,
+                                                                        receiver: Receiver) -> None:
+    async with Receiver() as elsewhere:  # another port: another origin
+        await shipcast.apply({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
+            {"id": "main", "url": receiver.url, "headers": {"X-Api-Key": "k-for-the-first-host"},
+             "auth": {"type": "bearer", "token": "t-for-the-first-host"}}]}}}]})
+        shown = (await shipcast.http.get("/v1/partners/acme/endpoints/main")).json()
+        # The endpoint as shown, sent back with the new URL: its masked values are not taken there.
+        refused = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={
+            "url": elsewhere.url, "headers": shown["headers"], "auth": shown["auth"]})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"]["errors"] == {"headers.X-Api-Key": ["give it again: the URL's host changed"],
+                                                      "auth.token": ["give it again: the URL's host changed"]}
+        moved = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"url": elsewhere.url})
+        assert moved.status_code == 200, moved.text
+        assert (moved.json()["headers"], moved.json()["auth"]) == ({}, None)
+        await post(shipcast, event := event_of())
+        [request] = await eventually(lambda: elsewhere.requests)
+        assert request.headers["webhook-id"] == event["event_id"] and not receiver.requests
+        assert "X-Api-Key" not in request.headers and "Authorization" not in request.headers
+        assert "for-the-first-host" not in stored_config(shipcast.settings)
+
+
 @pytest.mark.parametrize(("headers", "auth", "where", "words"), [
     ({"Host": "internal"}, None, "headers.Host", "reserved"),
     ({"webhook-signature": "v1,forged"}, None, "headers.webhook-signature", "reserved"),

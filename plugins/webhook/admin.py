@@ -173,7 +173,8 @@ async def update(services: Services, partner_id: str, endpoint_id: str, body: An
     limits, filter, headers or authentication (a clearable setting given as
     ``None`` goes back to the default); it is re-enabled if it was disabled.
     Its id and secret are not changed here; headers, a password or a token
-    given masked (or, in ``auth``, left out) keep their stored values.
+    given masked (or, in ``auth``, left out) keep their stored values, while
+    the URL keeps its origin (see ``with_credentials``).
 
     :raises UnknownEndpoint: no such partner or endpoint.
     :raises ConfigError: a field is wrong, or the destination is refused.

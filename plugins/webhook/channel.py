@@ -331,16 +331,35 @@ def _userinfo(url: str) -> str | None:
     return f"{parsed.raw_user}:{parsed.raw_password}" if parsed.raw_password is not None else parsed.raw_user
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Where a URL sends to: its scheme, host and port (the default one when it names none)."""
+    parsed = yarl.URL(url)
+    return parsed.scheme.lower(), (parsed.host or "").lower(), parsed.port
+
+
 def with_credentials(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
     """``endpoint`` with what it authenticates with stored encrypted: its URL's
     credentials, its ``auth`` and its own headers (one source of credentials:
-    those given last replace the others).
+    those given last replace the others). Those stored stay with the
+    origin they were given for: a URL moved to another scheme, host or port
+    keeps none of them, unless they are given again.
 
     :raises ConfigError: by field (``auth``, ``headers.<name>``), relative to the endpoint.
     """
     given = _userinfo(endpoint["url"]) is not None
-    stored = with_auth(box, with_userinfo(box, endpoint, old), old, url_credentials=given)
-    stored = with_headers(box, stored, old)
+    moved = old is not None and origin(old["url"]) != origin(endpoint["url"])
+    stored = with_userinfo(box, endpoint, old)
+    errors: dict[str, list[str]] = {}
+    try:
+        stored = with_auth(box, stored, old, url_credentials=given, moved=moved)
+    except ConfigError as exc:  # said with the headers' errors, all at once
+        errors.update(exc.errors)
+    try:
+        stored = with_headers(box, stored, old, moved=moved)
+    except ConfigError as exc:
+        errors.update(exc.errors)
+    if errors:
+        raise ConfigError("refused", errors)
     conflicts = authorization_conflicts(stored)
     if conflicts:
         raise ConfigError("refused", conflicts)

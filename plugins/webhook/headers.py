@@ -174,23 +174,34 @@ def _sealed(box: SecretBox, plaintext: str, stored: str | None) -> str:
     return box.encrypt(plaintext)
 
 
-def with_headers(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
+#: Why a value stored for the URL's old origin is not kept.
+MOVED = "give it again: the URL's host changed"
+
+
+def with_headers(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None,
+                 *, moved: bool = False) -> dict[str, Any]:
     """``endpoint`` with the ``headers`` it gives stored encrypted as
     ``header_secrets``; a value given as :data:`MASK` keeps the one stored
-    under that name. Without ``headers``, those it carries stay.
+    under that name. Without ``headers``, those it carries stay. When the
+    URL ``moved`` to another origin, no stored value is kept: they were
+    given for the old one.
 
-    :raises ConfigError: a masked value with none stored under its name.
+    :raises ConfigError: a masked value with none stored under its name (or moved).
     """
     endpoint = dict(endpoint)
     given = endpoint.pop("headers", None)
     if given is None:
+        if moved:
+            endpoint.pop("header_secrets", None)
         return endpoint
     stored = {name.lower(): value for name, value in ((old or {}).get("header_secrets") or {}).items()}
     kept: dict[str, str] = {}
     errors: dict[str, list[str]] = {}
     for name, value in given.items():
         if value != MASK:
-            kept[name] = _sealed(box, value, stored.get(name.lower()))
+            kept[name] = _sealed(box, value, None if moved else stored.get(name.lower()))
+        elif name.lower() in stored and moved:
+            errors[f"headers.{name}"] = [MOVED]
         elif name.lower() in stored:
             kept[name] = stored[name.lower()]
         else:
@@ -204,18 +215,19 @@ def with_headers(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, 
 
 
 def with_auth(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None,
-              *, url_credentials: bool) -> dict[str, Any]:
+              *, url_credentials: bool, moved: bool = False) -> dict[str, Any]:
     """``endpoint`` with the ``auth`` it gives stored, its password or token
-    encrypted (left out or masked: the one stored for the same type). Given
-    ``auth`` replaces credentials the URL gave before; credentials the URL
-    gives now (``url_credentials``) replace a stored ``auth``.
+    encrypted (left out or masked: the one stored for the same type, unless
+    the URL ``moved`` to another origin). Given ``auth`` replaces
+    credentials the URL gave before; credentials the URL gives now
+    (``url_credentials``), or a URL moved, drop a stored ``auth``.
 
     :raises ConfigError: both given at once, or a password or token missing.
     """
     endpoint = dict(endpoint)
     auth = endpoint.get("auth")
     if auth is None or _stored_auth(auth):
-        if url_credentials:
+        if url_credentials or moved:
             endpoint.pop("auth", None)
         return endpoint
     if url_credentials:
@@ -226,10 +238,13 @@ def with_auth(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any
         raise ConfigError("refused", {"auth.type": ["required: basic or bearer"]})
     secret, stored_as = ("password", "password_secret") if kind == "basic" else ("token", "token_secret")
     given = auth.get(secret)
+    same = previous.get(stored_as) if previous.get("type") == kind else None
     if given is not None and given != MASK:
-        sealed = _sealed(box, given, previous.get(stored_as) if previous.get("type") == kind else None)
-    elif previous.get("type") == kind and previous.get(stored_as):
-        sealed = previous[stored_as]
+        sealed = _sealed(box, given, None if moved else same)
+    elif same and moved:
+        raise ConfigError("refused", {f"auth.{secret}": [MOVED]})
+    elif same:
+        sealed = same
     else:
         raise ConfigError("refused", {f"auth.{secret}": [f"required: no {secret} is stored to keep"]})
     endpoint["auth"] = {"type": kind, **({"username": auth["username"]} if kind == "basic" else {}),

@@ -202,3 +202,54 @@ async def test_authorization_comes_from_one_place() -> None:
     assert "userinfo_secret" not in replaced and replaced["auth"]["type"] == "bearer"
     back = await prepare({"url": with_userinfo}, replaced)
     assert "auth" not in back and back["userinfo_secret"].startswith("enc:")
+
+
+async def updated(old: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """``old`` changed as an update changes it: the fields given replace the
+    stored ones (``headers`` replaces the stored values), the rest stay."""
+    replaced = {"header_secrets" if key == "headers" else key for key in changes}
+    plain = {key: value for key, value in old.items()
+             if key not in ("secret", "previous_secrets") and key not in replaced}
+    config = await WebhookChannel.prepare(REGISTRY, "acme", {"endpoints": [{**plain, **changes}]},
+                                          {"endpoints": [old]})
+    stored: dict[str, Any] = config["endpoints"][0]
+    return stored
+
+
+async def refused_update(old: Mapping[str, Any], **changes: Any) -> dict[str, list[str]]:
+    with pytest.raises(ConfigError) as caught:
+        await updated(old, **changes)
+    return caught.value.errors
+
+
+ELSEWHERE = ["https://93.184.216.35/hooks", "https://93.184.216.34:8443/hooks", "http://93.184.216.34/hooks"]
+
+
+@pytest.mark.parametrize("url", ELSEWHERE, ids=["host", "port", "scheme"])
+async def test_stored_credentials_never_follow_the_url_to_another_origin(url: str) -> None:
+    old = await prepare({"headers": {"X-Api-Key": "k-1"}, "auth": {"type": "bearer", "token": "t-1"}})
+    # Another host, port or scheme: the headers' values and the token stored are not sent there.
+    moved = await updated(old, url=url)
+    assert (moved["url"], "header_secrets" in moved, "auth" in moved) == (url, False, False)
+    assert request_headers(BOX, moved) == ({}, {})
+    # Given back masked (or the token left out) with the new URL: given again, by name.
+    again = "give it again: the URL's host changed"
+    assert await refused_update(old, url=url, headers={"X-Api-Key": MASK}) == {
+        "endpoints.0.headers.X-Api-Key": [again]}
+    assert await refused_update(old, url=url, auth={"type": "bearer", "token": MASK}) == {
+        "endpoints.0.auth.token": [again]}
+    assert await refused_update(old, url=url, auth={"type": "bearer"}) == {"endpoints.0.auth.token": [again]}
+    # Given in clear with it: taken.
+    given = await updated(old, url=url, headers={"X-Api-Key": "k-2"}, auth={"type": "bearer", "token": "t-2"})
+    assert request_headers(BOX, given)[0] == {"X-Api-Key": "k-2", "authorization": "Bearer t-2"}
+
+
+async def test_stored_credentials_stay_while_the_origin_does() -> None:
+    old = await prepare({"headers": {"X-Api-Key": "k-1"}, "auth": {"type": "basic", "username": "erp", "password": "p"}})
+    for url in (URL + "/v2?x=1", URL.replace("93.184.216.34", "93.184.216.34:443")):
+        kept = await updated(old, url=url, headers={"X-Api-Key": MASK})
+        assert request_headers(BOX, kept)[0] == {
+            "X-Api-Key": "k-1", "authorization": "Basic " + base64.b64encode(b"erp:p").decode()}
+    # A partners file applied with a new host and the password left out: given again, by name.
+    assert await refused({"url": ELSEWHERE[0], "auth": {"type": "basic", "username": "erp"}}, old) == {
+        "endpoints.0.auth.password": ["give it again: the URL's host changed"]}
