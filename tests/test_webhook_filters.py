@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from shipcast.plugins.webhook.headers import MASK
 from shipcast.settings import Settings
 from tests.bound import example
 
-from .helpers import Receiver, ShipcastProcess, eventually, run_cli
+from .helpers import Receiver, ShipcastProcess, eventually, run_cli, settled
 
 pytestmark = pytest.mark.broker
 
@@ -99,6 +100,39 @@ async def test_an_event_the_filter_keeps_out_reaches_no_receiver_and_costs_no_at
         sent = await shipcast.http.post("/v1/partners/acme/endpoints/main/test", json={"event_type": "DEL"})
         assert sent.status_code == 202, sent.text
         await eventually(lambda: sent.json()["event_id"] in receiver.ids)
+
+
+async def test_an_event_kept_out_is_counted_once_while_another_endpoint_retries_it(
+        shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    async with Receiver(script=[500, 500]) as every:  # answered on the third attempt
+        await shipcast.apply(two_endpoints(receiver.url, every.url, filter=COD))
+        before = metrics.value("shipcast_webhook_filtered_total", partner="acme", endpoint="main")
+        await post(shipcast, prepaid := event_of(method="prepaid"))
+        await eventually(settled(shipcast, prepaid["event_id"], ("delivered",)))
+        assert every.answered == [500, 500, 200] and not receiver.requests
+        assert metrics.value("shipcast_webhook_filtered_total", partner="acme", endpoint="main") == before + 1
+
+
+async def test_a_stored_filter_that_does_not_compile_parks_the_event_for_its_endpoint_only(
+        shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    async with Receiver() as every:
+        await shipcast.apply(two_endpoints(receiver.url, every.url, filter=COD))
+        # Stored by another version, say: a filter this one does not read.
+        store = shipcast.services.store
+        partner = await store.get_partner("acme")
+        assert partner is not None
+        endpoints = [{**e, "filter": {"order.foo": "x"}} if e["id"] == "main" else e
+                     for e in partner.channels["webhook"]["endpoints"]]
+        await store.put_partners([dataclasses.replace(partner, channels={"webhook": {"endpoints": endpoints}},
+                                                      file_fields=partner.owned())], reenable=False)
+        await shipcast.services.partners.reload()
+        await post(shipcast, cod := event_of(method="cod"))
+        [parked] = await eventually(settled(shipcast, cod["event_id"], ("dead",)))
+        assert parked["target"] == "main" and "stored filter is not valid" in parked["last_error"]
+        await eventually(lambda: every.ids == [cod["event_id"]])  # the partner's other endpoint has it, once
+        assert not receiver.requests
+        dead = run_cli(shipcast.settings, "dead", "list", "--channel", "webhook")
+        assert "stored filter is not valid" in dead.stdout and cod["event_id"] in dead.stdout, dead.stdout
 
 
 async def test_a_filter_changed_through_the_api_applies_to_the_next_event(shipcast: ShipcastProcess,

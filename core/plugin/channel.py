@@ -187,6 +187,16 @@ class Channel:
         """
         raise NotImplementedError
 
+    def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
+        """Target ``target_id``, when ``event`` still goes to it: a copy of a
+        message for one target (a retry, a dead letter replayed) asks, rather
+        than :meth:`targets`, which resolves the event for a first delivery.
+        ``None`` when the event no longer goes there. By default, the target
+        of that id among :meth:`targets`; a channel that does per-event work
+        there (counting, say) resolves the one target alone.
+        """
+        return next((target for target in self.targets(event, partner) if target.id == target_id), None)
+
     def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
         """What this channel would send the customer for ``event``, without
         sending it, for ``shipcast templates preview``: the message as the

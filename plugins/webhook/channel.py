@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -31,10 +32,12 @@ from .guard import GuardedResolver, Network, check_destination, find_refusal, is
 from .headers import AuthField, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
 from .keys import signing_keys
 
+log = logging.getLogger(__name__)
+
 #: How much of a response body is read at most; the rest is never downloaded.
 RESPONSE_CAP = 64 * 1024
 USER_AGENT = "shipcast-webhooks/1"
-#: Compiled filters a worker keeps; past it, they are compiled again as events need them.
+#: Compiled filters a worker keeps (one an endpoint); past it, they are compiled again as events need them.
 FILTER_CACHE = 4096
 
 
@@ -138,9 +141,9 @@ class WebhookChannel(Channel):
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
-        #: Each endpoint's compiled filter, by the identity of the stored filter it was compiled from
-        #: (held, so the identity is not reused): a config reloaded is compiled again, once.
-        self._filters: dict[int, tuple[Any, Predicate]] = {}
+        #: Each endpoint's filter, by (partner, endpoint): the stored filter it was compiled from,
+        #: and its predicate, or why it does not compile. A reload replaces an endpoint's entry.
+        self._filters: dict[tuple[str, str], tuple[Any, Predicate | None, str | None]] = {}
 
     async def start(self) -> None:
         self._allowed = self.settings.allowed_networks
@@ -174,30 +177,65 @@ class WebhookChannel(Channel):
         config = partner.channels.get(self.name) or {}
         found = []
         for endpoint in config.get("endpoints", []):
-            if "*" not in endpoint.get("events", ["*"]) and event.event_type not in endpoint["events"]:
+            if not _receives(endpoint, event.event_type):
                 continue
-            spec = endpoint.get("filter")
-            if spec is not None and not self.matches(spec, event):
-                # Not sent, and no attempt: the endpoint asked not to have it.
+            target = self._filtered(partner.id, endpoint, event)
+            if target is None:
+                # Not sent, and no attempt: the endpoint asked not to have it. Counted here,
+                # for the event's first delivery only (a copy for one target asks target_for).
                 metrics.inc("shipcast_webhook_filtered_total", partner=event.partner_id, endpoint=endpoint["id"])
                 continue
-            found.append(self._target(endpoint))
+            found.append(target)
         return found
 
-    def matches(self, spec: Any, event: Event) -> bool:
-        """Whether ``event`` passes an endpoint's filter ``spec``, compiled the
-        first time this stored filter is seen.
+    def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
+        if partner is None:
+            return None
+        for endpoint in (partner.channels.get(self.name) or {}).get("endpoints", []):
+            if endpoint["id"] == target_id:
+                return self._filtered(partner.id, endpoint, event) if _receives(endpoint, event.event_type) else None
+        return None
 
-        :raises ConfigError: the stored filter does not compile.
-        """
-        cached = self._filters.get(id(spec))
+    def _filtered(self, partner_id: str, endpoint: Mapping[str, Any], event: Event) -> Target | None:
+        """``endpoint`` as a target for ``event``; ``None`` when its filter
+        keeps the event out. A stored filter that does not compile (one of
+        another version, say) holds back this endpoint's copy, not the
+        partner's other endpoints: its target is refused at delivery, so the
+        event is parked for it, to replay once the endpoint is applied again."""
+        spec = endpoint.get("filter")
+        if spec is None:
+            return self._target(endpoint)
+        predicate, refused = self._filter(partner_id, endpoint["id"], spec)
+        if predicate is None:
+            return self._target(endpoint, refused=refused)
+        return self._target(endpoint) if predicate(event) else None
+
+    def _filter(self, partner_id: str, endpoint_id: str, spec: Any) -> tuple[Predicate | None, str | None]:
+        """An endpoint's stored filter ``spec`` compiled, the first time it is
+        seen (the same filter reloaded is found equal, and not compiled
+        again); or why it does not compile, logged that once."""
+        key = (partner_id, endpoint_id)
+        cached = self._filters.get(key)
+        if cached is not None and cached[0] is not spec and cached[0] == spec:
+            cached = self._filters[key] = (spec, cached[1], cached[2])  # the same filter, reloaded
         if cached is None or cached[0] is not spec:
-            if len(self._filters) >= FILTER_CACHE:
+            try:
+                cached = (spec, compile_filter(spec), None)
+            except ConfigError as exc:
+                where = "; ".join(f"{at}: {', '.join(messages)}" for at, messages in exc.errors.items())
+                refused = f"not sent: the endpoint's stored filter is not valid; apply the endpoint again ({where})"
+                refused = refused[:1000]
+                log.error("webhook endpoint %s of %s: %s", endpoint_id, partner_id, refused)
+                cached = (spec, None, refused)
+            if len(self._filters) >= FILTER_CACHE and key not in self._filters:
                 self._filters.clear()
-            cached = self._filters[id(spec)] = (spec, compile_filter(spec))
-        return cached[1](event)
+            self._filters[key] = cached
+        return cached[1], cached[2]
 
-    def _target(self, endpoint: Mapping[str, Any]) -> Target:
+    def _target(self, endpoint: Mapping[str, Any], *, refused: str | None = None) -> Target:
+        if refused is not None:  # nothing is sent to it: no credential is decrypted for it
+            return Target(endpoint["id"], str(strip_userinfo(endpoint["url"])), {"refused": refused},
+                          ordered=endpoint.get("ordered", False))
         url, stored = endpoint["url"], endpoint.get("userinfo_secret")
         userinfo = self._box.decrypt(stored) if stored else None
         if "@" in url:  # a config stored before credentials left the URL (no parse on the common path)
@@ -213,6 +251,8 @@ class WebhookChannel(Channel):
                       ordered=endpoint.get("ordered", False))
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
+        if target.options.get("refused"):  # its stored filter does not compile: parked, not the endpoint's fault
+            raise PermanentDelivery(target.options["refused"], target_fault=False)
         assert self.session is not None, "start() first"
         url, refused = _parse(target.address, self._allowed, self._https)
         # Development mode's own receiver, for this endpoint, is let through.
@@ -265,6 +305,12 @@ class WebhookChannel(Channel):
         retry_after = parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
         raise RetryableDelivery(f"HTTP {status}", status=status, response=excerpt, retry_after=retry_after,
                                 request=sent)
+
+
+def _receives(endpoint: Mapping[str, Any], event_type: str) -> bool:
+    """Whether ``endpoint``'s ``events`` take events of ``event_type``."""
+    events = endpoint.get("events", ["*"])
+    return "*" in events or event_type in events
 
 
 async def _no_refusal() -> None:
