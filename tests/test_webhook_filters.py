@@ -180,6 +180,34 @@ async def test_a_filter_naming_a_missing_field_is_refused_everywhere(shipcast: S
     assert (await shipcast.http.get("/v1/partners/acme/endpoints/main")).json()["filter"] is None  # unchanged
 
 
+async def test_a_filter_that_never_matches_the_endpoint_s_events_is_refused(shipcast: ShipcastProcess) -> None:
+    await shipcast.apply(two_endpoints("https://93.184.216.34/a", "https://93.184.216.34/b", events=["OFD", "RET"],
+                                       filter={"any": [{"otp": {"exists": True}}, {"return.reason": "damaged"}]}))
+    created = await shipcast.http.post("/v1/partners/acme/endpoints", json={
+        "id": "new", "url": "https://93.184.216.34/c", "events": ["OFD"], "filter": {"event_type": "RET"}})
+    assert created.status_code == 422, created.text
+    assert created.json()["detail"]["errors"] == {
+        "filter.event_type": ["never matches: this endpoint receives only OFD events"]}
+    patched = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"filter": {"return.reason": "x"},
+                                                                                   "events": ["OFD", "DEL"]})
+    assert patched.status_code == 422, patched.text
+    assert patched.json()["detail"]["errors"] == {
+        "filter.return.reason": ["never matches: OFD and DEL events have no return"]}
+    # Changing the events alone judges the stored filter against them.
+    narrowed = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"events": ["DEL"]})
+    assert narrowed.status_code == 422, narrowed.text
+    assert narrowed.json()["detail"]["errors"] == {"filter.any.0.otp": ["never matches: DEL events have no otp"],
+                                                   "filter.any.1.return.reason": [
+                                                       "never matches: DEL events have no return"]}
+    shown = (await shipcast.http.get("/v1/partners/acme/endpoints/main")).json()
+    assert shown["events"] == ["OFD", "RET"] and shown["filter"]["any"][1] == {"return.reason": "damaged"}
+    # Events the filter may match are taken, and so is any filter once it is removed.
+    assert (await shipcast.http.patch("/v1/partners/acme/endpoints/main",
+                                      json={"events": ["RET"]})).status_code == 200
+    assert (await shipcast.http.patch("/v1/partners/acme/endpoints/main",
+                                      json={"events": ["DEL"], "filter": None})).status_code == 200
+
+
 async def test_endpoints_list_shows_the_filter_and_what_authenticates(shipcast: ShipcastProcess) -> None:
     await shipcast.apply(two_endpoints("https://93.184.216.34/a", "https://93.184.216.34/b", filter=COD,
                                        headers={"X-Api-Key": "k-listed-secret"},

@@ -1,6 +1,7 @@
 """Payload filters: a declarative condition on an event's envelope fields,
-checked against the envelope's schema when a config is applied, and compiled
-once into a predicate that is run on each event.
+checked against the envelope's schema (and the event types an endpoint
+receives) when a config is applied, and compiled once into a predicate that
+is run on each event.
 
 A filter is data, never code: JSON (or YAML) read by :func:`check` and turned
 into nested closures by :func:`compile_filter`. Its grammar::
@@ -41,6 +42,7 @@ from pydantic import BaseModel
 from shipcast.exceptions import ConfigError
 from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
+from shipcast.model.event_types import EventType
 
 #: A compiled filter: called with an :class:`~shipcast.model.envelope.Event`, true when it matches.
 Predicate = Callable[[Any], bool]
@@ -319,6 +321,91 @@ def check(spec: Any, event_types: Collection[str] | None) -> dict[str, list[str]
     return checker.errors
 
 
+# -- what can never match -----------------------------------------------------------
+
+#: A clause's possible values for one event type, and the conditions that settle it when only one is.
+_Outcome = tuple[frozenset[bool], tuple[tuple[str, str], ...]]
+_EITHER: _Outcome = (frozenset((True, False)), ())
+
+
+def _names(types: Collection[str]) -> str:
+    listed = list(types)
+    return listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} and {listed[-1]}"
+
+
+def never_matches(spec: Any, rows: Mapping[str, EventType], events: Collection[str]) -> dict[str, list[str]]:
+    """Where filter ``spec`` (checked) rules out every event of the types an
+    endpoint receives (``events``: names, or ``"*"`` for all of ``rows``),
+    by where it is, as :func:`check` says it; empty when some event may
+    match. Only what the event types settle is judged: ``event_type``
+    itself, and a field of a group a type's row makes null (``return.*``
+    for OFD events). A filter that never holds for other reasons (a city
+    that is two cities at once) is the partner's to find."""
+    if not isinstance(spec, Mapping) or check(spec, None):
+        return {}
+    types = [rows[name] for name in (rows if "*" in events else events) if name in rows]
+    settled: dict[tuple[str, str], list[str]] = {}
+    for row in types:
+        values, why = _settle(spec, row, "")
+        if True in values:
+            return {}
+        for reason in why:
+            settled.setdefault(reason, []).append(row.name)
+    names = [row.name for row in types]
+    whole = {reason: found for reason, found in settled.items() if len(found) == len(names)}
+    errors: dict[str, list[str]] = {}
+    for (at, group), found in (whole or settled).items():
+        if group != EVENT_TYPE:
+            message = f"never matches: {_names(found)} events have no {group}"
+        elif len(found) == len(names) and "*" not in events:
+            message = f"never matches: this endpoint receives only {_names(found)} events"
+        else:
+            message = f"never matches {_names(found)} events, by their type"
+        errors.setdefault(at, []).append(message)
+    return errors
+
+
+def _settle(spec: Mapping[str, Any], row: EventType, at: str) -> _Outcome:
+    """What ``spec`` can be for events of ``row``'s type: true, false or either."""
+    return _both([_settle_clause(key, value, row, _join(at, key)) for key, value in spec.items()])
+
+
+def _both(parts: list[_Outcome]) -> _Outcome:
+    false = [why for values, why in parts if values == {False}]
+    if false:
+        return frozenset((False,)), tuple(reason for why in false for reason in why)
+    if all(values == {True} for values, _ in parts):
+        return frozenset((True,)), tuple(reason for _, why in parts for reason in why)
+    return _EITHER
+
+
+def _either(parts: list[_Outcome]) -> _Outcome:
+    true = [why for values, why in parts if values == {True}]
+    if true:
+        return frozenset((True,)), tuple(reason for why in true for reason in why)
+    if all(values == {False} for values, _ in parts):
+        return frozenset((False,)), tuple(reason for _, why in parts for reason in why)
+    return _EITHER
+
+
+def _settle_clause(key: str, value: Any, row: EventType, at: str) -> _Outcome:
+    if key in ("all", "any"):
+        parts = [_settle(item, row, _join(at, index)) for index, item in enumerate(value)]
+        return _both(parts) if key == "all" else _either(parts)
+    if key == "not":
+        values, why = _settle(value, row, at)
+        return frozenset(not v for v in values), why
+    group = key.split(".", 1)[0]
+    if key == EVENT_TYPE:
+        known: Any = row.name
+    elif group in row.forbidden:
+        known = None  # the group is null for this type, and every field in it
+    else:
+        return _EITHER
+    holds = _condition(envelope_fields()[key], lambda _: known, value)(None)
+    return frozenset((holds,)), ((at, EVENT_TYPE if key == EVENT_TYPE else group),)
+
+
 class FilterField(mfields.Dict):
     """A config's ``filter:``, a JSON object, checked against the envelope and
     the registered event types (of the load in progress); loaded as JSON gives it back."""
@@ -404,7 +491,10 @@ def _clause(key: str, value: Any) -> Predicate:
     if key == "not":
         return _not(_compile(value))
     field = envelope_fields()[key]
-    get = _getter(field.attrs)
+    return _condition(field, _getter(field.attrs), value)
+
+
+def _condition(field: Field, get: Callable[[Any], Any], value: Any) -> Predicate:
     if isinstance(value, Mapping):
         return _all([_operator(field, get, op, operand) for op, operand in value.items()])
     if isinstance(value, list):

@@ -34,7 +34,7 @@ from shipcast.security.crypto import secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret
 from shipcast.store import attempt_stats
 
-from .channel import EndpointSchema, WebhookChannel, strip_userinfo, valid_secrets, with_secret
+from .channel import EndpointSchema, WebhookChannel, strip_userinfo, unmatched_filter, valid_secrets, with_secret
 from .headers import shown_auth, shown_headers
 
 CHANNEL = WebhookChannel.name
@@ -193,8 +193,12 @@ async def update(services: Services, partner_id: str, endpoint_id: str, body: An
     replaced = {STORED_AS.get(key, key) for key in set(cleared) | set(given if isinstance(given, Mapping) else ())}
     plain = {key: value for key, value in old.items()
              if key not in ("secret", "previous_secrets") and key not in replaced}
-    updated = await prepared(services, partner_id,
-                             {**plain, **{key: value for key, value in changes.items() if key in given}}, old)
+    merged = {**plain, **{key: value for key, value in changes.items() if key in given}}
+    if "filter" in given or "events" in given:  # the filter judged against the events it will see
+        unmatched = unmatched_filter(merged, services.registry.event_types)
+        if unmatched:
+            raise ConfigError("invalid endpoint", unmatched)
+    updated = await prepared(services, partner_id, merged, old)
     found[index] = updated
     await services.store.enable_target(CHANNEL, partner_id, endpoint_id)
     await save(services, partner, found)

@@ -18,8 +18,10 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from shipcast import metrics
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
-from shipcast.model.filters import FilterField, Predicate, compile_filter
+from shipcast.model.event_types import EventType
+from shipcast.model.filters import FilterField, Predicate, compile_filter, never_matches
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target, routing_keys
 from shipcast.plugin.context import ChannelContext, Registered
@@ -74,6 +76,24 @@ class EndpointSchema(Schema):
     headers = HeadersField()
     #: HTTP basic or bearer authentication, sent as Authorization beside the signature.
     auth = AuthField()
+
+    @validates_schema
+    def _filter_can_match(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
+        if partial:  # an update: judged on the endpoint it makes (admin.update)
+            return
+        errors = unmatched_filter(data, current().event_types)
+        if errors:
+            raise ValidationError(errors)
+
+
+def unmatched_filter(endpoint: Mapping[str, Any], rows: Mapping[str, EventType]) -> dict[str, list[str]]:
+    """Where ``endpoint``'s filter rules out every event of its ``events``
+    (``rows``: the registered types), by field: ``filter.return.reason``."""
+    spec = endpoint.get("filter")
+    if spec is None:
+        return {}
+    return {f"filter.{at}": messages
+            for at, messages in never_matches(spec, rows, endpoint.get("events", ["*"])).items()}
 
 
 class WebhookConfig(Schema):

@@ -19,7 +19,15 @@ import pytest
 from shipcast import metrics
 from shipcast.exceptions import ConfigError, PermanentDelivery
 from shipcast.model.envelope import Event
-from shipcast.model.filters import MAX_DEPTH, MAX_TERMS, MAX_VALUES, check, compile_filter, envelope_fields
+from shipcast.model.filters import (
+    MAX_DEPTH,
+    MAX_TERMS,
+    MAX_VALUES,
+    check,
+    compile_filter,
+    envelope_fields,
+    never_matches,
+)
 from shipcast.model.partners import Partner, read_yaml
 from shipcast.plugins.webhook.channel import WebhookChannel, with_secret
 from shipcast.security.crypto import secret_box
@@ -237,6 +245,59 @@ def test_event_types_a_plugin_registers_are_taken_and_others_are_not() -> None:
     assert check({"event_type": "RATED"}, REGISTRY.event_types) == {}
     assert "event_type" in check({"event_type": "PICKED_UP"}, REGISTRY.event_types)
     assert check({"event_type": "PICKED_UP"}, None) == {}  # compiling a stored filter needs no registry
+
+
+#: A filter, the endpoint's events, and where it never matches (words of why); ``{}``: it may match.
+UNMATCHED: list[tuple[dict[str, Any], list[str], dict[str, str]]] = [
+    ({"event_type": "RET"}, ["OFD"], {"event_type": "never matches: this endpoint receives only OFD events"}),
+    ({"event_type": ["RET", "FAIL"]}, ["OFD", "DEL"],
+     {"event_type": "never matches: this endpoint receives only OFD and DEL events"}),
+    ({"return.reason": "damaged"}, ["OFD"], {"return.reason": "never matches: OFD events have no return"}),
+    ({"return": {"exists": True}}, ["OFD", "DEL"], {"return": "never matches: OFD and DEL events have no return"}),
+    ({"otp.code": {"ne": "1234"}, "failure.code": {"in": ["NO_ONE_HOME"]}}, ["DEL"],
+     {"failure.code": "never matches: DEL events have no failure"}),
+    ({"not": {"otp": None}}, ["RET"], {"not.otp": "never matches: RET events have no otp"}),
+    ({"any": [{"event_type": "RET"}, {"return.reason": "x"}]}, ["OFD"],
+     {"any.0.event_type": "receives only OFD events", "any.1.return.reason": "OFD events have no return"}),
+    # Each type ruled out in its own place: both said.
+    ({"event_type": "RET", "otp.code": "1234"}, ["OFD", "RET"],
+     {"event_type": "never matches OFD events, by their type", "otp.code": "RET events have no otp"}),
+    ({"all": [{"event_type": "OFD"}, {"event_type": "DEL"}]}, ["*"],
+     {"all.0.event_type": "never matches DEL,", "all.1.event_type": "never matches FAIL,"}),
+    # What some event may match is taken.
+    ({"event_type": "RET"}, ["*"], {}),
+    ({"event_type": "RET", "otp.code": "1234"}, ["OFD"], {"event_type": "receives only OFD events"}),
+    ({"event_type": "OFD", "otp.code": "1234"}, ["OFD"], {}),
+    ({"return.reason": None}, ["OFD"], {}),  # null: every OFD event matches
+    ({"return": {"exists": False}}, ["OFD"], {}),
+    ({"any": [{"event_type": "RET"}, {"order.address.city": "Pune"}]}, ["OFD"], {}),
+    ({"return.reason": "damaged"}, ["OFD", "RET"], {}),
+    ({"order.address.city": "Pune", "order.payment.method": "cod"}, ["OFD"], {}),  # not the types' to settle
+]
+
+
+@pytest.mark.parametrize(("spec", "events", "expected"), UNMATCHED, ids=[f"{s} {e}"[:70] for s, e, _ in UNMATCHED])
+def test_a_filter_that_never_matches_the_endpoint_s_events_is_found(spec: dict[str, Any], events: list[str],
+                                                                     expected: dict[str, str]) -> None:
+    found = never_matches(spec, event_types(), events)
+    assert set(found) == set(expected), found
+    for where, words in expected.items():
+        assert any(words in message for message in found[where]), (where, found[where])
+
+
+def test_a_partners_file_refuses_a_filter_that_never_matches_naming_its_path() -> None:
+    endpoint = {"id": "main", "url": "https://hooks.acme.example/x", "events": ["OFD"],
+                "filter": {"any": [{"return.reason": "damaged"}, {"event_type": "RET"}]}}
+    with pytest.raises(ConfigError) as caught:
+        load_partners({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
+            endpoint]}}}]})
+    where = "partner 'acme': channels.webhook.endpoints.0.filter"
+    assert caught.value.errors == {f"{where}.any.0.return.reason": ["never matches: OFD events have no return"],
+                                   f"{where}.any.1.event_type": ["never matches: this endpoint receives only "
+                                                                 "OFD events"]}
+    [partner] = load_partners({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
+        {**endpoint, "events": ["OFD", "RET"]}]}}}]})
+    assert partner.channels["webhook"]["endpoints"][0]["filter"] == endpoint["filter"]
 
 
 # -- the webhook channel running them ----------------------------------------------
