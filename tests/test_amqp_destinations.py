@@ -7,6 +7,7 @@ portal."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import uuid
@@ -184,6 +185,51 @@ async def test_a_destination_recovers_when_its_exchange_appears(vhost: str, sqli
         tried = await attempts(shipcast, event["event_id"])
         assert tried[0]["outcome"] == "retry" and tried[-1]["outcome"] == "delivered"
     # Exactly once in the partner's queue: nothing lost, nothing doubled.
+    assert [orjson.loads(m.body)["event_id"] for m in await partner_broker.received()] == [event["event_id"]]
+
+
+class SilentBroker:
+    """A port that takes connections and never says a word: a broker that hangs."""
+
+    def __init__(self) -> None:
+        self.open: set[asyncio.StreamWriter] = set()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open.add(writer)
+        try:
+            await reader.read()  # until shipcast gives up and closes
+        finally:
+            self.open.discard(writer)
+            writer.close()
+
+    async def __aenter__(self) -> SilentBroker:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for writer in list(self.open):
+            writer.close()
+
+
+async def test_a_hanging_broker_does_not_hold_back_another_partners(vhost: str, sqlite_url: str,
+                                                                   partner_broker: PartnerBroker) -> None:
+    await partner_broker.inbox()
+    settings = make_settings(vhost, sqlite_url, amqp_destination_connect_timeout=8)
+    async with SilentBroker() as silent, ShipcastProcess(settings, channels=["amqp"]) as shipcast:
+        doc = amqp_doc(f"amqp://u:p@127.0.0.1:{silent.port}/x")
+        doc["partners"].append({**amqp_doc(partner_broker.url)["partners"][0], "id": "globex", "name": "Globex"})
+        await shipcast.apply(doc)
+        stuck = await post(shipcast)
+        await eventually(lambda: silent.open)  # acme's connect is waiting on the silent broker
+        event = orjson.loads(example("OFD", partner_id="globex").to_json())
+        assert (await shipcast.http.post("/v1/events", json=[event])).status_code == 202
+        [row] = await eventually(settled(shipcast, event["event_id"]))
+        assert row["status"] == "delivered"
+        assert silent.open, "globex was delivered while acme's broker still hung"
+        [failed] = await eventually(lambda: attempts(shipcast, stuck["event_id"]))
+        assert failed["outcome"] == "retry" and "timed out" in failed["error"], failed
     assert [orjson.loads(m.body)["event_id"] for m in await partner_broker.received()] == [event["event_id"]]
 
 
