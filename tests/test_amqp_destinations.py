@@ -233,6 +233,58 @@ async def test_a_hanging_broker_does_not_hold_back_another_partners(vhost: str, 
     assert [orjson.loads(m.body)["event_id"] for m in await partner_broker.received()] == [event["event_id"]]
 
 
+async def test_connections_are_shared_per_broker_bounded_and_closed_when_moved_or_idle(
+        vhost: str, partner_broker: PartnerBroker) -> None:
+    import ipaddress
+
+    from pamqp.commands import Basic
+
+    from shipcast.plugins.amqp.config import broker_url
+    from shipcast.plugins.amqp.connections import Destinations
+
+    await partner_broker.inbox(binding="#")
+    other = f"amqp://guest:guest@{AMQP_HOST}/{vhost}"  # a second broker: shipcast's own test vhost
+    async with await aio_pika.connect_robust(other) as connection:
+        channel = await connection.channel()
+        await channel.declare_exchange("orders", aio_pika.ExchangeType.FANOUT)
+        await (await channel.declare_queue("inbox")).bind("orders")
+    first, second = broker_url(partner_broker.url, None), broker_url(other, None)
+    pool = Destinations([ipaddress.ip_network("127.0.0.0/8")], connect_timeout=5, publish_timeout=5,
+                        idle=3600, limit=1)
+    await pool.start()
+
+    async def publish(on: Destinations, owner: tuple[str, str], url: Any) -> None:
+        await on.publish(owner, url, "orders", "acme.OFD", b"{}",
+                           Basic.Properties(message_id=uuid.uuid4().hex, delivery_mode=2))
+
+    try:
+        await publish(pool, ("acme", "a"), first)
+        await publish(pool, ("acme", "b"), first)  # the same broker: the same connection, a channel each
+        [shared] = pool.brokers.values()
+        assert set(shared.channels) == {("acme", "a"), ("acme", "b")}
+        # One connection at most: a third destination on another broker closes the unused one.
+        await publish(pool, ("globex", "c"), second)
+        assert shared.connection is None and list(pool.brokers) == [str(second)]
+        # A destination that moves to another broker leaves its old connection closed.
+        moved = pool.brokers[str(second)]
+        await publish(pool, ("globex", "c"), first)
+        assert moved.connection is None and list(pool.brokers) == [str(first)]
+    finally:
+        await pool.close()
+    # Unused past the idle time: closed by the sweeper.
+    brief = Destinations([ipaddress.ip_network("127.0.0.0/8")], connect_timeout=5, publish_timeout=5,
+                         idle=0.05, limit=1)
+    await brief.start()
+    try:
+        await publish(brief, ("acme", "a"), first)
+        [used] = brief.brokers.values()
+        await eventually(lambda: not brief.brokers)
+        assert used.connection is None
+    finally:
+        await brief.close()
+    assert len(await partner_broker.received()) == 4
+
+
 async def test_a_destination_shipcast_may_not_reach_is_refused_at_apply_and_at_send(
         vhost: str, sqlite_url: str, partner_broker: PartnerBroker) -> None:
     await partner_broker.inbox()

@@ -16,6 +16,8 @@ from shipcast.app.audit import Actor, record
 from shipcast.security.crypto import secret_box
 from shipcast.security.endpoint_secrets import valid_secrets
 
+from .channel import AmqpChannel
+
 router = APIRouter(prefix="/v1/partners/{partner_id}/amqp/destinations", dependencies=[Depends(partner_scope)],
                    tags=["partner"], responses=errors(401, 403, 404, 503))
 
@@ -28,7 +30,7 @@ async def get_secret(partner_id: str, destination_id: str, request: Request,
     it. A new secret given in the destination's config rotates it."""
     services = services_of(request)
     partner = await services.store.get_partner(partner_id)
-    found = [d for d in ((partner.channels.get("amqp") or {}) if partner else {}).get("destinations", [])
+    found = [d for d in ((partner.channels.get(AmqpChannel.name) or {}) if partner else {}).get("destinations", [])
              if d["id"] == destination_id]
     if not found:
         raise HTTPException(404, f"no AMQP destination {destination_id!r} for partner {partner_id!r}")
