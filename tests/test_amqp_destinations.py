@@ -216,7 +216,7 @@ class SilentBroker:
 async def test_a_hanging_broker_does_not_hold_back_another_partners(vhost: str, sqlite_url: str,
                                                                    partner_broker: PartnerBroker) -> None:
     await partner_broker.inbox()
-    settings = make_settings(vhost, sqlite_url, amqp_destination_connect_timeout=8)
+    settings = make_settings(vhost, sqlite_url, amqp_destination_connect_timeout=12)
     async with SilentBroker() as silent, ShipcastProcess(settings, channels=["amqp"]) as shipcast:
         doc = amqp_doc(f"amqp://u:p@127.0.0.1:{silent.port}/x")
         doc["partners"].append({**amqp_doc(partner_broker.url)["partners"][0], "id": "globex", "name": "Globex"})
