@@ -118,6 +118,24 @@ async def test_an_event_reaches_the_partners_queue_signed(vhost: str, sqlite_url
     assert partner_broker.password not in str(attempt)
 
 
+async def test_a_filter_keeps_events_from_a_destination_without_an_attempt(
+        vhost: str, sqlite_url: str, partner_broker: PartnerBroker) -> None:
+    from shipcast import metrics
+
+    await partner_broker.inbox()
+    async with ShipcastProcess(make_settings(vhost, sqlite_url), channels=["amqp"]) as shipcast:
+        await shipcast.apply(amqp_doc(partner_broker.url, filter={"any": [{"event_type": "DEL"},
+                                                                           {"order.payment.method": "prepaid"}]}))
+        before = metrics.value("shipcast_amqp_filtered_total", partner="acme", destination="main")
+        kept_out, sent = await post(shipcast, "OFD"), await post(shipcast, "DEL")
+        [row] = await eventually(settled(shipcast, sent["event_id"]))
+        assert row["status"] == "delivered"
+        await eventually(lambda: metrics.value("shipcast_amqp_filtered_total", partner="acme",
+                                               destination="main") == before + 1)
+        assert await attempts(shipcast, kept_out["event_id"]) == []
+    assert [orjson.loads(m.body)["event_id"] for m in await partner_broker.received()] == [sent["event_id"]]
+
+
 @pytest.mark.parametrize(("prepare", "status", "reason"), [
     ("nothing", 404, "no such exchange on the broker: NOT_FOUND - no exchange 'orders'"),
     ("exchange without a queue", 312, "unroutable: no queue is bound to exchange 'orders' for routing key 'acme.OFD'"),

@@ -26,11 +26,13 @@ from aiormq.exceptions import (
 )
 from pamqp.commands import Basic
 
+from shipcast import metrics
 from shipcast.exceptions import ConfigError, DeferDelivery, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
+from shipcast.model.filters import CompiledFilters
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, Target, routing_keys
-from shipcast.plugin.context import Registered
+from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.security.crypto import secret_box
 from shipcast.security.endpoint_secrets import masked_userinfo, valid_secrets, with_secret, with_userinfo
 from shipcast.security.guard import DestinationRefused, check_destination
@@ -87,6 +89,11 @@ class AmqpChannel(Channel):
             keys |= routing_keys(partner_id, destination.get("events", ["*"]))
         return {f"{partner_id}.*"} if f"{partner_id}.*" in keys else keys
 
+    def __init__(self, context: ChannelContext) -> None:
+        super().__init__(context)
+        #: Each destination's filter, compiled once per config loaded.
+        self._filters = CompiledFilters()
+
     async def start(self) -> None:
         own = DestinationSettings.of(self.settings)
         self._box = secret_box(self.settings)
@@ -111,9 +118,17 @@ class AmqpChannel(Channel):
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         if partner is None:
             return []
-        return [self._target(destination)
-                for destination in (partner.channels.get(self.name) or {}).get("destinations", [])
-                if "*" in destination.get("events", ["*"]) or event.event_type in destination["events"]]
+        found = []
+        for destination in (partner.channels.get(self.name) or {}).get("destinations", []):
+            if "*" not in destination.get("events", ["*"]) and event.event_type not in destination["events"]:
+                continue
+            spec = destination.get("filter")
+            if spec is not None and not self._filters.matches(spec, event):
+                # Not published, and no attempt: the destination asked not to have it.
+                metrics.inc("shipcast_amqp_filtered_total", partner=event.partner_id, destination=destination["id"])
+                continue
+            found.append(self._target(destination))
+        return found
 
     def _target(self, destination: Mapping[str, Any]) -> Target:
         url, stored = destination["url"], destination.get("userinfo_secret")

@@ -11,6 +11,7 @@ import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shipcast.model.envelope import Event
+from shipcast.model.filters import FilterField
 from shipcast.model.partners import EventList
 from shipcast.security.signing import SECRET_PATTERN
 
@@ -121,6 +122,8 @@ class DestinationSchema(Schema):
         EXCHANGE, error="an exchange name: 1 to 255 letters, digits, '-', '_', '.' or ':'"))
     routing_key = fields.String(load_default=DEFAULT_ROUTING_KEY, validate=_template)
     events = EventList()
+    #: Only events this condition on their fields holds for are published (shipcast.model.filters).
+    filter = FilterField()
     secret = fields.String(validate=validate.Regexp(SECRET_PATTERN, error="must look like whsec_<base64>"))
     description = fields.String(validate=validate.Length(max=500))
     #: Publishes per second at most (per worker process); default SHIPCAST_ENDPOINT_RATE_LIMIT.

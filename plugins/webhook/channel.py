@@ -17,7 +17,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from shipcast import metrics
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
-from shipcast.model.filters import FilterField, Predicate, compile_filter
+from shipcast.model.filters import CompiledFilters, FilterField
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target, routing_keys
 from shipcast.plugin.context import ChannelContext, Registered
@@ -144,9 +144,8 @@ class WebhookChannel(Channel):
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
-        #: Each endpoint's compiled filter, by the identity of the stored filter it was compiled from
-        #: (held, so the identity is not reused): a config reloaded is compiled again, once.
-        self._filters: dict[int, tuple[Any, Predicate]] = {}
+        #: Each endpoint's compiled filter, compiled once per config loaded.
+        self._filters = CompiledFilters(FILTER_CACHE)
 
     async def start(self) -> None:
         self._allowed = self.settings.allowed_networks
@@ -196,12 +195,7 @@ class WebhookChannel(Channel):
 
         :raises ConfigError: the stored filter does not compile.
         """
-        cached = self._filters.get(id(spec))
-        if cached is None or cached[0] is not spec:
-            if len(self._filters) >= FILTER_CACHE:
-                self._filters.clear()
-            cached = self._filters[id(spec)] = (spec, compile_filter(spec))
-        return cached[1](event)
+        return self._filters.matches(spec, event)
 
     def _target(self, endpoint: Mapping[str, Any]) -> Target:
         url, stored = endpoint["url"], endpoint.get("userinfo_secret")

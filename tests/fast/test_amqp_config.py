@@ -84,6 +84,7 @@ def test_the_client_connects_with_the_default_port_and_the_stored_credentials() 
     ({"events": ["NOPE"]}, "events", "NOPE"),
     ({"secret": "plain"}, "secret", "whsec_"),
     ({"colour": "red"}, "colour", "Unknown field"),
+    ({"filter": {"any": [{"event_type": "DEL"}, {"order.foo": 1}]}}, "filter.any.1.order.foo", "no such field"),
 ])
 def test_a_wrong_destination_is_refused_naming_its_field(destination: dict[str, Any], field: str,
                                                           said: str) -> None:
