@@ -350,6 +350,29 @@ def compile_filter(spec: Any) -> Predicate:
     return _compile(spec)
 
 
+class CompiledFilters:
+    """The filters a channel has compiled, each once: by the identity of the
+    stored filter it was compiled from (held, so the identity is not reused),
+    so a config reloaded is compiled again, once. Past ``limit`` they are
+    dropped and compiled again as events need them."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._compiled: dict[int, tuple[Any, Predicate]] = {}
+
+    def matches(self, spec: Any, event: Any) -> bool:
+        """Whether ``event`` passes the stored filter ``spec``.
+
+        :raises ConfigError: the stored filter does not compile.
+        """
+        cached = self._compiled.get(id(spec))
+        if cached is None or cached[0] is not spec:
+            if len(self._compiled) >= self.limit:
+                self._compiled.clear()
+            cached = self._compiled[id(spec)] = (spec, compile_filter(spec))
+        return cached[1](event)
+
+
 def _compile(spec: Mapping[str, Any]) -> Predicate:
     return _all([_clause(key, value) for key, value in spec.items()])
 

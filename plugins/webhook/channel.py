@@ -4,7 +4,6 @@ the schema of its config."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -18,14 +17,21 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from shipcast import metrics
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
-from shipcast.model.filters import FilterField, Predicate, compile_filter
+from shipcast.model.filters import CompiledFilters, FilterField
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target, routing_keys
 from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.retry_after import parse_retry_after
-from shipcast.security.crypto import PREFIX as ENCRYPTED
 from shipcast.security.crypto import SecretBox, secret_box
-from shipcast.security.signing import SECRET_PATTERN, generate_secret, sign, sign_ed25519
+
+# Shared with the AMQP destinations; named here too, where the webhook's modules have always found them.
+from shipcast.security.endpoint_secrets import masked_userinfo as masked_userinfo
+from shipcast.security.endpoint_secrets import strip_userinfo as strip_userinfo
+from shipcast.security.endpoint_secrets import userinfo as _userinfo
+from shipcast.security.endpoint_secrets import valid_secrets as valid_secrets
+from shipcast.security.endpoint_secrets import with_secret as with_secret
+from shipcast.security.endpoint_secrets import with_userinfo as with_userinfo
+from shipcast.security.signing import SECRET_PATTERN, sign, sign_ed25519
 
 from .guard import GuardedResolver, Network, check_destination, find_refusal, is_receiver, static_refusal
 from .headers import AuthSchema, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
@@ -138,9 +144,8 @@ class WebhookChannel(Channel):
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
-        #: Each endpoint's compiled filter, by the identity of the stored filter it was compiled from
-        #: (held, so the identity is not reused): a config reloaded is compiled again, once.
-        self._filters: dict[int, tuple[Any, Predicate]] = {}
+        #: Each endpoint's compiled filter, compiled once per config loaded.
+        self._filters = CompiledFilters(FILTER_CACHE)
 
     async def start(self) -> None:
         self._allowed = self.settings.allowed_networks
@@ -190,12 +195,7 @@ class WebhookChannel(Channel):
 
         :raises ConfigError: the stored filter does not compile.
         """
-        cached = self._filters.get(id(spec))
-        if cached is None or cached[0] is not spec:
-            if len(self._filters) >= FILTER_CACHE:
-                self._filters.clear()
-            cached = self._filters[id(spec)] = (spec, compile_filter(spec))
-        return cached[1](event)
+        return self._filters.matches(spec, event)
 
     def _target(self, endpoint: Mapping[str, Any]) -> Target:
         url, stored = endpoint["url"], endpoint.get("userinfo_secret")
@@ -279,58 +279,6 @@ def _parse(address: str, allowed: tuple[Network, ...], require_https: bool) -> t
     return url, static_refusal(url, allowed, require_https=require_https)
 
 
-def with_secret(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None,
-                new_secret: str | None, overlap: float) -> dict[str, Any]:
-    """``endpoint`` with its secret encrypted: ``new_secret`` (a rotation), else
-    the one it gives (from a partners file), else the old one, else a new one.
-    A secret that replaces another moves the old one to ``previous_secrets``
-    for ``overlap`` seconds. A file that gives the same secret as the last time
-    it was applied changes nothing, so a rotation made since through the API
-    stands."""
-    endpoint = dict(endpoint)
-    given = endpoint.pop("secret", None)
-    endpoint.pop("previous_secrets", None)
-    if new_secret is not None:  # a rotation: ``endpoint`` is the stored one, its secret the old ciphertext
-        given = None
-    now = time.time()
-    if old is not None and not old["secret"].startswith(ENCRYPTED):  # stored before secrets were encrypted
-        old = {**old, "secret": box.encrypt(old["secret"])}
-    fingerprint = (old or {}).get("given_fingerprint")
-    if given is not None:
-        if old is not None and fingerprint == _fingerprint(given):
-            given = None
-        fingerprint = _fingerprint(given) if given is not None else fingerprint
-    fresh = new_secret or given
-    kept = [p for p in (old or {}).get("previous_secrets", []) if p["expires_at"] > now]
-    extra = {"given_fingerprint": fingerprint} if fingerprint else {}
-    if old is not None and (fresh is None or box.decrypt(old["secret"]) == fresh):
-        return {**endpoint, "secret": old["secret"], "previous_secrets": kept, **extra}
-    previous = [{"secret": old["secret"], "expires_at": now + overlap}] if old is not None and overlap > 0 else []
-    return {**endpoint, "secret": box.encrypt(fresh or generate_secret()), "previous_secrets": previous + kept,
-            **extra}
-
-
-def strip_userinfo(url: str) -> yarl.URL:
-    """``url`` without ``user:password@``: how an endpoint is stored, logged and shown."""
-    return yarl.URL(url).with_user(None)
-
-
-def masked_userinfo(url: str) -> str:
-    """``url`` as shown beside a request sent with credentials: they were
-    sent, and are not shown (``https://…:…@host/path``)."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://…:…@{rest}"
-
-
-def _userinfo(url: str) -> str | None:
-    """``user:password`` as the URL writes them (percent-encoded, so a ``:`` in
-    the user name cannot be taken for the separator)."""
-    parsed = yarl.URL(url)
-    if parsed.raw_user is None:
-        return None
-    return f"{parsed.raw_user}:{parsed.raw_password}" if parsed.raw_password is not None else parsed.raw_user
-
-
 def with_credentials(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
     """``endpoint`` with what it authenticates with stored encrypted: its URL's
     credentials, its ``auth`` and its own headers (one source of credentials:
@@ -345,34 +293,6 @@ def with_credentials(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[s
     if conflicts:
         raise ConfigError("refused", conflicts)
     return stored
-
-
-def with_userinfo(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``endpoint`` with the credentials of its URL (``https://user:pass@…``)
-    moved out of it and stored encrypted, like its secret; a URL given again
-    without them (an edit of another field) keeps the ones stored."""
-    endpoint = dict(endpoint)
-    given = _userinfo(endpoint["url"])
-    endpoint["url"] = str(strip_userinfo(endpoint["url"]))
-    endpoint.pop("userinfo_secret", None)
-    if given is not None:
-        endpoint["userinfo_secret"] = box.encrypt(given)
-    elif old is not None and old.get("userinfo_secret") and str(strip_userinfo(old["url"])) == endpoint["url"]:
-        endpoint["userinfo_secret"] = old["userinfo_secret"]
-    return endpoint
-
-
-def _fingerprint(secret: str) -> str:
-    """Enough of a secret's hash to tell whether a file gives the same one again."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
-def valid_secrets(box: SecretBox, endpoint: Mapping[str, Any]) -> list[str]:
-    """The secrets a delivery is signed with now: the current one first, then
-    every rotated-out one still in its overlap."""
-    now = time.time()
-    return [box.decrypt(endpoint["secret"])] + [
-        box.decrypt(p["secret"]) for p in endpoint.get("previous_secrets", ()) if p["expires_at"] > now]
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> str:
