@@ -24,6 +24,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "shipcast_targets_skipped_total": ("counter", "Targets not sent to: already delivered, disabled, or none"),
     "shipcast_webhook_filtered_total": ("counter", "Events a webhook endpoint's filter kept from it (not sent, "
                                                    "no attempt), by partner and endpoint"),
+    "shipcast_amqp_filtered_total": ("counter", "Events an AMQP destination's filter kept from it (not sent, "
+                                                "no attempt), by partner and destination"),
     "shipcast_circuit_changes_total": ("counter", "Circuit breaker changes by channel and change"),
     "shipcast_deliveries_in_flight": ("gauge", "Deliveries running now, by channel"),
     "shipcast_circuit_state": ("gauge", "Each target's circuit: 0 closed, 1 half open, 2 open "

@@ -24,6 +24,7 @@ null, and so is every field in it).
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import types
@@ -43,6 +44,8 @@ from shipcast.exceptions import ConfigError
 from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
 from shipcast.model.event_types import EventType
+
+log = logging.getLogger(__name__)
 
 #: A compiled filter: called with an :class:`~shipcast.model.envelope.Event`, true when it matches.
 Predicate = Callable[[Any], bool]
@@ -365,6 +368,17 @@ def never_matches(spec: Any, rows: Mapping[str, EventType], events: Collection[s
     return errors
 
 
+def unmatched_filter(config: Mapping[str, Any], rows: Mapping[str, EventType]) -> dict[str, list[str]]:
+    """Where a destination's ``filter`` rules out every event of its
+    ``events`` (absent: ``["*"]``; ``rows``: the registered types), by field:
+    ``filter.return.reason``, as a config's errors name it."""
+    spec = config.get("filter")
+    if spec is None:
+        return {}
+    return {_join("filter", at): messages
+            for at, messages in never_matches(spec, rows, config.get("events", ["*"])).items()}
+
+
 def _settle(spec: Mapping[str, Any], row: EventType, at: str) -> _Outcome:
     """What ``spec`` can be for events of ``row``'s type: true, false or either."""
     return _both([_settle_clause(key, value, row, _join(at, key)) for key, value in spec.items()])
@@ -435,6 +449,58 @@ def compile_filter(spec: Any) -> Predicate:
         raise ConfigError("a stored filter is not valid; apply the endpoint again",
                           {_join("filter", at) if at else "filter": messages for at, messages in errors.items()})
     return _compile(spec)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A destination's stored filter, compiled: its predicate, or (``None``)
+    why it does not compile, as a reason to park its copy of an event with."""
+
+    spec: Any
+    predicate: Predicate | None
+    problem: str | None = None
+
+
+class CompiledFilters:
+    """The stored filters a channel runs, one entry per destination (its
+    partner and id), each compiled once: the same filter reloaded (equal,
+    another object) is not compiled again, and a changed one replaces its
+    destination's entry rather than piling up beside it. A stored filter
+    that does not compile (one of another version, say) is kept with why,
+    logged once, so the channel holds back that destination's copy alone.
+    Past ``limit`` entries they are dropped and compiled again as events
+    need them.
+
+    :param kind: what a destination is called in that reason (``endpoint``).
+    """
+
+    def __init__(self, limit: int = 4096, *, kind: str = "destination") -> None:
+        self.limit = limit
+        self.kind = kind
+        self._compiled: dict[tuple[str, str], Compiled] = {}
+
+    def __len__(self) -> int:
+        return len(self._compiled)
+
+    def get(self, key: tuple[str, str], spec: Any) -> Compiled:
+        """Destination ``key``'s stored filter ``spec``, compiled."""
+        cached = self._compiled.get(key)
+        if cached is not None and cached.spec is spec:
+            return cached
+        if cached is not None and cached.spec == spec:  # the same filter, reloaded: found by identity from now on
+            cached = self._compiled[key] = Compiled(spec, cached.predicate, cached.problem)
+            return cached
+        try:
+            cached = Compiled(spec, compile_filter(spec))
+        except ConfigError as exc:
+            where = "; ".join(f"{at}: {', '.join(messages)}" for at, messages in exc.errors.items())
+            problem = f"not sent: the {self.kind}'s stored filter is not valid; apply the {self.kind} again ({where})"
+            log.error("%s %s of %s: %s", self.kind, key[1], key[0], problem)
+            cached = Compiled(spec, None, problem[:1000])
+        if len(self._compiled) >= self.limit and key not in self._compiled:
+            self._compiled.clear()
+        self._compiled[key] = cached
+        return cached
 
 
 def _compile(spec: Mapping[str, Any]) -> Predicate:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from shipcast.plugin.context import ChannelContext, Registered
     from shipcast.settings import Settings
 
-__all__ = ["Channel", "ChannelConfig", "Delivered", "EventList", "Target", "routing_keys"]
+__all__ = ["Channel", "ChannelConfig", "Delivered", "EventList", "Target", "receives", "routing_keys"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,12 @@ class ChannelConfig(Schema):
     """The config every channel accepts: which event types it serves."""
 
     events = EventList()
+
+
+def receives(config: Mapping[str, Any], event_type: str) -> bool:
+    """Whether a config's ``events`` (absent: ``["*"]``) take events of ``event_type``."""
+    events = config.get("events", ["*"])
+    return "*" in events or event_type in events
 
 
 def routing_keys(partner_id: str, events: Sequence[str]) -> set[str]:

@@ -29,12 +29,13 @@ from shipcast.exceptions import ConfigError, ShipcastError
 from shipcast.model.catalog import validating
 from shipcast.model.envelope import Event
 from shipcast.model.examples import example
+from shipcast.model.filters import unmatched_filter
 from shipcast.model.partners import Partner, _flatten, lone_surrogates
 from shipcast.security.crypto import secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret
 from shipcast.store import attempt_stats
 
-from .channel import EndpointSchema, WebhookChannel, strip_userinfo, unmatched_filter, valid_secrets, with_secret
+from .channel import EndpointSchema, WebhookChannel, strip_userinfo, valid_secrets, with_secret
 from .headers import shown_auth, shown_headers
 
 CHANNEL = WebhookChannel.name

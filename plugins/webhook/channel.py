@@ -4,8 +4,6 @@ the schema of its config."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -20,21 +18,26 @@ from shipcast import metrics
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
-from shipcast.model.event_types import EventType
-from shipcast.model.filters import FilterField, Predicate, compile_filter, never_matches
+from shipcast.model.filters import CompiledFilters, FilterField, unmatched_filter
 from shipcast.model.partners import Partner
-from shipcast.plugin.channel import Channel, Delivered, EventList, Target, routing_keys
+from shipcast.plugin.channel import Channel, Delivered, EventList, Target, receives, routing_keys
 from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.retry_after import parse_retry_after
-from shipcast.security.crypto import PREFIX as ENCRYPTED
 from shipcast.security.crypto import SecretBox, secret_box
-from shipcast.security.signing import SECRET_PATTERN, generate_secret, sign, sign_ed25519
+
+# Shared with the AMQP destinations; named here too, where the webhook's modules have always found them.
+from shipcast.security.endpoint_secrets import masked_userinfo as masked_userinfo
+from shipcast.security.endpoint_secrets import origin
+from shipcast.security.endpoint_secrets import strip_userinfo as strip_userinfo
+from shipcast.security.endpoint_secrets import userinfo as _userinfo
+from shipcast.security.endpoint_secrets import valid_secrets as valid_secrets
+from shipcast.security.endpoint_secrets import with_secret as with_secret
+from shipcast.security.endpoint_secrets import with_userinfo as with_userinfo
+from shipcast.security.signing import SECRET_PATTERN, sign, sign_ed25519
 
 from .guard import GuardedResolver, Network, check_destination, find_refusal, is_receiver, static_refusal
 from .headers import AuthField, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
 from .keys import signing_keys
-
-log = logging.getLogger(__name__)
 
 #: How much of a response body is read at most; the rest is never downloaded.
 RESPONSE_CAP = 64 * 1024
@@ -84,16 +87,6 @@ class EndpointSchema(Schema):
         errors = unmatched_filter(data, current().event_types)
         if errors:
             raise ValidationError(errors)
-
-
-def unmatched_filter(endpoint: Mapping[str, Any], rows: Mapping[str, EventType]) -> dict[str, list[str]]:
-    """Where ``endpoint``'s filter rules out every event of its ``events``
-    (``rows``: the registered types), by field: ``filter.return.reason``."""
-    spec = endpoint.get("filter")
-    if spec is None:
-        return {}
-    return {f"filter.{at}": messages
-            for at, messages in never_matches(spec, rows, endpoint.get("events", ["*"])).items()}
 
 
 class WebhookConfig(Schema):
@@ -161,9 +154,8 @@ class WebhookChannel(Channel):
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
-        #: Each endpoint's filter, by (partner, endpoint): the stored filter it was compiled from,
-        #: and its predicate, or why it does not compile. A reload replaces an endpoint's entry.
-        self._filters: dict[tuple[str, str], tuple[Any, Predicate | None, str | None]] = {}
+        #: Each endpoint's compiled filter, by (partner, endpoint): one entry an endpoint.
+        self._filters = CompiledFilters(FILTER_CACHE, kind="endpoint")
 
     async def start(self) -> None:
         self._allowed = self.settings.allowed_networks
@@ -197,7 +189,7 @@ class WebhookChannel(Channel):
         config = partner.channels.get(self.name) or {}
         found = []
         for endpoint in config.get("endpoints", []):
-            if not _receives(endpoint, event.event_type):
+            if not receives(endpoint, event.event_type):
                 continue
             target = self._filtered(partner.id, endpoint, event)
             if target is None:
@@ -213,7 +205,7 @@ class WebhookChannel(Channel):
             return None
         for endpoint in (partner.channels.get(self.name) or {}).get("endpoints", []):
             if endpoint["id"] == target_id:
-                return self._filtered(partner.id, endpoint, event) if _receives(endpoint, event.event_type) else None
+                return self._filtered(partner.id, endpoint, event) if receives(endpoint, event.event_type) else None
         return None
 
     def _filtered(self, partner_id: str, endpoint: Mapping[str, Any], event: Event) -> Target | None:
@@ -225,32 +217,10 @@ class WebhookChannel(Channel):
         spec = endpoint.get("filter")
         if spec is None:
             return self._target(endpoint)
-        predicate, refused = self._filter(partner_id, endpoint["id"], spec)
-        if predicate is None:
-            return self._target(endpoint, refused=refused)
-        return self._target(endpoint) if predicate(event) else None
-
-    def _filter(self, partner_id: str, endpoint_id: str, spec: Any) -> tuple[Predicate | None, str | None]:
-        """An endpoint's stored filter ``spec`` compiled, the first time it is
-        seen (the same filter reloaded is found equal, and not compiled
-        again); or why it does not compile, logged that once."""
-        key = (partner_id, endpoint_id)
-        cached = self._filters.get(key)
-        if cached is not None and cached[0] is not spec and cached[0] == spec:
-            cached = self._filters[key] = (spec, cached[1], cached[2])  # the same filter, reloaded
-        if cached is None or cached[0] is not spec:
-            try:
-                cached = (spec, compile_filter(spec), None)
-            except ConfigError as exc:
-                where = "; ".join(f"{at}: {', '.join(messages)}" for at, messages in exc.errors.items())
-                refused = f"not sent: the endpoint's stored filter is not valid; apply the endpoint again ({where})"
-                refused = refused[:1000]
-                log.error("webhook endpoint %s of %s: %s", endpoint_id, partner_id, refused)
-                cached = (spec, None, refused)
-            if len(self._filters) >= FILTER_CACHE and key not in self._filters:
-                self._filters.clear()
-            self._filters[key] = cached
-        return cached[1], cached[2]
+        compiled = self._filters.get((partner_id, endpoint["id"]), spec)
+        if compiled.predicate is None:
+            return self._target(endpoint, refused=compiled.problem)
+        return self._target(endpoint) if compiled.predicate(event) else None
 
     def _target(self, endpoint: Mapping[str, Any], *, refused: str | None = None) -> Target:
         if refused is not None:  # nothing is sent to it: no credential is decrypted for it
@@ -327,12 +297,6 @@ class WebhookChannel(Channel):
                                 request=sent)
 
 
-def _receives(endpoint: Mapping[str, Any], event_type: str) -> bool:
-    """Whether ``endpoint``'s ``events`` take events of ``event_type``."""
-    events = endpoint.get("events", ["*"])
-    return "*" in events or event_type in events
-
-
 async def _no_refusal() -> None:
     return None
 
@@ -343,64 +307,6 @@ def _parse(address: str, allowed: tuple[Network, ...], require_https: bool) -> t
     when it is not HTTPS and must be, or its host is an address webhooks may not reach."""
     url = yarl.URL(address)
     return url, static_refusal(url, allowed, require_https=require_https)
-
-
-def with_secret(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None,
-                new_secret: str | None, overlap: float) -> dict[str, Any]:
-    """``endpoint`` with its secret encrypted: ``new_secret`` (a rotation), else
-    the one it gives (from a partners file), else the old one, else a new one.
-    A secret that replaces another moves the old one to ``previous_secrets``
-    for ``overlap`` seconds. A file that gives the same secret as the last time
-    it was applied changes nothing, so a rotation made since through the API
-    stands."""
-    endpoint = dict(endpoint)
-    given = endpoint.pop("secret", None)
-    endpoint.pop("previous_secrets", None)
-    if new_secret is not None:  # a rotation: ``endpoint`` is the stored one, its secret the old ciphertext
-        given = None
-    now = time.time()
-    if old is not None and not old["secret"].startswith(ENCRYPTED):  # stored before secrets were encrypted
-        old = {**old, "secret": box.encrypt(old["secret"])}
-    fingerprint = (old or {}).get("given_fingerprint")
-    if given is not None:
-        if old is not None and fingerprint == _fingerprint(given):
-            given = None
-        fingerprint = _fingerprint(given) if given is not None else fingerprint
-    fresh = new_secret or given
-    kept = [p for p in (old or {}).get("previous_secrets", []) if p["expires_at"] > now]
-    extra = {"given_fingerprint": fingerprint} if fingerprint else {}
-    if old is not None and (fresh is None or box.decrypt(old["secret"]) == fresh):
-        return {**endpoint, "secret": old["secret"], "previous_secrets": kept, **extra}
-    previous = [{"secret": old["secret"], "expires_at": now + overlap}] if old is not None and overlap > 0 else []
-    return {**endpoint, "secret": box.encrypt(fresh or generate_secret()), "previous_secrets": previous + kept,
-            **extra}
-
-
-def strip_userinfo(url: str) -> yarl.URL:
-    """``url`` without ``user:password@``: how an endpoint is stored, logged and shown."""
-    return yarl.URL(url).with_user(None)
-
-
-def masked_userinfo(url: str) -> str:
-    """``url`` as shown beside a request sent with credentials: they were
-    sent, and are not shown (``https://…:…@host/path``)."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://…:…@{rest}"
-
-
-def _userinfo(url: str) -> str | None:
-    """``user:password`` as the URL writes them (percent-encoded, so a ``:`` in
-    the user name cannot be taken for the separator)."""
-    parsed = yarl.URL(url)
-    if parsed.raw_user is None:
-        return None
-    return f"{parsed.raw_user}:{parsed.raw_password}" if parsed.raw_password is not None else parsed.raw_user
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    """Where a URL sends to: its scheme, host and port (the default one when it names none)."""
-    parsed = yarl.URL(url)
-    return parsed.scheme.lower(), (parsed.host or "").lower(), parsed.port
 
 
 def with_credentials(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -430,34 +336,6 @@ def with_credentials(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[s
     if conflicts:
         raise ConfigError("refused", conflicts)
     return stored
-
-
-def with_userinfo(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``endpoint`` with the credentials of its URL (``https://user:pass@…``)
-    moved out of it and stored encrypted, like its secret; a URL given again
-    without them (an edit of another field) keeps the ones stored."""
-    endpoint = dict(endpoint)
-    given = _userinfo(endpoint["url"])
-    endpoint["url"] = str(strip_userinfo(endpoint["url"]))
-    endpoint.pop("userinfo_secret", None)
-    if given is not None:
-        endpoint["userinfo_secret"] = box.encrypt(given)
-    elif old is not None and old.get("userinfo_secret") and str(strip_userinfo(old["url"])) == endpoint["url"]:
-        endpoint["userinfo_secret"] = old["userinfo_secret"]
-    return endpoint
-
-
-def _fingerprint(secret: str) -> str:
-    """Enough of a secret's hash to tell whether a file gives the same one again."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
-def valid_secrets(box: SecretBox, endpoint: Mapping[str, Any]) -> list[str]:
-    """The secrets a delivery is signed with now: the current one first, then
-    every rotated-out one still in its overlap."""
-    now = time.time()
-    return [box.decrypt(endpoint["secret"])] + [
-        box.decrypt(p["secret"]) for p in endpoint.get("previous_secrets", ()) if p["expires_at"] > now]
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> str:
