@@ -187,7 +187,7 @@ async def test_a_filter_that_never_matches_the_endpoint_s_events_is_refused(ship
         "id": "new", "url": "https://93.184.216.34/c", "events": ["OFD"], "filter": {"event_type": "RET"}})
     assert created.status_code == 422, created.text
     assert created.json()["detail"]["errors"] == {
-        "filter.event_type": ["never matches: this endpoint receives only OFD events"]}
+        "filter.event_type": ["never matches: only OFD events come here"]}
     patched = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"filter": {"return.reason": "x"},
                                                                                    "events": ["OFD", "DEL"]})
     assert patched.status_code == 422, patched.text

@@ -361,7 +361,7 @@ def never_matches(spec: Any, rows: Mapping[str, EventType], events: Collection[s
         if group != EVENT_TYPE:
             message = f"never matches: {_names(found)} events have no {group}"
         elif len(found) == len(names) and "*" not in events:
-            message = f"never matches: this endpoint receives only {_names(found)} events"
+            message = f"never matches: only {_names(found)} events come here"
         else:
             message = f"never matches {_names(found)} events, by their type"
         errors.setdefault(at, []).append(message)

@@ -249,16 +249,16 @@ def test_event_types_a_plugin_registers_are_taken_and_others_are_not() -> None:
 
 #: A filter, the endpoint's events, and where it never matches (words of why); ``{}``: it may match.
 UNMATCHED: list[tuple[dict[str, Any], list[str], dict[str, str]]] = [
-    ({"event_type": "RET"}, ["OFD"], {"event_type": "never matches: this endpoint receives only OFD events"}),
+    ({"event_type": "RET"}, ["OFD"], {"event_type": "never matches: only OFD events come here"}),
     ({"event_type": ["RET", "FAIL"]}, ["OFD", "DEL"],
-     {"event_type": "never matches: this endpoint receives only OFD and DEL events"}),
+     {"event_type": "never matches: only OFD and DEL events come here"}),
     ({"return.reason": "damaged"}, ["OFD"], {"return.reason": "never matches: OFD events have no return"}),
     ({"return": {"exists": True}}, ["OFD", "DEL"], {"return": "never matches: OFD and DEL events have no return"}),
     ({"otp.code": {"ne": "1234"}, "failure.code": {"in": ["NO_ONE_HOME"]}}, ["DEL"],
      {"failure.code": "never matches: DEL events have no failure"}),
     ({"not": {"otp": None}}, ["RET"], {"not.otp": "never matches: RET events have no otp"}),
     ({"any": [{"event_type": "RET"}, {"return.reason": "x"}]}, ["OFD"],
-     {"any.0.event_type": "receives only OFD events", "any.1.return.reason": "OFD events have no return"}),
+     {"any.0.event_type": "only OFD events come here", "any.1.return.reason": "OFD events have no return"}),
     # Each type ruled out in its own place: both said.
     ({"event_type": "RET", "otp.code": "1234"}, ["OFD", "RET"],
      {"event_type": "never matches OFD events, by their type", "otp.code": "RET events have no otp"}),
@@ -266,7 +266,7 @@ UNMATCHED: list[tuple[dict[str, Any], list[str], dict[str, str]]] = [
      {"all.0.event_type": "never matches DEL,", "all.1.event_type": "never matches FAIL,"}),
     # What some event may match is taken.
     ({"event_type": "RET"}, ["*"], {}),
-    ({"event_type": "RET", "otp.code": "1234"}, ["OFD"], {"event_type": "receives only OFD events"}),
+    ({"event_type": "RET", "otp.code": "1234"}, ["OFD"], {"event_type": "only OFD events come here"}),
     ({"event_type": "OFD", "otp.code": "1234"}, ["OFD"], {}),
     ({"return.reason": None}, ["OFD"], {}),  # null: every OFD event matches
     ({"return": {"exists": False}}, ["OFD"], {}),
@@ -293,8 +293,7 @@ def test_a_partners_file_refuses_a_filter_that_never_matches_naming_its_path() -
             endpoint]}}}]})
     where = "partner 'acme': channels.webhook.endpoints.0.filter"
     assert caught.value.errors == {f"{where}.any.0.return.reason": ["never matches: OFD events have no return"],
-                                   f"{where}.any.1.event_type": ["never matches: this endpoint receives only "
-                                                                 "OFD events"]}
+                                   f"{where}.any.1.event_type": ["never matches: only OFD events come here"]}
     [partner] = load_partners({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
         {**endpoint, "events": ["OFD", "RET"]}]}}}]})
     assert partner.channels["webhook"]["endpoints"][0]["filter"] == endpoint["filter"]
