@@ -15,6 +15,7 @@ import aiohttp
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from shipcast import tracing
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
@@ -186,6 +187,7 @@ class WebhookChannel(Channel):
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
+        tracing.inject(headers)  # when tracing is on: the partner's own tracing joins the attempt's span
         # What the attempt log shows the partner: these headers, and the URL with any credentials masked.
         sent = {"method": "POST", "url": target.options.get("shown_url", target.address), "headers": headers}
         try:
