@@ -61,9 +61,10 @@ class Pipeline:
 
 
 @contextlib.asynccontextmanager
-async def pipeline(settings: Settings, partner: Receiver, otlp: OtlpReceiver) -> AsyncIterator[Pipeline]:
+async def pipeline(settings: Settings, partner: Receiver, otlp: OtlpReceiver,
+                   doc: dict[str, Any] | None = None) -> AsyncIterator[Pipeline]:
     without_otel()
-    async with applied(settings, partners_doc("acme", partner.url)):
+    async with applied(settings, doc or partners_doc("acme", partner.url)):
         processes = [Subprocess(settings, "api", env=otel_env(otlp)).start(),
                      Subprocess(settings, "worker", "--channel", "webhook", env=otel_env(otlp)).start()]
         try:
@@ -161,15 +162,20 @@ async def test_one_trace_runs_from_the_oms_through_the_api_and_a_worker_to_the_p
 
 async def test_a_batch_is_one_span_with_its_event_ids_and_a_publish_each(settings: Settings) -> None:
     """A request with no ``traceparent`` starts a trace; a batch's events
-    are published, and delivered, under its one span."""
+    are published, and delivered, under its one span. An endpoint whose
+    filter keeps them out has no attempt, and the trace names it."""
     events = [example("DEL", partner_id="acme", order_id=f"ORD-BATCH-{i}").model_dump(mode="json", by_alias=True)
               for i in range(2)]
-    async with Receiver() as partner, OtlpReceiver() as otlp, pipeline(settings, partner, otlp) as p:
-        ids = await p.post(events)
-        await eventually(lambda: len(partner.delivered) == 2, timeout=30)
-        [post] = await eventually(lambda: otlp.named("POST /v1/events"), timeout=30)
-        spans = await eventually(lambda: len(otlp.trace(post.trace_id)) == 1 + 3 * 2 and otlp.trace(post.trace_id),
-                                 timeout=30)
+    async with Receiver() as partner, OtlpReceiver() as otlp:
+        doc = partners_doc("acme", partner.url)
+        doc["partners"][0]["channels"]["webhook"]["endpoints"].append(
+            {"id": "returns", "url": partner.url, "events": ["*"], "filter": {"event_type": "RET"}})
+        async with pipeline(settings, partner, otlp, doc) as p:
+            ids = await p.post(events)
+            await eventually(lambda: len(partner.delivered) == 2, timeout=30)
+            [post] = await eventually(lambda: otlp.named("POST /v1/events"), timeout=30)
+            spans = await eventually(lambda: len(otlp.trace(post.trace_id)) == 1 + 3 * 2
+                                     and otlp.trace(post.trace_id), timeout=30)
 
     assert post.parent_id == ""
     assert post.attributes["shipcast.event_ids"] == ids
@@ -181,21 +187,24 @@ async def test_a_batch_is_one_span_with_its_event_ids_and_a_publish_each(setting
         assert (publish.parent_id, process.parent_id, attempt.parent_id) == (
             post.span_id, publish.span_id, process.span_id)
         assert attempt.attributes["shipcast.outcome"] == "delivered"
+        assert attempt.attributes["shipcast.target_id"] == "main"
+        assert process.attributes["shipcast.filtered_endpoints"] == ["returns"]
+        assert process.attributes["shipcast.targets"] == 1
     assert {joined(request.headers["traceparent"])[0] for request in partner.requests} == {post.trace_id}
 
 
 async def test_the_api_refusing_a_request_says_so_on_its_span(settings: Settings) -> None:
-    """An invalid event is answered 422 and published nowhere: its span has
-    the status, and no publish under it."""
+    """An invalid event is answered 422 and published nowhere, a request
+    without the token 401: each span has the status, and no publish under it."""
     async with Receiver() as partner, OtlpReceiver() as otlp, pipeline(settings, partner, otlp) as p:
-        response = await p.http.post("/v1/events", json={"event_type": "OFD"},
-                                     headers={"traceparent": traceparent("ab" * 16, "cd" * 8)})
-        assert response.status_code == 422
-        [post] = await eventually(lambda: otlp.named("POST /v1/events"), timeout=30)
-    assert post.attributes["http.response.status_code"] == 422
-    assert post.trace_id == "ab" * 16
-    assert not post.error  # a client's error is not the server's (OpenTelemetry's HTTP conventions)
-    assert otlp.trace(post.trace_id) == [post]
+        for trace_id, token, status in (("ab" * 16, TOKEN, 422), ("ef" * 16, "wrong", 401)):
+            response = await p.http.post("/v1/events", json={"event_type": "OFD"}, headers={
+                "traceparent": traceparent(trace_id, "cd" * 8), "authorization": f"Bearer {token}"})
+            assert response.status_code == status
+        spans = await eventually(lambda: len(otlp.named("POST /v1/events")) == 2 and otlp.spans, timeout=30)
+    assert sorted((s.trace_id, s.attributes["http.response.status_code"]) for s in spans) == [
+        ("ab" * 16, 422), ("ef" * 16, 401)]
+    assert not any(span.error for span in spans)  # a client's error is not the server's (OpenTelemetry's HTTP rule)
 
 
 async def test_the_relay_starts_a_trace_per_row_that_the_worker_continues(vhost: str, tmp_path: Path,

@@ -35,12 +35,16 @@ from shipcast.security.signing import SECRET_PATTERN, generate_secret
 from shipcast.store import attempt_stats
 
 from .channel import EndpointSchema, WebhookChannel, strip_userinfo, valid_secrets, with_secret
+from .headers import shown_auth, shown_headers
 
 CHANNEL = WebhookChannel.name
 #: The longest overlap a rotation may ask for: 30 days.
 MAX_OVERLAP = 30 * 86400.0
-#: Settings an update may clear (given as ``None``): the channel's defaults apply again.
-CLEARABLE = ("description", "rate_limit", "max_concurrency")
+#: Settings an update may clear (given as ``None``): the channel's defaults apply again (no
+#: filter, no headers of its own, no authentication).
+CLEARABLE = ("description", "rate_limit", "max_concurrency", "filter", "headers", "auth")
+#: Where a field given as plaintext is stored encrypted, when that is another key.
+STORED_AS = {"headers": "header_secrets"}
 
 
 class UnknownEndpoint(ShipcastError):
@@ -72,7 +76,8 @@ def find(partner: Partner, endpoint_id: str) -> tuple[list[dict[str, Any]], int]
 
 
 def describe(services: Services, partner_id: str, endpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """An endpoint as it is shown: its settings and health, never its secret."""
+    """An endpoint as it is shown: its settings and health, never its secret
+    (its own headers' values, password or token masked)."""
     key = (CHANNEL, partner_id, endpoint["id"])
     now = time.time()
     overlaps = [p["expires_at"] for p in endpoint.get("previous_secrets", ()) if p["expires_at"] > now]
@@ -83,6 +88,7 @@ def describe(services: Services, partner_id: str, endpoint: Mapping[str, Any]) -
         "description": endpoint.get("description"), "ordered": endpoint.get("ordered", False),
         "asymmetric": endpoint.get("asymmetric", False), "rate_limit": endpoint.get("rate_limit"),
         "max_concurrency": endpoint.get("max_concurrency"),
+        "filter": endpoint.get("filter"), "headers": shown_headers(endpoint), "auth": shown_auth(endpoint),
         "disabled": services.partners.is_disabled(*key),
         "failing_since": failing.isoformat() if failing else None,
         "previous_secret_valid_until": datetime.fromtimestamp(max(overlaps), UTC).isoformat() if overlaps else None,
@@ -163,9 +169,11 @@ async def create(services: Services, partner_id: str, body: Any, actor: Actor) -
 
 
 async def update(services: Services, partner_id: str, endpoint_id: str, body: Any, actor: Actor) -> dict[str, Any]:
-    """Change an endpoint's URL, events, description, ordering, signing or
-    limits (a clearable setting given as ``None`` goes back to the default);
-    it is re-enabled if it was disabled. Its id and secret are not changed here.
+    """Change an endpoint's URL, events, description, ordering, signing,
+    limits, filter, headers or authentication (a clearable setting given as
+    ``None`` goes back to the default); it is re-enabled if it was disabled.
+    Its id and secret are not changed here; headers, a password or a token
+    given masked (or, in ``auth``, left out) keep their stored values.
 
     :raises UnknownEndpoint: no such partner or endpoint.
     :raises ConfigError: a field is wrong, or the destination is refused.
@@ -181,8 +189,9 @@ async def update(services: Services, partner_id: str, endpoint_id: str, body: An
     old = found[index]
     before = describe(services, partner_id, old)
     # partial loading still fills defaults for absent fields: keep only those given
+    replaced = {STORED_AS.get(key, key) for key in set(cleared) | set(given if isinstance(given, Mapping) else ())}
     plain = {key: value for key, value in old.items()
-             if key not in ("secret", "previous_secrets") and key not in cleared}
+             if key not in ("secret", "previous_secrets") and key not in replaced}
     updated = await prepared(services, partner_id,
                              {**plain, **{key: value for key, value in changes.items() if key in given}}, old)
     found[index] = updated

@@ -15,23 +15,27 @@ import aiohttp
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shipcast import tracing
+from shipcast import metrics, tracing
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
+from shipcast.model.filters import FilterField, Predicate, compile_filter
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target, routing_keys
-from shipcast.plugin.context import Registered
+from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.retry_after import parse_retry_after
 from shipcast.security.crypto import PREFIX as ENCRYPTED
 from shipcast.security.crypto import SecretBox, secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret, sign, sign_ed25519
 
 from .guard import GuardedResolver, Network, check_destination, find_refusal, is_receiver, static_refusal
+from .headers import AuthSchema, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
 from .keys import signing_keys
 
 #: How much of a response body is read at most; the rest is never downloaded.
 RESPONSE_CAP = 64 * 1024
 USER_AGENT = "shipcast-webhooks/1"
+#: Compiled filters a worker keeps; past it, they are compiled again as events need them.
+FILTER_CACHE = 4096
 
 
 def _parsable(url: str) -> None:
@@ -61,6 +65,12 @@ class EndpointSchema(Schema):
     rate_limit = fields.Float(validate=validate.Range(min=0.1, max=100000))
     #: Deliveries in flight at once (per worker process); default SHIPCAST_ENDPOINT_CONCURRENCY.
     max_concurrency = fields.Integer(validate=validate.Range(min=1, max=256))
+    #: Only events this condition on their fields holds for are sent (shipcast.model.filters).
+    filter = FilterField()
+    #: Headers of the endpoint's own, sent with each delivery; stored encrypted, shown masked.
+    headers = HeadersField()
+    #: HTTP basic or bearer authentication, sent as Authorization beside the signature.
+    auth = fields.Nested(AuthSchema)
 
 
 class WebhookConfig(Schema):
@@ -104,9 +114,16 @@ class WebhookChannel(Channel):
             raise ConfigError("refused", errors)
         box = secret_box(settings)
         previous = {e["id"]: e for e in (stored or {}).get("endpoints", [])}
-        endpoints = [with_userinfo(box, with_secret(box, endpoint, previous.get(endpoint["id"]), None,
-                                                    settings.webhook_secret_overlap), previous.get(endpoint["id"]))
-                     for endpoint in config["endpoints"]]
+        endpoints = []
+        for index, endpoint in enumerate(config["endpoints"]):
+            old = previous.get(endpoint["id"])
+            try:
+                endpoints.append(with_credentials(box, with_secret(box, endpoint, old, None,
+                                                                   settings.webhook_secret_overlap), old))
+            except ConfigError as exc:
+                errors.update({f"endpoints.{index}.{at}": messages for at, messages in exc.errors.items()})
+        if errors:
+            raise ConfigError("refused", errors)
         # Endpoints the partner registered through the API stay unless the config names them.
         named = {endpoint["id"] for endpoint in endpoints}
         endpoints += [e for e in previous.values() if e.get("origin") == "api" and e["id"] not in named]
@@ -118,6 +135,12 @@ class WebhookChannel(Channel):
         for endpoint in config.get("endpoints", []):
             keys |= routing_keys(partner_id, endpoint.get("events", ["*"]))
         return {f"{partner_id}.*"} if f"{partner_id}.*" in keys else keys
+
+    def __init__(self, context: ChannelContext) -> None:
+        super().__init__(context)
+        #: Each endpoint's compiled filter, by the identity of the stored filter it was compiled from
+        #: (held, so the identity is not reused): a config reloaded is compiled again, once.
+        self._filters: dict[int, tuple[Any, Predicate]] = {}
 
     async def start(self) -> None:
         self._allowed = self.settings.allowed_networks
@@ -149,21 +172,47 @@ class WebhookChannel(Channel):
         if partner is None:
             return []
         config = partner.channels.get(self.name) or {}
-        return [
-            self._target(endpoint)
-            for endpoint in config.get("endpoints", [])
-            if "*" in endpoint.get("events", ["*"]) or event.event_type in endpoint["events"]
-        ]
+        found = []
+        filtered = []
+        for endpoint in config.get("endpoints", []):
+            if "*" not in endpoint.get("events", ["*"]) and event.event_type not in endpoint["events"]:
+                continue
+            spec = endpoint.get("filter")
+            if spec is not None and not self.matches(spec, event):
+                # Not sent, and no attempt: the endpoint asked not to have it.
+                metrics.inc("shipcast_webhook_filtered_total", partner=event.partner_id, endpoint=endpoint["id"])
+                filtered.append(endpoint["id"])
+                continue
+            found.append(self._target(endpoint))
+        if filtered:  # the trace says why these endpoints have no attempt
+            tracing.note({tracing.FILTERED: filtered})
+        return found
+
+    def matches(self, spec: Any, event: Event) -> bool:
+        """Whether ``event`` passes an endpoint's filter ``spec``, compiled the
+        first time this stored filter is seen.
+
+        :raises ConfigError: the stored filter does not compile.
+        """
+        cached = self._filters.get(id(spec))
+        if cached is None or cached[0] is not spec:
+            if len(self._filters) >= FILTER_CACHE:
+                self._filters.clear()
+            cached = self._filters[id(spec)] = (spec, compile_filter(spec))
+        return cached[1](event)
 
     def _target(self, endpoint: Mapping[str, Any]) -> Target:
         url, stored = endpoint["url"], endpoint.get("userinfo_secret")
         userinfo = self._box.decrypt(stored) if stored else None
         if "@" in url:  # a config stored before credentials left the URL (no parse on the common path)
             userinfo, url = userinfo or _userinfo(url), str(strip_userinfo(url))
+        headers, shown = request_headers(self._box, endpoint) \
+            if endpoint.get("header_secrets") or endpoint.get("auth") else ({}, {})
         # The address logged and shown never carries credentials; they ride in the options.
         return Target(endpoint["id"], url,
                       {"secrets": valid_secrets(self._box, endpoint), "asymmetric": endpoint.get("asymmetric"),
-                       "userinfo": userinfo, "shown_url": masked_userinfo(url) if userinfo else url},
+                       "userinfo": userinfo, "shown_url": masked_userinfo(url) if userinfo else url,
+                       "headers": headers, "shown_headers": shown},
                       concurrency=endpoint.get("max_concurrency"), rate_limit=endpoint.get("rate_limit"),
                       ordered=endpoint.get("ordered", False))
 
@@ -180,16 +229,21 @@ class WebhookChannel(Channel):
         signature = sign(target.options["secrets"], event.event_id, timestamp, body)
         if target.options["asymmetric"]:
             signature += " " + sign_ed25519(self._signing_key, event.event_id, timestamp, body)
-        headers = {
+        own = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             "webhook-id": event.event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
-        tracing.inject(headers)  # when tracing is on: the partner's own tracing joins the attempt's span
-        # What the attempt log shows the partner: these headers, and the URL with any credentials masked.
-        sent = {"method": "POST", "url": target.options.get("shown_url", target.address), "headers": headers}
+        tracing.inject(own)  # when tracing is on: the partner's own tracing joins the attempt's span
+        extra = target.options.get("headers")
+        headers = {**extra, **own} if extra else own
+        # What the attempt log shows the partner: these headers (the endpoint's own and its
+        # Authorization masked), and the URL with any credentials masked.
+        shown = target.options.get("shown_headers")
+        sent = {"method": "POST", "url": target.options.get("shown_url", target.address),
+                "headers": {**shown, **own} if shown else own}
         try:
             # One deadline for the whole exchange: a server trickling bytes is cut off too.
             async with asyncio.timeout(self.settings.webhook_timeout):
@@ -280,6 +334,22 @@ def _userinfo(url: str) -> str | None:
     if parsed.raw_user is None:
         return None
     return f"{parsed.raw_user}:{parsed.raw_password}" if parsed.raw_password is not None else parsed.raw_user
+
+
+def with_credentials(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``endpoint`` with what it authenticates with stored encrypted: its URL's
+    credentials, its ``auth`` and its own headers (one source of credentials:
+    those given last replace the others).
+
+    :raises ConfigError: by field (``auth``, ``headers.<name>``), relative to the endpoint.
+    """
+    given = _userinfo(endpoint["url"]) is not None
+    stored = with_auth(box, with_userinfo(box, endpoint, old), old, url_credentials=given)
+    stored = with_headers(box, stored, old)
+    conflicts = authorization_conflicts(stored)
+    if conflicts:
+        raise ConfigError("refused", conflicts)
+    return stored
 
 
 def with_userinfo(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:

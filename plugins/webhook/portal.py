@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import orjson
+import yaml
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
@@ -35,14 +37,21 @@ from shipcast.app.services import Services, services_of
 from shipcast.exceptions import ConfigError
 
 from . import admin
+from .headers import MAX_VALUE as MAX_HEADER_VALUE
 
 router = APIRouter(prefix="/portal/p/{partner_id}/endpoints", include_in_schema=False)
 
 #: The endpoint form's fields, as the page names them.
-FIELDS = ("id", "url", "events", "description", "ordered", "asymmetric", "rate_limit", "max_concurrency")
+FIELDS = ("id", "url", "events", "description", "ordered", "asymmetric", "rate_limit", "max_concurrency",
+          "filter", "headers", "auth_type", "auth_username", "auth_secret")
 #: The most characters any one value of a form may hold, and the most event types one may tick.
 MAX_VALUE = 2000
 MAX_EVENTS = 100
+#: The fields that may hold more: the filter, the headers (one per line), a bearer token.
+LONG_VALUES = {"filter": 20000, "headers": 20000, "auth_secret": MAX_HEADER_VALUE}
+#: Which form field an error of the endpoint's shows beside, by its first part, when not its own name.
+ERROR_FIELDS = {"auth.type": "auth_type", "auth.username": "auth_username", "auth.password": "auth_secret",
+                "auth.token": "auth_secret", "auth": "auth_type"}
 #: What a test send is when nothing says otherwise: the sample the API sends too.
 DEFAULT_TEST_TYPE = "OFD"
 
@@ -87,52 +96,143 @@ def _typed(form: Mapping[str, list[str]]) -> tuple[dict[str, Any], dict[str, lis
     typed: dict[str, Any] = {}
     for name in FIELDS:
         values = form.get(name, [])
-        if any(len(value) > MAX_VALUE for value in values):
-            too_long[name] = [f"at most {MAX_VALUE} characters"]
-            values = [value[:MAX_VALUE] for value in values]
+        limit = LONG_VALUES.get(name, MAX_VALUE)
+        if any(len(value) > limit for value in values):
+            too_long[name] = [f"at most {limit} characters"]
+            values = [value[:limit] for value in values]
         if name == "events":
             if len(values) > MAX_EVENTS:
                 too_long[name] = [f"at most {MAX_EVENTS} event types"]
             typed[name] = values[:MAX_EVENTS]
         elif name in ("ordered", "asymmetric"):
             typed[name] = bool(values)
+        elif name in ("filter", "headers"):  # several lines, kept as typed
+            typed[name] = values[-1].strip("\r\n") if values else ""
         else:
             typed[name] = values[-1].strip() if values else ""
     return typed, too_long
 
 
-def _body(typed: Mapping[str, Any], *, updating: bool) -> dict[str, Any]:
+class _PlainLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors and aliases: a few lines typed in a
+    form never need them, and an alias repeated is how a small text grows huge."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not taken here", mark)
+        return super().compose_node(parent, index)
+
+
+def _filter_of(text: str) -> Any:
+    """The filter typed, as JSON or YAML.
+
+    :raises ValueError: it is neither, saying where.
+    """
+    try:
+        return yaml.load(text, Loader=_PlainLoader)
+    except RecursionError:
+        raise ValueError("not JSON or YAML: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ValueError(f"not JSON or YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def _headers_of(text: str) -> dict[str, str] | None:
+    """The headers typed, one ``Name: value`` a line; ``None`` for none.
+
+    :raises ValueError: a line is not one, naming it.
+    """
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise ValueError(f"line {number}: write one header a line, as Name: value")
+        if name.strip() in found:
+            raise ValueError(f"line {number}: {name.strip()} is given twice")
+        found[name.strip()] = value.strip()
+    return found or None
+
+
+def _auth_of(typed: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The authentication chosen; an empty password or token keeps the stored one."""
+    kind = typed["auth_type"]
+    if not kind:
+        return None
+    auth: dict[str, Any] = {"type": kind}
+    if kind == "basic":
+        auth["username"] = typed["auth_username"]
+    if typed["auth_secret"] and kind in ("basic", "bearer"):
+        auth["password" if kind == "basic" else "token"] = typed["auth_secret"]
+    return auth
+
+
+def _body(typed: Mapping[str, Any], *, updating: bool) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """The endpoint as the API would be sent it: an empty optional field is
-    left out (a new endpoint) or cleared back to the default (an update)."""
+    left out (a new endpoint) or cleared back to the default (an update);
+    and what cannot be read of the filter or the headers."""
     body: dict[str, Any] = {"url": typed["url"], "events": typed["events"], "ordered": typed["ordered"],
                             "asymmetric": typed["asymmetric"]}
-    for name in ("description", "rate_limit", "max_concurrency"):
-        if typed[name]:
-            body[name] = typed[name]
+    errors: dict[str, list[str]] = {}
+    readers = {"filter": _filter_of, "headers": _headers_of}
+    given: dict[str, Any] = {name: typed[name] for name in ("description", "rate_limit", "max_concurrency")}
+    for name, read in readers.items():
+        try:
+            given[name] = read(typed[name]) if typed[name].strip() else None
+        except ValueError as exc:
+            errors[name] = [str(exc)]
+    given["auth"] = _auth_of(typed)
+    for name, value in given.items():
+        if value is not None and value != "":
+            body[name] = value
         elif updating:
             body[name] = None
-    return body
+    return body, errors
+
+
+def _shown(value: Any) -> str:
+    """A filter as its field shows it: JSON, indented."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
 def _form_values(endpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored endpoint (as described) as its edit form shows it."""
+    """A stored endpoint (as described) as its edit form shows it: its
+    headers' values, password or token masked, which given back keep theirs."""
+    auth = endpoint["auth"] or {}
     return {"id": endpoint["id"], "url": endpoint["url"], "events": list(endpoint["events"]),
             "description": endpoint["description"] or "", "ordered": endpoint["ordered"],
             "asymmetric": endpoint["asymmetric"],
             "rate_limit": "" if endpoint["rate_limit"] is None else f"{endpoint['rate_limit']:g}",
-            "max_concurrency": "" if endpoint["max_concurrency"] is None else str(endpoint["max_concurrency"])}
+            "max_concurrency": "" if endpoint["max_concurrency"] is None else str(endpoint["max_concurrency"]),
+            "filter": "" if endpoint["filter"] is None else _shown(endpoint["filter"]),
+            "headers": "\n".join(f"{name}: {value}" for name, value in endpoint["headers"].items()),
+            "auth_type": auth.get("type", ""), "auth_username": auth.get("username", ""),
+            "auth_secret": auth.get("password") or auth.get("token") or ""}
 
 
 def _field_errors(errors: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Errors by the field they are shown beside; one of no field is the form's (``_form``)."""
+    """Errors by the field they are shown beside; one of no field is the form's
+    (``_form``). Within the filter or the headers, each says where it is."""
     shown: dict[str, list[str]] = {}
-    for field, messages in form_errors(errors).items():
-        shown.setdefault(field if field in FIELDS else "_form", []).extend(messages)
+    for where, messages in errors.items():
+        items = [str(m) for m in (messages if isinstance(messages, list) else [messages])]
+        head, _, rest = str(where).partition(".")
+        if str(where) in ERROR_FIELDS:
+            shown.setdefault(ERROR_FIELDS[str(where)], []).extend(items)
+        elif head in ("filter", "headers") and rest:
+            shown.setdefault(head, []).extend(f"{rest}: {message}" for message in items)
+        else:
+            for field, found in form_errors({where: items}).items():
+                shown.setdefault(field if field in FIELDS else "_form", []).extend(found)
     return shown
 
 
 NEW_ENDPOINT = {"id": "", "url": "", "events": ["*"], "description": "", "ordered": False, "asymmetric": False,
-                "rate_limit": "", "max_concurrency": ""}
+                "rate_limit": "", "max_concurrency": "", "filter": "", "headers": "", "auth_type": "",
+                "auth_username": "", "auth_secret": ""}
 
 
 # -- the list, and adding one --------------------------------------------------------
@@ -172,7 +272,9 @@ async def add_endpoint(partner_id: str, request: Request, person: Person = Depen
     if not errors:
         with _found():
             partner = await admin.load(services, partner_id)
-        body = {"id": typed["id"] or admin.new_id(partner, typed["url"]), **_body(typed, updating=False)}
+        fields, errors = _body(typed, updating=False)
+        body = {"id": typed["id"] or admin.new_id(partner, typed["url"]), **fields}
+    if not errors:
         try:
             with _found():
                 shown, secret = await admin.create(services, partner_id, body, person.actor)
@@ -224,9 +326,11 @@ async def edit_endpoint(partner_id: str, endpoint_id: str, request: Request,
     services = services_of(request)
     typed, errors = _typed(form)
     if not errors:
+        body, errors = _body(typed, updating=True)
+    if not errors:
         try:
             with _found():
-                await admin.update(services, partner_id, endpoint_id, _body(typed, updating=True), person.actor)
+                await admin.update(services, partner_id, endpoint_id, body, person.actor)
         except ConfigError as exc:
             errors = _field_errors(exc.errors or {"_form": [str(exc)]})
         else:

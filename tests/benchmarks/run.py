@@ -28,6 +28,7 @@ import aiohttp
 import httpx
 
 from .common import BIN, Proc, Receiver, Vhost, broker_cpu, events, mean, percentile
+from .filters import filters
 from .floor import publish as floor_publish
 from .writepath import writepath
 
@@ -761,7 +762,9 @@ DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "iso
            "writepath"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow,
              "latency": latency, "ingest": ingest, "fanout": fanout, "growth": growth, "memory": memory,
-             "isolation": isolation, "live": live, "paging": paging, "writepath": writepath}
+             "isolation": isolation, "live": live, "paging": paging, "writepath": writepath,
+             # in-process, no services: not in DEFAULT, run it by name
+             "filters": filters}
 
 
 async def main(selected: Sequence[str], quick: bool) -> None:
