@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import threading
 from collections.abc import Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -57,6 +59,8 @@ FILTERED = "shipcast.filtered_endpoints"
 OUTBOX_ROW = "shipcast.outbox.row_id"
 HTTP_STATUS = "http.response.status_code"
 
+#: Seconds a stopping process waits for its last spans to be sent.
+STOP_WAIT = 5.0
 #: The variables that turn tracing on; unset, it is off.
 ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -144,7 +148,8 @@ def start(process: str) -> bool:
                                 "process.pid": os.getpid()})
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "shipcast"}))
-    # The sampler is OTEL_TRACES_SAMPLER's (parent-based, always on, by default).
+    # The sampler is OTEL_TRACES_SAMPLER's (parent-based, always on, by default); a value
+    # the SDK cannot read, it logs naming the variable, and goes on with its default.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     # Not made the global provider: FastAPI would then trace every route of
@@ -153,18 +158,24 @@ def start(process: str) -> bool:
     _kinds = {kind.name.lower(): kind for kind in SpanKind}
     _current, _error = get_current_span, StatusCode.ERROR
     _tracer = provider.get_tracer("shipcast", __version__)
-    log.info("sending traces to %s", os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-             or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    log.info("sending traces to %s", re.sub(r"//[^/@]*@", "//", endpoint))  # never a password it holds
     return True
 
 
-def stop() -> None:
-    """Send the spans still waiting, and stop (the exporter's own timeout,
-    ``OTEL_EXPORTER_OTLP_TIMEOUT``, bounds the wait for an endpoint that does not answer)."""
+def stop(wait: float = STOP_WAIT) -> None:
+    """Send the spans still waiting, and stop; after ``wait`` seconds, those
+    an endpoint has not taken yet are dropped (the SDK alone would retry for
+    up to half a minute, past a stopping process's grace)."""
     global _tracer, _provider
     provider, _tracer, _provider = _provider, None, None
-    if provider is not None:
-        provider.shutdown()
+    if provider is None:
+        return
+    stopping = threading.Thread(target=provider.shutdown, name="shipcast-tracing-stop", daemon=True)
+    stopping.start()
+    stopping.join(wait)
+    if stopping.is_alive():
+        log.warning("the OTLP endpoint did not take the last spans within %gs: they are dropped", wait)
 
 
 def span(name: str, kind: Kind = "internal", parent: Mapping[str, Any] | None = None,
@@ -189,10 +200,8 @@ def describe(span: Span | None, event: TracedEvent | None = None, attributes: Ma
     ``attributes`` (those that are ``None`` are left out)."""
     if span is None:
         return
-    if event is not None:
-        span.set_attributes(event_attributes(event))
-    if attributes:
-        span.set_attributes({key: value for key, value in attributes.items() if value is not None})
+    given = {key: value for key, value in (attributes or {}).items() if value is not None}
+    span.set_attributes({**event_attributes(event), **given} if event is not None else given)
 
 
 def event_attributes(event: TracedEvent) -> dict[str, str]:

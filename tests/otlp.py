@@ -56,6 +56,9 @@ class OtlpReceiver:
     #: Export requests received, each answered 200.
     requests: int = 0
     port: int = 0
+    #: Keep the bodies as they come, to decode when asked (:meth:`count`): a benchmark's receiver does no work.
+    lazy: bool = False
+    bodies: list[bytes] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -68,8 +71,15 @@ class OtlpReceiver:
             body = gzip.decompress(body)
         if request.content_type != "application/x-protobuf":
             return web.Response(status=415, text=f"not protobuf: {request.content_type}")
-        export = ExportTraceServiceRequest.FromString(body)
         self.requests += 1
+        if self.lazy:
+            self.bodies.append(body)
+        else:
+            self._keep(ExportTraceServiceRequest.FromString(body))
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    def _keep(self, export: ExportTraceServiceRequest) -> None:
         for resource_spans in export.resource_spans:
             resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -79,8 +89,13 @@ class OtlpReceiver:
                         KINDS.get(span.kind, "unspecified"), {a.key: value(a.value) for a in span.attributes},
                         resource, span.status.code == Status.STATUS_CODE_ERROR, span.status.message,
                         span.trace_state))
-        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
-                            content_type="application/x-protobuf")
+
+    def count(self) -> int:
+        """How many spans arrived (the kept bodies decoded now)."""
+        for body in self.bodies:
+            self._keep(ExportTraceServiceRequest.FromString(body))
+        self.bodies.clear()
+        return len(self.spans)
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         return [span for span in self.spans if span.trace_id == trace_id]

@@ -12,6 +12,7 @@ from shipcast import tracing
 from shipcast.amqp import headers as h
 from tests.bound import example
 
+from ..conftest import free_port
 from ..otlp import OtlpReceiver, tracing_to
 
 pytestmark = pytest.mark.fast
@@ -55,6 +56,18 @@ def test_an_endpoint_without_the_sdk_is_said_and_leaves_tracing_off(monkeypatch:
         assert tracing.start("worker") is False
     assert not tracing.enabled()
     assert "pip install 'shipcast[otel]'" in caplog.text
+
+
+def test_stopping_does_not_wait_long_for_an_endpoint_that_is_down(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    assert tracing.start("worker")
+    with tracing.span("lost"):
+        pass
+    with caplog.at_level(logging.WARNING, "shipcast.tracing"):
+        tracing.stop(wait=0.5)
+    assert not tracing.enabled()
+    assert "did not take the last spans within 0.5s" in caplog.text
 
 
 def test_a_message_reads_its_trace_context_whatever_a_publisher_sent() -> None:
