@@ -61,6 +61,7 @@ def test_an_endpoint_without_the_sdk_is_said_and_leaves_tracing_off(monkeypatch:
 def test_stopping_does_not_wait_long_for_an_endpoint_that_is_down(monkeypatch: pytest.MonkeyPatch,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # its retries over soon after the test
     assert tracing.start("worker")
     with tracing.span("lost"):
         pass
