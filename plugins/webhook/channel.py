@@ -14,7 +14,7 @@ import aiohttp
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shipcast import metrics
+from shipcast import metrics, tracing
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
 from shipcast.model.filters import CompiledFilters, FilterField
@@ -178,6 +178,7 @@ class WebhookChannel(Channel):
             return []
         config = partner.channels.get(self.name) or {}
         found = []
+        filtered = []
         for endpoint in config.get("endpoints", []):
             if "*" not in endpoint.get("events", ["*"]) and event.event_type not in endpoint["events"]:
                 continue
@@ -185,8 +186,11 @@ class WebhookChannel(Channel):
             if spec is not None and not self.matches(spec, event):
                 # Not sent, and no attempt: the endpoint asked not to have it.
                 metrics.inc("shipcast_webhook_filtered_total", partner=event.partner_id, endpoint=endpoint["id"])
+                filtered.append(endpoint["id"])
                 continue
             found.append(self._target(endpoint))
+        if filtered:  # the trace says why these endpoints have no attempt
+            tracing.note({tracing.FILTERED: filtered})
         return found
 
     def matches(self, spec: Any, event: Event) -> bool:
@@ -232,6 +236,7 @@ class WebhookChannel(Channel):
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
+        tracing.inject(own)  # when tracing is on: the partner's own tracing joins the attempt's span
         extra = target.options.get("headers")
         headers = {**extra, **own} if extra else own
         # What the attempt log shows the partner: these headers (the endpoint's own and its
