@@ -14,7 +14,7 @@ import aiohttp
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shipcast import metrics
+from shipcast import metrics, tracing
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
@@ -188,6 +188,7 @@ class WebhookChannel(Channel):
             return []
         config = partner.channels.get(self.name) or {}
         found = []
+        filtered = []
         for endpoint in config.get("endpoints", []):
             if not receives(endpoint, event.event_type):
                 continue
@@ -196,8 +197,11 @@ class WebhookChannel(Channel):
                 # Not sent, and no attempt: the endpoint asked not to have it. Counted here,
                 # for the event's first delivery only (a copy for one target asks target_for).
                 metrics.inc("shipcast_webhook_filtered_total", partner=event.partner_id, endpoint=endpoint["id"])
+                filtered.append(endpoint["id"])
                 continue
             found.append(target)
+        if filtered:  # the trace says why these endpoints have no attempt
+            tracing.note({tracing.FILTERED: filtered})
         return found
 
     def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
@@ -262,6 +266,7 @@ class WebhookChannel(Channel):
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
+        tracing.inject(own)  # when tracing is on: the partner's own tracing joins the attempt's span
         extra = target.options.get("headers")
         headers = {**extra, **own} if extra else own
         # What the attempt log shows the partner: these headers (the endpoint's own and its

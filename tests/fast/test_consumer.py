@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 from marshmallow import fields
 
-from shipcast import Channel, ChannelConfig, Delivered, Event, Partner, Target, hookimpl
+from shipcast import Channel, ChannelConfig, Delivered, Event, Partner, Target, hookimpl, tracing
 from shipcast.amqp import headers as h
 from shipcast.amqp.memory import MemoryBroker
 from shipcast.app.services import Services
@@ -23,6 +23,8 @@ from shipcast.model.examples import example
 from shipcast.plugin.registry import Registry
 from shipcast.settings import Settings
 from shipcast.store import Store
+
+from ..otlp import OtlpReceiver, tracing_to
 
 pytestmark = pytest.mark.fast
 
@@ -39,6 +41,8 @@ class Script:
 
     answers: dict[str, list[Exception | None]] = field(default_factory=dict)
     sent: list[tuple[str, str]] = field(default_factory=list)
+    #: The trace context each delivery would send (a webhook's headers), when tracing is on.
+    contexts: list[dict[str, str]] = field(default_factory=list)
 
 
 class ScriptedChannel(Channel):
@@ -53,6 +57,10 @@ class ScriptedChannel(Channel):
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered | None:
         script: Script = self.context.extensions["script"]
         script.sent.append((event.event_id, target.id))
+        context: dict[str, str] = {}
+        tracing.inject(context)
+        if context:
+            script.contexts.append(context)
         answers = script.answers.get(target.id) or []
         answer = answers.pop(0) if answers else None
         if answer is not None:
@@ -179,3 +187,66 @@ async def test_the_exchange_routes_only_what_the_config_binds(rig: Rig) -> None:
     with pytest.raises(Exception, match="no queue is bound for globex.OFD"):
         await rig.services.publisher.publish_valid([other])
     assert not rig.script.sent
+
+
+async def test_traced_a_message_is_a_span_under_its_publish_and_each_target_an_attempt_under_it(rig: Rig) -> None:
+    """Each target's attempt is a span of its own, current while the channel
+    delivers; a retry tier's copy joins the trace under the same publish."""
+    rig.script.answers["b"] = [RetryableDelivery("HTTP 503", status=503)]
+    event = example("FAIL", rig.services.registry.event_types)
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            await rig.publish(event)
+            assert await rig.broker.expire() == 1
+            await rig.broker.drain()
+        assert not tracing.enabled()
+    [publish] = otlp.named("send shipcast.events")
+    assert publish.parent_id == "" and publish.attributes["shipcast.event_id"] == event.event_id
+    first, retried = sorted(otlp.named("process shipcast.scripted"), key=lambda s: s.attributes["shipcast.retry_tier"])
+    assert {first.parent_id, retried.parent_id} == {publish.span_id}
+    assert (first.attributes["shipcast.targets"], retried.attributes["shipcast.targets"]) == (2, 1)
+    attempts = {(s.attributes["shipcast.target_id"], s.attributes["shipcast.outcome"]): s
+                for s in otlp.named("deliver scripted")}
+    assert set(attempts) == {("a", "delivered"), ("b", "retry"), ("b", "delivered")}
+    assert attempts["a", "delivered"].parent_id == attempts["b", "retry"].parent_id == first.span_id
+    assert attempts["b", "delivered"].parent_id == retried.span_id
+    assert attempts["b", "retry"].error and attempts["b", "retry"].attributes["http.response.status_code"] == 503
+    assert attempts["b", "retry"].attributes["error.type"] == "RetryableDelivery"
+    assert {span.trace_id for span in otlp.spans} == {publish.trace_id}
+    # What a channel would send is the context of its attempt's span.
+    assert sorted(c["traceparent"].split("-")[2] for c in rig.script.contexts) == sorted(
+        span.span_id for span in attempts.values())
+
+
+@pytest.mark.parametrize(("traceparent", "continued"), [
+    (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),  # bytes, as a bare AMQP client sends
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),
+    ("00-not-a-trace-01", False),
+    (b"\xff\xfe", False),
+    (12345, False),
+])
+async def test_traced_a_foreign_publishers_trace_context_is_continued_or_ignored(
+        rig: Rig, traceparent: object, continued: bool) -> None:
+    """Junk in ``traceparent`` starts a trace of its own; the event is delivered either way."""
+    event = example("OFD", rig.services.registry.event_types)
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            await rig.broker.publish(aio_pika.Message(event.to_json(), content_type="application/json",
+                                                      headers={"traceparent": traceparent}), WORK, exchange="")
+            await rig.broker.drain()
+    assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b")]
+    [process] = otlp.named("process shipcast.scripted")
+    if continued:
+        assert (process.trace_id, process.parent_id) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    else:
+        assert process.parent_id == ""
+
+
+async def test_untraced_junk_in_traceparent_is_no_reason_to_park(rig: Rig) -> None:
+    event = example("OFD", rig.services.registry.event_types)
+    await rig.broker.publish(aio_pika.Message(event.to_json(), content_type="application/json",
+                                              headers={"traceparent": b"\xff\xfe", "tracestate": b"\xff"}),
+                             WORK, exchange="")
+    await rig.broker.drain()
+    assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b")]
+    assert not rig.broker.messages(DEAD) and not rig.script.contexts

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shipcast import __version__, metrics
+from shipcast import __version__, metrics, tracing
 from shipcast.app import portal
 from shipcast.app.api import admin, ingest, partner
 from shipcast.app.api.access import (
@@ -69,10 +69,18 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     app.state.resend_quota = Quota(services.settings.partner_resend_quota)
 
     @app.middleware("http")
-    async def _count_ingest(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        if request.url.path == "/v1/events" and request.method == "POST":
+    async def _ingest_requests(request: Request, call_next: Any) -> Response:
+        """Count each ``POST /v1/events`` by status, and trace it (continuing the OMS's ``traceparent``)."""
+        if request.url.path != "/v1/events" or request.method != "POST":
+            return await call_next(request)  # type: ignore[no-any-return]
+        with tracing.span(ingest.SPAN, "server", parent=request.headers) as span:
+            response: Response = await call_next(request)
             metrics.inc("shipcast_ingest_requests_total", code=str(response.status_code))
+            if span is not None:
+                tracing.describe(span, None, {"http.request.method": "POST", "http.route": "/v1/events",
+                                              tracing.HTTP_STATUS: response.status_code})
+                if response.status_code >= 500:
+                    tracing.failed(span, f"HTTP {response.status_code}")
         return response
 
     @app.exception_handler(InvalidEvent)

@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import Any
 
+from shipcast import tracing
 from shipcast.app.relay.runner import Relay
 from shipcast.app.relay.source import OutboxSource
 from shipcast.app.runtime import health_server
@@ -25,6 +26,7 @@ async def serve_relay(services: Services, source: OutboxSource) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     relay = Relay(services, source)
+    tracing.start("relay")
     await services.start()
     server = health_server(services, {"source": lambda: relay.source_up})
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(relay.run(stop), name="shipcast-relay"),
@@ -50,6 +52,7 @@ async def serve_relay(services: Services, source: OutboxSource) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await source.close()
         await services.close()
+        await asyncio.to_thread(tracing.stop)
 
 
 async def _when_connected(services: Services) -> None:

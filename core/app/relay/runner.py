@@ -1,6 +1,7 @@
 """The relay's loop: wait for the lock, then publish pending rows in id
 order, each through ingest's validation and publisher, and delete a row only
-once RabbitMQ confirmed it."""
+once RabbitMQ confirmed it. When tracing is on, each row's publish starts a
+trace of its own (the outbox keeps no trace context)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shipcast import metrics
+from shipcast import metrics, tracing
 from shipcast.app.relay.rows import OutboxRow, error_text, parse_row
 from shipcast.app.relay.source import SOURCE_ERRORS, OutboxSource, OutboxStats
 from shipcast.app.services import Services
@@ -32,6 +33,8 @@ BROKER_EVERY = 0.05
 LINGER = 0.02
 #: Seconds between two readings of the outbox's depth and age for /metrics.
 STATS_EVERY = 1.0
+#: The trace context a row's span continues: none, a trace of its own.
+NEW_TRACE: dict[str, str] = {}
 
 
 class Relay:
@@ -56,6 +59,7 @@ class Relay:
         self.stats: OutboxStats | None = None
         self._stats_at = float("-inf")
         self._wake = asyncio.Event()
+        self._span = f"relay {source.table_name}"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set: standby until the lock is ours, then active."""
@@ -163,7 +167,7 @@ class Relay:
         confirmed: list[int] = []
         while chains:
             heads = [chain.pop(0) for chain in chains]
-            results = await asyncio.gather(*(self.services.publisher.publish_valid([event]) for _, event in heads),
+            results = await asyncio.gather(*(self._publish(row, event) for row, event in heads),
                                            return_exceptions=True)
             going_on = []
             for (row, event), chain, result in zip(heads, chains, results, strict=True):
@@ -178,6 +182,12 @@ class Relay:
                         going_on.append(chain)
             chains = going_on
         return confirmed
+
+    async def _publish(self, row: OutboxRow, event: Event) -> list[str]:
+        with tracing.span(self._span, parent=NEW_TRACE) as span:
+            if span is not None:
+                tracing.describe(span, event, {tracing.OUTBOX_ROW: row.id})
+            return await self.services.publisher.publish_valid([event])
 
     async def _update_stats(self, conn: AsyncConnection) -> None:
         if time.monotonic() - self._stats_at < STATS_EVERY:

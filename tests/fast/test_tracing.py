@@ -1,0 +1,96 @@
+"""shipcast's tracing switch: off unless an OTLP endpoint is set, and then
+nothing but one shared object that does nothing; on, what it sends."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from shipcast import tracing
+from shipcast.amqp import headers as h
+from tests.bound import example
+
+from ..conftest import free_port
+from ..otlp import OtlpReceiver, tracing_to
+
+pytestmark = pytest.mark.fast
+
+ENDPOINT = "http://127.0.0.1:4318"
+
+
+@pytest.mark.parametrize(("environ", "reason"), [
+    ({}, "no OTLP endpoint is set"),
+    ({"OTEL_SERVICE_NAME": "shipcast", "OTEL_TRACES_SAMPLER": "always_on"}, "no OTLP endpoint is set"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": " "}, "no OTLP endpoint is set"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT}, None),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{ENDPOINT}/v1/traces"}, None),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT, "OTEL_SDK_DISABLED": "TRUE"}, "OTEL_SDK_DISABLED is true"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT, "OTEL_SDK_DISABLED": "false"}, None),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": ENDPOINT, "OTEL_TRACES_EXPORTER": "none"}, "OTEL_TRACES_EXPORTER is none"),
+])
+def test_only_an_otlp_endpoint_turns_tracing_on(environ: dict[str, str], reason: str | None) -> None:
+    assert tracing.wanted(environ) == reason
+
+
+def test_off_every_span_is_one_object_that_does_nothing() -> None:
+    assert not tracing.enabled()
+    assert tracing.span("a", "server", parent={"traceparent": "x"}) is tracing.span("b")
+    with tracing.span("a") as span:
+        assert span is None
+        tracing.note({"x": 1})
+        tracing.describe(span, None, {"x": 1})
+        tracing.failed(span, "no")
+        headers: dict[str, object] = {"webhook-id": "evt_1"}
+        tracing.inject(headers)
+        assert headers == {"webhook-id": "evt_1"}
+    assert h.TRACEPARENT not in h.event_message(example("OFD")).headers
+
+
+def test_an_endpoint_without_the_sdk_is_said_and_leaves_tracing_off(monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if not installed
+    with caplog.at_level(logging.WARNING, "shipcast.tracing"):
+        assert tracing.start("worker") is False
+    assert not tracing.enabled()
+    assert "pip install 'shipcast[otel]'" in caplog.text
+
+
+def test_stopping_does_not_wait_long_for_an_endpoint_that_is_down(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # its retries over soon after the test
+    assert tracing.start("worker")
+    with tracing.span("lost"):
+        pass
+    with caplog.at_level(logging.WARNING, "shipcast.tracing"):
+        tracing.stop(wait=0.5)
+    assert not tracing.enabled()
+    assert "did not take the last spans within 0.5s" in caplog.text
+
+
+def test_a_message_reads_its_trace_context_whatever_a_publisher_sent() -> None:
+    assert h.trace_context({}) == {}
+    assert h.trace_context({"x-shipcast-target": "main"}) == {}
+    assert h.trace_context({"traceparent": b"00-ab-cd-01", "tracestate": b"a=1"}) == {
+        "traceparent": "00-ab-cd-01", "tracestate": "a=1"}
+    assert h.trace_context({"traceparent": 7}) == {"traceparent": "7"}
+    assert h.trace_context({"traceparent": None}) == {}
+
+
+async def test_on_an_event_message_carries_its_span_and_its_resource_names_the_process() -> None:
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp, "worker"):
+            assert tracing.start("worker")  # once started, starting again changes nothing
+            with tracing.span("outer", "producer", parent={}) as span:
+                assert span is not None
+                message = h.event_message(example("OFD"))
+            with pytest.raises(ValueError), tracing.span("broken"):
+                raise ValueError("it broke")
+    outer, broken = otlp.named("outer") + otlp.named("broken")
+    assert str(message.headers[h.TRACEPARENT]).split("-")[1:3] == [outer.trace_id, outer.span_id]
+    assert outer.kind == "producer" and outer.resource["shipcast.process"] == "worker"
+    assert outer.resource["service.name"] == "shipcast"
+    assert broken.error and "it broke" in broken.status_message and broken.trace_id != outer.trace_id
