@@ -460,6 +460,8 @@ WRONG_EXTRAS = [
     ({"filter": "{unclosed"}, "filter", "not JSON or YAML"),
     ({"filter": "cod only"}, "filter", "must be an object"),
     ({"filter": "a: &x [1]\nb: *x"}, "filter", "aliases (*name) are not taken here"),
+    ({"filter": "order.address.city: !!bool Pune"}, "filter", "tags (!!name) are not taken here"),
+    ({"filter": "order.promised_date: 2024-02-30"}, "filter", "not JSON or YAML: day is out of range"),
     ({"headers": "X-Api-Key k-1"}, "headers", "line 1: write one header a line, as Name: value"),
     ({"headers": "X-Api-Key: k\nHost: internal"}, "headers", "Host: reserved"),
     ({"headers": "webhook-signature: v1,forged"}, "headers", "webhook-signature: reserved"),
@@ -489,6 +491,21 @@ async def test_a_wrong_filter_header_or_authentication_is_said_beside_its_field(
         assert edited.status_code == 422 and words in (field_error(edited.text, field) or ""), edited.text[-3000:]
     assert {e["id"] for e in await stored(portal)} == {"main"}
     assert not await changes(portal)
+
+
+async def test_a_refused_form_gives_back_no_header_value_password_or_token_typed(portal: ShipcastProcess) -> None:
+    typed = {"headers": "X-Api-Key: k-typed-secret\nX-Tenant: acme-typed-secret", "auth_type": "bearer",
+             "auth_secret": "t-typed-secret"}
+    async with await signed_in(portal, "dev@acme.example.com", "acme", "admin") as browser:
+        for path, fields in [(BASE, {"id": "new"}), (f"{BASE}/main", {})]:
+            answer = await browser.post(path, form(url="http://10.1.2.3/hook", **fields, **typed))
+            assert answer.status_code == 422, answer.text
+            assert "a private network" in (field_error(answer.text, "url") or "")
+            assert "typed-secret" not in answer.text, path
+            assert "X-Api-Key: \nX-Tenant: </textarea>" in answer.text and 'value="http://10.1.2.3/hook"' in answer.text
+            assert "type them again" in (field_error(answer.text, "headers") or "")
+            assert "type it again" in (field_error(answer.text, "auth_secret") or "")
+    assert {e["id"] for e in await stored(portal)} == {"main"}
 
 
 async def test_a_filter_headers_and_authentication_are_set_kept_masked_and_cleared(portal: ShipcastProcess) -> None:

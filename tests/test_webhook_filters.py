@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from shipcast.plugins.webhook.headers import MASK
 from shipcast.settings import Settings
 from tests.bound import example
 
-from .helpers import Receiver, ShipcastProcess, eventually, run_cli
+from .helpers import Receiver, ShipcastProcess, eventually, run_cli, settled
 
 pytestmark = pytest.mark.broker
 
@@ -101,6 +102,39 @@ async def test_an_event_the_filter_keeps_out_reaches_no_receiver_and_costs_no_at
         await eventually(lambda: sent.json()["event_id"] in receiver.ids)
 
 
+async def test_an_event_kept_out_is_counted_once_while_another_endpoint_retries_it(
+        shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    async with Receiver(script=[500, 500]) as every:  # answered on the third attempt
+        await shipcast.apply(two_endpoints(receiver.url, every.url, filter=COD))
+        before = metrics.value("shipcast_webhook_filtered_total", partner="acme", endpoint="main")
+        await post(shipcast, prepaid := event_of(method="prepaid"))
+        await eventually(settled(shipcast, prepaid["event_id"], ("delivered",)))
+        assert every.answered == [500, 500, 200] and not receiver.requests
+        assert metrics.value("shipcast_webhook_filtered_total", partner="acme", endpoint="main") == before + 1
+
+
+async def test_a_stored_filter_that_does_not_compile_parks_the_event_for_its_endpoint_only(
+        shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    async with Receiver() as every:
+        await shipcast.apply(two_endpoints(receiver.url, every.url, filter=COD))
+        # Stored by another version, say: a filter this one does not read.
+        store = shipcast.services.store
+        partner = await store.get_partner("acme")
+        assert partner is not None
+        endpoints = [{**e, "filter": {"order.foo": "x"}} if e["id"] == "main" else e
+                     for e in partner.channels["webhook"]["endpoints"]]
+        await store.put_partners([dataclasses.replace(partner, channels={"webhook": {"endpoints": endpoints}},
+                                                      file_fields=partner.owned())], reenable=False)
+        await shipcast.services.partners.reload()
+        await post(shipcast, cod := event_of(method="cod"))
+        [parked] = await eventually(settled(shipcast, cod["event_id"], ("dead",)))
+        assert parked["target"] == "main" and "stored filter is not valid" in parked["last_error"]
+        await eventually(lambda: every.ids == [cod["event_id"]])  # the partner's other endpoint has it, once
+        assert not receiver.requests
+        dead = run_cli(shipcast.settings, "dead", "list", "--channel", "webhook")
+        assert "stored filter is not valid" in dead.stdout and cod["event_id"] in dead.stdout, dead.stdout
+
+
 async def test_a_filter_changed_through_the_api_applies_to_the_next_event(shipcast: ShipcastProcess,
                                                                           receiver: Receiver) -> None:
     async with Receiver() as every:
@@ -144,6 +178,34 @@ async def test_a_filter_naming_a_missing_field_is_refused_everywhere(shipcast: S
         assert patched.status_code == 422, patched.text
         assert words in patched.json()["detail"]["errors"][where][0], patched.json()
     assert (await shipcast.http.get("/v1/partners/acme/endpoints/main")).json()["filter"] is None  # unchanged
+
+
+async def test_a_filter_that_never_matches_the_endpoint_s_events_is_refused(shipcast: ShipcastProcess) -> None:
+    await shipcast.apply(two_endpoints("https://93.184.216.34/a", "https://93.184.216.34/b", events=["OFD", "RET"],
+                                       filter={"any": [{"otp": {"exists": True}}, {"return.reason": "damaged"}]}))
+    created = await shipcast.http.post("/v1/partners/acme/endpoints", json={
+        "id": "new", "url": "https://93.184.216.34/c", "events": ["OFD"], "filter": {"event_type": "RET"}})
+    assert created.status_code == 422, created.text
+    assert created.json()["detail"]["errors"] == {
+        "filter.event_type": ["never matches: only OFD events come here"]}
+    patched = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"filter": {"return.reason": "x"},
+                                                                                   "events": ["OFD", "DEL"]})
+    assert patched.status_code == 422, patched.text
+    assert patched.json()["detail"]["errors"] == {
+        "filter.return.reason": ["never matches: OFD and DEL events have no return"]}
+    # Changing the events alone judges the stored filter against them.
+    narrowed = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"events": ["DEL"]})
+    assert narrowed.status_code == 422, narrowed.text
+    assert narrowed.json()["detail"]["errors"] == {"filter.any.0.otp": ["never matches: DEL events have no otp"],
+                                                   "filter.any.1.return.reason": [
+                                                       "never matches: DEL events have no return"]}
+    shown = (await shipcast.http.get("/v1/partners/acme/endpoints/main")).json()
+    assert shown["events"] == ["OFD", "RET"] and shown["filter"]["any"][1] == {"return.reason": "damaged"}
+    # Events the filter may match are taken, and so is any filter once it is removed.
+    assert (await shipcast.http.patch("/v1/partners/acme/endpoints/main",
+                                      json={"events": ["RET"]})).status_code == 200
+    assert (await shipcast.http.patch("/v1/partners/acme/endpoints/main",
+                                      json={"events": ["DEL"], "filter": None})).status_code == 200
 
 
 async def test_endpoints_list_shows_the_filter_and_what_authenticates(shipcast: ShipcastProcess) -> None:
@@ -232,6 +294,47 @@ async def test_a_patch_keeps_masked_values_and_changes_given_ones(shipcast: Ship
     assert nothing_kept.status_code == 422
     assert nothing_kept.json()["detail"]["errors"] == {
         "headers.X-Api-Key": ["no value is stored to keep: give the value"]}
+
+
+async def test_an_auth_without_its_type_or_a_value_ending_in_a_line_break_is_refused(
+        shipcast: ShipcastProcess) -> None:
+    await shipcast.apply({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
+        {"id": "main", "url": "https://93.184.216.34/a",
+         "auth": {"type": "basic", "username": "erp", "password": "p"}}]}}}]})
+    for body, where, words in [
+        ({"auth": {}}, "auth.type", "Missing data for required field"),
+        ({"auth": {"username": "other"}}, "auth.type", "Missing data for required field"),
+        ({"headers": {"X-Api-Key\n": "k"}}, "headers.X-Api-Key\n", "not a header name"),
+        ({"auth": {"type": "bearer", "token": "t-1\n"}}, "auth.token", "not a bearer token"),
+    ]:
+        patched = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json=body)
+        assert patched.status_code == 422, (body, patched.text)
+        assert words in patched.json()["detail"]["errors"][where][0], patched.text
+    shown = (await shipcast.http.get("/v1/partners/acme/endpoints/main")).json()
+    assert (shown["auth"], shown["headers"]) == ({"type": "basic", "username": "erp", "password": MASK}, {})
+
+
+async def test_credentials_stay_behind_when_the_url_moves_to_another_host(shipcast: ShipcastProcess,
+                                                                        receiver: Receiver) -> None:
+    async with Receiver() as elsewhere:  # another port: another origin
+        await shipcast.apply({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
+            {"id": "main", "url": receiver.url, "headers": {"X-Api-Key": "k-for-the-first-host"},
+             "auth": {"type": "bearer", "token": "t-for-the-first-host"}}]}}}]})
+        shown = (await shipcast.http.get("/v1/partners/acme/endpoints/main")).json()
+        # The endpoint as shown, sent back with the new URL: its masked values are not taken there.
+        refused = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={
+            "url": elsewhere.url, "headers": shown["headers"], "auth": shown["auth"]})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"]["errors"] == {"headers.X-Api-Key": ["give it again: the URL's host changed"],
+                                                      "auth.token": ["give it again: the URL's host changed"]}
+        moved = await shipcast.http.patch("/v1/partners/acme/endpoints/main", json={"url": elsewhere.url})
+        assert moved.status_code == 200, moved.text
+        assert (moved.json()["headers"], moved.json()["auth"]) == ({}, None)
+        await post(shipcast, event := event_of())
+        [request] = await eventually(lambda: elsewhere.requests)
+        assert request.headers["webhook-id"] == event["event_id"] and not receiver.requests
+        assert "X-Api-Key" not in request.headers and "Authorization" not in request.headers
+        assert "for-the-first-host" not in stored_config(shipcast.settings)
 
 
 @pytest.mark.parametrize(("headers", "auth", "where", "words"), [

@@ -222,8 +222,9 @@ class ChannelWorker:
             if target_id is not None and routing.test and partner is not None else None
         if found is not None:  # a test send or resend: whatever the target's event filter
             targets = [found]
-        elif target_id is not None:
-            targets = [target for target in self.channel.targets(event, partner) if target.id == target_id]
+        elif target_id is not None:  # a copy for one target: the others were resolved when it was first sent
+            again = self.channel.target_for(event, partner, target_id)
+            targets = [again] if again is not None else []
         else:
             targets = self.channel.targets(event, partner)
         if target_id is not None:

@@ -1,6 +1,7 @@
 """Payload filters: a declarative condition on an event's envelope fields,
-checked against the envelope's schema when a config is applied, and compiled
-once into a predicate that is run on each event.
+checked against the envelope's schema (and the event types an endpoint
+receives) when a config is applied, and compiled once into a predicate that
+is run on each event.
 
 A filter is data, never code: JSON (or YAML) read by :func:`check` and turned
 into nested closures by :func:`compile_filter`. Its grammar::
@@ -23,6 +24,7 @@ null, and so is every field in it).
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import types
@@ -41,6 +43,9 @@ from pydantic import BaseModel
 from shipcast.exceptions import ConfigError
 from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
+from shipcast.model.event_types import EventType
+
+log = logging.getLogger(__name__)
 
 #: A compiled filter: called with an :class:`~shipcast.model.envelope.Event`, true when it matches.
 Predicate = Callable[[Any], bool]
@@ -319,6 +324,102 @@ def check(spec: Any, event_types: Collection[str] | None) -> dict[str, list[str]
     return checker.errors
 
 
+# -- what can never match -----------------------------------------------------------
+
+#: A clause's possible values for one event type, and the conditions that settle it when only one is.
+_Outcome = tuple[frozenset[bool], tuple[tuple[str, str], ...]]
+_EITHER: _Outcome = (frozenset((True, False)), ())
+
+
+def _names(types: Collection[str]) -> str:
+    listed = list(types)
+    return listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} and {listed[-1]}"
+
+
+def never_matches(spec: Any, rows: Mapping[str, EventType], events: Collection[str]) -> dict[str, list[str]]:
+    """Where filter ``spec`` (checked) rules out every event of the types an
+    endpoint receives (``events``: names, or ``"*"`` for all of ``rows``),
+    by where it is, as :func:`check` says it; empty when some event may
+    match. Only what the event types settle is judged: ``event_type``
+    itself, and a field of a group a type's row makes null (``return.*``
+    for OFD events). A filter that never holds for other reasons (a city
+    that is two cities at once) is the partner's to find."""
+    if not isinstance(spec, Mapping) or check(spec, None):
+        return {}
+    types = [rows[name] for name in (rows if "*" in events else events) if name in rows]
+    settled: dict[tuple[str, str], list[str]] = {}
+    for row in types:
+        values, why = _settle(spec, row, "")
+        if True in values:
+            return {}
+        for reason in why:
+            settled.setdefault(reason, []).append(row.name)
+    names = [row.name for row in types]
+    whole = {reason: found for reason, found in settled.items() if len(found) == len(names)}
+    errors: dict[str, list[str]] = {}
+    for (at, group), found in (whole or settled).items():
+        if group != EVENT_TYPE:
+            message = f"never matches: {_names(found)} events have no {group}"
+        elif len(found) == len(names) and "*" not in events:
+            message = f"never matches: only {_names(found)} events come here"
+        else:
+            message = f"never matches {_names(found)} events, by their type"
+        errors.setdefault(at, []).append(message)
+    return errors
+
+
+def unmatched_filter(config: Mapping[str, Any], rows: Mapping[str, EventType]) -> dict[str, list[str]]:
+    """Where a destination's ``filter`` rules out every event of its
+    ``events`` (absent: ``["*"]``; ``rows``: the registered types), by field:
+    ``filter.return.reason``, as a config's errors name it."""
+    spec = config.get("filter")
+    if spec is None:
+        return {}
+    return {_join("filter", at): messages
+            for at, messages in never_matches(spec, rows, config.get("events", ["*"])).items()}
+
+
+def _settle(spec: Mapping[str, Any], row: EventType, at: str) -> _Outcome:
+    """What ``spec`` can be for events of ``row``'s type: true, false or either."""
+    return _both([_settle_clause(key, value, row, _join(at, key)) for key, value in spec.items()])
+
+
+def _both(parts: list[_Outcome]) -> _Outcome:
+    false = [why for values, why in parts if values == {False}]
+    if false:
+        return frozenset((False,)), tuple(reason for why in false for reason in why)
+    if all(values == {True} for values, _ in parts):
+        return frozenset((True,)), tuple(reason for _, why in parts for reason in why)
+    return _EITHER
+
+
+def _either(parts: list[_Outcome]) -> _Outcome:
+    true = [why for values, why in parts if values == {True}]
+    if true:
+        return frozenset((True,)), tuple(reason for why in true for reason in why)
+    if all(values == {False} for values, _ in parts):
+        return frozenset((False,)), tuple(reason for _, why in parts for reason in why)
+    return _EITHER
+
+
+def _settle_clause(key: str, value: Any, row: EventType, at: str) -> _Outcome:
+    if key in ("all", "any"):
+        parts = [_settle(item, row, _join(at, index)) for index, item in enumerate(value)]
+        return _both(parts) if key == "all" else _either(parts)
+    if key == "not":
+        values, why = _settle(value, row, at)
+        return frozenset(not v for v in values), why
+    group = key.split(".", 1)[0]
+    if key == EVENT_TYPE:
+        known: Any = row.name
+    elif group in row.forbidden:
+        known = None  # the group is null for this type, and every field in it
+    else:
+        return _EITHER
+    holds = _condition(envelope_fields()[key], lambda _: known, value)(None)
+    return frozenset((holds,)), ((at, EVENT_TYPE if key == EVENT_TYPE else group),)
+
+
 class FilterField(mfields.Dict):
     """A config's ``filter:``, a JSON object, checked against the envelope and
     the registered event types (of the load in progress); loaded as JSON gives it back."""
@@ -350,27 +451,56 @@ def compile_filter(spec: Any) -> Predicate:
     return _compile(spec)
 
 
+@dataclass(frozen=True)
+class Compiled:
+    """A destination's stored filter, compiled: its predicate, or (``None``)
+    why it does not compile, as a reason to park its copy of an event with."""
+
+    spec: Any
+    predicate: Predicate | None
+    problem: str | None = None
+
+
 class CompiledFilters:
-    """The filters a channel has compiled, each once: by the identity of the
-    stored filter it was compiled from (held, so the identity is not reused),
-    so a config reloaded is compiled again, once. Past ``limit`` they are
-    dropped and compiled again as events need them."""
+    """The stored filters a channel runs, one entry per destination (its
+    partner and id), each compiled once: the same filter reloaded (equal,
+    another object) is not compiled again, and a changed one replaces its
+    destination's entry rather than piling up beside it. A stored filter
+    that does not compile (one of another version, say) is kept with why,
+    logged once, so the channel holds back that destination's copy alone.
+    Past ``limit`` entries they are dropped and compiled again as events
+    need them.
 
-    def __init__(self, limit: int = 4096) -> None:
+    :param kind: what a destination is called in that reason (``endpoint``).
+    """
+
+    def __init__(self, limit: int = 4096, *, kind: str = "destination") -> None:
         self.limit = limit
-        self._compiled: dict[int, tuple[Any, Predicate]] = {}
+        self.kind = kind
+        self._compiled: dict[tuple[str, str], Compiled] = {}
 
-    def matches(self, spec: Any, event: Any) -> bool:
-        """Whether ``event`` passes the stored filter ``spec``.
+    def __len__(self) -> int:
+        return len(self._compiled)
 
-        :raises ConfigError: the stored filter does not compile.
-        """
-        cached = self._compiled.get(id(spec))
-        if cached is None or cached[0] is not spec:
-            if len(self._compiled) >= self.limit:
-                self._compiled.clear()
-            cached = self._compiled[id(spec)] = (spec, compile_filter(spec))
-        return cached[1](event)
+    def get(self, key: tuple[str, str], spec: Any) -> Compiled:
+        """Destination ``key``'s stored filter ``spec``, compiled."""
+        cached = self._compiled.get(key)
+        if cached is not None and cached.spec is spec:
+            return cached
+        if cached is not None and cached.spec == spec:  # the same filter, reloaded: found by identity from now on
+            cached = self._compiled[key] = Compiled(spec, cached.predicate, cached.problem)
+            return cached
+        try:
+            cached = Compiled(spec, compile_filter(spec))
+        except ConfigError as exc:
+            where = "; ".join(f"{at}: {', '.join(messages)}" for at, messages in exc.errors.items())
+            problem = f"not sent: the {self.kind}'s stored filter is not valid; apply the {self.kind} again ({where})"
+            log.error("%s %s of %s: %s", self.kind, key[1], key[0], problem)
+            cached = Compiled(spec, None, problem[:1000])
+        if len(self._compiled) >= self.limit and key not in self._compiled:
+            self._compiled.clear()
+        self._compiled[key] = cached
+        return cached
 
 
 def _compile(spec: Mapping[str, Any]) -> Predicate:
@@ -427,7 +557,10 @@ def _clause(key: str, value: Any) -> Predicate:
     if key == "not":
         return _not(_compile(value))
     field = envelope_fields()[key]
-    get = _getter(field.attrs)
+    return _condition(field, _getter(field.attrs), value)
+
+
+def _condition(field: Field, get: Callable[[Any], Any], value: Any) -> Predicate:
     if isinstance(value, Mapping):
         return _all([_operator(field, get, op, operand) for op, operand in value.items()])
     if isinstance(value, list):

@@ -17,7 +17,7 @@ from shipcast.security.crypto import PREFIX as ENCRYPTED
 from shipcast.security.crypto import SecretBox
 from shipcast.security.signing import generate_secret
 
-__all__ = ["masked_userinfo", "strip_userinfo", "userinfo", "valid_secrets", "with_secret", "with_userinfo"]
+__all__ = ["masked_userinfo", "origin", "strip_userinfo", "userinfo", "valid_secrets", "with_secret", "with_userinfo"]
 
 
 def with_secret(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None,
@@ -61,6 +61,13 @@ def masked_userinfo(url: str) -> str:
     sent, and are not shown (``https://…:…@host/path``)."""
     scheme, _, rest = url.partition("://")
     return f"{scheme}://…:…@{rest}"
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Where a URL sends to: its scheme, host and port (the scheme's own when
+    it names none). Credentials given for one origin are never sent to another."""
+    parsed = yarl.URL(url)
+    return parsed.scheme.lower(), (parsed.host or "").lower(), parsed.port
 
 
 def userinfo(url: str) -> str | None:

@@ -31,7 +31,7 @@ from shipcast.exceptions import ConfigError, DeferDelivery, PermanentDelivery, R
 from shipcast.model.envelope import Event
 from shipcast.model.filters import CompiledFilters
 from shipcast.model.partners import Partner
-from shipcast.plugin.channel import Channel, Delivered, Target, routing_keys
+from shipcast.plugin.channel import Channel, Delivered, Target, receives, routing_keys
 from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.security.crypto import secret_box
 from shipcast.security.endpoint_secrets import masked_userinfo, valid_secrets, with_secret, with_userinfo
@@ -91,8 +91,8 @@ class AmqpChannel(Channel):
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
-        #: Each destination's filter, compiled once per config loaded.
-        self._filters = CompiledFilters()
+        #: Each destination's compiled filter, by (partner, destination): one entry a destination.
+        self._filters = CompiledFilters(kind="destination")
 
     async def start(self) -> None:
         own = DestinationSettings.of(self.settings)
@@ -120,15 +120,38 @@ class AmqpChannel(Channel):
             return []
         found = []
         for destination in (partner.channels.get(self.name) or {}).get("destinations", []):
-            if "*" not in destination.get("events", ["*"]) and event.event_type not in destination["events"]:
+            if not receives(destination, event.event_type):
                 continue
-            spec = destination.get("filter")
-            if spec is not None and not self._filters.matches(spec, event):
-                # Not published, and no attempt: the destination asked not to have it.
+            target = self._filtered(partner.id, destination, event)
+            if target is None:
+                # Not published, and no attempt: the destination asked not to have it. Counted
+                # at the event's first delivery only (a copy for one target asks target_for).
                 metrics.inc("shipcast_amqp_filtered_total", partner=event.partner_id, destination=destination["id"])
                 continue
-            found.append(self._target(destination))
+            found.append(target)
         return found
+
+    def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
+        if partner is None:
+            return None
+        for destination in (partner.channels.get(self.name) or {}).get("destinations", []):
+            if destination["id"] == target_id:
+                return self._filtered(partner.id, destination, event) if receives(destination, event.event_type) \
+                    else None
+        return None
+
+    def _filtered(self, partner_id: str, destination: Mapping[str, Any], event: Event) -> Target | None:
+        """``destination`` as a target for ``event``; ``None`` when its filter
+        keeps the event out. A stored filter that does not compile holds back
+        this destination's copy alone: refused at delivery, it is parked."""
+        spec = destination.get("filter")
+        if spec is None:
+            return self._target(destination)
+        compiled = self._filters.get((partner_id, destination["id"]), spec)
+        if compiled.predicate is None:
+            return Target(destination["id"], f"{destination['url']} exchange {destination['exchange']}",
+                          {"refused": compiled.problem})
+        return self._target(destination) if compiled.predicate(event) else None
 
     def _target(self, destination: Mapping[str, Any]) -> Target:
         url, stored = destination["url"], destination.get("userinfo_secret")
@@ -143,6 +166,8 @@ class AmqpChannel(Channel):
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         options = target.options
+        if options.get("refused"):  # its stored filter does not compile: parked, not the destination's fault
+            raise PermanentDelivery(options["refused"], target_fault=False)
         url = broker_url(options["url"], options["credentials"])
         if self._https and url.scheme != "amqps":
             raise PermanentDelivery(f"destination refused: {TLS_REQUIRED}")

@@ -10,8 +10,9 @@ from typing import Any
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
-from shipcast.model.filters import FilterField
+from shipcast.model.filters import FilterField, unmatched_filter
 from shipcast.model.partners import EventList
 from shipcast.security.signing import SECRET_PATTERN
 
@@ -28,7 +29,7 @@ SHORT_STRING = 255
 SCHEMES = ("amqp", "amqps")
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 #: An exchange name: RabbitMQ's own rule for names, without the empty default exchange.
-EXCHANGE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+EXCHANGE = re.compile(r"[A-Za-z0-9_.:-]{1,255}\Z")  # \Z: $ would match before a final line break
 _PART = re.compile(r"(\{[^{}]*\})")
 
 
@@ -115,7 +116,7 @@ class DestinationSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    id = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_-]{1,64}$", error="must match [a-z0-9_-]+"))
+    id = fields.String(required=True, validate=validate.Regexp(r"[a-z0-9_-]{1,64}\Z", error="must match [a-z0-9_-]+"))
     #: ``amqp(s)://user:password@host:port/vhost``; the credentials leave the URL and are stored encrypted.
     url = fields.String(required=True, validate=_url)
     exchange = fields.String(required=True, validate=validate.Regexp(
@@ -130,6 +131,12 @@ class DestinationSchema(Schema):
     rate_limit = fields.Float(validate=validate.Range(min=0.1, max=100000))
     #: Publishes awaiting the broker's confirm at once (per worker process).
     max_concurrency = fields.Integer(validate=validate.Range(min=1, max=256))
+
+    @validates_schema
+    def _filter_can_match(self, data: dict[str, Any], **_: Any) -> None:
+        errors = unmatched_filter(data, current().event_types)
+        if errors:
+            raise ValidationError(errors)
 
 
 class AmqpConfig(Schema):

@@ -29,6 +29,7 @@ from shipcast.exceptions import ConfigError, ShipcastError
 from shipcast.model.catalog import validating
 from shipcast.model.envelope import Event
 from shipcast.model.examples import example
+from shipcast.model.filters import unmatched_filter
 from shipcast.model.partners import Partner, _flatten, lone_surrogates
 from shipcast.security.crypto import secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret
@@ -173,7 +174,8 @@ async def update(services: Services, partner_id: str, endpoint_id: str, body: An
     limits, filter, headers or authentication (a clearable setting given as
     ``None`` goes back to the default); it is re-enabled if it was disabled.
     Its id and secret are not changed here; headers, a password or a token
-    given masked (or, in ``auth``, left out) keep their stored values.
+    given masked (or, in ``auth``, left out) keep their stored values, while
+    the URL keeps its origin (see ``with_credentials``).
 
     :raises UnknownEndpoint: no such partner or endpoint.
     :raises ConfigError: a field is wrong, or the destination is refused.
@@ -192,8 +194,12 @@ async def update(services: Services, partner_id: str, endpoint_id: str, body: An
     replaced = {STORED_AS.get(key, key) for key in set(cleared) | set(given if isinstance(given, Mapping) else ())}
     plain = {key: value for key, value in old.items()
              if key not in ("secret", "previous_secrets") and key not in replaced}
-    updated = await prepared(services, partner_id,
-                             {**plain, **{key: value for key, value in changes.items() if key in given}}, old)
+    merged = {**plain, **{key: value for key, value in changes.items() if key in given}}
+    if "filter" in given or "events" in given:  # the filter judged against the events it will see
+        unmatched = unmatched_filter(merged, services.registry.event_types)
+        if unmatched:
+            raise ConfigError("invalid endpoint", unmatched)
+    updated = await prepared(services, partner_id, merged, old)
     found[index] = updated
     await services.store.enable_target(CHANNEL, partner_id, endpoint_id)
     await save(services, partner, found)

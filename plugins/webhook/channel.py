@@ -16,16 +16,18 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from shipcast import metrics, tracing
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
-from shipcast.model.filters import CompiledFilters, FilterField
+from shipcast.model.filters import CompiledFilters, FilterField, unmatched_filter
 from shipcast.model.partners import Partner
-from shipcast.plugin.channel import Channel, Delivered, EventList, Target, routing_keys
+from shipcast.plugin.channel import Channel, Delivered, EventList, Target, receives, routing_keys
 from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.retry_after import parse_retry_after
 from shipcast.security.crypto import SecretBox, secret_box
 
 # Shared with the AMQP destinations; named here too, where the webhook's modules have always found them.
 from shipcast.security.endpoint_secrets import masked_userinfo as masked_userinfo
+from shipcast.security.endpoint_secrets import origin
 from shipcast.security.endpoint_secrets import strip_userinfo as strip_userinfo
 from shipcast.security.endpoint_secrets import userinfo as _userinfo
 from shipcast.security.endpoint_secrets import valid_secrets as valid_secrets
@@ -34,13 +36,13 @@ from shipcast.security.endpoint_secrets import with_userinfo as with_userinfo
 from shipcast.security.signing import SECRET_PATTERN, sign, sign_ed25519
 
 from .guard import GuardedResolver, Network, check_destination, find_refusal, is_receiver, static_refusal
-from .headers import AuthSchema, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
+from .headers import AuthField, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
 from .keys import signing_keys
 
 #: How much of a response body is read at most; the rest is never downloaded.
 RESPONSE_CAP = 64 * 1024
 USER_AGENT = "shipcast-webhooks/1"
-#: Compiled filters a worker keeps; past it, they are compiled again as events need them.
+#: Compiled filters a worker keeps (one an endpoint); past it, they are compiled again as events need them.
 FILTER_CACHE = 4096
 
 
@@ -56,7 +58,7 @@ class EndpointSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    id = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_-]{1,64}$",
+    id = fields.String(required=True, validate=validate.Regexp(r"[a-z0-9_-]{1,64}\Z",
                                                                   error="must match [a-z0-9_-]+"))
     url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
                      validate=[validate.Length(max=2000), _parsable])
@@ -76,7 +78,15 @@ class EndpointSchema(Schema):
     #: Headers of the endpoint's own, sent with each delivery; stored encrypted, shown masked.
     headers = HeadersField()
     #: HTTP basic or bearer authentication, sent as Authorization beside the signature.
-    auth = fields.Nested(AuthSchema)
+    auth = AuthField()
+
+    @validates_schema
+    def _filter_can_match(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
+        if partial:  # an update: judged on the endpoint it makes (admin.update)
+            return
+        errors = unmatched_filter(data, current().event_types)
+        if errors:
+            raise ValidationError(errors)
 
 
 class WebhookConfig(Schema):
@@ -144,8 +154,8 @@ class WebhookChannel(Channel):
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
-        #: Each endpoint's compiled filter, compiled once per config loaded.
-        self._filters = CompiledFilters(FILTER_CACHE)
+        #: Each endpoint's compiled filter, by (partner, endpoint): one entry an endpoint.
+        self._filters = CompiledFilters(FILTER_CACHE, kind="endpoint")
 
     async def start(self) -> None:
         self._allowed = self.settings.allowed_networks
@@ -180,28 +190,46 @@ class WebhookChannel(Channel):
         found = []
         filtered = []
         for endpoint in config.get("endpoints", []):
-            if "*" not in endpoint.get("events", ["*"]) and event.event_type not in endpoint["events"]:
+            if not receives(endpoint, event.event_type):
                 continue
-            spec = endpoint.get("filter")
-            if spec is not None and not self.matches(spec, event):
-                # Not sent, and no attempt: the endpoint asked not to have it.
+            target = self._filtered(partner.id, endpoint, event)
+            if target is None:
+                # Not sent, and no attempt: the endpoint asked not to have it. Counted here,
+                # for the event's first delivery only (a copy for one target asks target_for).
                 metrics.inc("shipcast_webhook_filtered_total", partner=event.partner_id, endpoint=endpoint["id"])
                 filtered.append(endpoint["id"])
                 continue
-            found.append(self._target(endpoint))
+            found.append(target)
         if filtered:  # the trace says why these endpoints have no attempt
             tracing.note({tracing.FILTERED: filtered})
         return found
 
-    def matches(self, spec: Any, event: Event) -> bool:
-        """Whether ``event`` passes an endpoint's filter ``spec``, compiled the
-        first time this stored filter is seen.
+    def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
+        if partner is None:
+            return None
+        for endpoint in (partner.channels.get(self.name) or {}).get("endpoints", []):
+            if endpoint["id"] == target_id:
+                return self._filtered(partner.id, endpoint, event) if receives(endpoint, event.event_type) else None
+        return None
 
-        :raises ConfigError: the stored filter does not compile.
-        """
-        return self._filters.matches(spec, event)
+    def _filtered(self, partner_id: str, endpoint: Mapping[str, Any], event: Event) -> Target | None:
+        """``endpoint`` as a target for ``event``; ``None`` when its filter
+        keeps the event out. A stored filter that does not compile (one of
+        another version, say) holds back this endpoint's copy, not the
+        partner's other endpoints: its target is refused at delivery, so the
+        event is parked for it, to replay once the endpoint is applied again."""
+        spec = endpoint.get("filter")
+        if spec is None:
+            return self._target(endpoint)
+        compiled = self._filters.get((partner_id, endpoint["id"]), spec)
+        if compiled.predicate is None:
+            return self._target(endpoint, refused=compiled.problem)
+        return self._target(endpoint) if compiled.predicate(event) else None
 
-    def _target(self, endpoint: Mapping[str, Any]) -> Target:
+    def _target(self, endpoint: Mapping[str, Any], *, refused: str | None = None) -> Target:
+        if refused is not None:  # nothing is sent to it: no credential is decrypted for it
+            return Target(endpoint["id"], str(strip_userinfo(endpoint["url"])), {"refused": refused},
+                          ordered=endpoint.get("ordered", False))
         url, stored = endpoint["url"], endpoint.get("userinfo_secret")
         userinfo = self._box.decrypt(stored) if stored else None
         if "@" in url:  # a config stored before credentials left the URL (no parse on the common path)
@@ -217,6 +245,8 @@ class WebhookChannel(Channel):
                       ordered=endpoint.get("ordered", False))
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
+        if target.options.get("refused"):  # its stored filter does not compile: parked, not the endpoint's fault
+            raise PermanentDelivery(target.options["refused"], target_fault=False)
         assert self.session is not None, "start() first"
         url, refused = _parse(target.address, self._allowed, self._https)
         # Development mode's own receiver, for this endpoint, is let through.
@@ -287,13 +317,26 @@ def _parse(address: str, allowed: tuple[Network, ...], require_https: bool) -> t
 def with_credentials(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
     """``endpoint`` with what it authenticates with stored encrypted: its URL's
     credentials, its ``auth`` and its own headers (one source of credentials:
-    those given last replace the others).
+    those given last replace the others). Those stored stay with the
+    origin they were given for: a URL moved to another scheme, host or port
+    keeps none of them, unless they are given again.
 
     :raises ConfigError: by field (``auth``, ``headers.<name>``), relative to the endpoint.
     """
     given = _userinfo(endpoint["url"]) is not None
-    stored = with_auth(box, with_userinfo(box, endpoint, old), old, url_credentials=given)
-    stored = with_headers(box, stored, old)
+    moved = old is not None and origin(old["url"]) != origin(endpoint["url"])
+    stored = with_userinfo(box, endpoint, old)
+    errors: dict[str, list[str]] = {}
+    try:
+        stored = with_auth(box, stored, old, url_credentials=given, moved=moved)
+    except ConfigError as exc:  # said with the headers' errors, all at once
+        errors.update(exc.errors)
+    try:
+        stored = with_headers(box, stored, old, moved=moved)
+    except ConfigError as exc:
+        errors.update(exc.errors)
+    if errors:
+        raise ConfigError("refused", errors)
     conflicts = authorization_conflicts(stored)
     if conflicts:
         raise ConfigError("refused", conflicts)

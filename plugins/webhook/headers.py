@@ -28,11 +28,12 @@ MAX_VALUE = 4096
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
 
+# Matched whole (fullmatch): ``$`` would also match before a final line break.
 #: An HTTP field name (RFC 9110 ``token``).
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A bearer token (RFC 6750 ``b64token``).
-_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
-_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Headers shipcast sends itself, or that govern the HTTP exchange: never an endpoint's own.
@@ -59,7 +60,7 @@ def _value_problem(value: str, limit: int) -> str | None:
         return f"longer than {limit} characters"
     if not value:
         return "must not be empty"
-    if not _PRINTABLE.match(value):
+    if not _PRINTABLE.fullmatch(value):
         return "must be printable ASCII (letters, digits, punctuation and spaces)"
     if value != value.strip():
         return "must not start or end with a space"
@@ -83,7 +84,7 @@ class HeadersField(fields.Dict):
         seen: dict[str, str] = {}
         for name, given in value.items():
             where = str(name)
-            if not isinstance(name, str) or not _TOKEN.match(name) or len(name) > MAX_NAME:
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name) or len(name) > MAX_NAME:
                 errors[where] = [f"not a header name: letters, digits and !#$%&'*+-.^_`|~, at most {MAX_NAME}"]
                 continue
             refused = _reserved(name)
@@ -109,7 +110,7 @@ def _secret_text(limit: int) -> list[Any]:
 
 
 def _token(value: str) -> None:
-    if value != MASK and not _B64TOKEN.match(value):
+    if value != MASK and not _B64TOKEN.fullmatch(value):
         raise ValidationError("not a bearer token: letters, digits and -._~+/, then any =")
 
 
@@ -143,6 +144,18 @@ class AuthSchema(Schema):
             raise ValidationError(errors)
 
 
+class AuthField(fields.Nested):
+    """``auth:``, loaded whole even within an update: an ``auth`` given
+    replaces the stored one, so its ``type`` is required in a ``PATCH`` too
+    (marshmallow would pass the update's partial loading on to it)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(AuthSchema, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, partial: Any = None, **kwargs: Any) -> Any:
+        return super()._deserialize(value, attr, data, partial=False, **kwargs)
+
+
 # -- stored encrypted, kept when masked ---------------------------------------------
 
 def _stored_auth(auth: Mapping[str, Any]) -> bool:
@@ -161,23 +174,34 @@ def _sealed(box: SecretBox, plaintext: str, stored: str | None) -> str:
     return box.encrypt(plaintext)
 
 
-def with_headers(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
+#: Why a value stored for the URL's old origin is not kept.
+MOVED = "give it again: the URL's host changed"
+
+
+def with_headers(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None,
+                 *, moved: bool = False) -> dict[str, Any]:
     """``endpoint`` with the ``headers`` it gives stored encrypted as
     ``header_secrets``; a value given as :data:`MASK` keeps the one stored
-    under that name. Without ``headers``, those it carries stay.
+    under that name. Without ``headers``, those it carries stay. When the
+    URL ``moved`` to another origin, no stored value is kept: they were
+    given for the old one.
 
-    :raises ConfigError: a masked value with none stored under its name.
+    :raises ConfigError: a masked value with none stored under its name (or moved).
     """
     endpoint = dict(endpoint)
     given = endpoint.pop("headers", None)
     if given is None:
+        if moved:
+            endpoint.pop("header_secrets", None)
         return endpoint
     stored = {name.lower(): value for name, value in ((old or {}).get("header_secrets") or {}).items()}
     kept: dict[str, str] = {}
     errors: dict[str, list[str]] = {}
     for name, value in given.items():
         if value != MASK:
-            kept[name] = _sealed(box, value, stored.get(name.lower()))
+            kept[name] = _sealed(box, value, None if moved else stored.get(name.lower()))
+        elif name.lower() in stored and moved:
+            errors[f"headers.{name}"] = [MOVED]
         elif name.lower() in stored:
             kept[name] = stored[name.lower()]
         else:
@@ -191,30 +215,36 @@ def with_headers(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, 
 
 
 def with_auth(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None,
-              *, url_credentials: bool) -> dict[str, Any]:
+              *, url_credentials: bool, moved: bool = False) -> dict[str, Any]:
     """``endpoint`` with the ``auth`` it gives stored, its password or token
-    encrypted (left out or masked: the one stored for the same type). Given
-    ``auth`` replaces credentials the URL gave before; credentials the URL
-    gives now (``url_credentials``) replace a stored ``auth``.
+    encrypted (left out or masked: the one stored for the same type, unless
+    the URL ``moved`` to another origin). Given ``auth`` replaces
+    credentials the URL gave before; credentials the URL gives now
+    (``url_credentials``), or a URL moved, drop a stored ``auth``.
 
     :raises ConfigError: both given at once, or a password or token missing.
     """
     endpoint = dict(endpoint)
     auth = endpoint.get("auth")
     if auth is None or _stored_auth(auth):
-        if url_credentials:
+        if url_credentials or moved:
             endpoint.pop("auth", None)
         return endpoint
     if url_credentials:
         raise ConfigError("refused", {"auth": ["the URL carries credentials too: give them in one place"]})
     previous = (old or {}).get("auth") or {}
-    kind = auth["type"]
+    kind = auth.get("type")
+    if kind not in ("basic", "bearer"):  # the schema requires it; said by name should a caller skip it
+        raise ConfigError("refused", {"auth.type": ["required: basic or bearer"]})
     secret, stored_as = ("password", "password_secret") if kind == "basic" else ("token", "token_secret")
     given = auth.get(secret)
+    same = previous.get(stored_as) if previous.get("type") == kind else None
     if given is not None and given != MASK:
-        sealed = _sealed(box, given, previous.get(stored_as) if previous.get("type") == kind else None)
-    elif previous.get("type") == kind and previous.get(stored_as):
-        sealed = previous[stored_as]
+        sealed = _sealed(box, given, None if moved else same)
+    elif same and moved:
+        raise ConfigError("refused", {f"auth.{secret}": [MOVED]})
+    elif same:
+        sealed = same
     else:
         raise ConfigError("refused", {f"auth.{secret}": [f"required: no {secret} is stored to keep"]})
     endpoint["auth"] = {"type": kind, **({"username": auth["username"]} if kind == "basic" else {}),

@@ -37,6 +37,7 @@ from shipcast.app.services import Services, services_of
 from shipcast.exceptions import ConfigError
 
 from . import admin
+from .headers import MASK
 from .headers import MAX_VALUE as MAX_HEADER_VALUE
 
 router = APIRouter(prefix="/portal/p/{partner_id}/endpoints", include_in_schema=False)
@@ -114,13 +115,18 @@ def _typed(form: Mapping[str, list[str]]) -> tuple[dict[str, Any], dict[str, lis
 
 
 class _PlainLoader(yaml.SafeLoader):
-    """YAML's safe loader without anchors and aliases: a few lines typed in a
-    form never need them, and an alias repeated is how a small text grows huge."""
+    """YAML's safe loader without anchors, aliases and explicit tags: a few
+    lines typed in a form never need them, an alias repeated is how a small
+    text grows huge, and a tag (``!!timestamp x``) runs a constructor on
+    text it was never meant for."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not taken here", mark)
+        if isinstance(event, yaml.NodeEvent) and getattr(event, "tag", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "tags (!!name) are not taken here", mark)
         return super().compose_node(parent, index)
 
 
@@ -137,6 +143,8 @@ def _filter_of(text: str) -> Any:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
         raise ValueError(f"not JSON or YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    except Exception as exc:  # a constructor's own error on a value YAML resolved (a date past the month's end)
+        raise ValueError(f"not JSON or YAML: {exc}"[:500]) from None
 
 
 def _headers_of(text: str) -> dict[str, str] | None:
@@ -211,6 +219,43 @@ def _form_values(endpoint: Mapping[str, Any]) -> dict[str, Any]:
             "headers": "\n".join(f"{name}: {value}" for name, value in endpoint["headers"].items()),
             "auth_type": auth.get("type", ""), "auth_username": auth.get("username", ""),
             "auth_secret": auth.get("password") or auth.get("token") or ""}
+
+
+def _typed_again(typed: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """What was typed, as the form shows it again after an error, and what
+    to say beside it: a header value, password or token typed never comes
+    back into the page (one given as :data:`MASK` does: it keeps the stored
+    one); a line that is no ``Name: value`` is left out whole, as it may be
+    all value."""
+    again = dict(typed)
+    notes: dict[str, list[str]] = {}
+    lines, withheld = [], False
+    for line in str(typed.get("headers", "")).splitlines():
+        name, colon, value = line.partition(":")
+        if not colon:
+            withheld = withheld or bool(line.strip())
+            lines.append("")
+        elif value.strip() in ("", MASK):
+            lines.append(line)
+        else:
+            withheld = True
+            lines.append(f"{name}: ")
+    if withheld:
+        again["headers"] = "\n".join(lines)
+        notes["headers"] = ["values typed are not shown again: type them again"]
+    if typed.get("auth_secret") and typed["auth_secret"] != MASK:
+        again["auth_secret"] = ""
+        notes["auth_secret"] = ["not shown again: type it again"]
+    return again, notes
+
+
+def _again(typed: Mapping[str, Any], errors: Mapping[str, list[str]]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The form's values and errors for a page that refuses what was typed."""
+    values, notes = _typed_again(typed)
+    shown = {field: list(messages) for field, messages in errors.items()}
+    for field, messages in notes.items():
+        shown.setdefault(field, []).extend(messages)
+    return values, shown
 
 
 def _field_errors(errors: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -288,7 +333,8 @@ async def add_endpoint(partner_id: str, request: Request, person: Person = Depen
                         test_type=_default_test_type(services, shown))
     with _found():
         endpoints = await _listing(services, partner_id)
-    return _list_page(request, person, partner_id, endpoints, values=typed, errors=errors, status_code=422)
+    values, errors = _again(typed, errors)
+    return _list_page(request, person, partner_id, endpoints, values=values, errors=errors, status_code=422)
 
 
 # -- one endpoint: its page and edit form --------------------------------------------
@@ -336,7 +382,8 @@ async def edit_endpoint(partner_id: str, endpoint_id: str, request: Request,
         else:
             return redirect(request, f"{_base(partner_id)}/{endpoint_id}", f"Endpoint {endpoint_id} saved.")
     endpoint = await _one(services, partner_id, endpoint_id)
-    return _endpoint_page(request, person, partner_id, endpoint, values={**typed, "id": endpoint_id},
+    values, errors = _again(typed, errors)
+    return _endpoint_page(request, person, partner_id, endpoint, values={**values, "id": endpoint_id},
                           errors=errors, status_code=422)
 
 

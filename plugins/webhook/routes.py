@@ -83,7 +83,8 @@ async def update_endpoint(partner_id: str, endpoint_id: str, request: Request,
     was disabled. ``id`` and ``secret`` are not changed here (rotate the
     secret with ``…/secret/rotate``). A header value, password or token given
     as ``••••`` (as they are shown), or a password or token left out of
-    ``auth``, keeps the one stored."""
+    ``auth``, keeps the one stored, unless ``url`` moves to another scheme,
+    host or port: the stored ones do not follow it (give them again)."""
     with _answers():
         return await admin.update(services_of(request), partner_id, endpoint_id, body, actor)
 

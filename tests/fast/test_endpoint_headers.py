@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from marshmallow import ValidationError
 
 from shipcast.exceptions import ConfigError
+from shipcast.model.catalog import validating
 from shipcast.plugin.registry import Registry
-from shipcast.plugins.webhook.channel import WebhookChannel
+from shipcast.plugins.webhook.channel import EndpointSchema, WebhookChannel
 from shipcast.plugins.webhook.headers import MASK, MAX_HEADERS, request_headers
 from shipcast.security.crypto import secret_box
 from shipcast.settings import Settings
@@ -55,6 +57,7 @@ WRONG_HEADERS: list[tuple[dict[str, Any], str, str]] = [
     ({"X Key": "v"}, "X Key", "not a header name"),
     ({"X-Key:": "v"}, "X-Key:", "not a header name"),
     ({"X-" + "k" * 100: "v"}, "X-" + "k" * 100, "not a header name"),
+    ({"X-Key\n": "v"}, "X-Key\n", "not a header name"),  # a final line break is no end of the name
     ({"X-Key": "a\r\nX-Injected: 1"}, "X-Key", "must not hold a line break (CR or LF)"),
     ({"X-Key": "a\nb"}, "X-Key", "line break"),
     ({"X-Key": "naïve"}, "X-Key", "must be printable ASCII"),
@@ -91,6 +94,7 @@ WRONG_AUTH: list[tuple[dict[str, Any], str, str]] = [
     ({"type": "bearer", "token": "t", "username": "erp"}, "auth.username", "only for basic authentication"),
     ({"type": "bearer", "token": "has space"}, "auth.token", "not a bearer token"),
     ({"type": "bearer", "token": "t\r\nX: 1"}, "auth.token", "not a bearer token"),
+    ({"type": "bearer", "token": "abc\n"}, "auth.token", "not a bearer token"),
     ({"type": "bearer", "token": "t", "scheme": "Token"}, "auth.scheme", "Unknown field"),
     ({"username": "erp"}, "auth.type", "Missing data for required field"),
 ]
@@ -101,6 +105,20 @@ def test_wrong_authentication_is_refused_naming_the_field(auth: dict[str, Any], 
     errors = errors_of(auth=auth)
     assert f"{WHERE}.{where}" in errors, errors
     assert words in errors[f"{WHERE}.{where}"][0]
+
+
+@pytest.mark.parametrize("auth", [{}, {"username": "erp"}, {"password": "p"}, {"token": "t"}])
+def test_an_update_s_auth_names_its_type_too(auth: dict[str, Any]) -> None:
+    """An update loads its fields partially, but an ``auth`` given replaces
+    the stored one whole: without its type it is refused, naming it."""
+    with validating(REGISTRY.catalog), pytest.raises(ValidationError) as caught:
+        EndpointSchema(partial=True).load({"auth": auth})
+    assert caught.value.messages == {"auth": {"type": ["Missing data for required field."]}}
+
+
+def test_a_final_line_break_ends_no_id_or_secret() -> None:
+    assert errors_of(id="main\n") == {f"{WHERE}.id": ["must match [a-z0-9_-]+"]}
+    assert errors_of(secret="whsec_" + "A" * 32 + "\n") == {f"{WHERE}.secret": ["must look like whsec_<base64>"]}
 
 
 async def prepare(endpoint: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -184,3 +202,54 @@ async def test_authorization_comes_from_one_place() -> None:
     assert "userinfo_secret" not in replaced and replaced["auth"]["type"] == "bearer"
     back = await prepare({"url": with_userinfo}, replaced)
     assert "auth" not in back and back["userinfo_secret"].startswith("enc:")
+
+
+async def updated(old: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """``old`` changed as an update changes it: the fields given replace the
+    stored ones (``headers`` replaces the stored values), the rest stay."""
+    replaced = {"header_secrets" if key == "headers" else key for key in changes}
+    plain = {key: value for key, value in old.items()
+             if key not in ("secret", "previous_secrets") and key not in replaced}
+    config = await WebhookChannel.prepare(REGISTRY, "acme", {"endpoints": [{**plain, **changes}]},
+                                          {"endpoints": [old]})
+    stored: dict[str, Any] = config["endpoints"][0]
+    return stored
+
+
+async def refused_update(old: Mapping[str, Any], **changes: Any) -> dict[str, list[str]]:
+    with pytest.raises(ConfigError) as caught:
+        await updated(old, **changes)
+    return caught.value.errors
+
+
+ELSEWHERE = ["https://93.184.216.35/hooks", "https://93.184.216.34:8443/hooks", "http://93.184.216.34/hooks"]
+
+
+@pytest.mark.parametrize("url", ELSEWHERE, ids=["host", "port", "scheme"])
+async def test_stored_credentials_never_follow_the_url_to_another_origin(url: str) -> None:
+    old = await prepare({"headers": {"X-Api-Key": "k-1"}, "auth": {"type": "bearer", "token": "t-1"}})
+    # Another host, port or scheme: the headers' values and the token stored are not sent there.
+    moved = await updated(old, url=url)
+    assert (moved["url"], "header_secrets" in moved, "auth" in moved) == (url, False, False)
+    assert request_headers(BOX, moved) == ({}, {})
+    # Given back masked (or the token left out) with the new URL: given again, by name.
+    again = "give it again: the URL's host changed"
+    assert await refused_update(old, url=url, headers={"X-Api-Key": MASK}) == {
+        "endpoints.0.headers.X-Api-Key": [again]}
+    assert await refused_update(old, url=url, auth={"type": "bearer", "token": MASK}) == {
+        "endpoints.0.auth.token": [again]}
+    assert await refused_update(old, url=url, auth={"type": "bearer"}) == {"endpoints.0.auth.token": [again]}
+    # Given in clear with it: taken.
+    given = await updated(old, url=url, headers={"X-Api-Key": "k-2"}, auth={"type": "bearer", "token": "t-2"})
+    assert request_headers(BOX, given)[0] == {"X-Api-Key": "k-2", "authorization": "Bearer t-2"}
+
+
+async def test_stored_credentials_stay_while_the_origin_does() -> None:
+    old = await prepare({"headers": {"X-Api-Key": "k-1"}, "auth": {"type": "basic", "username": "erp", "password": "p"}})
+    for url in (URL + "/v2?x=1", URL.replace("93.184.216.34", "93.184.216.34:443")):
+        kept = await updated(old, url=url, headers={"X-Api-Key": MASK})
+        assert request_headers(BOX, kept)[0] == {
+            "X-Api-Key": "k-1", "authorization": "Basic " + base64.b64encode(b"erp:p").decode()}
+    # A partners file applied with a new host and the password left out: given again, by name.
+    assert await refused({"url": ELSEWHERE[0], "auth": {"type": "basic", "username": "erp"}}, old) == {
+        "endpoints.0.auth.password": ["give it again: the URL's host changed"]}

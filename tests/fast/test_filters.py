@@ -1,18 +1,37 @@
 """Payload filters: what each form matches, on realistic events of every
 type, and what is refused when a filter is applied (an unknown field, a
 value of the wrong kind, an operator that does not apply, too deep, too
-large), named by where it is, in a partners file too."""
+large), named by where it is, in a partners file too; and the webhook
+channel running them: one compiled filter an endpoint however often its
+config reloads, an event kept out counted once, and a stored filter that
+does not compile holding back its own endpoint only."""
 
 from __future__ import annotations
 
+import base64
+import copy
+import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from shipcast.exceptions import ConfigError
+from shipcast import metrics
+from shipcast.exceptions import ConfigError, PermanentDelivery
 from shipcast.model.envelope import Event
-from shipcast.model.filters import MAX_DEPTH, MAX_TERMS, MAX_VALUES, check, compile_filter, envelope_fields
-from shipcast.model.partners import read_yaml
+from shipcast.model.filters import (
+    MAX_DEPTH,
+    MAX_TERMS,
+    MAX_VALUES,
+    check,
+    compile_filter,
+    envelope_fields,
+    never_matches,
+)
+from shipcast.model.partners import Partner, read_yaml
+from shipcast.plugins.webhook.channel import WebhookChannel, with_secret
+from shipcast.security.crypto import secret_box
+from shipcast.settings import Settings
 from tests.bound import REGISTRY, event_types, example, load_partners
 
 pytestmark = pytest.mark.fast
@@ -226,3 +245,130 @@ def test_event_types_a_plugin_registers_are_taken_and_others_are_not() -> None:
     assert check({"event_type": "RATED"}, REGISTRY.event_types) == {}
     assert "event_type" in check({"event_type": "PICKED_UP"}, REGISTRY.event_types)
     assert check({"event_type": "PICKED_UP"}, None) == {}  # compiling a stored filter needs no registry
+
+
+#: A filter, the endpoint's events, and where it never matches (words of why); ``{}``: it may match.
+UNMATCHED: list[tuple[dict[str, Any], list[str], dict[str, str]]] = [
+    ({"event_type": "RET"}, ["OFD"], {"event_type": "never matches: only OFD events come here"}),
+    ({"event_type": ["RET", "FAIL"]}, ["OFD", "DEL"],
+     {"event_type": "never matches: only OFD and DEL events come here"}),
+    ({"return.reason": "damaged"}, ["OFD"], {"return.reason": "never matches: OFD events have no return"}),
+    ({"return": {"exists": True}}, ["OFD", "DEL"], {"return": "never matches: OFD and DEL events have no return"}),
+    ({"otp.code": {"ne": "1234"}, "failure.code": {"in": ["NO_ONE_HOME"]}}, ["DEL"],
+     {"failure.code": "never matches: DEL events have no failure"}),
+    ({"not": {"otp": None}}, ["RET"], {"not.otp": "never matches: RET events have no otp"}),
+    ({"any": [{"event_type": "RET"}, {"return.reason": "x"}]}, ["OFD"],
+     {"any.0.event_type": "only OFD events come here", "any.1.return.reason": "OFD events have no return"}),
+    # Each type ruled out in its own place: both said.
+    ({"event_type": "RET", "otp.code": "1234"}, ["OFD", "RET"],
+     {"event_type": "never matches OFD events, by their type", "otp.code": "RET events have no otp"}),
+    ({"all": [{"event_type": "OFD"}, {"event_type": "DEL"}]}, ["*"],
+     {"all.0.event_type": "never matches DEL,", "all.1.event_type": "never matches FAIL,"}),
+    # What some event may match is taken.
+    ({"event_type": "RET"}, ["*"], {}),
+    ({"event_type": "RET", "otp.code": "1234"}, ["OFD"], {"event_type": "only OFD events come here"}),
+    ({"event_type": "OFD", "otp.code": "1234"}, ["OFD"], {}),
+    ({"return.reason": None}, ["OFD"], {}),  # null: every OFD event matches
+    ({"return": {"exists": False}}, ["OFD"], {}),
+    ({"any": [{"event_type": "RET"}, {"order.address.city": "Pune"}]}, ["OFD"], {}),
+    ({"return.reason": "damaged"}, ["OFD", "RET"], {}),
+    ({"order.address.city": "Pune", "order.payment.method": "cod"}, ["OFD"], {}),  # not the types' to settle
+]
+
+
+@pytest.mark.parametrize(("spec", "events", "expected"), UNMATCHED, ids=[f"{s} {e}"[:70] for s, e, _ in UNMATCHED])
+def test_a_filter_that_never_matches_the_endpoint_s_events_is_found(spec: dict[str, Any], events: list[str],
+                                                                     expected: dict[str, str]) -> None:
+    found = never_matches(spec, event_types(), events)
+    assert set(found) == set(expected), found
+    for where, words in expected.items():
+        assert any(words in message for message in found[where]), (where, found[where])
+
+
+def test_a_partners_file_refuses_a_filter_that_never_matches_naming_its_path() -> None:
+    endpoint = {"id": "main", "url": "https://hooks.acme.example/x", "events": ["OFD"],
+                "filter": {"any": [{"return.reason": "damaged"}, {"event_type": "RET"}]}}
+    with pytest.raises(ConfigError) as caught:
+        load_partners({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
+            endpoint]}}}]})
+    where = "partner 'acme': channels.webhook.endpoints.0.filter"
+    assert caught.value.errors == {f"{where}.any.0.return.reason": ["never matches: OFD events have no return"],
+                                   f"{where}.any.1.event_type": ["never matches: only OFD events come here"]}
+    [partner] = load_partners({"partners": [{"id": "acme", "name": "Acme", "channels": {"webhook": {"endpoints": [
+        {**endpoint, "events": ["OFD", "RET"]}]}}}]})
+    assert partner.channels["webhook"]["endpoints"][0]["filter"] == endpoint["filter"]
+
+
+# -- the webhook channel running them ----------------------------------------------
+
+SETTINGS = Settings(plugins="webhook", secret_key=base64.urlsafe_b64encode(b"k" * 32).decode(),
+                    config="/nonexistent/shipcast.yaml")
+BOX = secret_box(SETTINGS)
+
+
+def webhook_channel() -> WebhookChannel:
+    channel = WebhookChannel(SimpleNamespace(settings=SETTINGS))  # type: ignore[arg-type]
+    channel._box = BOX  # what start() sets, without its HTTP session and signing keys
+    return channel
+
+
+def acme(*endpoints: dict[str, Any]) -> Partner:
+    """acme with these endpoints, as they are stored (a filter stored as given, checked or not)."""
+    stored = [with_secret(BOX, {"url": f"https://hooks.acme.example/{e['id']}", **e}, None, None, 0)
+              for e in endpoints]
+    return Partner("acme", "Acme", channels={"webhook": {"endpoints": stored}})
+
+
+def test_one_compiled_filter_an_endpoint_however_often_the_config_reloads() -> None:
+    channel = webhook_channel()
+    spec = {"order.payment.method": "cod"}
+    for _ in range(5):  # each reload builds the partner anew: an equal filter, another object
+        partner = acme({"id": "main", "filter": copy.deepcopy(spec)}, {"id": "every"})
+        assert [t.id for t in channel.targets(COD_BENGALURU, partner)] == ["main", "every"]
+        assert [t.id for t in channel.targets(PREPAID_DELHI, partner)] == ["every"]
+    assert len(channel._filters) == 1
+    # Changed: the endpoint's one entry is replaced, and the new filter applies at once.
+    changed = acme({"id": "main", "filter": {"order.payment.method": "prepaid"}}, {"id": "every"})
+    assert [t.id for t in channel.targets(COD_BENGALURU, changed)] == ["every"]
+    assert [t.id for t in channel.targets(PREPAID_DELHI, changed)] == ["main", "every"]
+    assert len(channel._filters) == 1
+
+
+def filtered(endpoint: str) -> float:
+    return metrics.value("shipcast_webhook_filtered_total", partner="acme", endpoint=endpoint) or 0.0
+
+
+def test_an_event_kept_out_is_counted_at_its_first_delivery_only() -> None:
+    channel = webhook_channel()
+    partner = acme({"id": "main", "filter": {"order.payment.method": "cod"}}, {"id": "every"})
+    before = filtered("main")
+    assert [t.id for t in channel.targets(PREPAID_DELHI, partner)] == ["every"]
+    assert filtered("main") == before + 1
+    # A retry of the event for another endpoint resolves that one alone: nothing counted again.
+    for _ in range(3):
+        every = channel.target_for(PREPAID_DELHI, partner, "every")
+        assert every is not None and every.id == "every"
+    assert channel.target_for(PREPAID_DELHI, partner, "main") is None  # kept out still: parked, not sent
+    assert channel.target_for(RETURNED, acme({"id": "main", "events": ["OFD"]}), "main") is None
+    assert channel.target_for(PREPAID_DELHI, partner, "gone") is None
+    assert filtered("main") == before + 1
+
+
+async def test_a_stored_filter_that_does_not_compile_holds_back_its_own_endpoint_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    channel = webhook_channel()
+    partner = acme({"id": "broken", "filter": {"order.foo": "x"}}, {"id": "every"},
+                   {"id": "cod", "filter": {"order.payment.method": "cod"}})
+    with caplog.at_level(logging.ERROR, "shipcast.model.filters"):
+        for _ in range(3):
+            found = channel.targets(COD_BENGALURU, partner)
+            assert [t.id for t in found] == ["broken", "every", "cod"]  # the others get the event
+        again = channel.target_for(COD_BENGALURU, partner, "broken")
+    assert len(caplog.records) == 1 and "order.foo" in caplog.records[0].getMessage()  # said once
+    # Nothing is sent to it: its delivery is refused, to park the event for it, not the endpoint's fault.
+    assert again is not None and "secrets" not in again.options
+    with pytest.raises(PermanentDelivery) as refused:
+        await channel.deliver(COD_BENGALURU, b"{}", found[0])
+    assert refused.value.target_fault is False
+    assert refused.value.reason.startswith("not sent: the endpoint's stored filter is not valid; apply the "
+                                           "endpoint again (filter.order.foo: no such field")
