@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span as Span
     from opentelemetry.trace import Tracer
+else:  # what annotations name at run time (typing.get_type_hints), with no SDK imported
+    Span = Tracer = TracerProvider = Any
 
 log = logging.getLogger(__name__)
 

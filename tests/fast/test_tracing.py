@@ -3,13 +3,16 @@ nothing but one shared object that does nothing; on, what it sends."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
+import typing
 
 import pytest
 
 from shipcast import tracing
 from shipcast.amqp import headers as h
+from shipcast.delivery.consumer import ChannelWorker
 from tests.bound import example
 
 from ..conftest import free_port
@@ -94,3 +97,14 @@ async def test_on_an_event_message_carries_its_span_and_its_resource_names_the_p
     assert outer.kind == "producer" and outer.resource["shipcast.process"] == "worker"
     assert outer.resource["service.name"] == "shipcast"
     assert broken.error and "it broke" in broken.status_message and broken.trace_id != outer.trace_id
+
+
+@pytest.mark.parametrize("owner", [tracing, ChannelWorker], ids=["tracing", "ChannelWorker"])
+def test_annotations_naming_the_sdks_types_resolve_at_run_time(owner: object) -> None:
+    """``Span`` and the like are the SDK's to a type checker, and stand-ins at
+    run time: a tool reading the hints (``typing.get_type_hints``) gets them."""
+    home = tracing.__name__ if owner is tracing else ChannelWorker.__module__
+    functions = [f for _, f in inspect.getmembers(owner, inspect.isfunction) if f.__module__ == home]
+    assert len(functions) > 5
+    for function in functions:
+        typing.get_type_hints(function)
