@@ -11,8 +11,9 @@ OTLP/HTTP endpoint in batches (``OTEL_BSP_*``), sampled as
 default). The SDK is the ``otel`` extra: ``pip install 'shipcast[otel]'``.
 
 Trace context crosses processes as W3C ``traceparent`` / ``tracestate``
-only (never baggage): from the OMS's request, in each event's message
-headers, and in each webhook request. docs/tracing.md lists the spans and
+only (never baggage): from the OMS's request, and in each event's message
+headers; what a partner receives (a webhook request) carries
+``traceparent`` alone. docs/tracing.md lists the spans and
 their attributes; their names are here.
 """
 
@@ -60,6 +61,10 @@ FILTERED = "shipcast.filtered_endpoints"
 #: On the relay's span: the outbox row it published.
 OUTBOX_ROW = "shipcast.outbox.row_id"
 HTTP_STATUS = "http.response.status_code"
+
+#: The W3C headers (their names, lower case, as the propagator writes them).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 #: Seconds a stopping process waits for its last spans to be sent.
 STOP_WAIT = 5.0
@@ -226,9 +231,20 @@ def failed(span: Span | None, description: str) -> None:
     span.set_status(_error, description[:500])
 
 
-def inject(carrier: MutableMapping[str, Any]) -> None:
-    """Write the current span's context into ``carrier`` (a message's or a
-    request's headers) as ``traceparent`` and ``tracestate``."""
+def inject(carrier: MutableMapping[str, Any], *, within: bool = False) -> None:
+    """Write the current span's context into ``carrier`` (a request's or a
+    message's headers) as ``traceparent``.
+
+    :param within: the carrier stays within shipcast (an event's message
+        between its processes): ``tracestate`` goes too. Never for what a
+        partner receives: the OMS's vendors' state is not theirs to read.
+    """
     if _tracer is None:
         return
-    _propagator.inject(carrier)
+    if within:
+        _propagator.inject(carrier)
+        return
+    context: dict[str, str] = {}
+    _propagator.inject(context)
+    if TRACEPARENT in context:
+        carrier[TRACEPARENT] = context[TRACEPARENT]

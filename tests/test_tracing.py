@@ -59,6 +59,13 @@ class Pipeline:
         assert response.status_code == 202, response.text
         return list(response.json()["ids"])
 
+    async def attempts(self, event_id: str, count: int) -> list[dict[str, Any]] | None:
+        """The event's attempts as its partner reads them, oldest first, once there are ``count``."""
+        response = await self.http.get("/v1/partners/acme/attempts", params={"event_id": event_id})
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        return found if len(found) == count else None
+
 
 @contextlib.asynccontextmanager
 async def pipeline(settings: Settings, partner: Receiver, otlp: OtlpReceiver,
@@ -119,6 +126,7 @@ async def test_one_trace_runs_from_the_oms_through_the_api_and_a_worker_to_the_p
         await eventually(lambda: partner.delivered, timeout=30)
         spans = await eventually(lambda: len(otlp.named("deliver webhook", otlp.trace(oms_trace))) == 2
                                  and otlp.trace(oms_trace), timeout=30)
+        attempts = await eventually(lambda: p.attempts(event_id, 2), timeout=30)
 
     post = one(spans, "POST /v1/events")
     assert (post.kind, post.parent_id) == ("server", oms_span)
@@ -154,10 +162,15 @@ async def test_one_trace_runs_from_the_oms_through_the_api_and_a_worker_to_the_p
     assert not delivered.error
     assert {span.trace_state for span in spans} == {"oms=ord-traced"}
 
-    # The partner's own tracing joins each attempt's span.
+    # The partner's own tracing joins each attempt's span; the OMS's tracestate (its
+    # vendors' state) stays within shipcast's spans: neither the partner's requests
+    # nor the attempt log the partner reads carry it.
     sent = [joined(request.headers["traceparent"]) for request in partner.requests]
     assert sent == [(oms_trace, failed.span_id), (oms_trace, delivered.span_id)]
-    assert {request.headers["tracestate"] for request in partner.requests} == {"oms=ord-traced"}
+    assert not any("tracestate" in request.headers for request in partner.requests)
+    logged = [attempt["request"]["headers"] for attempt in attempts]
+    assert [joined(headers["traceparent"]) for headers in logged] == sent
+    assert not any("tracestate" in headers for headers in logged)
 
 
 async def test_a_batch_is_one_span_with_its_event_ids_and_a_publish_each(settings: Settings) -> None:

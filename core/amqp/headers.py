@@ -44,8 +44,8 @@ CHANNEL = "x-shipcast-channel"
 FAILED_AT = "x-shipcast-failed-at"
 
 #: The W3C trace context of the event's publish (OpenTelemetry), when tracing is on.
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
+TRACEPARENT = tracing.TRACEPARENT
+TRACESTATE = tracing.TRACESTATE
 
 #: Headers describing a failure, dropped when a message is replayed.
 FAILURE_HEADERS = (ATTEMPT, REASON, STATUS, CHANNEL, FAILED_AT, FIRST_FAILED, LAST_ERROR)
@@ -70,7 +70,7 @@ def event_message(event: Event, body: bytes | None = None, headers: dict[str, An
     properties, the time of publishing in a header, and the current span's
     trace context when tracing is on."""
     message_headers = {PUBLISHED: int(time.time() * 1000), **(headers or {})}
-    tracing.inject(message_headers)
+    tracing.inject(message_headers, within=True)
     return aio_pika.Message(
         body if body is not None else event.to_json(),
         content_type="application/json",

@@ -242,6 +242,20 @@ async def test_traced_a_foreign_publishers_trace_context_is_continued_or_ignored
         assert process.parent_id == ""
 
 
+async def test_traced_a_channel_is_given_the_traceparent_alone(rig: Rig) -> None:
+    """The OMS's ``tracestate`` reaches the worker's spans, never a partner."""
+    event = example("OFD", rig.services.registry.event_types)
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            await rig.broker.publish(aio_pika.Message(event.to_json(), content_type="application/json", headers={
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "tracestate": "omsvendor=tenant-42,dd=s:1"}), WORK, exchange="")
+            await rig.broker.drain()
+    assert {span.trace_state for span in otlp.spans} == {"omsvendor=tenant-42,dd=s:1"}
+    assert len(rig.script.contexts) == 2
+    assert all(set(context) == {"traceparent"} for context in rig.script.contexts)
+
+
 async def test_untraced_junk_in_traceparent_is_no_reason_to_park(rig: Rig) -> None:
     event = example("OFD", rig.services.registry.event_types)
     await rig.broker.publish(aio_pika.Message(event.to_json(), content_type="application/json",

@@ -108,3 +108,21 @@ def test_annotations_naming_the_sdks_types_resolve_at_run_time(owner: object) ->
     assert len(functions) > 5
     for function in functions:
         typing.get_type_hints(function)
+
+
+async def test_tracestate_stays_within_shipcast_and_a_partner_gets_the_traceparent_alone() -> None:
+    """An event's message carries the OMS's ``tracestate`` between shipcast's
+    processes; what a channel writes into a partner's request does not."""
+    oms = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+           "tracestate": "omsvendor=tenant-42,dd=s:1"}
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            with tracing.span("inside", parent=oms):
+                message = h.event_message(example("OFD"))
+                request: dict[str, str] = {"webhook-id": "evt_1"}
+                tracing.inject(request)
+    [inside] = otlp.named("inside")
+    assert message.headers[h.TRACESTATE] == "omsvendor=tenant-42,dd=s:1"
+    assert inside.trace_state == "omsvendor=tenant-42,dd=s:1"
+    assert set(request) == {"webhook-id", "traceparent"}
+    assert request["traceparent"].split("-")[1:3] == [inside.trace_id, inside.span_id]
