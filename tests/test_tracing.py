@@ -23,13 +23,14 @@ import aio_pika
 import httpx
 import pytest
 
+from shipcast.amqp.parking import list_dead, replay_dead
 from shipcast.amqp.topology import EXCHANGE
 from shipcast.settings import Settings
 from tests.bound import example
 
 from .conftest import AMQP_HOST, TOKEN
-from .helpers import Receiver, Subprocess, applied, eventually, partners_doc, settings_env
-from .otlp import OtlpReceiver, ReceivedSpan
+from .helpers import Receiver, ShipcastProcess, Subprocess, applied, eventually, partners_doc, settings_env
+from .otlp import OtlpReceiver, ReceivedSpan, tracing_to
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -247,6 +248,49 @@ async def test_the_relay_starts_a_trace_per_row_that_the_worker_continues(vhost:
     assert (publish.parent_id, process.parent_id, attempt.parent_id) == (
         relayed.span_id, publish.span_id, process.span_id)
     assert joined(partner.requests[0].headers["traceparent"]) == (relayed.trace_id, attempt.span_id)
+
+
+async def test_a_test_send_and_a_replay_from_the_parking_lot_are_each_a_trace_of_their_own(
+        shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    """A test send is a root span, under which its message's every handling
+    goes, the retries too, till it is parked; its replay from the parking
+    lot is a root span too, linked to the test send's, with the replayed
+    copy's handling under it."""
+    receiver.default = 500
+    await shipcast.apply(partners_doc("acme", receiver.url))
+    topology = next(worker.topology for worker in shipcast.workers if worker.name == "webhook")
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            response = await shipcast.http.post("/v1/partners/acme/endpoints/main/test", json={"event_type": "DEL"},
+                                                headers={"traceparent": traceparent("ab" * 16, "cd" * 8)})
+            assert response.status_code == 202, response.text
+            event_id = response.json()["event_id"]
+            await eventually(lambda: list_dead(shipcast.services.broker, topology), timeout=30)
+            receiver.default = 200
+            assert await replay_dead(shipcast.services.broker, topology) == 1
+            await eventually(lambda: receiver.answered[-1:] == [200], timeout=30)
+            await eventually(lambda: len(otlp.named("deliver webhook")) == 4, timeout=30)
+    test_send = one(otlp.spans, "send shipcast.webhook", **{"shipcast.sent_again": "test"})
+    assert (test_send.kind, test_send.parent_id, test_send.links) == ("producer", "", ())
+    assert test_send.attributes.items() >= {"shipcast.event_id": event_id, "shipcast.target_id": "main",
+                                            "shipcast.channel": "webhook"}.items()
+    handled = sorted(otlp.named("process shipcast.webhook", otlp.trace(test_send.trace_id)),
+                     key=lambda span: span.attributes["shipcast.retry_tier"])
+    assert [span.attributes["shipcast.retry_tier"] for span in handled] == [0, 1, 2]
+    assert {span.parent_id for span in handled} == {test_send.span_id}
+
+    replayed = one(otlp.spans, "send shipcast.webhook", **{"shipcast.sent_again": "replay"})
+    assert (replayed.kind, replayed.parent_id) == ("producer", "")
+    assert replayed.trace_id != test_send.trace_id
+    assert replayed.links == ((test_send.trace_id, test_send.span_id),)
+    assert replayed.attributes.items() >= {"messaging.message.id": event_id, "shipcast.target_id": "main",
+                                           "shipcast.channel": "webhook"}.items()
+    process = one(otlp.trace(replayed.trace_id), "process shipcast.webhook")
+    attempt = one(otlp.trace(replayed.trace_id), "deliver webhook")
+    assert (process.parent_id, attempt.parent_id) == (replayed.span_id, process.span_id)
+    assert attempt.attributes["shipcast.outcome"] == "delivered"
+    assert joined(receiver.requests[-1].headers["traceparent"]) == (replayed.trace_id, attempt.span_id)
+    assert "ab" * 16 not in {span.trace_id for span in otlp.spans}  # the API's routes but ingest are not traced
 
 
 #: ``shipcast run`` in a Python process of its own that, once the event is

@@ -83,17 +83,33 @@ def event_message(event: Event, body: bytes | None = None, headers: dict[str, An
     )
 
 
-_NO_CONTEXT: Mapping[str, str] = {}
-
-
 def trace_context(headers: Mapping[str, Any]) -> Mapping[str, str]:
     """The W3C trace context a message carries, for the worker's spans to
     continue (empty: they start a trace of their own). A foreign publisher's
-    bytes are decoded; a malformed ``traceparent`` is ignored when read."""
+    bytes are decoded; anything but text or bytes, or longer than
+    :func:`shipcast.tracing.carried` reads, is ignored, and a malformed
+    ``traceparent`` is ignored when read."""
     if TRACEPARENT not in headers:  # what every message carries while tracing is off
-        return _NO_CONTEXT
-    found = {name: header_text(headers.get(name)) for name in (TRACEPARENT, TRACESTATE)}
-    return {name: text for name, text in found.items() if text is not None}
+        return tracing.NEW_TRACE
+    return tracing.carried(_trace_header(headers.get(TRACEPARENT), tracing.TRACEPARENT_MAX),
+                           _trace_header(headers.get(TRACESTATE), tracing.TRACESTATE_MAX))
+
+
+def _trace_header(value: Any, longest: int) -> str | None:
+    """A trace context header's text; ``None`` for junk (a table, a number)
+    and for more bytes than it may hold, left undecoded."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace") if len(value) <= longest else None
+    return value if isinstance(value, str) else None
+
+
+def traced(headers: dict[str, Any]) -> dict[str, Any]:
+    """``headers`` with the current span's context in place of the trace
+    context they carried (none, or none that could be read): the copies made
+    from them (retries, the parking lot) are in the current span's trace."""
+    kept = {name: value for name, value in headers.items() if name not in (TRACEPARENT, TRACESTATE)}
+    tracing.inject(kept, within=True)
+    return kept
 
 
 def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:

@@ -79,8 +79,16 @@ def test_a_message_reads_its_trace_context_whatever_a_publisher_sent() -> None:
     assert h.trace_context({"x-shipcast-target": "main"}) == {}
     assert h.trace_context({"traceparent": b"00-ab-cd-01", "tracestate": b"a=1"}) == {
         "traceparent": "00-ab-cd-01", "tracestate": "a=1"}
-    assert h.trace_context({"traceparent": 7}) == {"traceparent": "7"}
     assert h.trace_context({"traceparent": None}) == {}
+    # Junk, and more than a trace context holds, is not read (nor decoded, nor made text).
+    valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    for junk in (7, {"x": [1, b"\xff"]}, [b"a", 1], "0" * (tracing.TRACEPARENT_MAX + 1),
+                 b"0" * (tracing.TRACEPARENT_MAX + 1)):
+        assert h.trace_context({"traceparent": junk, "tracestate": "a=1"}) == {}
+    for junk in ({"a": 1}, "a=1," * 200, "\u00e9" * (tracing.TRACESTATE_MAX + 1), b"a" * (tracing.TRACESTATE_MAX + 1)):
+        assert h.trace_context({"traceparent": valid, "tracestate": junk}) == {"traceparent": valid}
+    assert h.trace_context({"traceparent": valid, "tracestate": "a" * tracing.TRACESTATE_MAX}) == {
+        "traceparent": valid, "tracestate": "a" * tracing.TRACESTATE_MAX}
 
 
 async def test_on_an_event_message_carries_its_span_and_its_resource_names_the_process() -> None:
