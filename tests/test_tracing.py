@@ -209,16 +209,49 @@ async def test_a_batch_is_one_span_with_its_event_ids_and_a_publish_each(setting
 
 async def test_the_api_refusing_a_request_says_so_on_its_span(settings: Settings) -> None:
     """An invalid event is answered 422 and published nowhere, a request
-    without the token 401: each span has the status, and no publish under it."""
+    without the token 401, a partner's token 403: each span has the status,
+    and no publish under it. Only a request with the token continues its
+    caller's trace: a refused one is a trace of its own, and a route that
+    does not exist is traced not at all."""
     async with Receiver() as partner, OtlpReceiver() as otlp, pipeline(settings, partner, otlp) as p:
-        for trace_id, token, status in (("ab" * 16, TOKEN, 422), ("ef" * 16, "wrong", 401)):
+        response = await p.http.post("/v1/partners/acme/tokens", params={"name": "tracing"})
+        assert response.status_code == 201, response.text
+        scoped = response.json()["token"]
+        for trace_id, token, status in (("ab" * 16, TOKEN, 422), ("ef" * 16, "wrong", 401),
+                                        ("12" * 16, scoped, 403)):
             response = await p.http.post("/v1/events", json={"event_type": "OFD"}, headers={
                 "traceparent": traceparent(trace_id, "cd" * 8), "authorization": f"Bearer {token}"})
             assert response.status_code == status
-        spans = await eventually(lambda: len(otlp.named("POST /v1/events")) == 2 and otlp.spans, timeout=30)
-    assert sorted((s.trace_id, s.attributes["http.response.status_code"]) for s in spans) == [
-        ("ab" * 16, 422), ("ef" * 16, 401)]
+        unknown = await p.http.post("/v1/nowhere", json={}, headers={"traceparent": traceparent("34" * 16, "cd" * 8)})
+        assert unknown.status_code == 404
+        spans = await eventually(lambda: len(otlp.named("POST /v1/events")) == 3 and otlp.spans, timeout=30)
+    by_status = {span.attributes["http.response.status_code"]: span for span in spans}
+    assert sorted(by_status) == [401, 403, 422] and len(spans) == 3
+    assert (by_status[422].trace_id, by_status[422].parent_id) == ("ab" * 16, "cd" * 8)
+    for refused in (by_status[401], by_status[403]):
+        assert refused.parent_id == "" and refused.trace_id not in ("ef" * 16, "12" * 16)
     assert not any(span.error for span in spans)  # a client's error is not the server's (OpenTelemetry's HTTP rule)
+
+
+async def test_the_api_reads_one_traceparent_and_every_tracestate_header_within_bounds(settings: Settings) -> None:
+    """Several ``tracestate`` headers are one list; a second ``traceparent``,
+    or one longer than a trace context, is none: the request starts a trace."""
+    event = example("OFD", partner_id="acme").model_dump(mode="json", by_alias=True)
+    async with Receiver() as partner, OtlpReceiver() as otlp, pipeline(settings, partner, otlp) as p:
+        for headers in ([("traceparent", traceparent("ab" * 16, "cd" * 8)), ("tracestate", "a=1"),
+                         ("tracestate", "b=2")],
+                        [("traceparent", traceparent("ef" * 16, "cd" * 8)),
+                         ("traceparent", traceparent("12" * 16, "cd" * 8))],
+                        # A later version may add fields, which the SDK would read past: not this many.
+                        [("traceparent", f"01-{'34' * 16}-{'cd' * 8}-01-{'0' * 200}")]):
+            response = await p.http.post("/v1/events", json=event, headers=headers)
+            assert response.status_code == 202, response.text
+        spans = await eventually(lambda: len(otlp.named("POST /v1/events")) == 3
+                                 and otlp.named("POST /v1/events"), timeout=30)
+    continued = [span for span in spans if span.parent_id]
+    assert [(span.trace_id, span.parent_id, span.trace_state) for span in continued] == [
+        ("ab" * 16, "cd" * 8, "a=1,b=2")]
+    assert not {span.trace_id for span in spans} & {"ef" * 16, "12" * 16, "34" * 16}
 
 
 async def test_the_relay_starts_a_trace_per_row_that_the_worker_continues(vhost: str, tmp_path: Path,
