@@ -3,16 +3,25 @@ nothing but one shared object that does nothing; on, what it sends."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import signal
 import sys
 import typing
+from pathlib import Path
 
 import pytest
 
 from shipcast import tracing
 from shipcast.amqp import headers as h
+from shipcast.app.relay.process import serve_relay
+from shipcast.app.relay.source import OutboxSource
+from shipcast.app.runtime import serve
+from shipcast.app.services import Services
 from shipcast.delivery.consumer import ChannelWorker
+from shipcast.exceptions import StoreError
+from shipcast.settings import Settings
 from tests.bound import example
 
 from ..conftest import free_port
@@ -134,3 +143,28 @@ async def test_tracestate_stays_within_shipcast_and_a_partner_gets_the_tracepare
     assert inside.trace_state == "omsvendor=tenant-42,dd=s:1"
     assert set(request) == {"webhook-id", "traceparent"}
     assert request["traceparent"].split("-")[1:3] == [inside.trace_id, inside.span_id]
+
+
+@pytest.mark.parametrize("process", ["serve", "relay"])
+async def test_a_process_whose_services_do_not_start_still_stops_tracing(
+        process: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracing started, the store cannot be opened: the process ends with
+    the error, its last spans sent and tracing stopped all the same."""
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'store.db'}",
+                        config=str(tmp_path / "none.yaml"), secret_key_file=str(tmp_path / "k"))
+    services = Services.from_settings(settings)
+    loop = asyncio.get_running_loop()
+    async with OtlpReceiver() as otlp:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint)
+        try:
+            with pytest.raises(StoreError, match="cannot open the store"):
+                if process == "serve":
+                    await serve(api=False, worker_names=[], services=services)
+                else:
+                    await serve_relay(services, OutboxSource("postgresql+asyncpg://127.0.0.1:1/none", "outbox"))
+            assert not tracing.enabled()
+        finally:
+            await asyncio.to_thread(tracing.stop)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await services.close()
