@@ -70,11 +70,11 @@ class Pipeline:
 
 @contextlib.asynccontextmanager
 async def pipeline(settings: Settings, partner: Receiver, otlp: OtlpReceiver,
-                   doc: dict[str, Any] | None = None) -> AsyncIterator[Pipeline]:
+                   doc: dict[str, Any] | None = None, **env: str) -> AsyncIterator[Pipeline]:
     without_otel()
     async with applied(settings, doc or partners_doc("acme", partner.url)):
-        processes = [Subprocess(settings, "api", env=otel_env(otlp)).start(),
-                     Subprocess(settings, "worker", "--channel", "webhook", env=otel_env(otlp)).start()]
+        processes = [Subprocess(settings, "api", env=otel_env(otlp, **env)).start(),
+                     Subprocess(settings, "worker", "--channel", "webhook", env=otel_env(otlp, **env)).start()]
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=30,
                                          headers={"authorization": f"Bearer {TOKEN}"}) as http:
@@ -252,6 +252,25 @@ async def test_the_api_reads_one_traceparent_and_every_tracestate_header_within_
     assert [(span.trace_id, span.parent_id, span.trace_state) for span in continued] == [
         ("ab" * 16, "cd" * 8, "a=1,b=2")]
     assert not {span.trace_id for span in spans} & {"ef" * 16, "12" * 16, "34" * 16}
+
+
+async def test_fastapis_own_telemetry_stays_off_and_no_span_names_a_tracking_link(settings: Settings) -> None:
+    """FastAPI configures telemetry of its own from the environment when
+    ``FASTAPI_OTEL_AUTO_CONFIGURE`` is true, and would then trace every route,
+    secret paths included: shipcast's apps turn it off, so only shipcast's
+    spans are sent."""
+    link = f"/t/{secrets.token_urlsafe(24)}"
+    event = example("OFD", partner_id="acme").model_dump(mode="json", by_alias=True)
+    async with Receiver() as partner, OtlpReceiver() as otlp, \
+            pipeline(settings, partner, otlp, FASTAPI_OTEL_AUTO_CONFIGURE="true") as p:
+        await p.http.get(link)
+        await p.http.get("/v1/partners")
+        await p.post(event)
+        await eventually(lambda: otlp.named("deliver webhook"), timeout=30)
+    # Every process has stopped: whatever FastAPI would have sent, it has.
+    assert {span.name for span in otlp.spans} == {
+        "POST /v1/events", "send shipcast.events", "process shipcast.webhook", "deliver webhook"}
+    assert not [span for span in otlp.spans if link in json.dumps(span.attributes)]
 
 
 async def test_the_relay_starts_a_trace_per_row_that_the_worker_continues(vhost: str, tmp_path: Path,

@@ -29,6 +29,7 @@ from shipcast.app.api.access import (
     partner_scope,
     require_token,
 )
+from shipcast.app.api.framework import fastapi_app
 from shipcast.app.api.limits import BodyLimit
 from shipcast.app.api.operations import add_operations_routes, operations_app
 from shipcast.app.api.quotas import Quota
@@ -77,8 +78,8 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
             if manage_services:
                 await services.close()
 
-    app = FastAPI(title="shipcast", version=__version__, lifespan=lifespan,
-                  description="Order events in; signed webhooks and no-code channels out.")
+    app = fastapi_app(title="shipcast", version=__version__, lifespan=lifespan,
+                      description="Order events in; signed webhooks and no-code channels out.")
     app.state.services = services
     app.state.resend_quota = Quota(services.settings.partner_resend_quota)
 
