@@ -157,6 +157,10 @@ def start(process: str) -> bool:
         log.warning("an OTLP endpoint is set, but OpenTelemetry's SDK is not installed (%s): no traces are sent; "
                     "pip install 'shipcast[otel]'", exc)
         return False
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    if {name.strip().lower() for name in exporter.split(",") if name.strip()} - {"otlp"}:
+        log.warning("OTEL_TRACES_EXPORTER is %r: shipcast sends traces to the OTLP endpoint only (otlp), "
+                    "or none (none)", exporter)
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     if protocol and protocol.strip() != "http/protobuf":
         log.warning("OTEL_EXPORTER_OTLP_PROTOCOL is %r: shipcast sends traces over OTLP/HTTP (http/protobuf) only",

@@ -168,3 +168,24 @@ async def test_a_process_whose_services_do_not_start_still_stops_tracing(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await services.close()
+
+
+@pytest.mark.parametrize(("exporter", "warned"), [
+    ("", False), ("otlp", False), (" OTLP ", False), ("console", True), ("otlp,console", True), ("zipkin", True),
+])
+async def test_an_exporter_other_than_otlp_is_said_and_otlp_is_sent_all_the_same(
+        exporter: str, warned: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async with OtlpReceiver() as otlp:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint)
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", exporter)
+        try:
+            with caplog.at_level(logging.WARNING, "shipcast.tracing"):
+                assert tracing.start("worker")
+            with tracing.span("sent"):
+                pass
+        finally:
+            await asyncio.to_thread(tracing.stop)
+    assert [span.name for span in otlp.spans] == ["sent"]
+    assert ("shipcast sends traces to the OTLP endpoint only" in caplog.text) is warned
+    if warned:
+        assert repr(exporter) in caplog.text
