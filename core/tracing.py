@@ -11,8 +11,9 @@ OTLP/HTTP endpoint in batches (``OTEL_BSP_*``), sampled as
 default). The SDK is the ``otel`` extra: ``pip install 'shipcast[otel]'``.
 
 Trace context crosses processes as W3C ``traceparent`` / ``tracestate``
-only (never baggage): from the OMS's request, in each event's message
-headers, and in each webhook request. docs/tracing.md lists the spans and
+only (never baggage): from the OMS's request, and in each event's message
+headers; what a partner receives (a webhook request) carries
+``traceparent`` alone. docs/tracing.md lists the spans and
 their attributes; their names are here.
 """
 
@@ -24,12 +25,15 @@ import re
 import threading
 from collections.abc import Mapping, MutableMapping
 from contextlib import AbstractContextManager
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span as Span
     from opentelemetry.trace import Tracer
+else:  # what annotations name at run time (typing.get_type_hints), with no SDK imported
+    Span = Tracer = TracerProvider = Any
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +59,23 @@ TARGETS = "shipcast.targets"
 SKIPPED = "shipcast.skipped."
 #: On a webhook channel's span: the endpoints whose filter the event did not pass.
 FILTERED = "shipcast.filtered_endpoints"
+#: On the span of a message published on purpose to one target (``send shipcast.<channel>``): why.
+SENT_AGAIN = "shipcast.sent_again"
 #: On the relay's span: the outbox row it published.
 OUTBOX_ROW = "shipcast.outbox.row_id"
 HTTP_STATUS = "http.response.status_code"
+
+#: The W3C headers (their names, lower case, as the propagator writes them).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+#: The longest ``traceparent`` read (W3C's version 00 is 55 characters; room
+#: for a later version's fields), and ``tracestate`` (W3C lets a longer one be
+#: dropped): a longer one, from a caller or a message, is ignored.
+TRACEPARENT_MAX = 128
+TRACESTATE_MAX = 512
+#: The ``parent`` of a span that starts a trace of its own.
+NEW_TRACE: Mapping[str, str] = MappingProxyType({})
 
 #: Seconds a stopping process waits for its last spans to be sent.
 STOP_WAIT = 5.0
@@ -100,6 +118,7 @@ _propagator: Any = None
 _kinds: dict[str, Any] = {}
 _current: Any = None
 _error: Any = None
+_link: Any = None
 
 
 def enabled() -> bool:
@@ -124,7 +143,7 @@ def start(process: str) -> bool:
     whether it did. ``process`` (``api``, ``worker``, ``run``, ``relay``) is
     the ``shipcast.process`` attribute of every span's resource. Once per
     process, before it serves; :func:`stop` sends what is left."""
-    global _tracer, _provider, _propagator, _kinds, _current, _error
+    global _tracer, _provider, _propagator, _kinds, _current, _error, _link
     if _tracer is not None or wanted() is not None:
         return _tracer is not None
     try:
@@ -132,12 +151,16 @@ def start(process: str) -> bool:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.trace import SpanKind, StatusCode, get_current_span
+        from opentelemetry.trace import Link, SpanKind, StatusCode, get_current_span
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     except ImportError as exc:
         log.warning("an OTLP endpoint is set, but OpenTelemetry's SDK is not installed (%s): no traces are sent; "
                     "pip install 'shipcast[otel]'", exc)
         return False
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    if {name.strip().lower() for name in exporter.split(",") if name.strip()} - {"otlp"}:
+        log.warning("OTEL_TRACES_EXPORTER is %r: shipcast sends traces to the OTLP endpoint only (otlp), "
+                    "or none (none)", exporter)
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     if protocol and protocol.strip() != "http/protobuf":
         log.warning("OTEL_EXPORTER_OTLP_PROTOCOL is %r: shipcast sends traces over OTLP/HTTP (http/protobuf) only",
@@ -156,7 +179,7 @@ def start(process: str) -> bool:
     # its own accord, the tracking page's secret links in their URLs among them.
     _provider, _propagator = provider, TraceContextTextMapPropagator()
     _kinds = {kind.name.lower(): kind for kind in SpanKind}
-    _current, _error = get_current_span, StatusCode.ERROR
+    _current, _error, _link = get_current_span, StatusCode.ERROR, Link
     _tracer = provider.get_tracer("shipcast", __version__)
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     log.info("sending traces to %s", re.sub(r"//[^/@]*@", "//", endpoint))  # never a password it holds
@@ -179,19 +202,67 @@ def stop(wait: float = STOP_WAIT) -> None:
 
 
 def span(name: str, kind: Kind = "internal", parent: Mapping[str, Any] | None = None,
+         link: Mapping[str, Any] | None = None, attributes: Mapping[str, Any] | None = None,
          ) -> AbstractContextManager[Span | None]:
     """A span around a block, current within it (children and :func:`inject`
     see it), ended and given an error status if the block raises.
 
     :param parent: W3C trace context headers to continue (``traceparent``,
-        ``tracestate``): an empty mapping starts a new trace; ``None``
-        continues the current span's.
+        ``tracestate``; see :func:`carried`): an empty mapping
+        (:data:`NEW_TRACE`) starts a new trace; ``None`` continues the current span's.
+    :param link: W3C trace context headers of a span this one follows from
+        without being its child (the original of a replay); one that cannot
+        be read is left out.
+    :param attributes: the span's first attributes (those that are ``None`` are left out).
     :returns: a context manager giving the span, or ``None`` when tracing is off.
     """
     if _tracer is None:
         return _OFF
     context = _propagator.extract(parent) if parent is not None else None
-    return _tracer.start_as_current_span(name, context=context, kind=_kinds[kind])
+    links = None
+    if link:
+        linked = _current(_propagator.extract(link)).get_span_context()
+        links = [_link(linked)] if linked.is_valid else None
+    given = {key: value for key, value in attributes.items() if value is not None} if attributes else None
+    return _tracer.start_as_current_span(name, context=context, kind=_kinds[kind], links=links, attributes=given)
+
+
+def sent_again(queue: str, why: str, event_id: str | None, attributes: Mapping[str, Any] | None = None,
+               link: Mapping[str, Any] | None = None) -> AbstractContextManager[Span | None]:
+    """The span of a message published on purpose to a channel's queue (a
+    resend, a replay, a test send), outside the trace of the event's
+    first publish: a trace of its own, which the message carries on.
+
+    :param why: :data:`SENT_AGAIN`'s value: ``resend``, ``test`` or ``replay``.
+    :param link: the trace context of the copy replayed, when it had one.
+    """
+    if _tracer is None:
+        return _OFF
+    return span(f"send {queue}", "producer", parent=NEW_TRACE, link=link, attributes={
+        "messaging.system": "rabbitmq", "messaging.operation.type": "send", "messaging.destination.name": queue,
+        "messaging.message.id": event_id, SENT_AGAIN: why, **(attributes or {})})
+
+
+def carried(traceparent: str | None, tracestate: str | None = None) -> Mapping[str, str]:
+    """The trace context a caller or a message carries, as :func:`span`'s
+    ``parent`` takes it: empty (a trace of its own) without a
+    ``traceparent`` or with one too long to be one; a ``tracestate`` too long
+    is dropped. Malformed values are ignored when read."""
+    if not traceparent or len(traceparent) > TRACEPARENT_MAX:
+        return NEW_TRACE
+    if not tracestate or len(tracestate) > TRACESTATE_MAX:
+        return {TRACEPARENT: traceparent}
+    return {TRACEPARENT: traceparent, TRACESTATE: tracestate}
+
+
+def began(span: Span | None, parent: Mapping[str, str]) -> bool:
+    """Whether ``span``, told to continue ``parent`` (:func:`carried`),
+    started a trace of its own instead: there was no context, or none that
+    could be read. (Told by its trace's id, whether it is sampled or not.)"""
+    if span is None:
+        return False
+    traceparent = parent.get(TRACEPARENT)
+    return not traceparent or traceparent.split("-")[1:2] != [f"{span.get_span_context().trace_id:032x}"]
 
 
 def describe(span: Span | None, event: TracedEvent | None = None, attributes: Mapping[str, Any] | None = None,
@@ -224,9 +295,20 @@ def failed(span: Span | None, description: str) -> None:
     span.set_status(_error, description[:500])
 
 
-def inject(carrier: MutableMapping[str, Any]) -> None:
-    """Write the current span's context into ``carrier`` (a message's or a
-    request's headers) as ``traceparent`` and ``tracestate``."""
+def inject(carrier: MutableMapping[str, Any], *, within: bool = False) -> None:
+    """Write the current span's context into ``carrier`` (a request's or a
+    message's headers) as ``traceparent``.
+
+    :param within: the carrier stays within shipcast (an event's message
+        between its processes): ``tracestate`` goes too. Never for what a
+        partner receives: the OMS's vendors' state is not theirs to read.
+    """
     if _tracer is None:
         return
-    _propagator.inject(carrier)
+    if within:
+        _propagator.inject(carrier)
+        return
+    context: dict[str, str] = {}
+    _propagator.inject(context)
+    if TRACEPARENT in context:
+        carrier[TRACEPARENT] = context[TRACEPARENT]

@@ -48,6 +48,8 @@ class ReceivedSpan:
     error: bool
     status_message: str
     trace_state: str
+    #: The spans it links to (it follows from them without being their child): trace and span ids.
+    links: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -88,7 +90,7 @@ class OtlpReceiver:
                         span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.name,
                         KINDS.get(span.kind, "unspecified"), {a.key: value(a.value) for a in span.attributes},
                         resource, span.status.code == Status.STATUS_CODE_ERROR, span.status.message,
-                        span.trace_state))
+                        span.trace_state, tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links)))
 
     def count(self) -> int:
         """How many spans arrived (the kept bodies decoded now)."""

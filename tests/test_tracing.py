@@ -23,13 +23,14 @@ import aio_pika
 import httpx
 import pytest
 
+from shipcast.amqp.parking import list_dead, replay_dead
 from shipcast.amqp.topology import EXCHANGE
 from shipcast.settings import Settings
 from tests.bound import example
 
 from .conftest import AMQP_HOST, TOKEN
-from .helpers import Receiver, Subprocess, applied, eventually, partners_doc, settings_env
-from .otlp import OtlpReceiver, ReceivedSpan
+from .helpers import Receiver, ShipcastProcess, Subprocess, applied, eventually, partners_doc, settings_env
+from .otlp import OtlpReceiver, ReceivedSpan, tracing_to
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -59,14 +60,21 @@ class Pipeline:
         assert response.status_code == 202, response.text
         return list(response.json()["ids"])
 
+    async def attempts(self, event_id: str, count: int) -> list[dict[str, Any]] | None:
+        """The event's attempts as its partner reads them, oldest first, once there are ``count``."""
+        response = await self.http.get("/v1/partners/acme/attempts", params={"event_id": event_id})
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        return found if len(found) == count else None
+
 
 @contextlib.asynccontextmanager
 async def pipeline(settings: Settings, partner: Receiver, otlp: OtlpReceiver,
-                   doc: dict[str, Any] | None = None) -> AsyncIterator[Pipeline]:
+                   doc: dict[str, Any] | None = None, **env: str) -> AsyncIterator[Pipeline]:
     without_otel()
     async with applied(settings, doc or partners_doc("acme", partner.url)):
-        processes = [Subprocess(settings, "api", env=otel_env(otlp)).start(),
-                     Subprocess(settings, "worker", "--channel", "webhook", env=otel_env(otlp)).start()]
+        processes = [Subprocess(settings, "api", env=otel_env(otlp, **env)).start(),
+                     Subprocess(settings, "worker", "--channel", "webhook", env=otel_env(otlp, **env)).start()]
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=30,
                                          headers={"authorization": f"Bearer {TOKEN}"}) as http:
@@ -119,6 +127,7 @@ async def test_one_trace_runs_from_the_oms_through_the_api_and_a_worker_to_the_p
         await eventually(lambda: partner.delivered, timeout=30)
         spans = await eventually(lambda: len(otlp.named("deliver webhook", otlp.trace(oms_trace))) == 2
                                  and otlp.trace(oms_trace), timeout=30)
+        attempts = await eventually(lambda: p.attempts(event_id, 2), timeout=30)
 
     post = one(spans, "POST /v1/events")
     assert (post.kind, post.parent_id) == ("server", oms_span)
@@ -154,10 +163,15 @@ async def test_one_trace_runs_from_the_oms_through_the_api_and_a_worker_to_the_p
     assert not delivered.error
     assert {span.trace_state for span in spans} == {"oms=ord-traced"}
 
-    # The partner's own tracing joins each attempt's span.
+    # The partner's own tracing joins each attempt's span; the OMS's tracestate (its
+    # vendors' state) stays within shipcast's spans: neither the partner's requests
+    # nor the attempt log the partner reads carry it.
     sent = [joined(request.headers["traceparent"]) for request in partner.requests]
     assert sent == [(oms_trace, failed.span_id), (oms_trace, delivered.span_id)]
-    assert {request.headers["tracestate"] for request in partner.requests} == {"oms=ord-traced"}
+    assert not any("tracestate" in request.headers for request in partner.requests)
+    logged = [attempt["request"]["headers"] for attempt in attempts]
+    assert [joined(headers["traceparent"]) for headers in logged] == sent
+    assert not any("tracestate" in headers for headers in logged)
 
 
 async def test_a_batch_is_one_span_with_its_event_ids_and_a_publish_each(settings: Settings) -> None:
@@ -195,16 +209,68 @@ async def test_a_batch_is_one_span_with_its_event_ids_and_a_publish_each(setting
 
 async def test_the_api_refusing_a_request_says_so_on_its_span(settings: Settings) -> None:
     """An invalid event is answered 422 and published nowhere, a request
-    without the token 401: each span has the status, and no publish under it."""
+    without the token 401, a partner's token 403: each span has the status,
+    and no publish under it. Only a request with the token continues its
+    caller's trace: a refused one is a trace of its own, and a route that
+    does not exist is traced not at all."""
     async with Receiver() as partner, OtlpReceiver() as otlp, pipeline(settings, partner, otlp) as p:
-        for trace_id, token, status in (("ab" * 16, TOKEN, 422), ("ef" * 16, "wrong", 401)):
+        response = await p.http.post("/v1/partners/acme/tokens", params={"name": "tracing"})
+        assert response.status_code == 201, response.text
+        scoped = response.json()["token"]
+        for trace_id, token, status in (("ab" * 16, TOKEN, 422), ("ef" * 16, "wrong", 401),
+                                        ("12" * 16, scoped, 403)):
             response = await p.http.post("/v1/events", json={"event_type": "OFD"}, headers={
                 "traceparent": traceparent(trace_id, "cd" * 8), "authorization": f"Bearer {token}"})
             assert response.status_code == status
-        spans = await eventually(lambda: len(otlp.named("POST /v1/events")) == 2 and otlp.spans, timeout=30)
-    assert sorted((s.trace_id, s.attributes["http.response.status_code"]) for s in spans) == [
-        ("ab" * 16, 422), ("ef" * 16, 401)]
+        unknown = await p.http.post("/v1/nowhere", json={}, headers={"traceparent": traceparent("34" * 16, "cd" * 8)})
+        assert unknown.status_code == 404
+        spans = await eventually(lambda: len(otlp.named("POST /v1/events")) == 3 and otlp.spans, timeout=30)
+    by_status = {span.attributes["http.response.status_code"]: span for span in spans}
+    assert sorted(by_status) == [401, 403, 422] and len(spans) == 3
+    assert (by_status[422].trace_id, by_status[422].parent_id) == ("ab" * 16, "cd" * 8)
+    for refused in (by_status[401], by_status[403]):
+        assert refused.parent_id == "" and refused.trace_id not in ("ef" * 16, "12" * 16)
     assert not any(span.error for span in spans)  # a client's error is not the server's (OpenTelemetry's HTTP rule)
+
+
+async def test_the_api_reads_one_traceparent_and_every_tracestate_header_within_bounds(settings: Settings) -> None:
+    """Several ``tracestate`` headers are one list; a second ``traceparent``,
+    or one longer than a trace context, is none: the request starts a trace."""
+    event = example("OFD", partner_id="acme").model_dump(mode="json", by_alias=True)
+    async with Receiver() as partner, OtlpReceiver() as otlp, pipeline(settings, partner, otlp) as p:
+        for headers in ([("traceparent", traceparent("ab" * 16, "cd" * 8)), ("tracestate", "a=1"),
+                         ("tracestate", "b=2")],
+                        [("traceparent", traceparent("ef" * 16, "cd" * 8)),
+                         ("traceparent", traceparent("12" * 16, "cd" * 8))],
+                        # A later version may add fields, which the SDK would read past: not this many.
+                        [("traceparent", f"01-{'34' * 16}-{'cd' * 8}-01-{'0' * 200}")]):
+            response = await p.http.post("/v1/events", json=event, headers=headers)
+            assert response.status_code == 202, response.text
+        spans = await eventually(lambda: len(otlp.named("POST /v1/events")) == 3
+                                 and otlp.named("POST /v1/events"), timeout=30)
+    continued = [span for span in spans if span.parent_id]
+    assert [(span.trace_id, span.parent_id, span.trace_state) for span in continued] == [
+        ("ab" * 16, "cd" * 8, "a=1,b=2")]
+    assert not {span.trace_id for span in spans} & {"ef" * 16, "12" * 16, "34" * 16}
+
+
+async def test_fastapis_own_telemetry_stays_off_and_no_span_names_a_tracking_link(settings: Settings) -> None:
+    """FastAPI configures telemetry of its own from the environment when
+    ``FASTAPI_OTEL_AUTO_CONFIGURE`` is true, and would then trace every route,
+    secret paths included: shipcast's apps turn it off, so only shipcast's
+    spans are sent."""
+    link = f"/t/{secrets.token_urlsafe(24)}"
+    event = example("OFD", partner_id="acme").model_dump(mode="json", by_alias=True)
+    async with Receiver() as partner, OtlpReceiver() as otlp, \
+            pipeline(settings, partner, otlp, FASTAPI_OTEL_AUTO_CONFIGURE="true") as p:
+        await p.http.get(link)
+        await p.http.get("/v1/partners")
+        await p.post(event)
+        await eventually(lambda: otlp.named("deliver webhook"), timeout=30)
+    # Every process has stopped: whatever FastAPI would have sent, it has.
+    assert {span.name for span in otlp.spans} == {
+        "POST /v1/events", "send shipcast.events", "process shipcast.webhook", "deliver webhook"}
+    assert not [span for span in otlp.spans if link in json.dumps(span.attributes)]
 
 
 async def test_the_relay_starts_a_trace_per_row_that_the_worker_continues(vhost: str, tmp_path: Path,
@@ -234,6 +300,49 @@ async def test_the_relay_starts_a_trace_per_row_that_the_worker_continues(vhost:
     assert (publish.parent_id, process.parent_id, attempt.parent_id) == (
         relayed.span_id, publish.span_id, process.span_id)
     assert joined(partner.requests[0].headers["traceparent"]) == (relayed.trace_id, attempt.span_id)
+
+
+async def test_a_test_send_and_a_replay_from_the_parking_lot_are_each_a_trace_of_their_own(
+        shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    """A test send is a root span, under which its message's every handling
+    goes, the retries too, till it is parked; its replay from the parking
+    lot is a root span too, linked to the test send's, with the replayed
+    copy's handling under it."""
+    receiver.default = 500
+    await shipcast.apply(partners_doc("acme", receiver.url))
+    topology = next(worker.topology for worker in shipcast.workers if worker.name == "webhook")
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            response = await shipcast.http.post("/v1/partners/acme/endpoints/main/test", json={"event_type": "DEL"},
+                                                headers={"traceparent": traceparent("ab" * 16, "cd" * 8)})
+            assert response.status_code == 202, response.text
+            event_id = response.json()["event_id"]
+            await eventually(lambda: list_dead(shipcast.services.broker, topology), timeout=30)
+            receiver.default = 200
+            assert await replay_dead(shipcast.services.broker, topology) == 1
+            await eventually(lambda: receiver.answered[-1:] == [200], timeout=30)
+            await eventually(lambda: len(otlp.named("deliver webhook")) == 4, timeout=30)
+    test_send = one(otlp.spans, "send shipcast.webhook", **{"shipcast.sent_again": "test"})
+    assert (test_send.kind, test_send.parent_id, test_send.links) == ("producer", "", ())
+    assert test_send.attributes.items() >= {"shipcast.event_id": event_id, "shipcast.target_id": "main",
+                                            "shipcast.channel": "webhook"}.items()
+    handled = sorted(otlp.named("process shipcast.webhook", otlp.trace(test_send.trace_id)),
+                     key=lambda span: span.attributes["shipcast.retry_tier"])
+    assert [span.attributes["shipcast.retry_tier"] for span in handled] == [0, 1, 2]
+    assert {span.parent_id for span in handled} == {test_send.span_id}
+
+    replayed = one(otlp.spans, "send shipcast.webhook", **{"shipcast.sent_again": "replay"})
+    assert (replayed.kind, replayed.parent_id) == ("producer", "")
+    assert replayed.trace_id != test_send.trace_id
+    assert replayed.links == ((test_send.trace_id, test_send.span_id),)
+    assert replayed.attributes.items() >= {"messaging.message.id": event_id, "shipcast.target_id": "main",
+                                           "shipcast.channel": "webhook"}.items()
+    process = one(otlp.trace(replayed.trace_id), "process shipcast.webhook")
+    attempt = one(otlp.trace(replayed.trace_id), "deliver webhook")
+    assert (process.parent_id, attempt.parent_id) == (replayed.span_id, process.span_id)
+    assert attempt.attributes["shipcast.outcome"] == "delivered"
+    assert joined(receiver.requests[-1].headers["traceparent"]) == (replayed.trace_id, attempt.span_id)
+    assert "ab" * 16 not in {span.trace_id for span in otlp.spans}  # the API's routes but ingest are not traced
 
 
 #: ``shipcast run`` in a Python process of its own that, once the event is

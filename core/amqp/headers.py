@@ -44,8 +44,8 @@ CHANNEL = "x-shipcast-channel"
 FAILED_AT = "x-shipcast-failed-at"
 
 #: The W3C trace context of the event's publish (OpenTelemetry), when tracing is on.
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
+TRACEPARENT = tracing.TRACEPARENT
+TRACESTATE = tracing.TRACESTATE
 
 #: Headers describing a failure, dropped when a message is replayed.
 FAILURE_HEADERS = (ATTEMPT, REASON, STATUS, CHANNEL, FAILED_AT, FIRST_FAILED, LAST_ERROR)
@@ -70,7 +70,7 @@ def event_message(event: Event, body: bytes | None = None, headers: dict[str, An
     properties, the time of publishing in a header, and the current span's
     trace context when tracing is on."""
     message_headers = {PUBLISHED: int(time.time() * 1000), **(headers or {})}
-    tracing.inject(message_headers)
+    tracing.inject(message_headers, within=True)
     return aio_pika.Message(
         body if body is not None else event.to_json(),
         content_type="application/json",
@@ -83,17 +83,33 @@ def event_message(event: Event, body: bytes | None = None, headers: dict[str, An
     )
 
 
-_NO_CONTEXT: Mapping[str, str] = {}
-
-
 def trace_context(headers: Mapping[str, Any]) -> Mapping[str, str]:
     """The W3C trace context a message carries, for the worker's spans to
     continue (empty: they start a trace of their own). A foreign publisher's
-    bytes are decoded; a malformed ``traceparent`` is ignored when read."""
+    bytes are decoded; anything but text or bytes, or longer than
+    :func:`shipcast.tracing.carried` reads, is ignored, and a malformed
+    ``traceparent`` is ignored when read."""
     if TRACEPARENT not in headers:  # what every message carries while tracing is off
-        return _NO_CONTEXT
-    found = {name: header_text(headers.get(name)) for name in (TRACEPARENT, TRACESTATE)}
-    return {name: text for name, text in found.items() if text is not None}
+        return tracing.NEW_TRACE
+    return tracing.carried(_trace_header(headers.get(TRACEPARENT), tracing.TRACEPARENT_MAX),
+                           _trace_header(headers.get(TRACESTATE), tracing.TRACESTATE_MAX))
+
+
+def _trace_header(value: Any, longest: int) -> str | None:
+    """A trace context header's text; ``None`` for junk (a table, a number)
+    and for more bytes than it may hold, left undecoded."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace") if len(value) <= longest else None
+    return value if isinstance(value, str) else None
+
+
+def traced(headers: dict[str, Any]) -> dict[str, Any]:
+    """``headers`` with the current span's context in place of the trace
+    context they carried (none, or none that could be read): the copies made
+    from them (retries, the parking lot) are in the current span's trace."""
+    kept = {name: value for name, value in headers.items() if name not in (TRACEPARENT, TRACESTATE)}
+    tracing.inject(kept, within=True)
+    return kept
 
 
 def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:

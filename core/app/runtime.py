@@ -118,6 +118,14 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
     requests and messages, finish those in flight, and return."""
     services = services or Services.from_settings()
     tracing.start("run" if api and worker_names else "api" if api else "worker")
+    try:
+        await _serve(services, api=api, worker_names=worker_names)
+    finally:
+        # The spans of the last deliveries, sent, however serving ended (services that would not start or close).
+        await asyncio.to_thread(tracing.stop)
+
+
+async def _serve(services: Services, *, api: bool, worker_names: Sequence[str]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -149,7 +157,6 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
         await asyncio.gather(*tasks, return_exceptions=True)
         await stop_workers(workers)
         await services.close()
-        await asyncio.to_thread(tracing.stop)  # the spans of the last deliveries, sent
 
 
 def run_async(coro: object) -> None:

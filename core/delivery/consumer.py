@@ -13,6 +13,8 @@ the prefetch limit instead of spinning or parking good messages.
 When tracing is on, each message's handling is a span continuing the trace
 its headers carry (its publish's), and each target's attempt a child of it,
 current while the channel delivers (a webhook carries its ``traceparent``).
+A message that carries none (an outside publisher's) starts a trace, and the
+copies made of it carry that: its retries are in the same trace.
 """
 
 from __future__ import annotations
@@ -196,7 +198,8 @@ class ChannelWorker:
             return self._parked({}, f"unparseable message: {exc}"[:1000])
 
         headers = message.headers or {}
-        with tracing.span(self._span, "consumer", parent=h.trace_context(headers)) as span:
+        parent = h.trace_context(headers)
+        with tracing.span(self._span, "consumer", parent=parent) as span:
             if span is not None:
                 routing = h.Routing.of(dict(headers))
                 tracing.describe(span, event, {
@@ -207,13 +210,18 @@ class ChannelWorker:
             # again, a retry tier's copy): the second finds the first's delivery logged.
             await self._event_locks.acquire(event.event_id)
             try:
-                return await self._handle_event(event, message, span)
+                return await self._handle_event(event, message, span, began=tracing.began(span, parent))
             finally:
                 self._event_locks.release(event.event_id)
 
     async def _handle_event(self, event: Event, message: AbstractIncomingMessage,
-                            span: tracing.Span | None) -> Settlement:
+                            span: tracing.Span | None, *, began: bool = False) -> Settlement:
+        """:param began: ``span`` started a trace (the message carried no
+            context that could be read): the copies made here carry its context,
+            so each retry of the event joins that one trace."""
         headers = dict(message.headers or {})
+        if began:
+            headers = h.traced(headers)
         routing = h.Routing.of(headers)
         target_id, attempt = routing.target, routing.attempt
         partners = self.services.partners

@@ -20,6 +20,7 @@ from typing import Any
 import yarl
 from marshmallow import RAISE, ValidationError
 
+from shipcast import tracing
 from shipcast.amqp.headers import event_message, resend_headers
 from shipcast.amqp.topology import QUEUE_PREFIX
 from shipcast.app.audit import Actor, record
@@ -285,9 +286,10 @@ async def send_test(services: Services, partner_id: str, endpoint_id: str, event
     find(await load(services, partner_id), endpoint_id)
     event = example(event_type, known, partner_id=partner_id, order_id=f"TEST-{int(time.time() * 1000) % 10**8}")
     await services.store.save_events([event])
-    await services.broker.publish(
-        event_message(event, headers=resend_headers(endpoint_id)),
-        f"{QUEUE_PREFIX}{CHANNEL}", exchange="")
+    queue = f"{QUEUE_PREFIX}{CHANNEL}"
+    with tracing.sent_again(queue, "test", event.event_id, {
+            **tracing.event_attributes(event), tracing.CHANNEL: CHANNEL, tracing.TARGET: endpoint_id}):
+        await services.broker.publish(event_message(event, headers=resend_headers(endpoint_id)), queue, exchange="")
     await record(services, actor, "endpoint.test", partner_id=partner_id, subject=endpoint_id,
                  after={"event_id": event.event_id, "event_type": event.event_type})
     return event

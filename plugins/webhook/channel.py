@@ -266,7 +266,8 @@ class WebhookChannel(Channel):
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
-        tracing.inject(own)  # when tracing is on: the partner's own tracing joins the attempt's span
+        # When tracing is on: the partner's own tracing joins the attempt's span (its traceparent alone).
+        tracing.inject(own)
         extra = target.options.get("headers")
         headers = {**extra, **own} if extra else own
         # What the attempt log shows the partner: these headers (the endpoint's own and its

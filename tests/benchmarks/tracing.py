@@ -124,7 +124,7 @@ def _off_calls(n: int) -> float:
         started = time.perf_counter_ns()
         for _ in range(n):
             with tracing.span("send shipcast.events", "producer") as span:
-                tracing.inject(message_headers)
+                tracing.inject(message_headers, within=True)
             with tracing.span("process shipcast.webhook", "consumer", parent=h.trace_context(message_headers)) as span:
                 with tracing.span("deliver webhook", "client") as span:
                     tracing.inject(message_headers)

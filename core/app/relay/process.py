@@ -21,12 +21,19 @@ async def serve_relay(services: Services, source: OutboxSource) -> None:
     """Relay until SIGINT or SIGTERM; ``/readyz`` on ``SHIPCAST_HEALTH_PORT``
     requires the broker and the outbox's database besides the store (where
     the partners are looked up)."""
+    tracing.start("relay")
+    try:
+        await _serve(services, source)
+    finally:
+        await asyncio.to_thread(tracing.stop)  # the last rows' spans, sent, however relaying ended
+
+
+async def _serve(services: Services, source: OutboxSource) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     relay = Relay(services, source)
-    tracing.start("relay")
     await services.start()
     server = health_server(services, {"source": lambda: relay.source_up})
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(relay.run(stop), name="shipcast-relay"),
@@ -52,7 +59,6 @@ async def serve_relay(services: Services, source: OutboxSource) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await source.close()
         await services.close()
-        await asyncio.to_thread(tracing.stop)
 
 
 async def _when_connected(services: Services) -> None:

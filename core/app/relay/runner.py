@@ -33,10 +33,6 @@ BROKER_EVERY = 0.05
 LINGER = 0.02
 #: Seconds between two readings of the outbox's depth and age for /metrics.
 STATS_EVERY = 1.0
-#: The trace context a row's span continues: none, a trace of its own.
-NEW_TRACE: dict[str, str] = {}
-
-
 class Relay:
     """One relay process. Several may run: the one holding the lock is active,
     the others try every second and take over within seconds when its
@@ -184,7 +180,7 @@ class Relay:
         return confirmed
 
     async def _publish(self, row: OutboxRow, event: Event) -> list[str]:
-        with tracing.span(self._span, parent=NEW_TRACE) as span:
+        with tracing.span(self._span, parent=tracing.NEW_TRACE) as span:  # a trace per row
             if span is not None:
                 tracing.describe(span, event, {tracing.OUTBOX_ROW: row.id})
             return await self.services.publisher.publish_valid([event])
