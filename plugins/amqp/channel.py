@@ -38,7 +38,7 @@ from shipcast.security.endpoint_secrets import masked_userinfo, valid_secrets, w
 from shipcast.security.guard import DestinationRefused, check_destination
 from shipcast.security.signing import sign
 
-from .config import SHORT_STRING, AmqpConfig, broker_url, routing_key, virtual_host
+from .config import SHORT_STRING, AmqpConfig, broker_url, host_port, routing_key, virtual_host
 from .connections import Crowded, Destinations, Nacked
 from .settings import DestinationSettings
 
@@ -179,7 +179,7 @@ def _failure(exc: BaseException, url: yarl.URL, exchange: str, key: str) -> tupl
     """What went wrong, for the partner: the AMQP reply code when there is
     one, and why in words; ``None`` for an error that is not the broker's or
     the network's (a bug: the core logs it and retries)."""
-    where = f"{url.host}:{url.port}"
+    where = host_port(url)
     vhost = virtual_host(url)
     match exc:
         case TimeoutError():
