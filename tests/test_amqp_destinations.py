@@ -47,12 +47,13 @@ class PartnerBroker:
     async def connect(self) -> aio_pika.abc.AbstractRobustConnection:
         return await aio_pika.connect_robust(self.url)
 
-    async def inbox(self, exchange: str = "orders", queue: str = "inbox", binding: str = "#") -> None:
+    async def inbox(self, exchange: str = "orders", queue: str = "inbox", binding: str = "#",
+                    arguments: dict[str, Any] | None = None) -> None:
         """The partner's side: a topic exchange and a queue bound to it."""
         async with await self.connect() as connection:
             channel = await connection.channel()
             declared = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            inbox = await channel.declare_queue(queue, durable=True)
+            inbox = await channel.declare_queue(queue, durable=True, arguments=arguments)
             await inbox.bind(declared, binding)
 
     async def received(self, queue: str = "inbox") -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -139,12 +140,15 @@ async def test_a_filter_keeps_events_from_a_destination_without_an_attempt(
 @pytest.mark.parametrize(("prepare", "status", "reason"), [
     ("nothing", 404, "no such exchange on the broker: NOT_FOUND - no exchange 'orders'"),
     ("exchange without a queue", 312, "unroutable: no queue is bound to exchange 'orders' for routing key 'acme.OFD'"),
+    ("a full queue that rejects publishes", None, "nacked by the broker: it did not take the message"),
 ])
 async def test_a_broker_that_refuses_is_retried_then_parked(vhost: str, sqlite_url: str,
                                                             partner_broker: PartnerBroker, prepare: str,
-                                                            status: int, reason: str) -> None:
+                                                            status: int | None, reason: str) -> None:
     if prepare == "exchange without a queue":
         await partner_broker.inbox(binding="nothing.matches.this")
+    elif prepare == "a full queue that rejects publishes":  # routed, and nacked: the queue takes nothing
+        await partner_broker.inbox(arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
     async with ShipcastProcess(make_settings(vhost, sqlite_url), channels=["amqp"]) as shipcast:
         await shipcast.apply(amqp_doc(partner_broker.url))
         event = await post(shipcast)

@@ -188,7 +188,7 @@ def _failure(exc: BaseException, url: yarl.URL, exchange: str, key: str) -> tupl
             return 312, (f"unroutable: no queue is bound to exchange {exchange!r} for routing key {key!r} "
                          f"({exc.args[0] if exc.args else 'NO_ROUTE'}); bind a queue, or change the routing_key")
         case Nacked():
-            return None, f"refused by the broker: {exc}"
+            return None, f"nacked by the broker: {exc}"
         case ChannelNotFoundEntity():
             return 404, f"no such exchange on the broker: {exc}"
         case ChannelAccessRefused():

@@ -25,6 +25,7 @@ import aiormq
 import yarl
 from aiormq.abc import AbstractChannel, AbstractConnection
 from aiormq.connection import TransportFactory
+from aiormq.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from shipcast.delivery.isolation import KeyedLock
@@ -44,6 +45,11 @@ class Crowded(Exception):
 
 class Nacked(Exception):
     """The broker answered a publish with a nack: it did not take the message."""
+
+
+#: What a nack says, for the partner: AMQP gives no reason with it.
+NACKED = ("it did not take the message (a queue bound for it may be full and reject publishes, "
+          "x-overflow reject-publish, or the broker could not store it)")
 
 
 class GuardedTransport(TransportFactory):
@@ -202,13 +208,17 @@ class Destinations:
                 confirmation = await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
                                                            properties=properties, mandatory=True,
                                                            timeout=self.publish_timeout)
+            except DeliveryError as exc:  # the client raises a nack as a failed delivery
+                if isinstance(exc.frame, Basic.Nack):
+                    raise Nacked(NACKED) from exc
+                raise
             finally:
                 self._sending.release(key)
         finally:
             broker.users -= 1
             broker.last_used = time.monotonic()
         if not isinstance(confirmation, Basic.Ack):
-            raise Nacked(f"the broker did not take the message ({type(confirmation).__name__})")
+            raise Nacked(NACKED)
 
     async def _broker(self, owner: Owner, url: yarl.URL) -> PartnerBroker:
         key = str(url)
