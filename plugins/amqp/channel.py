@@ -39,7 +39,7 @@ from shipcast.security.guard import DestinationRefused, check_destination
 from shipcast.security.signing import sign
 
 from .config import SHORT_STRING, AmqpConfig, broker_url, host_port, routing_key, virtual_host
-from .connections import Crowded, Destinations, Nacked
+from .connections import Crowded, Destinations, Nacked, Owner
 from .settings import DestinationSettings
 
 #: A destination's publishes awaiting their confirm at once, per worker, unless it sets ``max_concurrency``.
@@ -101,8 +101,16 @@ class AmqpChannel(Channel):
         self._timeout = own.connect_timeout + own.publish_timeout
         self.destinations = Destinations(self.settings.allowed_networks, connect_timeout=own.connect_timeout,
                                          publish_timeout=own.publish_timeout, idle=own.idle,
-                                         limit=own.max_connections)
+                                         limit=own.max_connections, publishes_to=self._publishes_to)
         await self.destinations.start()
+
+    async def _publishes_to(self, owner: Owner) -> str | None:
+        """The broker URL (credentials included) a destination publishes to as
+        its config stands now; ``None`` when the config has it no more."""
+        partner_id, destination_id = owner
+        partner = await self.context.partners.get(partner_id)
+        target = self.target(partner, destination_id) if partner is not None else None
+        return str(broker_url(target.options["url"], target.options["credentials"])) if target is not None else None
 
     async def close(self) -> None:
         destinations = getattr(self, "destinations", None)
