@@ -137,6 +137,35 @@ async def test_a_filter_keeps_events_from_a_destination_without_an_attempt(
     assert [orjson.loads(m.body)["event_id"] for m in await partner_broker.received()] == [sent["event_id"]]
 
 
+async def test_traced_a_message_carries_its_attempts_context_and_the_trace_names_destinations_filtered(
+        vhost: str, sqlite_url: str, partner_broker: PartnerBroker) -> None:
+    """As a webhook request does: the message published carries the attempt
+    span's ``traceparent`` (the attempt log shows it), and the channel's span
+    names each destination whose filter kept the event out."""
+    from .otlp import OtlpReceiver, tracing_to
+
+    await partner_broker.inbox()
+    doc = amqp_doc(partner_broker.url)
+    doc["partners"][0]["channels"]["amqp"]["destinations"].append(
+        {"id": "returns", "url": partner_broker.url, "exchange": "orders", "filter": {"event_type": "RET"}})
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp, "worker"), ShipcastProcess(make_settings(vhost, sqlite_url),
+                                                               channels=["amqp"]) as shipcast:
+            await shipcast.apply(doc)
+            event = await post(shipcast)
+            [row] = await eventually(settled(shipcast, event["event_id"]))
+            assert row["status"] == "delivered" and row["target"] == "main", row
+            [attempt] = await attempts(shipcast, event["event_id"])
+    [message] = await partner_broker.received()
+    [process] = otlp.named("process shipcast.amqp")
+    [deliver] = otlp.named("deliver amqp")
+    assert process.attributes["shipcast.filtered_endpoints"] == ["returns"]
+    assert process.attributes["shipcast.targets"] == 1
+    sent = str(message.headers["traceparent"])
+    assert sent.split("-")[1:3] == [deliver.trace_id, deliver.span_id] and deliver.parent_id == process.span_id
+    assert attempt["request"]["headers"]["traceparent"] == sent
+
+
 @pytest.mark.parametrize(("prepare", "status", "reason"), [
     ("nothing", 404, "no such exchange on the broker: NOT_FOUND - no exchange 'orders'"),
     ("exchange without a queue", 312, "unroutable: no queue is bound to exchange 'orders' for routing key 'acme.OFD'"),

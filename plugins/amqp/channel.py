@@ -26,7 +26,7 @@ from aiormq.exceptions import (
 )
 from pamqp.commands import Basic
 
-from shipcast import metrics
+from shipcast import metrics, tracing
 from shipcast.exceptions import ConfigError, DeferDelivery, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
 from shipcast.model.filters import CompiledFilters
@@ -127,6 +127,7 @@ class AmqpChannel(Channel):
         if partner is None:
             return []
         found = []
+        filtered = []
         for destination in (partner.channels.get(self.name) or {}).get("destinations", []):
             if "*" not in destination.get("events", ["*"]) and event.event_type not in destination["events"]:
                 continue
@@ -134,8 +135,11 @@ class AmqpChannel(Channel):
             if spec is not None and not self._filters.matches(spec, event):
                 # Not published, and no attempt: the destination asked not to have it.
                 metrics.inc("shipcast_amqp_filtered_total", partner=event.partner_id, destination=destination["id"])
+                filtered.append(destination["id"])
                 continue
             found.append(self._target(destination))
+        if filtered:  # the trace says why these destinations have no attempt
+            tracing.note({tracing.FILTERED: filtered})
         return found
 
     def _target(self, destination: Mapping[str, Any]) -> Target:
@@ -157,7 +161,8 @@ class AmqpChannel(Channel):
         exchange, key = options["exchange"], routing_key(options["routing_key"], event)
         timestamp = int(time.time())
         headers: dict[str, Any] = {"webhook-id": event.event_id, "webhook-timestamp": str(timestamp),
-                   "webhook-signature": sign(options["secrets"], event.event_id, timestamp, body)}
+                                   "webhook-signature": sign(options["secrets"], event.event_id, timestamp, body)}
+        tracing.inject(headers)  # when tracing is on: the partner's consumer joins the attempt's span
         # What the attempt log shows the partner: the broker (credentials masked), where, and these headers.
         sent = {"method": "PUBLISH", "url": options["shown_url"], "exchange": exchange, "routing_key": key,
                 "headers": headers}
