@@ -26,7 +26,7 @@ from shipcast.exceptions import ConfigError
 from tests.bound import example
 
 from .conftest import AMQP_HOST, make_settings
-from .helpers import ShipcastProcess, eventually, settled
+from .helpers import ShipcastProcess, TcpProxy, eventually, settled
 from .portal import Visitor, signed_in
 
 pytestmark = pytest.mark.broker
@@ -336,60 +336,9 @@ async def test_connections_are_shared_per_broker_bounded_and_closed_when_moved_o
     assert len(await partner_broker.received()) == 4
 
 
-class BrokerProxy:
-    """A TCP relay to the local RabbitMQ that counts the connections open
-    through it, and can hold every byte back (a broker that stops answering)
-    until it is let go."""
-
-    def __init__(self) -> None:
-        self.open = 0
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        #: Whether the client sent anything while held back.
-        self.held = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: bool) -> None:
-        try:
-            while chunk := await reader.read(65536):
-                if client and not self.flowing.is_set():
-                    self.held = True
-                await self.flowing.wait()
-                writer.write(chunk)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = AMQP_HOST.rsplit(":", 1)
-        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
-        self.open += 1
-        try:
-            pipes = [asyncio.create_task(self._pipe(reader, upstream_writer, True)),
-                     asyncio.create_task(self._pipe(upstream_reader, writer, False))]
-            self._tasks.update(pipes)
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.open -= 1
-            writer.close()
-            upstream_writer.close()
-
-    def url(self, broker: PartnerBroker) -> str:
-        return f"amqp://{broker.user}:{broker.password}@127.0.0.1:{self.port}/{broker.vhost}"
-
-    async def __aenter__(self) -> BrokerProxy:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.flowing.set()
-        self.server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+def upstream() -> tuple[str, int]:
+    host, port = AMQP_HOST.rsplit(":", 1)
+    return host, int(port)
 
 
 def pool_of(limit: int, idle: float = 3600) -> Any:
@@ -417,21 +366,29 @@ def pool_key(url: str) -> str:
     return str(broker_url(url, None))
 
 
+def through(proxy: TcpProxy, broker: PartnerBroker) -> str:
+    """The partner's broker reached through ``proxy``: another URL, so another connection."""
+    return f"amqp://{broker.user}:{broker.password}@127.0.0.1:{proxy.port}/{broker.vhost}"
+
+
 async def test_two_first_publishes_at_the_connection_cap_open_one_connection(partner_broker: PartnerBroker) -> None:
     """At the cap, with one idle connection: two publishes at once to a new
     broker close it, and share the one connection the first of them opens."""
     await partner_broker.inbox()
-    async with BrokerProxy() as proxy:
+    proxy = await TcpProxy(upstream()).start()
+    try:
         pool = pool_of(limit=1)
         try:
             await publish_on(pool, ("acme", "a"), partner_broker.url)  # the cap's one connection, idle now
-            await asyncio.gather(publish_on(pool, ("acme", "b"), proxy.url(partner_broker)),
-                                 publish_on(pool, ("acme", "b"), proxy.url(partner_broker)))
-            assert proxy.open == 1
-            assert list(pool.brokers) == [pool_key(proxy.url(partner_broker))]
+            await asyncio.gather(publish_on(pool, ("acme", "b"), through(proxy, partner_broker)),
+                                 publish_on(pool, ("acme", "b"), through(proxy, partner_broker)))
+            assert proxy.connections == 1
+            assert list(pool.brokers) == [pool_key(through(proxy, partner_broker))]
         finally:
             await pool.close()
-        await eventually(lambda: proxy.open == 0)  # closed with the pool: none left behind
+        await eventually(lambda: proxy.connections == 0)  # closed with the pool: none left behind
+    finally:
+        await proxy.close()
     assert len(await partner_broker.received()) == 3
 
 
@@ -440,24 +397,24 @@ async def test_the_idle_sweep_keeps_a_connection_picked_up_while_it_closed_anoth
     """Two idle connections; the first one's broker stops answering as it is
     closed, and meanwhile the second is used again: it is no longer idle, and stays open."""
     await partner_broker.inbox()
-    async with BrokerProxy() as proxy:
-        pool = pool_of(limit=4)
-        try:
-            await publish_on(pool, ("acme", "slow"), proxy.url(partner_broker))
-            await publish_on(pool, ("acme", "direct"), partner_broker.url)
-            slow, direct = pool.brokers.values()
-            pool.idle = 0  # both idle from now on
-            proxy.flowing.clear()
-            sweep = asyncio.create_task(pool.close_idle())
-            await eventually(lambda: proxy.held)  # closing the first, waiting for its broker's answer
-            await publish_on(pool, ("acme", "direct"), partner_broker.url)
-            proxy.flowing.set()
-            await sweep
-            assert slow.connection is None
-            assert list(pool.brokers.values()) == [direct]
-            assert direct.connection is not None and not direct.connection.is_closed
-        finally:
-            await pool.close()
+    proxy = await TcpProxy(upstream()).start()
+    pool = pool_of(limit=4)
+    try:
+        await publish_on(pool, ("acme", "slow"), through(proxy, partner_broker))
+        await publish_on(pool, ("acme", "direct"), partner_broker.url)
+        slow, direct = pool.brokers.values()
+        pool.idle = 0  # both idle from now on
+        proxy.freeze()
+        sweep = asyncio.create_task(pool.close_idle())
+        await eventually(lambda: slow.connection is None)  # closing the first, waiting for its broker's answer
+        await publish_on(pool, ("acme", "direct"), partner_broker.url)
+        await proxy.restore()
+        await sweep
+        assert list(pool.brokers.values()) == [direct]
+        assert direct.connection is not None and not direct.connection.is_closed
+    finally:
+        await pool.close()
+        await proxy.close()
     assert len(await partner_broker.received()) == 3
 
 
