@@ -148,3 +148,16 @@ def test_destination_ids_are_unique() -> None:
 def test_the_routing_key_defaults_to_shipcasts_own() -> None:
     [partner] = load_partners(doc(), "partners.yaml")
     assert partner.channels["amqp"]["destinations"][0]["routing_key"] == "{partner_id}.{event_type}"
+
+
+def test_a_destination_is_shown_as_written_its_secret_masked_and_nothing_stored_beside() -> None:
+    from shipcast.plugins.amqp import AmqpChannel
+
+    stored = {"destinations": [{
+        "id": "main", "url": "amqps://broker.acme.example/orders", "exchange": "shipcast", "events": ["*"],
+        "routing_key": "{partner_id}.{event_type}", "filter": {"event_type": "DEL"}, "secret": "enc:gAAAAB1",
+        "previous_secrets": [{"secret": "enc:gAAAAB0", "expires_at": 1.0}], "given_fingerprint": "f5c7497632abed8c",
+        "userinfo_secret": "enc:gAAAAB2"}]}
+    assert AmqpChannel.shown(stored) == {"destinations": [{
+        "id": "main", "url": "amqps://broker.acme.example/orders", "exchange": "shipcast", "events": ["*"],
+        "routing_key": "{partner_id}.{event_type}", "filter": {"event_type": "DEL"}, "secret": "…redacted…"}]}
