@@ -8,6 +8,7 @@ portal."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 import uuid
@@ -26,7 +27,7 @@ from shipcast.exceptions import ConfigError
 from tests.bound import example
 
 from .conftest import AMQP_HOST, make_settings
-from .helpers import ShipcastProcess, TcpProxy, eventually, settled
+from .helpers import ShipcastProcess, TcpProxy, eventually, run_cli, settled
 from .portal import Visitor, signed_in
 
 pytestmark = pytest.mark.broker
@@ -533,6 +534,72 @@ async def test_credentials_and_secrets_are_never_stored_or_shown_in_plaintext(
         assert row["status"] == "delivered", row
     keys = [m.routing_key for m in await partner_broker.received()]
     assert keys == ["acme.OFD", "again.DEL"]
+
+
+def fingerprint(secret: str) -> str:
+    """What the store keeps to tell a secret given again: shown nowhere, it would confirm a guess of it."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+async def test_a_destination_read_and_sent_back_changed_keeps_its_secret_and_credentials(
+        vhost: str, sqlite_url: str, partner_broker: PartnerBroker) -> None:
+    """GET, change, PUT or PATCH: what GET shows (secrets masked) goes back
+    as is, and what it masked stays as stored. What GET, the answers, the
+    operator's listings, the command line and the audit log show is the
+    destination's own fields, never what is stored beside them."""
+    from .test_partner_config import partner_client
+
+    await partner_broker.inbox()
+    first, second = "whsec_" + "A" * 43 + "=", "whsec_" + "B" * 43 + "="
+    section = "/v1/partners/acme/config/channels/amqp"
+    settings = make_settings(vhost, sqlite_url)
+    async with ShipcastProcess(settings, channels=["amqp"]) as shipcast:
+        await shipcast.apply({"partners": [{"id": "acme", "name": "Acme"}]})
+        async with await partner_client(shipcast) as merchant:
+            answers = [await merchant.put(section, json={"destinations": [
+                {"id": "main", "url": partner_broker.url, "exchange": "orders", "secret": first}]})]
+            # A second secret rotates the first out: it signs beside the new one for a while.
+            bare = f"amqp://{AMQP_HOST}/{partner_broker.vhost}"
+            answers.append(await merchant.put(section, json={"destinations": [
+                {"id": "main", "url": bare, "exchange": "orders", "secret": second}]}))
+            assert [a.status_code for a in answers] == [200, 200], answers[-1].text
+            shown = (await merchant.get("/v1/partners/acme/config")).json()
+            [destination] = shown["channels"]["amqp"]["destinations"]
+            assert destination == {"id": "main", "url": bare, "exchange": "orders", "events": ["*"],
+                                   "routing_key": "{partner_id}.{event_type}", "secret": "…redacted…"}
+            # Nothing changed, and the whole section as shown, sent back: both taken, nothing changes.
+            answers.append(await merchant.patch(section, json={}))
+            answers.append(await merchant.put(section, json=shown["channels"]["amqp"]))
+            assert [a.status_code for a in answers[2:]] == [200, 200], answers[-1].text
+            # One field changed, by PATCH and by PUT, the rest as GET showed it.
+            destination["routing_key"] = "again.{event_type}"
+            answers.append(await merchant.patch(section, json={"destinations": [destination]}))
+            assert answers[-1].status_code == 200, answers[-1].text
+            again = answers[-1].json()["channels"]["amqp"]
+            again["destinations"][0]["description"] = "the ERP's queue"
+            answers.append(await merchant.put(section, json=again))
+            assert answers[-1].status_code == 200, answers[-1].text
+            assert answers[-1].json()["channels"]["amqp"]["destinations"][0] == {
+                **destination, "description": "the ERP's queue"}
+            kept = (await merchant.get("/v1/partners/acme/amqp/destinations/main/secret")).json()
+            assert kept["secret"] == second and kept["previous_secret_valid_until"] is not None
+            answers += [await shipcast.http.get("/v1/partners"), await shipcast.http.get("/v1/partners/acme")]
+        event = await post(shipcast)
+        [row] = await eventually(settled(shipcast, event["event_id"]))
+        assert row["status"] == "delivered", row  # with the credentials kept aside
+        audit = await shipcast.services.store.list_audit("acme", action="partner.config")
+    listed = run_cli(settings, "partners", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [d["description"] for d in orjson.loads(listed.stdout)[0]["channels"]["amqp"]["destinations"]] == [
+        "the ERP's queue"]
+    assert len(audit) == 4 and audit[-1]["after"]["destinations"][0]["id"] == "main"
+    for text in [a.text for a in answers] + [listed.stdout, orjson.dumps(audit).decode()]:
+        for stored_beside in ("given_fingerprint", fingerprint(first), fingerprint(second), "previous_secrets",
+                              "userinfo_secret", "enc:", partner_broker.password, first, second):
+            assert stored_beside not in text, (stored_beside, text)
+    [message] = await partner_broker.received()
+    assert message.routing_key == "again.OFD"
+    Webhook(second).verify(message.body, {name: str(value) for name, value in message.headers.items()})
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from shipcast.messaging.templates import LANGUAGES
 from shipcast.model.partners import BRANDING, Partner, load_section, plain
 from shipcast.plugin.public import public_partner, public_section
 from shipcast.plugin.registry import Registry
+from shipcast.security.redact import without_redacted
 
 #: The largest section one request may set, as JSON: a channel's templates, in every language, fit easily.
 MAX_SECTION = 256 * 1024
@@ -58,6 +59,12 @@ def describe(registry: Registry, partner: Partner) -> dict[str, Any]:
     shown["file_fields"] = sorted(partner.owned())
     shown["editable"] = [BRANDING, *editable(registry)]
     return shown
+
+
+def _as_shown(registry: Registry, section: str, stored: Any) -> Any:
+    """A stored section as a change starts from it: as people see it, less
+    what is masked there (a change leaves that as stored)."""
+    return without_redacted(public_section(registry.channels, section, stored))
 
 
 def _owned_changes(owned: frozenset[str], where: str, before: Mapping[str, Any] | None,
@@ -105,7 +112,11 @@ async def change_section(services: Services, partner_id: str, section: str, valu
                              f"{', '.join([BRANDING, *editable(registry)])}")
     where = BRANDING if section == BRANDING else f"channels.{section}"
     stored = partner.branding if section == BRANDING else partner.channels.get(section)
-    before = plain(stored)
+    # What the change is made to and compared with: the section as shown, never what the channel
+    # stores beside its fields (an encrypted secret, a fingerprint), which its prepare keeps.
+    before = _as_shown(registry, section, stored)
+    if value is not None:
+        value = without_redacted(value)  # a secret sent back as shown keeps the stored one
     if patch and value is not None:
         value = merge_patch(before or {}, value)
     if value is not None and len(orjson.dumps(value)) > MAX_SECTION:
