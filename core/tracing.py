@@ -57,7 +57,7 @@ OUTCOME = "shipcast.outcome"
 #: On a channel's span: how many targets it delivered to, and why others were not (``shipcast.skipped.<why>``).
 TARGETS = "shipcast.targets"
 SKIPPED = "shipcast.skipped."
-#: On a webhook channel's span: the endpoints whose filter the event did not pass.
+#: On a webhook or AMQP channel's span: the endpoints (destinations) whose filter the event did not pass.
 FILTERED = "shipcast.filtered_endpoints"
 #: On the span of a message published on purpose to one target (``send shipcast.<channel>``): why.
 SENT_AGAIN = "shipcast.sent_again"

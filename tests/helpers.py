@@ -290,6 +290,11 @@ class TcpProxy:
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
+    @property
+    def connections(self) -> int:
+        """Connections open through it: each is two pipes, one a way, until either end closes."""
+        return len(self._pipes) // 2
+
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -8,6 +8,7 @@ portal."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 import uuid
@@ -26,7 +27,7 @@ from shipcast.exceptions import ConfigError
 from tests.bound import example
 
 from .conftest import AMQP_HOST, make_settings
-from .helpers import ShipcastProcess, eventually, settled
+from .helpers import ShipcastProcess, TcpProxy, eventually, run_cli, settled
 from .portal import Visitor, signed_in
 
 pytestmark = pytest.mark.broker
@@ -47,12 +48,13 @@ class PartnerBroker:
     async def connect(self) -> aio_pika.abc.AbstractRobustConnection:
         return await aio_pika.connect_robust(self.url)
 
-    async def inbox(self, exchange: str = "orders", queue: str = "inbox", binding: str = "#") -> None:
+    async def inbox(self, exchange: str = "orders", queue: str = "inbox", binding: str = "#",
+                    arguments: dict[str, Any] | None = None) -> None:
         """The partner's side: a topic exchange and a queue bound to it."""
         async with await self.connect() as connection:
             channel = await connection.channel()
             declared = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-            inbox = await channel.declare_queue(queue, durable=True)
+            inbox = await channel.declare_queue(queue, durable=True, arguments=arguments)
             await inbox.bind(declared, binding)
 
     async def received(self, queue: str = "inbox") -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -136,15 +138,47 @@ async def test_a_filter_keeps_events_from_a_destination_without_an_attempt(
     assert [orjson.loads(m.body)["event_id"] for m in await partner_broker.received()] == [sent["event_id"]]
 
 
+async def test_traced_a_message_carries_its_attempts_context_and_the_trace_names_destinations_filtered(
+        vhost: str, sqlite_url: str, partner_broker: PartnerBroker) -> None:
+    """As a webhook request does: the message published carries the attempt
+    span's ``traceparent`` (the attempt log shows it), and the channel's span
+    names each destination whose filter kept the event out."""
+    from .otlp import OtlpReceiver, tracing_to
+
+    await partner_broker.inbox()
+    doc = amqp_doc(partner_broker.url)
+    doc["partners"][0]["channels"]["amqp"]["destinations"].append(
+        {"id": "returns", "url": partner_broker.url, "exchange": "orders", "filter": {"event_type": "RET"}})
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp, "worker"), ShipcastProcess(make_settings(vhost, sqlite_url),
+                                                               channels=["amqp"]) as shipcast:
+            await shipcast.apply(doc)
+            event = await post(shipcast)
+            [row] = await eventually(settled(shipcast, event["event_id"]))
+            assert row["status"] == "delivered" and row["target"] == "main", row
+            [attempt] = await attempts(shipcast, event["event_id"])
+    [message] = await partner_broker.received()
+    [process] = otlp.named("process shipcast.amqp")
+    [deliver] = otlp.named("deliver amqp")
+    assert process.attributes["shipcast.filtered_endpoints"] == ["returns"]
+    assert process.attributes["shipcast.targets"] == 1
+    sent = str(message.headers["traceparent"])
+    assert sent.split("-")[1:3] == [deliver.trace_id, deliver.span_id] and deliver.parent_id == process.span_id
+    assert attempt["request"]["headers"]["traceparent"] == sent
+
+
 @pytest.mark.parametrize(("prepare", "status", "reason"), [
     ("nothing", 404, "no such exchange on the broker: NOT_FOUND - no exchange 'orders'"),
     ("exchange without a queue", 312, "unroutable: no queue is bound to exchange 'orders' for routing key 'acme.OFD'"),
+    ("a full queue that rejects publishes", None, "nacked by the broker: it did not take the message"),
 ])
 async def test_a_broker_that_refuses_is_retried_then_parked(vhost: str, sqlite_url: str,
                                                             partner_broker: PartnerBroker, prepare: str,
-                                                            status: int, reason: str) -> None:
+                                                            status: int | None, reason: str) -> None:
     if prepare == "exchange without a queue":
         await partner_broker.inbox(binding="nothing.matches.this")
+    elif prepare == "a full queue that rejects publishes":  # routed, and nacked: the queue takes nothing
+        await partner_broker.inbox(arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
     async with ShipcastProcess(make_settings(vhost, sqlite_url), channels=["amqp"]) as shipcast:
         await shipcast.apply(amqp_doc(partner_broker.url))
         event = await post(shipcast)
@@ -303,6 +337,129 @@ async def test_connections_are_shared_per_broker_bounded_and_closed_when_moved_o
     assert len(await partner_broker.received()) == 4
 
 
+def upstream() -> tuple[str, int]:
+    host, port = AMQP_HOST.rsplit(":", 1)
+    return host, int(port)
+
+
+def pool_of(limit: int, idle: float = 3600) -> Any:
+    import ipaddress
+
+    from shipcast.plugins.amqp.connections import Destinations
+
+    return Destinations([ipaddress.ip_network("127.0.0.0/8")], connect_timeout=5, publish_timeout=5, idle=idle,
+                        limit=limit)
+
+
+async def publish_on(pool: Any, owner: tuple[str, str], url: str) -> None:
+    from pamqp.commands import Basic
+
+    from shipcast.plugins.amqp.config import broker_url
+
+    await pool.publish(owner, broker_url(url, None), "orders", "acme.OFD", b"{}",
+                       Basic.Properties(message_id=uuid.uuid4().hex, delivery_mode=2))
+
+
+def pool_key(url: str) -> str:
+    """How the pool names a broker's connection: its URL as the client connects with it."""
+    from shipcast.plugins.amqp.config import broker_url
+
+    return str(broker_url(url, None))
+
+
+def through(proxy: TcpProxy, broker: PartnerBroker) -> str:
+    """The partner's broker reached through ``proxy``: another URL, so another connection."""
+    return f"amqp://{broker.user}:{broker.password}@127.0.0.1:{proxy.port}/{broker.vhost}"
+
+
+async def test_two_first_publishes_at_the_connection_cap_open_one_connection(partner_broker: PartnerBroker) -> None:
+    """At the cap, with one idle connection: two publishes at once to a new
+    broker close it, and share the one connection the first of them opens."""
+    await partner_broker.inbox()
+    proxy = await TcpProxy(upstream()).start()
+    try:
+        pool = pool_of(limit=1)
+        try:
+            await publish_on(pool, ("acme", "a"), partner_broker.url)  # the cap's one connection, idle now
+            await asyncio.gather(publish_on(pool, ("acme", "b"), through(proxy, partner_broker)),
+                                 publish_on(pool, ("acme", "b"), through(proxy, partner_broker)))
+            assert proxy.connections == 1
+            assert list(pool.brokers) == [pool_key(through(proxy, partner_broker))]
+        finally:
+            await pool.close()
+        await eventually(lambda: proxy.connections == 0)  # closed with the pool: none left behind
+    finally:
+        await proxy.close()
+    assert len(await partner_broker.received()) == 3
+
+
+async def test_the_idle_sweep_keeps_a_connection_picked_up_while_it_closed_another(
+        partner_broker: PartnerBroker) -> None:
+    """Two idle connections; the first one's broker stops answering as it is
+    closed, and meanwhile the second is used again: it is no longer idle, and stays open."""
+    await partner_broker.inbox()
+    proxy = await TcpProxy(upstream()).start()
+    pool = pool_of(limit=4)
+    try:
+        await publish_on(pool, ("acme", "slow"), through(proxy, partner_broker))
+        await publish_on(pool, ("acme", "direct"), partner_broker.url)
+        slow, direct = pool.brokers.values()
+        pool.idle = 0  # both idle from now on
+        proxy.freeze()
+        sweep = asyncio.create_task(pool.close_idle())
+        await eventually(lambda: slow.connection is None)  # closing the first, waiting for its broker's answer
+        await publish_on(pool, ("acme", "direct"), partner_broker.url)
+        await proxy.restore()
+        await sweep
+        assert list(pool.brokers.values()) == [direct]
+        assert direct.connection is not None and not direct.connection.is_closed
+    finally:
+        await pool.close()
+        await proxy.close()
+    assert len(await partner_broker.received()) == 3
+
+
+async def test_a_destination_taken_out_of_the_config_has_its_channel_closed(
+        vhost: str, sqlite_url: str, partner_broker: PartnerBroker) -> None:
+    """Two destinations share a connection; one goes from the config, and its
+    channel closes while the other's stays; with both gone, the connection closes."""
+    await partner_broker.inbox()
+    both = amqp_doc(partner_broker.url)
+    both["partners"][0]["channels"]["amqp"]["destinations"].append(
+        {"id": "second", "url": partner_broker.url, "exchange": "orders"})
+    async with ShipcastProcess(make_settings(vhost, sqlite_url), channels=["amqp"]) as shipcast:
+        await shipcast.apply(both)
+        event = await post(shipcast)
+
+        async def both_delivered() -> bool:
+            rows = await settled(shipcast, event["event_id"], ("delivered",))()
+            return len(rows) == 2
+
+        await eventually(both_delivered)
+        [worker] = shipcast.workers
+        pool = worker.channel.destinations
+        [broker] = pool.brokers.values()
+        kept, dropped = broker.channels[("acme", "main")], broker.channels[("acme", "second")]
+
+        await shipcast.apply(amqp_doc(partner_broker.url))
+
+        async def pruned() -> bool:
+            await pool.prune()
+            return bool(dropped.is_closed)
+
+        await eventually(pruned)
+        assert not kept.is_closed and broker.connection is not None and not broker.connection.is_closed
+        await shipcast.apply({"partners": [{"id": "acme", "name": "Acme"}]})
+
+        async def gone() -> bool:
+            await pool.prune()
+            return not pool.brokers
+
+        await eventually(gone)
+        assert kept.is_closed and broker.connection is None
+    assert len(await partner_broker.received()) == 2
+
+
 async def test_a_destination_shipcast_may_not_reach_is_refused_at_apply_and_at_send(
         vhost: str, sqlite_url: str, partner_broker: PartnerBroker) -> None:
     await partner_broker.inbox()
@@ -377,6 +534,72 @@ async def test_credentials_and_secrets_are_never_stored_or_shown_in_plaintext(
         assert row["status"] == "delivered", row
     keys = [m.routing_key for m in await partner_broker.received()]
     assert keys == ["acme.OFD", "again.DEL"]
+
+
+def fingerprint(secret: str) -> str:
+    """What the store keeps to tell a secret given again: shown nowhere, it would confirm a guess of it."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+async def test_a_destination_read_and_sent_back_changed_keeps_its_secret_and_credentials(
+        vhost: str, sqlite_url: str, partner_broker: PartnerBroker) -> None:
+    """GET, change, PUT or PATCH: what GET shows (secrets masked) goes back
+    as is, and what it masked stays as stored. What GET, the answers, the
+    operator's listings, the command line and the audit log show is the
+    destination's own fields, never what is stored beside them."""
+    from .test_partner_config import partner_client
+
+    await partner_broker.inbox()
+    first, second = "whsec_" + "A" * 43 + "=", "whsec_" + "B" * 43 + "="
+    section = "/v1/partners/acme/config/channels/amqp"
+    settings = make_settings(vhost, sqlite_url)
+    async with ShipcastProcess(settings, channels=["amqp"]) as shipcast:
+        await shipcast.apply({"partners": [{"id": "acme", "name": "Acme"}]})
+        async with await partner_client(shipcast) as merchant:
+            answers = [await merchant.put(section, json={"destinations": [
+                {"id": "main", "url": partner_broker.url, "exchange": "orders", "secret": first}]})]
+            # A second secret rotates the first out: it signs beside the new one for a while.
+            bare = f"amqp://{AMQP_HOST}/{partner_broker.vhost}"
+            answers.append(await merchant.put(section, json={"destinations": [
+                {"id": "main", "url": bare, "exchange": "orders", "secret": second}]}))
+            assert [a.status_code for a in answers] == [200, 200], answers[-1].text
+            shown = (await merchant.get("/v1/partners/acme/config")).json()
+            [destination] = shown["channels"]["amqp"]["destinations"]
+            assert destination == {"id": "main", "url": bare, "exchange": "orders", "events": ["*"],
+                                   "routing_key": "{partner_id}.{event_type}", "secret": "…redacted…"}
+            # Nothing changed, and the whole section as shown, sent back: both taken, nothing changes.
+            answers.append(await merchant.patch(section, json={}))
+            answers.append(await merchant.put(section, json=shown["channels"]["amqp"]))
+            assert [a.status_code for a in answers[2:]] == [200, 200], answers[-1].text
+            # One field changed, by PATCH and by PUT, the rest as GET showed it.
+            destination["routing_key"] = "again.{event_type}"
+            answers.append(await merchant.patch(section, json={"destinations": [destination]}))
+            assert answers[-1].status_code == 200, answers[-1].text
+            again = answers[-1].json()["channels"]["amqp"]
+            again["destinations"][0]["description"] = "the ERP's queue"
+            answers.append(await merchant.put(section, json=again))
+            assert answers[-1].status_code == 200, answers[-1].text
+            assert answers[-1].json()["channels"]["amqp"]["destinations"][0] == {
+                **destination, "description": "the ERP's queue"}
+            kept = (await merchant.get("/v1/partners/acme/amqp/destinations/main/secret")).json()
+            assert kept["secret"] == second and kept["previous_secret_valid_until"] is not None
+            answers += [await shipcast.http.get("/v1/partners"), await shipcast.http.get("/v1/partners/acme")]
+        event = await post(shipcast)
+        [row] = await eventually(settled(shipcast, event["event_id"]))
+        assert row["status"] == "delivered", row  # with the credentials kept aside
+        audit = await shipcast.services.store.list_audit("acme", action="partner.config")
+    listed = run_cli(settings, "partners", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [d["description"] for d in orjson.loads(listed.stdout)[0]["channels"]["amqp"]["destinations"]] == [
+        "the ERP's queue"]
+    assert len(audit) == 4 and audit[-1]["after"]["destinations"][0]["id"] == "main"
+    for text in [a.text for a in answers] + [listed.stdout, orjson.dumps(audit).decode()]:
+        for stored_beside in ("given_fingerprint", fingerprint(first), fingerprint(second), "previous_secrets",
+                              "userinfo_secret", "enc:", partner_broker.password, first, second):
+            assert stored_beside not in text, (stored_beside, text)
+    [message] = await partner_broker.received()
+    assert message.routing_key == "again.OFD"
+    Webhook(second).verify(message.body, {name: str(value) for name, value in message.headers.items()})
 
 
 @pytest.fixture

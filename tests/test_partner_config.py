@@ -275,6 +275,37 @@ async def test_endpoints_registered_through_the_api_stay_when_the_file_drops_the
     assert partner is not None and [e["id"] for e in partner.channels["webhook"]["endpoints"]] == ["own"]
 
 
+async def test_the_config_shows_each_endpoints_own_fields_never_what_is_stored_beside_them(
+        shipcast: ShipcastProcess) -> None:
+    """A webhook endpoint's secret, credentials, headers and authentication
+    are shown masked, by name; its secret's fingerprint, rotated-out
+    secrets and encrypted values are not shown at all."""
+    import hashlib
+
+    secret, rotated = "whsec_" + "C" * 43 + "=", "whsec_" + "D" * 43 + "="
+
+    def doc(given: str) -> dict[str, Any]:
+        return {"partners": [{"id": "acme", "name": "Acme Retail", "channels": {**FILE["partners"][0]["channels"],
+                "webhook": {"endpoints": [
+                    {"id": "orders", "url": "https://erp-user:erp-pass-31@hooks.acme.example.com/in", "secret": given,
+                     "headers": {"X-Api-Key": "key-value-31"}},
+                    {"id": "returns", "url": "https://hooks.acme.example.com/returns",
+                     "auth": {"type": "bearer", "token": "token-value-31"}}]}}}]}
+
+    await shipcast.apply(doc(secret))
+    await shipcast.apply(doc(rotated))  # the first secret rotated out, signing beside the new one for a while
+    async with await partner_client(shipcast) as merchant:
+        shown = await merchant.get("/v1/partners/acme/config")
+    orders, returns = shown.json()["channels"]["webhook"]["endpoints"]
+    assert orders == {"id": "orders", "url": "https://hooks.acme.example.com/in", "events": ["*"],
+                      "secret": "…redacted…", "ordered": False, "asymmetric": False, "headers": {"X-Api-Key": "••••"}}
+    assert returns["auth"] == {"type": "bearer", "token": "••••"}
+    for hidden in ("given_fingerprint", hashlib.sha256(rotated.encode()).hexdigest()[:16], "previous_secrets",
+                   "userinfo_secret", "header_secrets", "enc:", "erp-pass-31", "key-value-31", "token-value-31",
+                   secret, rotated):
+        assert hidden not in shown.text, hidden
+
+
 async def test_drafts_are_bounded_and_refused_constructs_never_run(shipcast: ShipcastProcess) -> None:
     async with await partner_client(shipcast) as merchant:
         huge = await merchant.put("/v1/partners/acme/config/channels/sms", json={

@@ -15,8 +15,9 @@ from shipcast.security.redact import redact
 
 log = logging.getLogger(__name__)
 
-#: Keys never recorded, even redacted: their presence would say nothing useful.
-_LEFT_OUT = ("previous_secrets", "userinfo_secret")
+#: Keys never recorded, even redacted: their presence would say nothing useful (a secret's
+#: fingerprint would let a guess of it be confirmed).
+_LEFT_OUT = ("previous_secrets", "userinfo_secret", "given_fingerprint")
 
 
 @dataclass(frozen=True)

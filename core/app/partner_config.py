@@ -30,7 +30,9 @@ from shipcast.messaging.preview import Preview, preview, problems_of, sample_eve
 from shipcast.messaging.rules import mask
 from shipcast.messaging.templates import LANGUAGES
 from shipcast.model.partners import BRANDING, Partner, load_section, plain
+from shipcast.plugin.public import public_partner, public_section
 from shipcast.plugin.registry import Registry
+from shipcast.security.redact import without_redacted
 
 #: The largest section one request may set, as JSON: a channel's templates, in every language, fit easily.
 MAX_SECTION = 256 * 1024
@@ -50,14 +52,19 @@ def editable(registry: Registry) -> list[str]:
 
 
 def describe(registry: Registry, partner: Partner) -> dict[str, Any]:
-    """A partner's config as its people see it: every section, which fields
-    the partners document owns, and which sections they may change."""
-    from shipcast.security.redact import redact
-
-    shown: dict[str, Any] = redact(partner.to_dict())
+    """A partner's config as its people see it: every section
+    (:func:`~shipcast.plugin.public.public_partner`), which fields the
+    partners document owns, and which sections they may change."""
+    shown = public_partner(registry.channels, partner)
     shown["file_fields"] = sorted(partner.owned())
     shown["editable"] = [BRANDING, *editable(registry)]
     return shown
+
+
+def _as_shown(registry: Registry, section: str, stored: Any) -> Any:
+    """A stored section as a change starts from it: as people see it, less
+    what is masked there (a change leaves that as stored)."""
+    return without_redacted(public_section(registry.channels, section, stored))
 
 
 def _owned_changes(owned: frozenset[str], where: str, before: Mapping[str, Any] | None,
@@ -104,7 +111,12 @@ async def change_section(services: Services, partner_id: str, section: str, valu
         raise UnknownPartner(f"no section {section!r}; a partner's people change: "
                              f"{', '.join([BRANDING, *editable(registry)])}")
     where = BRANDING if section == BRANDING else f"channels.{section}"
-    before = plain(partner.branding if section == BRANDING else partner.channels.get(section))
+    stored = partner.branding if section == BRANDING else partner.channels.get(section)
+    # What the change is made to and compared with: the section as shown, never what the channel
+    # stores beside its fields (an encrypted secret, a fingerprint), which its prepare keeps.
+    before = _as_shown(registry, section, stored)
+    if value is not None:
+        value = without_redacted(value)  # a secret sent back as shown keeps the stored one
     if patch and value is not None:
         value = merge_patch(before or {}, value)
     if value is not None and len(orjson.dumps(value)) > MAX_SECTION:
@@ -141,7 +153,9 @@ async def change_section(services: Services, partner_id: str, section: str, valu
     services.partners.invalidate()
     await reconcile_bindings(services)
     await record(services, actor, "partner.config", partner_id=partner_id, subject=where,
-                 before=before, after=plain(changed.branding if section == BRANDING else channels.get(section)))
+                 before=public_section(registry.channels, section, stored),
+                 after=public_section(registry.channels, section,
+                                      changed.branding if section == BRANDING else channels.get(section)))
     return changed
 
 

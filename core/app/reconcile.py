@@ -18,6 +18,7 @@ from shipcast.app.audit import Actor, record
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError, ManagementRefused
 from shipcast.model.partners import Partner, merge_document
+from shipcast.plugin.public import public_partner
 from shipcast.plugin.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,14 @@ async def apply_partners(services: Services, partners: Sequence[Partner], *, sou
     await services.store.put_partners(ready, reenable=reenable)
     await services.announce_change()
     if actor is not None:
+        channels = services.registry.channels
         for partner in ready:
-            before = stored[partner.id].to_dict() if partner.id in stored else None
-            if before != partner.to_dict():
-                await record(services, actor, "partner.apply" if before else "partner.create",
-                             partner_id=partner.id, subject=partner.id, before=before, after=partner.to_dict())
+            previous = stored.get(partner.id)
+            if previous is None or previous.to_dict() != partner.to_dict():
+                await record(services, actor, "partner.apply" if previous else "partner.create",
+                             partner_id=partner.id, subject=partner.id,
+                             before=public_partner(channels, previous) if previous else None,
+                             after=public_partner(channels, partner))
     return await reconcile_bindings(services)
 
 

@@ -166,6 +166,25 @@ def plain(value: Any) -> Any:
     return orjson.loads(orjson.dumps(value))
 
 
+def declared(shape: Schema | fields.Field, value: Any) -> Any:  # type: ignore[type-arg]
+    """``value`` cut down to what ``shape`` (a schema, or one of its fields)
+    declares: of each mapping a schema reads, only the fields it declares, so
+    what a channel stores beside a partner's config (encrypted credentials,
+    rotated-out secrets, fingerprints) is left out. A value whose shape a
+    field does not describe (a filter, a mapping of templates) is kept whole."""
+    if isinstance(shape, Schema):
+        if not isinstance(value, Mapping):
+            return value
+        return {key: declared(shape.fields[key], item) for key, item in value.items() if key in shape.fields}
+    if isinstance(shape, fields.List) and isinstance(value, list):
+        return [declared(shape.inner, item) for item in value]
+    if isinstance(shape, fields.Nested) and isinstance(shape.schema, Schema):
+        if shape.many and isinstance(value, list):
+            return [declared(shape.schema, item) for item in value]
+        return declared(shape.schema, value)
+    return value
+
+
 def load_section(catalog: Catalog, section: str, value: Any) -> dict[str, Any]:
     """``value`` validated as the partners document's ``branding`` or
     ``channels.<name>`` would be.

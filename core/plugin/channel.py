@@ -17,7 +17,8 @@ from marshmallow import Schema
 
 from shipcast.amqp.topology import ChannelTopology
 from shipcast.exceptions import ConfigError
-from shipcast.model.partners import EventList
+from shipcast.model.partners import EventList, declared
+from shipcast.security.redact import redact
 
 if TYPE_CHECKING:
     from shipcast.model.envelope import Event
@@ -143,6 +144,18 @@ class Channel:
         :raises ConfigError: with ``errors`` keyed by field (``endpoints.0.url``).
         """
         return config
+
+    @classmethod
+    def shown(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A partner's stored section as people see it, wherever it is shown
+        (the partner API's ``/config``, the operator's, the portal, the
+        command line, the audit log): the fields :attr:`config_schema`
+        declares, each secret masked, and nothing :meth:`prepare` stored
+        beside them (encrypted credentials, rotated-out secrets, fingerprints).
+        What comes back masked in a change keeps the stored value. Override it
+        to show more of what :meth:`prepare` stores, masked."""
+        shown: dict[str, Any] = redact(declared(cls.config_schema(), config))
+        return shown
 
     @classmethod
     def check(cls, registry: Registered, partner_id: str, config: Mapping[str, Any]) -> dict[str, list[str]]:

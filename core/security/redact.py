@@ -13,6 +13,8 @@ _USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 _SECRET_KEYS = ("secret", "token", "password", "auth_token", "api_key")
 #: What a secret is shown as.
 REDACTED = "…redacted…"
+#: A URL's credentials as :func:`redact` shows them.
+_MASKED_USERINFO = re.compile(rf"\b([a-z][a-z0-9+.-]*://){re.escape(REDACTED)}@", re.IGNORECASE)
 
 
 def _is_secret(key: str) -> bool:
@@ -35,12 +37,15 @@ def redact(value: Any) -> Any:
 
 
 def without_redacted(value: Any) -> Any:
-    """A copy of ``value`` without the secrets :func:`redact` masked: what
-    comes back from a form that showed them is "keep the stored one", never
-    a new secret that reads ``…redacted…``."""
+    """A copy of ``value`` without what :func:`redact` masked: what comes
+    back from a form or an API answer that showed them is "keep the stored
+    one", never a new secret that reads ``…redacted…``. A masked value is
+    left out, and so are a URL's masked credentials (a URL given again
+    without them keeps the stored ones)."""
     if isinstance(value, dict):
-        return {key: without_redacted(item) for key, item in value.items()
-                if not (_is_secret(str(key)) and item == REDACTED)}
+        return {key: without_redacted(item) for key, item in value.items() if item != REDACTED}
     if isinstance(value, list):
         return [without_redacted(item) for item in value]
+    if isinstance(value, str) and REDACTED in value:
+        return _MASKED_USERINFO.sub(r"\1", value)
     return value

@@ -6,7 +6,8 @@ template (``{partner_id}.{event_type}.{order_id}``: a substitution, not
 code) and the event types it takes. Each message is the webhook envelope,
 persistent, with the Standard Webhooks headers (``webhook-id``,
 ``webhook-timestamp``, ``webhook-signature``, signed with the destination's
-secret) as message headers, published mandatory with publisher confirms: a
+secret, and the attempt's ``traceparent`` when tracing is on) as message
+headers, published mandatory with publisher confirms: a
 missing exchange, a nack, an unroutable message, an unreachable broker or
 refused credentials is a failed attempt, retried and parked like a webhook's.
 

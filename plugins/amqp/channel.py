@@ -26,7 +26,7 @@ from aiormq.exceptions import (
 )
 from pamqp.commands import Basic
 
-from shipcast import metrics
+from shipcast import metrics, tracing
 from shipcast.exceptions import ConfigError, DeferDelivery, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
 from shipcast.model.filters import CompiledFilters
@@ -38,8 +38,8 @@ from shipcast.security.endpoint_secrets import masked_userinfo, valid_secrets, w
 from shipcast.security.guard import DestinationRefused, check_destination
 from shipcast.security.signing import sign
 
-from .config import SHORT_STRING, AmqpConfig, broker_url, routing_key, virtual_host
-from .connections import Crowded, Destinations, Nacked
+from .config import SHORT_STRING, AmqpConfig, broker_url, host_port, routing_key, virtual_host
+from .connections import Crowded, Destinations, Nacked, Owner
 from .settings import DestinationSettings
 
 #: A destination's publishes awaiting their confirm at once, per worker, unless it sets ``max_concurrency``.
@@ -101,8 +101,16 @@ class AmqpChannel(Channel):
         self._timeout = own.connect_timeout + own.publish_timeout
         self.destinations = Destinations(self.settings.allowed_networks, connect_timeout=own.connect_timeout,
                                          publish_timeout=own.publish_timeout, idle=own.idle,
-                                         limit=own.max_connections)
+                                         limit=own.max_connections, publishes_to=self._publishes_to)
         await self.destinations.start()
+
+    async def _publishes_to(self, owner: Owner) -> str | None:
+        """The broker URL (credentials included) a destination publishes to as
+        its config stands now; ``None`` when the config has it no more."""
+        partner_id, destination_id = owner
+        partner = await self.context.partners.get(partner_id)
+        target = self.target(partner, destination_id) if partner is not None else None
+        return str(broker_url(target.options["url"], target.options["credentials"])) if target is not None else None
 
     async def close(self) -> None:
         destinations = getattr(self, "destinations", None)
@@ -119,6 +127,7 @@ class AmqpChannel(Channel):
         if partner is None:
             return []
         found = []
+        filtered = []
         for destination in (partner.channels.get(self.name) or {}).get("destinations", []):
             if not receives(destination, event.event_type):
                 continue
@@ -127,8 +136,11 @@ class AmqpChannel(Channel):
                 # Not published, and no attempt: the destination asked not to have it. Counted
                 # at the event's first delivery only (a copy for one target asks target_for).
                 metrics.inc("shipcast_amqp_filtered_total", partner=event.partner_id, destination=destination["id"])
+                filtered.append(destination["id"])
                 continue
             found.append(target)
+        if filtered:  # the trace says why these destinations have no attempt
+            tracing.note({tracing.FILTERED: filtered})
         return found
 
     def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
@@ -174,7 +186,8 @@ class AmqpChannel(Channel):
         exchange, key = options["exchange"], routing_key(options["routing_key"], event)
         timestamp = int(time.time())
         headers: dict[str, Any] = {"webhook-id": event.event_id, "webhook-timestamp": str(timestamp),
-                   "webhook-signature": sign(options["secrets"], event.event_id, timestamp, body)}
+                                   "webhook-signature": sign(options["secrets"], event.event_id, timestamp, body)}
+        tracing.inject(headers)  # when tracing is on: the partner's consumer joins the attempt's span
         # What the attempt log shows the partner: the broker (credentials masked), where, and these headers.
         sent = {"method": "PUBLISH", "url": options["shown_url"], "exchange": exchange, "routing_key": key,
                 "headers": headers}
@@ -204,7 +217,7 @@ def _failure(exc: BaseException, url: yarl.URL, exchange: str, key: str) -> tupl
     """What went wrong, for the partner: the AMQP reply code when there is
     one, and why in words; ``None`` for an error that is not the broker's or
     the network's (a bug: the core logs it and retries)."""
-    where = f"{url.host}:{url.port}"
+    where = host_port(url)
     vhost = virtual_host(url)
     match exc:
         case TimeoutError():
@@ -213,7 +226,7 @@ def _failure(exc: BaseException, url: yarl.URL, exchange: str, key: str) -> tupl
             return 312, (f"unroutable: no queue is bound to exchange {exchange!r} for routing key {key!r} "
                          f"({exc.args[0] if exc.args else 'NO_ROUTE'}); bind a queue, or change the routing_key")
         case Nacked():
-            return None, f"refused by the broker: {exc}"
+            return None, f"nacked by the broker: {exc}"
         case ChannelNotFoundEntity():
             return 404, f"no such exchange on the broker: {exc}"
         case ChannelAccessRefused():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import unquote
 
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -89,10 +90,16 @@ def broker_url(url: str, credentials: str | None) -> yarl.URL:
     if parsed.explicit_port is None:
         parsed = parsed.with_port(DEFAULT_PORTS[parsed.scheme])
     if credentials:
+        # Put back through the URL's own setters, which quote them again and keep an IPv6 host's brackets.
         user, _, password = credentials.partition(":")
-        parsed = yarl.URL.build(scheme=parsed.scheme, user=user, password=password or None, host=parsed.raw_host or "",
-                                port=parsed.port, path=parsed.raw_path, encoded=True)
+        parsed = parsed.with_user(unquote(user)).with_password(unquote(password) if password else None)
     return parsed
+
+
+def host_port(url: yarl.URL) -> str:
+    """Where ``url`` points, as people write it: ``host:port``, an IPv6 host in brackets."""
+    host = url.host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
 
 
 def virtual_host(url: yarl.URL) -> str:

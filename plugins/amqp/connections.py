@@ -1,10 +1,11 @@
 """The connections one worker keeps to partners' brokers: one per broker URL
 (credentials included), opened on first use with a deadline, checked by the
 destination guard on the address actually connected to, closed when unused
-for a while, when the destination that used it moves elsewhere, or to make
-room under the cap. Each destination publishes on a channel of its own, so a
-broker closing one destination's channel (no such exchange) leaves the
-others on the same broker alone.
+for a while, when the destinations that used it move elsewhere or go, or to
+make room under the cap. Each destination publishes on a channel of its own,
+so a broker closing one destination's channel (no such exchange) leaves the
+others on the same broker alone; a destination that moves or goes has its
+channel closed.
 
 What goes wrong is raised as the client's own errors, or as
 :class:`~shipcast.security.guard.DestinationRefused` and :class:`Crowded`;
@@ -18,13 +19,14 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiormq
 import yarl
 from aiormq.abc import AbstractChannel, AbstractConnection
 from aiormq.connection import TransportFactory
+from aiormq.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from shipcast.delivery.isolation import KeyedLock
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: A destination: (partner id, destination id).
 Owner = tuple[str, str]
+#: The broker URL (credentials included) a destination publishes to now, ``None`` when it is gone.
+PublishesTo = Callable[[Owner], Awaitable[str | None]]
 #: How partners' brokers see shipcast's connections.
 CLIENT_PROPERTIES: dict[str, Any] = {"connection_name": "shipcast"}
 
@@ -44,6 +48,11 @@ class Crowded(Exception):
 
 class Nacked(Exception):
     """The broker answered a publish with a nack: it did not take the message."""
+
+
+#: What a nack says, for the partner: AMQP gives no reason with it.
+NACKED = ("it did not take the message (a queue bound for it may be full and reject publishes, "
+          "x-overflow reject-publish, or the broker could not store it)")
 
 
 class GuardedTransport(TransportFactory):
@@ -155,13 +164,15 @@ class Destinations:
     """Every partner broker one worker publishes to, at most ``limit`` connections."""
 
     def __init__(self, allowed: Sequence[Network], *, connect_timeout: float, publish_timeout: float,
-                 idle: float, limit: int) -> None:
+                 idle: float, limit: int, publishes_to: PublishesTo | None = None) -> None:
         self.resolver = GuardedResolver(allowed)
         self.transport = GuardedTransport(self.resolver)
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
         self.idle = idle
         self.limit = limit
+        #: Where a destination publishes now, from its config: a destination gone, or moved, has its channel closed.
+        self.publishes_to = publishes_to
         #: By URL, credentials included: two destinations on one broker and user share a connection.
         self.brokers: dict[str, PartnerBroker] = {}
         self._where: dict[Owner, str] = {}
@@ -202,32 +213,56 @@ class Destinations:
                 confirmation = await channel.basic_publish(body, exchange=exchange, routing_key=routing_key,
                                                            properties=properties, mandatory=True,
                                                            timeout=self.publish_timeout)
+            except DeliveryError as exc:  # the client raises a nack as a failed delivery
+                if isinstance(exc.frame, Basic.Nack):
+                    raise Nacked(NACKED) from exc
+                raise
             finally:
                 self._sending.release(key)
         finally:
             broker.users -= 1
             broker.last_used = time.monotonic()
         if not isinstance(confirmation, Basic.Ack):
-            raise Nacked(f"the broker did not take the message ({type(confirmation).__name__})")
+            raise Nacked(NACKED)
 
     async def _broker(self, owner: Owner, url: yarl.URL) -> PartnerBroker:
         key = str(url)
         before = self._where.get(owner)
         if before is not None and before != key:  # the destination moved: its old connection may go
-            self._where.pop(owner)
-            old = self.brokers.get(before)
-            if old is not None:
-                await old.forget(owner)
-                if before not in self._where.values() and old.users == 0:
-                    del self.brokers[before]
-                    await old.close()
-        broker = self.brokers.get(key)
-        if broker is None:
-            if len(self.brokers) >= self.limit:
-                await self._make_room()
-            broker = self.brokers[key] = PartnerBroker(url, self.transport)
+            del self._where[owner]
+            await self._forget(owner, before)
+        # Looked up again after making room: another publish may have opened this broker meanwhile, or
+        # taken the room made. Between the lookup and the creation nothing awaits.
+        while (broker := self.brokers.get(key)) is None:
+            if len(self.brokers) < self.limit:
+                broker = self.brokers[key] = PartnerBroker(url, self.transport)
+                break
+            await self._make_room()
         self._where[owner] = key
         return broker
+
+    async def _forget(self, owner: Owner, key: str) -> None:
+        """Close ``owner``'s channel on the broker at ``key``, and that
+        broker's connection when no other destination uses it and no publish is under way on it."""
+        old = self.brokers.get(key)
+        if old is None:
+            return
+        await old.forget(owner)
+        if key not in self._where.values() and old.users == 0 and self.brokers.get(key) is old:
+            del self.brokers[key]
+            await old.close()
+
+    async def prune(self) -> None:
+        """Close the channel of each destination whose config is gone or
+        names another broker now (:attr:`publishes_to`), and a connection no
+        destination is left on."""
+        if self.publishes_to is None:
+            return
+        for owner, key in list(self._where.items()):
+            now = await self.publishes_to(owner)
+            if now != key and self._where.get(owner) == key:  # not moved by a publish meanwhile
+                del self._where[owner]
+                await self._forget(owner, key)
 
     async def _make_room(self) -> None:
         unused = sorted((b for b in self.brokers.values() if b.users == 0), key=lambda b: b.last_used)
@@ -244,11 +279,21 @@ class Destinations:
             del self._where[owner]
         await broker.close()
 
-    async def _sweep(self) -> None:
+    async def close_idle(self) -> None:
         """Close connections nobody used for :attr:`idle` seconds."""
-        while True:
-            await asyncio.sleep(min(self.idle / 2, 30.0))
-            cutoff = time.monotonic() - self.idle
-            for broker in [b for b in self.brokers.values() if b.users == 0 and b.last_used < cutoff]:
+        cutoff = time.monotonic() - self.idle
+        for broker in list(self.brokers.values()):
+            # Looked at again before each: while an earlier one closed, a publish may have picked this one up.
+            if broker.users == 0 and broker.last_used < cutoff and self.brokers.get(str(broker.url)) is broker:
                 log.info("closing the idle connection to %s", broker.shown)
                 await self._drop(broker)
+
+    async def _sweep(self) -> None:
+        """Now and then, close what destinations gone and idle connections left open."""
+        while True:
+            await asyncio.sleep(min(self.idle / 2, 30.0))
+            try:
+                await self.prune()
+            except Exception:  # the partner configs could not be read now (the store is down): next time
+                log.warning("could not look up which AMQP destinations are gone", exc_info=True)
+            await self.close_idle()

@@ -36,7 +36,16 @@ from shipcast.security.endpoint_secrets import with_userinfo as with_userinfo
 from shipcast.security.signing import SECRET_PATTERN, sign, sign_ed25519
 
 from .guard import GuardedResolver, Network, check_destination, find_refusal, is_receiver, static_refusal
-from .headers import AuthField, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
+from .headers import (
+    AuthField,
+    HeadersField,
+    authorization_conflicts,
+    request_headers,
+    shown_auth,
+    shown_headers,
+    with_auth,
+    with_headers,
+)
 from .keys import signing_keys
 
 #: How much of a response body is read at most; the rest is never downloaded.
@@ -144,6 +153,18 @@ class WebhookChannel(Channel):
         named = {endpoint["id"] for endpoint in endpoints}
         endpoints += [e for e in previous.values() if e.get("origin") == "api" and e["id"] not in named]
         return {**config, "endpoints": endpoints}
+
+    @classmethod
+    def shown(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """As the schema declares it, with each endpoint's own headers and
+        authentication as its listing shows them (names kept, values masked)."""
+        shown = super().shown(config)
+        for endpoint, stored in zip(shown.get("endpoints", []), config.get("endpoints", []), strict=False):
+            if stored.get("header_secrets"):
+                endpoint["headers"] = shown_headers(stored)
+            if stored.get("auth"):
+                endpoint["auth"] = shown_auth(stored)
+        return shown
 
     @classmethod
     def bindings(cls, partner_id: str, config: Mapping[str, Any]) -> set[str]:

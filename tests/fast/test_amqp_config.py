@@ -7,17 +7,22 @@ filter that does not compile holding back its own destination only."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ipaddress
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yarl
+from pamqp.commands import Basic
 
 from shipcast import metrics
 from shipcast.exceptions import ConfigError, PermanentDelivery
 from shipcast.model.partners import Partner
 from shipcast.plugins.amqp.channel import AmqpChannel
-from shipcast.plugins.amqp.config import broker_url, routing_key, template_problem, url_problem
+from shipcast.plugins.amqp.config import broker_url, host_port, routing_key, template_problem, url_problem
+from shipcast.plugins.amqp.connections import Destinations
 from shipcast.security.crypto import secret_box
 from shipcast.security.endpoint_secrets import with_secret
 from shipcast.settings import Settings
@@ -83,6 +88,44 @@ def test_the_client_connects_with_the_default_port_and_the_stored_credentials() 
     assert str(broker_url("amqps://broker.acme.example/orders", None)) == "amqps://broker.acme.example:5671/orders"
     url = broker_url("amqp://broker.acme.example/orders", "us%3Aer:p%40ss")
     assert (url.user, url.password, url.port, url.path) == ("us:er", "p@ss", 5672, "/orders")
+
+
+@pytest.mark.parametrize(("stored", "host", "port"), [
+    ("amqp://[2001:db8::5]/orders", "2001:db8::5", 5672),
+    ("amqps://[2001:db8::5]:5673/orders", "2001:db8::5", 5673),
+    ("amqp://192.0.2.7/orders", "192.0.2.7", 5672),
+])
+def test_a_broker_on_an_ipv6_address_keeps_its_brackets_beside_the_credentials(stored: str, host: str,
+                                                                                 port: int) -> None:
+    url = broker_url(stored, "us%3Aer:p%40ss%2F")
+    assert (url.host, url.port, url.user, url.password, url.path) == (host, port, "us:er", "p@ss/", "/orders")
+    assert yarl.URL(str(url)) == url  # what the client reads back is the broker meant
+    assert host_port(url) == (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+async def test_a_publish_to_an_ipv6_broker_with_credentials_connects_to_it() -> None:
+    """A listener on ``[::1]`` that reads what it is sent: the client's
+    AMQP protocol header arrives, so the URL it was given named that host."""
+    heard: list[bytes] = []
+
+    async def listener(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heard.append(await reader.read(8))
+        writer.close()
+
+    server = await asyncio.start_server(listener, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Destinations([ipaddress.ip_network("::1/128")], connect_timeout=5, publish_timeout=5, idle=60, limit=4)
+    try:
+        url = broker_url(f"amqp://[::1]:{port}/orders", "user:pass")
+        with pytest.raises(Exception) as caught:  # the listener is no broker: it hangs up
+            await pool.publish(("acme", "main"), url, "orders", "acme.OFD", b"{}",
+                               Basic.Properties(message_id="evt_1"))
+        assert not isinstance(caught.value, ValueError), caught.value
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+    assert heard == [b"AMQP\x00\x00\x09\x01"]
 
 
 @pytest.mark.parametrize(("destination", "field", "said"), [
@@ -171,3 +214,14 @@ async def test_destination_filters_count_once_and_one_that_does_not_compile_hold
     assert refused.value.target_fault is False
     assert refused.value.reason.startswith("not sent: the destination's stored filter is not valid; apply the "
                                            "destination again (filter.order.foo: no such field")
+
+
+def test_a_destination_is_shown_as_written_its_secret_masked_and_nothing_stored_beside() -> None:
+    stored = {"destinations": [{
+        "id": "main", "url": "amqps://broker.acme.example/orders", "exchange": "shipcast", "events": ["*"],
+        "routing_key": "{partner_id}.{event_type}", "filter": {"event_type": "DEL"}, "secret": "enc:gAAAAB1",
+        "previous_secrets": [{"secret": "enc:gAAAAB0", "expires_at": 1.0}], "given_fingerprint": "f5c7497632abed8c",
+        "userinfo_secret": "enc:gAAAAB2"}]}
+    assert AmqpChannel.shown(stored) == {"destinations": [{
+        "id": "main", "url": "amqps://broker.acme.example/orders", "exchange": "shipcast", "events": ["*"],
+        "routing_key": "{partner_id}.{event_type}", "filter": {"event_type": "DEL"}, "secret": "…redacted…"}]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shipcast.security.redact import redact
+from shipcast.security.redact import redact, without_redacted
 
 pytestmark = pytest.mark.fast
 
@@ -33,3 +33,12 @@ def test_secret_keys_are_masked_at_any_depth() -> None:
 def test_values_stored_encrypted_are_masked_under_any_key() -> None:
     config = {"header_secrets": {"X-Api-Key": "enc:gAAAAB", "X-Plain": "v"}}
     assert redact(config) == {"header_secrets": {"X-Api-Key": "…redacted…", "X-Plain": "v"}}
+
+
+def test_what_comes_back_masked_is_left_out_so_the_stored_value_stays() -> None:
+    stored = {"destinations": [{"id": "main", "url": "amqp://u:p@broker.example/v", "secret": "whsec_x",
+                                "key": "enc:gAAAAB", "events": ["OFD"]}], "name": "Acme"}
+    assert without_redacted(redact(stored)) == {
+        "destinations": [{"id": "main", "url": "amqp://broker.example/v", "events": ["OFD"]}], "name": "Acme"}
+    given = {"secret": "whsec_new", "url": "https://hooks.example/…redacted…"}  # not a mask: kept as given
+    assert without_redacted(given) == given

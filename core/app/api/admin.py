@@ -25,7 +25,7 @@ from shipcast.delivery.replay import replay_deliveries
 from shipcast.exceptions import ConfigError
 from shipcast.model.outcomes import DeliveryStatus
 from shipcast.model.partners import Partner, load_partners, read_yaml
-from shipcast.security.redact import redact
+from shipcast.plugin.public import public_partner
 
 
 class ForgetCustomer(BaseModel):
@@ -49,16 +49,16 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], response
 
 @router.get("/partners")
 async def list_partners(request: Request) -> list[dict[str, Any]]:
-    """Applied partner configs, secrets redacted."""
-    return [redact(partner.to_dict()) for partner in await services_of(request).store.get_partners()]
+    """Applied partner configs as they are shown (each channel's fields, secrets redacted)."""
+    services = services_of(request)
+    return [public_partner(services.registry.channels, partner) for partner in await services.store.get_partners()]
 
 
 @router.get("/partners/{partner_id}", responses=errors(404))
 async def get_partner(partner_id: str, request: Request) -> dict[str, Any]:
-    """A partner's applied config, secrets redacted (the operator's view: a
+    """A partner's applied config as it is shown, secrets redacted (the operator's view: a
     partner sees its endpoints at ``/v1/partners/{id}/endpoints``)."""
-    redacted: dict[str, Any] = redact((await stored_partner(request, partner_id)).to_dict())
-    return redacted
+    return public_partner(services_of(request).registry.channels, await stored_partner(request, partner_id))
 
 
 async def stored_partner(request: Request, partner_id: str) -> Partner:
@@ -103,7 +103,7 @@ async def delete_partner(partner_id: str, request: Request, actor: Actor = Depen
     if not await services.store.delete_partner(partner_id):
         raise HTTPException(404, f"no partner {partner_id!r}")
     await record(services, actor, "partner.delete", partner_id=partner_id, subject=partner_id,
-                 before=before.to_dict() if before else None)
+                 before=public_partner(services.registry.channels, before) if before else None)
     await services.announce_change()
     changes = await reconcile_bindings(services)
     return {"deleted": partner_id,

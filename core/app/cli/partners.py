@@ -54,15 +54,15 @@ def partners_apply(path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (secrets redacted).")
 def partners_list(as_json: bool) -> None:
     """Applied partners and their channels (secrets are never printed)."""
-    from shipcast.security.redact import redact
+    from shipcast.plugin.public import public_partner
 
     async def fetch() -> Any:
         async with open_services(broker=False) as services:
-            return await services.store.get_partners()
+            return services.registry.channels, await services.store.get_partners()
 
-    found = run_command(fetch)
+    channels, found = run_command(fetch)
     if as_json:
-        echo_json([redact(p.to_dict()) for p in found])
+        echo_json([public_partner(channels, p) for p in found])
         return
     if not found:
         click.echo("no partners applied yet: shipcast partners apply -f FILE")

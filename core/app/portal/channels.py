@@ -40,7 +40,7 @@ from shipcast.messaging.preview import Preview
 from shipcast.messaging.quiet import quiet_for
 from shipcast.messaging.templates import LANGUAGES
 from shipcast.model.partners import BRANDING, EventList, Partner, plain
-from shipcast.security.redact import redact, without_redacted
+from shipcast.security.redact import without_redacted
 
 router = APIRouter(prefix="/portal/p/{partner_id}", include_in_schema=False)
 
@@ -114,24 +114,12 @@ def _schema(services: Services, channel: str) -> Schema:
     return services.registry.catalog.channel_schemas[channel]()
 
 
-def _declared(field: fields.Field, value: Any) -> Any:  # type: ignore[type-arg]
-    """``value`` as a JSON field shows it: of a nested schema's mappings, only
-    the fields the schema declares (not what the channel stores beside them),
-    every secret redacted (saved back, a redacted one keeps the stored one)."""
-    inner = field.inner if isinstance(field, fields.List) else field
-    if isinstance(inner, fields.Nested) and isinstance(inner.schema, Schema):
-        names = set(inner.schema.fields)
-        if isinstance(value, list) and field is not inner:
-            value = [{k: v for k, v in item.items() if k in names} if isinstance(item, Mapping) else item
-                     for item in value]
-        elif isinstance(value, Mapping) and field is inner:
-            value = {k: v for k, v in value.items() if k in names}
-    return redact(value)
-
-
 def form_fields(services: Services, partner: Partner, channel: str) -> list[FormField]:
-    """The fields of ``channel``'s form, as the partner's saved config fills them."""
+    """The fields of ``channel``'s form, as the partner's saved config fills
+    them; a JSON field as the channel shows it (its secrets redacted: saved
+    back, a redacted one keeps the stored one)."""
     config = plain(partner.channels.get(channel) or {})
+    public = services.registry.channels[channel].shown(config)
     owned = partner.owned()
     shown = []
     for name, field in _schema(services, channel).fields.items():
@@ -141,7 +129,7 @@ def form_fields(services: Services, partner: Partner, channel: str) -> list[Form
         kind = _kind(field)
         value = config.get(name)
         if kind == "json":
-            value = _declared(field, value)
+            value = public.get(name)
             value = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() if value not in (None, {}, []) else ""
         elif kind == "quiet":
             value = {key: str(value.get(key, ""))[:5] if key != "timezone" else value.get(key, "")
