@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from marshmallow import Schema
 
 from shipcast.app.audit import Actor, record
 from shipcast.app.reconcile import reconcile_bindings
@@ -29,7 +30,8 @@ from shipcast.exceptions import ConfigError, ShipcastError
 from shipcast.messaging.preview import Preview, preview, problems_of, sample_events
 from shipcast.messaging.rules import mask
 from shipcast.messaging.templates import LANGUAGES
-from shipcast.model.partners import BRANDING, Partner, load_section, plain
+from shipcast.model.json_schemas import Describer, JsonSchema, class_name
+from shipcast.model.partners import BRANDING, BrandingSchema, Partner, load_section, plain
 from shipcast.plugin.registry import Registry
 
 #: The largest section one request may set, as JSON: a channel's templates, in every language, fit easily.
@@ -46,7 +48,7 @@ class UnknownPartner(ShipcastError):
 
 def editable(registry: Registry) -> list[str]:
     """The channels whose section a partner's people change themselves."""
-    return [name for name, channel in registry.channels.items() if channel.partner_editable]
+    return list(registry.catalog.editable)
 
 
 def describe(registry: Registry, partner: Partner) -> dict[str, Any]:
@@ -71,6 +73,42 @@ def _owned_changes(owned: frozenset[str], where: str, before: Mapping[str, Any] 
     return {path: [OWNED] for path in sorted(owned) if path.startswith(prefix)
             and plain((before or {}).get(path.removeprefix(prefix))) != plain((after or {}).get(
                 path.removeprefix(prefix)))}
+
+
+def branding_schema(describer: Describer) -> JsonSchema:
+    """What ``PUT …/config/branding`` takes: the partners document's ``branding``."""
+    return describer.ref(BrandingSchema)
+
+
+def branding_patch_schema(describer: Describer) -> JsonSchema:
+    """What ``PATCH …/config/branding`` takes: any branding fields, ``null`` removing one."""
+    return describer.define("BrandingPatch", _patch(describer, BrandingSchema))
+
+
+def channel_schema(describer: Describer) -> JsonSchema:
+    """What ``PUT …/config/channels/{channel}`` takes: the config of the channel the path names."""
+    return {"anyOf": [describer.define(f"{class_name(name)}Settings", describer.schema(schema, exclude=SERVER_ONLY))
+                      for name, schema in _editable(describer)],
+            "description": "The config of the channel the path names, as its section of the partners file "
+                           "(but for a directory on the server); every template must compile and render"}
+
+
+def channel_patch_schema(describer: Describer) -> JsonSchema:
+    """What ``PATCH …/config/channels/{channel}`` takes: a merge patch of that channel's config."""
+    return {"anyOf": [describer.define(f"{class_name(name)}SettingsPatch", _patch(describer, schema))
+                      for name, schema in _editable(describer)],
+            "description": "Fields of the config of the channel the path names (JSON merge patch: null "
+                           "removes one); the config they make must be valid"}
+
+
+def _editable(describer: Describer) -> list[tuple[str, type[Schema]]]:
+    catalog = describer.catalog
+    return [(name, catalog.channel_schemas[name]) for name in catalog.editable]
+
+
+def _patch(describer: Describer, schema: type[Schema]) -> JsonSchema:
+    names = [field.data_key or name for name, field in schema().load_fields.items()]
+    return describer.schema(schema, partial=True, exclude=SERVER_ONLY, nullable=names)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

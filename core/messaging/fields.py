@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
 
 from shipcast.messaging.templates import LANGUAGES
+from shipcast.model.json_schemas import Describer, JsonSchema
 
 #: The longest template text a partner may give, in characters.
 MAX_TEMPLATE = 32 * 1024
@@ -29,6 +30,26 @@ class TemplateText(fields.Field):  # type: ignore[type-arg]
         if longest > MAX_TEMPLATE:
             raise ValidationError(f"a template text is at most {MAX_TEMPLATE} characters; this one is {longest}")
         return value if isinstance(value, str) else dict(value)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        text = {"type": "string", "maxLength": MAX_TEMPLATE, "pattern": r"\S",
+                "description": "A Jinja template, rendered in a sandbox: it must compile and render"}
+        return {"anyOf": [text, {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(LANGUAGES)},
+                                 "additionalProperties": text}],
+                "description": "One template text, or one per language"}
+
+
+class Templates(fields.Dict):
+    """``templates: {OFD: text, FAIL: {en: text, hi: text}}``: the partner's
+    own text of an event type's message, for every language or one per language."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(keys=fields.String(), values=TemplateText(), load_default=dict, **kwargs)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        assert self.value_field is not None
+        return {"type": "object", "propertyNames": {"enum": list(describer.catalog.event_types)},
+                "additionalProperties": describer.field(self.value_field), "default": {}}
 
 
 class IdsByType(fields.Field):  # type: ignore[type-arg]
@@ -63,6 +84,14 @@ class IdsByType(fields.Field):  # type: ignore[type-arg]
             raise ValidationError(errors)
         return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        one = {"type": "string", "pattern": f"^(?:{self.pattern.pattern})$"}
+        by_language = {"type": "object", "required": ["en"], "additionalProperties": False,
+                       "properties": {language: one for language in LANGUAGES}}
+        return {"type": "object", "propertyNames": {"enum": list(describer.catalog.event_types)},
+                "additionalProperties": {"anyOf": [one, by_language]},
+                "description": "An id for each event type's text: one, or one per language (en required)"}
+
 
 def id_for(ids: Mapping[str, Any], event_type: str, language: str) -> str | None:
     """The id :class:`IdsByType` gives this event type's text in ``language`` (English where it has none)."""
@@ -85,6 +114,11 @@ class TimeZone(fields.String):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(load_default="Asia/Kolkata", validate=_known_zone, **kwargs)
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        return {**describer.define("TimeZone", {"type": "string", "enum": sorted(available_timezones()),
+                                                "description": "An IANA time zone name"}),
+                "default": "Asia/Kolkata"}
+
 
 class Clock(fields.Time):
     """A time of day, ``"21:00"``; ``"21:00:00"`` too, as a stored config gives it back."""
@@ -97,9 +131,14 @@ class Clock(fields.Time):
             value = value[:5]
         return super()._deserialize(value, attr, data, **kwargs)
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        return {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9](:00)?$", "examples": ["21:00"],
+                "description": "A time of day, HH:MM"}
+
 
 class QuietHours(Schema):
-    """``quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}``."""
+    """Hours in which a message that can wait waits, from ``start`` to ``end``
+    (which differ) in ``timezone``: ``{start: "21:00", end: "08:00", timezone: Asia/Kolkata}``."""
 
     class Meta:
         unknown = RAISE
@@ -120,3 +159,6 @@ class Critical(fields.List):  # type: ignore[type-arg]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(fields.String(), load_default=list, **kwargs)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        return {"type": "array", "items": {"enum": list(describer.catalog.event_types)}, "default": []}

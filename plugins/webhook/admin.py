@@ -29,6 +29,7 @@ from shipcast.exceptions import ConfigError, ShipcastError
 from shipcast.model.catalog import validating
 from shipcast.model.envelope import Event
 from shipcast.model.examples import example
+from shipcast.model.json_schemas import Describer, JsonSchema
 from shipcast.model.partners import Partner, _flatten, lone_surrogates
 from shipcast.security.crypto import secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret
@@ -234,6 +235,37 @@ async def reveal_secret(services: Services, partner_id: str, endpoint_id: str, a
     return shown
 
 
+def creation_schema(describer: Describer) -> JsonSchema:
+    """What :func:`create` takes: an endpoint as the channel's schema loads it."""
+    return describer.ref(EndpointSchema)
+
+
+def update_schema(describer: Describer) -> JsonSchema:
+    """What :func:`update` takes: any of an endpoint's fields but its id and
+    secret, each clearable setting ``null`` too."""
+    return describer.define("EndpointUpdate", {
+        **describer.schema(EndpointSchema, partial=True, exclude=("id", "secret"), nullable=CLEARABLE),
+        "description": "The fields to change; null for description, rate_limit or max_concurrency "
+                       "goes back to the default"})
+
+
+#: What a rotation may say: the new secret (else one is generated) and how long the old one keeps signing.
+ROTATION_FIELDS = ("secret", "overlap_seconds")
+
+
+def rotation_schema(describer: Describer) -> JsonSchema:
+    """What :func:`rotate_secret` takes, from the checks it makes."""
+    return describer.define("SecretRotation", {
+        "type": "object", "additionalProperties": False,
+        "description": "A new secret, or none for one generated; the old one keeps signing for overlap_seconds",
+        "properties": {
+            "secret": {"type": ["string", "null"], "pattern": SECRET_PATTERN.pattern,
+                       "description": "The new secret (not the current one); absent or null: one is generated"},
+            "overlap_seconds": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_OVERLAP,
+                                "description": "Seconds the old secret keeps signing; absent or null: "
+                                               "SHIPCAST_WEBHOOK_SECRET_OVERLAP (24 h)"}}})
+
+
 async def rotate_secret(services: Services, partner_id: str, endpoint_id: str, secret: Any = None,
                         overlap: Any = None, *, actor: Actor) -> dict[str, Any]:
     """Replace an endpoint's secret with ``secret`` (or a new one); the old one
@@ -258,6 +290,19 @@ async def rotate_secret(services: Services, partner_id: str, endpoint_id: str, s
                  after={"overlap_seconds": float(overlap), "given": secret is not None,
                         "previous_secret_valid_until": rotated["previous_secret_valid_until"]})
     return rotated
+
+
+#: What a test send may say: the type of its sample event.
+TEST_FIELDS = ("event_type",)
+
+
+def test_send_schema(describer: Describer) -> JsonSchema:
+    """What :func:`send_test` takes: a registered event type."""
+    return describer.define("TestSend", {
+        "type": "object", "additionalProperties": False,
+        "properties": {"event_type": {"type": "string", "enum": list(describer.catalog.event_types),
+                                      "default": "OFD",
+                                      "description": "The sample event's type"}}})
 
 
 async def send_test(services: Services, partner_id: str, endpoint_id: str, event_type: Any = "OFD", *,

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 
 from shipcast.app.api import errors, partner_scope, services_of
 from shipcast.app.api.access import actor_of
+from shipcast.app.api.document import links, request_body
 from shipcast.app.api.quotas import resend_quota
 from shipcast.app.audit import Actor
 from shipcast.exceptions import ConfigError
@@ -27,6 +28,13 @@ from .keys import signing_keys
 router = APIRouter()
 endpoints = APIRouter(prefix="/v1/partners/{partner_id}/endpoints", dependencies=[Depends(partner_scope)],
                       tags=["partner"], responses=errors(401, 403, 404, 422, 503))
+
+
+#: Where the routes of one endpoint take its ids from: the answer that created it.
+CREATED = {"partner_id": "$request.path.partner_id", "endpoint_id": "$response.body#/id"}
+#: A sample endpoint, as a partner registers it.
+EXAMPLE = {"id": "orders", "url": "https://hooks.acme.example.com/shipcast", "events": ["OFD", "DEL", "FAIL", "RET"],
+           "description": "Order status for our OMS"}
 
 
 @contextmanager
@@ -52,7 +60,12 @@ async def list_endpoints(partner_id: str, request: Request) -> list[dict[str, An
                 for e in admin.endpoints_of(await admin.load(services, partner_id))]
 
 
-@endpoints.post("", status_code=201, responses=errors(400, 409))
+@endpoints.post("", status_code=201, responses={**errors(400, 409), 201: {"description": "Registered", **links(
+    dict.fromkeys(("get_endpoint", "update_endpoint", "delete_endpoint", "get_secret", "rotate_secret", "send_test",
+                   "enable_endpoint", "disable_endpoint", "endpoint_stats"), CREATED), "the endpoint registered")}},
+                openapi_extra=request_body(admin.creation_schema, examples={"orders": EXAMPLE}, description=(
+                    "The endpoint; its url must be one shipcast may send to (a name or address on the public "
+                    "internet, unless the operator allows others), else the answer is a 422 naming url")))
 async def create_endpoint(partner_id: str, request: Request, body: dict[str, Any] = Body(...),
                           actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Register an endpoint. Without a ``secret`` one is generated; the answer
@@ -71,7 +84,8 @@ async def get_endpoint(partner_id: str, endpoint_id: str, request: Request) -> d
     return admin.describe(services, partner_id, found[index])
 
 
-@endpoints.patch("/{endpoint_id}", responses=errors(400))
+@endpoints.patch("/{endpoint_id}", responses=errors(400), openapi_extra=request_body(
+    admin.update_schema, examples={"events": {"events": ["DEL"]}, "default rate": {"rate_limit": None}}))
 async def update_endpoint(partner_id: str, endpoint_id: str, request: Request,
                           body: dict[str, Any] = Body(...), actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Change an endpoint's URL, events, description, ordering, signing or
@@ -100,37 +114,48 @@ async def get_secret(partner_id: str, endpoint_id: str, request: Request,
         return await admin.reveal_secret(services_of(request), partner_id, endpoint_id, actor)
 
 
-@endpoints.post("/{endpoint_id}/secret/rotate", responses=errors(400))
+@endpoints.post("/{endpoint_id}/secret/rotate", responses=errors(400), openapi_extra=request_body(
+    admin.rotation_schema, required=False, examples={"generated": {}, "an hour's overlap": {"overlap_seconds": 3600}}))
 async def rotate_secret(partner_id: str, endpoint_id: str, request: Request,
                         body: dict[str, Any] | None = Body(None), actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Replace the secret (with ``secret``, or a new one). The old one keeps
     signing alongside it for ``overlap_seconds`` (default
     ``SHIPCAST_WEBHOOK_SECRET_OVERLAP``, 24 h), so both verify meanwhile."""
-    body = body or {}
-    unknown = set(body) - {"secret", "overlap_seconds"}
-    if unknown:
-        raise HTTPException(422, {"errors": {key: ["unknown field"] for key in sorted(unknown)}})
+    given = _only(body, admin.ROTATION_FIELDS)
     with _answers():
-        return await admin.rotate_secret(services_of(request), partner_id, endpoint_id, body.get("secret"),
-                                         body.get("overlap_seconds"), actor=actor)
+        return await admin.rotate_secret(services_of(request), partner_id, endpoint_id, given.get("secret"),
+                                         given.get("overlap_seconds"), actor=actor)
 
 
-@endpoints.post("/{endpoint_id}/test", status_code=202, responses=errors(400))
+@endpoints.post("/{endpoint_id}/test", status_code=202, responses={**errors(400), 202: {"description": "Sent", **links(
+    dict.fromkeys(("get_message", "resend"), {"partner_id": "$request.path.partner_id",
+                                              "event_id": "$response.body#/event_id"}), "the sample event sent")}},
+                openapi_extra=request_body(admin.test_send_schema, required=False,
+                                           examples={"a delivery": {"event_type": "DEL"}}))
 async def send_test(partner_id: str, endpoint_id: str, request: Request,
                     body: dict[str, Any] | None = Body(None), actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Send a realistic sample event of ``event_type`` (default ``OFD``) to this
     endpoint only, whatever its event filter. Follow it at ``…/messages/{event_id}``."""
+    given = _only(body, admin.TEST_FIELDS)
     quota = resend_quota(request)
     quota.take(partner_id, 1)  # a test send fills the shared queue like any other
     try:
         with _answers():
             event = await admin.send_test(services_of(request), partner_id, endpoint_id,
-                                          (body or {}).get("event_type", "OFD"), actor=actor)
+                                          given.get("event_type", "OFD"), actor=actor)
     except Exception:
         quota.give_back(partner_id, 1)  # nothing was sent: a wrong type or endpoint costs nothing
         raise
     return {"event_id": event.event_id, "event_type": event.event_type,
             "message": f"/v1/partners/{partner_id}/messages/{event.event_id}"}
+
+
+def _only(given: dict[str, Any] | None, known: tuple[str, ...]) -> dict[str, Any]:
+    """A body that may be absent, holding no field but ``known``."""
+    unknown = set(given or {}) - set(known)
+    if unknown:
+        raise HTTPException(422, {"errors": {key: ["unknown field"] for key in sorted(unknown)}})
+    return given or {}
 
 
 @endpoints.post("/{endpoint_id}/enable")

@@ -1,0 +1,229 @@
+"""The partner API's OpenAPI document, held to what the API does: every
+request body described as it is validated, fuzzed with schemathesis
+against a running shipcast (each operation alone, then walked from
+``POST /v1/partners`` through its links); and a typed Python client,
+generated from the document with openapi-python-client, driving the
+walk-through of docs/partners.md."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from unittest.mock import ANY
+
+import hypothesis
+import hypothesis.errors
+import pytest
+from hypothesis import strategies as st
+
+from .helpers import Receiver, ShipcastProcess, partners_doc
+
+pytestmark = [
+    pytest.mark.broker,
+    # schemathesis 4.32 draws from `random` inside its strategies; hypothesis deprecates that.
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
+]
+
+#: The partner routes: the partners document, and everything under one partner.
+PARTNER_ROUTES = r"^/v1/partners"
+#: Examples per operation, valid by the document and not: enough to reach each refusal, few enough for seconds.
+EXAMPLES = {"positive": 10, "negative": 5}
+#: Scenarios a stateful walk takes, calls in each at most, and walks at most.
+SCENARIOS, STEPS, WALKS = 20, 10, 3
+#: The routes of one endpoint, reached only with the id of one registered in the same walk.
+ENDPOINT_ROUTES = {"get_endpoint", "update_endpoint", "delete_endpoint", "get_secret", "rotate_secret", "send_test",
+                   "enable_endpoint", "disable_endpoint", "endpoint_stats"}
+#: Operations the stateless run leaves out: they would remove the partner and endpoint it fuzzes.
+DESTRUCTIVE = {"delete_partner", "delete_endpoint", "revoke_partner_token"}
+#: Operations whose body the document describes from the rules that validate it.
+BODIES = {"post_partners", "create_endpoint", "update_endpoint", "rotate_secret", "send_test", "put_branding",
+          "patch_branding"}
+QUICK = hypothesis.settings(deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck))
+
+
+#: Operations whose body is checked twice: as the document describes it, then
+#: by each channel's own checks when applied (every template compiles and
+#: renders for each event type the channel sends, the SMS provider is
+#: installed, a URL is one shipcast may send to), which the document says in
+#: words. A refusal by those says "refused"; one by the schema, "invalid".
+APPLIED_CHECKS = {"post_partners", "put_channel", "patch_channel"}
+#: Rules across fields or on what is stored, which JSON Schema cannot state and
+#: the document says in words: a schema-valid body refused for one of these
+#: alone is no contradiction.
+RULES_IN_WORDS = ("duplicate partner id", "duplicate endpoint ids", "start and end are the same",
+                  "no approved content template for", "set by the operator's partners file")
+
+
+def refused_only_by_rules_in_words(case: Any, response: Any) -> bool:
+    """Whether a 422 for a body valid by the document is one of the refusals it describes in words."""
+    answer = response.json()
+    detail = answer.get("detail")
+    if case.operation.definition.raw["operationId"] in APPLIED_CHECKS and isinstance(detail, str) \
+            and re.match(r"(request body: )?refused\b", detail):
+        return True
+    errors = answer.get("errors") or (detail.get("errors") if isinstance(detail, dict) else None)
+    return bool(errors) and all(any(rule in message for rule in RULES_IN_WORDS)
+                                for messages in errors.values() for message in messages)
+
+
+def checks() -> list[Any]:
+    """Each answer: no 5xx, a documented status, content type and shape;
+    and a request body valid by the document is never refused as invalid (422)."""
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        positive_data_acceptance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    def valid_data_accepted(ctx: Any, response: Any, case: Any) -> bool | None:
+        if "requestBody" not in case.operation.definition.raw:
+            return None  # the request bodies are what the document is held to here; query strings are not
+        if case.meta is not None and case.meta.generation.mode.is_positive and response.status_code == 422 \
+                and refused_only_by_rules_in_words(case, response):
+            return None
+        return positive_data_acceptance(ctx, response, case)  # type: ignore[no-any-return]
+
+    # Not negative_data_rejection: marshmallow and pydantic coerce as they document
+    # ("5" for an integer, "yes" for a boolean) what JSON Schema calls the wrong type.
+    return [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+            valid_data_accepted]
+
+
+@pytest.fixture
+def addresses(receiver: Receiver) -> Iterator[None]:
+    """URLs in generated bodies point at the test's receiver: a URL of the
+    document's format that is anywhere else is one shipcast refuses to send
+    to (a private address) or cannot resolve, which no schema can say."""
+    import schemathesis
+
+    paths = st.text(st.sampled_from("abcxyz019-_~."), max_size=12)
+    schemathesis.openapi.format("uri", st.builds(lambda path: f"{receiver.url}/{path}", paths))
+    try:
+        yield
+    finally:
+        from schemathesis.specs.openapi.formats import unregister_string_format
+
+        unregister_string_format("uri")
+
+
+@dataclass
+class Calls:
+    """What the fuzzer sent and got, by operation id."""
+
+    statuses: dict[str, collections.Counter[int]] = field(default_factory=lambda: collections.defaultdict(
+        collections.Counter))
+    failures: list[str] = field(default_factory=list)
+
+    def record(self, case: Any, response: Any) -> None:
+        self.statuses[case.operation.definition.raw["operationId"]][response.status_code] += 1
+
+
+def fuzz_each(document: dict[str, Any], base_url: str, token: str, ids: dict[str, str]) -> Calls:
+    """Call each partner route alone with cases schemathesis generates from
+    the document, valid by it and not, on the partner and endpoint ``ids``
+    name; check every answer. Runs in a thread: the server answers on the
+    test's event loop."""
+    import schemathesis
+    from schemathesis.core.result import Ok
+
+    schema = schemathesis.openapi.from_dict(document).include(path_regex=PARTNER_ROUTES)
+    schema.config.update(base_url=base_url, headers={"Authorization": f"Bearer {token}"})
+    calls = Calls()
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"shipcast's OpenAPI document is invalid: {result.err()}"
+        operation = result.ok()
+        if operation.definition.raw["operationId"] in DESTRUCTIVE:
+            continue
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @hypothesis.settings(QUICK, max_examples=EXAMPLES[mode.value])
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            def call(case: Any) -> None:
+                for name, value in ids.items():
+                    if case.path_parameters and name in case.path_parameters:
+                        case.path_parameters[name] = value
+                response = case.call(timeout=30)
+                calls.record(case, response)
+                case.validate_response(response, checks=checks())
+
+            try:
+                call()
+            except hypothesis.errors.Unsatisfiable:
+                if mode is schemathesis.GenerationMode.POSITIVE:
+                    raise
+                # Nothing to get wrong: an operation that takes no parameters and no body.
+    return calls
+
+
+async def test_each_partner_route_accepts_what_its_document_allows_and_never_fails(
+        shipcast: ShipcastProcess, receiver: Receiver, addresses: None) -> None:
+    """Each partner route, fuzzed alone on a partner and endpoint that
+    exist: no answer contradicts the document, none is a 5xx, and every
+    body the document allows is taken: each route with a described body
+    answered 2xx to some generated body, and 422 to none valid by it."""
+    await shipcast.apply(partners_doc("fuzzed", receiver.url))
+    document = (await shipcast.http.get("/openapi.json")).json()
+    calls = await asyncio.to_thread(fuzz_each, document, shipcast.base_url, shipcast.settings.api_token or "",
+                                    {"partner_id": "fuzzed", "endpoint_id": "main"})
+    for operation in BODIES:
+        statuses = calls.statuses[operation]
+        assert any(200 <= status < 300 for status in statuses), (operation, statuses)
+        assert 422 in statuses, (operation, statuses)  # and the negative cases were refused
+
+
+def walk(document: dict[str, Any], base_url: str, token: str) -> Calls:
+    """Walk the partner routes as a stateful fuzzer does: scenarios of calls,
+    each taking ids from an earlier answer through the document's links
+    (``POST /v1/partners`` → the partner's routes; an endpoint registered →
+    its own routes), every answer checked."""
+    import schemathesis
+
+    schema = schemathesis.openapi.from_dict(document).include(path_regex=PARTNER_ROUTES)
+    schema.config.update(base_url=base_url, headers={"Authorization": f"Bearer {token}"})
+    # The walk follows the document's own links, none that schemathesis infers from
+    # names, with bodies valid by the document (invalid ones are the stateless run's).
+    schema.config.phases.stateful.inference.algorithms = []
+    schema.config.generation.modes = [schemathesis.GenerationMode.POSITIVE]
+    # Its dependency analysis takes the partners document's dlt_template_ids for ids of a
+    # resource that nothing creates, and would never start a scenario at POST /v1/partners.
+    graph = schema.analysis.dependency_graph
+    produced = {slot.resource.name for node in graph.operations.values() for slot in node.outputs}
+    for node in graph.operations.values():
+        node.inputs = [slot for slot in node.inputs if slot.resource.name in produced]
+    calls = Calls()
+
+    class Walk(schema.as_state_machine()):  # type: ignore[misc]
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            calls.record(case, response)
+            case.validate_response(response, checks=checks())
+
+    Walk.run(settings=hypothesis.settings(QUICK, max_examples=SCENARIOS, stateful_step_count=STEPS))
+    return calls
+
+
+async def test_the_partner_routes_are_reached_through_the_documents_links(
+        shipcast: ShipcastProcess, receiver: Receiver, addresses: None) -> None:
+    """From nothing but the document: a partner applied, then its routes
+    called with its id, an endpoint registered on it, then that endpoint's
+    routes with its id; no answer contradicts the document, none is a 5xx."""
+    document = (await shipcast.http.get("/openapi.json")).json()
+    links = document["paths"]["/v1/partners"]["post"]["responses"]["200"]["links"]
+    assert links["CreateEndpoint"] == {"operationId": "create_endpoint", "description": ANY,
+                                       "parameters": {"partner_id": "$response.body#/applied/0"}}
+    # Only an id taken from an earlier answer finds a partner or an endpoint: none is guessed.
+    # Which calls a walk makes is chance: a walk that happened not to reach an
+    # endpoint's routes is walked again, a bounded number of times.
+    for _ in range(WALKS):
+        calls = await asyncio.to_thread(walk, document, shipcast.base_url, shipcast.settings.api_token or "")
+        succeeded = {operation for operation, statuses in calls.statuses.items()
+                     if any(200 <= status < 300 for status in statuses)}
+        if {"post_partners", "create_endpoint"} <= succeeded and succeeded & ENDPOINT_ROUTES:
+            break
+    assert {"post_partners", "create_endpoint"} <= succeeded, dict(calls.statuses)
+    assert succeeded & ENDPOINT_ROUTES, dict(calls.statuses)
