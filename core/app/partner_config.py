@@ -145,7 +145,11 @@ async def change_section(services: Services, partner_id: str, section: str, valu
     before = plain(partner.branding if section == BRANDING else partner.channels.get(section))
     if patch and value is not None:
         value = merge_patch(before or {}, value)
-    if value is not None and len(orjson.dumps(value)) > MAX_SECTION:
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError as exc:  # an integer past 64 bits: no store holds it
+        raise ConfigError("invalid config", {where: [f"not a config shipcast can store: {exc}"]}) from None
+    if size > MAX_SECTION:
         raise ConfigError("invalid config", {where: [f"at most {MAX_SECTION // 1024} KiB as JSON"]})
     if value is None and section == BRANDING:
         value = {}

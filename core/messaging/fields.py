@@ -115,9 +115,20 @@ class TimeZone(fields.String):
         super().__init__(load_default="Asia/Kolkata", validate=_known_zone, **kwargs)
 
     def json_schema(self, describer: Describer) -> JsonSchema:
-        return {**describer.define("TimeZone", {"type": "string", "enum": sorted(available_timezones()),
+        zones = sorted(available_timezones())
+        return {**describer.define("TimeZone", {"type": "string", "enum": zones, "x-enum-varnames": _names(zones),
                                                 "description": "An IANA time zone name"}),
                 "default": "Asia/Kolkata"}
+
+
+def _names(values: list[str]) -> list[str]:
+    """A distinct identifier for each value, for a generated client's enum
+    (``Etc/GMT+1`` and ``Etc/GMT-1`` would otherwise read alike)."""
+    names: list[str] = []
+    for value in values:
+        name = re.sub(r"\W+", "_", value.replace("+", "_PLUS_").replace("-", "_MINUS_")).strip("_").upper()
+        names.append(name if name not in names else f"{name}_{len(names)}")
+    return names
 
 
 class Clock(fields.Time):

@@ -86,6 +86,8 @@ class Describer:
             if key in left_out:
                 continue
             described = self.field(field)
+            if partial:  # absent is unchanged, not the default
+                described = _without_default(described)
             if key in may_be_null and not field.allow_none:
                 described = _or_null(described)
             properties[key] = described
@@ -205,6 +207,13 @@ def _or_null(described: JsonSchema) -> JsonSchema:
             and "$ref" not in described and "enum" not in described:
         return {**described, "type": [described["type"], "null"]}
     return {"anyOf": [described, {"type": "null"}]}
+
+
+def _without_default(described: JsonSchema) -> JsonSchema:
+    described = {key: value for key, value in described.items() if key != "default"}
+    if "anyOf" in described:
+        described["anyOf"] = [_without_default(option) for option in described["anyOf"]]
+    return described
 
 
 def _is_json(value: Any) -> bool:

@@ -114,7 +114,7 @@ class EventList(fields.List):  # type: ignore[type-arg]
 def event_type_schema(catalog: Catalog) -> JsonSchema:
     """An event type's name, one the catalog registers, or ``*`` for all."""
     types = catalog.event_types.values()
-    return {"type": "string", "enum": [*catalog.event_types, "*"],
+    return {"type": "string", "enum": [*catalog.event_types, "*"], "x-enum-varnames": [*catalog.event_types, "ALL"],
             "description": "An event type: " + "; ".join(f"{t.name}: {t.description}" for t in types)
             + "; * for every one"}
 
@@ -294,9 +294,11 @@ def load_partners(data: Any, source: str = "<partners>", *, catalog: Catalog) ->
 
 def document_schema(describer: Describer) -> JsonSchema:
     """The partners document :func:`load_partners` takes, as JSON Schema."""
-    return {"type": "object", "required": ["partners"], "additionalProperties": False,
-            "properties": {"partners": {"type": "array", "items": describer.ref(PartnerSchema, "Partner"),
-                                        "description": "The partners to apply, each id once"}}}
+    return describer.define("PartnersDocument", {
+        "type": "object", "required": ["partners"], "additionalProperties": False,
+        "description": "A partners document: the partners file, as JSON",
+        "properties": {"partners": {"type": "array", "items": describer.ref(PartnerSchema, "Partner"),
+                                    "description": "The partners to apply, each id once"}}})
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 
+from shipcast.app.api.access import ERROR
 from shipcast.model.catalog import Catalog
 from shipcast.model.json_schemas import Describer, JsonSchema
 
@@ -87,4 +88,7 @@ def complete(document: dict[str, Any], catalog: Catalog) -> None:
                 "required": documented.required,
                 "content": {kind: media for kind in ("application/json", *documented.also)},
                 **({"description": documented.description} if documented.description else {})}
-    document.setdefault("components", {}).setdefault("schemas", {}).update(describer.definitions)
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    components["Error"] = ERROR
+    # A body's description here is the more exact one: it replaces what FastAPI made of the same model.
+    components.update(describer.definitions)
