@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -256,7 +257,7 @@ async def test_the_partner_routes_are_reached_through_the_documents_links(
 async def test_what_the_fuzzers_found_is_refused_by_field(shipcast: ShipcastProcess, receiver: Receiver) -> None:
     """A secret of base64's letters that is not base64 (its length no
     multiple of four) was taken, then failed every delivery; an integer past
-    64 bits in a config section was a 500."""
+    64 bits in a config section was a 500, and so was a NUL in a template directory."""
     await shipcast.apply(partners_doc("acme", receiver.url))
     almost = "whsec_" + "A" * 33
     created = await shipcast.http.post("/v1/partners/acme/endpoints", json={"id": "x", "url": receiver.url,
@@ -266,6 +267,30 @@ async def test_what_the_fuzzers_found_is_refused_by_field(shipcast: ShipcastProc
     assert rotated.status_code == 422 and set(rotated.json()["detail"]["errors"]) == {"secret"}, rotated.text
     branded = await shipcast.http.put("/v1/partners/acme/config/branding", json={"logo_url": 2**70})
     assert branded.status_code == 422 and set(branded.json()["errors"]) == {"branding"}, branded.text
+    nul = await shipcast.http.post("/v1/partners", json={"partners": [{"id": "acme", "name": "Acme", "channels": {
+        "sms": {"sender": "ACMEIN", "template_dir": "/srv/templates\x00"}}}]})
+    assert nul.status_code == 422 and list(nul.json()["errors"]) == ["partner 'acme': channels.sms.template_dir"], \
+        nul.text
+
+
+async def test_a_partners_document_applied_again_keeps_the_secrets_of_endpoints_registered_since(
+        shipcast: ShipcastProcess, receiver: Receiver) -> None:
+    """Found by the stateful walk: a partners document that does not list
+    the webhook channel keeps the endpoints the partner registered through
+    the API, and applying it again took each one's stored (encrypted) secret
+    for a new one given: the secret became its own ciphertext, and every
+    delivery failed."""
+    document = {"partners": [{"id": "acme", "name": "Acme Retail"}]}
+    assert (await shipcast.http.post("/v1/partners", json=document)).status_code == 200
+    created = await shipcast.http.post("/v1/partners/acme/endpoints", json={"id": "orders", "url": receiver.url})
+    assert created.status_code == 201, created.text
+    assert (await shipcast.http.post("/v1/partners", json=document)).status_code == 200
+    shown = (await shipcast.http.get("/v1/partners/acme/endpoints/orders/secret")).json()
+    assert shown == {"secret": created.json()["secret"], "previous_secret_valid_until": None}
+    sent = await shipcast.http.post("/v1/partners/acme/endpoints/orders/test", json={})
+    assert sent.status_code == 202, sent.text
+    [request] = await eventually(lambda: receiver.requests)
+    Webhook(shown["secret"]).verify(request.body, {k.lower(): v for k, v in request.headers.items()})
 
 
 # -- a typed client generated from the document ------------------------------------------------
@@ -336,17 +361,18 @@ async def test_a_client_generated_from_the_document_walks_the_partner_guide(
             # 1. The partner registers an endpoint; the answer carries its secret.
             created = await call("create_endpoint")("acme", client=acme, body=models.Endpoint(
                 id="orders", url=receiver.url, events=[models.EventType.OFD, models.EventType.DEL]))
-            assert created["id"] == "orders" and created["events"] == ["OFD", "DEL"]
+            assert isinstance(created, models.EndpointRegistered), created
+            assert created.id == "orders" and created.events == ["OFD", "DEL"] and created.disabled is False
             # 2. Fetches the secret again.
-            secret = (await call("get_secret")("acme", "orders", client=acme))["secret"]
-            assert secret == created["secret"]
+            secret = (await call("get_secret")("acme", "orders", client=acme)).secret
+            assert secret == created.secret
             # 3. Sends itself a test event.
             sent = await call("send_test")("acme", "orders", client=acme, body=models.TestSend(
                 event_type=models.TestSendEventType.DEL))
             # 4. Sees it delivered.
 
             async def delivered() -> Any:
-                message = await call("get_message")("acme", sent["event_id"], client=acme)
+                message = await call("get_message")("acme", sent.event_id, client=acme)
                 return message if message["deliveries"] and message["deliveries"][0]["status"] == "delivered" else None
 
             message = await eventually(delivered)
@@ -355,18 +381,18 @@ async def test_a_client_generated_from_the_document_walks_the_partner_guide(
             Webhook(secret).verify(request.body, {k.lower(): v for k, v in request.headers.items()})
 
             # The rest of the endpoint calls the guide lists.
-            assert [e["id"] for e in await call("list_endpoints")("acme", client=acme)] == ["orders"]
+            assert [e.id for e in await call("list_endpoints")("acme", client=acme)] == ["orders"]
             changed = await call("update_endpoint")("acme", "orders", client=acme, body=models.EndpointUpdate(
                 events=[models.EventType.ALL], description="All of them"))
-            assert changed["events"] == ["*"] and changed["description"] == "All of them"
+            assert changed.events == ["*"] and changed.description == "All of them"
             rotated = await call("rotate_secret")("acme", "orders", client=acme, body=models.SecretRotation(
                 overlap_seconds=60))
-            assert rotated["secret"] != secret and rotated["previous_secret_valid_until"]
-            assert (await call("disable_endpoint")("acme", "orders", client=acme))["disabled"] is True
-            assert (await call("enable_endpoint")("acme", "orders", client=acme))["disabled"] is False
+            assert rotated.secret != secret and rotated.previous_secret_valid_until > datetime.now(UTC)
+            assert (await call("disable_endpoint")("acme", "orders", client=acme)).disabled is True
+            assert (await call("enable_endpoint")("acme", "orders", client=acme)).disabled is False
             stats = await call("endpoint_stats")("acme", "orders", client=acme)
             assert stats.to_dict(), stats
-            attempts = await call("list_attempts")("acme", client=acme, event_id=sent["event_id"])
+            attempts = await call("list_attempts")("acme", client=acme, event_id=sent.event_id)
             assert [a["status"] for a in attempts] == [200]
 
             # A refusal is parsed as the document's Error, naming the field.

@@ -9,13 +9,18 @@ from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shipcast.messaging.templates import LANGUAGES
 from shipcast.model.json_schemas import Describer, JsonSchema
 
 #: The longest template text a partner may give, in characters.
 MAX_TEMPLATE = 32 * 1024
+
+
+#: A text that is not all whitespace, as Python's ``str.strip`` sees it (which
+#: strips \x1c-\x1f and \x85, whitespace to no JSON Schema engine), as a pattern.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
 
 
 class TemplateText(fields.Field):  # type: ignore[type-arg]
@@ -32,7 +37,7 @@ class TemplateText(fields.Field):  # type: ignore[type-arg]
         return value if isinstance(value, str) else dict(value)
 
     def json_schema(self, describer: Describer) -> JsonSchema:
-        text = {"type": "string", "maxLength": MAX_TEMPLATE, "pattern": r"\S",
+        text = {"type": "string", "maxLength": MAX_TEMPLATE, "pattern": NOT_BLANK,
                 "description": "A Jinja template, rendered in a sandbox: it must compile and render"}
         return {"anyOf": [text, {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(LANGUAGES)},
                                  "additionalProperties": text}],
@@ -50,6 +55,16 @@ class Templates(fields.Dict):
         assert self.value_field is not None
         return {"type": "object", "propertyNames": {"enum": list(describer.catalog.event_types)},
                 "additionalProperties": describer.field(self.value_field), "default": {}}
+
+
+class TemplateDir(fields.String):
+    """A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``
+    (the operator's partners file alone sets it): a path, which holds no NUL."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=validate.Regexp(r"^[^\x00]*$", error="a path holds no NUL character"),
+                         metadata={"description": "A directory on shipcast's server (the operator's to set)"},
+                         **kwargs)
 
 
 class IdsByType(fields.Field):  # type: ignore[type-arg]

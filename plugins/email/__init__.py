@@ -35,7 +35,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validates
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.messaging import outbox
-from shipcast.messaging.fields import Critical, QuietHours, Templates
+from shipcast.messaging.fields import Critical, QuietHours, TemplateDir, Templates
 from shipcast.messaging.rules import keep_rules, mask
 from shipcast.messaging.templates import check_templates, context, language_of, render, serves
 from shipcast.model.envelope import Event
@@ -99,7 +99,7 @@ class EmailConfig(Schema):
     transactional = fields.List(fields.String(), load_default=lambda: list(TRANSACTIONAL))
     templates = Templates()
     #: A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``.
-    template_dir = fields.String()
+    template_dir = TemplateDir()
     quiet_hours = fields.Nested(QuietHours)
     critical = Critical()
 

@@ -90,6 +90,31 @@ def describe(services: Services, partner_id: str, endpoint: Mapping[str, Any]) -
     }
 
 
+#: How :func:`describe` shows an endpoint, for the API's documentation.
+SHOWN: JsonSchema = {
+    "type": "object", "description": "An endpoint: its settings and health, never its secret",
+    "properties": {
+        "id": {"type": "string"}, "url": {"type": "string", "description": "Without any credentials it carries"},
+        "events": {"type": "array", "items": {"type": "string"}, "description": "Event types, or [\"*\"]"},
+        "url_credentials": {"type": "boolean", "description": "Whether the URL was given with user:password@"},
+        "description": {"type": ["string", "null"]}, "ordered": {"type": "boolean"},
+        "asymmetric": {"type": "boolean"}, "rate_limit": {"type": ["number", "null"]},
+        "max_concurrency": {"type": ["integer", "null"]}, "disabled": {"type": "boolean"},
+        "failing_since": {"type": ["string", "null"], "format": "date-time"},
+        "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time",
+                                        "description": "Until when a rotated-out secret still signs"}}}
+SHOWN["required"] = list(SHOWN["properties"])
+#: A registered endpoint: as shown, and its secret, this once.
+REGISTERED: JsonSchema = {**SHOWN, "description": "The endpoint registered, and its secret",
+                          "required": [*SHOWN["required"], "secret"],
+                          "properties": {**SHOWN["properties"], "secret": {"type": "string"}}}
+#: An endpoint's current secret, as :func:`current_secret` gives it.
+SECRET: JsonSchema = {"type": "object", "required": ["secret"], "properties": {
+    "secret": {"type": "string", "description": "whsec_ and base64: the key of v1 signatures"},
+    "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time",
+                                    "description": "Until when the secret it replaced still signs"}}}
+
+
 def validate(services: Services, data: Any, *, partial: bool) -> dict[str, Any]:
     """An endpoint's fields as the channel's schema loads them (``partial``:
     an update, whose absent fields keep their values).

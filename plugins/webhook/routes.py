@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 
 from shipcast.app.api import errors, partner_scope, services_of
 from shipcast.app.api.access import actor_of
-from shipcast.app.api.document import links, request_body
+from shipcast.app.api.document import answer, links, request_body
 from shipcast.app.api.quotas import resend_quota
 from shipcast.app.audit import Actor
 from shipcast.exceptions import ConfigError
@@ -37,6 +37,12 @@ EXAMPLE = {"id": "orders", "url": "https://hooks.acme.example.com/shipcast", "ev
            "description": "Order status for our OMS"}
 
 
+#: What a test send answers.
+TEST_SENT = {"type": "object", "required": ["event_id", "event_type", "message"], "properties": {
+    "event_id": {"type": "string"}, "event_type": {"type": "string"},
+    "message": {"type": "string", "description": "Where to follow it: the path of its message"}}}
+
+
 @contextmanager
 def _answers() -> Iterator[None]:
     """An unknown partner or endpoint is a 404, an id taken a 409, a wrong
@@ -51,7 +57,7 @@ def _answers() -> Iterator[None]:
         raise HTTPException(422, {"errors": exc.errors or {"(request)": [str(exc)]}}) from exc
 
 
-@endpoints.get("")
+@endpoints.get("", response_model=None, responses={200: answer("EndpointShown", admin.SHOWN, many=True)})
 async def list_endpoints(partner_id: str, request: Request) -> list[dict[str, Any]]:
     services = services_of(request)
     await services.partners.reload(if_older_than=1.0)
@@ -60,7 +66,8 @@ async def list_endpoints(partner_id: str, request: Request) -> list[dict[str, An
                 for e in admin.endpoints_of(await admin.load(services, partner_id))]
 
 
-@endpoints.post("", status_code=201, responses={**errors(400, 409), 201: {"description": "Registered", **links(
+@endpoints.post("", status_code=201, response_model=None, responses={**errors(400, 409), 201: {
+    **answer("EndpointRegistered", admin.REGISTERED, description="Registered"), **links(
     dict.fromkeys(("get_endpoint", "update_endpoint", "delete_endpoint", "get_secret", "rotate_secret", "send_test",
                    "enable_endpoint", "disable_endpoint", "endpoint_stats"), CREATED), "the endpoint registered")}},
                 openapi_extra=request_body(admin.creation_schema, examples={"orders": EXAMPLE}, description=(
@@ -75,7 +82,7 @@ async def create_endpoint(partner_id: str, request: Request, body: dict[str, Any
     return {**shown, "secret": secret}
 
 
-@endpoints.get("/{endpoint_id}")
+@endpoints.get("/{endpoint_id}", response_model=None, responses={200: answer("EndpointShown", admin.SHOWN)})
 async def get_endpoint(partner_id: str, endpoint_id: str, request: Request) -> dict[str, Any]:
     services = services_of(request)
     await services.partners.reload(if_older_than=1.0)
@@ -84,7 +91,8 @@ async def get_endpoint(partner_id: str, endpoint_id: str, request: Request) -> d
     return admin.describe(services, partner_id, found[index])
 
 
-@endpoints.patch("/{endpoint_id}", responses=errors(400), openapi_extra=request_body(
+@endpoints.patch("/{endpoint_id}", response_model=None,
+                 responses={**errors(400), 200: answer("EndpointShown", admin.SHOWN)}, openapi_extra=request_body(
     admin.update_schema, examples={"events": {"events": ["DEL"]}, "default rate": {"rate_limit": None}}))
 async def update_endpoint(partner_id: str, endpoint_id: str, request: Request,
                           body: dict[str, Any] = Body(...), actor: Actor = Depends(actor_of)) -> dict[str, Any]:
@@ -105,7 +113,7 @@ async def delete_endpoint(partner_id: str, endpoint_id: str, request: Request,
     return {"deleted": endpoint_id}
 
 
-@endpoints.get("/{endpoint_id}/secret")
+@endpoints.get("/{endpoint_id}/secret", response_model=None, responses={200: answer("EndpointSecret", admin.SECRET)})
 async def get_secret(partner_id: str, endpoint_id: str, request: Request,
                      actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """The endpoint's current secret, and how long a rotated-out one stays
@@ -114,7 +122,8 @@ async def get_secret(partner_id: str, endpoint_id: str, request: Request,
         return await admin.reveal_secret(services_of(request), partner_id, endpoint_id, actor)
 
 
-@endpoints.post("/{endpoint_id}/secret/rotate", responses=errors(400), openapi_extra=request_body(
+@endpoints.post("/{endpoint_id}/secret/rotate", response_model=None,
+                responses={**errors(400), 200: answer("EndpointSecret", admin.SECRET)}, openapi_extra=request_body(
     admin.rotation_schema, required=False, examples={"generated": {}, "an hour's overlap": {"overlap_seconds": 3600}}))
 async def rotate_secret(partner_id: str, endpoint_id: str, request: Request,
                         body: dict[str, Any] | None = Body(None), actor: Actor = Depends(actor_of)) -> dict[str, Any]:
@@ -127,7 +136,8 @@ async def rotate_secret(partner_id: str, endpoint_id: str, request: Request,
                                          given.get("overlap_seconds"), actor=actor)
 
 
-@endpoints.post("/{endpoint_id}/test", status_code=202, responses={**errors(400), 202: {"description": "Sent", **links(
+@endpoints.post("/{endpoint_id}/test", status_code=202, response_model=None, responses={**errors(400), 202: {
+    **answer("TestSent", TEST_SENT, description="Sent"), **links(
     dict.fromkeys(("get_message", "resend"), {"partner_id": "$request.path.partner_id",
                                               "event_id": "$response.body#/event_id"}), "the sample event sent")}},
                 openapi_extra=request_body(admin.test_send_schema, required=False,
@@ -158,7 +168,7 @@ def _only(given: dict[str, Any] | None, known: tuple[str, ...]) -> dict[str, Any
     return given or {}
 
 
-@endpoints.post("/{endpoint_id}/enable")
+@endpoints.post("/{endpoint_id}/enable", response_model=None, responses={200: answer("EndpointShown", admin.SHOWN)})
 async def enable_endpoint(partner_id: str, endpoint_id: str, request: Request,
                           actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Re-enable an endpoint that was disabled (by 410 Gone, long failure, or ``…/disable``)."""
@@ -166,7 +176,8 @@ async def enable_endpoint(partner_id: str, endpoint_id: str, request: Request,
         return await admin.enable(services_of(request), partner_id, endpoint_id, actor)
 
 
-@endpoints.post("/{endpoint_id}/disable")
+@endpoints.post("/{endpoint_id}/disable", response_model=None,
+                responses={200: answer("EndpointShown", admin.SHOWN)})
 async def disable_endpoint(partner_id: str, endpoint_id: str, request: Request,
                            actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Stop sending to this endpoint until it is enabled again (``…/enable``),

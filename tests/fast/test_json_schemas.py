@@ -14,6 +14,7 @@ import pytest
 from hypothesis import strategies as st
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
+from shipcast.messaging.fields import TemplateText
 from shipcast.model.catalog import Catalog, validating
 from shipcast.model.event_types import BUILTIN, EventTypeRegistry
 from shipcast.model.json_schemas import Describer, JsonSchema, anchored
@@ -184,3 +185,18 @@ def test_every_secret_the_pattern_takes_is_a_key(secret: str) -> None:
     """A secret a partner may give signs: it is base64 of 24 to 68 bytes,
     not characters that only look like base64 (which failed every delivery)."""
     assert 24 <= len(secret_key(secret.strip())) <= 68
+
+
+class Texts(Schema):
+    text = TemplateText(required=True)
+
+
+@pytest.mark.parametrize("text", ["Hi {{ order.order_id }}", " a ", "\ufeff", "\x1f", "\x85 ", " \t", "",
+                                  {"en": "x"}, {"en": "\x1c"}, {}, "x" * (32 * 1024 + 1)])
+def test_a_template_text_the_description_allows_loads(text: Any) -> None:
+    """Blank is blank as Python's str.strip sees it: \\x1c-\\x1f and \\x85
+    too, which no JSON Schema engine calls whitespace."""
+    describer = Describer(CATALOG)
+    allowed = validator(describer.schema(Texts), describer.definitions).is_valid({"text": text})
+    assert allowed <= loads(Texts, {"text": text})
+    assert allowed is (text in ("Hi {{ order.order_id }}", " a ", "\ufeff") or text == {"en": "x"})

@@ -9,6 +9,7 @@ client can be generated from it and a fuzzer can walk it.
   the running registry's catalog (its event types and channels).
 * Links (:func:`links`) from the operation that creates something to those
   that use it, with the values they take from its answer.
+* The shapes of answers (:func:`answer`), each one class of a generated client.
 * Operation ids: each route's function name (``create_endpoint``), which a
   generated client names its functions after.
 """
@@ -25,6 +26,8 @@ from shipcast.app.api.access import ERROR
 from shipcast.model.catalog import Catalog
 from shipcast.model.json_schemas import Describer, JsonSchema
 
+#: The shapes of answers, by name: documented once each, as components.
+_ANSWERS: dict[str, JsonSchema] = {}
 #: The key an operation carries its body's description under until :func:`complete` writes it.
 _MARK = "x-shipcast-body"
 #: Each documented body by its key: described against the catalog when the document is generated.
@@ -52,6 +55,17 @@ def request_body(schema: Callable[[Describer], JsonSchema], *, required: bool = 
     key = f"{schema.__module__}.{schema.__qualname__}"
     _BODIES[key] = Body(schema, required, also, examples or {}, description)
     return {_MARK: key}
+
+
+def answer(name: str, schema: JsonSchema, *, many: bool = False, description: str = "OK") -> dict[str, Any]:
+    """A response's OpenAPI description: ``schema`` (a list of them with
+    ``many``), documented once as the component ``name``, so a generated client
+    parses the answer into a class of that name. For a route declared with
+    ``response_model=None``: its answer is not reshaped to fit."""
+    _ANSWERS[name] = schema
+    ref = {"$ref": f"#/components/schemas/{name}"}
+    return {"description": description,
+            "content": {"application/json": {"schema": {"type": "array", "items": ref} if many else ref}}}
 
 
 def links(operations: Mapping[str, Mapping[str, str]], description: str | None = None) -> dict[str, Any]:
@@ -90,5 +104,6 @@ def complete(document: dict[str, Any], catalog: Catalog) -> None:
                 **({"description": documented.description} if documented.description else {})}
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR
+    components.update(_ANSWERS)
     # A body's description here is the more exact one: it replaces what FastAPI made of the same model.
     components.update(describer.definitions)

@@ -24,6 +24,7 @@ from shipcast.app.paging import encode_cursor, page_start
 from shipcast.app.partner_config import UnknownPartner
 from shipcast.app.services import services_of
 from shipcast.exceptions import DeliveryError
+from shipcast.messaging.fields import NOT_BLANK
 from shipcast.messaging.templates import LANGUAGES
 from shipcast.model.json_schemas import Describer, JsonSchema
 from shipcast.model.outcomes import DeliveryStatus, Outcome
@@ -225,7 +226,7 @@ class TestMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to: str = Field(min_length=3, max_length=254, pattern=r"\S",
+    to: str = Field(min_length=3, max_length=254, pattern=NOT_BLANK,
                     description="A phone number or an email address the channel sends to")
     event_type: str = Field("OFD", max_length=64)
     language: str = Field("en", pattern="^(en|hi)$")
