@@ -2,9 +2,9 @@
 counters, gauges and histograms, each declared once in :data:`METRICS`.
 
 Labels are bounded by configuration, never by traffic: channel, event type
-(registered types only), outcome, and for the circuit gauge the partner and
-target id of a configured target (an endpoint id, or ``customer``). Event
-ids, order ids and addresses are never labels.
+(registered types only), outcome, and for the circuit gauge and the filtered
+counter the partner and target id of a configured target (an endpoint id, or
+``customer``). Event ids, order ids and addresses are never labels.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "shipcast_deliveries_total": ("counter", "Delivery attempts by channel, event type and outcome "
                                              "(delivered, retry, dead, skipped, waiting)"),
     "shipcast_targets_skipped_total": ("counter", "Targets not sent to: already delivered, disabled, or none"),
+    "shipcast_webhook_filtered_total": ("counter", "Events a webhook endpoint's filter kept from it (not sent, "
+                                                   "no attempt), by partner and endpoint"),
+    "shipcast_amqp_filtered_total": ("counter", "Events an AMQP destination's filter kept from it (not sent, "
+                                                "no attempt), by partner and destination"),
     "shipcast_circuit_changes_total": ("counter", "Circuit breaker changes by channel and change"),
     "shipcast_deliveries_in_flight": ("gauge", "Deliveries running now, by channel"),
     "shipcast_circuit_state": ("gauge", "Each target's circuit: 0 closed, 1 half open, 2 open "

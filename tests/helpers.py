@@ -21,10 +21,10 @@ import httpx
 import orjson
 from aiohttp import web
 
-from shipcast.model.partners import load_partners
 from shipcast.app.reconcile import apply_partners
 from shipcast.app.runtime import api_server, start_workers, stop_workers
 from shipcast.app.services import Services
+from shipcast.model.partners import load_partners
 from shipcast.settings import Settings
 
 

@@ -48,7 +48,7 @@ def test_schema_example_of_an_unknown_type_is_refused(settings: Settings) -> Non
 
 def test_worker_refuses_an_unknown_channel(settings: Settings) -> None:
     result = run_cli(settings, "worker", "--channel", "pigeon")
-    assert result.returncode == 2 and "installed: archive, email, sms, tracking, webhook, whatsapp" in result.stderr
+    assert result.returncode == 2 and "installed: amqp, archive, email, sms, tracking, webhook, whatsapp" in result.stderr
 
 
 async def test_publish_file_progress_summary_and_delivery_commands(settings: Settings, tmp_path: Path) -> None:

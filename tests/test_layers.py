@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, int] = {
     # leaves
     "exceptions": 0, "settings": 0, "logs": 0, "metrics": 0, "batching": 0, "templating": 0,
-    "retry_after": 0,
+    "retry_after": 0, "tracing": 0,
     "model": 1,
     "security": 2, "amqp": 2, "store": 2,
     # the OMS-side library: the model and the leaves, never the broker, the store or the app
@@ -121,7 +121,7 @@ def imports_only_version(name: str) -> bool:
     tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == "shipcast" and not node.level:
-            if {alias.name for alias in node.names} - {"__version__", "metrics"}:
+            if {alias.name for alias in node.names} - {"__version__", "metrics", "tracing"}:
                 return False
     return True
 

@@ -8,6 +8,7 @@ is audited, without a secret. And the API's own disable route."""
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from collections.abc import AsyncIterator
@@ -19,6 +20,8 @@ import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 
 from shipcast.plugins.webhook import admin
+from shipcast.plugins.webhook.headers import request_headers
+from shipcast.security.crypto import secret_box
 from shipcast.store.tables import disabled_targets
 
 from .conftest import make_settings
@@ -444,3 +447,106 @@ async def test_the_api_disables_and_enables_an_endpoint(delivering: ShipcastProc
         "endpoint.test", "endpoint.enable", "endpoint.test", "endpoint.disable", "endpoint.create"]
     assert {(row["actor"], row["via"]) for row in log} == {("operator token", "api")}
     assert created.json()["secret"] not in str(log) and "whsec_" not in str(log)
+
+
+# -- filter, headers and authentication ------------------------------------------------
+
+#: The filter, headers and authentication fields typed wrong: the field the error shows beside, and its words.
+WRONG_EXTRAS = [
+    ({"filter": '{"any": [{"event_type": "RET"}, {"order.foo": 1}]}'}, "filter",
+     "any.1.order.foo: no such field; order has order_id"),
+    ({"filter": "order.payment.method: card"}, "filter", "order.payment.method: must be one of 'prepaid', 'cod'"),
+    ({"filter": "event_type: [OFD, LOST]"}, "filter", "event_type.1: unknown event type 'LOST'"),
+    ({"filter": "{unclosed"}, "filter", "not JSON or YAML"),
+    ({"filter": "cod only"}, "filter", "must be an object"),
+    ({"filter": "a: &x [1]\nb: *x"}, "filter", "aliases (*name) are not taken here"),
+    ({"filter": "order.address.city: !!bool Pune"}, "filter", "tags (!!name) are not taken here"),
+    ({"filter": "order.promised_date: 2024-02-30"}, "filter", "not JSON or YAML: day is out of range"),
+    ({"headers": "X-Api-Key k-1"}, "headers", "line 1: write one header a line, as Name: value"),
+    ({"headers": "X-Api-Key: k\nHost: internal"}, "headers", "Host: reserved"),
+    ({"headers": "webhook-signature: v1,forged"}, "headers", "webhook-signature: reserved"),
+    ({"headers": "X-Api-Key: ••••"}, "headers", "X-Api-Key: no value is stored to keep"),
+    ({"auth_type": "basic", "auth_username": "erp"}, "auth_secret", "required: no password is stored to keep"),
+    ({"auth_type": "basic", "auth_username": "", "auth_secret": "pw"}, "auth_username", "Length must be between 1 and 256"),
+    ({"auth_type": "basic", "auth_username": "a:b", "auth_secret": "pw"}, "auth_username", "must not hold ':'"),
+    ({"auth_type": "bearer", "auth_secret": "has space"}, "auth_secret", "not a bearer token"),
+    ({"auth_type": "digest"}, "auth_type", "Must be one of: basic, bearer"),
+    ({"auth_type": "bearer", "auth_secret": "t", "headers": "Authorization: Token t"}, "headers",
+     "Authorization: reserved while auth is set"),
+]
+
+
+@pytest.mark.parametrize(("fields", "field", "words"), WRONG_EXTRAS, ids=[str(f)[:50] for f, _, _ in WRONG_EXTRAS])
+async def test_a_wrong_filter_header_or_authentication_is_said_beside_its_field(
+        portal: ShipcastProcess, fields: dict[str, Any], field: str, words: str) -> None:
+    async with await signed_in(portal, "dev@acme.example.com", "acme", "admin") as browser:
+        answer = await browser.post(BASE, form(id="new", url=f"{PUBLIC}/new", **fields))
+        assert answer.status_code == 422, answer.text
+        shown = field_error(answer.text, field)
+        assert shown is not None and words in shown, (shown, answer.text[-3000:])
+        if "filter" in fields:  # what was typed is still there, to be mended
+            assert fields["filter"] in html.unescape(answer.text)
+        # The edit form says the same of the same fields.
+        edited = await browser.post(f"{BASE}/main", form(url=f"{PUBLIC}/hooks", **fields))
+        assert edited.status_code == 422 and words in (field_error(edited.text, field) or ""), edited.text[-3000:]
+    assert {e["id"] for e in await stored(portal)} == {"main"}
+    assert not await changes(portal)
+
+
+async def test_a_refused_form_gives_back_no_header_value_password_or_token_typed(portal: ShipcastProcess) -> None:
+    typed = {"headers": "X-Api-Key: k-typed-secret\nX-Tenant: acme-typed-secret", "auth_type": "bearer",
+             "auth_secret": "t-typed-secret"}
+    async with await signed_in(portal, "dev@acme.example.com", "acme", "admin") as browser:
+        for path, fields in [(BASE, {"id": "new"}), (f"{BASE}/main", {})]:
+            answer = await browser.post(path, form(url="http://10.1.2.3/hook", **fields, **typed))
+            assert answer.status_code == 422, answer.text
+            assert "a private network" in (field_error(answer.text, "url") or "")
+            assert "typed-secret" not in answer.text, path
+            assert "X-Api-Key: \nX-Tenant: </textarea>" in answer.text and 'value="http://10.1.2.3/hook"' in answer.text
+            assert "type them again" in (field_error(answer.text, "headers") or "")
+            assert "type it again" in (field_error(answer.text, "auth_secret") or "")
+    assert {e["id"] for e in await stored(portal)} == {"main"}
+
+
+async def test_a_filter_headers_and_authentication_are_set_kept_masked_and_cleared(portal: ShipcastProcess) -> None:
+    key, password = "k-5d1a-plaintext", "pw-7e3b-plaintext"
+    filter_yaml = "any:\n  - order.address.city: [Bengaluru, Mysuru]\n  - event_type: RET\n"
+    async with await signed_in(portal, "dev@acme.example.com", "acme", "admin") as browser:
+        created = await browser.post(BASE, form(id="erp", url=f"{PUBLIC}/erp", filter=filter_yaml,
+                                                headers=f"X-Api-Key: {key}\r\nX-Tenant: acme\r\n",
+                                                auth_type="basic", auth_username="erp", auth_secret=password))
+        assert created.status_code == 201, created.text[-3000:]
+        api = (await portal.http.get("/v1/partners/acme/endpoints/erp")).json()
+        assert api["filter"] == {"any": [{"order.address.city": ["Bengaluru", "Mysuru"]}, {"event_type": "RET"}]}
+        assert api["headers"] == {"X-Api-Key": "••••", "X-Tenant": "••••"}
+        assert api["auth"] == {"type": "basic", "username": "erp", "password": "••••"}
+        [erp] = [e for e in await stored(portal) if e["id"] == "erp"]
+        assert key not in str(erp) and password not in str(erp)
+
+        # The page shows the filter, the headers' names and the authentication, never a value.
+        page = await browser.get(f"{BASE}/erp")
+        assert page.status_code == 200 and key not in page.text and password not in page.text
+        assert "X-Api-Key: ••••\nX-Tenant: ••••</textarea>" in page.text
+        assert 'name="auth_secret" type="password" value="••••"' in page.text
+        assert '<option value="basic" selected>' in page.text and 'value="erp"' in page.text
+        assert '"order.address.city"' in html.unescape(page.text)
+
+        # Saved again as shown, with a header changed: the masked ones keep their values.
+        edited = await browser.post(f"{BASE}/erp", form(
+            url=f"{PUBLIC}/erp", filter='{"order.payment.method": "cod"}', headers="X-Api-Key: ••••\nX-New: n-1",
+            auth_type="basic", auth_username="erp2", auth_secret="••••"))
+        assert edited.status_code == 303, edited.text[-3000:]
+        [erp] = [e for e in await stored(portal) if e["id"] == "erp"]
+        sent, _ = request_headers(secret_box(portal.settings), erp)
+        assert sent == {"X-Api-Key": key, "X-New": "n-1",
+                        "authorization": "Basic " + base64.b64encode(f"erp2:{password}".encode()).decode()}
+        assert erp["filter"] == {"order.payment.method": "cod"}
+
+        # Emptied: no filter, no headers, the signature only.
+        cleared = await browser.post(f"{BASE}/erp", form(url=f"{PUBLIC}/erp"))
+        assert cleared.status_code == 303, cleared.text[-3000:]
+        api = (await portal.http.get("/v1/partners/acme/endpoints/erp")).json()
+        assert (api["filter"], api["headers"], api["auth"]) == (None, {}, None)
+    log = await changes(portal)
+    assert key not in str(log) and password not in str(log)
+    assert log[1]["after"]["headers"] == {"X-Api-Key": "••••", "X-New": "••••"}

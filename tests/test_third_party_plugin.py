@@ -102,7 +102,7 @@ def test_an_unknown_channel_is_refused_naming_the_installed_ones(settings: Setti
     result = run_cli(settings, "worker", "--channel", "nope", env={"PYTHONPATH": str(echo_site)}, timeout=60)
     assert result.returncode != 0
     assert "unknown channels ['nope']" in result.stderr
-    assert "installed: archive, echo, email, sms, tracking, webhook, whatsapp" in result.stderr
+    assert "installed: amqp, archive, echo, email, sms, tracking, webhook, whatsapp" in result.stderr
 
 
 def test_shipcast_plugins_restricts_which_installed_channels_load(settings: Settings, echo_site: Path) -> None:

@@ -4,12 +4,15 @@ carries, and the one place they are built and read.
 An event's message carries the time it was published. A copy made for one
 target (a retry, a deferral, a replay, a test send) names the target and
 counts the retry tiers it has been through; a dead letter says why and when
-it failed. Foreign publishers may send anything: readers tolerate junk.
+it failed. When tracing is on, an event's message carries the W3C trace
+context of its publish, which its copies keep: every attempt joins the
+event's trace. Foreign publishers may send anything: readers tolerate junk.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from shipcast import tracing
 from shipcast.model.envelope import Event
 
 #: When the event was published, in milliseconds since the epoch (the AMQP
@@ -39,6 +43,10 @@ STATUS = "x-shipcast-status"
 CHANNEL = "x-shipcast-channel"
 FAILED_AT = "x-shipcast-failed-at"
 
+#: The W3C trace context of the event's publish (OpenTelemetry), when tracing is on.
+TRACEPARENT = tracing.TRACEPARENT
+TRACESTATE = tracing.TRACESTATE
+
 #: Headers describing a failure, dropped when a message is replayed.
 FAILURE_HEADERS = (ATTEMPT, REASON, STATUS, CHANNEL, FAILED_AT, FIRST_FAILED, LAST_ERROR)
 
@@ -54,12 +62,15 @@ def header_int(value: Any) -> int | None:
 def header_text(value: Any) -> str | None:
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def event_message(event: Event, body: bytes | None = None, headers: dict[str, Any] | None = None) -> aio_pika.Message:
     """The AMQP message carrying an event: persistent JSON, id and type in
-    properties, and the time of publishing in a header."""
+    properties, the time of publishing in a header, and the current span's
+    trace context when tracing is on."""
+    message_headers = {PUBLISHED: int(time.time() * 1000), **(headers or {})}
+    tracing.inject(message_headers, within=True)
     return aio_pika.Message(
         body if body is not None else event.to_json(),
         content_type="application/json",
@@ -68,8 +79,37 @@ def event_message(event: Event, body: bytes | None = None, headers: dict[str, An
         type=event.event_type,
         timestamp=datetime.now(UTC),
         app_id="shipcast",
-        headers={PUBLISHED: int(time.time() * 1000), **(headers or {})},
+        headers=message_headers,
     )
+
+
+def trace_context(headers: Mapping[str, Any]) -> Mapping[str, str]:
+    """The W3C trace context a message carries, for the worker's spans to
+    continue (empty: they start a trace of their own). A foreign publisher's
+    bytes are decoded; anything but text or bytes, or longer than
+    :func:`shipcast.tracing.carried` reads, is ignored, and a malformed
+    ``traceparent`` is ignored when read."""
+    if TRACEPARENT not in headers:  # what every message carries while tracing is off
+        return tracing.NEW_TRACE
+    return tracing.carried(_trace_header(headers.get(TRACEPARENT), tracing.TRACEPARENT_MAX),
+                           _trace_header(headers.get(TRACESTATE), tracing.TRACESTATE_MAX))
+
+
+def _trace_header(value: Any, longest: int) -> str | None:
+    """A trace context header's text; ``None`` for junk (a table, a number)
+    and for more bytes than it may hold, left undecoded."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace") if len(value) <= longest else None
+    return value if isinstance(value, str) else None
+
+
+def traced(headers: dict[str, Any]) -> dict[str, Any]:
+    """``headers`` with the current span's context in place of the trace
+    context they carried (none, or none that could be read): the copies made
+    from them (retries, the parking lot) are in the current span's trace."""
+    kept = {name: value for name, value in headers.items() if name not in (TRACEPARENT, TRACESTATE)}
+    tracing.inject(kept, within=True)
+    return kept
 
 
 def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:

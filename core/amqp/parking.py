@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shipcast import tracing
 from shipcast.amqp import headers as h
 from shipcast.amqp.connection import Broker
 from shipcast.amqp.topology import QUEUE_PREFIX, ChannelTopology, declare_queue
@@ -59,6 +60,9 @@ async def replay_dead(broker: Broker, topology: ChannelTopology, *, limit: int |
     Each copy keeps its target, so only the target that failed is tried again.
     A message is removed from the parking lot only once its copy is confirmed.
     Returns how many were replayed.
+
+    When tracing is on, each copy is a trace of its own, linked to the
+    original's when it had one; when off, it keeps the original's context.
     """
     channel = await broker.require().channel()
     replayed = 0
@@ -71,7 +75,12 @@ async def replay_dead(broker: Broker, topology: ChannelTopology, *, limit: int |
             if event_ids is not None and message.message_id not in event_ids:
                 continue  # left unacked: back in the parking lot when the channel closes
             headers = h.replay_headers(dict(message.headers or {}))
-            await broker.publish(h.copy_message(message, headers), topology.work.name, exchange="")
+            original, target = h.trace_context(headers), h.header_text(headers.get(h.TARGET))
+            with tracing.sent_again(topology.work.name, "replay", message.message_id,
+                                    {tracing.CHANNEL: topology.channel, tracing.TARGET: target}, link=original) as span:
+                if span is not None:
+                    headers = h.traced(headers)
+                await broker.publish(h.copy_message(message, headers), topology.work.name, exchange="")
             await message.ack()
             replayed += 1
     finally:

@@ -8,11 +8,16 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+from shipcast import tracing
 from shipcast.amqp.connection import Broker
 from shipcast.amqp.headers import event_message
+from shipcast.amqp.topology import EXCHANGE
 from shipcast.model.envelope import Event, parse_events
 from shipcast.plugin.registry import Registry
 from shipcast.settings import Settings
+
+#: The span of each event's publish.
+PUBLISH_SPAN = f"send {EXCHANGE}"
 
 
 class Publisher:
@@ -65,8 +70,18 @@ class Publisher:
     async def publish_valid(self, events: Sequence[Event]) -> list[str]:
         """Publish events already validated by :func:`parse_events`."""
         self.broker.require()
-        await _gather_all(self.broker.publish(event_message(event), event.routing_key) for event in events)
+        await _gather_all(self._publish(event) for event in events)
         return [event.event_id for event in events]
+
+    async def _publish(self, event: Event) -> None:
+        """Publish one event, in a span whose context its message carries."""
+        with tracing.span(PUBLISH_SPAN, "producer") as span:
+            if span is not None:
+                tracing.describe(span, event, {
+                    "messaging.system": "rabbitmq", "messaging.operation.type": "send",
+                    "messaging.destination.name": EXCHANGE, "messaging.message.id": event.event_id,
+                    "messaging.rabbitmq.destination.routing_key": event.routing_key})
+            await self.broker.publish(event_message(event), event.routing_key)
 
 
 async def _gather_all(coroutines: Iterable[Any]) -> None:

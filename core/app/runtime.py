@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from shipcast import tracing
 from shipcast.app.reconcile import apply_partners, reconcile_bindings
 from shipcast.app.services import Services
 from shipcast.delivery.consumer import ChannelWorker
@@ -116,6 +117,15 @@ async def serve(*, api: bool, worker_names: Sequence[str], services: Services | 
     """Run the API and/or workers until SIGINT or SIGTERM, then stop taking
     requests and messages, finish those in flight, and return."""
     services = services or Services.from_settings()
+    tracing.start("run" if api and worker_names else "api" if api else "worker")
+    try:
+        await _serve(services, api=api, worker_names=worker_names)
+    finally:
+        # The spans of the last deliveries, sent, however serving ended (services that would not start or close).
+        await asyncio.to_thread(tracing.stop)
+
+
+async def _serve(services: Services, *, api: bool, worker_names: Sequence[str]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

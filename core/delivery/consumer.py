@@ -9,6 +9,12 @@ Attempts are recorded and copies confirmed before the original is acked, so a
 crash at any point redelivers rather than loses. While the store is
 unreachable, messages are held (unacked) and retried, so consumption pauses at
 the prefetch limit instead of spinning or parking good messages.
+
+When tracing is on, each message's handling is a span continuing the trace
+its headers carry (its publish's), and each target's attempt a child of it,
+current while the channel delivers (a webhook carries its ``traceparent``).
+A message that carries none (an outside publisher's) starts a trace, and the
+copies made of it carry that: its retries are in the same trace.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from shipcast import metrics
+from shipcast import metrics, tracing
 from shipcast.amqp import headers as h
 from shipcast.amqp.connection import Consumer
 from shipcast.amqp.topology import ChannelTopology
@@ -115,6 +121,8 @@ class ChannelWorker:
         self.gates = Gates(services.settings)
         self._order_locks = KeyedLock()
         self._event_locks = KeyedLock()
+        self._span = f"process {self.topology.work.name}"
+        self._attempt_span = f"deliver {self.name}"
 
     async def start(self) -> None:
         self.services.broker.require()
@@ -189,16 +197,31 @@ class ChannelWorker:
             log.warning("%s: poison message %s: %s", self.name, message.message_id, exc)
             return self._parked({}, f"unparseable message: {exc}"[:1000])
 
-        # Copies of one event in this process take turns (a redelivery, an OMS posting
-        # again, a retry tier's copy): the second finds the first's delivery logged.
-        await self._event_locks.acquire(event.event_id)
-        try:
-            return await self._handle_event(event, message)
-        finally:
-            self._event_locks.release(event.event_id)
+        headers = message.headers or {}
+        parent = h.trace_context(headers)
+        with tracing.span(self._span, "consumer", parent=parent) as span:
+            if span is not None:
+                routing = h.Routing.of(dict(headers))
+                tracing.describe(span, event, {
+                    "messaging.system": "rabbitmq", "messaging.operation.type": "process",
+                    "messaging.destination.name": self.topology.work.name, "messaging.message.id": event.event_id,
+                    tracing.CHANNEL: self.name, tracing.TARGET: routing.target, "shipcast.retry_tier": routing.attempt})
+            # Copies of one event in this process take turns (a redelivery, an OMS posting
+            # again, a retry tier's copy): the second finds the first's delivery logged.
+            await self._event_locks.acquire(event.event_id)
+            try:
+                return await self._handle_event(event, message, span, began=tracing.began(span, parent))
+            finally:
+                self._event_locks.release(event.event_id)
 
-    async def _handle_event(self, event: Event, message: AbstractIncomingMessage) -> Settlement:
+    async def _handle_event(self, event: Event, message: AbstractIncomingMessage,
+                            span: tracing.Span | None, *, began: bool = False) -> Settlement:
+        """:param began: ``span`` started a trace (the message carried no
+            context that could be read): the copies made here carry its context,
+            so each retry of the event joins that one trace."""
         headers = dict(message.headers or {})
+        if began:
+            headers = h.traced(headers)
         routing = h.Routing.of(headers)
         target_id, attempt = routing.target, routing.attempt
         partners = self.services.partners
@@ -207,13 +230,15 @@ class ChannelWorker:
             if target_id is not None and routing.test and partner is not None else None
         if found is not None:  # a test send or resend: whatever the target's event filter
             targets = [found]
-        elif target_id is not None:
-            targets = [target for target in self.channel.targets(event, partner) if target.id == target_id]
+        elif target_id is not None:  # a copy for one target: the others were resolved when it was first sent
+            again = self.channel.target_for(event, partner, target_id)
+            targets = [again] if again is not None else []
         else:
             targets = self.channel.targets(event, partner)
         if target_id is not None:
             if not targets:
                 reason = f"target {target_id!r} is no longer configured for {event.partner_id}"
+                tracing.failed(span, reason)
                 if self.channel.records_deliveries:  # the log must not show it retrying for ever
                     gone = self._attempt_record(event, Target(target_id, target_id), attempt, Outcome.DEAD, 0.0,
                                                 reason=reason)
@@ -232,6 +257,8 @@ class ChannelWorker:
         if disabled:
             self._skipped("disabled", len(disabled))
             targets = [t for t in targets if not partners.is_disabled(self.name, event.partner_id, t.id)]
+        if span is not None:
+            span.set_attribute(tracing.TARGETS, len(targets))
 
         # A StoreError from a channel means the store is down, not the target:
         # hold the message and try again rather than spend a retry tier.
@@ -289,6 +316,7 @@ class ChannelWorker:
     def _skipped(self, reason: str, count: int = 1) -> None:
         if count:
             metrics.inc("shipcast_targets_skipped_total", count, channel=self.name, reason=reason)
+            tracing.note({tracing.SKIPPED + reason: count})
 
     async def _deliver_all(self, event: Event, body: bytes, targets: Sequence[Target], attempt: int) -> list[Result]:
         if len(targets) == 1:  # the common case, without a task per target
@@ -296,6 +324,20 @@ class ChannelWorker:
         return list(await asyncio.gather(*(self._deliver(event, body, t, attempt) for t in targets)))
 
     async def _deliver(self, event: Event, body: bytes, target: Target, attempt: int) -> Result:
+        """Deliver to one target, in a span of its own when tracing is on."""
+        with tracing.span(self._attempt_span, "client") as span:
+            result = await self._deliver_in_turn(event, body, target, attempt)
+            if span is not None:
+                record = result.attempt
+                tracing.describe(span, event, {
+                    tracing.CHANNEL: self.name, tracing.TARGET: target.id, tracing.ATTEMPT: record.attempt,
+                    tracing.OUTCOME: str(record.outcome), tracing.HTTP_STATUS: record.status,
+                    "error.type": type(result.error).__name__ if result.error is not None else None})
+                if record.outcome in (Outcome.RETRY, Outcome.DEAD):
+                    tracing.failed(span, record.error or str(record.outcome))
+            return result
+
+    async def _deliver_in_turn(self, event: Event, body: bytes, target: Target, attempt: int) -> Result:
         if not target.ordered:
             return await self._attempt(event, body, target, attempt)
         # Ordered: one event of an order at a time for this target, and none

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from shipcast import tracing
 from shipcast.amqp.headers import event_message, resend_headers
 from shipcast.amqp.topology import QUEUE_PREFIX
 from shipcast.model.envelope import parse_event
@@ -31,15 +32,22 @@ async def replay_rows(services: ChannelContext, rows: Sequence[dict[str, Any]],
     """Republish each delivery to its channel's work queue, for its target
     only, marked to be sent even if it was delivered before (and whatever the
     target's event filter now says). Returns how many were replayed;
-    ``progress`` is told of each row."""
+    ``progress`` is told of each row.
+
+    When tracing is on, each is a trace of its own (the archive keeps no
+    trace context), which its retries join."""
     replayed = 0
     for row in rows:
         body = await services.store.get_event(row["event_id"])
         # Event ids are the publisher's: never replay another partner's event that shares one.
         if body is not None and body.get("partner_id") == row["partner_id"]:
             event = parse_event(body, services.registry.event_types)
-            message = event_message(event, headers=resend_headers(row["target"]))
-            await services.broker.publish(message, f"{QUEUE_PREFIX}{row['channel']}", exchange="")
+            queue = f"{QUEUE_PREFIX}{row['channel']}"
+            with tracing.sent_again(queue, "resend", event.event_id, {
+                    **tracing.event_attributes(event), tracing.CHANNEL: row["channel"],
+                    tracing.TARGET: row["target"]}):
+                message = event_message(event, headers=resend_headers(row["target"]))
+                await services.broker.publish(message, queue, exchange="")
             replayed += 1
         if progress is not None:
             progress(1)

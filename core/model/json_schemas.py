@@ -183,7 +183,7 @@ def _validator(validator: Any, described: JsonSchema) -> JsonSchema:
             keywords["maximum" if validator.max_inclusive else "exclusiveMaximum"] = validator.max
         return keywords
     if isinstance(validator, validate.Regexp):
-        return {"pattern": anchored(str(validator.regex.pattern))}
+        return {"pattern": json_pattern(str(validator.regex.pattern))}
     if isinstance(validator, validate.URL):
         schemes = sorted(validator.schemes or ())
         return {"format": "uri", **({"pattern": f"^({'|'.join(map(re.escape, schemes))})://"} if schemes else {})}
@@ -196,9 +196,11 @@ def _validator(validator: Any, described: JsonSchema) -> JsonSchema:
     return {}
 
 
-def anchored(pattern: str) -> str:
-    """A Python pattern that marshmallow matches from the start of the value
-    (``re.match``), as a JSON Schema pattern, which may match anywhere."""
+def json_pattern(pattern: str) -> str:
+    """A Python pattern, which marshmallow matches from the start of the value
+    (``re.match``), as a JSON Schema pattern, which may match anywhere and
+    whose ``$`` is the very end (Python's ``\\Z``)."""
+    pattern = re.sub(r"(?<!\\)\\Z", "$", pattern)
     return pattern if pattern.startswith("^") else f"^(?:{pattern})"
 
 

@@ -80,8 +80,8 @@ class BrandingSchema(Schema):
         unknown = RAISE
 
     logo_url = fields.Url(schemes={"https", "http"})
-    primary_color = fields.String(validate=validate.Regexp(r"^#[0-9a-fA-F]{6}$", error="must be a colour like #0a7cff"))
-    support_phone = fields.String(validate=validate.Regexp(r"^\+[0-9]{6,15}$", error="must be E.164, like +919876543210"))
+    primary_color = fields.String(validate=validate.Regexp(r"^#[0-9a-fA-F]{6}\Z", error="must be a colour like #0a7cff"))
+    support_phone = fields.String(validate=validate.Regexp(r"^\+[0-9]{6,15}\Z", error="must be E.164, like +919876543210"))
     support_email = fields.Email()
 
 

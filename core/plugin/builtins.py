@@ -19,6 +19,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "shipcast.plugins.whatsapp",
     "shipcast.plugins.archive",
     "shipcast.plugins.tracking",
+    "shipcast.plugins.amqp",
 )
 #: Registered whatever ``SHIPCAST_PLUGINS`` says.
 ALWAYS: frozenset[str] = frozenset({"shipcast.plugin.builtins"})

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from shipcast.plugin.context import ChannelContext, Registered
     from shipcast.settings import Settings
 
-__all__ = ["Channel", "ChannelConfig", "Delivered", "EventList", "Target", "routing_keys"]
+__all__ = ["Channel", "ChannelConfig", "Delivered", "EventList", "Target", "receives", "routing_keys"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,12 @@ class ChannelConfig(Schema):
     """The config every channel accepts: which event types it serves."""
 
     events = EventList()
+
+
+def receives(config: Mapping[str, Any], event_type: str) -> bool:
+    """Whether a config's ``events`` (absent: ``["*"]``) take events of ``event_type``."""
+    events = config.get("events", ["*"])
+    return "*" in events or event_type in events
 
 
 def routing_keys(partner_id: str, events: Sequence[str]) -> set[str]:
@@ -186,6 +192,16 @@ class Channel:
         ``partner`` is ``None`` when the event's partner has no stored config.
         """
         raise NotImplementedError
+
+    def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
+        """Target ``target_id``, when ``event`` still goes to it: a copy of a
+        message for one target (a retry, a dead letter replayed) asks, rather
+        than :meth:`targets`, which resolves the event for a first delivery.
+        ``None`` when the event no longer goes there. By default, the target
+        of that id among :meth:`targets`; a channel that does per-event work
+        there (counting, say) resolves the one target alone.
+        """
+        return next((target for target in self.targets(event, partner) if target.id == target_id), None)
 
     def preview(self, event: Event, partner: Partner) -> tuple[str, str]:
         """What this channel would send the customer for ``event``, without

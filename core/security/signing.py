@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 SECRET_PREFIX = "whsec_"
 #: ``whsec_`` and 24 to 68 bytes in base64: whole groups of four characters, the last one padded.
-SECRET_PATTERN = re.compile(r"^whsec_(?:[A-Za-z0-9+/]{4}){8,22}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+#: ``\Z``, not ``$``: that would also match before a final line break.
+SECRET_PATTERN = re.compile(r"^whsec_(?:[A-Za-z0-9+/]{4}){8,22}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
 
 
 def generate_secret() -> str:

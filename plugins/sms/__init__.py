@@ -60,7 +60,7 @@ class SmsConfig(Schema):
     sender = fields.String(required=True, validate=validate.Regexp(
         r"^(\+[0-9]{6,15}|[A-Za-z0-9]{3,11})$", error="must be a phone number (+…) or a 3-11 character header"))
     provider = fields.String(load_default="twilio")
-    country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}$", error="must be like IN"))
+    country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}\Z", error="must be like IN"))
     #: India's DLT id of each event type's text: one, or one per language (each text is registered apart).
     dlt_template_ids = IdsByType(r"[0-9]{19}", "must be a 19-digit DLT template id")
     templates = Templates()

@@ -1,8 +1,11 @@
 """The webhook channel: signed Standard Webhooks to partners' endpoints.
 
-Each endpoint is a target with its own event filter, secret (stored
+Each endpoint is a target with its own event types, secret (stored
 encrypted; a rotated-out one keeps signing through its overlap), limits and,
-optionally, per-order ordering and an Ed25519 ``v1a`` signature. A 2xx within
+optionally, a payload filter (``shipcast.model.filters``: an event it keeps
+out is not sent and costs no attempt), headers of its own and basic or
+bearer authentication (``headers.py``: stored encrypted, shown masked),
+per-order ordering and an Ed25519 ``v1a`` signature. A 2xx within
 the timeout is success; redirects are not followed and, like timeouts,
 connection errors and other answers, are retried; 429 and 503 honour
 ``Retry-After``; 410 Gone disables the endpoint.

@@ -20,6 +20,7 @@ from typing import Any
 import yarl
 from marshmallow import RAISE, ValidationError
 
+from shipcast import tracing
 from shipcast.amqp.headers import event_message, resend_headers
 from shipcast.amqp.topology import QUEUE_PREFIX
 from shipcast.app.audit import Actor, record
@@ -29,19 +30,24 @@ from shipcast.exceptions import ConfigError, ShipcastError
 from shipcast.model.catalog import validating
 from shipcast.model.envelope import Event
 from shipcast.model.examples import example
-from shipcast.model.json_schemas import Describer, JsonSchema
+from shipcast.model.filters import unmatched_filter
+from shipcast.model.json_schemas import Describer, JsonSchema, json_pattern
 from shipcast.model.partners import Partner, _flatten, lone_surrogates
 from shipcast.security.crypto import secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret
 from shipcast.store import attempt_stats
 
 from .channel import EndpointSchema, WebhookChannel, strip_userinfo, valid_secrets, with_secret
+from .headers import shown_auth, shown_headers
 
 CHANNEL = WebhookChannel.name
 #: The longest overlap a rotation may ask for: 30 days.
 MAX_OVERLAP = 30 * 86400.0
-#: Settings an update may clear (given as ``None``): the channel's defaults apply again.
-CLEARABLE = ("description", "rate_limit", "max_concurrency")
+#: Settings an update may clear (given as ``None``): the channel's defaults apply again (no
+#: filter, no headers of its own, no authentication).
+CLEARABLE = ("description", "rate_limit", "max_concurrency", "filter", "headers", "auth")
+#: Where a field given as plaintext is stored encrypted, when that is another key.
+STORED_AS = {"headers": "header_secrets"}
 
 
 class UnknownEndpoint(ShipcastError):
@@ -73,7 +79,8 @@ def find(partner: Partner, endpoint_id: str) -> tuple[list[dict[str, Any]], int]
 
 
 def describe(services: Services, partner_id: str, endpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """An endpoint as it is shown: its settings and health, never its secret."""
+    """An endpoint as it is shown: its settings and health, never its secret
+    (its own headers' values, password or token masked)."""
     key = (CHANNEL, partner_id, endpoint["id"])
     now = time.time()
     overlaps = [p["expires_at"] for p in endpoint.get("previous_secrets", ()) if p["expires_at"] > now]
@@ -84,6 +91,7 @@ def describe(services: Services, partner_id: str, endpoint: Mapping[str, Any]) -
         "description": endpoint.get("description"), "ordered": endpoint.get("ordered", False),
         "asymmetric": endpoint.get("asymmetric", False), "rate_limit": endpoint.get("rate_limit"),
         "max_concurrency": endpoint.get("max_concurrency"),
+        "filter": endpoint.get("filter"), "headers": shown_headers(endpoint), "auth": shown_auth(endpoint),
         "disabled": services.partners.is_disabled(*key),
         "failing_since": failing.isoformat() if failing else None,
         "previous_secret_valid_until": datetime.fromtimestamp(max(overlaps), UTC).isoformat() if overlaps else None,
@@ -189,9 +197,12 @@ async def create(services: Services, partner_id: str, body: Any, actor: Actor) -
 
 
 async def update(services: Services, partner_id: str, endpoint_id: str, body: Any, actor: Actor) -> dict[str, Any]:
-    """Change an endpoint's URL, events, description, ordering, signing or
-    limits (a clearable setting given as ``None`` goes back to the default);
-    it is re-enabled if it was disabled. Its id and secret are not changed here.
+    """Change an endpoint's URL, events, description, ordering, signing,
+    limits, filter, headers or authentication (a clearable setting given as
+    ``None`` goes back to the default); it is re-enabled if it was disabled.
+    Its id and secret are not changed here; headers, a password or a token
+    given masked (or, in ``auth``, left out) keep their stored values, while
+    the URL keeps its origin (see ``with_credentials``).
 
     :raises UnknownEndpoint: no such partner or endpoint.
     :raises ConfigError: a field is wrong, or the destination is refused.
@@ -207,10 +218,15 @@ async def update(services: Services, partner_id: str, endpoint_id: str, body: An
     old = found[index]
     before = describe(services, partner_id, old)
     # partial loading still fills defaults for absent fields: keep only those given
+    replaced = {STORED_AS.get(key, key) for key in set(cleared) | set(given if isinstance(given, Mapping) else ())}
     plain = {key: value for key, value in old.items()
-             if key not in ("secret", "previous_secrets") and key not in cleared}
-    updated = await prepared(services, partner_id,
-                             {**plain, **{key: value for key, value in changes.items() if key in given}}, old)
+             if key not in ("secret", "previous_secrets") and key not in replaced}
+    merged = {**plain, **{key: value for key, value in changes.items() if key in given}}
+    if "filter" in given or "events" in given:  # the filter judged against the events it will see
+        unmatched = unmatched_filter(merged, services.registry.event_types)
+        if unmatched:
+            raise ConfigError("invalid endpoint", unmatched)
+    updated = await prepared(services, partner_id, merged, old)
     found[index] = updated
     await services.store.enable_target(CHANNEL, partner_id, endpoint_id)
     await save(services, partner, found)
@@ -284,7 +300,7 @@ def rotation_schema(describer: Describer) -> JsonSchema:
         "type": "object", "additionalProperties": False,
         "description": "A new secret, or none for one generated; the old one keeps signing for overlap_seconds",
         "properties": {
-            "secret": {"type": ["string", "null"], "pattern": SECRET_PATTERN.pattern,
+            "secret": {"type": ["string", "null"], "pattern": json_pattern(SECRET_PATTERN.pattern),
                        "description": "The new secret (not the current one); absent or null: one is generated"},
             "overlap_seconds": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_OVERLAP,
                                 "description": "Seconds the old secret keeps signing; absent or null: "
@@ -340,9 +356,10 @@ async def send_test(services: Services, partner_id: str, endpoint_id: str, event
     find(await load(services, partner_id), endpoint_id)
     event = example(event_type, known, partner_id=partner_id, order_id=f"TEST-{int(time.time() * 1000) % 10**8}")
     await services.store.save_events([event])
-    await services.broker.publish(
-        event_message(event, headers=resend_headers(endpoint_id)),
-        f"{QUEUE_PREFIX}{CHANNEL}", exchange="")
+    queue = f"{QUEUE_PREFIX}{CHANNEL}"
+    with tracing.sent_again(queue, "test", event.event_id, {
+            **tracing.event_attributes(event), tracing.CHANNEL: CHANNEL, tracing.TARGET: endpoint_id}):
+        await services.broker.publish(event_message(event, headers=resend_headers(endpoint_id)), queue, exchange="")
     await record(services, actor, "endpoint.test", partner_id=partner_id, subject=endpoint_id,
                  after={"event_id": event.event_id, "event_type": event.event_type})
     return event

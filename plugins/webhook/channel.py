@@ -4,7 +4,6 @@ the schema of its config."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -15,22 +14,36 @@ import aiohttp
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from shipcast import metrics, tracing
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
+from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
+from shipcast.model.filters import CompiledFilters, FilterField, unmatched_filter
 from shipcast.model.partners import Partner
-from shipcast.plugin.channel import Channel, Delivered, EventList, Target, routing_keys
-from shipcast.plugin.context import Registered
+from shipcast.plugin.channel import Channel, Delivered, EventList, Target, receives, routing_keys
+from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.retry_after import parse_retry_after
-from shipcast.security.crypto import PREFIX as ENCRYPTED
 from shipcast.security.crypto import SecretBox, secret_box
-from shipcast.security.signing import SECRET_PATTERN, generate_secret, sign, sign_ed25519
+
+# Shared with the AMQP destinations; named here too, where the webhook's modules have always found them.
+from shipcast.security.endpoint_secrets import masked_userinfo as masked_userinfo
+from shipcast.security.endpoint_secrets import origin
+from shipcast.security.endpoint_secrets import strip_userinfo as strip_userinfo
+from shipcast.security.endpoint_secrets import userinfo as _userinfo
+from shipcast.security.endpoint_secrets import valid_secrets as valid_secrets
+from shipcast.security.endpoint_secrets import with_secret as with_secret
+from shipcast.security.endpoint_secrets import with_userinfo as with_userinfo
+from shipcast.security.signing import SECRET_PATTERN, sign, sign_ed25519
 
 from .guard import GuardedResolver, Network, check_destination, find_refusal, is_receiver, static_refusal
+from .headers import AuthField, HeadersField, authorization_conflicts, request_headers, with_auth, with_headers
 from .keys import signing_keys
 
 #: How much of a response body is read at most; the rest is never downloaded.
 RESPONSE_CAP = 64 * 1024
 USER_AGENT = "shipcast-webhooks/1"
+#: Compiled filters a worker keeps (one an endpoint); past it, they are compiled again as events need them.
+FILTER_CACHE = 4096
 
 
 def _parsable(url: str) -> None:
@@ -45,7 +58,7 @@ class EndpointSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    id = fields.String(required=True, validate=validate.Regexp(r"^[a-z0-9_-]{1,64}$",
+    id = fields.String(required=True, validate=validate.Regexp(r"[a-z0-9_-]{1,64}\Z",
                                                                   error="must match [a-z0-9_-]+"))
     url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
                      validate=[validate.Length(max=2000), _parsable])
@@ -60,6 +73,20 @@ class EndpointSchema(Schema):
     rate_limit = fields.Float(validate=validate.Range(min=0.1, max=100000))
     #: Deliveries in flight at once (per worker process); default SHIPCAST_ENDPOINT_CONCURRENCY.
     max_concurrency = fields.Integer(validate=validate.Range(min=1, max=256))
+    #: Only events this condition on their fields holds for are sent (shipcast.model.filters).
+    filter = FilterField()
+    #: Headers of the endpoint's own, sent with each delivery; stored encrypted, shown masked.
+    headers = HeadersField()
+    #: HTTP basic or bearer authentication, sent as Authorization beside the signature.
+    auth = AuthField()
+
+    @validates_schema
+    def _filter_can_match(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
+        if partial:  # an update: judged on the endpoint it makes (admin.update)
+            return
+        errors = unmatched_filter(data, current().event_types)
+        if errors:
+            raise ValidationError(errors)
 
 
 class WebhookConfig(Schema):
@@ -104,9 +131,16 @@ class WebhookChannel(Channel):
             raise ConfigError("refused", errors)
         box = secret_box(settings)
         previous = {e["id"]: e for e in (stored or {}).get("endpoints", [])}
-        endpoints = [with_userinfo(box, with_secret(box, endpoint, previous.get(endpoint["id"]), None,
-                                                    settings.webhook_secret_overlap), previous.get(endpoint["id"]))
-                     for endpoint in config["endpoints"]]
+        endpoints = []
+        for index, endpoint in enumerate(config["endpoints"]):
+            old = previous.get(endpoint["id"])
+            try:
+                endpoints.append(with_credentials(box, with_secret(box, endpoint, old, None,
+                                                                   settings.webhook_secret_overlap), old))
+            except ConfigError as exc:
+                errors.update({f"endpoints.{index}.{at}": messages for at, messages in exc.errors.items()})
+        if errors:
+            raise ConfigError("refused", errors)
         # Endpoints the partner registered through the API stay unless the config names them.
         named = {endpoint["id"] for endpoint in endpoints}
         endpoints += [e for e in previous.values() if e.get("origin") == "api" and e["id"] not in named]
@@ -118,6 +152,11 @@ class WebhookChannel(Channel):
         for endpoint in config.get("endpoints", []):
             keys |= routing_keys(partner_id, endpoint.get("events", ["*"]))
         return {f"{partner_id}.*"} if f"{partner_id}.*" in keys else keys
+
+    def __init__(self, context: ChannelContext) -> None:
+        super().__init__(context)
+        #: Each endpoint's compiled filter, by (partner, endpoint): one entry an endpoint.
+        self._filters = CompiledFilters(FILTER_CACHE, kind="endpoint")
 
     async def start(self) -> None:
         self._allowed = self.settings.allowed_networks
@@ -149,25 +188,66 @@ class WebhookChannel(Channel):
         if partner is None:
             return []
         config = partner.channels.get(self.name) or {}
-        return [
-            self._target(endpoint)
-            for endpoint in config.get("endpoints", [])
-            if "*" in endpoint.get("events", ["*"]) or event.event_type in endpoint["events"]
-        ]
+        found = []
+        filtered = []
+        for endpoint in config.get("endpoints", []):
+            if not receives(endpoint, event.event_type):
+                continue
+            target = self._filtered(partner.id, endpoint, event)
+            if target is None:
+                # Not sent, and no attempt: the endpoint asked not to have it. Counted here,
+                # for the event's first delivery only (a copy for one target asks target_for).
+                metrics.inc("shipcast_webhook_filtered_total", partner=event.partner_id, endpoint=endpoint["id"])
+                filtered.append(endpoint["id"])
+                continue
+            found.append(target)
+        if filtered:  # the trace says why these endpoints have no attempt
+            tracing.note({tracing.FILTERED: filtered})
+        return found
 
-    def _target(self, endpoint: Mapping[str, Any]) -> Target:
+    def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
+        if partner is None:
+            return None
+        for endpoint in (partner.channels.get(self.name) or {}).get("endpoints", []):
+            if endpoint["id"] == target_id:
+                return self._filtered(partner.id, endpoint, event) if receives(endpoint, event.event_type) else None
+        return None
+
+    def _filtered(self, partner_id: str, endpoint: Mapping[str, Any], event: Event) -> Target | None:
+        """``endpoint`` as a target for ``event``; ``None`` when its filter
+        keeps the event out. A stored filter that does not compile (one of
+        another version, say) holds back this endpoint's copy, not the
+        partner's other endpoints: its target is refused at delivery, so the
+        event is parked for it, to replay once the endpoint is applied again."""
+        spec = endpoint.get("filter")
+        if spec is None:
+            return self._target(endpoint)
+        compiled = self._filters.get((partner_id, endpoint["id"]), spec)
+        if compiled.predicate is None:
+            return self._target(endpoint, refused=compiled.problem)
+        return self._target(endpoint) if compiled.predicate(event) else None
+
+    def _target(self, endpoint: Mapping[str, Any], *, refused: str | None = None) -> Target:
+        if refused is not None:  # nothing is sent to it: no credential is decrypted for it
+            return Target(endpoint["id"], str(strip_userinfo(endpoint["url"])), {"refused": refused},
+                          ordered=endpoint.get("ordered", False))
         url, stored = endpoint["url"], endpoint.get("userinfo_secret")
         userinfo = self._box.decrypt(stored) if stored else None
         if "@" in url:  # a config stored before credentials left the URL (no parse on the common path)
             userinfo, url = userinfo or _userinfo(url), str(strip_userinfo(url))
+        headers, shown = request_headers(self._box, endpoint) \
+            if endpoint.get("header_secrets") or endpoint.get("auth") else ({}, {})
         # The address logged and shown never carries credentials; they ride in the options.
         return Target(endpoint["id"], url,
                       {"secrets": valid_secrets(self._box, endpoint), "asymmetric": endpoint.get("asymmetric"),
-                       "userinfo": userinfo, "shown_url": masked_userinfo(url) if userinfo else url},
+                       "userinfo": userinfo, "shown_url": masked_userinfo(url) if userinfo else url,
+                       "headers": headers, "shown_headers": shown},
                       concurrency=endpoint.get("max_concurrency"), rate_limit=endpoint.get("rate_limit"),
                       ordered=endpoint.get("ordered", False))
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
+        if target.options.get("refused"):  # its stored filter does not compile: parked, not the endpoint's fault
+            raise PermanentDelivery(target.options["refused"], target_fault=False)
         assert self.session is not None, "start() first"
         url, refused = _parse(target.address, self._allowed, self._https)
         # Development mode's own receiver, for this endpoint, is let through.
@@ -180,15 +260,22 @@ class WebhookChannel(Channel):
         signature = sign(target.options["secrets"], event.event_id, timestamp, body)
         if target.options["asymmetric"]:
             signature += " " + sign_ed25519(self._signing_key, event.event_id, timestamp, body)
-        headers = {
+        own = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             "webhook-id": event.event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature,
         }
-        # What the attempt log shows the partner: these headers, and the URL with any credentials masked.
-        sent = {"method": "POST", "url": target.options.get("shown_url", target.address), "headers": headers}
+        # When tracing is on: the partner's own tracing joins the attempt's span (its traceparent alone).
+        tracing.inject(own)
+        extra = target.options.get("headers")
+        headers = {**extra, **own} if extra else own
+        # What the attempt log shows the partner: these headers (the endpoint's own and its
+        # Authorization masked), and the URL with any credentials masked.
+        shown = target.options.get("shown_headers")
+        sent = {"method": "POST", "url": target.options.get("shown_url", target.address),
+                "headers": {**shown, **own} if shown else own}
         try:
             # One deadline for the whole exchange: a server trickling bytes is cut off too.
             async with asyncio.timeout(self.settings.webhook_timeout):
@@ -229,88 +316,33 @@ def _parse(address: str, allowed: tuple[Network, ...], require_https: bool) -> t
     return url, static_refusal(url, allowed, require_https=require_https)
 
 
-def with_secret(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None,
-                new_secret: str | None, overlap: float) -> dict[str, Any]:
-    """``endpoint`` with its secret encrypted: ``new_secret`` (a rotation), else
-    the one it gives (from a partners file), else the old one, else a new one.
-    A secret that replaces another moves the old one to ``previous_secrets``
-    for ``overlap`` seconds. A file that gives the same secret as the last time
-    it was applied changes nothing, so a rotation made since through the API
-    stands."""
-    endpoint = dict(endpoint)
-    given = endpoint.pop("secret", None)
-    if isinstance(given, str) and given.startswith(ENCRYPTED):
-        # A stored endpoint passed through again (a partners document that does not list the
-        # channel keeps the endpoints registered through the API): its secret is the stored one.
-        given = None
-    endpoint.pop("previous_secrets", None)
-    if new_secret is not None:  # a rotation: ``endpoint`` is the stored one, its secret the old ciphertext
-        given = None
-    now = time.time()
-    if old is not None and not old["secret"].startswith(ENCRYPTED):  # stored before secrets were encrypted
-        old = {**old, "secret": box.encrypt(old["secret"])}
-    fingerprint = (old or {}).get("given_fingerprint")
-    if given is not None:
-        if old is not None and fingerprint == _fingerprint(given):
-            given = None
-        fingerprint = _fingerprint(given) if given is not None else fingerprint
-    fresh = new_secret or given
-    kept = [p for p in (old or {}).get("previous_secrets", []) if p["expires_at"] > now]
-    extra = {"given_fingerprint": fingerprint} if fingerprint else {}
-    if old is not None and (fresh is None or box.decrypt(old["secret"]) == fresh):
-        return {**endpoint, "secret": old["secret"], "previous_secrets": kept, **extra}
-    previous = [{"secret": old["secret"], "expires_at": now + overlap}] if old is not None and overlap > 0 else []
-    return {**endpoint, "secret": box.encrypt(fresh or generate_secret()), "previous_secrets": previous + kept,
-            **extra}
+def with_credentials(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``endpoint`` with what it authenticates with stored encrypted: its URL's
+    credentials, its ``auth`` and its own headers (one source of credentials:
+    those given last replace the others). Those stored stay with the
+    origin they were given for: a URL moved to another scheme, host or port
+    keeps none of them, unless they are given again.
 
-
-def strip_userinfo(url: str) -> yarl.URL:
-    """``url`` without ``user:password@``: how an endpoint is stored, logged and shown."""
-    return yarl.URL(url).with_user(None)
-
-
-def masked_userinfo(url: str) -> str:
-    """``url`` as shown beside a request sent with credentials: they were
-    sent, and are not shown (``https://…:…@host/path``)."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://…:…@{rest}"
-
-
-def _userinfo(url: str) -> str | None:
-    """``user:password`` as the URL writes them (percent-encoded, so a ``:`` in
-    the user name cannot be taken for the separator)."""
-    parsed = yarl.URL(url)
-    if parsed.raw_user is None:
-        return None
-    return f"{parsed.raw_user}:{parsed.raw_password}" if parsed.raw_password is not None else parsed.raw_user
-
-
-def with_userinfo(box: SecretBox, endpoint: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``endpoint`` with the credentials of its URL (``https://user:pass@…``)
-    moved out of it and stored encrypted, like its secret; a URL given again
-    without them (an edit of another field) keeps the ones stored."""
-    endpoint = dict(endpoint)
-    given = _userinfo(endpoint["url"])
-    endpoint["url"] = str(strip_userinfo(endpoint["url"]))
-    endpoint.pop("userinfo_secret", None)
-    if given is not None:
-        endpoint["userinfo_secret"] = box.encrypt(given)
-    elif old is not None and old.get("userinfo_secret") and str(strip_userinfo(old["url"])) == endpoint["url"]:
-        endpoint["userinfo_secret"] = old["userinfo_secret"]
-    return endpoint
-
-
-def _fingerprint(secret: str) -> str:
-    """Enough of a secret's hash to tell whether a file gives the same one again."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
-def valid_secrets(box: SecretBox, endpoint: Mapping[str, Any]) -> list[str]:
-    """The secrets a delivery is signed with now: the current one first, then
-    every rotated-out one still in its overlap."""
-    now = time.time()
-    return [box.decrypt(endpoint["secret"])] + [
-        box.decrypt(p["secret"]) for p in endpoint.get("previous_secrets", ()) if p["expires_at"] > now]
+    :raises ConfigError: by field (``auth``, ``headers.<name>``), relative to the endpoint.
+    """
+    given = _userinfo(endpoint["url"]) is not None
+    moved = old is not None and origin(old["url"]) != origin(endpoint["url"])
+    stored = with_userinfo(box, endpoint, old)
+    errors: dict[str, list[str]] = {}
+    try:
+        stored = with_auth(box, stored, old, url_credentials=given, moved=moved)
+    except ConfigError as exc:  # said with the headers' errors, all at once
+        errors.update(exc.errors)
+    try:
+        stored = with_headers(box, stored, old, moved=moved)
+    except ConfigError as exc:
+        errors.update(exc.errors)
+    if errors:
+        raise ConfigError("refused", errors)
+    conflicts = authorization_conflicts(stored)
+    if conflicts:
+        raise ConfigError("refused", conflicts)
+    return stored
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> str:

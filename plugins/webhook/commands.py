@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+import orjson
 
 from shipcast.app.cli import WHEN, cli_actor, echo_json, open_services, print_table, run_command
 
@@ -25,7 +26,8 @@ def endpoints() -> None:
 @click.option("--partner", "partner_id", help="Only this partner.")
 @click.option("--json", "as_json", is_flag=True)
 def endpoints_list(partner_id: str | None, as_json: bool) -> None:
-    """Every endpoint with its URL, events, options and health (no secrets)."""
+    """Every endpoint with its URL, events, filter, options and health (no
+    secrets: its own headers' values, password or token are masked)."""
 
     async def fetch() -> list[dict[str, Any]]:
         async with open_services(broker=False) as services:
@@ -41,12 +43,15 @@ def endpoints_list(partner_id: str | None, as_json: bool) -> None:
         return
     for row in rows:
         row["events"] = ",".join(row["events"])
-        row["options"] = ",".join(o for o in ("ordered", "asymmetric") if row[o]) or None
+        row["options"] = ",".join([o for o in ("ordered", "asymmetric") if row[o]]
+                                  + ([f"auth={row['auth']['type']}"] if row["auth"] else [])
+                                  + ([f"headers={','.join(row['headers'])}"] if row["headers"] else [])) or None
+        row["filter"] = orjson.dumps(row["filter"]).decode() if row["filter"] is not None else None
         row["state"] = "disabled" if row["disabled"] else \
             f"failing since {row['failing_since'][:16]}" if row["failing_since"] else "ok"
     if rows:
         print_table(rows, [("partner", "partner"), ("id", "endpoint"), ("url", "url"), ("events", "events"),
-                           ("options", "options"), ("state", "state")])
+                           ("filter", "filter"), ("options", "options"), ("state", "state")])
     else:
         click.echo("no webhook endpoints")
 

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import orjson
+import yaml
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
@@ -35,14 +37,22 @@ from shipcast.app.services import Services, services_of
 from shipcast.exceptions import ConfigError
 
 from . import admin
+from .headers import MASK
+from .headers import MAX_VALUE as MAX_HEADER_VALUE
 
 router = APIRouter(prefix="/portal/p/{partner_id}/endpoints", include_in_schema=False)
 
 #: The endpoint form's fields, as the page names them.
-FIELDS = ("id", "url", "events", "description", "ordered", "asymmetric", "rate_limit", "max_concurrency")
+FIELDS = ("id", "url", "events", "description", "ordered", "asymmetric", "rate_limit", "max_concurrency",
+          "filter", "headers", "auth_type", "auth_username", "auth_secret")
 #: The most characters any one value of a form may hold, and the most event types one may tick.
 MAX_VALUE = 2000
 MAX_EVENTS = 100
+#: The fields that may hold more: the filter, the headers (one per line), a bearer token.
+LONG_VALUES = {"filter": 20000, "headers": 20000, "auth_secret": MAX_HEADER_VALUE}
+#: Which form field an error of the endpoint's shows beside, by its first part, when not its own name.
+ERROR_FIELDS = {"auth.type": "auth_type", "auth.username": "auth_username", "auth.password": "auth_secret",
+                "auth.token": "auth_secret", "auth": "auth_type"}
 #: What a test send is when nothing says otherwise: the sample the API sends too.
 DEFAULT_TEST_TYPE = "OFD"
 
@@ -87,52 +97,187 @@ def _typed(form: Mapping[str, list[str]]) -> tuple[dict[str, Any], dict[str, lis
     typed: dict[str, Any] = {}
     for name in FIELDS:
         values = form.get(name, [])
-        if any(len(value) > MAX_VALUE for value in values):
-            too_long[name] = [f"at most {MAX_VALUE} characters"]
-            values = [value[:MAX_VALUE] for value in values]
+        limit = LONG_VALUES.get(name, MAX_VALUE)
+        if any(len(value) > limit for value in values):
+            too_long[name] = [f"at most {limit} characters"]
+            values = [value[:limit] for value in values]
         if name == "events":
             if len(values) > MAX_EVENTS:
                 too_long[name] = [f"at most {MAX_EVENTS} event types"]
             typed[name] = values[:MAX_EVENTS]
         elif name in ("ordered", "asymmetric"):
             typed[name] = bool(values)
+        elif name in ("filter", "headers"):  # several lines, kept as typed
+            typed[name] = values[-1].strip("\r\n") if values else ""
         else:
             typed[name] = values[-1].strip() if values else ""
     return typed, too_long
 
 
-def _body(typed: Mapping[str, Any], *, updating: bool) -> dict[str, Any]:
+class _PlainLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors, aliases and explicit tags: a few
+    lines typed in a form never need them, an alias repeated is how a small
+    text grows huge, and a tag (``!!timestamp x``) runs a constructor on
+    text it was never meant for."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not taken here", mark)
+        if isinstance(event, yaml.NodeEvent) and getattr(event, "tag", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "tags (!!name) are not taken here", mark)
+        return super().compose_node(parent, index)
+
+
+def _filter_of(text: str) -> Any:
+    """The filter typed, as JSON or YAML.
+
+    :raises ValueError: it is neither, saying where.
+    """
+    try:
+        return yaml.load(text, Loader=_PlainLoader)
+    except RecursionError:
+        raise ValueError("not JSON or YAML: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ValueError(f"not JSON or YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    except Exception as exc:  # a constructor's own error on a value YAML resolved (a date past the month's end)
+        raise ValueError(f"not JSON or YAML: {exc}"[:500]) from None
+
+
+def _headers_of(text: str) -> dict[str, str] | None:
+    """The headers typed, one ``Name: value`` a line; ``None`` for none.
+
+    :raises ValueError: a line is not one, naming it.
+    """
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise ValueError(f"line {number}: write one header a line, as Name: value")
+        if name.strip() in found:
+            raise ValueError(f"line {number}: {name.strip()} is given twice")
+        found[name.strip()] = value.strip()
+    return found or None
+
+
+def _auth_of(typed: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The authentication chosen; an empty password or token keeps the stored one."""
+    kind = typed["auth_type"]
+    if not kind:
+        return None
+    auth: dict[str, Any] = {"type": kind}
+    if kind == "basic":
+        auth["username"] = typed["auth_username"]
+    if typed["auth_secret"] and kind in ("basic", "bearer"):
+        auth["password" if kind == "basic" else "token"] = typed["auth_secret"]
+    return auth
+
+
+def _body(typed: Mapping[str, Any], *, updating: bool) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """The endpoint as the API would be sent it: an empty optional field is
-    left out (a new endpoint) or cleared back to the default (an update)."""
+    left out (a new endpoint) or cleared back to the default (an update);
+    and what cannot be read of the filter or the headers."""
     body: dict[str, Any] = {"url": typed["url"], "events": typed["events"], "ordered": typed["ordered"],
                             "asymmetric": typed["asymmetric"]}
-    for name in ("description", "rate_limit", "max_concurrency"):
-        if typed[name]:
-            body[name] = typed[name]
+    errors: dict[str, list[str]] = {}
+    readers = {"filter": _filter_of, "headers": _headers_of}
+    given: dict[str, Any] = {name: typed[name] for name in ("description", "rate_limit", "max_concurrency")}
+    for name, read in readers.items():
+        try:
+            given[name] = read(typed[name]) if typed[name].strip() else None
+        except ValueError as exc:
+            errors[name] = [str(exc)]
+    given["auth"] = _auth_of(typed)
+    for name, value in given.items():
+        if value is not None and value != "":
+            body[name] = value
         elif updating:
             body[name] = None
-    return body
+    return body, errors
+
+
+def _shown(value: Any) -> str:
+    """A filter as its field shows it: JSON, indented."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
 def _form_values(endpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored endpoint (as described) as its edit form shows it."""
+    """A stored endpoint (as described) as its edit form shows it: its
+    headers' values, password or token masked, which given back keep theirs."""
+    auth = endpoint["auth"] or {}
     return {"id": endpoint["id"], "url": endpoint["url"], "events": list(endpoint["events"]),
             "description": endpoint["description"] or "", "ordered": endpoint["ordered"],
             "asymmetric": endpoint["asymmetric"],
             "rate_limit": "" if endpoint["rate_limit"] is None else f"{endpoint['rate_limit']:g}",
-            "max_concurrency": "" if endpoint["max_concurrency"] is None else str(endpoint["max_concurrency"])}
+            "max_concurrency": "" if endpoint["max_concurrency"] is None else str(endpoint["max_concurrency"]),
+            "filter": "" if endpoint["filter"] is None else _shown(endpoint["filter"]),
+            "headers": "\n".join(f"{name}: {value}" for name, value in endpoint["headers"].items()),
+            "auth_type": auth.get("type", ""), "auth_username": auth.get("username", ""),
+            "auth_secret": auth.get("password") or auth.get("token") or ""}
+
+
+def _typed_again(typed: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """What was typed, as the form shows it again after an error, and what
+    to say beside it: a header value, password or token typed never comes
+    back into the page (one given as :data:`MASK` does: it keeps the stored
+    one); a line that is no ``Name: value`` is left out whole, as it may be
+    all value."""
+    again = dict(typed)
+    notes: dict[str, list[str]] = {}
+    lines, withheld = [], False
+    for line in str(typed.get("headers", "")).splitlines():
+        name, colon, value = line.partition(":")
+        if not colon:
+            withheld = withheld or bool(line.strip())
+            lines.append("")
+        elif value.strip() in ("", MASK):
+            lines.append(line)
+        else:
+            withheld = True
+            lines.append(f"{name}: ")
+    if withheld:
+        again["headers"] = "\n".join(lines)
+        notes["headers"] = ["values typed are not shown again: type them again"]
+    if typed.get("auth_secret") and typed["auth_secret"] != MASK:
+        again["auth_secret"] = ""
+        notes["auth_secret"] = ["not shown again: type it again"]
+    return again, notes
+
+
+def _again(typed: Mapping[str, Any], errors: Mapping[str, list[str]]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The form's values and errors for a page that refuses what was typed."""
+    values, notes = _typed_again(typed)
+    shown = {field: list(messages) for field, messages in errors.items()}
+    for field, messages in notes.items():
+        shown.setdefault(field, []).extend(messages)
+    return values, shown
 
 
 def _field_errors(errors: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Errors by the field they are shown beside; one of no field is the form's (``_form``)."""
+    """Errors by the field they are shown beside; one of no field is the form's
+    (``_form``). Within the filter or the headers, each says where it is."""
     shown: dict[str, list[str]] = {}
-    for field, messages in form_errors(errors).items():
-        shown.setdefault(field if field in FIELDS else "_form", []).extend(messages)
+    for where, messages in errors.items():
+        items = [str(m) for m in (messages if isinstance(messages, list) else [messages])]
+        head, _, rest = str(where).partition(".")
+        if str(where) in ERROR_FIELDS:
+            shown.setdefault(ERROR_FIELDS[str(where)], []).extend(items)
+        elif head in ("filter", "headers") and rest:
+            shown.setdefault(head, []).extend(f"{rest}: {message}" for message in items)
+        else:
+            for field, found in form_errors({where: items}).items():
+                shown.setdefault(field if field in FIELDS else "_form", []).extend(found)
     return shown
 
 
 NEW_ENDPOINT = {"id": "", "url": "", "events": ["*"], "description": "", "ordered": False, "asymmetric": False,
-                "rate_limit": "", "max_concurrency": ""}
+                "rate_limit": "", "max_concurrency": "", "filter": "", "headers": "", "auth_type": "",
+                "auth_username": "", "auth_secret": ""}
 
 
 # -- the list, and adding one --------------------------------------------------------
@@ -172,7 +317,9 @@ async def add_endpoint(partner_id: str, request: Request, person: Person = Depen
     if not errors:
         with _found():
             partner = await admin.load(services, partner_id)
-        body = {"id": typed["id"] or admin.new_id(partner, typed["url"]), **_body(typed, updating=False)}
+        fields, errors = _body(typed, updating=False)
+        body = {"id": typed["id"] or admin.new_id(partner, typed["url"]), **fields}
+    if not errors:
         try:
             with _found():
                 shown, secret = await admin.create(services, partner_id, body, person.actor)
@@ -186,7 +333,8 @@ async def add_endpoint(partner_id: str, request: Request, person: Person = Depen
                         test_type=_default_test_type(services, shown))
     with _found():
         endpoints = await _listing(services, partner_id)
-    return _list_page(request, person, partner_id, endpoints, values=typed, errors=errors, status_code=422)
+    values, errors = _again(typed, errors)
+    return _list_page(request, person, partner_id, endpoints, values=values, errors=errors, status_code=422)
 
 
 # -- one endpoint: its page and edit form --------------------------------------------
@@ -224,15 +372,18 @@ async def edit_endpoint(partner_id: str, endpoint_id: str, request: Request,
     services = services_of(request)
     typed, errors = _typed(form)
     if not errors:
+        body, errors = _body(typed, updating=True)
+    if not errors:
         try:
             with _found():
-                await admin.update(services, partner_id, endpoint_id, _body(typed, updating=True), person.actor)
+                await admin.update(services, partner_id, endpoint_id, body, person.actor)
         except ConfigError as exc:
             errors = _field_errors(exc.errors or {"_form": [str(exc)]})
         else:
             return redirect(request, f"{_base(partner_id)}/{endpoint_id}", f"Endpoint {endpoint_id} saved.")
     endpoint = await _one(services, partner_id, endpoint_id)
-    return _endpoint_page(request, person, partner_id, endpoint, values={**typed, "id": endpoint_id},
+    values, errors = _again(typed, errors)
+    return _endpoint_page(request, person, partner_id, endpoint, values={**values, "id": endpoint_id},
                           errors=errors, status_code=422)
 
 

@@ -76,7 +76,9 @@ async def list_endpoints(partner_id: str, request: Request) -> list[dict[str, An
 async def create_endpoint(partner_id: str, request: Request, body: dict[str, Any] = Body(...),
                           actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Register an endpoint. Without a ``secret`` one is generated; the answer
-    carries it (fetch it again with ``GET …/secret``)."""
+    carries it (fetch it again with ``GET …/secret``). ``filter`` sends it
+    only the events that match; ``headers`` and ``auth`` (basic or bearer)
+    are sent with each delivery, stored encrypted and shown masked."""
     with _answers():
         shown, secret = await admin.create(services_of(request), partner_id, body, actor)
     return {**shown, "secret": secret}
@@ -96,11 +98,15 @@ async def get_endpoint(partner_id: str, endpoint_id: str, request: Request) -> d
     admin.update_schema, examples={"events": {"events": ["DEL"]}, "default rate": {"rate_limit": None}}))
 async def update_endpoint(partner_id: str, endpoint_id: str, request: Request,
                           body: dict[str, Any] = Body(...), actor: Actor = Depends(actor_of)) -> dict[str, Any]:
-    """Change an endpoint's URL, events, description, ordering, signing or
-    limits (``null`` for ``description``, ``rate_limit`` or
-    ``max_concurrency`` goes back to the default). It is re-enabled if it was
-    disabled. ``id`` and ``secret`` are not changed here (rotate the secret
-    with ``…/secret/rotate``)."""
+    """Change an endpoint's URL, events, description, ordering, signing,
+    limits, ``filter``, ``headers`` or ``auth`` (``null`` for
+    ``description``, ``rate_limit``, ``max_concurrency``, ``filter``,
+    ``headers`` or ``auth`` goes back to the default). It is re-enabled if it
+    was disabled. ``id`` and ``secret`` are not changed here (rotate the
+    secret with ``…/secret/rotate``). A header value, password or token given
+    as ``••••`` (as they are shown), or a password or token left out of
+    ``auth``, keeps the one stored, unless ``url`` moves to another scheme,
+    host or port: the stored ones do not follow it (give them again)."""
     with _answers():
         return await admin.update(services_of(request), partner_id, endpoint_id, body, actor)
 

@@ -73,9 +73,9 @@ class WhatsAppConfig(Schema):
         unknown = RAISE
 
     events = EventList()
-    sender = fields.String(required=True, validate=validate.Regexp(r"^\+[0-9]{6,15}$",
+    sender = fields.String(required=True, validate=validate.Regexp(r"^\+[0-9]{6,15}\Z",
                                                                    error="must be the E.164 business number"))
-    country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}$", error="must be like IN"))
+    country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}\Z", error="must be like IN"))
     #: The approved content template of each event type: one, or one per language.
     content_sids = IdsByType(r"HX[0-9a-fA-F]{32}", "must be an approved content template's sid (HX…)",
                              required=True, metadata={"description": "The approved content template (HX…) of "

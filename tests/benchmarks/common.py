@@ -65,8 +65,12 @@ class Receiver:
         await asyncio.wait_for(self._done.wait(), timeout)
         return max(self.arrivals.values())
 
+    async def _arrivals(self, request: web.Request) -> web.Response:
+        return web.json_response(self.arrivals)
+
     async def __aenter__(self) -> Receiver:
         app = web.Application()
+        app.router.add_get("/arrivals", self._arrivals)
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -77,6 +81,49 @@ class Receiver:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._runner.cleanup()
+
+
+class ReceiverProcess:
+    """A :class:`Receiver` in a process of its own, for a measurement whose
+    own event loop must not serve the partner too (the OMS's). Arrival times
+    are ``time.perf_counter()`` there, the system's monotonic clock, so they
+    compare with this process's."""
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    def url(self, path: str = "hook") -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    async def arrivals(self) -> dict[str, float]:
+        async with httpx.AsyncClient() as http:
+            return dict((await http.get(self.url("arrivals"))).json())
+
+    async def wait_for(self, ids: set[str], timeout: float) -> dict[str, float]:
+        """The arrivals, once every one of ``ids`` arrived."""
+        deadline = time.monotonic() + timeout
+        while not ids <= (arrived := await self.arrivals()).keys():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(ids - arrived.keys())} events never reached the receiver")
+            await asyncio.sleep(0.5)
+        return arrived
+
+    async def __aenter__(self) -> ReceiverProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.common", "receiver"], cwd=ROOT,
+                                     stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self.port = int(await asyncio.to_thread(self.proc.stdout.readline))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def _serve_receiver() -> None:
+    async with Receiver() as receiver:
+        print(receiver.port, flush=True)
+        await asyncio.Event().wait()
 
 
 class Vhost:
@@ -178,3 +225,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["receiver"]:
+    asyncio.run(_serve_receiver())

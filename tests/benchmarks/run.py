@@ -28,11 +28,15 @@ import aiohttp
 import httpx
 
 from .common import BIN, Proc, Receiver, Vhost, broker_cpu, events, mean, percentile
+from .filters import filters
 from .floor import publish as floor_publish
+from .tracing import tracing
 from .writepath import writepath
 
 HERE = Path(__file__).resolve().parent
 RESULTS: list[str] = []
+if __name__ == "__main__":  # scenarios in modules of their own import report() from here: this very module
+    sys.modules.setdefault(f"{__package__}.run", sys.modules[__name__])
 
 
 def report(name: str, value: float, unit: str, baseline: float | None = None, label: str = "",
@@ -85,9 +89,9 @@ class Shipcast:
         finally:
             await services.close()
 
-    def start(self, *args: str) -> Proc:
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Proc:
         command = [str(BIN / "shipcast"), *args]
-        proc = Proc(command, env=self.env)
+        proc = Proc(command, env={**self.env, **(env or {})})
         self.procs.append(proc)
         return proc
 
@@ -645,8 +649,8 @@ def _live_stream(n: int, orders: int, hot_every: int) -> list[Any]:
 
 async def _live_fanout(ship: Shipcast, orders: int, watched: int, viewers: int, rate: int,
                        seconds: int, hot_every: int = 0) -> tuple[float, float, float, int]:
-    from tests.bound import example
     from shipcast.plugins.tracking.links import tracking_token
+    from tests.bound import example
 
     settings = ship.settings()
     publisher = await ship.publisher()
@@ -761,7 +765,11 @@ DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "iso
            "writepath"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow,
              "latency": latency, "ingest": ingest, "fanout": fanout, "growth": growth, "memory": memory,
-             "isolation": isolation, "live": live, "paging": paging, "writepath": writepath}
+             "isolation": isolation, "live": live, "paging": paging, "writepath": writepath,
+             # in-process, no services: not in DEFAULT, run it by name
+             "filters": filters,
+             # tracing off against on: not in DEFAULT, run it by name
+             "tracing": tracing}
 
 
 async def main(selected: Sequence[str], quick: bool) -> None:

@@ -13,16 +13,19 @@ import aio_pika
 import pytest
 from marshmallow import fields
 
-from shipcast import Channel, ChannelConfig, Delivered, Event, Partner, Target, hookimpl
+from shipcast import Channel, ChannelConfig, Delivered, Event, Partner, Target, hookimpl, tracing
 from shipcast.amqp import headers as h
 from shipcast.amqp.memory import MemoryBroker
 from shipcast.app.services import Services
 from shipcast.delivery.consumer import ChannelWorker
+from shipcast.delivery.replay import matching_deliveries, replay_rows
 from shipcast.exceptions import PermanentDelivery, RetryableDelivery
 from shipcast.model.examples import example
 from shipcast.plugin.registry import Registry
 from shipcast.settings import Settings
 from shipcast.store import Store
+
+from ..otlp import OtlpReceiver, tracing_to
 
 pytestmark = pytest.mark.fast
 
@@ -39,6 +42,8 @@ class Script:
 
     answers: dict[str, list[Exception | None]] = field(default_factory=dict)
     sent: list[tuple[str, str]] = field(default_factory=list)
+    #: The trace context each delivery would send (a webhook's headers), when tracing is on.
+    contexts: list[dict[str, str]] = field(default_factory=list)
 
 
 class ScriptedChannel(Channel):
@@ -53,6 +58,10 @@ class ScriptedChannel(Channel):
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered | None:
         script: Script = self.context.extensions["script"]
         script.sent.append((event.event_id, target.id))
+        context: dict[str, str] = {}
+        tracing.inject(context)
+        if context:
+            script.contexts.append(context)
         answers = script.answers.get(target.id) or []
         answer = answers.pop(0) if answers else None
         if answer is not None:
@@ -179,3 +188,138 @@ async def test_the_exchange_routes_only_what_the_config_binds(rig: Rig) -> None:
     with pytest.raises(Exception, match="no queue is bound for globex.OFD"):
         await rig.services.publisher.publish_valid([other])
     assert not rig.script.sent
+
+
+async def test_traced_a_message_is_a_span_under_its_publish_and_each_target_an_attempt_under_it(rig: Rig) -> None:
+    """Each target's attempt is a span of its own, current while the channel
+    delivers; a retry tier's copy joins the trace under the same publish."""
+    rig.script.answers["b"] = [RetryableDelivery("HTTP 503", status=503)]
+    event = example("FAIL", rig.services.registry.event_types)
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            await rig.publish(event)
+            assert await rig.broker.expire() == 1
+            await rig.broker.drain()
+        assert not tracing.enabled()
+    [publish] = otlp.named("send shipcast.events")
+    assert publish.parent_id == "" and publish.attributes["shipcast.event_id"] == event.event_id
+    first, retried = sorted(otlp.named("process shipcast.scripted"), key=lambda s: s.attributes["shipcast.retry_tier"])
+    assert {first.parent_id, retried.parent_id} == {publish.span_id}
+    assert (first.attributes["shipcast.targets"], retried.attributes["shipcast.targets"]) == (2, 1)
+    attempts = {(s.attributes["shipcast.target_id"], s.attributes["shipcast.outcome"]): s
+                for s in otlp.named("deliver scripted")}
+    assert set(attempts) == {("a", "delivered"), ("b", "retry"), ("b", "delivered")}
+    assert attempts["a", "delivered"].parent_id == attempts["b", "retry"].parent_id == first.span_id
+    assert attempts["b", "delivered"].parent_id == retried.span_id
+    assert attempts["b", "retry"].error and attempts["b", "retry"].attributes["http.response.status_code"] == 503
+    assert attempts["b", "retry"].attributes["error.type"] == "RetryableDelivery"
+    assert {span.trace_id for span in otlp.spans} == {publish.trace_id}
+    # What a channel would send is the context of its attempt's span.
+    assert sorted(c["traceparent"].split("-")[2] for c in rig.script.contexts) == sorted(
+        span.span_id for span in attempts.values())
+
+
+@pytest.mark.parametrize(("traceparent", "continued"), [
+    (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),  # bytes, as a bare AMQP client sends
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),
+    ("00-not-a-trace-01", False),
+    (b"\xff\xfe", False),
+    (12345, False),
+])
+async def test_traced_a_foreign_publishers_trace_context_is_continued_or_ignored(
+        rig: Rig, traceparent: object, continued: bool) -> None:
+    """Junk in ``traceparent`` starts a trace of its own; the event is delivered either way."""
+    event = example("OFD", rig.services.registry.event_types)
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            await rig.broker.publish(aio_pika.Message(event.to_json(), content_type="application/json",
+                                                      headers={"traceparent": traceparent}), WORK, exchange="")
+            await rig.broker.drain()
+    assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b")]
+    [process] = otlp.named("process shipcast.scripted")
+    if continued:
+        assert (process.trace_id, process.parent_id) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    else:
+        assert process.parent_id == ""
+
+
+@pytest.mark.parametrize("carried", [
+    {},  # an outside publisher's, or one published outside any span
+    {"traceparent": "00-not-a-trace-01", "tracestate": "a=1"},
+    {"traceparent": b"0" * 100_000},
+], ids=["none", "malformed", "too-long"])
+async def test_traced_a_message_without_a_trace_context_keeps_its_retries_in_the_trace_it_starts(
+        rig: Rig, carried: dict[str, object]) -> None:
+    """Its first handling starts a trace; the retry copy carries that
+    handling's context in place of what it had, so the retry joins it."""
+    rig.script.answers["b"] = [RetryableDelivery("HTTP 503", status=503)]
+    event = example("FAIL", rig.services.registry.event_types)
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            await rig.broker.publish(aio_pika.Message(event.to_json(), content_type="application/json",
+                                                      headers=dict(carried)), WORK, exchange="")
+            await rig.broker.drain()
+            [waiting] = rig.broker.messages("shipcast.scripted.retry.5")
+            assert await rig.broker.expire() == 1
+            await rig.broker.drain()
+    first, retried = sorted(otlp.named("process shipcast.scripted"), key=lambda s: s.attributes["shipcast.retry_tier"])
+    assert first.parent_id == ""
+    assert str(waiting.headers[h.TRACEPARENT]).split("-")[1:3] == [first.trace_id, first.span_id]
+    assert h.TRACESTATE not in waiting.headers
+    assert (retried.trace_id, retried.parent_id) == (first.trace_id, first.span_id)
+    assert {span.trace_id for span in otlp.spans} == {first.trace_id}
+    assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b"), (event.event_id, "b")]
+
+
+async def test_traced_a_resend_is_a_trace_of_its_own_that_its_retries_join(rig: Rig) -> None:
+    """Sent again from the archive (a partner's resend, ``deliveries
+    replay``): a root span of its own, whatever span is current, and the
+    resent copy's handling and its retry under it."""
+    event = example("OFD", rig.services.registry.event_types)
+    await rig.services.store.save_events([event])
+    await rig.publish(event)
+    rows = await matching_deliveries(rig.services, event_id=event.event_id, target="b")
+    rig.script.answers["b"] = [RetryableDelivery("HTTP 503", status=503)]
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            with tracing.span("a request", parent={}):
+                assert await replay_rows(rig.services, rows) == 1
+            await rig.broker.drain()
+            assert await rig.broker.expire() == 1
+            await rig.broker.drain()
+    [request] = otlp.named("a request")
+    [sent] = otlp.named("send shipcast.scripted")
+    assert (sent.kind, sent.parent_id) == ("producer", "")
+    assert sent.trace_id != request.trace_id
+    assert sent.attributes.items() >= {"shipcast.sent_again": "resend", "shipcast.event_id": event.event_id,
+                                       "shipcast.channel": "scripted", "shipcast.target_id": "b",
+                                       "messaging.destination.name": WORK}.items()
+    first, retried = sorted(otlp.named("process shipcast.scripted"), key=lambda s: s.attributes["shipcast.retry_tier"])
+    assert (first.trace_id, first.parent_id) == (sent.trace_id, sent.span_id)
+    assert (retried.trace_id, retried.parent_id) == (sent.trace_id, sent.span_id)
+    assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b"), (event.event_id, "b"),
+                                       (event.event_id, "b")]
+
+
+async def test_traced_a_channel_is_given_the_traceparent_alone(rig: Rig) -> None:
+    """The OMS's ``tracestate`` reaches the worker's spans, never a partner."""
+    event = example("OFD", rig.services.registry.event_types)
+    async with OtlpReceiver() as otlp:
+        async with tracing_to(otlp):
+            await rig.broker.publish(aio_pika.Message(event.to_json(), content_type="application/json", headers={
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "tracestate": "omsvendor=tenant-42,dd=s:1"}), WORK, exchange="")
+            await rig.broker.drain()
+    assert {span.trace_state for span in otlp.spans} == {"omsvendor=tenant-42,dd=s:1"}
+    assert len(rig.script.contexts) == 2
+    assert all(set(context) == {"traceparent"} for context in rig.script.contexts)
+
+
+async def test_untraced_junk_in_traceparent_is_no_reason_to_park(rig: Rig) -> None:
+    event = example("OFD", rig.services.registry.event_types)
+    await rig.broker.publish(aio_pika.Message(event.to_json(), content_type="application/json",
+                                              headers={"traceparent": b"\xff\xfe", "tracestate": b"\xff"}),
+                             WORK, exchange="")
+    await rig.broker.drain()
+    assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b")]
+    assert not rig.broker.messages(DEAD) and not rig.script.contexts

@@ -17,7 +17,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from shipcast.messaging.fields import TemplateText
 from shipcast.model.catalog import Catalog, validating
 from shipcast.model.event_types import BUILTIN, EventTypeRegistry
-from shipcast.model.json_schemas import Describer, JsonSchema, anchored
+from shipcast.model.json_schemas import Describer, JsonSchema, json_pattern
 from shipcast.model.partners import PartnerSchema, document_schema
 from shipcast.plugins.webhook import EndpointSchema, WebhookConfig
 from shipcast.security.signing import SECRET_PATTERN, secret_key
@@ -109,8 +109,9 @@ def test_a_schema_that_takes_unknown_keys_says_so() -> None:
     assert "additionalProperties" not in Describer(CATALOG).schema(Lenient)
 
 
-def test_a_pattern_marshmallow_matches_from_the_start_is_anchored() -> None:
-    assert anchored("[a-z]+") == "^(?:[a-z]+)" and anchored("^[a-z]+$") == "^[a-z]+$"
+def test_a_pattern_marshmallow_matches_from_the_start_is_anchored_and_ends_at_the_end() -> None:
+    assert json_pattern("[a-z]+") == "^(?:[a-z]+)" and json_pattern("^[a-z]+$") == "^[a-z]+$"
+    assert json_pattern(r"[a-z]{1,64}\Z") == "^(?:[a-z]{1,64}$)" and json_pattern(r"^a\\Z$") == r"^a\\Z$"
 
 
 def validator(schema: JsonSchema, definitions: dict[str, JsonSchema]) -> jsonschema.Draft202012Validator:

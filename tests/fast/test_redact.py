@@ -28,3 +28,8 @@ def test_secret_keys_are_masked_at_any_depth() -> None:
     assert redact(config) == {"endpoints": [{"url": "https://…redacted…@x.example/", "secret": "…redacted…",
                                              "userinfo_secret": "…redacted…", "events": ["OFD"]}],
                               "api_token": "", "name": "Acme"}
+
+
+def test_values_stored_encrypted_are_masked_under_any_key() -> None:
+    config = {"header_secrets": {"X-Api-Key": "enc:gAAAAB", "X-Plain": "v"}}
+    assert redact(config) == {"header_secrets": {"X-Api-Key": "…redacted…", "X-Plain": "v"}}

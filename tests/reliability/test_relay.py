@@ -7,6 +7,9 @@ partner, and the outbox must be empty at the end.
 * 8a: two relays, one active; the active one is killed (kill -9) three times
   mid-run, each time while it holds a batch: a standby takes over.
 * 8b: RabbitMQ restarted while the OMS commits: the outbox grows, then drains.
+* 8c: the OMS's database restarted under two relays: the OMS's commits fail
+  and are tried again, the relays lose their connections (and the active
+  one its lock), and one takes over again once the database is back.
 """
 
 from __future__ import annotations
@@ -252,6 +255,49 @@ async def test_8b_rabbitmq_restarted_while_the_oms_commits(vhost: str, pg_url: s
         f"the outbox grew to {grew} rows while it was down, then drained to 0").record(record_property)
     assert grew > 0, "the OMS committed nothing while RabbitMQ was down"
     assert not accounts.lost and accounts.parked == 0, summary(accounts)
+
+
+@pytest.mark.exclusive("postgresql")
+async def test_8c_the_oms_database_restarted(vhost: str, tmp_path: Path, record_property: Any) -> None:
+    # shipcast's own store is SQLite here: the fault is the OMS's database alone.
+    async with oms_database() as oms_url, Receiver() as main:
+        settings = make_settings(vhost, f"sqlite+aiosqlite:///{tmp_path / 'shipcast.db'}",
+                                 relay_database_url=oms_url, relay_poll_interval=0.5)
+        targets = [Target("acme", "main", main)]
+        async with applied(settings, webhook_doc(targets)) as services:
+            worker = Subprocess(settings, "worker", "--channel", "webhook").start()
+            relays = [relay(settings), relay(settings)]
+            oms = OutboxOms(oms_url, ["acme"], N // 2, rate=300).start()
+            try:
+                await eventually(lambda: delivered(targets) >= N // 2 * 0.3, timeout=90)
+                cluster = (await run("ls", "/etc/postgresql")).split()[0]
+                await run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast")
+                try:
+                    committed_before = oms.sent
+                    await asyncio.sleep(5)
+                    committed_while_down = oms.sent - committed_before
+                    nobody_active = await active(relays) is None
+                finally:
+                    await run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start")
+                restarted = time.monotonic()
+                recovered = await recovery(restarted, targets, oms, timeout=90)  # type: ignore[arg-type]
+                await oms.done()
+                accounts = await account(oms, targets, services)  # type: ignore[arg-type]
+                await eventually(lambda: empty(oms_url), timeout=90)
+                holder = await eventually(lambda: active(relays), timeout=30)
+            finally:
+                for process in (*relays, worker):
+                    print(process.stop())
+    Row("8c. the OMS's database restarted under the relay", oms.sent,
+        "pg_ctlcluster stop -m fast, 5 s down, start; two relays",
+        sum(map(len, accounts.lost.values())), accounts.duplicates, accounts.parked, recovered,
+        f"{sum(oms.refusals.values())} OMS transactions failed while it was down and were committed again; "
+        f"relay {relays.index(holder) + 1} of 2 active after; 0 rows left").record(record_property)
+    assert committed_while_down == 0, "the OMS committed while its database was stopped"
+    assert nobody_active, "a relay stayed active without its database"
+    assert oms.refusals, "no OMS transaction met the outage"
+    assert not accounts.lost and accounts.parked == 0, summary(accounts)
+    assert set(targets[0].delivered()) == set(oms.confirmed)
 
 
 async def run(*command: str) -> str:

@@ -270,16 +270,19 @@ async def _refused_at_once(base_url: str, token: str) -> tuple[int, float, str] 
 
 #: Seconds RabbitMQ stays down on each restart: from half a second to ten, in turn.
 DOWN_TIMES = (0.5, 1, 2, 3, 5, 8, 10, 0.5, 2, 4)
+#: Restarts in a row: every down time twice. (Each takes about 11 s, with the
+#: whole broker the test's alone: more would hold up the rest of the suite.)
+RESTARTS = 20
 #: Restarts that stop it again while shipcast is still reconnecting (0.3 s after start_app).
-AGAIN_WHILE_RECONNECTING = {4, 11, 18, 25}
+AGAIN_WHILE_RECONNECTING = {4, 11, 18}
 #: How soon, after the broker is up, ingest must publish again.
 RECOVERY_BOUND = 5.0
 
 
 @pytest.mark.exclusive("rabbitmq")
 @pytest.mark.timeout(900)
-async def test_2b_rabbitmq_restarted_30_times(vhost: str, sqlite_url: str, record_property: Any) -> None:
-    """After every one of 30 restarts (0.5 to 10 s down, some while shipcast
+async def test_2b_rabbitmq_restarted_20_times(vhost: str, sqlite_url: str, record_property: Any) -> None:
+    """After every one of 20 restarts (0.5 to 10 s down, some while shipcast
     is still reconnecting), ingest publishes again within 5 s of the broker
     being up, /readyz is 200 only when a publish with confirm succeeds, and
     every confirmed event is archived."""
@@ -304,7 +307,7 @@ async def test_2b_rabbitmq_restarted_30_times(vhost: str, sqlite_url: str, recor
                 confirmed.append(event.event_id)
             return response.status_code
 
-        for restart in range(30):
+        for restart in range(RESTARTS):
             await run("rabbitmqctl", "stop_app")
             await eventually(lambda: _unready(base_url), timeout=30)
             assert await post() == 503  # refused while down, never accepted unconfirmed
@@ -330,8 +333,9 @@ async def test_2b_rabbitmq_restarted_30_times(vhost: str, sqlite_url: str, recor
         await eventually(lambda: _archived_all(services, len(confirmed)), timeout=60)
         archived_ids = {row["event_id"] for row in await services.store.list_events(limit=10 * len(confirmed))}
         lost = [event_id for event_id in confirmed if event_id not in archived_ids]
-    Row("2b. RabbitMQ restarted 30 times", len(confirmed),
-        "rabbitmqctl stop_app / start_app 30 times, 0.5 to 10 s down, 4 stopped again while reconnecting",
+    Row(f"2b. RabbitMQ restarted {RESTARTS} times", len(confirmed),
+        f"rabbitmqctl stop_app / start_app {RESTARTS} times, 0.5 to 10 s down, "
+        f"{len(AGAIN_WHILE_RECONNECTING)} stopped again while reconnecting",
         len(lost), 0, 0, round(worst, 1),
         "ingest publishes again within 5 s of each start; /readyz 200 only when a publish is confirmed"
         ).record(record_property)

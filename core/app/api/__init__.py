@@ -8,7 +8,7 @@ partner-scoped token (``scp_…``) for ``/v1/partners/{its id}/…`` only.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,16 +18,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shipcast import __version__, metrics
+from shipcast import __version__, metrics, tracing
 from shipcast.app import portal
 from shipcast.app.api import admin, document, ingest, partner
 from shipcast.app.api.access import (
     JSONAnswer,
     Principal,
     errors,
+    is_operator,
     partner_scope,
     require_token,
 )
+from shipcast.app.api.framework import fastapi_app
 from shipcast.app.api.limits import BodyLimit
 from shipcast.app.api.operations import add_operations_routes, operations_app
 from shipcast.app.api.quotas import Quota
@@ -49,6 +51,19 @@ __all__ = ["PARTNER_TOKEN_PREFIX", "Principal", "create_app", "errors", "operati
            "require_token", "services_of", "token_hash"]
 
 
+async def _caller_context(request: Request) -> Mapping[str, str]:
+    """The trace context a ``POST /v1/events`` continues: the caller's, only
+    once it has shown the token ingest requires (a refused request, 401 or
+    403, is a trace of its own, never part of whatever trace its sender
+    names). One ``traceparent`` (several are none), and every ``tracestate``
+    header as one list."""
+    if not await is_operator(request):
+        return tracing.NEW_TRACE
+    parents = request.headers.getlist(tracing.TRACEPARENT)
+    return tracing.carried(parents[0] if len(parents) == 1 else None,
+                           ",".join(request.headers.getlist(tracing.TRACESTATE)))
+
+
 def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     """The ASGI app. With ``manage_services`` the app opens and closes the
     services itself; ``shipcast run`` shares them with the workers instead."""
@@ -63,17 +78,27 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
             if manage_services:
                 await services.close()
 
-    app = FastAPI(title="shipcast", version=__version__, lifespan=lifespan,
-                  description="Order events in; signed webhooks and no-code channels out.",
-                  generate_unique_id_function=document.operation_id)
+    app = fastapi_app(title="shipcast", version=__version__, lifespan=lifespan,
+                      description="Order events in; signed webhooks and no-code channels out.",
+                      generate_unique_id_function=document.operation_id)
     app.state.services = services
     app.state.resend_quota = Quota(services.settings.partner_resend_quota)
 
     @app.middleware("http")
-    async def _count_ingest(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        if request.url.path == "/v1/events" and request.method == "POST":
+    async def _ingest_requests(request: Request, call_next: Any) -> Response:
+        """Count each ``POST /v1/events`` by status, and trace it (continuing
+        the OMS's ``traceparent`` when the request carries the token)."""
+        if request.url.path != "/v1/events" or request.method != "POST":
+            return await call_next(request)  # type: ignore[no-any-return]
+        parent = await _caller_context(request) if tracing.enabled() else tracing.NEW_TRACE
+        with tracing.span(ingest.SPAN, "server", parent=parent) as span:
+            response: Response = await call_next(request)
             metrics.inc("shipcast_ingest_requests_total", code=str(response.status_code))
+            if span is not None:
+                tracing.describe(span, None, {"http.request.method": "POST", "http.route": "/v1/events",
+                                              tracing.HTTP_STATUS: response.status_code})
+                if response.status_code >= 500:
+                    tracing.failed(span, f"HTTP {response.status_code}")
         return response
 
     @app.exception_handler(InvalidEvent)

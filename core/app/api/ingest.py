@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from shipcast import metrics
+from shipcast import metrics, tracing
 from shipcast.app.api.access import (
     errors,
     require_token,
@@ -18,6 +18,9 @@ from shipcast.app.publisher import SIZE_SLACK
 from shipcast.app.services import services_of
 from shipcast.exceptions import InvalidEvent
 from shipcast.model.envelope import check_sizes, json_schema, parse_events
+
+#: The span of each request (made by the app's middleware, which sees every answer's status).
+SPAN = "POST /v1/events"
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=errors(401, 403, 503))
 
@@ -58,6 +61,9 @@ async def post_events(request: Request) -> JSONResponse:
     events = parse_events(data, services.registry.event_types)
     if len(raw) > limit - SIZE_SLACK:  # a smaller body cannot hold an event over the limit
         check_sizes(events, limit)
+    if tracing.enabled():  # one span per request: its events' ids (a lone event's attributes); each publish a child
+        tracing.note({tracing.EVENT_IDS: [event.event_id for event in events], tracing.EVENT_COUNT: len(events),
+                      **(tracing.event_attributes(events[0]) if len(events) == 1 else {})})
     ids = await services.publisher.publish_valid(events)
     for event in events:
         metrics.inc("shipcast_events_published_total", event_type=event.event_type)

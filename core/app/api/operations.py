@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from shipcast import __version__, metrics
+from shipcast.app.api.framework import fastapi_app
 from shipcast.app.services import Services
 from shipcast.exceptions import StoreError
 
@@ -76,6 +77,6 @@ def add_operations_routes(app: FastAPI, services: Services, guard: Sequence[Any]
 def operations_app(services: Services, checks: Checks | None = None) -> FastAPI:
     """The operations port: health, metrics and the console, unguarded (keep
     it on an internal network)."""
-    app = FastAPI(title="shipcast operations", docs_url=None, redoc_url=None, openapi_url=None)
+    app = fastapi_app(title="shipcast operations", docs_url=None, redoc_url=None, openapi_url=None)
     add_operations_routes(app, services, checks=checks)
     return app

@@ -16,7 +16,7 @@ plugin adds gets its page too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
@@ -40,6 +40,7 @@ from shipcast.messaging.preview import Preview
 from shipcast.messaging.quiet import quiet_for
 from shipcast.messaging.templates import LANGUAGES
 from shipcast.model.partners import BRANDING, EventList, Partner, plain
+from shipcast.security.redact import redact, without_redacted
 
 router = APIRouter(prefix="/portal/p/{partner_id}", include_in_schema=False)
 
@@ -83,6 +84,8 @@ class FormField:
     value: Any
     owned: bool
     required: bool
+    #: What the channel's schema says of the field (its ``metadata["description"]``).
+    about: str = ""
 
     @property
     def label(self) -> str:
@@ -90,7 +93,7 @@ class FormField:
 
     @property
     def help(self) -> str:
-        return HELP.get(self.name, "")
+        return HELP.get(self.name) or self.about
 
 
 def _kind(field: fields.Field) -> str:  # type: ignore[type-arg]
@@ -111,6 +114,21 @@ def _schema(services: Services, channel: str) -> Schema:
     return services.registry.catalog.channel_schemas[channel]()
 
 
+def _declared(field: fields.Field, value: Any) -> Any:  # type: ignore[type-arg]
+    """``value`` as a JSON field shows it: of a nested schema's mappings, only
+    the fields the schema declares (not what the channel stores beside them),
+    every secret redacted (saved back, a redacted one keeps the stored one)."""
+    inner = field.inner if isinstance(field, fields.List) else field
+    if isinstance(inner, fields.Nested) and isinstance(inner.schema, Schema):
+        names = set(inner.schema.fields)
+        if isinstance(value, list) and field is not inner:
+            value = [{k: v for k, v in item.items() if k in names} if isinstance(item, Mapping) else item
+                     for item in value]
+        elif isinstance(value, Mapping) and field is inner:
+            value = {k: v for k, v in value.items() if k in names}
+    return redact(value)
+
+
 def form_fields(services: Services, partner: Partner, channel: str) -> list[FormField]:
     """The fields of ``channel``'s form, as the partner's saved config fills them."""
     config = plain(partner.channels.get(channel) or {})
@@ -123,13 +141,15 @@ def form_fields(services: Services, partner: Partner, channel: str) -> list[Form
         kind = _kind(field)
         value = config.get(name)
         if kind == "json":
+            value = _declared(field, value)
             value = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() if value not in (None, {}, []) else ""
         elif kind == "quiet":
             value = {key: str(value.get(key, ""))[:5] if key != "timezone" else value.get(key, "")
                      for key in ("start", "end", "timezone")} if value else {"start": "", "end": "", "timezone": ""}
         elif kind == "events" and value is None:
             value = ["*"] if name == "events" and channel in partner.channels else []
-        shown.append(FormField(name, kind, value, f"channels.{channel}.{name}" in owned, field.required))
+        shown.append(FormField(name, kind, value, f"channels.{channel}.{name}" in owned, field.required,
+                               str(field.metadata.get("description", ""))))
     return shown
 
 
@@ -162,7 +182,7 @@ def _parse(form: Mapping[str, list[str]], shown: list[FormField], saved: Mapping
         elif given and given[-1]:
             if field.kind == "json":
                 try:
-                    value[field.name] = orjson.loads(given[-1])
+                    value[field.name] = without_redacted(orjson.loads(given[-1]))
                 except orjson.JSONDecodeError as exc:
                     wrong[field.name] = [f"not JSON: {exc}"]
             elif field.kind == "number":
@@ -223,7 +243,7 @@ async def message_previews(services: Services, partner: Partner, channel: str,
     config (or ``draft``) makes it: its channel page shows them, and follows
     the form as one types."""
     config = draft if draft is not None else partner.channels.get(channel)
-    if config is None or _has_templates(services, channel):
+    if config is None or _has_templates(services, channel) or services.registry.channels[channel].customer_field is None:
         return []
     events = config.get("events") or ["*"]
     shown = []
@@ -255,6 +275,7 @@ def _channel_page(request: Request, person: Person, partner: Partner, channel: s
                 zones=sorted(available_timezones()), local_time=f"{now:%H:%M} in {zone}",
                 quiet_now=bool(quiet and quiet_for(quiet, datetime.now(UTC)) > 0),
                 templates=_has_templates(services, channel), base=_base(partner_id=partner.id),
+                messages=services.registry.channels[channel].customer_field is not None,
                 may_change=person.may_change(partner.id), test_to=request.query_params.get("to", ""),
                 previews=previews or [])
 
@@ -286,7 +307,7 @@ async def channel_save(partner_id: str, customer_channel: str, request: Request,
             wrong = _beside(exc.errors, channel)
         else:
             return redirect(request, f"{_base(partner_id)}/channels/{channel}", f"Saved the {channel} settings.")
-    typed = [FormField(f.name, f.kind, _typed(form, f), f.owned, f.required) for f in shown]
+    typed = [replace(f, value=_typed(form, f)) for f in shown]
     return _channel_page(request, person, partner, channel, shown=typed, errors=wrong, status_code=422)
 
 

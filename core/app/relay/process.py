@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import Any
 
+from shipcast import tracing
 from shipcast.app.relay.runner import Relay
 from shipcast.app.relay.source import OutboxSource
 from shipcast.app.runtime import health_server
@@ -20,6 +21,14 @@ async def serve_relay(services: Services, source: OutboxSource) -> None:
     """Relay until SIGINT or SIGTERM; ``/readyz`` on ``SHIPCAST_HEALTH_PORT``
     requires the broker and the outbox's database besides the store (where
     the partners are looked up)."""
+    tracing.start("relay")
+    try:
+        await _serve(services, source)
+    finally:
+        await asyncio.to_thread(tracing.stop)  # the last rows' spans, sent, however relaying ended
+
+
+async def _serve(services: Services, source: OutboxSource) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
