@@ -64,8 +64,10 @@ APPLIED_CHECKS = {"post_partners", "put_channel", "patch_channel"}
 #: Rules across fields or on what is stored, which JSON Schema cannot state and
 #: the document says in words: a schema-valid body refused for one of these
 #: alone is no contradiction.
-RULES_IN_WORDS = ("duplicate partner id", "duplicate endpoint ids", "start and end are the same",
-                  "no approved content template for", "set by the operator's partners file")
+RULES_IN_WORDS = ("duplicate partner id", "duplicate endpoint ids", "duplicate destination ids",
+                  "start and end are the same", "no approved content template for",
+                  "set by the operator's partners file", "never matches", "given twice (as", "too large: at most",
+                  "is stored to keep")
 
 
 def refused_only_by_rules_in_words(case: Any, response: Any) -> bool:
