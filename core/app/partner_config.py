@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from marshmallow import Schema
 
 from shipcast.app.audit import Actor, record
 from shipcast.app.reconcile import reconcile_bindings
@@ -29,7 +30,8 @@ from shipcast.exceptions import ConfigError, ShipcastError
 from shipcast.messaging.preview import Preview, preview, problems_of, sample_events
 from shipcast.messaging.rules import mask
 from shipcast.messaging.templates import LANGUAGES
-from shipcast.model.partners import BRANDING, Partner, load_section, plain
+from shipcast.model.json_schemas import Describer, JsonSchema, class_name
+from shipcast.model.partners import BRANDING, BrandingSchema, Partner, load_section, plain
 from shipcast.plugin.public import public_partner, public_section
 from shipcast.plugin.registry import Registry
 from shipcast.security.redact import without_redacted
@@ -48,7 +50,7 @@ class UnknownPartner(ShipcastError):
 
 def editable(registry: Registry) -> list[str]:
     """The channels whose section a partner's people change themselves."""
-    return [name for name, channel in registry.channels.items() if channel.partner_editable]
+    return list(registry.catalog.editable)
 
 
 def describe(registry: Registry, partner: Partner) -> dict[str, Any]:
@@ -78,6 +80,42 @@ def _owned_changes(owned: frozenset[str], where: str, before: Mapping[str, Any] 
     return {path: [OWNED] for path in sorted(owned) if path.startswith(prefix)
             and plain((before or {}).get(path.removeprefix(prefix))) != plain((after or {}).get(
                 path.removeprefix(prefix)))}
+
+
+def branding_schema(describer: Describer) -> JsonSchema:
+    """What ``PUT …/config/branding`` takes: the partners document's ``branding``."""
+    return describer.ref(BrandingSchema)
+
+
+def branding_patch_schema(describer: Describer) -> JsonSchema:
+    """What ``PATCH …/config/branding`` takes: any branding fields, ``null`` removing one."""
+    return describer.define("BrandingPatch", _patch(describer, BrandingSchema))
+
+
+def channel_schema(describer: Describer) -> JsonSchema:
+    """What ``PUT …/config/channels/{channel}`` takes: the config of the channel the path names."""
+    return {"anyOf": [describer.define(f"{class_name(name)}Settings", describer.schema(schema, exclude=SERVER_ONLY))
+                      for name, schema in _editable(describer)],
+            "description": "The config of the channel the path names, as its section of the partners file "
+                           "(but for a directory on the server); every template must compile and render"}
+
+
+def channel_patch_schema(describer: Describer) -> JsonSchema:
+    """What ``PATCH …/config/channels/{channel}`` takes: a merge patch of that channel's config."""
+    return {"anyOf": [describer.define(f"{class_name(name)}SettingsPatch", _patch(describer, schema))
+                      for name, schema in _editable(describer)],
+            "description": "Fields of the config of the channel the path names (JSON merge patch: null "
+                           "removes one); the config they make must be valid"}
+
+
+def _editable(describer: Describer) -> list[tuple[str, type[Schema]]]:
+    catalog = describer.catalog
+    return [(name, catalog.channel_schemas[name]) for name in catalog.editable]
+
+
+def _patch(describer: Describer, schema: type[Schema]) -> JsonSchema:
+    names = [field.data_key or name for name, field in schema().load_fields.items()]
+    return describer.schema(schema, partial=True, exclude=SERVER_ONLY, nullable=names)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -119,7 +157,11 @@ async def change_section(services: Services, partner_id: str, section: str, valu
         value = without_redacted(value)  # a secret sent back as shown keeps the stored one
     if patch and value is not None:
         value = merge_patch(before or {}, value)
-    if value is not None and len(orjson.dumps(value)) > MAX_SECTION:
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError as exc:  # an integer past 64 bits: no store holds it
+        raise ConfigError("invalid config", {where: [f"not a config shipcast can store: {exc}"]}) from None
+    if size > MAX_SECTION:
         raise ConfigError("invalid config", {where: [f"at most {MAX_SECTION // 1024} KiB as JSON"]})
     if value is None and section == BRANDING:
         value = {}

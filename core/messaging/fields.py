@@ -7,14 +7,20 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shipcast.messaging.templates import LANGUAGES
+from shipcast.model.json_schemas import Describer, JsonSchema
 
 #: The longest template text a partner may give, in characters.
 MAX_TEMPLATE = 32 * 1024
+
+
+#: A text that is not all whitespace, as Python's ``str.strip`` sees it (which
+#: strips \x1c-\x1f and \x85, whitespace to no JSON Schema engine), as a pattern.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
 
 
 class TemplateText(fields.Field):  # type: ignore[type-arg]
@@ -29,6 +35,36 @@ class TemplateText(fields.Field):  # type: ignore[type-arg]
         if longest > MAX_TEMPLATE:
             raise ValidationError(f"a template text is at most {MAX_TEMPLATE} characters; this one is {longest}")
         return value if isinstance(value, str) else dict(value)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        text = {"type": "string", "maxLength": MAX_TEMPLATE, "pattern": NOT_BLANK,
+                "description": "A Jinja template, rendered in a sandbox: it must compile and render"}
+        return {"anyOf": [text, {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(LANGUAGES)},
+                                 "additionalProperties": text}],
+                "description": "One template text, or one per language"}
+
+
+class Templates(fields.Dict):
+    """``templates: {OFD: text, FAIL: {en: text, hi: text}}``: the partner's
+    own text of an event type's message, for every language or one per language."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(keys=fields.String(), values=TemplateText(), load_default=dict, **kwargs)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        assert self.value_field is not None
+        return {"type": "object", "propertyNames": {"enum": list(describer.catalog.event_types)},
+                "additionalProperties": describer.field(self.value_field), "default": {}}
+
+
+class TemplateDir(fields.String):
+    """A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``
+    (the operator's partners file alone sets it): a path, which holds no NUL."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=validate.Regexp(r"^[^\x00]*$", error="a path holds no NUL character"),
+                         metadata={"description": "A directory on shipcast's server (the operator's to set)"},
+                         **kwargs)
 
 
 class IdsByType(fields.Field):  # type: ignore[type-arg]
@@ -63,6 +99,14 @@ class IdsByType(fields.Field):  # type: ignore[type-arg]
             raise ValidationError(errors)
         return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        one = {"type": "string", "pattern": f"^(?:{self.pattern.pattern})$"}
+        by_language = {"type": "object", "required": ["en"], "additionalProperties": False,
+                       "properties": {language: one for language in LANGUAGES}}
+        return {"type": "object", "propertyNames": {"enum": list(describer.catalog.event_types)},
+                "additionalProperties": {"anyOf": [one, by_language]},
+                "description": "An id for each event type's text: one, or one per language (en required)"}
+
 
 def id_for(ids: Mapping[str, Any], event_type: str, language: str) -> str | None:
     """The id :class:`IdsByType` gives this event type's text in ``language`` (English where it has none)."""
@@ -85,6 +129,22 @@ class TimeZone(fields.String):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(load_default="Asia/Kolkata", validate=_known_zone, **kwargs)
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        zones = sorted(available_timezones())
+        return {**describer.define("TimeZone", {"type": "string", "enum": zones, "x-enum-varnames": _names(zones),
+                                                "description": "An IANA time zone name"}),
+                "default": "Asia/Kolkata"}
+
+
+def _names(values: list[str]) -> list[str]:
+    """A distinct identifier for each value, for a generated client's enum
+    (``Etc/GMT+1`` and ``Etc/GMT-1`` would otherwise read alike)."""
+    names: list[str] = []
+    for value in values:
+        name = re.sub(r"\W+", "_", value.replace("+", "_PLUS_").replace("-", "_MINUS_")).strip("_").upper()
+        names.append(name if name not in names else f"{name}_{len(names)}")
+    return names
+
 
 class Clock(fields.Time):
     """A time of day, ``"21:00"``; ``"21:00:00"`` too, as a stored config gives it back."""
@@ -97,9 +157,14 @@ class Clock(fields.Time):
             value = value[:5]
         return super()._deserialize(value, attr, data, **kwargs)
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        return {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9](:00)?$", "examples": ["21:00"],
+                "description": "A time of day, HH:MM"}
+
 
 class QuietHours(Schema):
-    """``quiet_hours: {start: "21:00", end: "08:00", timezone: Asia/Kolkata}``."""
+    """Hours in which a message that can wait waits, from ``start`` to ``end``
+    (which differ) in ``timezone``: ``{start: "21:00", end: "08:00", timezone: Asia/Kolkata}``."""
 
     class Meta:
         unknown = RAISE
@@ -120,3 +185,6 @@ class Critical(fields.List):  # type: ignore[type-arg]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(fields.String(), load_default=list, **kwargs)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        return {"type": "array", "items": {"enum": list(describer.catalog.event_types)}, "default": []}

@@ -159,7 +159,7 @@ def _text(channel: str, event_type: str, language: str, overrides: Mapping[str, 
             path = Path(directory) / channel / f"{event_type}.{lang}.j2"
             try:
                 changed = path.stat().st_mtime_ns
-            except OSError:
+            except (OSError, ValueError):  # none there, or no path (a NUL in it)
                 continue
             return lang, partial(_from_file, str(path), changed)
     loader = environment()

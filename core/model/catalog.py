@@ -23,10 +23,13 @@ from shipcast.model.event_types import EventTypeRegistry
 
 @dataclass(frozen=True)
 class Catalog:
-    """The registered event types, and each channel's config schema by name."""
+    """The registered event types, each channel's config schema by name, and
+    the channels whose section a partner's own people change (the others are
+    the operator's partners file's alone)."""
 
     event_types: EventTypeRegistry
     channel_schemas: Mapping[str, type[Schema]] = field(default_factory=dict)
+    editable: tuple[str, ...] = ()
 
 
 _current: ContextVar[Catalog | None] = ContextVar("shipcast_catalog", default=None)

@@ -44,6 +44,7 @@ from shipcast.exceptions import ConfigError
 from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
 from shipcast.model.event_types import EventType
+from shipcast.model.json_schemas import Describer, JsonSchema
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,8 @@ def convert(field: Field, value: Any) -> Any:
     elif kind == "integer":
         if isinstance(value, int):
             return value
+        if isinstance(value, float) and value.is_integer() and -INT64 <= value < INT64:
+            return int(value)  # JSON writes a whole number as 2.0 too
     elif kind == "number":
         if isinstance(value, int | float) and math.isfinite(value):
             return value
@@ -429,11 +432,68 @@ class FilterField(mfields.Dict):
                                                       "for: {\"order.payment.method\": \"cod\"}, all, any, not"})
         super().__init__(**kwargs)
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        return describer.define("Filter", filter_schema(describer))
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         errors = check(value, current().event_types)
         if errors:
             raise ValidationError({at or "_schema": messages for at, messages in errors.items()})
         return orjson.loads(orjson.dumps(value))  # a date YAML read becomes the text JSON has
+
+
+# -- described, for the API's documentation ------------------------------------------
+
+#: A value of each kind as JSON writes it: dates and times those ``fromisoformat`` reads on any day of a month.
+_DAY = r"[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+_VALUES: dict[str, JsonSchema] = {
+    "group": {"not": {}, "description": "A group compares with null only"},
+    "string": {"type": "string", "maxLength": MAX_TEXT},
+    "integer": {"type": "integer", "minimum": -INT64, "maximum": INT64 - 1},
+    "number": {"type": "number", "minimum": -INT64, "maximum": INT64 - 1},
+    "boolean": {"type": "boolean"},
+    "date": {"type": "string", "format": "date", "pattern": f"^{_DAY}$"},
+    "date-time": {"type": "string", "format": "date-time", "pattern": f"^{_DAY}T([01][0-9]|2[0-3]):[0-5][0-9]:"
+                  r"[0-5][0-9](\.[0-9]{3}|\.[0-9]{6})?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])$"},
+}
+
+
+def filter_schema(describer: Describer) -> JsonSchema:
+    """A filter as :func:`check` takes it, as JSON Schema: each field of the
+    envelope by its path, with a condition of its kind. The bounds on size
+    (:data:`MAX_DEPTH`, :data:`MAX_TERMS`) are in its description."""
+    ref = {"$ref": describer.ref_template.format(name="Filter")}
+    filters = {"type": "array", "items": ref, "minItems": 1, "maxItems": MAX_TERMS}
+    conditions = {path: _condition_schema(describer, field) for path, field in envelope_fields().items() if path}
+    return {"type": "object", "minProperties": 1, "additionalProperties": False,
+            "description": f"A condition on the event's fields, by their dotted paths; all, any and not nest "
+                           f"{MAX_DEPTH} levels at most, and a filter holds {MAX_TERMS} conditions and listed "
+                           "values at most. One that no event of the endpoint's types can match is refused "
+                           "(never matches: a field of a group those types carry as null, say)",
+            "properties": {"all": filters, "any": filters, "not": ref, **conditions}}
+
+
+def _condition_schema(describer: Describer, field: Field) -> JsonSchema:
+    if field.path == EVENT_TYPE:
+        value: JsonSchema = {"type": "string", "enum": list(describer.catalog.event_types)}
+    elif field.choices is not None:
+        value = {"enum": list(field.choices)}
+    else:
+        kind = field.kind.replace("-", " ").title().replace(" ", "")
+        return describer.define(f"FilterOn{kind}", _condition_schema_of(field.kind, _VALUES[field.kind]))
+    return _condition_schema_of(field.kind, value)
+
+
+def _condition_schema_of(kind: str, value: JsonSchema) -> JsonSchema:
+    """A condition on a field whose values are ``value``: a value (or null),
+    a list of them, or operators."""
+    one = {"anyOf": [value, {"type": "null"}]}
+    listed = {"type": "array", "items": one, "minItems": 1, "maxItems": MAX_VALUES}
+    operators: JsonSchema = {"eq": one, "ne": one, "in": listed, "nin": listed, "exists": {"type": "boolean"}}
+    if kind in ORDERED:
+        operators.update(dict.fromkeys(("gt", "gte", "lt", "lte"), value))
+    return {"anyOf": [one, listed, {"type": "object", "minProperties": 1, "additionalProperties": False,
+                                    "properties": operators}]}
 
 
 # -- compiling ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from shipcast.exceptions import ConfigError
 from shipcast.model.catalog import Catalog, current, validating
 from shipcast.model.envelope import PARTNER_ID_PATTERN
+from shipcast.model.json_schemas import Describer, JsonSchema, class_name
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ def fields_set(item: Mapping[str, Any]) -> frozenset[str]:
 
 
 class BrandingSchema(Schema):
+    """How the tracking page and customer messages look: the partner's logo, colour and contacts."""
+
     class Meta:
         unknown = RAISE
 
@@ -102,6 +105,19 @@ class EventList(fields.List):  # type: ignore[type-arg]
             )
         return items
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        return {"type": "array", "items": describer.define("EventType", event_type_schema(describer.catalog)),
+                "minItems": 1, "not": {"contains": {"const": "*"}, "minItems": 2},
+                "description": "Event types, or [\"*\"] for every one", "default": ["*"]}
+
+
+def event_type_schema(catalog: Catalog) -> JsonSchema:
+    """An event type's name, one the catalog registers, or ``*`` for all."""
+    types = catalog.event_types.values()
+    return {"type": "string", "enum": [*catalog.event_types, "*"], "x-enum-varnames": [*catalog.event_types, "ALL"],
+            "description": "An event type: " + "; ".join(f"{t.name}: {t.description}" for t in types)
+            + "; * for every one"}
+
 
 class ChannelsField(fields.Field):  # type: ignore[type-arg]
     """``channels:`` maps a registered channel's name to its config, validated by
@@ -125,8 +141,24 @@ class ChannelsField(fields.Field):  # type: ignore[type-arg]
             raise ValidationError(errors)
         return loaded
 
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        channels = describer.catalog.channel_schemas
+        return {"type": "object", "additionalProperties": False,
+                "description": "Each channel serving the partner, by name, and its config",
+                "properties": {name: _config(describer, name, schema) for name, schema in sorted(channels.items())}}
+
+
+def _config(describer: Describer, name: str, schema: type[Schema]) -> JsonSchema:
+    """A channel's section; ``null`` too (YAML's ``tracking:``) when an empty config is one."""
+    ref = describer.ref(schema, f"{class_name(name)}Config")
+    if any(field.required for field in schema().load_fields.values()):
+        return ref
+    return {"anyOf": [ref, {"type": "null"}]}
+
 
 class PartnerSchema(Schema):
+    """One partner: who they are, how they look, and the channels that serve them."""
+
     class Meta:
         unknown = RAISE
 
@@ -277,6 +309,15 @@ def load_partners(data: Any, source: str = "<partners>", *, catalog: Catalog) ->
     if errors:
         raise ConfigError(f"{source}: invalid partners file", errors)
     return partners
+
+
+def document_schema(describer: Describer) -> JsonSchema:
+    """The partners document :func:`load_partners` takes, as JSON Schema."""
+    return describer.define("PartnersDocument", {
+        "type": "object", "required": ["partners"], "additionalProperties": False,
+        "description": "A partners document: the partners file, as JSON",
+        "properties": {"partners": {"type": "array", "items": describer.ref(PartnerSchema, "Partner"),
+                                    "description": "The partners to apply, each id once"}}})
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -100,7 +100,8 @@ class Registry:
         self.channels: dict[str, type[Channel]] = _channels(self.pm)
         #: What partner configs are validated against.
         self.catalog = Catalog(self.event_types,
-                               {name: channel.config_schema for name, channel in self.channels.items()})
+                               {name: channel.config_schema for name, channel in self.channels.items()},
+                               tuple(name for name, channel in self.channels.items() if channel.partner_editable))
 
     def topologies(self) -> list[ChannelTopology]:
         """Every registered channel's queues, with the running retry schedule."""

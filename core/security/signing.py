@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 SECRET_PREFIX = "whsec_"
+#: ``whsec_`` and 24 to 68 bytes in base64: whole groups of four characters, the last one padded.
 #: ``\Z``, not ``$``: that would also match before a final line break.
-SECRET_PATTERN = re.compile(r"^whsec_[A-Za-z0-9+/]{32,88}={0,2}\Z")
+SECRET_PATTERN = re.compile(r"^whsec_(?:[A-Za-z0-9+/]{4}){8,22}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
 
 
 def generate_secret() -> str:

@@ -125,10 +125,15 @@ class DestinationSchema(Schema):
 
     id = fields.String(required=True, validate=validate.Regexp(r"[a-z0-9_-]{1,64}\Z", error="must match [a-z0-9_-]+"))
     #: ``amqp(s)://user:password@host:port/vhost``; the credentials leave the URL and are stored encrypted.
-    url = fields.String(required=True, validate=_url)
+    url = fields.String(required=True, validate=_url, metadata={"json_schema": {
+        "format": "uri", "maxLength": 2000,
+        "pattern": r"^amqps?://([A-Za-z0-9._~%!$&'()*+,;=-]+(:[A-Za-z0-9._~%!$&'()*+,;=-]*)?@)?"
+                   r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~%-]*)?$"}})
     exchange = fields.String(required=True, validate=validate.Regexp(
         EXCHANGE, error="an exchange name: 1 to 255 letters, digits, '-', '_', '.' or ':'"))
-    routing_key = fields.String(load_default=DEFAULT_ROUTING_KEY, validate=_template)
+    routing_key = fields.String(load_default=DEFAULT_ROUTING_KEY, validate=_template, metadata={"json_schema": {
+        "maxLength": SHORT_STRING,
+        "pattern": rf"^([\x20-\x7a|~]|\{{({'|'.join(PLACEHOLDERS)})\}})*$"}})
     events = EventList()
     #: Only events this condition on their fields holds for are published (shipcast.model.filters).
     filter = FilterField()

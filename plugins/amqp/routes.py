@@ -23,8 +23,8 @@ router = APIRouter(prefix="/v1/partners/{partner_id}/amqp/destinations", depende
 
 
 @router.get("/{destination_id}/secret")
-async def get_secret(partner_id: str, destination_id: str, request: Request,
-                     actor: Actor = Depends(actor_of)) -> dict[str, Any]:
+async def get_destination_secret(partner_id: str, destination_id: str, request: Request,
+                                 actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """The destination's current secret (``whsec_…``), and until when a
     rotated-out one still signs beside it. The audit log records who fetched
     it. A new secret given in the destination's config rotates it."""

@@ -35,7 +35,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validates
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.messaging import outbox
-from shipcast.messaging.fields import Critical, QuietHours, TemplateText
+from shipcast.messaging.fields import Critical, QuietHours, TemplateDir, Templates
 from shipcast.messaging.rules import keep_rules, mask
 from shipcast.messaging.templates import check_templates, context, language_of, render, serves
 from shipcast.model.envelope import Event
@@ -82,17 +82,24 @@ def _policy() -> EmailPolicy[EmailMessage]:
 POLICY = _policy()
 
 
+#: An address as the sender check below takes it, for the config's JSON Schema.
+_ADDRESS = r"[^<>@\s\",;:()\[\]\\]+@[^<>@\s\",;:()\[\]\\.]+(\.[^<>@\s\",;:()\[\]\\.]+)+"
+
+
 class EmailConfig(Schema):
     class Meta:
         unknown = RAISE
 
     events = EventList()
-    from_address = fields.String(required=True)
+    from_address = fields.String(required=True, metadata={
+        "description": "The sender: an address, with a display name or not",
+        "examples": ["Acme Retail <orders@acme.example.com>"],
+        "json_schema": {"pattern": rf"^({_ADDRESS}|[^<>@\",;:()\[\]\\]*<{_ADDRESS}>)$"}})
     reply_to = fields.Email()
     transactional = fields.List(fields.String(), load_default=lambda: list(TRANSACTIONAL))
-    templates = fields.Dict(keys=fields.String(), values=TemplateText(), load_default=dict)
+    templates = Templates()
     #: A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``.
-    template_dir = fields.String()
+    template_dir = TemplateDir()
     quiet_hours = fields.Nested(QuietHours)
     critical = Critical()
 

@@ -35,7 +35,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, SentBefore
 from shipcast.messaging import outbox
-from shipcast.messaging.fields import Critical, IdsByType, QuietHours, TemplateText, id_for
+from shipcast.messaging.fields import Critical, IdsByType, QuietHours, TemplateDir, Templates, id_for
 from shipcast.messaging.rules import finish_sends, keep_rules, mask, send_noted
 from shipcast.messaging.templates import LANGUAGES, check_templates, language_of, render, serves, text_language
 from shipcast.model.catalog import current
@@ -63,9 +63,9 @@ class SmsConfig(Schema):
     country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}\Z", error="must be like IN"))
     #: India's DLT id of each event type's text: one, or one per language (each text is registered apart).
     dlt_template_ids = IdsByType(r"[0-9]{19}", "must be a 19-digit DLT template id")
-    templates = fields.Dict(keys=fields.String(), values=TemplateText(), load_default=dict)
+    templates = Templates()
     #: A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``.
-    template_dir = fields.String()
+    template_dir = TemplateDir()
     quiet_hours = fields.Nested(QuietHours)
     critical = Critical()
 

@@ -31,6 +31,7 @@ from shipcast.model.catalog import validating
 from shipcast.model.envelope import Event
 from shipcast.model.examples import example
 from shipcast.model.filters import unmatched_filter
+from shipcast.model.json_schemas import Describer, JsonSchema, json_pattern
 from shipcast.model.partners import Partner, _flatten, lone_surrogates
 from shipcast.security.crypto import secret_box
 from shipcast.security.signing import SECRET_PATTERN, generate_secret
@@ -95,6 +96,38 @@ def describe(services: Services, partner_id: str, endpoint: Mapping[str, Any]) -
         "failing_since": failing.isoformat() if failing else None,
         "previous_secret_valid_until": datetime.fromtimestamp(max(overlaps), UTC).isoformat() if overlaps else None,
     }
+
+
+#: How :func:`describe` shows an endpoint, for the API's documentation.
+SHOWN: JsonSchema = {
+    "type": "object", "description": "An endpoint: its settings and health, never its secret",
+    "properties": {
+        "id": {"type": "string"}, "url": {"type": "string", "description": "Without any credentials it carries"},
+        "events": {"type": "array", "items": {"type": "string"}, "description": "Event types, or [\"*\"]"},
+        "url_credentials": {"type": "boolean", "description": "Whether the URL was given with user:password@"},
+        "description": {"type": ["string", "null"]}, "ordered": {"type": "boolean"},
+        "asymmetric": {"type": "boolean"}, "rate_limit": {"type": ["number", "null"]},
+        "max_concurrency": {"type": ["integer", "null"]},
+        "filter": {"type": ["object", "null"], "description": "Its filter, as given"},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "Its own headers' names, each value masked"},
+        "auth": {"type": ["object", "null"], "description": "Its authentication's type and user name, masked",
+                 "properties": {"type": {"type": "string"}, "username": {"type": "string"},
+                                "password": {"type": "string"}, "token": {"type": "string"}}},
+        "disabled": {"type": "boolean"},
+        "failing_since": {"type": ["string", "null"], "format": "date-time"},
+        "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time",
+                                        "description": "Until when a rotated-out secret still signs"}}}
+SHOWN["required"] = list(SHOWN["properties"])
+#: A registered endpoint: as shown, and its secret, this once.
+REGISTERED: JsonSchema = {**SHOWN, "description": "The endpoint registered, and its secret",
+                          "required": [*SHOWN["required"], "secret"],
+                          "properties": {**SHOWN["properties"], "secret": {"type": "string"}}}
+#: An endpoint's current secret, as :func:`current_secret` gives it.
+SECRET: JsonSchema = {"type": "object", "required": ["secret"], "properties": {
+    "secret": {"type": "string", "description": "whsec_ and base64: the key of v1 signatures"},
+    "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time",
+                                    "description": "Until when the secret it replaced still signs"}}}
 
 
 def validate(services: Services, data: Any, *, partial: bool) -> dict[str, Any]:
@@ -250,6 +283,37 @@ async def reveal_secret(services: Services, partner_id: str, endpoint_id: str, a
     return shown
 
 
+def creation_schema(describer: Describer) -> JsonSchema:
+    """What :func:`create` takes: an endpoint as the channel's schema loads it."""
+    return describer.ref(EndpointSchema)
+
+
+def update_schema(describer: Describer) -> JsonSchema:
+    """What :func:`update` takes: any of an endpoint's fields but its id and
+    secret, each clearable setting ``null`` too."""
+    return describer.define("EndpointUpdate", {
+        **describer.schema(EndpointSchema, partial=True, exclude=("id", "secret"), nullable=CLEARABLE),
+        "description": "The fields to change; null for description, rate_limit or max_concurrency "
+                       "goes back to the default"})
+
+
+#: What a rotation may say: the new secret (else one is generated) and how long the old one keeps signing.
+ROTATION_FIELDS = ("secret", "overlap_seconds")
+
+
+def rotation_schema(describer: Describer) -> JsonSchema:
+    """What :func:`rotate_secret` takes, from the checks it makes."""
+    return describer.define("SecretRotation", {
+        "type": "object", "additionalProperties": False,
+        "description": "A new secret, or none for one generated; the old one keeps signing for overlap_seconds",
+        "properties": {
+            "secret": {"type": ["string", "null"], "pattern": json_pattern(SECRET_PATTERN.pattern),
+                       "description": "The new secret (not the current one); absent or null: one is generated"},
+            "overlap_seconds": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_OVERLAP,
+                                "description": "Seconds the old secret keeps signing; absent or null: "
+                                               "SHIPCAST_WEBHOOK_SECRET_OVERLAP (24 h)"}}})
+
+
 async def rotate_secret(services: Services, partner_id: str, endpoint_id: str, secret: Any = None,
                         overlap: Any = None, *, actor: Actor) -> dict[str, Any]:
     """Replace an endpoint's secret with ``secret`` (or a new one); the old one
@@ -274,6 +338,19 @@ async def rotate_secret(services: Services, partner_id: str, endpoint_id: str, s
                  after={"overlap_seconds": float(overlap), "given": secret is not None,
                         "previous_secret_valid_until": rotated["previous_secret_valid_until"]})
     return rotated
+
+
+#: What a test send may say: the type of its sample event.
+TEST_FIELDS = ("event_type",)
+
+
+def test_send_schema(describer: Describer) -> JsonSchema:
+    """What :func:`send_test` takes: a registered event type."""
+    return describer.define("TestSend", {
+        "type": "object", "additionalProperties": False,
+        "properties": {"event_type": {"type": "string", "enum": list(describer.catalog.event_types),
+                                      "default": "OFD",
+                                      "description": "The sample event's type"}}})
 
 
 async def send_test(services: Services, partner_id: str, endpoint_id: str, event_type: Any = "OFD", *,

@@ -103,7 +103,8 @@ class WebhookConfig(Schema):
         unknown = RAISE
 
     endpoints = fields.List(fields.Nested(EndpointSchema), required=True,
-                            validate=validate.Length(min=1, error="list at least one endpoint"))
+                            validate=validate.Length(min=1, error="list at least one endpoint"),
+                            metadata={"description": "The partner's endpoints, each id once"})
 
     @validates_schema
     def _unique_ids(self, data: dict[str, Any], **_: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shipcast.exceptions import ConfigError
+from shipcast.model.json_schemas import Describer, JsonSchema
 from shipcast.security.crypto import SecretBox
 
 #: How a stored header value, password or token is shown; given back, it keeps the stored one.
@@ -42,6 +43,11 @@ RESERVED = frozenset({"host", "content-type", "content-length", "content-encodin
                       "traceparent", "tracestate"})
 RESERVED_PREFIXES = ("webhook-", "proxy-")
 AUTHORIZATION = "authorization"
+
+
+def _any_case(text: str) -> str:
+    """``text`` as a pattern that ignores case (JSON Schema's patterns have no flag for it)."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in text)  # letters, digits and -
 
 
 def _reserved(name: str) -> str | None:
@@ -74,6 +80,19 @@ class HeadersField(fields.Dict):
         kwargs.setdefault("metadata", {"description": f"Sent with each delivery, at most {MAX_HEADERS}; stored "
                                                       f"encrypted, shown as {MASK}, which given back keeps a value"})
         super().__init__(keys=fields.String(), values=fields.String(), **kwargs)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        """The checks of :meth:`_deserialize`, but the one across names (no
+        name twice, ignoring case), which its description says in words."""
+        reserved = "|".join([*(_any_case(prefix) + ".*" for prefix in RESERVED_PREFIXES),
+                             *(_any_case(name) for name in sorted(RESERVED))])
+        return {"type": "object", "maxProperties": MAX_HEADERS,
+                "description": f"Sent with each delivery, at most {MAX_HEADERS}, each name once (ignoring case); "
+                               f"stored encrypted, shown as {MASK}, which given back keeps a value",
+                "propertyNames": {"pattern": f"^{_TOKEN.pattern}$", "maxLength": MAX_NAME,
+                                  "not": {"pattern": f"^({reserved})$"}},
+                "additionalProperties": {"type": "string", "maxLength": MAX_VALUE,
+                                         "pattern": r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"}}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, str]:
         if not isinstance(value, Mapping):
@@ -151,6 +170,22 @@ class AuthField(fields.Nested):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(AuthSchema, **kwargs)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        """:class:`AuthSchema`'s fields and the checks that tie them to its ``type``."""
+        text = {"type": "string", "minLength": 1, "pattern": r"^[^\x00-\x1f\x7f]*$"}
+        username = {**text, "maxLength": MAX_USERNAME, "pattern": r"^[^\x00-\x1f\x7f:]*$"}
+        password = {**text, "maxLength": MAX_PASSWORD}
+        token = {"type": "string", "minLength": 1, "maxLength": MAX_VALUE, "pattern": f"^{_B64TOKEN.pattern}$"}
+        return describer.define("Auth", {
+            "description": "HTTP authentication sent as Authorization, beside the signature; a password or "
+                           f"token left out, or given as {MASK}, keeps the one stored (so one is required "
+                           "where none is)",
+            "oneOf": [
+                {"type": "object", "required": ["type", "username"], "additionalProperties": False,
+                 "properties": {"type": {"const": "basic"}, "username": username, "password": password}},
+                {"type": "object", "required": ["type"], "additionalProperties": False,
+                 "properties": {"type": {"const": "bearer"}, "token": token}}]})
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, partial: Any = None, **kwargs: Any) -> Any:
         return super()._deserialize(value, attr, data, partial=False, **kwargs)

@@ -78,7 +78,8 @@ class WhatsAppConfig(Schema):
     country = fields.String(load_default="IN", validate=validate.Regexp(r"^[A-Z]{2}\Z", error="must be like IN"))
     #: The approved content template of each event type: one, or one per language.
     content_sids = IdsByType(r"HX[0-9a-fA-F]{32}", "must be an approved content template's sid (HX…)",
-                             required=True)
+                             required=True, metadata={"description": "The approved content template (HX…) of "
+                                                      "each event type in events, or per language (en required)"})
     variables = fields.Dict(keys=fields.String(), values=fields.List(
         fields.String(validate=validate.Length(min=1, max=1000)), validate=validate.Length(max=20)),
         load_default=dict)

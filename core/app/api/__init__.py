@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shipcast import __version__, metrics, tracing
 from shipcast.app import portal
-from shipcast.app.api import admin, ingest, partner
+from shipcast.app.api import admin, document, ingest, partner
 from shipcast.app.api.access import (
     JSONAnswer,
     Principal,
@@ -79,7 +79,8 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
                 await services.close()
 
     app = fastapi_app(title="shipcast", version=__version__, lifespan=lifespan,
-                      description="Order events in; signed webhooks and no-code channels out.")
+                      description="Order events in; signed webhooks and no-code channels out.",
+                      generate_unique_id_function=document.operation_id)
     app.state.services = services
     app.state.resend_quota = Quota(services.settings.partner_resend_quota)
 
@@ -165,17 +166,19 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
             app.include_router(router)
 
     # The envelope is documented in OpenAPI from the same models ingest validates
-    # with, and with the same rows: the registered event types and their groups.
+    # with, and with the same rows: the registered event types and their groups;
+    # bodies validated by marshmallow or by hand, from the rules that check them.
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            document = original()
+            described = original()
             event = json_schema(services.registry.event_types, as_input=True, ref_template="#/components/schemas/{model}")
-            components = document.setdefault("components", {}).setdefault("schemas", {})
+            components = described.setdefault("components", {}).setdefault("schemas", {})
             components.update(event.pop("$defs", {}))
             components["Event"] = event
-            app.openapi_schema = document
+            document.complete(described, services.registry.catalog)
+            app.openapi_schema = described
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

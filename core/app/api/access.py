@@ -114,8 +114,15 @@ _ERRORS = {
 }
 
 
+#: Every error answer, documented once (as the component ``Error``).
+ERROR = {"type": "object", "required": ["detail"], "description": "What is wrong",
+         "properties": {"detail": {"description": "In words, or each field wrong with why"},
+                        "errors": {"type": "object", "description": "Each field wrong, by its path, and why",
+                                   "additionalProperties": {"type": "array", "items": {"type": "string"}}}}}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` for error statuses a route answers with, each ``{"detail": …}``."""
-    schema = {"type": "object", "required": ["detail"], "properties": {"detail": {}}}
+    """The OpenAPI ``responses`` for error statuses a route answers with, each an :data:`ERROR`."""
+    schema = {"$ref": "#/components/schemas/Error"}
     return {status: {"description": _ERRORS[status], "content": {"application/json": {"schema": schema}}}
             for status in statuses}

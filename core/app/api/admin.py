@@ -15,6 +15,7 @@ from shipcast.app.api.access import (
     errors,
     require_token,
 )
+from shipcast.app.api.document import links, request_body
 from shipcast.app.audit import Actor, record
 from shipcast.app.people import invite
 from shipcast.app.people import revoke_session as end_session_by_id
@@ -24,7 +25,7 @@ from shipcast.app.tokens import create_token, revoke_token
 from shipcast.delivery.replay import replay_deliveries
 from shipcast.exceptions import ConfigError
 from shipcast.model.outcomes import DeliveryStatus
-from shipcast.model.partners import Partner, load_partners, read_yaml
+from shipcast.model.partners import Partner, document_schema, load_partners, read_yaml
 from shipcast.plugin.public import public_partner
 
 
@@ -68,7 +69,7 @@ async def stored_partner(request: Request, partner_id: str) -> Partner:
     return partner
 
 
-@router.post("/partners/{partner_id}/tokens", status_code=201, responses=errors(404))
+@router.post("/partners/{partner_id}/tokens", status_code=201, responses=errors(404, 422))
 async def create_partner_token(partner_id: str, request: Request,
                                name: str = Query("default", min_length=1, max_length=200),
                                actor: Actor = Depends(actor_of)) -> dict[str, str]:
@@ -110,9 +111,24 @@ async def delete_partner(partner_id: str, request: Request, actor: Actor = Depen
             "bindings_removed": {q: sorted(k) for q, k in changes.removed.items()}}
 
 
-@router.post("/partners", responses=errors(422), openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "required": ["partners"]}},
-    "application/yaml": {"schema": {"type": "string"}}}}})
+#: A partners document with one partner and one webhook endpoint.
+EXAMPLE_DOCUMENT = {"partners": [{
+    "id": "acme", "name": "Acme Retail", "branding": {"primary_color": "#0a7cff"},
+    "channels": {"webhook": {"endpoints": [{"id": "orders", "url": "https://hooks.acme.example.com/shipcast",
+                                            "events": ["OFD", "DEL", "FAIL", "RET"]}]}}}]}
+#: Where the partner routes take a partner id from: the first partner a document applied.
+APPLIED = {"partner_id": "$response.body#/applied/0"}
+
+
+@router.post("/partners", responses={**errors(422), 200: {"description": "Applied", **links(
+    dict.fromkeys(("get_partner", "create_partner_token", "create_endpoint", "list_endpoints", "get_config",
+                   "put_branding", "patch_branding", "list_messages"), APPLIED), "the partner applied first")}},
+             openapi_extra=request_body(document_schema, also=("application/yaml",),
+                                        examples={"one partner": EXAMPLE_DOCUMENT}, description=(
+                 "A partners document, in JSON or YAML, validated as the partners file is: each field as "
+                 "described, then each channel's own checks (every template compiles and renders, a webhook "
+                 "endpoint's URL is one shipcast may send to, an SMS provider is installed); the answer names "
+                 "each field refused.")))
 async def post_partners(request: Request, actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Apply a partners document (the partners file, as JSON or YAML): upsert the
     partners in it and make the bindings match."""

@@ -17,12 +17,16 @@ from shipcast.app.api.access import (
     errors,
     partner_scope,
 )
+from shipcast.app.api.document import request_body
 from shipcast.app.audit import Actor
 from shipcast.app.messages import resend_quota
 from shipcast.app.paging import encode_cursor, page_start
 from shipcast.app.partner_config import UnknownPartner
 from shipcast.app.services import services_of
 from shipcast.exceptions import DeliveryError
+from shipcast.messaging.fields import NOT_BLANK
+from shipcast.messaging.templates import LANGUAGES
+from shipcast.model.json_schemas import Describer, JsonSchema
 from shipcast.model.outcomes import DeliveryStatus, Outcome
 from shipcast.model.partners import BRANDING
 
@@ -128,22 +132,27 @@ async def _change(request: Request, partner_id: str, section: str, body: Any, ac
     return partner_config.describe(services.registry, changed)
 
 
-@router.put("/config/branding", responses=errors(404, 422))
+@router.put("/config/branding", responses=errors(404, 422), openapi_extra=request_body(
+    partner_config.branding_schema,
+    examples={"colour": {"primary_color": "#0a7cff", "support_phone": "+919876543210"}}))
 async def put_branding(partner_id: str, request: Request, body: dict[str, Any] = Body(...),
                        actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Set the branding (``logo_url``, ``primary_color``, ``support_phone``,
-    ``support_email``) the tracking page and customer messages wear."""
+    ``support_email``) the tracking page and customer messages wear. A field
+    the operator's partners file sets is theirs: changing it is refused (422)."""
     return await _change(request, partner_id, BRANDING, body, actor, patch=False)
 
 
-@router.patch("/config/branding", responses=errors(404, 422))
+@router.patch("/config/branding", responses=errors(404, 422), openapi_extra=request_body(
+    partner_config.branding_patch_schema, examples={"no logo": {"logo_url": None}}))
 async def patch_branding(partner_id: str, request: Request, body: dict[str, Any] = Body(...),
                          actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Change some branding fields (JSON merge patch: ``null`` removes one)."""
     return await _change(request, partner_id, BRANDING, body, actor, patch=True)
 
 
-@router.put("/config/channels/{channel}", responses=errors(404, 422))
+@router.put("/config/channels/{channel}", responses=errors(404, 422), openapi_extra=request_body(
+    partner_config.channel_schema, examples={"sms": {"sender": "ACMEIN", "events": ["OFD", "FAIL"]}}))
 async def put_channel(partner_id: str, channel: str, request: Request, body: dict[str, Any] = Body(...),
                       actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Turn a customer channel on with this config, or replace its config:
@@ -153,7 +162,9 @@ async def put_channel(partner_id: str, channel: str, request: Request, body: dic
     return await _change(request, partner_id, channel, body, actor, patch=False)
 
 
-@router.patch("/config/channels/{channel}", responses=errors(404, 422))
+@router.patch("/config/channels/{channel}", responses=errors(404, 422), openapi_extra=request_body(
+    partner_config.channel_patch_schema,
+    examples={"quiet nights": {"quiet_hours": {"start": "21:00", "end": "08:00"}}}))
 async def patch_channel(partner_id: str, channel: str, request: Request, body: dict[str, Any] = Body(...),
                         actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Change part of a channel's config (JSON merge patch, RFC 7396:
@@ -178,7 +189,27 @@ class PreviewRequest(BaseModel):
     config: dict[str, Any] | None = None
 
 
-@router.post("/config/channels/{channel}/preview", responses=errors(404, 422))
+def _sample(describer: Describer, model: type[BaseModel]) -> JsonSchema:
+    """``model``'s JSON Schema, its sample event's type and language among those registered."""
+    described = model.model_json_schema()
+    described["properties"]["event_type"] = {"type": "string", "enum": list(describer.catalog.event_types),
+                                             "default": "OFD", "description": "The sample event's type"}
+    described["properties"]["language"] = {"type": "string", "enum": list(LANGUAGES), "default": "en",
+                                           "description": "The language of the message"}
+    return describer.define(model.__name__, described)
+
+
+def preview_schema(describer: Describer) -> JsonSchema:
+    return _sample(describer, PreviewRequest)
+
+
+def test_message_schema(describer: Describer) -> JsonSchema:
+    return _sample(describer, TestMessage)
+
+
+@router.post("/config/channels/{channel}/preview", responses=errors(404, 422), openapi_extra=request_body(
+    preview_schema, examples={"a draft": {"event_type": "FAIL", "language": "hi", "config": {
+        "sender": "ACMEIN", "templates": {"FAIL": "{{ order.order_id }}: we missed you"}}}}))
 async def preview_channel(partner_id: str, channel: str, request: Request, body: PreviewRequest) -> dict[str, Any]:
     """The message the channel would send for a sample event, as the draft
     ``config`` (or the saved one) makes it: with a realistic sample and with
@@ -195,12 +226,15 @@ class TestMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to: str = Field(min_length=3, max_length=254)
+    to: str = Field(min_length=3, max_length=254, pattern=NOT_BLANK,
+                    description="A phone number or an email address the channel sends to")
     event_type: str = Field("OFD", max_length=64)
     language: str = Field("en", pattern="^(en|hi)$")
 
 
-@router.post("/config/channels/{channel}/test", status_code=202, responses=errors(404, 422, 429, 502))
+@router.post("/config/channels/{channel}/test", status_code=202, responses=errors(404, 422, 429, 502),
+             openapi_extra=request_body(test_message_schema,
+                                        examples={"to me": {"to": "+919876543210", "event_type": "OFD"}}))
 async def test_channel(partner_id: str, channel: str, request: Request, body: TestMessage,
                        actor: Actor = Depends(actor_of)) -> dict[str, Any]:
     """Send the channel's message for a sample event, as the saved config
