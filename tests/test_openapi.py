@@ -67,7 +67,7 @@ APPLIED_CHECKS = {"post_partners", "put_channel", "patch_channel"}
 RULES_IN_WORDS = ("duplicate partner id", "duplicate endpoint ids", "duplicate destination ids",
                   "start and end are the same", "no approved content template for",
                   "set by the operator's partners file", "never matches", "given twice (as", "too large: at most",
-                  "is stored to keep")
+                  "is stored to keep", "nested too deeply")
 
 
 def refused_only_by_rules_in_words(case: Any, response: Any) -> bool:
