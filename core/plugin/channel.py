@@ -9,12 +9,13 @@ declares its queues, consumes, retries and dead-letters for it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from marshmallow import Schema
 
+from shipcast import metrics, tracing
 from shipcast.amqp.topology import ChannelTopology
 from shipcast.exceptions import ConfigError
 from shipcast.model.partners import EventList, declared
@@ -74,6 +75,40 @@ def receives(config: Mapping[str, Any], event_type: str) -> bool:
     """Whether a config's ``events`` (absent: ``["*"]``) take events of ``event_type``."""
     events = config.get("events", ["*"])
     return "*" in events or event_type in events
+
+
+def filtered_targets(event_type: str, entries: Iterable[Mapping[str, Any]],
+                     target: Callable[[Mapping[str, Any]], Target | None], metric: str, *,
+                     id_label: str, **labels: str) -> list[Target]:
+    """The targets of a partner's ``entries`` (endpoints, destinations) that
+    take ``event_type``; ``target`` gives ``None`` for one whose filter keeps
+    the event out. Those are not sent to and cost no attempt: each is counted
+    in ``metric`` (with ``labels``, and the entry's id as ``id_label``) and
+    noted on the trace. Called for an event's first delivery
+    only: a copy for one target asks :func:`filtered_target`."""
+    found, kept_out = [], []
+    for entry in entries:
+        if not receives(entry, event_type):
+            continue
+        chosen = target(entry)
+        if chosen is None:
+            metrics.inc(metric, 1, **labels, **{id_label: entry["id"]})
+            kept_out.append(entry["id"])
+        else:
+            found.append(chosen)
+    if kept_out:  # the trace says why these have no attempt
+        tracing.note({tracing.FILTERED: kept_out})
+    return found
+
+
+def filtered_target(event_type: str, entries: Iterable[Mapping[str, Any]], target_id: str,
+                    target: Callable[[Mapping[str, Any]], Target | None]) -> Target | None:
+    """The entry ``target_id`` as a target for a copy aimed at it alone, if it
+    still takes ``event_type`` and its filter the event (nothing counted)."""
+    for entry in entries:
+        if entry["id"] == target_id:
+            return target(entry) if receives(entry, event_type) else None
+    return None
 
 
 def routing_keys(partner_id: str, events: Sequence[str]) -> set[str]:

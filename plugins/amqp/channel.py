@@ -26,12 +26,19 @@ from aiormq.exceptions import (
 )
 from pamqp.commands import Basic
 
-from shipcast import metrics, tracing
+from shipcast import tracing
 from shipcast.exceptions import ConfigError, DeferDelivery, PermanentDelivery, RetryableDelivery
 from shipcast.model.envelope import Event
 from shipcast.model.filters import CompiledFilters
 from shipcast.model.partners import Partner
-from shipcast.plugin.channel import Channel, Delivered, Target, receives, routing_keys
+from shipcast.plugin.channel import (
+    Channel,
+    Delivered,
+    Target,
+    filtered_target,
+    filtered_targets,
+    routing_keys,
+)
 from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.security.crypto import secret_box
 from shipcast.security.endpoint_secrets import masked_userinfo, valid_secrets, with_secret, with_userinfo
@@ -126,31 +133,15 @@ class AmqpChannel(Channel):
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         if partner is None:
             return []
-        found = []
-        filtered = []
-        for destination in (partner.channels.get(self.name) or {}).get("destinations", []):
-            if not receives(destination, event.event_type):
-                continue
-            target = self._filtered(partner.id, destination, event)
-            if target is None:
-                # Not published, and no attempt: the destination asked not to have it. Counted
-                # at the event's first delivery only (a copy for one target asks target_for).
-                metrics.inc("shipcast_amqp_filtered_total", partner=event.partner_id, destination=destination["id"])
-                filtered.append(destination["id"])
-                continue
-            found.append(target)
-        if filtered:  # the trace says why these destinations have no attempt
-            tracing.note({tracing.FILTERED: filtered})
-        return found
+        return filtered_targets(event.event_type, (partner.channels.get(self.name) or {}).get("destinations", []),
+                                lambda destination: self._filtered(partner.id, destination, event),
+                                "shipcast_amqp_filtered_total", partner=event.partner_id, id_label="destination")
 
     def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
         if partner is None:
             return None
-        for destination in (partner.channels.get(self.name) or {}).get("destinations", []):
-            if destination["id"] == target_id:
-                return self._filtered(partner.id, destination, event) if receives(destination, event.event_type) \
-                    else None
-        return None
+        return filtered_target(event.event_type, (partner.channels.get(self.name) or {}).get("destinations", []),
+                               target_id, lambda destination: self._filtered(partner.id, destination, event))
 
     def _filtered(self, partner_id: str, destination: Mapping[str, Any], event: Event) -> Target | None:
         """``destination`` as a target for ``event``; ``None`` when its filter

@@ -14,13 +14,21 @@ import aiohttp
 import yarl
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from shipcast import metrics, tracing
+from shipcast import tracing
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
 from shipcast.model.filters import CompiledFilters, FilterField, unmatched_filter
 from shipcast.model.partners import Partner
-from shipcast.plugin.channel import Channel, Delivered, EventList, Target, receives, routing_keys
+from shipcast.plugin.channel import (
+    Channel,
+    Delivered,
+    EventList,
+    Target,
+    filtered_target,
+    filtered_targets,
+    routing_keys,
+)
 from shipcast.plugin.context import ChannelContext, Registered
 from shipcast.retry_after import parse_retry_after
 from shipcast.security.crypto import SecretBox, secret_box
@@ -208,31 +216,15 @@ class WebhookChannel(Channel):
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         if partner is None:
             return []
-        config = partner.channels.get(self.name) or {}
-        found = []
-        filtered = []
-        for endpoint in config.get("endpoints", []):
-            if not receives(endpoint, event.event_type):
-                continue
-            target = self._filtered(partner.id, endpoint, event)
-            if target is None:
-                # Not sent, and no attempt: the endpoint asked not to have it. Counted here,
-                # for the event's first delivery only (a copy for one target asks target_for).
-                metrics.inc("shipcast_webhook_filtered_total", partner=event.partner_id, endpoint=endpoint["id"])
-                filtered.append(endpoint["id"])
-                continue
-            found.append(target)
-        if filtered:  # the trace says why these endpoints have no attempt
-            tracing.note({tracing.FILTERED: filtered})
-        return found
+        return filtered_targets(event.event_type, (partner.channels.get(self.name) or {}).get("endpoints", []),
+                                lambda endpoint: self._filtered(partner.id, endpoint, event),
+                                "shipcast_webhook_filtered_total", partner=event.partner_id, id_label="endpoint")
 
     def target_for(self, event: Event, partner: Partner | None, target_id: str) -> Target | None:
         if partner is None:
             return None
-        for endpoint in (partner.channels.get(self.name) or {}).get("endpoints", []):
-            if endpoint["id"] == target_id:
-                return self._filtered(partner.id, endpoint, event) if receives(endpoint, event.event_type) else None
-        return None
+        return filtered_target(event.event_type, (partner.channels.get(self.name) or {}).get("endpoints", []),
+                               target_id, lambda endpoint: self._filtered(partner.id, endpoint, event))
 
     def _filtered(self, partner_id: str, endpoint: Mapping[str, Any], event: Event) -> Target | None:
         """``endpoint`` as a target for ``event``; ``None`` when its filter
