@@ -204,6 +204,10 @@ class Broker:
             raise PublishNotConfirmed(f"broker refused {routing_key}: {exc}") from exc
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"lost RabbitMQ while publishing {routing_key}: {exc}") from exc
+        except RuntimeError as exc:  # aiormq's "<Connection …> closed": the broker went away under the publish
+            if "closed" not in str(exc):
+                raise
+            raise BrokerUnavailable(f"lost RabbitMQ while publishing {routing_key}: {exc}") from exc
         except aio_pika.exceptions.ChannelInvalidStateError as exc:
             # The channel closed under the publish (a reconnect that failed half way):
             # the next publish gets a new one; this one is the caller's to post again.
