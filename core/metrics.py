@@ -10,7 +10,13 @@ counter the partner and target id of a configured target (an endpoint id, or
 from __future__ import annotations
 
 import bisect
+import contextlib
+import json
+import os
 from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -42,6 +48,8 @@ METRICS: dict[str, tuple[str, str]] = {
 #: Histogram bucket bounds, seconds: from a fast webhook to a long retry tier.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0)
 CIRCUIT = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+#: Gauges whose processes' values are not added up: the worst one is shown.
+WORST_OF = frozenset({"shipcast_circuit_state"})
 
 _counters: Counter[tuple[str, Labels]] = Counter()
 _gauges: dict[tuple[str, Labels], float] = {}
@@ -92,12 +100,74 @@ def _line(name: str, labels: Labels, number: float) -> str:
     return f"{name}{{{text}}} {shown}" if text else f"{name} {shown}"
 
 
+#: Where the processes of one ``shipcast run`` leave their figures for each
+#: other (see :func:`share`), and this process's file there.
+_shared: tuple[Path, str] | None = None
+
+
+def share(directory: str | Path, name: str) -> None:
+    """Show the figures of every process sharing ``directory``: this one
+    writes its own there (:func:`publish`), and :func:`render` adds up the
+    others' with its own live figures."""
+    global _shared
+    _shared = Path(directory), f"{name}.json"
+
+
+def publish() -> None:
+    """Write this process's figures for the others (atomically: a reader sees
+    the last whole file). A no-op unless :func:`share` was called."""
+    if _shared is None:
+        return
+    directory, name = _shared
+    state = {"counters": [[metric, labels, number] for (metric, labels), number in _counters.items()],
+             "gauges": [[metric, labels, number] for (metric, labels), number in _gauges.items()],
+             "histograms": [[metric, labels, row] for (metric, labels), row in _histograms.items()]}
+    partial = directory / f".{name}.{os.getpid()}"
+    partial.write_text(json.dumps(state))
+    partial.replace(directory / name)
+
+
+def _others() -> Iterable[dict[str, Any]]:
+    if _shared is None:
+        return
+    directory, own = _shared
+    for path in sorted(directory.glob("*.json")):
+        if path.name != own:
+            with contextlib.suppress(OSError, ValueError):
+                yield json.loads(path.read_text())
+
+
+def _labels(found: Any) -> Labels:
+    return tuple((str(key), str(value)) for key, value in found)
+
+
+def _merged() -> tuple[Counter[tuple[str, Labels]], dict[tuple[str, Labels], float],
+                       dict[tuple[str, Labels], list[float]]]:
+    """This process's figures, with those the processes sharing its directory last wrote."""
+    counters = Counter(_counters)
+    gauges = dict(_gauges)
+    histograms = {key: list(row) for key, row in _histograms.items()}
+    for state in _others():
+        for metric, labels, number in state.get("counters", ()):
+            counters[metric, _labels(labels)] += number
+        for metric, labels, number in state.get("gauges", ()):
+            key = (metric, _labels(labels))
+            gauges[key] = max(gauges.get(key, number), number) if metric in WORST_OF \
+                else gauges.get(key, 0.0) + number
+        for metric, labels, row in state.get("histograms", ()):
+            key = (metric, _labels(labels))
+            mine = histograms.setdefault(key, [0.0] * len(row))
+            histograms[key] = [a + b for a, b in zip(mine, row, strict=True)]
+    return counters, gauges, histograms
+
+
 def render() -> str:
+    counters, gauges, histograms = _merged() if _shared is not None else (_counters, _gauges, _histograms)
     lines: list[str] = []
     for name, (kind, help_text) in METRICS.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         if kind == "histogram":
-            for (metric, labels), row in sorted(_histograms.items()):
+            for (metric, labels), row in sorted(histograms.items()):
                 if metric != name:
                     continue
                 cumulative = 0.0
@@ -108,7 +178,7 @@ def render() -> str:
                 lines.append(_line(f"{name}_sum", labels, round(row[-1], 6)))
                 lines.append(_line(f"{name}_count", labels, cumulative))
             continue
-        source: dict[tuple[str, Labels], float] = dict(_gauges) if kind == "gauge" else dict(_counters)
+        source: dict[tuple[str, Labels], float] = dict(gauges) if kind == "gauge" else dict(counters)
         rows = sorted((labels, number) for (metric, labels), number in source.items() if metric == name)
         if not rows and kind == "counter":
             rows = [((), 0)]

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     #: A process without the API (``shipcast worker``) serves ``/healthz``,
     #: ``/readyz`` and ``/metrics`` on this port when it is set.
     health_port: int | None = None
+    #: Processes ``shipcast run`` starts, each with the API and every channel
+    #: worker (0: one per CPU): they share the port and compete on the queues.
+    processes: int = Field(0, ge=0, le=256)
+    #: Set by ``shipcast run`` in each of its processes, not by hand: limits kept
+    #: in a process (an endpoint's concurrency and rate, the resend quota) are
+    #: divided by it, so that the processes together keep the configured ones.
+    process_share: int = Field(1, ge=1, le=256)
     api_token: str | None = Field(None, repr=False)
     management_url: str = "http://guest:guest@localhost:15672"
     retry_schedule: str = DEFAULT_RETRY_SCHEDULE
@@ -58,7 +65,8 @@ class Settings(BaseSettings):
     #: Seconds between background pruning passes, in each process that runs workers.
     prune_interval: float = Field(600.0, gt=0)
     #: Messages a partner may have sent again (test sends, resends, recovers)
-    #: through the partner API per hour, per API process.
+    #: through the partner API per hour, per API process (``shipcast run``
+    #: divides it among its processes).
     partner_resend_quota: int = Field(10_000, ge=1)
     #: Fernet keys (comma-separated; the first encrypts, all decrypt) for secrets at rest.
     #: Unset: a key is generated once into ``secret_key_file``.
@@ -67,7 +75,8 @@ class Settings(BaseSettings):
     webhook_require_https: bool = False
     #: Seconds a rotated-out endpoint secret still signs (default 24 h).
     webhook_secret_overlap: float = Field(86400.0, ge=0)
-    #: Per endpoint, per worker process: deliveries in flight at once, and per second (0: no limit).
+    #: Per endpoint, per worker process (``shipcast run`` divides them among its
+    #: processes): deliveries in flight at once, and per second (0: no limit).
     endpoint_concurrency: int = Field(256, ge=1)
     endpoint_rate_limit: float = Field(0.0, ge=0)
     #: The circuit breaker opens when at least ``breaker_min_requests`` of the last

@@ -9,7 +9,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,17 +39,22 @@ def select_channels(registry: Registry, names: Sequence[str]) -> list[str]:
 
 
 async def start_workers(services: Services, names: Sequence[str],
-                        started: list[ChannelWorker] | None = None) -> list[ChannelWorker]:
+                        started: list[ChannelWorker] | None = None, *, prepared: bool = False) -> list[ChannelWorker]:
     """Wait for the broker, apply the partners file (``SHIPCAST_CONFIG``) if
     there is one, then start one worker per named channel (none for the API alone).
 
     Each worker joins ``started`` as it starts, so a shutdown that cancels
     the start-up half way still stops (and drains) the workers already
-    consuming."""
+    consuming.
+
+    :param prepared: another process of the same ``shipcast run`` applied
+        the file and reconciled the bindings already."""
     started = [] if started is None else started
     await services.broker.connect()
     config = Path(services.settings.config)
-    if config.is_file():
+    if prepared:
+        log.debug("partners applied by the first process of this run")
+    elif config.is_file():
         partners = load_partners_file(config, catalog=services.registry.catalog)
         # Not a re-assertion by the operator: disabled endpoints stay disabled across restarts.
         await apply_partners(services, partners, source=str(config), reenable=False)
@@ -113,31 +119,55 @@ def health_server(services: Services, checks: Checks | None = None) -> ApiServer
                                     log_level="warning", access_log=False, lifespan="off"), services)
 
 
-async def serve(*, api: bool, worker_names: Sequence[str], services: Services | None = None) -> None:
+@dataclass(frozen=True)
+class Inherited:
+    """What one of several processes of ``shipcast run`` is handed: the
+    listening sockets the supervisor bound, and what to call once its workers
+    are consuming (and, if ``prepare``, the partners file is applied)."""
+
+    api: socket.socket | None
+    health: socket.socket | None
+    prepare: bool
+    ready: Callable[[], None]
+
+
+async def serve(*, api: bool, worker_names: Sequence[str], services: Services | None = None,
+                inherited: Inherited | None = None) -> None:
     """Run the API and/or workers until SIGINT or SIGTERM, then stop taking
     requests and messages, finish those in flight, and return."""
     services = services or Services.from_settings()
     tracing.start("run" if api and worker_names else "api" if api else "worker")
     try:
-        await _serve(services, api=api, worker_names=worker_names)
+        await _serve(services, api=api, worker_names=worker_names, inherited=inherited)
     finally:
         # The spans of the last deliveries, sent, however serving ended (services that would not start or close).
         await asyncio.to_thread(tracing.stop)
 
 
-async def _serve(services: Services, *, api: bool, worker_names: Sequence[str]) -> None:
+async def _serve(services: Services, *, api: bool, worker_names: Sequence[str],
+                 inherited: Inherited | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await services.start()
     workers: list[ChannelWorker] = []
-    starting = asyncio.create_task(start_workers(services, worker_names, workers))
+
+    async def start() -> None:
+        await start_workers(services, worker_names, workers,
+                            prepared=inherited is not None and not inherited.prepare)
+        if inherited is not None:
+            inherited.ready()
+
+    starting = asyncio.create_task(start())
     tasks: list[asyncio.Task[Any]] = [starting]
-    # The operations port (SHIPCAST_HEALTH_PORT) beside the API too, when it is set.
-    servers = [found for found in (api_server(services) if api else None, health_server(services))
-               if found is not None]
-    serving = [asyncio.create_task(server.serve()) for server in servers]
+    # The operations port (SHIPCAST_HEALTH_PORT) beside the API too, when it is set; several
+    # processes of one `shipcast run` listen on the sockets their supervisor bound.
+    listening = ((api_server(services) if api else None, inherited.api if inherited else None),
+                 (health_server(services), inherited.health if inherited else None))
+    servers = [server for server, _ in listening if server is not None]
+    serving = [asyncio.create_task(server.serve([sock] if sock is not None else None))
+               for server, sock in listening if server is not None]
     tasks += serving
     stopping = asyncio.create_task(stop.wait())
     try:

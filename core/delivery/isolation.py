@@ -6,7 +6,8 @@ cannot admit soon is deferred to a retry tier instead of holding one of the
 worker's prefetch slots; while the circuit is open, deliveries go to the retry
 tiers without a connection attempt, until one probe after the cool-down
 closes it again. Gates live in the worker process (each process judges the
-targets it sees).
+targets it sees); the processes of one ``shipcast run`` each take an equal
+share of a target's concurrency and rate (``Settings.process_share``).
 """
 
 from __future__ import annotations
@@ -221,8 +222,10 @@ class Gates:
 
     def get(self, partner_id: str, target: Target) -> Gate:
         key = (partner_id, target.id)
-        concurrency = target.concurrency or self.settings.endpoint_concurrency
-        rate = self.settings.endpoint_rate_limit if target.rate_limit is None else target.rate_limit
+        # Several processes of one `shipcast run` each keep their share of the limits.
+        share = self.settings.process_share
+        concurrency = -(-(target.concurrency or self.settings.endpoint_concurrency) // share)
+        rate = (self.settings.endpoint_rate_limit if target.rate_limit is None else target.rate_limit) / share
         gate = self._gates.get(key)
         if gate is None:
             s = self.settings

@@ -43,7 +43,8 @@ class Target:
     id: str
     address: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    #: Deliveries in flight at once to this target, per worker process;
+    #: Deliveries in flight at once to this target, per worker process (the
+    #: processes of one ``shipcast run`` share it out);
     #: ``None`` takes ``SHIPCAST_ENDPOINT_CONCURRENCY``.
     concurrency: int | None = None
     #: Deliveries per second to this target, per worker process; ``None`` takes

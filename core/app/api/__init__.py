@@ -82,7 +82,7 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
                       description="Order events in; signed webhooks and no-code channels out.",
                       generate_unique_id_function=document.operation_id)
     app.state.services = services
-    app.state.resend_quota = Quota(services.settings.partner_resend_quota)
+    app.state.resend_quota = Quota(-(-services.settings.partner_resend_quota // services.settings.process_share))
 
     @app.middleware("http")
     async def _ingest_requests(request: Request, call_next: Any) -> Response:

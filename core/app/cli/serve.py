@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import Sequence
 
 import click
@@ -27,15 +29,31 @@ DEVELOPMENT_OPERATOR = "operator@shipcast.local"
 
 
 @cli.command()
-def run() -> None:
-    """The API and every channel worker in one process."""
-    names = select_channels(registry(), [])
+@click.option("--processes", type=click.IntRange(0, 256), default=None, metavar="N",
+              help="Processes to run, each with the API and every channel worker "
+                   "(default SHIPCAST_PROCESSES; 0: one per CPU).")
+@click.option("--child", hidden=True, default=None, help="Set by shipcast run for the processes it starts.")
+def run(processes: int | None, child: str | None) -> None:
+    """The API and every channel worker, in one process per CPU."""
+    from shipcast.app import processes as several
+
+    found = registry()
+    names = select_channels(found, [])
+    if child is not None:  # one of several: the supervisor announced, warned and signed in
+        run_command(lambda: several.serve_child(json.loads(child), names, Services.from_settings(
+            found.settings, registry=found)))
+        return
+    count = several.process_count(found.settings if processes is None
+                                  else found.settings.model_copy(update={"processes": processes}))
     _announce()
     _warn_outbox(names)
-    if registry().settings.development:
+    if found.settings.development:
         _sign_in_link()
-    run_command(lambda: serve(api=True, worker_names=names, services=Services.from_settings(
-        registry().settings, registry=registry())))
+    if count == 1:
+        run_command(lambda: serve(api=True, worker_names=names, services=Services.from_settings(
+            found.settings, registry=found)))
+        return
+    sys.exit(several.supervise(found.settings, count))
 
 
 @cli.command()

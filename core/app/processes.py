@@ -1,0 +1,243 @@
+"""``shipcast run`` on every core: a supervisor and several processes, each
+running the API and every channel worker.
+
+The supervisor binds the API's port (and the operations port) once and hands
+the listening sockets to each process, so the kernel spreads connections
+among them; the processes consume the channels' queues competitively, as
+``shipcast worker`` processes do. The first process starts alone: it waits
+for RabbitMQ and applies the partners file, which binds the queues; the
+others start once it has, so none serves partners older than the file.
+
+A process that dies is started again (after a pause that grows while it
+keeps dying); one that exits before it was ever ready ends the command with
+its exit status (a partners file that does not load, say). SIGINT or SIGTERM
+is passed to every process, which drains as a lone ``shipcast run`` does, and
+the supervisor exits once they have.
+
+What a process keeps in memory is its own: the limits it enforces (an
+endpoint's concurrency and rate, the resend quota) are its share of the
+configured ones (``SHIPCAST_PROCESS_SHARE``), and ``/metrics``, in any of
+them, adds up every process's figures, which each writes to a directory they
+share every second (:func:`shipcast.metrics.share`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipcast import metrics
+from shipcast.app.runtime import Inherited, serve
+from shipcast.app.services import Services
+from shipcast.settings import Settings
+
+log = logging.getLogger("shipcast")
+
+#: Seconds between the figures each process writes for the others.
+METRICS_EVERY = 1.0
+#: Seconds a process that died waits before it is started again, at first and at most.
+RESTART_FIRST, RESTART_MOST = 0.5, 30.0
+#: Seconds a process must have run for its restart pause to start again from the first.
+RESTART_RESET = 60.0
+#: Seconds each process has to drain after SIGTERM (past its own 30 s) before it is killed.
+STOP_GRACE = 40.0
+
+
+def process_count(settings: Settings) -> int:
+    """How many processes ``shipcast run`` starts: ``SHIPCAST_PROCESSES``, or one per CPU it may use."""
+    if settings.processes:
+        return settings.processes
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - macOS
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, inherited by the processes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class Process:
+    """One process of the run, as the supervisor sees it."""
+
+    index: int
+    popen: subprocess.Popen[bytes] | None = None
+    ready_fd: int | None = None
+    ready: bool = False
+    started_at: float = 0.0
+    pause: float = RESTART_FIRST
+    restart_at: float | None = None
+    exits: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Starts, watches and stops the processes of one ``shipcast run``."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
+        self.count = count
+        self.api = listening_socket(settings.host, settings.port)
+        self.health = listening_socket(settings.host, settings.health_port) \
+            if settings.health_port is not None else None
+        self.shared = tempfile.mkdtemp(prefix="shipcast-metrics-")
+        self.processes = [Process(index) for index in range(count)]
+        self.stopping = False
+
+    def run(self) -> int:
+        """Run until SIGINT or SIGTERM (0), or until a process fails before it
+        was ever ready (its exit status)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop)
+        log.info("shipcast run: %d processes on http://%s:%d", self.count, self.settings.host, self.settings.port)
+        try:
+            self._start(self.processes[0], prepare=True)
+            return self._watch()
+        finally:
+            self._stop_all()
+            self.api.close()
+            if self.health is not None:
+                self.health.close()
+            shutil.rmtree(self.shared, ignore_errors=True)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _watch(self) -> int:
+        while not self.stopping:
+            waiting = {p.ready_fd: p for p in self.processes if p.ready_fd is not None and not p.ready}
+            with contextlib.suppress(InterruptedError):
+                readable, _, _ = select.select(list(waiting), [], [], 0.2)
+                for fd in readable:
+                    self._became_ready(waiting[fd])
+            if self.stopping:  # the processes had the signal too (a terminal's ^C, a process group's TERM)
+                break
+            now = time.monotonic()
+            for process in self.processes:
+                if process.popen is not None and process.popen.poll() is not None:
+                    failed = self._exited(process, now)
+                    if failed is not None:
+                        return failed
+                if process.restart_at is not None and now >= process.restart_at and not self.stopping:
+                    self._start(process, prepare=False)
+        return 0
+
+    def _became_ready(self, process: Process) -> None:
+        assert process.ready_fd is not None
+        if not os.read(process.ready_fd, 16):
+            return  # its end closed: it exited, which the next poll sees
+        process.ready = True
+        if process.index == 0:  # the partners are applied: the others may start
+            for other in self.processes[1:]:
+                if other.popen is None and other.restart_at is None:
+                    self._start(other, prepare=False)
+
+    def _exited(self, process: Process, now: float) -> int | None:
+        """A process exited on its own: its exit status if the run must end, else ``None`` (it restarts)."""
+        assert process.popen is not None
+        code = process.popen.returncode
+        was_ready, ran = process.ready, now - process.started_at
+        self._forget(process)
+        if not was_ready and not process.exits:
+            log.error("shipcast run: process %d exited (%d) before it was ready; stopping", process.index, code)
+            return code or 1
+        process.exits.append(code)
+        process.pause = RESTART_FIRST if ran >= RESTART_RESET else min(process.pause * 2, RESTART_MOST)
+        process.restart_at = now + process.pause
+        log.error("shipcast run: process %d exited (%d) after %.1fs; starting it again in %.1fs",
+                  process.index, code, ran, process.pause)
+        return None
+
+    def _forget(self, process: Process) -> None:
+        if process.ready_fd is not None:
+            os.close(process.ready_fd)
+        process.popen, process.ready_fd, process.ready = None, None, False
+
+    def _start(self, process: Process, *, prepare: bool) -> None:
+        read_fd, write_fd = os.pipe()
+        inherited = [self.api.fileno(), write_fd, *([self.health.fileno()] if self.health is not None else [])]
+        spec = {"index": process.index, "api": self.api.fileno(),
+                "health": self.health.fileno() if self.health is not None else None,
+                "ready": write_fd, "prepare": prepare, "metrics": self.shared}
+        env = {**os.environ, "SHIPCAST_PROCESS_SHARE": str(self.count)}
+        try:
+            process.popen = subprocess.Popen([sys.executable, "-m", "shipcast", "run", "--child", json.dumps(spec)],
+                                             env=env, pass_fds=inherited)
+        finally:
+            os.close(write_fd)
+        process.ready_fd, process.ready = read_fd, False
+        process.started_at, process.restart_at = time.monotonic(), None
+
+    def _stop_all(self) -> None:
+        """SIGTERM to every process, then wait for each to drain (SIGKILL past the grace)."""
+        running = [p for p in self.processes if p.popen is not None and p.popen.poll() is None]
+        for process in running:
+            assert process.popen is not None
+            with contextlib.suppress(ProcessLookupError):
+                process.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for process in running:
+            assert process.popen is not None
+            try:
+                process.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("shipcast run: process %d did not stop in %.0fs; killing it", process.index, STOP_GRACE)
+                process.popen.kill()
+                process.popen.wait()
+        for process in self.processes:
+            if process.popen is not None:
+                self._forget(process)
+
+
+def supervise(settings: Settings, count: int) -> int:
+    """Run ``count`` processes of ``shipcast run``; returns the exit status."""
+    return Supervisor(settings, count).run()
+
+
+async def serve_child(spec: dict[str, Any], names: Sequence[str], services: Services) -> None:
+    """One of the processes: the API on the inherited socket, every named
+    channel's worker, and this process's figures written for the others."""
+    metrics.share(spec["metrics"], str(spec["index"]))
+    ready_fd: int = spec["ready"]
+
+    def ready() -> None:
+        with contextlib.suppress(OSError):  # the supervisor went: it is not waiting any more
+            os.write(ready_fd, b"r")
+
+    async def publish_figures() -> None:
+        while True:
+            await asyncio.to_thread(metrics.publish)
+            await asyncio.sleep(METRICS_EVERY)
+
+    def inherited_socket(fd: int | None) -> socket.socket | None:
+        return socket.socket(fileno=fd) if fd is not None else None
+
+    inherited = Inherited(api=inherited_socket(spec["api"]), health=inherited_socket(spec.get("health")),
+                          prepare=bool(spec["prepare"]), ready=ready)
+    figures = asyncio.create_task(publish_figures())
+    try:
+        await serve(api=True, worker_names=names, services=services, inherited=inherited)
+    finally:
+        figures.cancel()
+        await asyncio.gather(figures, return_exceptions=True)
+        metrics.publish()

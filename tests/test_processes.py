@@ -1,0 +1,155 @@
+"""``shipcast run`` on several processes: one port, the queues consumed
+competitively, a dead process started again, limits shared out, and
+``/metrics`` adding up every process's figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import yaml
+
+from shipcast import metrics
+from shipcast.delivery.isolation import Gates
+from shipcast.plugin.channel import Target
+from shipcast.settings import Settings
+from tests.bound import example
+
+from .conftest import TOKEN, free_port
+from .helpers import Receiver, Subprocess, eventually, partners_doc
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(found) for found in path.read_text().split()] if path.exists() else []
+
+
+def _consumers(management: httpx.Client, vhost: str, queue: str) -> int:
+    found = management.get(f"/api/queues/{vhost}/{queue}")
+    return int(found.json().get("consumers", 0)) if found.status_code == 200 else 0
+
+
+async def _post(http: httpx.AsyncClient, events: list[dict[str, Any]]) -> bool:
+    try:
+        return (await http.post("/v1/events", json=events)).status_code == 202
+    except httpx.HTTPError:
+        return False
+
+
+def _figure(text: str, line_start: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+@pytest.mark.slow
+async def test_two_processes_share_the_port_and_the_queues_and_a_killed_one_comes_back(
+        settings: Settings, vhost: str, management: httpx.Client, tmp_path: Path) -> None:
+    health = free_port()
+    async with Receiver() as receiver:
+        config = tmp_path / "shipcast.yaml"
+        config.write_text(yaml.safe_dump(partners_doc("acme", receiver.url)))
+        process = Subprocess(settings, "run", "--processes", "2",
+                             env={"SHIPCAST_CONFIG": str(config), "SHIPCAST_HEALTH_PORT": str(health)}).start()
+        assert process.process is not None
+        output = ""
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=30,
+                                         headers={"authorization": f"Bearer {TOKEN}"}) as http:
+                # Both processes consume the webhook queue, each with its own channel.
+                await eventually(lambda: _consumers(management, vhost, "shipcast.webhook") == 2, timeout=60)
+                children = _children(process.process.pid)
+                assert len(children) == 2, children
+
+                first = [orjson.loads(example("OFD", partner_id="acme", order_id=f"A{i}").to_json())
+                         for i in range(40)]
+                for at in range(0, len(first), 4):  # several requests: the kernel spreads the connections
+                    assert await _post(http, first[at:at + 4])
+                await eventually(lambda: len(set(receiver.ids)) == len(first), timeout=60)
+
+                # kill -9 one process: the other goes on, and the dead one is started again.
+                os.kill(children[1], signal.SIGKILL)
+                second = [orjson.loads(example("DEL", partner_id="acme", order_id=f"B{i}").to_json())
+                          for i in range(20)]
+                await eventually(lambda: _post(http, second[:10]), timeout=30)
+                await eventually(lambda: len(set(_children(process.process.pid)) - {children[1]}) == 2, timeout=30)
+                await eventually(lambda: _consumers(management, vhost, "shipcast.webhook") == 2, timeout=60)
+                await eventually(lambda: _post(http, second[10:]), timeout=30)
+                wanted = {event["event_id"] for event in first + second}
+                await eventually(lambda: wanted <= set(receiver.ids), timeout=60)
+
+                # Any process's /metrics counts every process's deliveries (once each figure is shared).
+                async def counted() -> bool:
+                    text = (await http.get(f"http://127.0.0.1:{health}/metrics")).text
+                    return _figure(text, 'shipcast_deliveries_total{channel="webhook"') >= len(second)
+                await eventually(counted, timeout=10)
+        finally:
+            output = process.stop()
+        assert process.process.returncode == 0, output
+        assert "process 1 exited (-9)" in output, output
+        # Nothing sent twice to the partner: each event's delivery was logged once.
+        assert not [found for found, seen in Counter(receiver.ids).items() if seen > 1]
+        assert _children(process.process.pid) == []
+
+
+@pytest.mark.slow
+def test_a_process_that_cannot_start_ends_the_run_with_its_error(settings: Settings, tmp_path: Path) -> None:
+    config = tmp_path / "shipcast.yaml"
+    config.write_text("partners:\n  - id: Not An Id\n")
+    process = Subprocess(settings, "run", "--processes", "2", env={"SHIPCAST_CONFIG": str(config)}).start()
+    assert process.process is not None
+    process.process.wait(90)
+    output = process.stop()
+    assert process.process.returncode not in (0, None), output
+    assert "before it was ready" in output and "Not An Id" in output, output
+
+
+@pytest.mark.fast
+def test_metrics_add_up_every_process_and_show_the_worst_circuit(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_counters", "_gauges", "_histograms"):
+        monkeypatch.setattr(metrics, name, type(getattr(metrics, name))())
+    monkeypatch.setattr(metrics, "_shared", None)
+    # Another process's figures, as it wrote them.
+    metrics.inc("shipcast_deliveries_total", 3, channel="webhook", event_type="OFD", outcome="delivered")
+    metrics.put("shipcast_circuit_state", 2.0, channel="webhook", partner="acme", target="main")
+    metrics.add("shipcast_deliveries_in_flight", 4, channel="webhook")
+    metrics.observe("shipcast_delivery_latency_seconds", 0.02, channel="webhook", event_type="OFD")
+    metrics.share(tmp_path, "1")
+    metrics.publish()
+    assert json.loads((tmp_path / "1.json").read_text())["counters"]
+    # This process's own.
+    for name in ("_counters", "_gauges", "_histograms"):
+        monkeypatch.setattr(metrics, name, type(getattr(metrics, name))())
+    metrics.share(tmp_path, "0")
+    metrics.inc("shipcast_deliveries_total", 2, channel="webhook", event_type="OFD", outcome="delivered")
+    metrics.put("shipcast_circuit_state", 0.0, channel="webhook", partner="acme", target="main")
+    metrics.add("shipcast_deliveries_in_flight", 1, channel="webhook")
+    metrics.observe("shipcast_delivery_latency_seconds", 3.0, channel="webhook", event_type="OFD")
+    (tmp_path / "2.json").write_text("{not json")  # a file half written by hand: skipped, not a 500
+
+    text = metrics.render()
+    assert 'shipcast_deliveries_total{channel="webhook",event_type="OFD",outcome="delivered"} 5' in text
+    assert 'shipcast_circuit_state{channel="webhook",partner="acme",target="main"} 2' in text
+    assert 'shipcast_deliveries_in_flight{channel="webhook"} 5' in text
+    assert 'shipcast_delivery_latency_seconds_count{channel="webhook",event_type="OFD"} 2' in text
+    assert 'shipcast_delivery_latency_seconds_bucket{channel="webhook",event_type="OFD",le="0.025"} 1' in text
+    assert 'shipcast_delivery_latency_seconds_sum{channel="webhook",event_type="OFD"} 3.02' in text
+    monkeypatch.setattr(metrics, "_shared", None)
+    assert 'shipcast_deliveries_in_flight{channel="webhook"} 1' in metrics.render()  # alone: its own only
+
+
+@pytest.mark.fast
+def test_each_process_keeps_its_share_of_an_endpoints_limits() -> None:
+    target = Target("main", "https://x.example.com/", concurrency=10, rate_limit=30.0)
+    alone = Gates(Settings(api_token="t")).get("acme", target)
+    shared = Gates(Settings(api_token="t", process_share=3)).get("acme", target)
+    assert (alone.concurrency, alone.rate) == (10, 30.0)
+    assert (shared.concurrency, shared.rate) == (4, 10.0)  # 10 / 3 rounded up: never 0
+    unlimited = Gates(Settings(api_token="t", process_share=3)).get("acme", Target("main", "https://x.example.com/"))
+    assert unlimited.rate == 0.0  # no limit stays no limit
