@@ -281,6 +281,9 @@ def published() -> float:
 @pytest.mark.broker
 # schemathesis 4.32 draws from `random` inside its strategies; hypothesis deprecates that.
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+# About a minute alone; past the suite's 120 s on a loaded machine, and a timeout
+# here leaves its fuzzing thread running into the tests after it.
+@pytest.mark.timeout(360)
 async def test_the_api_fuzzed_from_its_openapi_document_never_fails_and_publishes_only_what_it_accepts(
         shipcast: ShipcastProcess, receiver: Receiver) -> None:
     """Every operation of the OpenAPI document shipcast serves, fuzzed with

@@ -125,7 +125,9 @@ async def test_one_trace_runs_from_the_oms_through_the_api_and_a_worker_to_the_p
                                   traceparent=traceparent(oms_trace, oms_span), tracestate="oms=ord-traced")
         assert event_id == event.event_id
         await eventually(lambda: partner.delivered, timeout=30)
+        # Each span is exported when it ends: a message's span ends after its attempt's, maybe in a later batch.
         spans = await eventually(lambda: len(otlp.named("deliver webhook", otlp.trace(oms_trace))) == 2
+                                 and len(otlp.named("process shipcast.webhook", otlp.trace(oms_trace))) == 2
                                  and otlp.trace(oms_trace), timeout=30)
         attempts = await eventually(lambda: p.attempts(event_id, 2), timeout=30)
 
