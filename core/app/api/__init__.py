@@ -17,6 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipcast import __version__, metrics, tracing
 from shipcast.app import portal
@@ -64,6 +65,40 @@ async def _caller_context(request: Request) -> Mapping[str, str]:
                            ",".join(request.headers.getlist(tracing.TRACESTATE)))
 
 
+class IngestRequests:
+    """Count each ``POST /v1/events`` by status, and trace it (continuing the
+    OMS's ``traceparent`` when the request carries the token). A plain ASGI
+    middleware: Starlette's ``BaseHTTPMiddleware`` would cost every request a
+    task group and a streamed copy of its answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/events" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        parent = await _caller_context(Request(scope)) if tracing.enabled() else tracing.NEW_TRACE
+        status = 500  # unless an answer starts: an error no handler answered
+
+        async def answer(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracing.span(ingest.SPAN, "server", parent=parent) as span:
+            try:
+                await self.app(scope, receive, answer)
+            finally:
+                metrics.inc("shipcast_ingest_requests_total", code=str(status))
+                if span is not None:
+                    tracing.describe(span, None, {"http.request.method": "POST", "http.route": "/v1/events",
+                                                  tracing.HTTP_STATUS: status})
+                    if status >= 500:
+                        tracing.failed(span, f"HTTP {status}")
+
+
 def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     """The ASGI app. With ``manage_services`` the app opens and closes the
     services itself; ``shipcast run`` shares them with the workers instead."""
@@ -84,22 +119,7 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     app.state.services = services
     app.state.resend_quota = Quota(-(-services.settings.partner_resend_quota // services.settings.process_share))
 
-    @app.middleware("http")
-    async def _ingest_requests(request: Request, call_next: Any) -> Response:
-        """Count each ``POST /v1/events`` by status, and trace it (continuing
-        the OMS's ``traceparent`` when the request carries the token)."""
-        if request.url.path != "/v1/events" or request.method != "POST":
-            return await call_next(request)  # type: ignore[no-any-return]
-        parent = await _caller_context(request) if tracing.enabled() else tracing.NEW_TRACE
-        with tracing.span(ingest.SPAN, "server", parent=parent) as span:
-            response: Response = await call_next(request)
-            metrics.inc("shipcast_ingest_requests_total", code=str(response.status_code))
-            if span is not None:
-                tracing.describe(span, None, {"http.request.method": "POST", "http.route": "/v1/events",
-                                              tracing.HTTP_STATUS: response.status_code})
-                if response.status_code >= 500:
-                    tracing.failed(span, f"HTTP {response.status_code}")
-        return response
+    app.add_middleware(IngestRequests)
 
     @app.exception_handler(InvalidEvent)
     async def _invalid(request: Request, exc: InvalidEvent) -> JSONResponse:

@@ -79,22 +79,25 @@ async def is_operator(request: Request) -> bool:
     return credentials is not None and _is_operator_token(credentials.credentials, expected)
 
 
-def require_token(caller: Principal = Depends(principal)) -> Principal:
-    """The operator's token only: ingest and every cross-partner route."""
+async def require_token(caller: Principal = Depends(principal)) -> Principal:
+    """The operator's token only: ingest and every cross-partner route.
+
+    (This and the other dependencies here are coroutines, though they never
+    wait: FastAPI runs a plain function in a thread, a hop per request.)"""
     if caller.partner_id is not None:
         raise HTTPException(403, f"this token is scoped to partner {caller.partner_id!r}: "
                                  f"use /v1/partners/{caller.partner_id}/…")
     return caller
 
 
-def partner_scope(partner_id: str, caller: Principal = Depends(principal)) -> str:
+async def partner_scope(partner_id: str, caller: Principal = Depends(principal)) -> str:
     """The operator's token, or the token of the partner named in the path."""
     if caller.partner_id is not None and caller.partner_id != partner_id:
         raise HTTPException(403, f"this token is scoped to partner {caller.partner_id!r}")
     return partner_id
 
 
-def actor_of(caller: Principal = Depends(principal)) -> Actor:
+async def actor_of(caller: Principal = Depends(principal)) -> Actor:
     """Who the audit log says made a change through the API."""
     return caller.actor
 
