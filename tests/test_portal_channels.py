@@ -166,6 +166,9 @@ async def test_branding_is_saved_and_previewed_on_the_tracking_page_and_an_email
     email = await admin.get(f"{BASE}/branding/email", params={"primary_color": "#d81b60",
                                                              "support_email": "help@acme.example.com"})
     assert "#d81b60" in email.text and "help@acme.example.com" in email.text
+    # Both show one sample order: the same order id, and no rider photo (whose sample address could not load).
+    assert '<strong id="order-ref">ORD-10023</strong>' in tracking.text and "order ORD-10023 is out for" in email.text
+    assert 'id="rider-name">Ravi Kumar<' in tracking.text and "<img" not in tracking.text
     refused = await admin.post(f"{BASE}/branding", {"primary_color": "pink", "support_email": "help@acme.example.com"})
     assert refused.status_code == 422 and "colour like #0a7cff" in field_error(refused.text, "primary_color")
     saved = await admin.post(f"{BASE}/branding", {"primary_color": "#d81b60", "support_email": "help@acme.example.com"})
