@@ -128,6 +128,23 @@ async def test_a_broken_template_is_shown_at_its_line_fixed_and_reset(
     assert "<strong>Line 2</strong>" in unsafe.text and "__class__" in unsafe.text
 
 
+async def test_a_misspelt_field_is_named_at_its_line_before_saving(shipcast: ShipcastProcess, admin: Visitor) -> None:
+    await admin.get(f"{BASE}/channels/sms")
+    assert (await admin.post(f"{BASE}/channels/sms", {"sender": "ACMEIN", "events": ["OFD"],
+                                                      "country": "IN"})).status_code == 303
+    misspelt = "{{ tracking_url }}\n{{ customer.nmae }}"
+    panel = await admin.post(f"{BASE}/channels/sms/templates/OFD/preview",
+                             {"text_en": misspelt, "text_hi": "", "language": "en"})
+    assert panel.status_code == 200
+    [problem] = re.findall(r"<li><strong>(Line \d+)</strong>: ([^<]*)</li>", panel.text)
+    assert problem[0] == "Line 2" and "nmae" in problem[1], problem
+    refused = await admin.post(f"{BASE}/channels/sms/templates/OFD", {"text_en": misspelt, "text_hi": ""})
+    assert refused.status_code == 422
+    assert re.search(r"<strong>Line 2</strong>: [^<]*nmae", refused.text), refused.text[-3000:]
+    partner = await shipcast.services.store.get_partner("acme")
+    assert partner is not None and not partner.channels["sms"].get("templates")  # nothing saved
+
+
 async def test_an_email_template_is_previewed_with_its_html(shipcast: ShipcastProcess, admin: Visitor) -> None:
     editor = await admin.get(f"{BASE}/channels/email/templates/DEL")
     assert editor.status_code == 200 and 'data-html="/portal/p/acme/channels/email/templates/DEL/email"' in editor.text
