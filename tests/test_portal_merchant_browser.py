@@ -105,6 +105,16 @@ async def test_a_merchant_sets_up_its_customer_messages_without_yaml(
         await steps.fill(page.get_by_label("Colour (optional)"), "#d81b60", "colour")
         await expect(page.locator("#frame-tracking")).to_have_attribute("src", re.compile("primary_color=%23d81b60"))
         await expect(frame.locator("header.brand")).to_have_css("background-color", "rgb(216, 27, 96)")
+        # The email beside it: the same order, in the same colour, its tracking link wrapped inside the frame.
+        mail_frame = page.frame_locator("#frame-email")
+        await expect(mail_frame.locator("body > div")).to_have_css("border-top-color", "rgb(216, 27, 96)")
+        await expect(mail_frame.get_by_text("order ORD-10023 is out for delivery")).to_be_visible()
+        await expect(frame.locator("#order-ref")).to_have_text("ORD-10023")
+        await expect(frame.locator(".rider img")).to_have_count(0)  # the sample rider has no photo to break
+        email_frame = await (await page.locator("#frame-email").element_handle()).content_frame()
+        assert email_frame is not None
+        assert await email_frame.evaluate(
+            "document.documentElement.scrollWidth <= document.documentElement.clientWidth"), "the email spills"
         await photograph(page, "merchant-branding")
         await steps.click(page.get_by_role("button", name="Save"), "save the branding")
         await expect(page.get_by_text("Saved the branding.")).to_be_visible()
