@@ -48,7 +48,17 @@ async def photograph(page: Page, name: str) -> None:
     """A step of a flow, for docs/portal.md: ``build/test-artifacts/portal/flow-<name>.png``."""
     folder = ARTIFACTS / "portal"
     folder.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(folder / f"flow-{name}.png"), full_page=True)
+    # A page taller than the window is taken at its whole height in a window that tall: Chromium's
+    # full-page capture draws a frame of another origin (a sandboxed preview) at the old window's scale.
+    window = page.viewport_size
+    height = await page.evaluate("document.documentElement.scrollHeight")
+    if window is not None and height > window["height"]:
+        await page.set_viewport_size({"width": window["width"], "height": height})
+    try:
+        await page.screenshot(path=str(folder / f"flow-{name}.png"), full_page=True)
+    finally:
+        if window is not None:
+            await page.set_viewport_size(window)
 
 
 class Steps:
