@@ -1,12 +1,14 @@
 """What a merchant's customers got, end to end: events through RabbitMQ to
-the SMS channel (the real twilio SDK, a local server speaking Twilio's API)
-and the email channel (a real SMTP server); the customer message log read
+the SMS and WhatsApp channels (the real twilio SDK, a local server speaking
+Twilio's API, and Twilio's signed status callbacks on a message's SID) and
+the email channel (a real SMTP server); the customer message log read
 through the partner API and the portal, searched by order, phone and email
 (a customer whose masked address is the same is never shown for another);
 opt-outs listed, looked up and lifted; a forgotten customer found no more."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +53,13 @@ def doc(partner_id: str = "acme", **sms: Any) -> dict[str, Any]:
         "email": {"events": ["OFD", "DEL"], "from_address": "Acme <orders@acme.example.com>"}}}]}
 
 
+def with_whatsapp(document: dict[str, Any]) -> dict[str, Any]:
+    """The partner's customers get a WhatsApp message on OFD too, through its approved content template."""
+    document["partners"][0]["channels"]["whatsapp"] = {"events": ["OFD"], "sender": "+14155238886",
+                                                       "content_sids": {"OFD": "HX" + "a" * 32}}
+    return document
+
+
 def order_event(event_type: str, order_id: str, sequence: int, **customer: Any) -> dict[str, Any]:
     body = event_body(event_type, **customer)
     body["order"]["order_id"], body["sequence"] = order_id, sequence
@@ -76,6 +85,26 @@ async def log(shipcast: ShipcastProcess, **params: Any) -> Any:
 
 def ids(page: dict[str, Any]) -> set[tuple[str, str]]:
     return {(row["event_id"], row["channel"]) for row in page["messages"]}
+
+
+def shown_rows(page: str) -> list[dict[str, str]]:
+    """The rows of the portal's customer messages page, each cell's text by its column."""
+    columns = ("changed", "order_id", "event_type", "channel", "address", "status", "why", "provider_status",
+               "attempts", "event_id")
+    rows = []
+    for row in re.findall(r"<tr>(.*?)</tr>", page, flags=re.DOTALL):
+        cells = [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL)]
+        if len(cells) == len(columns):
+            rows.append(dict(zip(columns, cells, strict=True)))
+    return rows
+
+
+async def sid_of(shipcast: ShipcastProcess, event_id: str, channel: str) -> str:
+    """The id Twilio gave the message of ``event_id`` on ``channel``, as its attempt logged it."""
+    [attempt] = await shipcast.services.store.list_attempts(event_id, channel)
+    found = re.search(r"\bSM\w{32}\b", attempt["response"])
+    assert found is not None, attempt
+    return found.group(0)
 
 
 async def test_the_log_shows_what_each_customer_got_and_why_found_by_order_phone_and_email(
@@ -232,11 +261,16 @@ async def test_opt_outs_are_listed_looked_up_and_lifted_through_the_api(customer
 async def test_the_portal_pages_show_the_log_and_let_only_an_admin_lift(customer_settings: Settings,
                                                                         twilio: FakeTwilio) -> None:
     plain = customer_settings.model_copy(update={"public_url": "http://track.example.com"})  # cookies not Secure
-    async with ShipcastProcess(plain, ["sms", "archive"]) as shipcast:
-        await shipcast.apply(doc())
+    async with ShipcastProcess(plain, ["sms", "whatsapp", "email", "archive"]) as shipcast:
+        await shipcast.apply(with_whatsapp(doc()))
         await shipcast.apply(doc("globex"))
-        a_ofd = order_event("OFD", "ORD-A", 1, phone=A_PHONE, email=None)
-        await post(shipcast, a_ofd)
+        # A's order out for delivery: a text, a WhatsApp message and an email; B's, whose masks are the same.
+        a_ofd = order_event("OFD", "ORD-A", 1, phone=A_PHONE, email=A_EMAIL)
+        await post(shipcast, a_ofd, count=3)
+        b_ofd = order_event("OFD", "ORD-B", 1, phone=B_PHONE, email=B_EMAIL)
+        await post(shipcast, b_ofd, count=3)
+        # Twilio reports later that A read the WhatsApp message, on that message's SID.
+        assert await twilio_callback(shipcast, await sid_of(shipcast, a_ofd["event_id"], "whatsapp"), "read") == 204
         store = shipcast.services.store
         await store.add_opt_out("sms", "acme", "+919999911111", twilio_reason(21610))
         await store.add_opt_out("whatsapp", "acme", "+919876543210", f"{UNREACHABLE}{twilio_reason(63003)}")
@@ -254,6 +288,21 @@ async def test_the_portal_pages_show_the_log_and_let_only_an_admin_lift(customer
                 a_ofd["event_id"]) == 0
             wrong = await viewer.get("/portal/p/acme/customers", params={"phone": "12"})
             assert wrong.status_code == 422 and 'id="phone-error"' in wrong.text
+
+            # By order: A's three messages, the WhatsApp one with what Twilio said last.
+            by_order = shown_rows((await viewer.get("/portal/p/acme/customers", params={"order_id": "ORD-A"})).text)
+            assert {(row["event_id"], row["channel"]) for row in by_order} == {
+                (a_ofd["event_id"], channel) for channel in ("sms", "whatsapp", "email")}, by_order
+            [whatsapp] = [row for row in by_order if row["channel"] == "whatsapp"]
+            assert whatsapp["provider_status"] == "read" and whatsapp["address"] == "+91******3210", whatsapp
+            assert whatsapp["status"] == "delivered" and whatsapp["order_id"] == "ORD-A"
+            # By email, in any case: A's email only, never B's (the same mask).
+            by_email = shown_rows((await viewer.get("/portal/p/acme/customers",
+                                                    params={"email": "priya.sharma@EXAMPLE.com"})).text)
+            assert [(row["event_id"], row["channel"]) for row in by_email] == [(a_ofd["event_id"], "email")], by_email
+            assert "*" in by_email[0]["address"] and "sharma" not in by_email[0]["address"].lower()  # masked
+            b_email = shown_rows((await viewer.get("/portal/p/acme/customers", params={"email": B_EMAIL})).text)
+            assert [(row["event_id"], row["channel"]) for row in b_email] == [(b_ofd["event_id"], "email")], b_email
 
             page = await viewer.get("/portal/p/acme/opt-outs")
             assert page.status_code == 200 and "+91******1111" in page.text and "Lift" not in page.text

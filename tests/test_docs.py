@@ -1,11 +1,14 @@
 """docs/plugins.md keeps up with the code: one section per hook, no section for
 a hook that is gone, every Channel attribute and method explained, and the
-example channel is the one tests/test_third_party_plugin.py installs."""
+example channel is the one tests/test_third_party_plugin.py installs. Every
+picture the README and docs/ show is in git, and every screenshot kept for
+docs/portal.md is shown there."""
 
 from __future__ import annotations
 
 import inspect
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,8 @@ from shipcast.plugins.sms import hookspecs as sms_hookspecs
 
 pytestmark = pytest.mark.fast
 
-DOCS = Path(__file__).parents[1] / "docs" / "plugins.md"
+ROOT = Path(__file__).parents[1]
+DOCS = ROOT / "docs" / "plugins.md"
 EXAMPLE = Path(__file__).parent / "fixtures" / "shipcast-echo" / "shipcast_echo.py"
 PORTAL_EXAMPLE = EXAMPLE.with_name("shipcast_echo_portal.py")
 
@@ -115,3 +119,36 @@ def test_the_portal_page_example_is_the_one_installed(docs: str) -> None:
 def test_every_python_example_compiles(docs: str) -> None:
     for number, block in enumerate(re.findall(r"^```python\n(.*?)^```", docs, flags=re.MULTILINE | re.DOTALL)):
         compile(block, f"{DOCS.name} python block {number}", "exec")
+
+
+def shown_images() -> list[tuple[Path, Path]]:
+    """Each picture a Markdown file of the README or docs/ shows: (the file, the picture)."""
+    found = []
+    for document in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in re.findall(r"!\[[^\]]*\]\(<?([^)\s>]+)", document.read_text(encoding="utf-8")):
+            if "://" not in target:
+                found.append((document, (document.parent / target).resolve()))
+    return found
+
+
+def in_git() -> set[Path]:
+    listed = subprocess.run(["git", "ls-files", "-z", "--", "README.md", "docs"], cwd=ROOT, capture_output=True,
+                            check=False)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.decode(errors='replace').strip()}")
+    return {(ROOT / name).resolve() for name in listed.stdout.decode().split("\0") if name}
+
+
+def test_every_picture_the_docs_show_is_in_git() -> None:
+    shown = shown_images()
+    assert (ROOT / "docs" / "portal.md", (ROOT / "docs" / "portal" / "14-merchant-outbox.png").resolve()) in shown
+    tracked = in_git()
+    missing = [f"{document.relative_to(ROOT)} shows {image.relative_to(ROOT)}" for document, image in shown
+               if image not in tracked or not image.is_file()]
+    assert not missing, f"pictures not in git (copy them from build/test-artifacts/ and add them): {missing}"
+
+
+def test_every_portal_screenshot_kept_is_shown() -> None:
+    shown = {image for _, image in shown_images()}
+    unused = sorted(path.name for path in (ROOT / "docs" / "portal").glob("*.png") if path.resolve() not in shown)
+    assert not unused, f"docs/portal/ keeps screenshots docs/portal.md does not show: {unused}"

@@ -9,8 +9,10 @@ Playwright), as its people use it:
 * an operator replaying a parked message and seeing it delivered;
 * isolation: every page of partner A, opened with partner B's session, is a 404;
 * every page: no serious or critical axe-core violation, nothing wider
-  than a 360 px phone, no Content Security Policy refusal, and a screenshot
-  at phone and desktop width in ``build/test-artifacts/portal/``.
+  than a 360 px phone, no Content Security Policy refusal, a screenshot at
+  phone and desktop width in ``build/test-artifacts/portal/``, and (shipcast
+  in development mode, customers' messages kept in the outbox) the banner
+  saying so.
 """
 
 from __future__ import annotations
@@ -48,7 +50,17 @@ async def photograph(page: Page, name: str) -> None:
     """A step of a flow, for docs/portal.md: ``build/test-artifacts/portal/flow-<name>.png``."""
     folder = ARTIFACTS / "portal"
     folder.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(folder / f"flow-{name}.png"), full_page=True)
+    # A page taller than the window is taken at its whole height in a window that tall: Chromium's
+    # full-page capture draws a frame of another origin (a sandboxed preview) at the old window's scale.
+    window = page.viewport_size
+    height = await page.evaluate("document.documentElement.scrollHeight")
+    if window is not None and height > window["height"]:
+        await page.set_viewport_size({"width": window["width"], "height": height})
+    try:
+        await page.screenshot(path=str(folder / f"flow-{name}.png"), full_page=True)
+    finally:
+        if window is not None:
+            await page.set_viewport_size(window)
 
 
 class Steps:
@@ -117,6 +129,14 @@ class OwnServer:
 @pytest.fixture
 async def shipcast(vhost: str, sqlite_url: str) -> AsyncIterator[ShipcastProcess]:
     async with ShipcastProcess(make_settings(vhost, sqlite_url, public_url="http://portal.example.com")) as running:
+        yield running
+
+
+@pytest.fixture
+async def developing(vhost: str, sqlite_url: str) -> AsyncIterator[ShipcastProcess]:
+    """shipcast in development mode with no Twilio or SMTP settings: customers' messages go to the outbox."""
+    settings = make_settings(vhost, sqlite_url, development=True, public_url="http://portal.example.com")
+    async with ShipcastProcess(settings) as running:
         yield running
 
 
@@ -283,14 +303,17 @@ def slug(url: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", url.removeprefix("/portal/").lower()).strip("-") or "home"
 
 
-async def test_every_page_is_accessible_fits_a_phone_and_is_photographed(
-        browser: Browser, shipcast: ShipcastProcess, receiver: Receiver) -> None:
+async def test_every_page_is_accessible_fits_a_phone_is_photographed_and_says_development_mode(
+        browser: Browser, developing: ShipcastProcess, receiver: Receiver) -> None:
     assert AXE.is_file(), f"{AXE} missing: deploy/test-tools.sh installs it (make tools)"
+    shipcast = developing
     await shipcast.apply(partners_doc("acme", receiver.url, description="Orders to the ERP"))
     folder = ARTIFACTS / "portal"
     folder.mkdir(parents=True, exist_ok=True)
     found: dict[str, list[str]] = {}
     taken: list[Path] = []
+    bannered: list[str] = []
+    previews: set[str] = set()  # what customers see, framed in a portal page: not a portal page
     for viewport, width in ((PHONE, "phone"), (DESKTOP, "desktop")):
         # axe is injected into each page, so this context lets it past the CSP (the flows above keep it).
         page = await person_page(browser, viewport=viewport, bypass_csp=True)
@@ -301,6 +324,12 @@ async def test_every_page_is_accessible_fits_a_phone_and_is_photographed(
             for url in urls:
                 response = await page.goto(shipcast.base_url + url)
                 assert response is not None and response.status == 200, (url, response and response.status)
+                if response.headers["content-security-policy"].startswith("sandbox;"):
+                    previews.add(url)
+                else:
+                    await expect(page.locator(".dev-banner"), url).to_contain_text(
+                        "messages go to the development outbox, not to customers")
+                    bannered.append(url)
                 await page.add_script_tag(path=str(AXE))
                 result = await page.evaluate("axe.run(document, {resultTypes: ['violations']})")
                 bad = [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
@@ -319,6 +348,9 @@ async def test_every_page_is_accessible_fits_a_phone_and_is_photographed(
     assert not serious, serious
     phone = [shot for shot in taken if shot.name.endswith("-phone.png")]
     assert len(phone) >= 15 and all(shot.stat().st_size > 0 for shot in taken), taken
+    # Every page said development mode; the only ones that did not are the branding page's two previews.
+    assert previews == {"/portal/p/acme/branding/email", "/portal/p/acme/branding/tracking"}, previews
+    assert len(bannered) == len(taken) - 2 * len(previews), (len(bannered), len(taken))
 
 
 async def test_without_javascript_everything_works_but_live_updates(browser: Browser, shipcast: ShipcastProcess,

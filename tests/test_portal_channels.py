@@ -128,6 +128,23 @@ async def test_a_broken_template_is_shown_at_its_line_fixed_and_reset(
     assert "<strong>Line 2</strong>" in unsafe.text and "__class__" in unsafe.text
 
 
+async def test_a_misspelt_field_is_named_at_its_line_before_saving(shipcast: ShipcastProcess, admin: Visitor) -> None:
+    await admin.get(f"{BASE}/channels/sms")
+    assert (await admin.post(f"{BASE}/channels/sms", {"sender": "ACMEIN", "events": ["OFD"],
+                                                      "country": "IN"})).status_code == 303
+    misspelt = "{{ tracking_url }}\n{{ customer.nmae }}"
+    panel = await admin.post(f"{BASE}/channels/sms/templates/OFD/preview",
+                             {"text_en": misspelt, "text_hi": "", "language": "en"})
+    assert panel.status_code == 200
+    [problem] = re.findall(r"<li><strong>(Line \d+)</strong>: ([^<]*)</li>", panel.text)
+    assert problem[0] == "Line 2" and "nmae" in problem[1], problem
+    refused = await admin.post(f"{BASE}/channels/sms/templates/OFD", {"text_en": misspelt, "text_hi": ""})
+    assert refused.status_code == 422
+    assert re.search(r"<strong>Line 2</strong>: [^<]*nmae", refused.text), refused.text[-3000:]
+    partner = await shipcast.services.store.get_partner("acme")
+    assert partner is not None and not partner.channels["sms"].get("templates")  # nothing saved
+
+
 async def test_an_email_template_is_previewed_with_its_html(shipcast: ShipcastProcess, admin: Visitor) -> None:
     editor = await admin.get(f"{BASE}/channels/email/templates/DEL")
     assert editor.status_code == 200 and 'data-html="/portal/p/acme/channels/email/templates/DEL/email"' in editor.text
@@ -166,6 +183,9 @@ async def test_branding_is_saved_and_previewed_on_the_tracking_page_and_an_email
     email = await admin.get(f"{BASE}/branding/email", params={"primary_color": "#d81b60",
                                                              "support_email": "help@acme.example.com"})
     assert "#d81b60" in email.text and "help@acme.example.com" in email.text
+    # Both show one sample order: the same order id, and no rider photo (whose sample address could not load).
+    assert '<strong id="order-ref">ORD-10023</strong>' in tracking.text and "order ORD-10023 is out for" in email.text
+    assert 'id="rider-name">Ravi Kumar<' in tracking.text and "<img" not in tracking.text
     refused = await admin.post(f"{BASE}/branding", {"primary_color": "pink", "support_email": "help@acme.example.com"})
     assert refused.status_code == 422 and "colour like #0a7cff" in field_error(refused.text, "primary_color")
     saved = await admin.post(f"{BASE}/branding", {"primary_color": "#d81b60", "support_email": "help@acme.example.com"})

@@ -2,7 +2,8 @@
 README.md (not copied here), shipcast is started as ``make run`` starts it
 (the Makefile's run target's environment and partners file, the installed
 ``shipcast run``), and the walk must end with a delivered, verified webhook
-and the demo partner's SMS and email in the development outbox.
+and the demo partner's SMS and email in the development outbox, shown in the
+portal with the order's tracking page link.
 
 Two substitutions only, so the test can run beside others: ``.venv/bin/``
 becomes this test's own venv, and port 8000 a free port (in the commands and
@@ -67,6 +68,18 @@ def settled(command: str, output: str) -> bool:
     if "outbox list" in command:
         return output.count("\n") >= 2 and not output.startswith("the outbox is empty")
     return True
+
+
+def outbox_rows(page: str) -> list[dict[str, str]]:
+    """The outbox page's rows: each message's number, channel and recipient."""
+    found = []
+    for row in re.findall(r"<tr>(.*?)</tr>", page, flags=re.DOTALL):
+        number = re.search(r'href="/portal/p/\w+/outbox/(\d+)"', row)
+        cells = re.findall(r"<td>(.*?)</td>", row, flags=re.DOTALL)
+        to = re.search(r"<code>(.*?)</code>", row)
+        if number and to and len(cells) >= 3:
+            found.append({"number": number.group(1), "channel": cells[2].strip(), "to": to.group(1)})
+    return found
 
 
 def _until(check: object, timeout: float = 30) -> object:
@@ -156,6 +169,29 @@ def test_the_readme_quick_start_runs_as_written(vhost: str) -> None:
                 page = browser.get("/portal/p/demo/outbox")
                 assert page.status_code == 200 and 'class="dev-banner"' in page.text
                 assert "signature verified" in page.text and "priya@example.com" in page.text
+                # The README's event as the portal shows it: its SMS to the customer's phone, its
+                # email, each on its own page with the order's tracking page link, which opens.
+                [written_to] = [re.search(r"> *(\S+\.json)", cmd) for cmd in commands if "--example" in cmd]
+                assert written_to is not None
+                sent = orjson.loads((home / written_to.group(1)).read_text())
+                customer, order = sent["order"]["customer"], sent["order"]
+                rows = outbox_rows(page.text)
+                for channel, to in (("sms", customer["phone"]), ("email", customer["email"])):
+                    [number] = [row["number"] for row in rows if row["channel"] == channel and row["to"] == to]
+                    message = browser.get(f"/portal/p/demo/outbox/{number}")
+                    assert message.status_code == 200, message.text
+                    assert f"<code>{sent['event_id']}</code> OFD · order {order['order_id']}" in message.text
+                    assert f"<code>{to}</code>" in message.text
+                    text = re.search(r'<pre class="message">(.*?)</pre>', message.text, flags=re.DOTALL)
+                    assert text is not None and order["order_id"] in text.group(1), message.text
+                    link = re.search(rf"http://{re.escape(address)}/t/[\w-]+", text.group(1))
+                    assert link is not None, (channel, text.group(1))
+                    opened = httpx.get(link.group(0), timeout=10)  # the order's page, under the name it shows
+                    shown_as = order["merchant_order_ref"] or order["order_id"]
+                    assert opened.status_code == 200 and shown_as in opened.text, opened.text
+                    if channel == "email":  # the HTML part too, as the customer sees it
+                        html = browser.get(f"/portal/p/demo/outbox/{number}/html")
+                        assert f'href="{link.group(0)}"' in html.text, html.text
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)

@@ -37,7 +37,7 @@ from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDeliver
 from shipcast.messaging import outbox
 from shipcast.messaging.fields import Critical, QuietHours, TemplateDir, Templates
 from shipcast.messaging.rules import keep_rules, mask
-from shipcast.messaging.templates import check_templates, context, language_of, render, serves
+from shipcast.messaging.templates import check_templates, language_of, serves
 from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target
@@ -45,8 +45,8 @@ from shipcast.plugin.context import Registered
 from shipcast.security.identifiers import normalized
 from shipcast.security.links import unsubscribe_token
 from shipcast.settings import Settings
-from shipcast.templating import environment
 
+from .compose import html_part, written
 from .settings import SmtpSettings
 
 TRANSACTIONAL = ("OFD", "FAIL", "RET")
@@ -210,17 +210,12 @@ class EmailChannel(Channel):
     def compose(self, event: Event, partner: Partner, config: Mapping[str, Any], to: str) -> EmailMessage:
         """The message: subject, text and HTML parts, and the headers."""
         language = language_of(event)
-        # Order data on one line: a line break in it must not end the subject early.
-        subject, _, text = render(self.context.registry, self.name, event, partner, config.get("templates"),
-                                  language, config.get("template_dir"), single_lines=True).partition("\n")
-        text = text.strip()
+        subject, text = written(self.context.registry, event, partner, config, language)
         unsubscribe = None
         if event.event_type not in config.get("transactional", TRANSACTIONAL):
             unsubscribe = (f"{self.settings.public_url.rstrip('/')}/u/"
                            f"{unsubscribe_token(self.settings, self.name, event.partner_id, to)}")
-        html = environment().get_template("email/layout.html").render(
-            context(self.context.registry, event, partner), subject=subject, language=language,
-            paragraphs=[p.strip() for p in text.split("\n\n") if p.strip()], unsubscribe_url=unsubscribe)
+        html = html_part(self.context.registry, event, partner, subject, text, language, unsubscribe)
         message = EmailMessage(policy=POLICY)
         sender = email.utils.parseaddr(config["from_address"])
         message["From"] = str(Address(sender[0], addr_spec=sender[1]))

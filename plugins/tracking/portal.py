@@ -11,9 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from shipcast.app.portal import Person, framed, member
-from shipcast.app.portal.channels import draft_branding, stored_partner
+from shipcast.app.portal.channels import branding_sample, draft_branding, stored_partner
 from shipcast.app.services import services_of
-from shipcast.model.examples import example
 from shipcast.templating import environment
 
 from .page import order_of, view
@@ -23,12 +22,10 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/portal/p/{partner_id}/branding/tracking")
 async def tracking_preview(partner_id: str, request: Request, person: Person = Depends(member)) -> Response:
-    """A sample order's tracking page (``event_type``, default OFD), wearing the branding in the query."""
+    """The sample order's tracking page (``event_type``, default OFD), wearing the branding in the query."""
     services = services_of(request)
     partner, _ = draft_branding(request, await stored_partner(services, partner_id))
-    event_type = request.query_params.get("event_type", "OFD")
-    event = example(event_type if event_type in services.registry.event_types else "OFD",
-                    services.registry.event_types, partner_id=partner_id)
+    event = branding_sample(request, partner_id)
     order = order_of([orjson.loads(event.to_json())], services.registry.event_types)
     nonce = secrets.token_urlsafe(16)
     shown = view(order, partner, partner.channels.get("tracking") or {}, "en", datetime.now(UTC), otp=None,

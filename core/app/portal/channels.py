@@ -39,6 +39,8 @@ from shipcast.messaging.fields import QuietHours, TemplateText
 from shipcast.messaging.preview import Preview
 from shipcast.messaging.quiet import quiet_for
 from shipcast.messaging.templates import LANGUAGES
+from shipcast.model.envelope import Event
+from shipcast.model.examples import example
 from shipcast.model.partners import BRANDING, EventList, Partner, plain
 from shipcast.security.redact import without_redacted
 
@@ -585,3 +587,17 @@ def draft_branding(request: Request, partner: Partner) -> tuple[Partner, list[st
             wrong += [f"{name}: {'; '.join(m)}" for m in exc.errors.values()]
             del given[name]
     return Partner(partner.id, partner.name, given, partner.channels), wrong
+
+
+def branding_sample(request: Request, partner_id: str) -> Event:
+    """The one sample order every branding preview shows (of the query's
+    ``event_type``, OFD by default), so the tracking page and the email name
+    the same order. It has no merchant reference, which the tracking page
+    would show in place of the order id the email gives, and no rider photo:
+    the sample's address could not load, and would show as a broken image."""
+    event_types = services_of(request).registry.event_types
+    asked = request.query_params.get("event_type", "OFD")
+    event = example(asked if asked in event_types else "OFD", event_types, partner_id=partner_id)
+    rider = event.rider.model_copy(update={"photo_url": None}) if event.rider is not None else None
+    return event.model_copy(update={"order": event.order.model_copy(update={"merchant_order_ref": None}),
+                                    "rider": rider})
