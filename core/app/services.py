@@ -22,6 +22,7 @@ from shipcast.amqp.topology import CONTROL_EXCHANGE
 from shipcast.app.publisher import Publisher
 from shipcast.app.retention import Pruner
 from shipcast.batching import Batcher
+from shipcast.delivery.consumer import ParsedEvents
 from shipcast.delivery.health import EndpointHealth, OperatorNotifier
 from shipcast.plugin.registry import Registry
 from shipcast.security.links import identifiers
@@ -43,6 +44,8 @@ class Services:
     recorder: Batcher[Attempt, None] = field(init=False)
     publisher: Publisher = field(init=False)
     health: EndpointHealth = field(init=False)
+    #: The events this process's channel workers parsed last, by body.
+    parsed: ParsedEvents = field(init=False)
     #: Posts operator events, in processes that run workers and have an operator endpoint.
     notifier: OperatorNotifier | None = field(default=None, init=False)
     #: Prunes what is past its retention, in processes that run workers.
@@ -57,6 +60,7 @@ class Services:
         self.recorder = Batcher(self.store.record)
         self.publisher = Publisher(broker=self.broker, settings=self.settings, registry=self.registry)
         self.health = EndpointHealth(self.settings, self.store, self.partners)
+        self.parsed = ParsedEvents(self.registry.event_types)
 
     def start_notifier(self) -> None:
         """Post operator events to ``SHIPCAST_OPERATOR_WEBHOOK_URL``, if set."""

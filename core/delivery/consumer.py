@@ -65,11 +65,43 @@ STOP_GRACE = 30.0
 MISCONFIGURED_HOLD = 5.0
 
 
+class ParsedEvents:
+    """The events a process's channel workers parsed last, by body: each
+    channel's queue has its own copy of an event, and the workers of one
+    process take their copies at about the same time, so the second and
+    later find the first's :class:`Event` (immutable) instead of validating
+    the same bytes again."""
+
+    #: Bodies kept: enough for every prefetched message of every channel; and
+    #: the largest kept (events are about a kilobyte; a larger one is parsed each time).
+    SIZE = 2048
+    LARGEST = 8192
+
+    def __init__(self, event_types: EventTypeRegistry) -> None:
+        self.event_types = event_types
+        self._events: dict[bytes, Event] = {}
+
+    def parse(self, body: bytes) -> Event:
+        """:raises InvalidEvent: as :func:`parse_event` (a body that is no event is not kept)."""
+        if len(body) > self.LARGEST:
+            return parse_event(body, self.event_types)
+        event = self._events.get(body)
+        if event is None:
+            event = self._events[body] = parse_event(body, self.event_types)
+            if len(self._events) > self.SIZE:
+                del self._events[next(iter(self._events))]
+        return event
+
+
 class WorkerContext(ChannelContext, Protocol):
-    """What a worker uses besides what its channel does: endpoint health."""
+    """What a worker uses besides what its channel does: endpoint health, and
+    the events its process's workers parsed last."""
 
     @property
     def health(self) -> EndpointHealth: ...
+
+    @property
+    def parsed(self) -> ParsedEvents: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +120,7 @@ class Result:
     parked: bool = True
 
 
-def event_of(message: AbstractIncomingMessage, event_types: EventTypeRegistry) -> Event:
+def event_of(message: AbstractIncomingMessage, events: ParsedEvents) -> Event:
     """The event a message carries.
 
     :raises InvalidEvent: its body is no event, or its content type says it
@@ -99,7 +131,7 @@ def event_of(message: AbstractIncomingMessage, event_types: EventTypeRegistry) -
     if content_type and content_type.partition(";")[0].strip().lower() != "application/json":
         raise InvalidEvent([{"loc": [], "msg": f"content type {content_type!r} is not application/json",
                              "type": "content_type"}])
-    return parse_event(message.body, event_types)
+    return events.parse(message.body)
 
 
 class ChannelWorker:
@@ -192,7 +224,7 @@ class ChannelWorker:
     async def _handle(self, message: AbstractIncomingMessage) -> Settlement:
         """Deliver the message's event and say how to settle it."""
         try:
-            event = event_of(message, self.event_types)
+            event = event_of(message, self.services.parsed)
         except InvalidEvent as exc:
             log.warning("%s: poison message %s: %s", self.name, message.message_id, exc)
             return self._parked({}, f"unparseable message: {exc}"[:1000])

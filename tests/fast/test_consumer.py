@@ -17,9 +17,11 @@ from shipcast import Channel, ChannelConfig, Delivered, Event, Partner, Target, 
 from shipcast.amqp import headers as h
 from shipcast.amqp.memory import MemoryBroker
 from shipcast.app.services import Services
-from shipcast.delivery.consumer import ChannelWorker
+from shipcast.delivery import consumer
+from shipcast.delivery.consumer import ChannelWorker, ParsedEvents
 from shipcast.delivery.replay import matching_deliveries, replay_rows
-from shipcast.exceptions import PermanentDelivery, RetryableDelivery
+from shipcast.exceptions import InvalidEvent, PermanentDelivery, RetryableDelivery
+from shipcast.model.event_types import EventTypeRegistry
 from shipcast.model.examples import example
 from shipcast.plugin.registry import Registry
 from shipcast.settings import Settings
@@ -323,3 +325,28 @@ async def test_untraced_junk_in_traceparent_is_no_reason_to_park(rig: Rig) -> No
     await rig.broker.drain()
     assert sorted(rig.script.sent) == [(event.event_id, "a"), (event.event_id, "b")]
     assert not rig.broker.messages(DEAD) and not rig.script.contexts
+
+
+def test_one_process_parses_an_events_body_once_whichever_channels_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = Registry(Settings(api_token="t")).event_types
+    parsed = ParsedEvents(registry)
+    calls: list[bytes] = []
+    real = consumer.parse_event
+
+    def counting(body: bytes, event_types: EventTypeRegistry) -> Event:
+        calls.append(body)
+        return real(body, event_types)
+
+    monkeypatch.setattr(consumer, "parse_event", counting)
+    body = example("OFD", registry).to_json()
+    first, second = parsed.parse(body), parsed.parse(bytes(bytearray(body)))  # the next channel's own copy
+    assert first is second and len(calls) == 1
+    for _ in range(2):  # a body that is no event is not kept: refused again, not served
+        with pytest.raises(InvalidEvent):
+            parsed.parse(b'{"event_type": "OFD"}')
+    assert len(calls) == 3
+    for number in range(ParsedEvents.SIZE + 10):  # bounded: the oldest go first
+        parsed.parse(example("DEL", registry, order_id=f"ORD-{number}").to_json())
+    assert len(parsed._events) == ParsedEvents.SIZE and body not in parsed._events
+    monkeypatch.setattr(ParsedEvents, "LARGEST", len(body) - 1)
+    assert parsed.parse(body) == first and body not in parsed._events  # a larger event is parsed each time
