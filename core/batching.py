@@ -48,6 +48,8 @@ class Batcher(Generic[T, R]):
             self._pending.append((item, future))
             futures.append(future)
         self._wake.set()
+        if len(futures) == 1:  # the common case, without gather's future and callbacks
+            return [await futures[0]]
         return list(await asyncio.gather(*futures))
 
     async def _loop(self) -> None:
