@@ -1,17 +1,19 @@
 """The marshmallow fields customer channels share in their configs: provider
 ids per event type and language, quiet hours and their time zone, and the
-types that are sent whatever the hour."""
+types that are sent whatever the hour. Each field naming event types
+refuses one the catalog does not register, as a partners file's ``events`` does."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from shipcast.messaging.templates import LANGUAGES
+from shipcast.model.catalog import current
 from shipcast.model.json_schemas import Describer, JsonSchema
 
 #: The longest template text a partner may give, in characters.
@@ -21,6 +23,16 @@ MAX_TEMPLATE = 32 * 1024
 #: A text that is not all whitespace, as Python's ``str.strip`` sees it (which
 #: strips \x1c-\x1f and \x85, whitespace to no JSON Schema engine), as a pattern.
 NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
+
+
+def known_event_types(value: Iterable[Any]) -> None:
+    """A validator: every event type ``value`` names (a list's items, a
+    mapping's keys) is one the catalog registers. A type misspelt would
+    otherwise be kept and never match an event."""
+    known = current().event_types
+    unknown = sorted({str(name) for name in value if name not in known})
+    if unknown:
+        raise ValidationError(f"unknown event types {unknown}; known: {', '.join(known)}")
 
 
 class TemplateText(fields.Field):  # type: ignore[type-arg]
@@ -44,17 +56,25 @@ class TemplateText(fields.Field):  # type: ignore[type-arg]
                 "description": "One template text, or one per language"}
 
 
-class Templates(fields.Dict):
-    """``templates: {OFD: text, FAIL: {en: text, hi: text}}``: the partner's
-    own text of an event type's message, for every language or one per language."""
+class ByEventType(fields.Dict):
+    """A mapping of event types the catalog registers to what the channel
+    sends for each (WhatsApp's ``variables``): a type misspelt is refused."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(keys=fields.String(), values=TemplateText(), load_default=dict, **kwargs)
+    def __init__(self, values: fields.Field, **kwargs: Any) -> None:  # type: ignore[type-arg]
+        super().__init__(keys=fields.String(), values=values, validate=known_event_types, **kwargs)
 
     def json_schema(self, describer: Describer) -> JsonSchema:
         assert self.value_field is not None
         return {"type": "object", "propertyNames": {"enum": list(describer.catalog.event_types)},
-                "additionalProperties": describer.field(self.value_field), "default": {}}
+                "additionalProperties": describer.field(self.value_field)}
+
+
+class Templates(ByEventType):
+    """``templates: {OFD: text, FAIL: {en: text, hi: text}}``: the partner's
+    own text of an event type's message, for every language or one per language."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(TemplateText(), load_default=dict, **kwargs)
 
 
 class TemplateDir(fields.String):
@@ -75,7 +95,7 @@ class IdsByType(fields.Field):  # type: ignore[type-arg]
     def __init__(self, pattern: str, error: str, **kwargs: Any) -> None:
         if not kwargs.get("required"):
             kwargs.setdefault("load_default", dict)
-        super().__init__(**kwargs)
+        super().__init__(validate=known_event_types, **kwargs)
         self.pattern, self.error = re.compile(pattern), error
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
@@ -179,12 +199,20 @@ class QuietHours(Schema):
             raise ValidationError("start and end are the same: the hours would be quiet all day", "end")
 
 
-class Critical(fields.List):  # type: ignore[type-arg]
+class EventTypes(fields.List):  # type: ignore[type-arg]
+    """A list of event types the catalog registers (no ``*``): email's
+    ``transactional``, the ``critical`` types."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(), validate=known_event_types, **kwargs)
+
+    def json_schema(self, describer: Describer) -> JsonSchema:
+        return {"type": "array", "items": {"enum": list(describer.catalog.event_types)}}
+
+
+class Critical(EventTypes):
     """``critical: [DEL]``: event types sent even in quiet hours, besides the
     OFDs, FAILs and OTPs that always are (empty by default)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(fields.String(), load_default=list, **kwargs)
-
-    def json_schema(self, describer: Describer) -> JsonSchema:
-        return {"type": "array", "items": {"enum": list(describer.catalog.event_types)}, "default": []}
+        super().__init__(load_default=list, **kwargs)

@@ -35,7 +35,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validates
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, RetryableDelivery
 from shipcast.messaging import outbox
-from shipcast.messaging.fields import Critical, QuietHours, TemplateDir, Templates
+from shipcast.messaging.fields import Critical, EventTypes, QuietHours, TemplateDir, Templates
 from shipcast.messaging.rules import keep_rules, mask
 from shipcast.messaging.templates import check_templates, language_of, serves
 from shipcast.model.envelope import Event
@@ -96,7 +96,7 @@ class EmailConfig(Schema):
         "examples": ["Acme Retail <orders@acme.example.com>"],
         "json_schema": {"pattern": rf"^({_ADDRESS}|[^<>@\",;:()\[\]\\]*<{_ADDRESS}>)$"}})
     reply_to = fields.Email()
-    transactional = fields.List(fields.String(), load_default=lambda: list(TRANSACTIONAL))
+    transactional = EventTypes(load_default=lambda: list(TRANSACTIONAL))
     templates = Templates()
     #: A directory on the server with the partner's own ``<channel>/<TYPE>.<lang>.j2``.
     template_dir = TemplateDir()

@@ -30,7 +30,7 @@ from typing import Any
 
 import phonenumbers
 import pluggy
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, fields, validate
 
 from shipcast import hookimpl
 from shipcast.exceptions import ConfigError, PermanentDelivery, SentBefore
@@ -38,7 +38,6 @@ from shipcast.messaging import outbox
 from shipcast.messaging.fields import Critical, IdsByType, QuietHours, TemplateDir, Templates, id_for
 from shipcast.messaging.rules import finish_sends, keep_rules, mask, send_noted
 from shipcast.messaging.templates import LANGUAGES, check_templates, language_of, render, serves, text_language
-from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target
@@ -68,14 +67,6 @@ class SmsConfig(Schema):
     template_dir = TemplateDir()
     quiet_hours = fields.Nested(QuietHours)
     critical = Critical()
-
-    @validates_schema
-    def _known_types(self, data: dict[str, Any], **_: Any) -> None:
-        known = current().event_types
-        for key in ("dlt_template_ids", "templates", "critical"):
-            unknown = sorted(set(data.get(key, {})) - set(known))
-            if unknown:
-                raise ValidationError(f"unknown event types {unknown}", key)
 
 
 class SmsChannel(Channel):

@@ -38,10 +38,9 @@ from shipcast.exceptions import (
     SentBefore,
 )
 from shipcast.messaging import outbox
-from shipcast.messaging.fields import Critical, IdsByType, QuietHours, id_for
+from shipcast.messaging.fields import ByEventType, Critical, IdsByType, QuietHours, id_for
 from shipcast.messaging.rules import UNREACHABLE, finish_sends, keep_rules, mask, send_noted, settle_quietly
 from shipcast.messaging.templates import context, lacks, language_of, render_source, tracking_url
-from shipcast.model.catalog import current
 from shipcast.model.envelope import Event
 from shipcast.model.partners import Partner
 from shipcast.plugin.channel import Channel, Delivered, EventList, Target
@@ -80,9 +79,8 @@ class WhatsAppConfig(Schema):
     content_sids = IdsByType(r"HX[0-9a-fA-F]{32}", "must be an approved content template's sid (HX…)",
                              required=True, metadata={"description": "The approved content template (HX…) of "
                                                       "each event type in events, or per language (en required)"})
-    variables = fields.Dict(keys=fields.String(), values=fields.List(
-        fields.String(validate=validate.Length(min=1, max=1000)), validate=validate.Length(max=20)),
-        load_default=dict)
+    variables = ByEventType(fields.List(fields.String(validate=validate.Length(min=1, max=1000)),
+                                        validate=validate.Length(max=20)), load_default=dict)
     fallback_sms_sender = fields.String(validate=validate.Regexp(
         r"^(\+[0-9]{6,15}|[A-Za-z0-9]{3,11})$", error="must be a phone number (+…) or a 3-11 character header"))
     quiet_hours = fields.Nested(QuietHours)
@@ -90,9 +88,6 @@ class WhatsAppConfig(Schema):
 
     @validates_schema
     def _every_type_has_a_template(self, data: dict[str, Any], **_: Any) -> None:
-        unknown = sorted(set(data.get("content_sids", {})) - set(current().event_types))
-        if unknown:
-            raise ValidationError(f"unknown event types {unknown}", "content_sids")
         events = data.get("events", ["*"])  # '*': every type it has a content template for
         missing = [t for t in events if t != "*" and t not in data.get("content_sids", {})]
         if missing:
