@@ -5,9 +5,13 @@ README.md (not copied here), shipcast is started as ``make run`` starts it
 and the demo partner's SMS and email in the development outbox, shown in the
 portal with the order's tracking page link.
 
-Two substitutions only, so the test can run beside others: ``.venv/bin/``
-becomes this test's own venv, and port 8000 a free port (in the commands and
-in the partners file's receiver URL, which names shipcast's own port)."""
+``shipcast run`` is started with the environment the Makefile's run target
+gives it (``make run`` itself would also install into ``.venv``). What differs,
+so the test can run beside others: ``.venv/bin/`` is this test's own venv;
+port 8000 is a free port (in the commands, in the partners file's receiver
+URL, which names shipcast's own port, and in ``SHIPCAST_PUBLIC_URL``, which
+tracking links start with); RabbitMQ is the test's own virtual host; and the
+log is text."""
 
 from __future__ import annotations
 
