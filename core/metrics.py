@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +102,15 @@ def _line(name: str, labels: Labels, number: float) -> str:
 #: Where the processes of one ``shipcast run`` leave their figures for each
 #: other (see :func:`share`), and this process's file there.
 _shared: tuple[Path, str] | None = None
+#: The files of processes that ended: their counters and histograms still
+#: count (so sums never go back), their gauges no longer.
+RETIRED = "retired-"
 
 
 def share(directory: str | Path, name: str) -> None:
-    """Show the figures of every process sharing ``directory``: this one
-    writes its own there (:func:`publish`), and :func:`render` adds up the
-    others' with its own live figures."""
+    """Show the figures of every process sharing ``directory``: each writes
+    its own there (:func:`publish`), and :func:`render`, in any of them, adds
+    up the files, so every process shows the same sums and none goes back."""
     global _shared
     _shared = Path(directory), f"{name}.json"
 
@@ -119,22 +121,39 @@ def publish() -> None:
     if _shared is None:
         return
     directory, name = _shared
-    state = {"counters": [[metric, labels, number] for (metric, labels), number in _counters.items()],
-             "gauges": [[metric, labels, number] for (metric, labels), number in _gauges.items()],
-             "histograms": [[metric, labels, row] for (metric, labels), row in _histograms.items()]}
+    state = {"counters": [[metric, labels, number] for (metric, labels), number in list(_counters.items())],
+             "gauges": [[metric, labels, number] for (metric, labels), number in list(_gauges.items())],
+             "histograms": [[metric, labels, list(row)] for (metric, labels), row in list(_histograms.items())]}
     partial = directory / f".{name}.{os.getpid()}"
     partial.write_text(json.dumps(state))
     partial.replace(directory / name)
 
 
-def _others() -> Iterable[dict[str, Any]]:
-    if _shared is None:
-        return
-    directory, own = _shared
-    for path in sorted(directory.glob("*.json")):
-        if path.name != own:
-            with contextlib.suppress(OSError, ValueError):
-                yield json.loads(path.read_text())
+def retire(directory: str | Path, name: str, number: int) -> None:
+    """Keep the figures of a process that ended (its counters count on; see
+    :data:`RETIRED`), so that the one started in its place begins from none."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(directory) / f"{name}.json").replace(Path(directory) / f"{RETIRED}{name}-{number}.json")
+
+
+def _states() -> list[tuple[bool, dict[str, Any]]]:
+    """Every process's last figures (whether it ended, and its state). A file
+    retired while they are read is read again under its new name."""
+    assert _shared is not None
+    directory = _shared[0]
+    for _ in range(5):
+        found: list[tuple[bool, dict[str, Any]]] = []
+        for path in sorted(directory.glob("*.json")):
+            try:
+                state = json.loads(path.read_text())
+            except FileNotFoundError:
+                break  # retired (renamed) since the listing: list again
+            except (OSError, ValueError):
+                continue  # not a file a process wrote whole
+            found.append((path.name.startswith(RETIRED), state))
+        else:
+            return found
+    return found
 
 
 def _labels(found: Any) -> Labels:
@@ -143,21 +162,23 @@ def _labels(found: Any) -> Labels:
 
 def _merged() -> tuple[Counter[tuple[str, Labels]], dict[tuple[str, Labels], float],
                        dict[tuple[str, Labels], list[float]]]:
-    """This process's figures, with those the processes sharing its directory last wrote."""
-    counters = Counter(_counters)
-    gauges = dict(_gauges)
-    histograms = {key: list(row) for key, row in _histograms.items()}
-    for state in _others():
+    """The figures of every process sharing the directory, this one's written first."""
+    publish()
+    counters: Counter[tuple[str, Labels]] = Counter()
+    gauges: dict[tuple[str, Labels], float] = {}
+    histograms: dict[tuple[str, Labels], list[float]] = {}
+    width = len(BUCKETS) + 2
+    for retired, state in _states():
         for metric, labels, number in state.get("counters", ()):
             counters[metric, _labels(labels)] += number
-        for metric, labels, number in state.get("gauges", ()):
+        for metric, labels, number in () if retired else state.get("gauges", ()):
             key = (metric, _labels(labels))
             gauges[key] = max(gauges.get(key, number), number) if metric in WORST_OF \
                 else gauges.get(key, 0.0) + number
         for metric, labels, row in state.get("histograms", ()):
-            key = (metric, _labels(labels))
-            mine = histograms.setdefault(key, [0.0] * len(row))
-            histograms[key] = [a + b for a, b in zip(mine, row, strict=True)]
+            if len(row) == width:  # (another version's buckets cannot be added up)
+                key = (metric, _labels(labels))
+                histograms[key] = [a + b for a, b in zip(histograms.get(key, [0.0] * width), row, strict=True)]
     return counters, gauges, histograms
 
 

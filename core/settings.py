@@ -37,10 +37,6 @@ class Settings(BaseSettings):
     #: Processes ``shipcast run`` starts, each with the API and every channel
     #: worker (0: one per CPU): they share the port and compete on the queues.
     processes: int = Field(0, ge=0, le=256)
-    #: Set by ``shipcast run`` in each of its processes, not by hand: limits kept
-    #: in a process (an endpoint's concurrency and rate, the resend quota) are
-    #: divided by it, so that the processes together keep the configured ones.
-    process_share: int = Field(1, ge=1, le=256)
     api_token: str | None = Field(None, repr=False)
     management_url: str = "http://guest:guest@localhost:15672"
     retry_schedule: str = DEFAULT_RETRY_SCHEDULE

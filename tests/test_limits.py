@@ -141,3 +141,16 @@ async def test_a_body_that_is_not_json_is_a_422_naming_it(shipcast: ShipcastProc
         response = await shipcast.http.post(path, content=body, headers={"content-type": "application/json"})
         assert response.status_code == 422, (path, response.text)
         assert response.json()["detail"][0]["loc"][0] == "body", response.text
+
+
+async def test_an_ingest_body_over_the_bound_is_a_413_and_not_counted_as_a_500(vhost: str, sqlite_url: str) -> None:
+    from shipcast import metrics
+
+    from .conftest import make_settings
+
+    async with ShipcastProcess(make_settings(vhost, sqlite_url, max_batch=2, max_event_bytes=1024),
+                               workers=False) as shipcast:
+        failed = metrics.value("shipcast_ingest_requests_total", code="500")
+        response = await shipcast.http.post("/v1/events", content=chunks(MiB), headers={"content-type": "application/json"})
+        assert response.status_code == 413, response.text
+        assert metrics.value("shipcast_ingest_requests_total", code="500") == failed

@@ -4,6 +4,7 @@ competitively, a dead process started again, limits shared out, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -109,6 +110,30 @@ def test_a_process_that_cannot_start_ends_the_run_with_its_error(settings: Setti
     assert "before it was ready" in output and "Not An Id" in output, output
 
 
+@pytest.mark.slow
+async def test_the_processes_end_with_a_supervisor_killed_with_9(settings: Settings) -> None:
+    process = Subprocess(settings, "run", "--processes", "2").start()
+    assert process.process is not None
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=5) as http:
+            async def ready() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await http.get("/readyz")).status_code == 200 and len(_children(process.process.pid)) == 2
+                return False
+            await eventually(ready, timeout=60)
+        children = _children(process.process.pid)
+        os.kill(process.process.pid, signal.SIGKILL)  # not its process group: the supervisor alone
+        process.process.wait(10)
+
+        def gone() -> bool:
+            return not [pid for pid in children if Path(f"/proc/{pid}").exists()
+                        and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+        await eventually(gone, timeout=60)
+    finally:
+        output = process.stop()
+    assert "Traceback" not in output, output
+
+
 @pytest.mark.fast
 def test_metrics_add_up_every_process_and_show_the_worst_circuit(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,16 +165,24 @@ def test_metrics_add_up_every_process_and_show_the_worst_circuit(tmp_path: Path,
     assert 'shipcast_delivery_latency_seconds_count{channel="webhook",event_type="OFD"} 2' in text
     assert 'shipcast_delivery_latency_seconds_bucket{channel="webhook",event_type="OFD",le="0.025"} 1' in text
     assert 'shipcast_delivery_latency_seconds_sum{channel="webhook",event_type="OFD"} 3.02' in text
+    # A process that ended: its counts still count (no sum goes back), its gauges no longer.
+    metrics.retire(tmp_path, "1", 1)
+    text = metrics.render()
+    assert 'shipcast_deliveries_total{channel="webhook",event_type="OFD",outcome="delivered"} 5' in text
+    assert 'shipcast_deliveries_in_flight{channel="webhook"} 1' in text
+    assert 'shipcast_circuit_state{channel="webhook",partner="acme",target="main"} 0' in text
     monkeypatch.setattr(metrics, "_shared", None)
-    assert 'shipcast_deliveries_in_flight{channel="webhook"} 1' in metrics.render()  # alone: its own only
+    metrics.inc("shipcast_deliveries_total", 1, channel="webhook", event_type="OFD", outcome="delivered")
+    text = metrics.render()  # alone: its own only
+    assert 'shipcast_deliveries_total{channel="webhook",event_type="OFD",outcome="delivered"} 3' in text
 
 
 @pytest.mark.fast
 def test_each_process_keeps_its_share_of_an_endpoints_limits() -> None:
     target = Target("main", "https://x.example.com/", concurrency=10, rate_limit=30.0)
     alone = Gates(Settings(api_token="t")).get("acme", target)
-    shared = Gates(Settings(api_token="t", process_share=3)).get("acme", target)
+    shared = Gates(Settings(api_token="t"), share=3).get("acme", target)
     assert (alone.concurrency, alone.rate) == (10, 30.0)
     assert (shared.concurrency, shared.rate) == (4, 10.0)  # 10 / 3 rounded up: never 0
-    unlimited = Gates(Settings(api_token="t", process_share=3)).get("acme", Target("main", "https://x.example.com/"))
+    unlimited = Gates(Settings(api_token="t"), share=3).get("acme", Target("main", "https://x.example.com/"))
     assert unlimited.rate == 0.0  # no limit stays no limit

@@ -16,15 +16,19 @@ the supervisor exits once they have.
 
 What a process keeps in memory is its own: the limits it enforces (an
 endpoint's concurrency and rate, the resend quota) are its share of the
-configured ones (``SHIPCAST_PROCESS_SHARE``), and ``/metrics``, in any of
+configured ones (``Services.process_share``), and ``/metrics``, in any of
 them, adds up every process's figures, which each writes to a directory they
-share every second (:func:`shipcast.metrics.share`).
+share (every second, and whenever it is asked for them); a process that ended
+leaves its counts there, so no sum goes back. The processes end with the
+supervisor, even one killed with ``-9`` (the kernel sends them SIGTERM).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -43,27 +47,42 @@ from typing import Any
 from shipcast import metrics
 from shipcast.app.runtime import Inherited, serve
 from shipcast.app.services import Services
+from shipcast.exceptions import ConfigError
 from shipcast.settings import Settings
 
 log = logging.getLogger("shipcast")
 
+#: prctl's option that signals a process when its parent ends (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 #: Seconds between the figures each process writes for the others.
 METRICS_EVERY = 1.0
 #: Seconds a process that died waits before it is started again, at first and at most.
 RESTART_FIRST, RESTART_MOST = 0.5, 30.0
 #: Seconds a process must have run for its restart pause to start again from the first.
 RESTART_RESET = 60.0
-#: Seconds each process has to drain after SIGTERM (past its own 30 s) before it is killed.
-STOP_GRACE = 40.0
+#: Seconds each process has to drain after SIGTERM before it is killed: the
+#: API's 30 s for requests in flight, then the workers' 30 s, and a margin.
+STOP_GRACE = 70.0
 
 
 def process_count(settings: Settings) -> int:
-    """How many processes ``shipcast run`` starts: ``SHIPCAST_PROCESSES``, or one per CPU it may use."""
+    """How many processes ``shipcast run`` starts: ``SHIPCAST_PROCESSES``, or
+    one per CPU it may use (those it may run on, within a container's CPU quota)."""
     if settings.processes:
         return settings.processes
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # pragma: no cover - macOS
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, cpu_quota() or cpus))
+
+
+def cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """The CPUs a cgroup v2 quota allows (``200000 100000``: 2), rounded up; ``None`` without one."""
+    try:
+        quota, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or not int(period):
+        return None
+    return -(-int(quota) // int(period))
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -98,10 +117,15 @@ class Supervisor:
         self.settings = settings
         self.count = count
         self.api = listening_socket(settings.host, settings.port)
-        self.health = listening_socket(settings.host, settings.health_port) \
-            if settings.health_port is not None else None
+        try:
+            self.health = listening_socket(settings.host, settings.health_port) \
+                if settings.health_port is not None else None
+        except OSError:
+            self.api.close()
+            raise
         self.shared = tempfile.mkdtemp(prefix="shipcast-metrics-")
         self.processes = [Process(index) for index in range(count)]
+        self.retired = 0
         self.stopping = False
 
     def run(self) -> int:
@@ -153,14 +177,18 @@ class Supervisor:
                     self._start(other, prepare=False)
 
     def _exited(self, process: Process, now: float) -> int | None:
-        """A process exited on its own: its exit status if the run must end, else ``None`` (it restarts)."""
+        """A process exited on its own: its exit status if the run must end, else ``None`` (it restarts).
+
+        The run ends only when the first process fails before it was ever
+        ready: it is the one that loads the partners file, and a file that
+        does not load would fail every start. Any other is started again."""
         assert process.popen is not None
         code = process.popen.returncode
         was_ready, ran = process.ready, now - process.started_at
         self._forget(process)
-        if not was_ready and not process.exits:
-            log.error("shipcast run: process %d exited (%d) before it was ready; stopping", process.index, code)
-            return code or 1
+        if process.index == 0 and not was_ready and not process.exits:
+            log.error("shipcast run: process 0 exited (%d) before it was ready; stopping", code)
+            return 128 - code if code < 0 else code or 1  # a signal's number as a shell gives it
         process.exits.append(code)
         process.pause = RESTART_FIRST if ran >= RESTART_RESET else min(process.pause * 2, RESTART_MOST)
         process.restart_at = now + process.pause
@@ -172,17 +200,18 @@ class Supervisor:
         if process.ready_fd is not None:
             os.close(process.ready_fd)
         process.popen, process.ready_fd, process.ready = None, None, False
+        self.retired += 1
+        metrics.retire(self.shared, str(process.index), self.retired)
 
     def _start(self, process: Process, *, prepare: bool) -> None:
         read_fd, write_fd = os.pipe()
         inherited = [self.api.fileno(), write_fd, *([self.health.fileno()] if self.health is not None else [])]
-        spec = {"index": process.index, "api": self.api.fileno(),
+        spec = {"index": process.index, "count": self.count, "supervisor": os.getpid(), "api": self.api.fileno(),
                 "health": self.health.fileno() if self.health is not None else None,
                 "ready": write_fd, "prepare": prepare, "metrics": self.shared}
-        env = {**os.environ, "SHIPCAST_PROCESS_SHARE": str(self.count)}
         try:
             process.popen = subprocess.Popen([sys.executable, "-m", "shipcast", "run", "--child", json.dumps(spec)],
-                                             env=env, pass_fds=inherited)
+                                             pass_fds=inherited)
         finally:
             os.close(write_fd)
         process.ready_fd, process.ready = read_fd, False
@@ -210,14 +239,34 @@ class Supervisor:
 
 
 def supervise(settings: Settings, count: int) -> int:
-    """Run ``count`` processes of ``shipcast run``; returns the exit status."""
-    return Supervisor(settings, count).run()
+    """Run ``count`` processes of ``shipcast run``; returns the exit status.
+
+    :raises ConfigError: the port (or the operations port) cannot be listened on."""
+    try:
+        supervisor = Supervisor(settings, count)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {settings.host} port {settings.port}"
+                          f"{f' or {settings.health_port}' if settings.health_port is not None else ''}: "
+                          f"{exc.strerror or exc}") from None
+    return supervisor.run()
+
+
+def end_with_parent(supervisor: int) -> None:
+    """Have the kernel send this process SIGTERM when its supervisor ends,
+    however it ends (Linux); if it ended already, end now."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def serve_child(spec: dict[str, Any], names: Sequence[str], services: Services) -> None:
     """One of the processes: the API on the inherited socket, every named
     channel's worker, and this process's figures written for the others."""
+    end_with_parent(spec["supervisor"])
     metrics.share(spec["metrics"], str(spec["index"]))
+    services.process_share = spec["count"]
     ready_fd: int = spec["ready"]
 
     def ready() -> None:
@@ -226,7 +275,10 @@ async def serve_child(spec: dict[str, Any], names: Sequence[str], services: Serv
 
     async def publish_figures() -> None:
         while True:
-            await asyncio.to_thread(metrics.publish)
+            try:
+                metrics.publish()
+            except OSError as exc:  # a full disk, say: the others see older figures meanwhile
+                log.warning("cannot share this process's figures: %s", exc)
             await asyncio.sleep(METRICS_EVERY)
 
     def inherited_socket(fd: int | None) -> socket.socket | None:
@@ -240,4 +292,5 @@ async def serve_child(spec: dict[str, Any], names: Sequence[str], services: Serv
     finally:
         figures.cancel()
         await asyncio.gather(figures, return_exceptions=True)
-        metrics.publish()
+        with contextlib.suppress(OSError):
+            metrics.publish()

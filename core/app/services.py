@@ -46,6 +46,9 @@ class Services:
     health: EndpointHealth = field(init=False)
     #: The events this process's channel workers parsed last, by body.
     parsed: ParsedEvents = field(init=False)
+    #: How many processes of one ``shipcast run`` this one shares its limits
+    #: with: an endpoint's concurrency and rate, and the resend quota, are divided by it.
+    process_share: int = field(default=1, init=False)
     #: Posts operator events, in processes that run workers and have an operator endpoint.
     notifier: OperatorNotifier | None = field(default=None, init=False)
     #: Prunes what is past its retention, in processes that run workers.

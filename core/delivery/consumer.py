@@ -94,14 +94,18 @@ class ParsedEvents:
 
 
 class WorkerContext(ChannelContext, Protocol):
-    """What a worker uses besides what its channel does: endpoint health, and
-    the events its process's workers parsed last."""
+    """What a worker uses besides what its channel does: endpoint health, the
+    events its process's workers parsed last, and how many processes share
+    each target's limits."""
 
     @property
     def health(self) -> EndpointHealth: ...
 
     @property
     def parsed(self) -> ParsedEvents: ...
+
+    @property
+    def process_share(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class ChannelWorker:
         # One query finds which of the events in flight were delivered already.
         self._delivered: Batcher[str, set[str]] = Batcher(
             lambda event_ids: services.store.delivered_for(self.name, event_ids))
-        self.gates = Gates(services.settings)
+        self.gates = Gates(services.settings, services.process_share)
         self._order_locks = KeyedLock()
         self._event_locks = KeyedLock()
         self._span = f"process {self.topology.work.name}"

@@ -7,7 +7,8 @@ worker's prefetch slots; while the circuit is open, deliveries go to the retry
 tiers without a connection attempt, until one probe after the cool-down
 closes it again. Gates live in the worker process (each process judges the
 targets it sees); the processes of one ``shipcast run`` each take an equal
-share of a target's concurrency and rate (``Settings.process_share``).
+share of a target's concurrency and rate (``Services.process_share``; a
+concurrency below the number of processes is one in each).
 """
 
 from __future__ import annotations
@@ -216,14 +217,17 @@ class Gate:
 class Gates:
     """Every target's gate in one worker, made on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, share: int = 1) -> None:
+        """:param share: how many processes of one ``shipcast run`` share each
+            target's limits: this one keeps its part of them."""
         self.settings = settings
+        self.share = share
         self._gates: dict[tuple[str, str], Gate] = {}
 
     def get(self, partner_id: str, target: Target) -> Gate:
         key = (partner_id, target.id)
         # Several processes of one `shipcast run` each keep their share of the limits.
-        share = self.settings.process_share
+        share = self.share
         concurrency = -(-(target.concurrency or self.settings.endpoint_concurrency) // share)
         rate = (self.settings.endpoint_rate_limit if target.rate_limit is None else target.rate_limit) / share
         gate = self._gates.get(key)

@@ -79,7 +79,7 @@ class IngestRequests:
             await self.app(scope, receive, send)
             return
         parent = await _caller_context(Request(scope)) if tracing.enabled() else tracing.NEW_TRACE
-        status = 500  # unless an answer starts: an error no handler answered
+        status: int | None = None
 
         async def answer(message: Message) -> None:
             nonlocal status
@@ -91,12 +91,15 @@ class IngestRequests:
             try:
                 await self.app(scope, receive, answer)
             finally:
-                metrics.inc("shipcast_ingest_requests_total", code=str(status))
+                # An answer that never started here (a body over the limit, which the limit's
+                # own 413 answers; a caller gone mid-body; an error) is not counted.
+                if status is not None:
+                    metrics.inc("shipcast_ingest_requests_total", code=str(status))
                 if span is not None:
                     tracing.describe(span, None, {"http.request.method": "POST", "http.route": "/v1/events",
                                                   tracing.HTTP_STATUS: status})
-                    if status >= 500:
-                        tracing.failed(span, f"HTTP {status}")
+                    if status is None or status >= 500:
+                        tracing.failed(span, f"HTTP {status}" if status else "no answer")
 
 
 def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
@@ -117,7 +120,7 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
                       description="Order events in; signed webhooks and no-code channels out.",
                       generate_unique_id_function=document.operation_id)
     app.state.services = services
-    app.state.resend_quota = Quota(-(-services.settings.partner_resend_quota // services.settings.process_share))
+    app.state.resend_quota = Quota(-(-services.settings.partner_resend_quota // services.process_share))
 
     app.add_middleware(IngestRequests)
 

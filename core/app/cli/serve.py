@@ -53,7 +53,11 @@ def run(processes: int | None, child: str | None) -> None:
         run_command(lambda: serve(api=True, worker_names=names, services=Services.from_settings(
             found.settings, registry=found)))
         return
-    sys.exit(several.supervise(found.settings, count))
+    try:
+        status = several.supervise(found.settings, count)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(status)
 
 
 @cli.command()
