@@ -206,7 +206,7 @@ async def end_to_end(contender: Contender, receiver: ReceiverProcess, n: int, pe
     stores = [name for name in contender.queues if not name.endswith("webhook")]
     drained, arrivals = await asyncio.gather(emptied(contender.vhost, stores), receiver.wait_for(ids, 600))
     last = max(arrivals[i] for i in ids)
-    end = max(last, *drained.values())
+    end = max([last, *drained.values()])
     await settled(contender.vhost, contender.queues)
     return {"rate": n / (end - started), "ingest": n / (posted - started),
             "cpu": (contender.proc.cpu() - cpu) / n * 1e6, "posted": posted - started,
