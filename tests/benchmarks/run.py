@@ -28,6 +28,7 @@ import aiohttp
 import httpx
 
 from .common import BIN, Proc, Receiver, Vhost, broker_cpu, events, mean, percentile
+from .default import default
 from .filters import filters
 from .floor import publish as floor_publish
 from .tracing import tracing
@@ -762,10 +763,11 @@ async def paging(tmp: Path, quick: bool) -> None:
 
 
 DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "live", "paging",
-           "writepath"]
+           "writepath", "default"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow,
              "latency": latency, "ingest": ingest, "fanout": fanout, "growth": growth, "memory": memory,
              "isolation": isolation, "live": live, "paging": paging, "writepath": writepath,
+             "default": default,
              # in-process, no services: not in DEFAULT, run it by name
              "filters": filters,
              # tracing off against on: not in DEFAULT, run it by name
