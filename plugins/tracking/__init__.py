@@ -60,7 +60,10 @@ class TrackingChannel(ArchiveChannel):
 
     async def start(self) -> None:
         await super().start()
-        self._pings = await self.context.broker.require().channel()
+        # Without confirms: a ping is best-effort (a page lost one shows the event at its
+        # next reconnect), and most go to no page at all; a confirm per event cost a wait and
+        # a broker frame for each.
+        self._pings = await self.context.broker.require().channel(publisher_confirms=False)
         self._live = await declare_live_exchange(self._pings)
 
     async def close(self) -> None:
