@@ -489,3 +489,23 @@ async def test_cookies_are_secure_when_the_public_url_is_https(vhost: str, sqlit
         assert response.status_code == 200
         cookies = response.headers.get_list("set-cookie")
         assert len(cookies) == 2 and all("; secure" in cookie.lower() for cookie in cookies), cookies
+
+
+async def test_a_ping_for_an_order_no_page_shows_is_dropped_quietly(shipcast: ShipcastProcess,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """No page open: the ping reaches no queue, and the broker drops it without
+    sending it back (a returned message would be an error line for every event)."""
+    await shipcast.apply(doc())
+    before = _tracked()
+    with caplog.at_level("WARNING"):
+        await post_events(shipcast, *(event("OFD", sequence) for sequence in range(1, 6)))
+        await eventually(lambda: _tracked() >= before + 5, timeout=30)
+        await asyncio.sleep(0.5)  # a returned ping would arrive after its publish
+    assert not [record for record in caplog.records if record.name.startswith(("aiormq", "aio_pika"))], caplog.text
+
+
+def _tracked() -> float:
+    """OFD events the tracking channel has handled in this process (each one's ping sent)."""
+    from shipcast import metrics
+
+    return metrics.value("shipcast_deliveries_total", channel="tracking", event_type="OFD", outcome="delivered")

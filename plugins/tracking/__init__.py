@@ -76,7 +76,8 @@ class TrackingChannel(ArchiveChannel):
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
         # Stored before the ping, so a page rendered for the ping shows the event.
         delivered = await super().deliver(event, body, target)
-        await self._live.publish(ping(event.partner_id, event.order.order_id), routing_key="")
+        # Not mandatory: with no page open, no queue is bound, and the broker drops it quietly.
+        await self._live.publish(ping(event.partner_id, event.order.order_id), routing_key="", mandatory=False)
         return delivered
 
 
