@@ -30,6 +30,7 @@ import httpx
 from .common import BIN, Proc, Receiver, Vhost, broker_cpu, events, mean, percentile
 from .filters import filters
 from .floor import publish as floor_publish
+from .isolation import isolation_many
 from .tracing import tracing
 from .writepath import writepath
 
@@ -761,11 +762,12 @@ async def paging(tmp: Path, quick: bool) -> None:
         await measure("PostgreSQL", url)
 
 
-DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "live", "paging",
-           "writepath"]
+DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "isolation_many", "live",
+           "paging", "writepath"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow,
              "latency": latency, "ingest": ingest, "fanout": fanout, "growth": growth, "memory": memory,
-             "isolation": isolation, "live": live, "paging": paging, "writepath": writepath,
+             "isolation": isolation, "isolation_many": isolation_many, "live": live, "paging": paging,
+             "writepath": writepath,
              # in-process, no services: not in DEFAULT, run it by name
              "filters": filters,
              # tracing off against on: not in DEFAULT, run it by name
