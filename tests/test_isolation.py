@@ -40,8 +40,10 @@ def test_an_open_breaker_lets_one_probe_through_after_the_cooldown() -> None:
     breaker.record(False, 0.0)
     assert breaker.record(False, 1.0) == "opened"
     assert not breaker.allow(5.0)           # cooling down
+    assert breaker.cooling(5.0) == 6.0      # for another 6 s
     assert breaker.allow(11.0)              # the probe
     assert not breaker.allow(11.1)          # only one probe at a time
+    assert breaker.cooling(11.1) is None    # no cool-down left: the probe's verdict is awaited
     assert breaker.record(False, 12.0) is None and breaker.state == "open"   # the probe failed: open again
     assert not breaker.allow(15.0) and breaker.allow(22.0)
     breaker.abandon(22.5)                   # a probe that ended without a verdict: open again
@@ -95,6 +97,7 @@ async def test_an_open_circuit_answers_at_once_without_taking_a_slot() -> None:
     verdict = await gate.enter()
     assert verdict is not None and verdict.reason == "circuit_open" and "2 of the last 2" in verdict.detail
     assert gate.inflight == 0
+    assert verdict.retry_after is not None and 29 < verdict.retry_after <= 30  # what is left of the cool-down
 
 
 async def test_the_rate_limit_spends_a_second_of_tokens_then_defers() -> None:

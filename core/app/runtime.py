@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -156,6 +157,7 @@ async def _serve(services: Services, *, api: bool, worker_names: Sequence[str],
     async def start() -> None:
         await start_workers(services, worker_names, workers,
                             prepared=inherited is not None and not inherited.prepare)
+        keep_startup_objects()
         if inherited is not None:
             inherited.ready()
 
@@ -187,6 +189,17 @@ async def _serve(services: Services, *, api: bool, worker_names: Sequence[str],
         await asyncio.gather(*tasks, return_exceptions=True)
         await stop_workers(workers)
         await services.close()
+
+
+def keep_startup_objects() -> None:
+    """Leave what start-up made (modules, models, the app, the clients) out of
+    the garbage collector's full passes from now on: it lives as long as the
+    process. Each full pass over it stalled the event loop for about 0.1 s on
+    two busy cores, every few seconds while failing endpoints kept retry
+    copies churning, and every delivery in flight waited (docs/benchmarks.md,
+    scenario 14, isolation_many)."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_async(coro: object) -> None:

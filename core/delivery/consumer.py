@@ -413,7 +413,7 @@ class ChannelWorker:
         error: DeliveryError | None = None
         result: Delivered | None = None
         if verdict is not None:  # the circuit is open: a failed attempt, without a connection
-            error = RetryableDelivery(verdict.detail)
+            error = RetryableDelivery(verdict.detail, retry_after=verdict.retry_after)
         else:
             ok: bool | None = None
             metrics.add("shipcast_deliveries_in_flight", 1, channel=self.name)

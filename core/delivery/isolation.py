@@ -4,8 +4,10 @@ Each target a worker delivers to has a :class:`Gate`: a cap on deliveries in
 flight, a token-bucket rate limit and a circuit breaker. A delivery the gate
 cannot admit soon is deferred to a retry tier instead of holding one of the
 worker's prefetch slots; while the circuit is open, deliveries go to the retry
-tiers without a connection attempt, until one probe after the cool-down
-closes it again. Gates live in the worker process (each process judges the
+tiers without a connection attempt, each to the first tier that outlasts the
+cool-down (as a ``Retry-After`` would send it: a shorter one would only bring
+it back to the open circuit), until one probe after the cool-down closes it
+again. Gates live in the worker process (each process judges the
 targets it sees); the processes of one ``shipcast run`` each take an equal
 share of a target's concurrency and rate (``Services.process_share``; a
 concurrency below the number of processes is one in each).
@@ -52,6 +54,13 @@ class Breaker:
             return True
         return False
 
+    def cooling(self, now: float) -> float | None:
+        """Seconds until the open circuit lets a probe through; ``None`` when
+        it is not cooling down (closed, or a probe may go or is out)."""
+        if self.state == "open" and now - self.opened_at < self.cooldown:
+            return self.opened_at + self.cooldown - now
+        return None
+
     def abandon(self, now: float) -> None:
         """A probe that ended without a verdict on the target (cancelled, a
         store outage, the rate limit): open again, so another probe follows."""
@@ -89,6 +98,8 @@ class Verdict:
 
     reason: str
     detail: str
+    #: Seconds before which trying again is pointless: what is left of an open circuit's cool-down.
+    retry_after: float | None = None
 
 
 class Gate:
@@ -131,8 +142,9 @@ class Gate:
         waits as long as it takes."""
         breaker = self.breaker
         now = time.monotonic()
-        if breaker.state == "open" and now - breaker.opened_at < breaker.cooldown:
-            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted")
+        cooling = breaker.cooling(now)
+        if cooling is not None:
+            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted", cooling)
         if self.inflight < int(self.limit) and not self._waiters:
             self.inflight += 1  # a free slot: no wait, no timer
         else:
@@ -155,9 +167,11 @@ class Gate:
                     return Verdict("busy", f"no free slot within {SLOT_WAIT:g}s "
                                            f"({self.inflight} deliveries in flight)")
                 raise
-        if not breaker.allow(time.monotonic()):
+        now = time.monotonic()
+        if not breaker.allow(now):
             self._release()
-            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted")
+            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted",
+                           breaker.cooling(now))
         wait = self._take_token(defer)
         if wait is None:
             self._release()

@@ -31,6 +31,7 @@ from .common import BIN, Proc, Receiver, Vhost, broker_cpu, events, mean, percen
 from .default import default
 from .filters import filters
 from .floor import publish as floor_publish
+from .isolation import isolation_many
 from .tracing import tracing
 from .writepath import writepath
 
@@ -762,12 +763,12 @@ async def paging(tmp: Path, quick: bool) -> None:
         await measure("PostgreSQL", url)
 
 
-DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "live", "paging",
-           "writepath", "default"]
+DEFAULT = ["throughput", "latency", "ingest", "fanout", "growth", "memory", "isolation", "isolation_many", "live",
+           "paging", "writepath", "default"]
 SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "throughput_slow": throughput_slow,
              "latency": latency, "ingest": ingest, "fanout": fanout, "growth": growth, "memory": memory,
-             "isolation": isolation, "live": live, "paging": paging, "writepath": writepath,
-             "default": default,
+             "isolation": isolation, "isolation_many": isolation_many, "live": live, "paging": paging,
+             "writepath": writepath, "default": default,
              # in-process, no services: not in DEFAULT, run it by name
              "filters": filters,
              # tracing off against on: not in DEFAULT, run it by name

@@ -146,6 +146,23 @@ async def test_retry_after_picks_a_later_tier(rig: Rig) -> None:
     assert not rig.broker.messages("shipcast.scripted.retry.5")
 
 
+async def test_an_open_circuit_sends_its_copies_to_the_first_tier_past_the_cool_down(rig: Rig) -> None:
+    """The breaker opens after ten failures of target a (default window) and
+    cools down for 30 s: a copy it keeps back waits in the 60 s tier, not the
+    5 s one, which would bring it back to the open circuit, and spends one
+    attempt, not two."""
+    rig.script.answers["a"] = [RetryableDelivery("HTTP 500")] * 10
+    for _ in range(10):
+        await rig.publish(example("OFD", rig.services.registry.event_types))
+    assert len(rig.broker.messages("shipcast.scripted.retry.5")) == 10
+    event = example("OFD", rig.services.registry.event_types)
+    await rig.publish(event)
+    [kept_back] = rig.broker.messages("shipcast.scripted.retry.60")
+    assert kept_back.headers[h.TARGET] == "a" and kept_back.headers[h.ATTEMPT] == 1
+    assert kept_back.headers[h.LAST_ERROR].startswith("circuit open: 10 of the last 10 requests failed")
+    assert (event.event_id, "a") not in rig.script.sent and (event.event_id, "b") in rig.script.sent
+
+
 async def test_exhausted_retries_and_permanent_failures_are_parked(rig: Rig) -> None:
     rig.script.answers["a"] = [RetryableDelivery("HTTP 500")] * 3
     rig.script.answers["b"] = [PermanentDelivery("HTTP 400", status=400)]
