@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -101,14 +103,21 @@ def _listed(settings: Settings, n: int, status: str) -> list[dict[str, object]] 
     return rows if len(rows) == n else None
 
 
+async def _containing(text: Awaitable[str], wanted: str) -> str | None:
+    found = await text
+    return found if wanted in found else None
+
+
 async def test_dead_list_and_replay_from_the_command_line(settings: Settings) -> None:
     async with Receiver(default=500) as receiver, ShipcastProcess(settings) as shipcast:
         await shipcast.apply(partners_doc("acme", receiver.url))
         event = example("FAIL", partner_id="acme")
         await shipcast.services.publisher.publish(event)
-        await eventually(lambda: "1 dead letters" in run_cli(settings, "dead", "list", "--channel", "webhook").stdout,
-                         timeout=20)
-        listed = run_cli(settings, "dead", "list", "--channel", "webhook").stdout
+        async def dead_list() -> str:
+            # In a thread: the workers on this loop go on retrying while the command runs.
+            return (await asyncio.to_thread(run_cli, settings, "dead", "list", "--channel", "webhook")).stdout
+
+        listed = await eventually(lambda: _containing(dead_list(), "1 dead letters"), timeout=60)
         assert event.event_id in listed and "retries exhausted after 3 attempts: HTTP 500" in listed
         # What an operator reads in the UI's "get messages": every header of the failure.
         [parked] = await list_dead(shipcast.services.broker, channels()["webhook"].topology(settings.retry_delays))
@@ -128,6 +137,9 @@ async def test_dead_list_and_replay_from_the_command_line(settings: Settings) ->
 
 
 @pytest.mark.slow
+# A fresh venv and a real install: about 30 s alone, past the suite's 120 s when
+# the suite's last, heaviest tests share the two cores with it.
+@pytest.mark.timeout(300)
 def test_pip_install_dot_into_a_fresh_venv_gives_a_working_command_with_templates(tmp_path: Path) -> None:
     """A real, non-editable `pip install .` into a new virtual environment,
     dependencies and all."""
