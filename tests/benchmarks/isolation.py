@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -74,7 +75,8 @@ async def isolation_many(tmp: Path, quick: bool) -> None:
                                             await _burst(publisher, good, n, partners))
                                     else:
                                         latencies.setdefault(case, []).append(
-                                            await _steady(publisher, good, rate, seconds, partners))
+                                            await _steady(publisher, good, rate, seconds, partners,
+                                                          f"{name}, {case}, round {len(latencies.get(case, [])) + 1}"))
                                 except Exception:
                                     print(f"{case} {phase} failed; the worker said:\n{worker.stop()[-5000:]}")
                                     raise
@@ -85,8 +87,24 @@ async def isolation_many(tmp: Path, quick: bool) -> None:
                                     cpu[(case, *key)] = cpu.get((case, *key), 0.0) + value
                             finally:
                                 ship.stop()
+                        await _quiet_broker()
             _report(name, rate, bursts, latencies, cpu, report, RESULTS)
         report("14. requests that followed the redirect", await bad.trapped(), "", target="0")
+
+
+async def _quiet_broker(timeout: float = 60) -> None:
+    """Wait until RabbitMQ has done with the last measurement: deleting a
+    virtual host whose retry and dead queues still hold thousands of
+    messages (the bad partners') keeps it busy for seconds after the call
+    returns, and the next measurement, always one whose burst came just
+    before, would pay for it."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        used = broker_cpu()
+        await asyncio.sleep(1.0)
+        if broker_cpu() - used < 0.15:
+            break
+    print(f"RabbitMQ quiet after {time.monotonic() - began:.1f} s", flush=True)
 
 
 def _url(good: ReceiverProcess, bad: BadEndpoints, misbehaving: bool, partner: str) -> str:
@@ -138,9 +156,11 @@ async def _burst(publisher: Any, good: ReceiverProcess, n: int, partners: Sequen
 
 
 async def _steady(publisher: Any, good: ReceiverProcess, rate: int, seconds: int,
-                  partners: Sequence[str]) -> list[float]:
+                  partners: Sequence[str], label: str) -> list[float]:
     """The healthy events' latencies (ms), with every partner's events
-    published one by one at ``rate`` a second in all."""
+    published one by one at ``rate`` a second in all. With
+    ``BENCH_TIMELINE=FILE``, each is also written there with when it was sent
+    (``time.monotonic()``), to set beside what else happened then."""
     batch = events(rate * seconds, partners)
     wanted = {event.event_id for event in batch if event.partner_id in HEALTHY}
     await good.forget()
@@ -152,6 +172,10 @@ async def _steady(publisher: Any, good: ReceiverProcess, rate: int, seconds: int
             sent[event.event_id] = time.perf_counter()
         asyncio.ensure_future(publisher.publish_valid([event]))
     arrived = await good.wait_for(wanted, 120)
+    timeline = os.environ.get("BENCH_TIMELINE")
+    if timeline:
+        with open(timeline, "a") as out:
+            out.writelines(f"{label}\t{t:.3f}\t{(arrived[i] - t) * 1000:.1f}\n" for i, t in sent.items())
     return [(arrived[i] - t) * 1000 for i, t in sent.items()]
 
 

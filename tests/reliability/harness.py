@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Self
 
 import httpx
 import orjson
@@ -31,7 +34,7 @@ from tests.bound import channels
 from shipcast.app.services import Services
 from shipcast.settings import Settings
 
-from ..helpers import Received, Receiver, Subprocess, eventually
+from ..helpers import Received, Receiver, Subprocess, eventually, serve
 
 EVENT_TYPES = ("OFD", "DEL", "FAIL", "RET")
 
@@ -157,7 +160,7 @@ class Target:
 
     partner_id: str
     endpoint: str
-    receiver: Receiver
+    receiver: Receiver | RemoteReceiver
 
     def delivered(self) -> Counter[str]:
         return Counter(r.headers["webhook-id"] for r in self.receiver.delivered)
@@ -342,7 +345,7 @@ class Misbehaving(Receiver):
             return response
         if self.mode == "huge":
             # 10 MB announced and sent until the client hangs up (shipcast reads 64 KiB), in
-            # chunks: the healthy receivers in this process must not wait behind it.
+            # chunks: the other receivers in this process must not wait behind it.
             received.status = 200
             response = web.StreamResponse(status=200, headers={"content-length": str(HUGE)})
             await response.prepare(request)
@@ -358,3 +361,112 @@ class Misbehaving(Receiver):
 
 HUGE = 10 * 1024 * 1024
 CHUNK = b"x" * 65536
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RemoteReceiver:
+    """A :class:`Misbehaving` receiver served by a :class:`MisbehavingProcess`,
+    as the test sees it: its URL and the requests it got (a copy, brought up
+    to date every half second; ``at`` is ``time.monotonic()`` there, the
+    system's monotonic clock, so it compares with this process's)."""
+
+    mode: str
+    port: int
+    requests: list[Received] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    @property
+    def delivered(self) -> list[Received]:
+        """The requests answered with a 2xx, in the order they arrived."""
+        return [r for r in self.requests if 200 <= r.status < 300]
+
+
+class MisbehavingProcess:
+    """:class:`Misbehaving` receivers in a process of their own, healthy at
+    first. The test process serves the healthy partners' receivers and
+    times their requests: were it also sending 10 MB bodies, holding hanging
+    requests and cutting connections, the healthy partners' latency would
+    measure its event loop rather than shipcast. Each spec is a mode and
+    its keyword arguments (:class:`Misbehaving`)."""
+
+    def __init__(self, *specs: dict[str, Any]) -> None:
+        self.specs = specs
+        self.receivers: list[RemoteReceiver] = []
+
+    async def set_bad(self, bad: bool, *modes: str) -> None:
+        """Make the receivers of ``modes`` (all when none is named) misbehave, or stop."""
+        response = await self._control.post("/bad", json={"bad": bad, "modes": list(modes) or
+                                                          [r.mode for r in self.receivers]})
+        response.raise_for_status()
+
+    async def sync(self) -> None:
+        """Bring each receiver's copy of its requests up to date."""
+        response = await self._control.post("/requests", json={r.mode: len(r.requests) for r in self.receivers})
+        response.raise_for_status()
+        found = response.json()
+        for receiver in self.receivers:
+            receiver.requests += [Received({"webhook-id": event_id}, b"", at, status)
+                                  for event_id, at, status in found[receiver.mode]]
+
+    async def _keep_in_sync(self) -> None:
+        while True:
+            await self.sync()
+            await asyncio.sleep(0.5)
+
+    async def __aenter__(self) -> Self:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.reliability.harness", "misbehaving", json.dumps(self.specs), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE)
+        assert self.process.stdout is not None
+        started = json.loads(await asyncio.wait_for(self.process.stdout.readline(), 60))
+        self.receivers = [RemoteReceiver(spec["mode"], started["ports"][spec["mode"]]) for spec in self.specs]
+        self._control = httpx.AsyncClient(base_url=f"http://127.0.0.1:{started['control']}", timeout=30)
+        self._syncing = asyncio.create_task(self._keep_in_sync())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._syncing.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await self._syncing
+            await self.sync()
+        await self._control.aclose()
+        self.process.terminate()
+        await self.process.wait()
+
+
+async def _serve_misbehaving(specs: list[dict[str, Any]]) -> None:
+    receivers = {spec["mode"]: Misbehaving(**spec) for spec in specs}
+    for receiver in receivers.values():
+        receiver.bad = False
+        await receiver.__aenter__()
+
+    async def set_bad(request: web.Request) -> web.Response:
+        asked = await request.json()
+        for mode in asked["modes"]:
+            receivers[mode].bad = asked["bad"]
+        return web.json_response(True)
+
+    async def requests(request: web.Request) -> web.Response:
+        # A request's status is set in the same step of the loop that records it: what is sent is final.
+        since = await request.json()
+        return web.json_response({mode: [(r.headers.get("webhook-id", ""), r.at, r.status)
+                                         for r in receivers[mode].requests[count:]]
+                                  for mode, count in since.items()})
+
+    app = web.Application()
+    app.router.add_post("/bad", set_bad)
+    app.router.add_post("/requests", requests)
+    runner, port = await serve(app)
+    print(json.dumps({"control": port, "ports": {mode: r.port for mode, r in receivers.items()}}), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["misbehaving"]:
+    asyncio.run(_serve_misbehaving(json.loads(sys.argv[2])))
