@@ -1,6 +1,6 @@
 """shipcast's benchmarks, against the floor and against Celery, in one run.
 
-    make bench            # the full run (about 20 minutes on 2 cores)
+    make bench            # the full run (about 55 minutes on 2 cores: scenarios 13 and 14 take about 35)
     make bench QUICK=1    # smaller counts, for a quick look
 
 Every figure is printed as one line with its ratio to the baseline measured
