@@ -256,6 +256,8 @@ async def test_a_resend_that_fails_is_retried_though_the_event_was_delivered(shi
     body = body_of("DEL")
     assert (await shipcast.http.post("/v1/events", json=body)).status_code == 202
     await eventually(lambda: receiver.delivered)
+    # A resend sends the archived event: the archive, a channel of its own, may store it after the webhook.
+    await eventually(lambda: shipcast.services.store.get_event(body["event_id"]))
     receiver.script = [503]  # the partner's server stumbles once on the resend
     resent = await shipcast.http.post(f"/v1/partners/acme/messages/{body['event_id']}/resend")
     assert resent.status_code == 202 and resent.json() == {"resent": 1}
