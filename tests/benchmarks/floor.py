@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aio_pika
 import aiohttp
@@ -41,6 +41,20 @@ async def publish(amqp_url: str, bodies: Sequence[tuple[str, bytes]], window: in
                 for event_id, body in bodies[start:start + window]))
 
 
+def post_and_ack(session: aiohttp.ClientSession, url: str) -> Callable[[aio_pika.abc.AbstractIncomingMessage],
+                                                                       Awaitable[None]]:
+    """The floor's webhook: POST the body as it came, ack on a 2xx, else back to the queue."""
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with session.post(url, data=message.body, headers={
+                "content-type": "application/json", "x-event-id": message.message_id or ""}) as response:
+            await response.read()
+        if 200 <= response.status < 300:
+            await message.ack()
+        else:
+            await message.nack(requeue=True)
+    return on_message
+
+
 async def consume(amqp_url: str, url: str, prefetch: int) -> None:
     connection = await aio_pika.connect_robust(amqp_url)
     async with connection, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -49,16 +63,7 @@ async def consume(amqp_url: str, url: str, prefetch: int) -> None:
         await declare(channel)
         queue = await channel.get_queue(QUEUE)
 
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            async with session.post(url, data=message.body, headers={
-                    "content-type": "application/json", "x-event-id": message.message_id or ""}) as response:
-                await response.read()
-            if 200 <= response.status < 300:
-                await message.ack()
-            else:
-                await message.nack(requeue=True)
-
-        await queue.consume(on_message)
+        await queue.consume(post_and_ack(session, url))
         print("ready", flush=True)
         await asyncio.Future()
 

@@ -32,6 +32,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .floor import post_and_ack
+
 EXCHANGE = "floor.events"
 #: The queues bound to every event, with the prefetch shipcast's channel gives each.
 QUEUES = {"floor.archive": 500, "floor.tracking": 256, "floor.webhook": 512}
@@ -69,14 +71,7 @@ async def serve(fd: int, amqp_url: str, receiver_url: str) -> None:
         async def ack(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             await message.ack()
 
-        async def post(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            async with session.post(receiver_url, data=message.body, headers={
-                    "content-type": "application/json", "x-event-id": message.message_id or ""}) as response:
-                await response.read()
-            if 200 <= response.status < 300:
-                await message.ack()
-            else:
-                await message.nack(requeue=True)
+        post = post_and_ack(session, receiver_url)
 
         for name, prefetch in QUEUES.items():
             channel = await connection.channel()
