@@ -47,6 +47,24 @@ async def test_the_partners_document_is_bounded_too(shipcast: ShipcastProcess) -
     assert small.status_code == 200, small.text
 
 
+async def test_every_operation_that_takes_a_body_documents_its_413(shipcast: ShipcastProcess) -> None:
+    """The bound holds on every route, so the document says so on every one
+    that reads a body; the route the fuzzer found it missing on answers it."""
+    await shipcast.apply(partners_doc("acme", "https://hooks.example.com/x"))
+    document = (await shipcast.http.get("/openapi.json")).json()
+    taking = {f"{method.upper()} {path}": operation["responses"]
+              for path, operations in document["paths"].items() for method, operation in operations.items()
+              if "requestBody" in operation}
+    assert "PUT /v1/partners/{partner_id}/config/channels/{channel}" in taking and "POST /v1/events" in taking
+    undocumented = sorted(label for label, responses in taking.items() if "413" not in responses)
+    assert not undocumented
+    assert taking["POST /v1/events"]["413"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"}
+    response = await shipcast.http.put("/v1/partners/acme/config/channels/sms", content=chunks(2 * MiB),
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "at most 1048576" in response.json()["detail"]
+
+
 @pytest.mark.parametrize(("path", "body", "content_type"), [
     ("/v1/partners", b"[" * 5000, "application/yaml"),
     ("/v1/partners", b"{a: " * 3000 + b"1" + b"}" * 3000, "application/yaml"),

@@ -109,7 +109,8 @@ _ERRORS = {
     403: "A partner's token, reaching beyond its partner",
     404: "No such partner, event, endpoint or token (or not this partner's)",
     409: "It exists already",
-    413: "The body is larger than SHIPCAST_MAX_EVENT_BYTES × SHIPCAST_MAX_BATCH",
+    413: "The body is larger than the route reads: SHIPCAST_MAX_BODY_BYTES "
+         "(ingest: SHIPCAST_MAX_EVENT_BYTES × SHIPCAST_MAX_BATCH)",
     422: "Invalid: the answer names each field that is wrong",
     429: "Over the partner's quota of messages sent again: try again after Retry-After",
     502: "The provider (Twilio, the SMTP server) refused the message: the answer says why",

@@ -22,7 +22,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 
-from shipcast.app.api.access import ERROR
+from shipcast.app.api.access import ERROR, errors
 from shipcast.model.catalog import Catalog
 from shipcast.model.json_schemas import Describer, JsonSchema
 
@@ -102,6 +102,13 @@ def complete(document: dict[str, Any], catalog: Catalog) -> None:
                 "required": documented.required,
                 "content": {kind: media for kind in ("application/json", *documented.also)},
                 **({"description": documented.description} if documented.description else {})}
+    # Every body is bounded before it is read (the BodyLimit middleware), so
+    # every operation that takes one may answer 413.
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                for status, answer in errors(413).items():
+                    operation.setdefault("responses", {}).setdefault(str(status), answer)
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR
     components.update(_ANSWERS)
