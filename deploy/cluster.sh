@@ -6,7 +6,11 @@
 #   deploy/cluster.sh status    # cluster_status and each node's AMQP URL
 #   deploy/cluster.sh kill N    # kill -9 node N (1-3): a crash, not a shutdown
 #   deploy/cluster.sh revive N  # start node N again; it rejoins by itself
-#   deploy/cluster.sh stop      # stop every node and delete its data
+#   deploy/cluster.sh stop      # stop the three nodes and delete their data
+#   deploy/cluster.sh alone N   # one more node N (4-9), not joined: a broker of
+#                               # its own to stop and start (AMQP on 570N)
+#   deploy/cluster.sh ctl N ... # rabbitmqctl ... on node N
+#   deploy/cluster.sh remove N  # stop node N and delete its data
 #
 # Each node has its own name, data and log directories (owned by the
 # `rabbitmq` user, which Debian's rabbitmq-server runs as) and its own AMQP,
@@ -78,6 +82,23 @@ case "${1:-}" in
       'import json,sys; s=json.load(sys.stdin); print("running:", " ".join(sorted(s["running_nodes"])))'
     for n in "${NODES[@]}"; do echo "$(node "$n")  amqp://guest:guest@127.0.0.1:$(amqp_port "$n")/"; done
     ;;
+  alone)
+    n=${2:?which node, 4-9}
+    mkdir -p "$BASE"
+    launch_node "$n"
+    booted "$n"
+    echo "$(node "$n")  amqp://guest:guest@127.0.0.1:$(amqp_port "$n")/"
+    ;;
+  ctl)
+    n=${2:?which node}
+    shift 2
+    ctl "$n" "$@"
+    ;;
+  remove)
+    n=${2:?which node}
+    ctl "$n" stop >/dev/null 2>&1 || true
+    rm -rf "${BASE:?}/$n"
+    ;;
   kill)
     n=${2:?which node, 1-3}
     kill -9 "$(cat "$BASE/$n/rabbitmq.pid")"
@@ -89,10 +110,9 @@ case "${1:-}" in
     booted "$n"
     ;;
   stop)
-    for n in "${NODES[@]}"; do ctl "$n" stop >/dev/null 2>&1 || true; done
-    rm -rf "$BASE"
+    for n in "${NODES[@]}"; do "$0" remove "$n"; done  # a node started alone is left running
     ;;
   *)
-    sed -n '2,16p' "$0"; exit 2
+    sed -n '2,20p' "$0"; exit 2
     ;;
 esac

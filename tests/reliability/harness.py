@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -292,6 +293,16 @@ async def processes(settings: Settings, *commands: Sequence[str]) -> AsyncIterat
         for process in running:
             if process.process is not None:
                 print(await asyncio.to_thread(process.stop))
+
+
+#: Nodes of RabbitMQ beside the main one: a cluster, and nodes alone (docs in the script).
+CLUSTER = Path(__file__).parents[2] / "deploy" / "cluster.sh"
+
+
+def cluster_sh(*args: str) -> str:
+    done = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"cluster.sh {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
 
 
 async def ready(base_url: str, timeout: float = 30) -> None:

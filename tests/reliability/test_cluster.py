@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,11 +16,10 @@ import pytest
 
 from ..conftest import make_settings
 from ..helpers import Receiver, TcpProxy, applied, eventually
-from .harness import Oms, Row, Target, account, processes, ready, recovery, summary, webhook_doc
+from .harness import Oms, Row, Target, account, cluster_sh, processes, ready, recovery, summary, webhook_doc
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(400)]
 
-CLUSTER = Path(__file__).parents[2] / "deploy" / "cluster.sh"
 AMQP_PORTS = (5701, 5702, 5703)
 N = 10_000
 
@@ -40,12 +37,6 @@ class Balancer(TcpProxy):
             with contextlib.suppress(OSError):
                 return await asyncio.open_connection("127.0.0.1", port)
         raise OSError("no node of the cluster accepts connections")
-
-
-def cluster_sh(*args: str) -> str:
-    done = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, f"cluster.sh {' '.join(args)}: {done.stdout}{done.stderr}"
-    return done.stdout
 
 
 @pytest.fixture
