@@ -11,12 +11,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aio_pika
 import httpx
 import orjson
 import pytest
 
 from tests.bound import example
 from shipcast.plugins.tracking.links import read_tracking_token, tracking_token
+from shipcast.plugins.tracking.live import LIVE_EXCHANGE, MAX_PINGED, pinged
 from shipcast.plugins.tracking.routes import Limiter
 from shipcast.plugins.tracking.words import pick_language
 from shipcast.settings import Settings
@@ -289,19 +291,7 @@ async def test_the_live_stream_sends_the_page_then_every_new_event(shipcast: Shi
     await shipcast.apply(doc())
     await post_events(shipcast, event("OFD", 1))
     updates: list[str] = []
-
-    async def listen() -> None:
-        async with shipcast.http.stream("GET", page_url(shipcast.settings) + "/live?lang=en") as stream:
-            assert stream.headers["content-type"].startswith("text/event-stream")
-            data: list[str] = []
-            async for line in stream.aiter_lines():
-                if line.startswith("data: "):
-                    data.append(line[6:])
-                elif not line and data:
-                    updates.append("\n".join(data))
-                    data = []
-
-    listening = asyncio.create_task(listen())
+    listening = asyncio.create_task(_live_stream(shipcast, ORDER, updates))
     try:
         await eventually(lambda: updates)
         assert 'data-state="OFD"' in updates[0] and 'name="csrf" value=""' in updates[0] and "4821" not in updates[0]
@@ -313,6 +303,70 @@ async def test_the_live_stream_sends_the_page_then_every_new_event(shipcast: Shi
         listening.cancel()
     hub = shipcast.services.extensions["tracking.live"]
     await eventually(lambda: hub.watching == 0)  # a viewer who leaves is forgotten
+
+
+async def _live_stream(shipcast: ShipcastProcess, order: str, updates: list[str]) -> None:
+    """Each page the live stream of ``order``'s page sends, appended to ``updates``."""
+    async with shipcast.http.stream("GET", page_url(shipcast.settings, order=order) + "/live?lang=en") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        data: list[str] = []
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                data.append(line[6:])
+            elif not line and data:
+                updates.append("\n".join(data))
+                data = []
+
+
+async def test_one_ping_names_every_order_of_a_stored_batch_and_each_open_page_updates(
+        shipcast: ShipcastProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """The tracking channel pings once per batch it stores, naming each order
+    in it: fewer messages than events, every order named, and a page open on
+    any of them updated. A ping in the earlier one-order form still updates a
+    page; a malformed one is logged and dropped, and the next still works."""
+    await shipcast.apply(doc())
+    orders = [f"ORD-B{i:03d}" for i in range(40)]
+    first = [orjson.loads(example("OFD", partner_id="acme", order_id=order, sequence=1).to_json())
+             for order in orders]
+    await post_events(shipcast, *first)
+    channel = await shipcast.services.broker.require().channel()
+    spy = await channel.declare_queue(exclusive=True)
+    await spy.bind(LIVE_EXCHANGE)
+    pings: list[bytes] = []
+
+    async def heard(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        pings.append(message.body)
+
+    await spy.consume(heard, no_ack=True)
+    watched = {order: [] for order in (orders[0], orders[-1], ORDER)}
+    streams = [asyncio.create_task(_live_stream(shipcast, order, updates)) for order, updates in watched.items()]
+    try:
+        await eventually(lambda: all(watched[order] for order in orders[::39]))
+        second = [orjson.loads(example("FAIL", partner_id="acme", order_id=order, sequence=2).to_json())
+                  for order in orders]
+        await post_events(shipcast, *second)
+        for order in orders[::39]:
+            await eventually(lambda order=order: 'data-state="FAIL"' in watched[order][-1])
+        named = [key for body in pings for key in pinged(body)]
+        assert set(named) == {("acme", order) for order in orders} and len(pings) < len(orders), pings
+
+        # An earlier worker's ping, for one order: the page open on it is rendered again.
+        await post_events(shipcast, event("OFD", 1))
+        await eventually(lambda: watched[ORDER])
+        shown = len(watched[ORDER])
+        exchange = await channel.get_exchange(LIVE_EXCHANGE)
+        with caplog.at_level("WARNING"):
+            for body in (b"[1, 2]", orjson.dumps({"orders": [["acme", ORDER]] * (MAX_PINGED + 1)}),
+                         orjson.dumps({"orders": [["acme"]]})):
+                await exchange.publish(aio_pika.Message(body), routing_key="")
+            await exchange.publish(aio_pika.Message(orjson.dumps({"partner_id": "acme", "order_id": ORDER})),
+                                   routing_key="")
+            await eventually(lambda: len(watched[ORDER]) > shown)
+        assert caplog.text.count("ignored a malformed live ping") == 3, caplog.text
+    finally:
+        for stream in streams:
+            stream.cancel()
+        await channel.close()
 
 
 async def test_the_customers_own_events_text_nobody(shipcast: ShipcastProcess, receiver: Receiver) -> None:

@@ -18,11 +18,13 @@ Config (``channels.tracking``, optional: every partner has a page)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
 
 from shipcast import hookimpl
+from shipcast.batching import Batcher
 from shipcast.messaging.fields import TimeZone
 from shipcast.model.envelope import Event
 from shipcast.model.event_types import EventType
@@ -49,7 +51,7 @@ class TrackingConfig(Schema):
 
 class TrackingChannel(ArchiveChannel):
     """The archive's job (store every event, write-behind) on a queue of its
-    own, then a ping to the pages open on the event's order."""
+    own, then a ping to the pages open on the stored events' orders."""
 
     name = "tracking"
     description = "The branded tracking page: each order's timeline, live in the customer's browser"
@@ -59,9 +61,11 @@ class TrackingChannel(ArchiveChannel):
     branding_preview = "branding/tracking"
 
     async def start(self) -> None:
-        await super().start()
+        # Stored, then pinged, a batch at a time: one ping message names every
+        # order of the batch, so a page rendered for it shows the event.
+        self._batcher: Batcher[Event, None] = Batcher(self._store_and_ping)
         # Without confirms: a ping is best-effort (a page lost one shows the event at its
-        # next reconnect), and most go to no page at all; a confirm per event cost a wait and
+        # next reconnect), and most go to no page at all; a confirm per ping cost a wait and
         # a broker frame for each.
         self._pings = await self.context.broker.require().channel(publisher_confirms=False)
         self._live = await declare_live_exchange(self._pings)
@@ -73,12 +77,11 @@ class TrackingChannel(ArchiveChannel):
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         return [_PAGE]
 
-    async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered:
-        # Stored before the ping, so a page rendered for the ping shows the event.
-        delivered = await super().deliver(event, body, target)
+    async def _store_and_ping(self, events: Sequence[Event]) -> None:
+        await self.context.store.save_events(events)
+        orders = dict.fromkeys((event.partner_id, event.order.order_id) for event in events)
         # Not mandatory: with no page open, no queue is bound, and the broker drops it quietly.
-        await self._live.publish(ping(event.partner_id, event.order.order_id), routing_key="", mandatory=False)
-        return delivered
+        await self._live.publish(ping(*orders), routing_key="", mandatory=False)
 
 
 #: The customer's own events, published from the tracking page.

@@ -1,7 +1,7 @@
 """Live updates for open tracking pages, over server-sent events.
 
-The tracking worker, once an event of an order is stored, pings the fanout
-exchange ``shipcast.tracking.live``. Every API process that has pages open
+The tracking worker, once a batch of events is stored, pings the fanout
+exchange ``shipcast.tracking.live`` once, naming each order of the batch. Every API process that has pages open
 binds its own exclusive queue to it (``shipcast.tracking.live.<host>.<pid>...``,
 gone with the process), renders the order's page once per language its
 viewers read, and pushes it to each of them. A ping is tiny and transient:
@@ -136,13 +136,17 @@ class LiveHub:
 
     async def _on_ping(self, message: AbstractIncomingMessage) -> None:
         try:
-            ping = orjson.loads(message.body)
-            key = (str(ping["partner_id"]), str(ping["order_id"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            keys = pinged(message.body)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("tracking: ignored a malformed live ping")
             return
-        if key not in self.viewers:
-            return
+        watched = [key for key in keys if key in self.viewers]
+        if len(watched) == 1:
+            await self._refresh(watched[0])
+        elif watched:
+            await asyncio.gather(*(self._refresh(key) for key in watched))
+
+    async def _refresh(self, key: tuple[str, str]) -> None:
         # One render per order at a time (pings are handled concurrently), and never an older state
         # after a newer one.
         async with self._rendering.setdefault(key, asyncio.Lock()):
@@ -169,6 +173,26 @@ def order_of_version(version: str) -> int:
     return int(count) if count.isdigit() else 0
 
 
-def ping(partner_id: str, order_id: str) -> aio_pika.Message:
-    return aio_pika.Message(orjson.dumps({"partner_id": partner_id, "order_id": order_id}),
+#: Orders one ping names at most: a batch of the tracking channel's, with room to spare.
+MAX_PINGED = 1000
+
+
+def ping(*orders: tuple[str, str]) -> aio_pika.Message:
+    """One ping for the pages open on any of ``orders`` (``(partner_id, order_id)`` each)."""
+    return aio_pika.Message(orjson.dumps({"orders": orders}),
                             content_type="application/json", delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT)
+
+
+def pinged(body: bytes) -> list[tuple[str, str]]:
+    """The orders a ping names: ``{"orders": [[partner_id, order_id], ...]}``, or
+    one order as ``{"partner_id": ..., "order_id": ...}`` (an earlier worker's, in a rolling upgrade).
+
+    :raises ValueError: (or a ``KeyError``, ``TypeError``, a JSON error) not a ping.
+    """
+    ping = orjson.loads(body)
+    if "orders" not in ping:
+        return [(str(ping["partner_id"]), str(ping["order_id"]))]
+    orders = ping["orders"]
+    if not isinstance(orders, list) or len(orders) > MAX_PINGED:
+        raise ValueError("orders: not a list of at most MAX_PINGED")
+    return [(str(partner_id), str(order_id)) for partner_id, order_id in orders]
