@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from shipcast.batching import Batcher
 from tests.bound import example
@@ -36,6 +38,50 @@ async def test_events_are_stored_once_and_read_back(store: Store) -> None:
     assert [e["event_id"] for e in await store.list_events(partner_id="acme")] == [event.event_id]
     assert await store.list_events(partner_id="other") == []
     assert await store.get_event("evt_missing") is None
+
+
+class Inserts:
+    """Counts the statements that insert into the events table."""
+
+    def __init__(self, store: Store) -> None:
+        assert store.engine is not None
+        self.engine, self.count = store.engine.sync_engine, 0
+        sa.event.listen(self.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn: object, cursor: object, statement: str, *args: object) -> None:
+        self.count += statement.lstrip().upper().startswith("INSERT INTO EVENTS")
+
+    def close(self) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+async def test_the_second_store_channels_copy_of_an_event_writes_nothing(store: Store) -> None:
+    """The archive's and the tracking channel's copies of one event, at the
+    same moment or one after the other, cost one insert; a failed insert
+    fails its waiters too and marks nothing stored; a pruned event is stored again."""
+    inserts = Inserts(store)
+    try:
+        batch = [example("OFD", order_id=f"ORD-S{i}") for i in range(5)]
+        await asyncio.gather(store.save_events(batch), store.save_events(batch[::-1]))
+        await store.save_events(batch[:2])
+        assert inserts.count == 1
+        assert {e["event_id"] for e in await store.list_events()} == {e.event_id for e in batch}
+
+        broken, statements = example("DEL"), store._statements
+        store._statements = {**statements, "insert_events": sa.text("INSERT INTO no_such_table VALUES (1)")}
+        results = await asyncio.gather(store.save_events([broken]), store.save_events([broken]),
+                                       return_exceptions=True)
+        store._statements = statements
+        assert [type(result) for result in results] == [StoreError, StoreError], results
+        await store.save_events([broken])
+        assert await store.get_event(broken.event_id) is not None
+
+        count = inserts.count
+        assert await store.prune_events(datetime.now(UTC) + timedelta(days=1), 100) == 6
+        await store.save_events([batch[0]])
+        assert inserts.count == count + 1 and await store.get_event(batch[0].event_id) is not None
+    finally:
+        inserts.close()
 
 
 async def test_attempts_and_deliveries(store: Store) -> None:

@@ -95,6 +95,10 @@ class StoreBase:
         self._held: AsyncConnection | None = None
         self._held_lock = asyncio.Lock()
         self._statements: dict[str, Any] = {}
+        #: Events this process stored lately, and those being stored now (each
+        #: to the insert's future): see :meth:`EventStore.save_events`.
+        self._stored_events: dict[str, None] = {}
+        self._storing_events: dict[str, asyncio.Future[None]] = {}
 
     async def open(self) -> Self:
         if self.engine is not None:

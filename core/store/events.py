@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -9,20 +10,63 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from shipcast.exceptions import StoreError
 from shipcast.model.envelope import Event
 from shipcast.store.base import StoreBase, _aware, _utc, now
 from shipcast.store.tables import events
 
 
+#: Event ids a process remembers having stored: enough for the other store
+#: channel's copy of each, a few seconds behind, at thousands of events a second.
+RECENT_EVENTS = 20_000
+
+
 class EventStore(StoreBase):
 
     async def save_events(self, items: Sequence[Event]) -> None:
-        """Store events; an event already stored is left as it is."""
-        stamp = now()
-        rows = [{"event_id": e.event_id, "partner_id": e.partner_id, "event_type": e.event_type,
-                 "order_id": e.order.order_id, "sequence": e.sequence, "occurred_at": e.occurred_at,
-                 "stored_at": stamp, "body": e.model_dump_json()} for e in items]
-        await self._run([(self._statements["insert_events"], rows)], hot=True)
+        """Store events; an event already stored is left as it is.
+
+        The archive and the tracking channel each store every event, and in
+        one process their copies of it come at about the same time: an event
+        this process stored lately, or is storing now, is not written again
+        (the second waits for the first's insert instead).
+        """
+        stored, storing = self._stored_events, self._storing_events
+        fresh: list[Event] = []
+        waits: set[asyncio.Future[None]] = set()
+        for event in items:
+            if event.event_id in stored:
+                continue
+            pending = storing.get(event.event_id)
+            if pending is not None:
+                waits.add(pending)
+            else:
+                fresh.append(event)
+        if fresh:
+            insert: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for event in fresh:
+                storing[event.event_id] = insert
+            stamp = now()
+            rows = [{"event_id": e.event_id, "partner_id": e.partner_id, "event_type": e.event_type,
+                     "order_id": e.order.order_id, "sequence": e.sequence, "occurred_at": e.occurred_at,
+                     "stored_at": stamp, "body": e.model_dump_json()} for e in fresh]
+            try:
+                await self._run([(self._statements["insert_events"], rows)], hot=True)
+            except BaseException as exc:
+                insert.set_exception(exc if isinstance(exc, Exception) else StoreError("cancelled"))
+                insert.exception()  # those waiting on it raise it; nobody waiting is no warning
+                raise
+            else:
+                insert.set_result(None)
+                for event in fresh:
+                    stored[event.event_id] = None
+                while len(stored) > RECENT_EVENTS:
+                    del stored[next(iter(stored))]
+            finally:
+                for event in fresh:
+                    storing.pop(event.event_id, None)
+        for wait in waits:
+            await wait
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))

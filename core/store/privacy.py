@@ -99,6 +99,7 @@ class PrivacyStore(StoreBase):
         if found:
             await self._run([(table.delete().where(table.c.event_id.in_(found)), None)
                              for table in (attempts, provider_messages, deliveries, events)])
+            self._stored_events.clear()  # gone: a copy seen again is stored again
         return len(found)
 
     async def drop_spent_otps(self, now: datetime, batch: int, *, dry_run: bool = False) -> int:
