@@ -301,6 +301,14 @@ class TestIngest:
             response = await shipcast.http.post("/v1/events", content=raw,
                                                 headers={"content-type": "application/json"})
             assert response.status_code == 422, raw
+        # A NUL (JSON carries it only escaped, "\u0000"), which PostgreSQL cannot store: named, alone or in a batch.
+        named = body_of("OFD")
+        named["order"]["customer"]["name"] = "Pri\x00ya"
+        response = await shipcast.http.post("/v1/events", json=named)
+        assert response.status_code == 422 and b"\\u0000" in response.request.content
+        assert [e["loc"] for e in response.json()["detail"]] == [["order", "customer", "name"]]
+        response = await shipcast.http.post("/v1/events", json=[body_of("OFD"), named])
+        assert [e["loc"] for e in response.json()["detail"]] == [[1, "order", "customer", "name"]]
         # A valid event afterwards is the only one that ever arrives.
         after = body_of("RET")
         assert (await shipcast.http.post("/v1/events", json=after)).status_code == 202

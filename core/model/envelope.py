@@ -206,18 +206,24 @@ def _nul_errors(data: Any, prefix: tuple[Any, ...]) -> list[dict[str, Any]]:
     return [error for key, value in items for error in _nul_errors(value, (*prefix, key))]
 
 
-def _escapes_nul(raw: bytes | str) -> bool:
+def escapes_nul(raw: bytes | str) -> bool:
+    """Whether JSON text may hold U+0000 in a string: only as the escape ``\\u0000``."""
     return b"\\u0000" in raw if isinstance(raw, bytes) else "\\u0000" in raw
 
 
-def parse_event(data: Any, registry: EventTypeRegistry, *, prefix: tuple[Any, ...] = ()) -> Event:
+def parse_event(data: Any, registry: EventTypeRegistry, *, prefix: tuple[Any, ...] = (),
+                nul_free: bool = False) -> Event:
     """Validate ``data`` (a dict, JSON bytes or an :class:`Event`) as an envelope
     and against its event type's row.
+
+    ``nul_free``: the caller knows no text in ``data`` holds U+0000 (the JSON
+    it was parsed from has no ``\\u0000``, the only way JSON carries one), so
+    it is not looked for again.
 
     :raises InvalidEvent: with one error per offending field; ``prefix`` is put
         in front of each location (the index in a batch, say).
     """
-    if isinstance(data, bytes | str) and not _escapes_nul(data):
+    if isinstance(data, bytes | str) and not escapes_nul(data):
         # The fast path (every message a worker consumes): parse and validate in
         # one pass, then check the row; the slow path below explains failures
         # (and finds a NUL, which JSON can only carry escaped).
@@ -246,7 +252,8 @@ def parse_event(data: Any, registry: EventTypeRegistry, *, prefix: tuple[Any, ..
     except ValidationError as exc:
         errors = _errors_of(exc, prefix)
     refused = [error["loc"] for error in errors]
-    errors += [error for error in _nul_errors(data, prefix) if error["loc"] not in refused]
+    if not nul_free:
+        errors += [error for error in _nul_errors(data, prefix) if error["loc"] not in refused]
 
     event_type = data.get("event_type")
     if isinstance(event_type, str):
@@ -272,21 +279,22 @@ def parse_event(data: Any, registry: EventTypeRegistry, *, prefix: tuple[Any, ..
     return event
 
 
-def parse_events(data: Any, registry: EventTypeRegistry) -> list[Event]:
-    """Validate one event or a list of events; all-or-nothing.
+def parse_events(data: Any, registry: EventTypeRegistry, *, nul_free: bool = False) -> list[Event]:
+    """Validate one event or a list of events; all-or-nothing (``nul_free``
+    as for :func:`parse_event`).
 
     :raises InvalidEvent: naming every offending field of every event, with the
         event's index first in each location when ``data`` is a list.
     """
     if not isinstance(data, list):
-        return [parse_event(data, registry)]
+        return [parse_event(data, registry, nul_free=nul_free)]
     if not data:
         raise InvalidEvent([{"loc": [], "msg": "the batch is empty", "type": "too_short"}])
     events: list[Event] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(data):
         try:
-            events.append(parse_event(item, registry, prefix=(index,)))
+            events.append(parse_event(item, registry, prefix=(index,), nul_free=nul_free))
         except InvalidEvent as exc:
             errors.extend(exc.errors)
     if errors:

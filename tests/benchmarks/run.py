@@ -348,6 +348,7 @@ async def ingest(tmp: Path, quick: bool) -> None:
                         pass
                     api.check()
                     await asyncio.sleep(0.1)
+                ship.profile()  # BENCH_PROFILE=FOLDER: the API under py-spy
                 singles = [body for _, body in bodies[: n // 5]]
                 semaphore = asyncio.Semaphore(32)
 
