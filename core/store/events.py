@@ -16,9 +16,10 @@ from shipcast.store.base import StoreBase, _aware, _utc, now
 from shipcast.store.tables import events
 
 
-#: Event ids a process remembers having stored: enough for the other store
-#: channel's copy of each, a few seconds behind, at thousands of events a second.
-RECENT_EVENTS = 20_000
+#: Event ids a process remembers having stored (about 1 MB): the other store
+#: channel's copy of each, seconds behind at a thousand events a second. A copy
+#: later than that is inserted again, and the insert leaves the row as it is.
+RECENT_EVENTS = 8_192
 
 
 class EventStore(StoreBase):

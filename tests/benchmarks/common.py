@@ -193,13 +193,17 @@ class Proc:
 
     def rss(self) -> int:
         """Resident memory of the process and its children, in bytes."""
-        total = 0
+        return sum(self.rss_each())
+
+    def rss_each(self) -> list[int]:
+        """Resident memory of the process and of each of its children, in bytes."""
+        found = []
         for proc in [self.ps, *self.ps.children(recursive=True)]:
             try:
-                total += proc.memory_info().rss
+                found.append(proc.memory_info().rss)
             except psutil.NoSuchProcess:
                 pass
-        return total
+        return found
 
     def cpu(self) -> float:
         """CPU seconds (user and system) used so far by the process and its children."""

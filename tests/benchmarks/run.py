@@ -471,13 +471,14 @@ async def memory(tmp: Path, quick: bool) -> None:
                 proc = ship.start("run")
                 await wait_consuming(vhost, "shipcast.webhook")
                 publisher = await ship.publisher()
-                samples: list[tuple[float, int]] = []
+                #: (seconds in, every process's RSS) each quarter second.
+                samples: list[tuple[float, list[int]]] = []
                 receiver.expect(n)
                 started = time.perf_counter()
 
                 async def sample() -> None:
                     while True:
-                        samples.append((time.perf_counter() - started, proc.rss()))
+                        samples.append((time.perf_counter() - started, proc.rss_each()))
                         await asyncio.sleep(0.25)
 
                 sampler = asyncio.create_task(sample())
@@ -493,10 +494,15 @@ async def memory(tmp: Path, quick: bool) -> None:
                 elapsed = time.perf_counter() - started
             finally:
                 ship.stop()
-    peak = max(rss for _, rss in samples) / 2**20
-    half = [rss / 2**20 for t, rss in samples if t >= elapsed / 2]
+    # `shipcast run` is a supervisor and a process per CPU, each with its own
+    # memory: the bound is per process, and the sum grows with the CPUs.
+    largest = max(max(each) for _, each in samples) / 2**20
+    peak = max(sum(each) for _, each in samples) / 2**20
+    count = max(len(each) for _, each in samples)
+    half = [sum(each) / 2**20 for t, each in samples if t >= elapsed / 2]
     third, fourth = half[: len(half) // 2], half[len(half) // 2:]
-    report(f"7. peak RSS of `shipcast run` over {n:,} events", peak, "MiB", target="< 300 MiB")
+    report(f"7. peak RSS of a `shipcast run` process over {n:,} events", largest, "MiB", target="< 300 MiB")
+    report(f"7. peak RSS of `shipcast run`, its {count} processes together", peak, "MiB")
     report("7. RSS growth over the second half of the soak", mean(fourth) - mean(third), "MiB",
            target="none")
     report(f"7. soak throughput ({elapsed:.0f} s)", n / elapsed, "ev/s")
