@@ -309,6 +309,12 @@ class TestIngest:
         assert [e["loc"] for e in response.json()["detail"]] == [["order", "customer", "name"]]
         response = await shipcast.http.post("/v1/events", json=[body_of("OFD"), named])
         assert [e["loc"] for e in response.json()["detail"]] == [[1, "order", "customer", "name"]]
+        # An event sent as a JSON string in the batch, its escape escaped: the body has no "\u0000" itself.
+        hidden = orjson.dumps([orjson.dumps(named).decode()]).replace(b"\\\\u0000", b"\\u005cu0000")
+        assert b"\\u0000" not in hidden and b"u005cu0000" in hidden
+        response = await shipcast.http.post("/v1/events", content=hidden, headers={"content-type": "application/json"})
+        assert response.status_code == 422 and [e["loc"] for e in response.json()["detail"]] == [
+            [0, "order", "customer", "name"]], response.text
         # A valid event afterwards is the only one that ever arrives.
         after = body_of("RET")
         assert (await shipcast.http.post("/v1/events", json=after)).status_code == 202

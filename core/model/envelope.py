@@ -218,7 +218,8 @@ def parse_event(data: Any, registry: EventTypeRegistry, *, prefix: tuple[Any, ..
 
     ``nul_free``: the caller knows no text in ``data`` holds U+0000 (the JSON
     it was parsed from has no ``\\u0000``, the only way JSON carries one), so
-    it is not looked for again.
+    it is not looked for again. Ignored when ``data`` is itself JSON text: a
+    string in the caller's JSON may hold the escape escaped (``\\u005cu0000``).
 
     :raises InvalidEvent: with one error per offending field; ``prefix`` is put
         in front of each location (the index in a batch, say).
@@ -238,6 +239,7 @@ def parse_event(data: Any, registry: EventTypeRegistry, *, prefix: tuple[Any, ..
     if isinstance(data, Event):
         data = data.model_dump(by_alias=True)
     elif isinstance(data, bytes | str):
+        nul_free = False
         try:
             data = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
