@@ -84,6 +84,33 @@ async def test_the_second_store_channels_copy_of_an_event_writes_nothing(store: 
         inserts.close()
 
 
+async def test_a_waiter_cancelled_leaves_the_insert_it_waited_on_to_the_others(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three copies of one event at once: one inserts, two wait on it. One
+    waiter is cancelled (its worker stopping): the insert and the other waiter
+    finish as if nothing happened. A copy past the minute a process remembers
+    is inserted again (the insert leaves the row as it is)."""
+    from shipcast.store import events as event_store
+
+    inserts = Inserts(store)
+    try:
+        event = example("OFD", order_id="ORD-CANCEL")
+        tasks = [asyncio.create_task(store.save_events([event])) for _ in range(3)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not tasks[0].done()  # the insert is in the database's thread; the other two wait on it
+        tasks[2].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert results[:2] == [None, None] and isinstance(results[2], asyncio.CancelledError), results
+        await store.save_events([event])
+        assert inserts.count == 1 and await store.get_event(event.event_id) is not None
+        monkeypatch.setattr(event_store, "RECENT_SECONDS", 0.0)
+        await store.save_events([event])
+        assert inserts.count == 2
+    finally:
+        inserts.close()
+
+
 async def test_attempts_and_deliveries(store: Store) -> None:
     await store.record([attempt("e1", "retry", 1, status=500, error="HTTP 500", response="oops")])
     await store.record([attempt("e1", "retry", 2, error="timed out after 15s")])

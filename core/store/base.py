@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -97,7 +98,7 @@ class StoreBase:
         self._statements: dict[str, Any] = {}
         #: Events this process stored lately, and those being stored now (each
         #: to the insert's future): see :meth:`EventStore.save_events`.
-        self._stored_events: dict[str, None] = {}
+        self._stored_events: OrderedDict[str, float] = OrderedDict()
         self._storing_events: dict[str, asyncio.Future[None]] = {}
 
     async def open(self) -> Self:

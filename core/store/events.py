@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -16,10 +18,13 @@ from shipcast.store.base import StoreBase, _aware, _utc, now
 from shipcast.store.tables import events
 
 
-#: Event ids a process remembers having stored (about 1 MB): the other store
-#: channel's copy of each, seconds behind at a thousand events a second. A copy
-#: later than that is inserted again, and the insert leaves the row as it is.
+#: Event ids a process remembers having stored (about 1 MB), each for a minute:
+#: the other store channel's copy of it comes seconds behind. A copy later than
+#: that is inserted again, and the insert leaves the row as it is. (A minute is
+#: well inside any retention: another process's prune never deletes a row
+#: this process remembers storing.)
 RECENT_EVENTS = 8_192
+RECENT_SECONDS = 60.0
 
 
 class EventStore(StoreBase):
@@ -29,14 +34,15 @@ class EventStore(StoreBase):
 
         The archive and the tracking channel each store every event, and in
         one process their copies of it come at about the same time: an event
-        this process stored lately, or is storing now, is not written again
-        (the second waits for the first's insert instead).
+        this process stored in the last minute, or is storing now, is not
+        written again (the second waits for the first's insert instead).
         """
         stored, storing = self._stored_events, self._storing_events
+        since = time.monotonic() - RECENT_SECONDS
         fresh: list[Event] = []
         waits: set[asyncio.Future[None]] = set()
         for event in items:
-            if event.event_id in stored:
+            if stored.get(event.event_id, -math.inf) > since:
                 continue
             pending = storing.get(event.event_id)
             if pending is not None:
@@ -44,13 +50,13 @@ class EventStore(StoreBase):
             else:
                 fresh.append(event)
         if fresh:
-            insert: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            for event in fresh:
-                storing[event.event_id] = insert
             stamp = now()
             rows = [{"event_id": e.event_id, "partner_id": e.partner_id, "event_type": e.event_type,
                      "order_id": e.order.order_id, "sequence": e.sequence, "occurred_at": e.occurred_at,
                      "stored_at": stamp, "body": e.model_dump_json()} for e in fresh]
+            insert: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for event in fresh:
+                storing[event.event_id] = insert
             try:
                 await self._run([(self._statements["insert_events"], rows)], hot=True)
             except BaseException as exc:
@@ -59,15 +65,18 @@ class EventStore(StoreBase):
                 raise
             else:
                 insert.set_result(None)
+                done = time.monotonic()
                 for event in fresh:
-                    stored[event.event_id] = None
+                    stored[event.event_id] = done
+                    stored.move_to_end(event.event_id)
                 while len(stored) > RECENT_EVENTS:
-                    del stored[next(iter(stored))]
+                    stored.popitem(last=False)
             finally:
                 for event in fresh:
                     storing.pop(event.event_id, None)
         for wait in waits:
-            await wait
+            # Shielded: a waiter cancelled (its worker stopping) must not cancel the insert others wait on.
+            await asyncio.shield(wait)
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         rows = await self._rows(sa.select(events.c.body).where(events.c.event_id == event_id))
