@@ -34,7 +34,7 @@ from shipcast.plugins.archive import ArchiveChannel
 from shipcast.settings import Settings
 
 from .links import tracking_token
-from .live import declare_live_exchange, ping
+from .live import MAX_PINGED, declare_live_exchange, ping
 
 _PAGE = Target("page", "tracking page")
 
@@ -79,9 +79,10 @@ class TrackingChannel(ArchiveChannel):
 
     async def _store_and_ping(self, events: Sequence[Event]) -> None:
         await self.context.store.save_events(events)
-        orders = dict.fromkeys((event.partner_id, event.order.order_id) for event in events)
-        # Not mandatory: with no page open, no queue is bound, and the broker drops it quietly.
-        await self._live.publish(ping(*orders), routing_key="", mandatory=False)
+        orders = list(dict.fromkeys((event.partner_id, event.order.order_id) for event in events))
+        for start in range(0, len(orders), MAX_PINGED):
+            # Not mandatory: with no page open, no queue is bound, and the broker drops it quietly.
+            await self._live.publish(ping(*orders[start:start + MAX_PINGED]), routing_key="", mandatory=False)
 
 
 #: The customer's own events, published from the tracking page.
