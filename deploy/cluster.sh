@@ -65,6 +65,17 @@ CONF
   env $(env_of "$n") rabbitmq-server -detached
 }
 
+remove_node() {  # stop node $1 (waiting for its VM to exit) and delete its data
+  if [[ -f $BASE/$1/rabbitmq.pid ]]; then
+    ctl "$1" stop "$BASE/$1/rabbitmq.pid" >/dev/null 2>&1 || kill -9 "$(cat "$BASE/$1/rabbitmq.pid")" 2>/dev/null || true
+  fi
+  rm -rf "${BASE:?}/$1"
+}
+
+number() {  # refuse $1 unless it is a node number (1-9): it names a directory deleted as root
+  [[ ${1:-} =~ ^[1-9]$ ]] || { echo "cluster.sh: a node is a number from 1 to 9, not '${1:-}'" >&2; exit 2; }
+}
+
 case "${1:-}" in
   start)
     mkdir -p "$BASE"
@@ -83,21 +94,22 @@ case "${1:-}" in
     for n in "${NODES[@]}"; do echo "$(node "$n")  amqp://guest:guest@127.0.0.1:$(amqp_port "$n")/"; done
     ;;
   alone)
-    n=${2:?which node, 4-9}
+    number "${2:-}"
+    n=$2
     mkdir -p "$BASE"
     launch_node "$n"
     booted "$n"
     echo "$(node "$n")  amqp://guest:guest@127.0.0.1:$(amqp_port "$n")/"
     ;;
   ctl)
-    n=${2:?which node}
+    number "${2:-}"
+    n=$2
     shift 2
     ctl "$n" "$@"
     ;;
   remove)
-    n=${2:?which node}
-    ctl "$n" stop >/dev/null 2>&1 || true
-    rm -rf "${BASE:?}/$n"
+    number "${2:-}"
+    remove_node "$2"
     ;;
   kill)
     n=${2:?which node, 1-3}
@@ -110,9 +122,9 @@ case "${1:-}" in
     booted "$n"
     ;;
   stop)
-    for n in "${NODES[@]}"; do "$0" remove "$n"; done  # a node started alone is left running
+    for n in "${NODES[@]}"; do remove_node "$n"; done  # a node started alone is left running
     ;;
   *)
-    sed -n '2,20p' "$0"; exit 2
+    sed -n '2,21p' "$0"; exit 2
     ;;
 esac

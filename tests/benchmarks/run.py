@@ -496,7 +496,7 @@ async def memory(tmp: Path, quick: bool) -> None:
                 ship.stop()
     # `shipcast run` is a supervisor and a process per CPU, each with its own
     # memory: the bound is per process, and the sum grows with the CPUs.
-    largest = max(max(each) for _, each in samples) / 2**20
+    largest = max(max(each, default=0) for _, each in samples) / 2**20
     peak = max(sum(each) for _, each in samples) / 2**20
     count = max(len(each) for _, each in samples)
     half = [sum(each) / 2**20 for t, each in samples if t >= elapsed / 2]

@@ -287,8 +287,8 @@ OWN_NODE = "4"
 async def own_broker() -> AsyncIterator[str]:
     """A RabbitMQ node of the test's own, beside the main one: its AMQP URL."""
     await asyncio.to_thread(cluster_sh, "remove", OWN_NODE)  # one left by an interrupted run
-    await asyncio.to_thread(cluster_sh, "alone", OWN_NODE)
     try:
+        await asyncio.to_thread(cluster_sh, "alone", OWN_NODE)
         yield f"amqp://guest:guest@127.0.0.1:570{OWN_NODE}/"
     finally:
         await asyncio.to_thread(cluster_sh, "remove", OWN_NODE)
