@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import psutil
 from aiohttp import web
@@ -259,3 +260,21 @@ def mean(values: Sequence[float]) -> float:
 
 if __name__ == "__main__" and sys.argv[1:] == ["receiver"]:
     asyncio.run(_serve_receiver())
+
+
+async def answering(base: str, proc: Proc, path: str = "/readyz") -> None:
+    """Wait until ``proc``'s HTTP server at ``base`` answers ``path``: a GET of
+    ``/readyz`` answers 200, a POST of an empty batch anywhere else 200 or 202."""
+    headers = {"authorization": "Bearer bench", "content-type": "application/json"}
+    async with aiohttp.ClientSession(base) as http:
+        for _ in range(600):
+            try:
+                async with http.request("GET" if path == "/readyz" else "POST", path,
+                                        data=b"[]", headers=headers) as answer:
+                    if answer.status in (200, 202):
+                        return
+            except aiohttp.ClientError:
+                pass
+            proc.check()
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{base}{path} never answered")

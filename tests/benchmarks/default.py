@@ -41,7 +41,7 @@ import aio_pika
 import aiohttp
 import httpx
 
-from .common import BIN, MANAGEMENT, Proc, Receiver, ReceiverProcess, Vhost, events
+from .common import BIN, MANAGEMENT, Proc, Receiver, ReceiverProcess, Vhost, answering, events
 
 #: (label, events per request, concurrent clients) for each way events come in.
 MODES = (("batches of 100, 4 clients", 100, 4), ("one per request, 32 clients", 1, 32))
@@ -83,21 +83,6 @@ async def consumers_attached(vhost: Vhost, queues: Sequence[str], count: int, pr
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} never had {count} consumers")
                 await asyncio.sleep(0.2)
-
-
-async def answering(base: str, proc: Proc, path: str) -> None:
-    async with aiohttp.ClientSession(base) as http:
-        for _ in range(600):
-            try:
-                async with http.request("GET" if path == "/readyz" else "POST", path,
-                                        data=b"[]", headers=HEADERS) as answer:
-                    if answer.status in (200, 202):
-                        return
-            except aiohttp.ClientError:
-                pass
-            proc.check()
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{base}{path} never answered")
 
 
 @asynccontextmanager

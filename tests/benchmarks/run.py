@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from .common import BIN, Proc, Receiver, Vhost, broker_cpu, events, mean, percentile
+from .common import BIN, Proc, Receiver, Vhost, answering, broker_cpu, events, mean, percentile
 from .default import default
 from .filters import filters
 from .floor import publish as floor_publish
@@ -339,15 +339,7 @@ async def ingest(tmp: Path, quick: bool) -> None:
             headers = {"authorization": "Bearer bench", "content-type": "application/json"}
             async with aiohttp.ClientSession(base, headers=headers,
                                              connector=aiohttp.TCPConnector(limit=64)) as http:
-                for _ in range(300):
-                    try:
-                        async with http.get("/readyz") as ready:
-                            if ready.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    api.check()
-                    await asyncio.sleep(0.1)
+                await answering(base, api)
                 ship.profile()  # BENCH_PROFILE=FOLDER: the API under py-spy
                 singles = [body for _, body in bodies[: n // 5]]
                 semaphore = asyncio.Semaphore(32)

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from .common import Receiver, Vhost, events
+from .common import Receiver, Vhost, answering, events
 
 
 def _env(mode: str, endpoint: str) -> dict[str, str]:
@@ -83,15 +83,7 @@ async def _ingest_round(mode: str, n: int, tmp: Path) -> tuple[float, float, int
                            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
                 async with aiohttp.ClientSession(f"http://127.0.0.1:{ship.env['SHIPCAST_PORT']}", headers=headers,
                                                  connector=aiohttp.TCPConnector(limit=64)) as http:
-                    for _ in range(300):
-                        try:
-                            async with http.get("/readyz") as ready:
-                                if ready.status == 200:
-                                    break
-                        except aiohttp.ClientError:
-                            pass
-                        api.check()
-                        await asyncio.sleep(0.1)
+                    await answering(f"http://127.0.0.1:{ship.env['SHIPCAST_PORT']}", api)
                     bodies = [event.to_json() for event in events(n)]
                     semaphore = asyncio.Semaphore(32)
 

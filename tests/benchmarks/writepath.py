@@ -32,7 +32,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from .common import BIN, ReceiverProcess, Vhost, events, percentile
+from .common import BIN, ReceiverProcess, Vhost, answering, events, percentile
 
 #: Orders the workload spreads its changes over (each transaction locks one).
 ORDERS = 500
@@ -124,20 +124,6 @@ def posting(http: aiohttp.ClientSession) -> Step:
     return post
 
 
-async def ready(base: str, proc: Any) -> None:
-    async with aiohttp.ClientSession(base) as http:
-        for _ in range(300):
-            try:
-                async with http.get("/readyz") as answer:
-                    if answer.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            proc.check()
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{base} never ready")
-
-
 async def active(base: str, proc: Any) -> None:
     """Wait until the relay holds the lock (its /metrics say so): ready is not yet active."""
     async with aiohttp.ClientSession(base) as http:
@@ -180,10 +166,10 @@ async def writepath(tmp: Path, quick: bool) -> None:
                 ship.env["SHIPCAST_HEALTH_PORT"] = str(health)  # the relay's operations port, its alone
                 relay = ship.start("relay")
                 del ship.env["SHIPCAST_HEALTH_PORT"]
-                await ready(f"http://127.0.0.1:{health}", relay)
+                await answering(f"http://127.0.0.1:{health}", relay)
                 await active(f"http://127.0.0.1:{health}", relay)
                 api = ship.start("api")
-                await ready("http://127.0.0.1:18123", api)
+                await answering("http://127.0.0.1:18123", api)
                 headers = {"authorization": "Bearer bench", "content-type": "application/json"}
                 async with aiohttp.ClientSession("http://127.0.0.1:18123", headers=headers,
                                                  connector=aiohttp.TCPConnector(limit=HANDLERS)) as http:
