@@ -7,6 +7,7 @@ event is archived whatever the partners' configs say.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from shipcast import hookimpl
@@ -31,7 +32,11 @@ class ArchiveChannel(Channel):
 
     async def start(self) -> None:
         # Concurrent deliveries share one insert: write-behind in batches.
-        self._batcher: Batcher[Event, None] = Batcher(self.context.store.save_events)
+        self._batcher: Batcher[Event, None] = Batcher(self.write_batch)
+
+    async def write_batch(self, events: Sequence[Event]) -> None:
+        """Write one batch of the events delivered to this channel."""
+        await self.context.store.save_events(events)
 
     async def close(self) -> None:
         await self._batcher.close()

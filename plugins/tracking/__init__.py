@@ -24,7 +24,6 @@ from typing import Any
 from marshmallow import RAISE, Schema, fields, validate
 
 from shipcast import hookimpl
-from shipcast.batching import Batcher
 from shipcast.messaging.fields import TimeZone
 from shipcast.model.envelope import Event
 from shipcast.model.event_types import EventType
@@ -61,9 +60,7 @@ class TrackingChannel(ArchiveChannel):
     branding_preview = "branding/tracking"
 
     async def start(self) -> None:
-        # Stored, then pinged, a batch at a time: one ping message names every
-        # order of the batch, so a page rendered for it shows the event.
-        self._batcher: Batcher[Event, None] = Batcher(self._store_and_ping)
+        await super().start()
         # Without confirms: a ping is best-effort (a page lost one shows the event at its
         # next reconnect), and most go to no page at all; a confirm per ping cost a wait and
         # a broker frame for each.
@@ -77,8 +74,10 @@ class TrackingChannel(ArchiveChannel):
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         return [_PAGE]
 
-    async def _store_and_ping(self, events: Sequence[Event]) -> None:
-        await self.context.store.save_events(events)
+    async def write_batch(self, events: Sequence[Event]) -> None:
+        """Stored, then pinged, a batch at a time: one ping names every order of
+        the batch, so a page rendered for it shows the event."""
+        await super().write_batch(events)
         orders = list(dict.fromkeys((event.partner_id, event.order.order_id) for event in events))
         for start in range(0, len(orders), MAX_PINGED):
             # Not mandatory: with no page open, no queue is bound, and the broker drops it quietly.
