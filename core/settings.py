@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
@@ -150,6 +150,19 @@ class Settings(BaseSettings):
                 except ValueError as exc:
                     raise ValueError(f"SHIPCAST_WEBHOOK_ALLOWED_NETWORKS: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _twilio_pair(self) -> Settings:
+        """Twilio's account SID and auth token go together: one alone is a
+        mistake, refused at start, never taken for "no credentials" (which
+        would keep the messages in the development outbox)."""
+        given = {"SHIPCAST_TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+                 "SHIPCAST_TWILIO_AUTH_TOKEN": self.twilio_auth_token}
+        missing = [name for name, value in given.items() if not value]
+        if len(missing) == 1:
+            [other] = set(given) - set(missing)
+            raise ValueError(f"{missing[0]} is not set, but {other} is: set both, or neither")
+        return self
 
     @cached_property
     def retry_delays(self) -> tuple[int, ...]:

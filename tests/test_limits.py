@@ -92,7 +92,8 @@ async def test_a_twilio_callback_without_a_signature_or_a_token_is_refused(shipc
 async def test_a_signed_twilio_callback_past_the_bound_is_a_413(vhost: str, sqlite_url: str) -> None:
     from .conftest import make_settings
 
-    settings: Settings = make_settings(vhost, sqlite_url, twilio_auth_token="tok", max_body_bytes=64 * 1024)
+    settings: Settings = make_settings(vhost, sqlite_url, twilio_account_sid="AC1", twilio_auth_token="tok",
+                                       max_body_bytes=64 * 1024)
     async with ShipcastProcess(settings, channels=[]) as shipcast:
         response = await shipcast.http.post("/callbacks/sms/twilio", content=chunks(MiB),
                                             headers={"content-type": "application/x-www-form-urlencoded",

@@ -174,6 +174,22 @@ def test_the_outbox_is_used_only_without_a_provider_and_never_when_off(channel: 
         Settings(api_token="t", dev_outbox="sometimes")
 
 
+def test_half_a_credential_is_never_taken_for_none(sqlite_url: str) -> None:
+    """The outbox is for a provider with no credentials at all: one of
+    Twilio's two is a mistake refused at start, naming the one missing, and
+    an SMTP user or password with no host still sends (to localhost)."""
+    with pytest.raises(ValueError, match="SHIPCAST_TWILIO_AUTH_TOKEN is not set, but SHIPCAST_TWILIO_ACCOUNT_SID is"):
+        Settings(api_token="t", development=True, twilio_account_sid=SID)
+    with pytest.raises(ValueError, match="SHIPCAST_TWILIO_ACCOUNT_SID is not set, but SHIPCAST_TWILIO_AUTH_TOKEN is"):
+        Settings(api_token="t", development=True, twilio_auth_token=TOKEN)
+    for given in ({"smtp_username": "mailer"}, {"smtp_password": "secret"}):
+        assert EmailChannel.development_outbox(Settings(api_token="t", development=True, **given)) is None
+    settings = Settings(api_token="t", development=True, database_url=sqlite_url)
+    refused = run_cli(settings, "run", env={"SHIPCAST_TWILIO_ACCOUNT_SID": SID}, timeout=30)
+    assert refused.returncode == 2
+    assert "SHIPCAST_TWILIO_AUTH_TOKEN is not set, but SHIPCAST_TWILIO_ACCOUNT_SID is" in refused.stderr
+
+
 async def test_off_fails_as_production_does(vhost: str, sqlite_url: str) -> None:
     settings = make_settings(vhost, sqlite_url, dev_outbox="off", retry_schedule="")
     async with ShipcastProcess(settings, channels=["sms"]) as shipcast:

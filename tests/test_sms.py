@@ -544,7 +544,8 @@ async def test_a_text_the_carrier_refuses_later_is_logged_dead_and_parked(sms_se
 
 
 def test_secrets_never_show_in_the_settings_repr() -> None:
-    settings = Settings(api_token="tok-123", twilio_auth_token="twilio-456", smtp_password="smtp-789",
+    settings = Settings(api_token="tok-123", twilio_account_sid="AC1", twilio_auth_token="twilio-456",
+                        smtp_password="smtp-789",
                         secret_key=base64.urlsafe_b64encode(b"k" * 32).decode(), operator_webhook_secret="whsec_x")
     shown = repr(settings) + str(settings)
     for secret in ("tok-123", "twilio-456", "smtp-789", settings.secret_key or "", "whsec_x"):

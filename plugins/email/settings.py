@@ -22,8 +22,11 @@ class SmtpSettings(BaseSettings):
 
     @property
     def configured(self) -> bool:
-        """Whether an SMTP server was named (``SHIPCAST_SMTP_HOST``): only then are people emailed."""
-        return "host" in self.model_fields_set
+        """Whether an SMTP server was named (``SHIPCAST_SMTP_HOST``), or
+        credentials for one given: only then are people emailed. Credentials
+        with no host go to ``localhost`` (and fail there, in the delivery
+        log), never to the development outbox."""
+        return bool({"host", "username", "password"} & self.model_fields_set)
 
     @classmethod
     def of(cls, settings: Settings) -> SmtpSettings:
