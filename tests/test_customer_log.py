@@ -8,6 +8,7 @@ opt-outs listed, looked up and lifted; a forgotten customer found no more."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -334,6 +335,38 @@ async def test_the_portal_pages_show_the_log_and_let_only_an_admin_lift(customer
         finally:
             for visitor in (viewer, admin, other):
                 await visitor.aclose()
+
+
+async def test_the_portal_log_shows_why_each_held_message_was_held_on_its_orders_row(
+        customer_settings: Settings) -> None:
+    now = datetime.now(UTC)
+    quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"),
+             "end": (now + timedelta(hours=2)).strftime("%H:%M"), "timezone": "UTC"}
+    plain = customer_settings.model_copy(update={"public_url": "http://track.example.com"})  # cookies not Secure
+    async with ShipcastProcess(plain, ["sms", "archive"]) as shipcast:
+        await shipcast.apply(doc(quiet_hours=quiet))
+        await shipcast.services.store.add_opt_out("sms", "acme", "+919999911111", twilio_reason(21610))
+        c_ofd = order_event("OFD", "ORD-C", 1, phone=C_PHONE, email=None)
+        await post(shipcast, c_ofd, ("skipped",))
+        a_del = order_event("DEL", "ORD-A", 2, phone=A_PHONE, email=None)
+        await post(shipcast, a_del, ("waiting",))
+        a_late = order_event("OFD", "ORD-A", 1, phone=A_PHONE, email=None)  # arrives after the DEL
+        await post(shipcast, a_late, ("skipped",))
+
+        async with await signed_in(shipcast, "reader@acme.example.com", "acme", "viewer") as viewer:
+            for order_id, expected in (("ORD-A", {a_del["event_id"]: ("waiting", "quiet hours"),
+                                                  a_late["event_id"]: ("skipped", "stale")}),
+                                       ("ORD-C", {c_ofd["event_id"]: ("skipped", "opted out")})):
+                page = await viewer.get("/portal/p/acme/customers", params={"order_id": order_id})
+                shown = {row["event_id"]: row for row in shown_rows(page.text) if row["channel"] == "sms"}
+                assert {event_id: row["status"] for event_id, row in shown.items()} == {
+                    event_id: status for event_id, (status, _) in expected.items()}, order_id
+                api = {row["event_id"]: row for row in (await log(shipcast, order_id=order_id))["messages"]}
+                for event_id, (_, held) in expected.items():
+                    assert api[event_id]["held"] == held, api[event_id]
+                    assert shown[event_id]["order_id"] == order_id and shown[event_id]["event_type"], shown[event_id]
+                    # The badge naming why, then the rules' own words.
+                    assert html.unescape(shown[event_id]["why"]) == f"{held} {api[event_id]['last_error']}"
 
 
 def test_the_rules_reasons_read_as_why() -> None:

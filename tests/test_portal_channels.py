@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from html import unescape
 
 import pytest
 
@@ -156,6 +157,25 @@ async def test_an_email_template_is_previewed_with_its_html(shipcast: ShipcastPr
     assert policy.startswith("sandbox;") and "frame-ancestors 'self'" in policy and "script-src" not in policy
 
 
+async def test_an_email_preview_shows_its_subject_for_the_realistic_and_the_sparse_sample(
+        shipcast: ShipcastProcess, admin: Visitor) -> None:
+    editor = await admin.get(f"{BASE}/channels/email/templates/DEL")
+    assert editor.text.count("<h4>Every optional field null</h4>") == 2  # the shipped texts, English and Hindi
+    typed = ("Delivered: order {{ order.order_id }}\n"
+             "{% if order.item_count %}All {{ order.item_count }} items{% else %}Your parcel{% endif %} arrived. "
+             "{{ tracking_url }}")
+    panel = await admin.post(f"{BASE}/channels/email/templates/DEL/preview",
+                             {"text_en": typed, "text_hi": "", "language": "en"})
+    assert panel.status_code == 200 and "No problems" in panel.text
+    samples = dict(re.findall(r'<div class="sample">\s*<h4>([^<]*)</h4>(.*?)</div>', panel.text, re.DOTALL))
+    assert list(samples) == ["Realistic", "Every optional field null"], panel.text
+    for shown in samples.values():
+        assert '<span class="muted">Subject:</span> Delivered: order ORD-10023</p>' in shown
+    assert "All 2 items arrived" in samples["Realistic"]
+    assert "Your parcel arrived" in samples["Every optional field null"]
+    assert "items arrived" not in samples["Every optional field null"]
+
+
 async def test_the_partners_files_fields_are_read_only_and_kept(shipcast: ShipcastProcess, admin: Visitor) -> None:
     page = await admin.get(f"{BASE}/channels/email")
     assert re.search(r'name="from_address"[^>]*readonly', page.text)
@@ -193,6 +213,21 @@ async def test_branding_is_saved_and_previewed_on_the_tracking_page_and_an_email
     partner = await shipcast.services.store.get_partner("acme")
     assert partner is not None and partner.branding == {"primary_color": "#d81b60",
                                                         "support_email": "help@acme.example.com"}
+
+
+async def test_the_branding_previews_carry_the_logo_and_the_support_phone(
+        shipcast: ShipcastProcess, admin: Visitor) -> None:
+    await admin.get(f"{BASE}/branding")
+    logo, phone = "https://cdn.acme.example.com/logo.png", "+918045671234"
+    saved = await admin.post(f"{BASE}/branding", {"logo_url": logo, "support_phone": phone})
+    assert saved.status_code == 303, saved.text[-2000:]
+    page = await admin.get(f"{BASE}/branding")
+    frames = {name: unescape(src) for name, src in
+              re.findall(r'<iframe[^>]* id="frame-(\w+)"[^>]* src="([^"]+)"', page.text)}
+    assert set(frames) == {"tracking", "email"}, page.text
+    tracking, email = (await admin.get(frames["tracking"])).text, (await admin.get(frames["email"])).text
+    assert f'<img src="{logo}"' in tracking and f'<a href="tel:{phone}">{phone}</a>' in tracking
+    assert f'<img src="{logo}"' in email and phone in email
 
 
 async def test_a_test_message_reaches_the_merchants_own_phone(shipcast: ShipcastProcess, admin: Visitor) -> None:
