@@ -304,6 +304,30 @@ async def test_a_commit_wakes_the_relay_at_once_on_postgresql(vhost: str, tmp_pa
         assert len(wire.events) == 3
 
 
+async def test_a_database_that_never_answers_is_tried_again_not_waited_on(vhost: str, tmp_path: Path) -> None:
+    """A connection to the OMS's database that opens but is never answered (a
+    server restarting, a half-open path) fails within the statement timeout
+    and is tried again: a relay, standby or active, is never held by it for
+    the driver's own minute."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent_outbox = Outbox(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/test", "shipcast_outbox", "postgresql")
+    settings = relay_settings(vhost, tmp_path, silent_outbox, publish_timeout=0.5)
+    try:
+        async with applied(settings, DOC) as services, relaying(services) as relay:
+            await eventually(lambda: len(accepted) >= 3, timeout=10)
+            assert not relay.active and not relay.source_up
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+
+
 async def test_the_ddl_printed_applies_and_a_bad_table_name_is_refused(vhost: str, tmp_path: Path,
                                                                        outbox: Outbox) -> None:
     settings = relay_settings(vhost, tmp_path, outbox)

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -62,7 +62,7 @@ class Relay:
         metrics.put("shipcast_relay_active", 0)
         while not stop.is_set():
             try:
-                async with self.source.connect() as conn:
+                async with self._connected() as conn:
                     if await self._wait_for_lock(conn, stop):
                         await self._relay(conn, stop)
             except SOURCE_ERRORS as exc:
@@ -75,6 +75,26 @@ class Relay:
                     log.warning("relay standing by: its lock's connection is gone")
                 self._set_active(False)
             await _sleep_unless(stop, RETRY_EVERY)
+
+    @contextlib.asynccontextmanager
+    async def _connected(self) -> AsyncIterator[AsyncConnection]:
+        """A connection to the outbox database, opened within the statement
+        timeout: a connection attempt to a database that is restarting (or
+        one its server never answers) fails and is tried again, instead of
+        holding the relay, standby and active alike, for as long as the
+        driver's own timeout."""
+        async with asyncio.timeout(self.statement_timeout):
+            conn = await self.source.connect().start()
+        try:
+            yield conn
+        finally:
+            try:
+                async with asyncio.timeout(self.statement_timeout):
+                    await conn.close()
+            except TimeoutError:
+                with contextlib.suppress(*SOURCE_ERRORS):  # drop the socket: its session, and the lock, end with it
+                    await conn.invalidate()
+                raise
 
     async def _wait_for_lock(self, conn: AsyncConnection, stop: asyncio.Event) -> bool:
         """Try for the lock every second, and only while connected to RabbitMQ,
