@@ -52,6 +52,9 @@ DESTRUCTIVE = {"delete_partner", "delete_endpoint", "revoke_partner_token"}
 #: Operations whose body the document describes from the rules that validate it.
 BODIES = {"post_partners", "create_endpoint", "update_endpoint", "rotate_secret", "send_test", "put_branding",
           "patch_branding"}
+#: The fuzzers' work is bounded by their examples, not by time; on a loaded machine
+#: (a full suite in four processes on two cores) they took past the 120 s a test is given.
+FUZZ_TIMEOUT = pytest.mark.timeout(300)
 QUICK = hypothesis.settings(deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck))
 
 
@@ -173,6 +176,7 @@ def fuzz_each(document: dict[str, Any], base_url: str, token: str, ids: dict[str
     return calls
 
 
+@FUZZ_TIMEOUT
 async def test_each_partner_route_accepts_what_its_document_allows_and_never_fails(
         shipcast: ShipcastProcess, receiver: Receiver, addresses: None, caplog: pytest.LogCaptureFixture) -> None:
     """Each partner route, fuzzed alone on a partner and endpoint that
@@ -232,6 +236,7 @@ def walk(document: dict[str, Any], base_url: str, token: str) -> Calls:
     return calls
 
 
+@FUZZ_TIMEOUT
 async def test_the_partner_routes_are_reached_through_the_documents_links(
         shipcast: ShipcastProcess, receiver: Receiver, addresses: None, caplog: pytest.LogCaptureFixture) -> None:
     """From nothing but the document: a partner applied, then its routes
