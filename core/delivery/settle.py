@@ -5,7 +5,8 @@ publish first: one per target to a retry tier or to the parking lot; or
 that it goes back to the queue), and :func:`settle` carries it out. Copies
 are confirmed before the original is acked, so a crash at any point
 redelivers rather than loses; a copy that cannot be published puts the
-original back.
+original back. Acks go in batches (:mod:`shipcast.amqp.acks`): one frame for
+the deliveries settled together.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from shipcast.amqp.acks import Acks
 from shipcast.amqp.headers import copy_message
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ class Settlement:
     hold: float = 0.0
 
 
+#: The process's acks, batched per AMQP channel.
+ACKS = Acks()
+
 #: Done with: nothing to publish.
 ACK = Settlement()
 
@@ -62,14 +67,14 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement, publi
         try:
             for copy in settlement.copies:
                 await publish(copy_message(message, copy.headers), copy.queue)
-            await message.ack()
+            await ACKS.ack(message)
             return True
         except Exception as exc:  # unconfirmed, or the connection dropped: redelivered, never lost
             log.warning("cannot settle %s (%s); it will be redelivered", message.message_id, exc)
     elif settlement.hold:
         await asyncio.sleep(settlement.hold)
     try:
-        await message.nack(requeue=True)
+        await ACKS.nack(message, requeue=True)
     except Exception:  # the channel is gone: the broker has it back already
         log.debug("nack of %s failed", message.message_id, exc_info=True)
     return False

@@ -29,6 +29,7 @@ import httpx
 
 from .common import BIN, Proc, Receiver, Vhost, answering, broker_cpu, events, mean, percentile
 from .default import default
+from .acks import acks
 from .filters import filters
 from .floor import publish as floor_publish
 from .isolation import isolation_many
@@ -770,6 +771,8 @@ SCENARIOS = {"throughput": throughput, "throughput_fast": throughput_fast, "thro
              "writepath": writepath, "default": default,
              # in-process, no services: not in DEFAULT, run it by name
              "filters": filters,
+             # one consumer's acks, a frame each against batched: not in DEFAULT, run it by name
+             "acks": acks,
              # tracing off against on: not in DEFAULT, run it by name
              "tracing": tracing}
 
