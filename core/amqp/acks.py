@@ -1,82 +1,91 @@
 """Acks in batches: one ``basic.ack`` with ``multiple`` for the deliveries
-settled together, instead of a frame, a write and a wake-up for each.
+settled together, instead of a frame (and, on a quorum queue, a settle
+command in its log) for each.
 
-A multiple ack settles every unacked delivery of its AMQP channel up to its
-tag, so it is sent only as far as the first delivery not settled yet: one
-still being worked on (a slow endpoint, a message held while the store is
-down) is never acked with the others. An ack waiting behind such a delivery
-goes on its own after :data:`HOLD` seconds, so a hang holds back no ack for
-longer than that. A nack goes at once, on its own, and the deliveries after
-it may then be acked past it.
+The acks of one moment gather for :data:`LINGER` seconds. A multiple ack
+settles every unacked delivery of its AMQP channel up to its tag, so it
+goes only as far as the first delivery not settled yet: one still being
+worked on (a slow endpoint, a message held while the store is down) is
+never acked with the others. The acks past it go at once, each alone, as
+every ack did before: a delivery finishing out of order waits for no other,
+and holds its prefetch slot no longer than the gathering. A nack goes at
+once, alone, and the deliveries after it may then be acked past it.
 
 Delivery tags count per AMQP channel: each has its own tally, forgotten
 with it (a reconnect opens another; an ack on a closed one fails, and the
-broker redelivers, as for any unsettled message). Acks of one channel are
-written in the order they were decided, so an ack of one delivery never
-follows a multiple ack that already covered it.
+broker redelivers, as for any unsettled message). The acks of one channel
+are queued for writing in the order they were decided, after any nack
+already written, so no ack ever follows a multiple ack that covered it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import weakref
 from collections import deque
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import AbstractChannel
 from aiormq.exceptions import ChannelInvalidStateError
 
-#: Seconds the acks of one moment gather before they are sent: a consumer's
-#: deliveries finish a few at a time, and 2 ms turns about three acks a frame
-#: into twenty (a quarter less CPU per message consumed and acked, measured).
+#: Seconds the acks of one moment gather before they are decided: a
+#: consumer's deliveries finish a few at a time, and 2 ms turns about three
+#: acks a frame into twenty when they finish in order (measured).
 LINGER = 0.002
-#: Seconds an ack may wait for the deliveries before it to be settled, before it goes alone.
-HOLD = 0.05
 
 
 class _Tally:
-    """What one AMQP channel's deliveries came to, past the last tag sent."""
+    """What one AMQP channel's deliveries came to, past the last tag acked."""
 
-    __slots__ = ("channel", "outgoing", "pending", "scheduled", "sender", "settled", "settled_to", "timer")
+    __slots__ = ("channel", "outgoing", "pending", "scheduled", "sender", "settled", "settled_to")
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: AbstractChannel) -> None:
         #: Weakly: the tally is forgotten with its channel (a strong one would keep it).
         self.channel = weakref.ref(channel)
         #: Every delivery tag up to this one is settled, on the broker or on its way.
         self.settled_to = 0
-        #: Acked and not sent yet: tag → (waiter, when).
-        self.pending: dict[int, tuple[asyncio.Future[None], float]] = {}
+        #: Acked and not decided yet: tag → waiter.
+        self.pending: dict[int, asyncio.Future[None]] = {}
         #: Tags past ``settled_to`` settled on their own (a nack, an ack sent alone).
         self.settled: set[int] = set()
-        #: Acks decided and not written yet, in order: (tag, multiple, waiters).
+        #: Acks decided and not queued yet, in order: (tag, multiple, waiters).
         self.outgoing: deque[tuple[int, bool, list[asyncio.Future[None]]]] = deque()
         self.sender: asyncio.Task[None] | None = None
         self.scheduled = False
-        self.timer: asyncio.TimerHandle | None = None
 
 
 class Acks:
-    """The acks of one process's consumers, batched per AMQP channel."""
+    """The acks of a consumer's deliveries, batched per AMQP channel."""
 
-    def __init__(self) -> None:
-        self._tallies: weakref.WeakKeyDictionary[Any, _Tally] = weakref.WeakKeyDictionary()
+    def __init__(self, linger: float = LINGER) -> None:
+        self.linger = linger
+        self._tallies: weakref.WeakKeyDictionary[AbstractChannel, _Tally] = weakref.WeakKeyDictionary()
 
     async def ack(self, message: AbstractIncomingMessage) -> None:
         """Ack ``message``: returns once its ack (alone or with others) is
-        written. A message with no delivery tag (the in-memory broker's) acks itself."""
+        queued for writing. A message with no delivery tag (the in-memory
+        broker's) acks itself.
+
+        :raises RuntimeError: ``message`` was settled already.
+        """
         tag = getattr(message, "delivery_tag", None)
         if not tag:
             await message.ack()
             return
         tally = self._tally(message.channel)  # a closed channel raises: the broker redelivers
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        tally.pending[tag] = (waiter, loop.time())
+        if tag <= tally.settled_to or tag in tally.settled or tag in tally.pending:
+            raise RuntimeError(f"message {message.message_id} (delivery {tag}) settled twice")
+        waiter = asyncio.get_running_loop().create_future()
+        tally.pending[tag] = waiter
         self._schedule(tally)
         await waiter
 
     async def nack(self, message: AbstractIncomingMessage, requeue: bool = True) -> None:
-        """Nack ``message`` at once; the acks after it may then go past it."""
+        """Nack ``message`` at once; the acks after it may then go past it.
+        Only once the nack is written (awaited, not ``wait=False``) does its
+        tag count as settled: a multiple ack decided later cannot reach the
+        broker before it."""
         await message.nack(requeue=requeue)
         tag = getattr(message, "delivery_tag", None)
         if tag:
@@ -85,57 +94,46 @@ class Acks:
             if tally.pending:
                 self._schedule(tally)
 
-    def _tally(self, channel: Any) -> _Tally:
+    def _tally(self, channel: AbstractChannel) -> _Tally:
         tally = self._tallies.get(channel)
         if tally is None:
             tally = self._tallies[channel] = _Tally(channel)
         return tally
 
     def _schedule(self, tally: _Tally) -> None:
-        """Decide once the acks of this moment are all in."""
         if not tally.scheduled:
             tally.scheduled = True
-            asyncio.get_running_loop().call_later(LINGER, self._decide, tally)
+            asyncio.get_running_loop().call_later(self.linger, self._decide, tally)
 
     def _decide(self, tally: _Tally) -> None:
+        """One multiple ack as far as every delivery is settled; each ack past
+        a delivery not settled yet alone."""
         tally.scheduled = False
         pending, settled = tally.pending, tally.settled
-        upto, top = tally.settled_to, 0
-        while True:  # how far every delivery is settled
+        upto, top, together = tally.settled_to, 0, []
+        while True:
             following = upto + 1
-            if following in pending:
-                top = following
+            waiter = pending.pop(following, None)
+            if waiter is not None:
+                together.append(waiter)
+                top = following  # the last acked: a nacked tag is never acked
             elif following in settled:
                 settled.discard(following)
             else:
                 break
             upto = following
-        if top:
-            waiters = [pending.pop(tag)[0] for tag in range(tally.settled_to + 1, top + 1) if tag in pending]
-            self._send(tally, top, len(waiters) > 1, waiters)
+        if together:
+            tally.outgoing.append((top, len(together) > 1, together))
         tally.settled_to = upto
-        if not pending:
-            return
-        now = asyncio.get_running_loop().time()  # the rest wait behind a delivery not settled yet
-        for tag in [tag for tag, (_, since) in pending.items() if now - since >= HOLD]:
-            waiter, _ = pending.pop(tag)
+        for tag, waiter in pending.items():
             settled.add(tag)
-            self._send(tally, tag, False, [waiter])
-        if pending and tally.timer is None:
-            oldest = min(since for _, since in pending.values())
-            tally.timer = asyncio.get_running_loop().call_later(oldest + HOLD - now, self._held, tally)
-
-    def _held(self, tally: _Tally) -> None:
-        tally.timer = None
-        self._decide(tally)
-
-    def _send(self, tally: _Tally, tag: int, multiple: bool, waiters: list[asyncio.Future[None]]) -> None:
-        tally.outgoing.append((tag, multiple, waiters))
-        if tally.sender is None:
+            tally.outgoing.append((tag, False, [waiter]))
+        pending.clear()
+        if tally.outgoing and tally.sender is None:
             tally.sender = asyncio.get_running_loop().create_task(self._write(tally))
 
     async def _write(self, tally: _Tally) -> None:
-        """Write the acks decided, one at a time, in order."""
+        """Queue the acks decided for writing, in order."""
         try:
             while tally.outgoing:
                 tag, multiple, waiters = tally.outgoing.popleft()
@@ -143,11 +141,11 @@ class Acks:
                     channel = tally.channel()
                     if channel is None:
                         raise ChannelInvalidStateError("the channel is gone")
-                    await channel.basic_ack(tag, multiple=multiple)
+                    await channel.basic_ack(tag, multiple=multiple, wait=False)
                 except Exception as exc:  # the channel closed: these are redelivered
                     for waiter in waiters:
                         if not waiter.done():
-                            waiter.set_exception(exc)
+                            waiter.set_exception(copy.copy(exc))  # one each: a traceback each
                 else:
                     for waiter in waiters:
                         if not waiter.done():

@@ -31,6 +31,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from shipcast import metrics, tracing
 from shipcast.amqp import headers as h
+from shipcast.amqp.acks import Acks
 from shipcast.amqp.connection import Consumer
 from shipcast.amqp.topology import ChannelTopology
 from shipcast.batching import Batcher
@@ -149,6 +150,7 @@ class ChannelWorker:
         self.delays = services.settings.retry_delays
         self.topology: ChannelTopology = type(channel).topology(self.delays)
         self._consumer: Consumer | None = None
+        self._acks = Acks()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = False
         # One query finds which of the events in flight were delivered already.
@@ -183,7 +185,7 @@ class ChannelWorker:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._stopping:
             # Prefetched, but handed to us after stop() began: back to the queue unstarted.
-            await settle(message, requeue(), self._publish)
+            await settle(message, requeue(), self._publish, self._acks)
             return
         task = asyncio.current_task()
         if task is not None:
@@ -204,7 +206,7 @@ class ChannelWorker:
                 log.exception("%s: cannot handle %s", self.name, message.message_id)
                 settlement = self._parked(dict(message.headers or {}),
                                           f"internal error: {type(exc).__name__}: {exc}"[:1000])
-            await settle(message, settlement, self._publish)
+            await settle(message, settlement, self._publish, self._acks)
         finally:
             if task is not None:
                 self._inflight.discard(task)

@@ -46,9 +46,6 @@ class Settlement:
     hold: float = 0.0
 
 
-#: The process's acks, batched per AMQP channel.
-ACKS = Acks()
-
 #: Done with: nothing to publish.
 ACK = Settlement()
 
@@ -58,8 +55,9 @@ def requeue(hold: float = 0.0) -> Settlement:
     return Settlement(requeue=True, hold=hold)
 
 
-async def settle(message: AbstractIncomingMessage, settlement: Settlement, publish: Publish) -> bool:
-    """Carry out ``settlement``: exactly one ack or nack of ``message``.
+async def settle(message: AbstractIncomingMessage, settlement: Settlement, publish: Publish, acks: Acks) -> bool:
+    """Carry out ``settlement``: exactly one ack or nack of ``message``,
+    through the consumer's ``acks``.
 
     Returns whether it was acked.
     """
@@ -67,14 +65,14 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement, publi
         try:
             for copy in settlement.copies:
                 await publish(copy_message(message, copy.headers), copy.queue)
-            await ACKS.ack(message)
+            await acks.ack(message)
             return True
         except Exception as exc:  # unconfirmed, or the connection dropped: redelivered, never lost
             log.warning("cannot settle %s (%s); it will be redelivered", message.message_id, exc)
     elif settlement.hold:
         await asyncio.sleep(settlement.hold)
     try:
-        await ACKS.nack(message, requeue=True)
+        await acks.nack(message, requeue=True)
     except Exception:  # the channel is gone: the broker has it back already
         log.debug("nack of %s failed", message.message_id, exc_info=True)
     return False

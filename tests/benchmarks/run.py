@@ -27,9 +27,9 @@ from typing import Any
 import aiohttp
 import httpx
 
+from .acks import acks
 from .common import BIN, Proc, Receiver, Vhost, answering, broker_cpu, events, mean, percentile
 from .default import default
-from .acks import acks
 from .filters import filters
 from .floor import publish as floor_publish
 from .isolation import isolation_many

@@ -10,6 +10,7 @@ import pytest
 
 from shipcast.amqp import headers as h
 from shipcast.amqp.memory import MemoryMessage, MemoryQueue
+from shipcast.amqp.acks import Acks
 from shipcast.delivery.settle import ACK, Copy, Settlement, requeue, settle
 from shipcast.exceptions import BrokerUnavailable
 
@@ -41,7 +42,7 @@ async def test_copies_are_published_before_the_ack() -> None:
     publish = Recorder()
     settlement = Settlement((Copy("shipcast.test.retry.5", {h.TARGET: "a", h.ATTEMPT: 1}),
                              Copy("shipcast.test.dead", {h.TARGET: "b", h.REASON: "HTTP 400"})))
-    assert await settle(message, settlement, publish) is True
+    assert await settle(message, settlement, publish, Acks()) is True
     assert message._settled == "ack" and not queue.ready
     assert [(name, dict(copy.headers or {})) for name, copy in publish.sent] == [
         ("shipcast.test.retry.5", {h.TARGET: "a", h.ATTEMPT: 1}),
@@ -54,18 +55,18 @@ async def test_a_copy_that_cannot_be_published_puts_the_original_back() -> None:
     message, queue = consumed()
     publish = Recorder(fail_on=1)
     settlement = Settlement((Copy("q.retry.5", {}), Copy("q.dead", {})))
-    assert await settle(message, settlement, publish) is False
+    assert await settle(message, settlement, publish, Acks()) is False
     assert message._settled == "nack"
     assert [m.message_id for m in queue.ready] == ["evt_1"] and queue.ready[0].redelivered
 
 
 async def test_ack_and_requeue_settle_once() -> None:
     message, _ = consumed()
-    assert await settle(message, ACK, Recorder()) is True
+    assert await settle(message, ACK, Recorder(), Acks()) is True
     with pytest.raises(RuntimeError, match="settled twice"):
         await message.ack()
     held, queue = consumed()
-    assert await settle(held, requeue(hold=0.01), Recorder()) is False
+    assert await settle(held, requeue(hold=0.01), Recorder(), Acks()) is False
     assert held._settled == "nack" and len(queue.ready) == 1
 
 
