@@ -141,3 +141,13 @@ async def test_acks_whose_channel_closed_before_they_went_all_fail_and_are_redel
     assert all(isinstance(result, ChannelInvalidStateError) for result in results), results
     assert consumed.written == []
     assert await consumed.left() == [str(n).encode() for n in range(1, 11)]
+
+
+async def test_acks_that_returned_survive_their_connection_closing_at_once(consumed: Consumed) -> None:
+    """What ``ack`` reported done is on the wire: a worker that stops as soon
+    as its deliveries are settled closes its connection, whose writer drops
+    what is only queued."""
+    acks = Acks()
+    await asyncio.gather(*(acks.ack(consumed.number(n)) for n in range(2, 11)))  # each alone: 1 is in flight
+    await consumed.connection.close()
+    assert await consumed.left() == [b"1"]

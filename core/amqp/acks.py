@@ -14,8 +14,10 @@ once, alone, and the deliveries after it may then be acked past it.
 Delivery tags count per AMQP channel: each has its own tally, forgotten
 with it (a reconnect opens another; an ack on a closed one fails, and the
 broker redelivers, as for any unsettled message). The acks of one channel
-are queued for writing in the order they were decided, after any nack
-already written, so no ack ever follows a multiple ack that covered it.
+are written in the order they were decided, after any nack already written,
+so no ack ever follows a multiple ack that covered it; an ack returns once it
+is written, as ``message.ack()`` did, so a worker that stops when its
+deliveries are settled loses no ack in its connection's queue.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ class Acks:
 
     async def ack(self, message: AbstractIncomingMessage) -> None:
         """Ack ``message``: returns once its ack (alone or with others) is
-        queued for writing. A message with no delivery tag (the in-memory
-        broker's) acks itself.
+        written. A message with no delivery tag (the in-memory broker's) acks
+        itself.
 
         :raises RuntimeError: ``message`` was settled already.
         """
@@ -133,15 +135,21 @@ class Acks:
             tally.sender = asyncio.get_running_loop().create_task(self._write(tally))
 
     async def _write(self, tally: _Tally) -> None:
-        """Queue the acks decided for writing, in order."""
+        """Write the acks decided, in order: each queued for the connection's
+        writer, the last awaited until it is written, and with it every one
+        before (a connection closing drops what is only queued: an ack is
+        never reported done before it is on the wire)."""
         try:
             while tally.outgoing:
-                tag, multiple, waiters = tally.outgoing.popleft()
+                batch = list(tally.outgoing)
+                tally.outgoing.clear()
+                waiters = [waiter for _, _, some in batch for waiter in some]
                 try:
                     channel = tally.channel()
                     if channel is None:
                         raise ChannelInvalidStateError("the channel is gone")
-                    await channel.basic_ack(tag, multiple=multiple, wait=False)
+                    for index, (tag, multiple, _) in enumerate(batch):
+                        await channel.basic_ack(tag, multiple=multiple, wait=index == len(batch) - 1)
                 except Exception as exc:  # the channel closed: these are redelivered
                     for waiter in waiters:
                         if not waiter.done():
