@@ -184,10 +184,11 @@ def test_half_a_credential_is_never_taken_for_none(sqlite_url: str) -> None:
         Settings(api_token="t", development=True, twilio_auth_token=TOKEN)
     for given in ({"smtp_username": "mailer"}, {"smtp_password": "secret"}):
         assert EmailChannel.development_outbox(Settings(api_token="t", development=True, **given)) is None
-    settings = Settings(api_token="t", development=True, database_url=sqlite_url)
+    settings = Settings(api_token="secret-api-token-123", development=True, database_url=sqlite_url)
     refused = run_cli(settings, "run", env={"SHIPCAST_TWILIO_ACCOUNT_SID": SID}, timeout=30)
     assert refused.returncode == 2
     assert "SHIPCAST_TWILIO_AUTH_TOKEN is not set, but SHIPCAST_TWILIO_ACCOUNT_SID is" in refused.stderr
+    assert SID not in refused.stderr and (settings.api_token or "") not in refused.stderr  # no value given is shown
 
 
 async def test_off_fails_as_production_does(vhost: str, sqlite_url: str) -> None:

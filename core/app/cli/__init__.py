@@ -46,8 +46,13 @@ def main(args: list[str] | None = None) -> None:
 
     try:
         settings = Settings()
-    except ValidationError as exc:
-        click.echo(f"Error: invalid settings: {exc}", err=True)
+    except ValidationError as exc:  # each problem by its variable, never the values given (secrets among them)
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            name, message = "SHIPCAST_" + "_".join(map(str, error["loc"])).upper(), error["msg"]
+            message = message.removeprefix("Value error, ")
+            problems.append(message if not error["loc"] or name in message else f"{name}: {message}")
+        click.echo(f"Error: invalid settings: {'; '.join(problems)}", err=True)
         sys.exit(2)
     try:
         found = Registry(settings)
