@@ -3,11 +3,13 @@ real RabbitMQ restart under load is scenario 2 of tests/reliability/.)"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import aio_pika
 import pytest
 
+from shipcast import metrics
 from tests.bound import example
 
 from .conftest import make_settings
@@ -39,6 +41,42 @@ async def test_consumers_resume_after_the_connection_is_cut(vhost: str, sqlite_u
                 await publish_directly(direct, "acme.DEL", event.to_json())  # waits in the queue
                 await proxy.restore()
                 await eventually(lambda: event.event_id in receiver.ids, timeout=30)
+    finally:
+        await proxy.close()
+
+
+async def test_deliveries_in_flight_when_the_connection_drops_finish_and_are_never_sent_twice(
+        vhost: str, sqlite_url: str) -> None:
+    """The connection lost while deliveries are in flight (RabbitMQ
+    restarting, a network cut, a protocol error closing it): their acks
+    fail and the broker delivers them again. The deliveries themselves run
+    to the end and are recorded, so the copies that come back find them
+    delivered and nothing is sent twice. (aiormq cancels a consumer's
+    callbacks when its channel closes; a delivery cancelled after its POST
+    left, before it was recorded, went out a second time.)"""
+    proxy = await TcpProxy().start()
+    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
+    direct = make_settings(vhost, sqlite_url).amqp_url
+    events = [example("OFD", partner_id="acme", order_id=f"ORD-{i}") for i in range(8)]
+    try:
+        async with Receiver(delay=1.0) as receiver, ShipcastProcess(settings) as shipcast:
+            await shipcast.apply(partners_doc("acme", receiver.url))
+            skipped = metrics.value("shipcast_targets_skipped_total", channel="webhook", reason="delivered")
+            for event in events:
+                await publish_directly(direct, "acme.OFD", event.to_json())
+            await eventually(lambda: receiver.inflight == len(events))
+            await proxy.cut()  # every POST in flight, none answered yet
+            await eventually(lambda: len(receiver.answered) == len(events))
+            await proxy.restore()
+            found_delivered = lambda: metrics.value(  # noqa: E731
+                "shipcast_targets_skipped_total", channel="webhook", reason="delivered") - skipped
+            # Each copy back from the broker is found delivered, or is sent again.
+            await eventually(lambda: found_delivered() == len(events) or len(receiver.requests) > len(events),
+                             timeout=30)
+            assert Counter(receiver.ids) == {event.event_id: 1 for event in events}
+            for event in events:
+                outcomes = [row["outcome"] for row in await shipcast.services.store.list_attempts(event.event_id)]
+                assert outcomes == ["delivered"], (event.event_id, outcomes)
     finally:
         await proxy.close()
 

@@ -187,29 +187,32 @@ class ChannelWorker:
             # Prefetched, but handed to us after stop() began: back to the queue unstarted.
             await settle(message, requeue(), self._publish, self._acks)
             return
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
+        # aiormq runs this callback in a task its channel owns, and cancels it
+        # when the channel closes (the connection lost, say). A delivery runs in
+        # a task of its own instead, to the end: one whose request went out is
+        # recorded, its ack then fails, and the copy the broker hands out again
+        # finds it delivered rather than sending it twice.
+        task = asyncio.get_running_loop().create_task(self._process(message))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
-            try:
-                settlement = await self._handle(message)
-            except (StoreError, BrokerError) as exc:
-                # Not settled: the broker has it back once this channel closes or we nack.
-                log.warning("%s: cannot settle %s (%s); it will be redelivered", self.name, message.message_id, exc)
-                settlement = requeue()
-            except ConfigError as exc:
-                # Misconfigured (a secret under another key): hold the message a while
-                # rather than park every event; consumption pauses at the prefetch.
-                log.error("%s: cannot deliver %s: %s; holding it", self.name, message.message_id, exc)
-                settlement = requeue(hold=MISCONFIGURED_HOLD)
-            except Exception as exc:  # a bug (in a plugin's targets(), say) must not wedge the consumer
-                log.exception("%s: cannot handle %s", self.name, message.message_id)
-                settlement = self._parked(dict(message.headers or {}),
-                                          f"internal error: {type(exc).__name__}: {exc}"[:1000])
-            await settle(message, settlement, self._publish, self._acks)
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+            settlement = await self._handle(message)
+        except (StoreError, BrokerError) as exc:
+            # Not settled: the broker has it back once this channel closes or we nack.
+            log.warning("%s: cannot settle %s (%s); it will be redelivered", self.name, message.message_id, exc)
+            settlement = requeue()
+        except ConfigError as exc:
+            # Misconfigured (a secret under another key): hold the message a while
+            # rather than park every event; consumption pauses at the prefetch.
+            log.error("%s: cannot deliver %s: %s; holding it", self.name, message.message_id, exc)
+            settlement = requeue(hold=MISCONFIGURED_HOLD)
+        except Exception as exc:  # a bug (in a plugin's targets(), say) must not wedge the consumer
+            log.exception("%s: cannot handle %s", self.name, message.message_id)
+            settlement = self._parked(dict(message.headers or {}),
+                                      f"internal error: {type(exc).__name__}: {exc}"[:1000])
+        await settle(message, settlement, self._publish, self._acks)
 
     async def _publish(self, copy: aio_pika.Message, queue: str) -> None:
         await self.services.broker.publish(copy, queue, exchange="")
