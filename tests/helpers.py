@@ -221,6 +221,11 @@ class Subprocess:
                                         stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
+    def read(self) -> bytes:
+        """What it printed so far."""
+        self.output.seek(0)
+        return self.output.read()
+
     def kill(self) -> None:
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)

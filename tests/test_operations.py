@@ -210,6 +210,23 @@ async def test_sigterm_in_the_middle_of_a_stream_loses_nothing_and_sends_nothing
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
 
 
+async def test_sigterm_while_a_worker_still_starts_lets_it_finish_starting_and_stops_cleanly(
+        vhost: str, sqlite_url: str) -> None:
+    """SIGTERM as soon as the first of two channels consumes, while the
+    second still declares its queues: the start-up ends before the shutdown
+    (cancelled half way, one of its calls closed its AMQP channel, and at
+    times the connection under the first channel's deliveries)."""
+    settings = make_settings(vhost, sqlite_url)
+    async with Receiver() as receiver, applied(settings, partners_doc("acme", receiver.url)):
+        for _ in range(3):
+            worker = Subprocess(settings, "worker", "--channel", "webhook", "--channel", "archive",
+                                env={"SHIPCAST_LOG_FORMAT": "json"}).start()
+            await eventually(lambda: b"consuming shipcast.webhook" in worker.read(), timeout=60, interval=0.002)
+            output = await asyncio.to_thread(worker.stop)
+            assert worker.process is not None and worker.process.returncode == 0, output
+            assert "consuming shipcast.archive" in output and "cancelled" not in output, output[-3000:]
+
+
 #: A worker in a Python process of its own that, once started, prints how many
 #: objects the collector's full passes leave out and how many they still scan.
 FROZEN = """

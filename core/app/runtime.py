@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shipcast")
 
+#: Seconds a shutdown waits for a start-up that reached the broker to end.
+#: Cancelling one of its calls half way closes that AMQP channel, and at
+#: times (a channel's close cancelled) the connection under the workers
+#: already consuming: their acks fail and everything in flight comes back.
+START_GRACE = 10.0
+
 
 def select_channels(registry: Registry, names: Sequence[str]) -> list[str]:
     known = registry.channels
@@ -183,6 +189,8 @@ async def _serve(services: Services, *, api: bool, worker_names: Sequence[str],
                     stop.set()  # a server stopped on its own
     finally:
         stopping.cancel()
+        if not starting.done() and services.broker.connected:
+            await asyncio.wait({starting}, timeout=START_GRACE)
         starting.cancel()  # still starting (waiting for the broker, say): give up; those started are stopped
         for server in servers:
             server.should_exit = True
