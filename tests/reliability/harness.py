@@ -191,6 +191,8 @@ class Accounts:
 async def dead_letters(services: Services) -> list[tuple[str, str, str]]:
     """(event id, target, reason) of every message in the webhook dead queue."""
     topology = channels()["webhook"].topology(services.settings.retry_delays)
+    # After a restart of RabbitMQ, this process's own connection may come back after the workers'.
+    await eventually(lambda: services.broker.connected, timeout=60)
     letters = await list_dead(services.broker, topology, limit=1_000_000)
     return [(letter.event_id, letter.target or "", letter.reason or "") for letter in letters]
 
