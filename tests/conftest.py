@@ -71,8 +71,10 @@ def shared_services(request: pytest.FixtureRequest) -> Iterator[None]:
     marker = request.node.get_closest_marker("exclusive")
     alone = set(marker.args) if marker is not None else set()
     assert alone <= set(SERVICES), f"exclusive({', '.join(sorted(alone))}): the services are {SERVICES}"
-    # A test of the fast tier uses no service: it never waits for one that is stopped.
-    uses = set() if request.node.get_closest_marker("fast") else {"rabbitmq"}
+    # A test of the fast tier uses no service: it never waits for one that is stopped. Nor
+    # does a test on RabbitMQ nodes of its own wait for (or hold up) the machine's node.
+    own_broker = OWN_BROKER_FIXTURES & set(request.fixturenames) and "vhost" not in request.fixturenames
+    uses = set() if request.node.get_closest_marker("fast") or own_broker else {"rabbitmq"}
     if {"pg_database", "pg_url"} & set(request.fixturenames):
         uses.add("postgresql")
     with contextlib.ExitStack() as held:
@@ -93,6 +95,8 @@ def _service_lock(service: str, *, exclusive: bool) -> Iterator[None]:
         yield
 
 
+#: Fixtures that start RabbitMQ nodes of a test's own, beside the machine's.
+OWN_BROKER_FIXTURES = {"own_broker", "cluster"}
 #: The longest a test waits for its turn at a service (the wait is not part of its own timeout).
 LOCK_WAIT = 600
 
@@ -116,7 +120,12 @@ SERVICE_FIXTURES = {"vhost", "management", "pg_database", "database_url", "setti
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/fast/ is in the fast tier; and a test marked
     ``fast`` that asks for a service is refused, so the tier stays one that
-    runs with no service at all."""
+    runs with no service at all.
+
+    The ``exclusive`` tests run first: each waits for every test using its
+    service to end, with the others held off meanwhile, and at the start
+    those are short, not a scenario of minutes."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("exclusive") else 1)
     fast_dir = Path(__file__).parent / "fast"
     for item in items:
         if fast_dir in Path(str(item.path)).parents:
