@@ -120,12 +120,7 @@ SERVICE_FIXTURES = {"vhost", "management", "pg_database", "database_url", "setti
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/fast/ is in the fast tier; and a test marked
     ``fast`` that asks for a service is refused, so the tier stays one that
-    runs with no service at all.
-
-    The ``exclusive`` tests run first: each waits for every test using its
-    service to end, with the others held off meanwhile, and at the start
-    those are short, not a scenario of minutes."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("exclusive") else 1)
+    runs with no service at all."""
     fast_dir = Path(__file__).parent / "fast"
     for item in items:
         if fast_dir in Path(str(item.path)).parents:
