@@ -96,8 +96,8 @@ async def keep_rules(context: ChannelContext, channel: str, event: Event, addres
             quiet = config["quiet_hours"]
             raise DeferDelivery(f"{QUIET_HOURS}{_as_time(quiet['end']):%H:%M} {quiet.get('timezone')}",
                                 retry_after=wait)
-    # A claim still "sending", fresh or stale, may belong to a copy whose broker
-    # connection dropped after the provider took the message (see send_noted).
+    # A claim still "sending", fresh or stale, may belong to a copy cut off after
+    # the provider took the message and noted its id (see send_noted).
     sent = await store.sent_message(event.event_id, channel, target)
     if sent is not None:
         raise SentBefore(sent)
@@ -112,10 +112,10 @@ async def keep_rules(context: ChannelContext, channel: str, event: Event, addres
 async def send_noted(context: ChannelContext, send: Callable[[], Awaitable[str]], provider: str, event: Event,
                      channel: str, target: str = "customer") -> str:
     """Hand a message to the provider and note the id it gives, to the end
-    even when the broker connection drops meanwhile (the worker's handler is
-    cancelled then, and RabbitMQ redelivers the message): the redelivered
-    copy finds the id (:func:`keep_rules` raises :class:`SentBefore`) and
-    sends nothing again."""
+    even when the handler is cancelled meanwhile (a worker stopping past its
+    grace): a copy of the message redelivered before it was logged finds the
+    id (:func:`keep_rules` raises :class:`SentBefore`) and sends nothing
+    again. (A process killed between the two sends it twice.)"""
     async def sending() -> str:
         message_id = await send()
         # Noted or the message may go twice: a store that fails now gets a few more tries.
