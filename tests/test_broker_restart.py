@@ -3,6 +3,7 @@ real RabbitMQ restart under load is scenario 2 of tests/reliability/.)"""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -18,13 +19,14 @@ from .helpers import TcpProxy, Receiver, ShipcastProcess, eventually, partners_d
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-async def publish_directly(amqp_url: str, routing_key: str, body: bytes) -> None:
+async def publish_directly(amqp_url: str, routing_key: str, body: bytes, message_id: str | None = None) -> None:
     """Publish around shipcast, straight to the real broker."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
         exchange = await channel.get_exchange("shipcast.events")
-        await exchange.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key)
+        await exchange.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                                message_id=message_id), routing_key)
 
 
 async def test_consumers_resume_after_the_connection_is_cut(vhost: str, sqlite_url: str) -> None:
@@ -77,6 +79,43 @@ async def test_deliveries_in_flight_when_the_connection_drops_finish_and_are_nev
             for event in events:
                 outcomes = [row["outcome"] for row in await shipcast.services.store.list_attempts(event.event_id)]
                 assert outcomes == ["delivered"], (event.event_id, outcomes)
+    finally:
+        await proxy.close()
+
+
+async def test_a_failure_in_flight_when_the_connection_drops_is_parked_once(vhost: str, sqlite_url: str) -> None:
+    """Deliveries that fail after the connection they came on dropped: the
+    broker has each message back already, so the worker publishes no dead
+    letter (or retry copy) for them, though a new connection would take it;
+    the copy handed out again fails and is parked. One dead letter per
+    event, not one per copy (for a retry, two chains of retries)."""
+    from shipcast.amqp.parking import list_dead
+
+    proxy = await TcpProxy().start()
+    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
+    direct = make_settings(vhost, sqlite_url).amqp_url
+    events = [example("OFD", partner_id="acme", order_id=f"ORD-{i}") for i in range(4)]
+    try:
+        async with Receiver(default=400, delay=3.0) as receiver, ShipcastProcess(settings) as shipcast:
+            await shipcast.apply(partners_doc("acme", receiver.url))
+            [topology] = [worker.topology for worker in shipcast.workers if worker.name == "webhook"]
+            for event in events:
+                await publish_directly(direct, "acme.OFD", event.to_json(), message_id=event.event_id)
+            await eventually(lambda: receiver.inflight == len(events))
+            # Every POST in flight; the connection is back (a new one) before each is answered 400.
+            await proxy.cut()
+            await proxy.restore()
+            await eventually(lambda: shipcast.services.broker.publishable, timeout=10)
+            assert receiver.answered == []
+            await eventually(lambda: len(receiver.answered) == 2 * len(events), timeout=30)  # each copy again
+
+            async def parked() -> list[str] | None:
+                letters = [letter.event_id for letter in await list_dead(shipcast.services.broker, topology)]
+                return letters if len(letters) >= len(events) else None
+
+            await eventually(parked, timeout=30)
+            await asyncio.sleep(1.0)  # a second letter for an event, were there one, lands meanwhile
+            assert Counter(await parked()) == {event.event_id: 1 for event in events}
     finally:
         await proxy.close()
 

@@ -61,18 +61,40 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement, publi
 
     Returns whether it was acked.
     """
+    if _channel_closed(message):
+        # The connection dropped while it was handled: the broker has it back
+        # already, and its copy will be handled again. Publishing this one's
+        # retry or dead copy too would start a second chain for the event.
+        log.warning("cannot settle %s (its channel closed); it will be redelivered", message.message_id)
+        return False
     if not settlement.requeue:
         try:
             for copy in settlement.copies:
                 await publish(copy_message(message, copy.headers), copy.queue)
             await acks.ack(message)
             return True
-        except Exception as exc:  # unconfirmed, or the connection dropped: redelivered, never lost
-            log.warning("cannot settle %s (%s); it will be redelivered", message.message_id, exc)
+        except (Exception, asyncio.CancelledError) as exc:  # unconfirmed, or the connection dropped: redelivered
+            _reraise_if_cancelled(exc)  # a publish's channel closed under it cancels the publish, not this task
+            log.warning("cannot settle %s (%r); it will be redelivered", message.message_id, exc)
     elif settlement.hold:
         await asyncio.sleep(settlement.hold)
     try:
         await acks.nack(message, requeue=True)
-    except Exception:  # the channel is gone: the broker has it back already
+    except (Exception, asyncio.CancelledError) as exc:  # the channel is gone: the broker has it back already
+        _reraise_if_cancelled(exc)
         log.debug("nack of %s failed", message.message_id, exc_info=True)
     return False
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    channel = getattr(message, "channel", None)  # the in-memory broker's messages have none
+    return bool(getattr(channel, "is_closed", False))
+
+
+def _reraise_if_cancelled(exc: BaseException) -> None:
+    """Raise ``exc`` again when it is this task being cancelled (a worker
+    stopping past its grace), not an AMQP call of its cut short by its
+    channel closing, which aiormq reports as a CancelledError too."""
+    task = asyncio.current_task()
+    if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+        raise exc
