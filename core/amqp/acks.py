@@ -150,10 +150,14 @@ class Acks:
                         raise ChannelInvalidStateError("the channel is gone")
                     for index, (tag, multiple, _) in enumerate(batch):
                         await channel.basic_ack(tag, multiple=multiple, wait=index == len(batch) - 1)
-                except Exception as exc:  # the channel closed: these are redelivered
-                    for waiter in waiters:
+                except BaseException as exc:  # the channel closed (aiormq may say so with a CancelledError)
+                    failure = exc if isinstance(exc, Exception) \
+                        else ChannelInvalidStateError(f"acks not written: {exc!r}")
+                    for waiter in waiters:  # every one answered: a waiter left pending would hang its delivery
                         if not waiter.done():
-                            waiter.set_exception(copy.copy(exc))  # one each: a traceback each
+                            waiter.set_exception(copy.copy(failure))  # one each: a traceback each
+                    if not isinstance(exc, Exception):
+                        raise
                 else:
                     for waiter in waiters:
                         if not waiter.done():

@@ -3,10 +3,12 @@ confirmed before the ack, and headers that survive foreign publishers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aio_pika
 import pytest
+from aiormq.exceptions import ChannelInvalidStateError
 
 from shipcast.amqp import headers as h
 from shipcast.amqp.memory import MemoryMessage, MemoryQueue
@@ -58,6 +60,29 @@ async def test_a_copy_that_cannot_be_published_puts_the_original_back() -> None:
     assert await settle(message, settlement, publish, Acks()) is False
     assert message._settled == "nack"
     assert [m.message_id for m in queue.ready] == ["evt_1"] and queue.ready[0].redelivered
+
+
+class ClosingChannel:
+    """An AMQP channel closing under its acks, as aiormq reports it: each
+    frame it was asked to write ends in a CancelledError."""
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        raise asyncio.CancelledError()
+
+
+class Delivered:
+    def __init__(self, channel: ClosingChannel, tag: int) -> None:
+        self.channel, self.delivery_tag, self.message_id = channel, tag, f"evt_{tag}"
+
+
+async def test_acks_cut_short_by_a_closing_channel_fail_rather_than_hang() -> None:
+    """Every ack waiting on a batch the channel cut short is answered with
+    an error (its message is redelivered); none waits for ever, holding its
+    delivery in flight and a worker's stop for its whole grace."""
+    acks, channel = Acks(), ClosingChannel()
+    outcomes = await asyncio.wait_for(asyncio.gather(*(acks.ack(Delivered(channel, tag))  # type: ignore[arg-type]
+                                                       for tag in (1, 2, 3)), return_exceptions=True), 5)
+    assert [type(outcome) for outcome in outcomes] == [ChannelInvalidStateError] * 3, outcomes
 
 
 async def test_ack_and_requeue_settle_once() -> None:
