@@ -222,9 +222,10 @@ class Subprocess:
         return self
 
     def read(self) -> bytes:
-        """What it printed so far."""
-        self.output.seek(0)
-        return self.output.read()
+        """What it printed so far (read at an offset: the file's position is
+        shared with the process writing it, and must not move under it)."""
+        size = os.fstat(self.output.fileno()).st_size
+        return os.pread(self.output.fileno(), size, 0)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -232,13 +233,14 @@ class Subprocess:
         self.process.wait(10)
 
     def stop(self) -> str:
-        """Stop gracefully (SIGTERM; SIGKILL after 40 s, past shipcast's own 30 s
-        drain) and return the output."""
+        """Stop gracefully (SIGTERM; SIGKILL after 55 s, past shipcast's own
+        10 s for a start-up, 30 s drain and 5 s for what it cancels) and
+        return the output."""
         assert self.process is not None
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=40)
+            self.process.wait(timeout=55)
         except subprocess.TimeoutExpired:
             self.kill()
         if not self.output.closed:

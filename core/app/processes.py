@@ -60,9 +60,10 @@ METRICS_EVERY = 1.0
 RESTART_FIRST, RESTART_MOST = 0.5, 30.0
 #: Seconds a process must have run for its restart pause to start again from the first.
 RESTART_RESET = 60.0
-#: Seconds each process has to drain after SIGTERM before it is killed: the
-#: API's 30 s for requests in flight, then the workers' 30 s, and a margin.
-STOP_GRACE = 70.0
+#: Seconds each process has to drain after SIGTERM before it is killed: up to
+#: 10 s for a start-up to finish, the API's 30 s for requests in flight, then
+#: the workers' 30 s and 5 s for those cancelled past it, and a margin.
+STOP_GRACE = 85.0
 
 
 def process_count(settings: Settings) -> int:

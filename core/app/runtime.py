@@ -189,11 +189,13 @@ async def _serve(services: Services, *, api: bool, worker_names: Sequence[str],
                     stop.set()  # a server stopped on its own
     finally:
         stopping.cancel()
-        if not starting.done() and services.broker.connected:
-            await asyncio.wait({starting}, timeout=START_GRACE)
-        starting.cancel()  # still starting (waiting for the broker, say): give up; those started are stopped
         for server in servers:
             server.should_exit = True
+        try:
+            if not starting.done() and services.broker.connected:
+                await asyncio.wait({starting}, timeout=START_GRACE)
+        finally:
+            starting.cancel()  # still starting (waiting for the broker, say): give up; those started are stopped
         await asyncio.gather(*tasks, return_exceptions=True)
         await stop_workers(workers)
         await services.close()

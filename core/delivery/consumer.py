@@ -62,6 +62,8 @@ T = TypeVar("T")
 
 #: How long stopping waits for deliveries in flight.
 STOP_GRACE = 30.0
+#: How long stopping then waits for the deliveries it cancelled to end.
+CANCEL_GRACE = 5.0
 #: Seconds a message waits before it goes back, when the channel is misconfigured.
 MISCONFIGURED_HOLD = 5.0
 
@@ -176,6 +178,12 @@ class ChannelWorker:
             await self._consumer.cancel()
         if self._inflight:  # complete: a message handed over from now on goes straight back (_on_message)
             await asyncio.wait(set(self._inflight), timeout=STOP_GRACE)
+        if self._inflight:  # past the grace: cancelled before the clients and the store close under them
+            log.warning("%s: %d deliveries still in flight after %.0fs; cancelling them (redelivered)",
+                        self.name, len(self._inflight), STOP_GRACE)
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.wait(set(self._inflight), timeout=CANCEL_GRACE)
         if self._consumer is not None:
             await self._consumer.close()
             self._consumer = None
@@ -194,7 +202,12 @@ class ChannelWorker:
         # finds it delivered rather than sending it twice.
         task = asyncio.get_running_loop().create_task(self._process(message))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: a delivery failed", self.name, exc_info=task.exception())
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
