@@ -47,6 +47,11 @@ async def test_consumers_resume_after_the_connection_is_cut(vhost: str, sqlite_u
         await proxy.close()
 
 
+#: Seconds the receiver holds each POST (within the webhook timeout): every one
+#: of a few is in flight at once, also on a loaded machine.
+HOLD = 5.0
+
+
 async def test_deliveries_in_flight_when_the_connection_drops_finish_and_are_never_sent_twice(
         vhost: str, sqlite_url: str) -> None:
     """The connection lost while deliveries are in flight (RabbitMQ
@@ -57,16 +62,18 @@ async def test_deliveries_in_flight_when_the_connection_drops_finish_and_are_nev
     callbacks when its channel closes; a delivery cancelled after its POST
     left, before it was recorded, went out a second time.)"""
     proxy = await TcpProxy().start()
-    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
+    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+                             webhook_timeout=3 * HOLD)
     direct = make_settings(vhost, sqlite_url).amqp_url
     events = [example("OFD", partner_id="acme", order_id=f"ORD-{i}") for i in range(8)]
     try:
-        async with Receiver(delay=1.0) as receiver, ShipcastProcess(settings) as shipcast:
+        async with Receiver(delay=HOLD) as receiver, ShipcastProcess(settings) as shipcast:
             await shipcast.apply(partners_doc("acme", receiver.url))
             skipped = metrics.value("shipcast_targets_skipped_total", channel="webhook", reason="delivered")
             for event in events:
                 await publish_directly(direct, "acme.OFD", event.to_json())
-            await eventually(lambda: receiver.inflight == len(events))
+            await eventually(lambda: len(receiver.requests) == len(events))
+            assert receiver.answered == []
             await proxy.cut()  # every POST in flight, none answered yet
             await eventually(lambda: len(receiver.answered) == len(events))
             await proxy.restore()
@@ -92,16 +99,17 @@ async def test_a_failure_in_flight_when_the_connection_drops_is_parked_once(vhos
     from shipcast.amqp.parking import list_dead
 
     proxy = await TcpProxy().start()
-    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
+    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+                             webhook_timeout=3 * HOLD)
     direct = make_settings(vhost, sqlite_url).amqp_url
     events = [example("OFD", partner_id="acme", order_id=f"ORD-{i}") for i in range(4)]
     try:
-        async with Receiver(default=400, delay=3.0) as receiver, ShipcastProcess(settings) as shipcast:
+        async with Receiver(default=400, delay=HOLD) as receiver, ShipcastProcess(settings) as shipcast:
             await shipcast.apply(partners_doc("acme", receiver.url))
             [topology] = [worker.topology for worker in shipcast.workers if worker.name == "webhook"]
             for event in events:
                 await publish_directly(direct, "acme.OFD", event.to_json(), message_id=event.event_id)
-            await eventually(lambda: receiver.inflight == len(events))
+            await eventually(lambda: len(receiver.requests) == len(events))
             # Every POST in flight; the connection is back (a new one) before each is answered 400.
             await proxy.cut()
             await proxy.restore()
