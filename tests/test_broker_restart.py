@@ -4,13 +4,17 @@ real RabbitMQ restart under load is scenario 2 of tests/reliability/.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import pytest
 
 from shipcast import metrics
+from shipcast.model.envelope import Event
+from shipcast.settings import Settings
 from tests.bound import example
 
 from .conftest import make_settings
@@ -29,11 +33,31 @@ async def publish_directly(amqp_url: str, routing_key: str, body: bytes, message
                                                 message_id=message_id), routing_key)
 
 
-async def test_consumers_resume_after_the_connection_is_cut(vhost: str, sqlite_url: str) -> None:
+@contextlib.asynccontextmanager
+async def through_a_proxy(vhost: str, sqlite_url: str,
+                          **overrides: Any) -> AsyncIterator[tuple[TcpProxy, Settings, str]]:
+    """A TCP proxy in front of RabbitMQ, settings that reach the broker
+    through it, and the broker's own URL (to publish around shipcast)."""
     proxy = await TcpProxy().start()
-    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}")
-    direct = make_settings(vhost, sqlite_url).amqp_url
     try:
+        yield (proxy, make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
+                                    **overrides), make_settings(vhost, sqlite_url).amqp_url)
+    finally:
+        await proxy.close()
+
+
+async def held_in_flight(amqp_url: str, receiver: Receiver, n: int) -> list[Event]:
+    """Publish ``n`` OFDs of as many orders around shipcast, and wait until
+    ``receiver`` has each one's POST."""
+    events = [example("OFD", partner_id="acme", order_id=f"ORD-{i}") for i in range(n)]
+    for event in events:
+        await publish_directly(amqp_url, "acme.OFD", event.to_json(), message_id=event.event_id)
+    await eventually(lambda: len(receiver.requests) == n)
+    return events
+
+
+async def test_consumers_resume_after_the_connection_is_cut(vhost: str, sqlite_url: str) -> None:
+    async with through_a_proxy(vhost, sqlite_url) as (proxy, settings, direct):
         async with Receiver() as receiver, ShipcastProcess(settings) as shipcast:
             await shipcast.apply(partners_doc("acme", receiver.url))
             for _ in range(2):
@@ -43,8 +67,6 @@ async def test_consumers_resume_after_the_connection_is_cut(vhost: str, sqlite_u
                 await publish_directly(direct, "acme.DEL", event.to_json())  # waits in the queue
                 await proxy.restore()
                 await eventually(lambda: event.event_id in receiver.ids, timeout=30)
-    finally:
-        await proxy.close()
 
 
 #: Seconds the receiver holds each POST (within the webhook timeout): every one
@@ -61,18 +83,11 @@ async def test_deliveries_in_flight_when_the_connection_drops_finish_and_are_nev
     delivered and nothing is sent twice. (aiormq cancels a consumer's
     callbacks when its channel closes; a delivery cancelled after its POST
     left, before it was recorded, went out a second time.)"""
-    proxy = await TcpProxy().start()
-    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
-                             webhook_timeout=3 * HOLD)
-    direct = make_settings(vhost, sqlite_url).amqp_url
-    events = [example("OFD", partner_id="acme", order_id=f"ORD-{i}") for i in range(8)]
-    try:
+    async with through_a_proxy(vhost, sqlite_url, webhook_timeout=3 * HOLD) as (proxy, settings, direct):
         async with Receiver(delay=HOLD) as receiver, ShipcastProcess(settings) as shipcast:
             await shipcast.apply(partners_doc("acme", receiver.url))
             skipped = metrics.value("shipcast_targets_skipped_total", channel="webhook", reason="delivered")
-            for event in events:
-                await publish_directly(direct, "acme.OFD", event.to_json())
-            await eventually(lambda: len(receiver.requests) == len(events))
+            events = await held_in_flight(direct, receiver, 8)
             assert receiver.answered == []
             await proxy.cut()  # every POST in flight, none answered yet
             await eventually(lambda: len(receiver.answered) == len(events))
@@ -86,8 +101,6 @@ async def test_deliveries_in_flight_when_the_connection_drops_finish_and_are_nev
             for event in events:
                 outcomes = [row["outcome"] for row in await shipcast.services.store.list_attempts(event.event_id)]
                 assert outcomes == ["delivered"], (event.event_id, outcomes)
-    finally:
-        await proxy.close()
 
 
 async def test_a_failure_in_flight_when_the_connection_drops_is_parked_once(vhost: str, sqlite_url: str) -> None:
@@ -98,18 +111,11 @@ async def test_a_failure_in_flight_when_the_connection_drops_is_parked_once(vhos
     event, not one per copy (for a retry, two chains of retries)."""
     from shipcast.amqp.parking import list_dead
 
-    proxy = await TcpProxy().start()
-    settings = make_settings(vhost, sqlite_url, amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost}",
-                             webhook_timeout=3 * HOLD)
-    direct = make_settings(vhost, sqlite_url).amqp_url
-    events = [example("OFD", partner_id="acme", order_id=f"ORD-{i}") for i in range(4)]
-    try:
+    async with through_a_proxy(vhost, sqlite_url, webhook_timeout=3 * HOLD) as (proxy, settings, direct):
         async with Receiver(default=400, delay=HOLD) as receiver, ShipcastProcess(settings) as shipcast:
             await shipcast.apply(partners_doc("acme", receiver.url))
             [topology] = [worker.topology for worker in shipcast.workers if worker.name == "webhook"]
-            for event in events:
-                await publish_directly(direct, "acme.OFD", event.to_json(), message_id=event.event_id)
-            await eventually(lambda: len(receiver.requests) == len(events))
+            events = await held_in_flight(direct, receiver, 4)
             # Every POST in flight; the connection is back (a new one) before each is answered 400.
             await proxy.cut()
             await proxy.restore()
@@ -124,8 +130,6 @@ async def test_a_failure_in_flight_when_the_connection_drops_is_parked_once(vhos
             await eventually(parked, timeout=30)
             await asyncio.sleep(1.0)  # a second letter for an event, were there one, lands meanwhile
             assert Counter(await parked()) == {event.event_id: 1 for event in events}
-    finally:
-        await proxy.close()
 
 
 async def test_a_publishing_channel_lost_under_a_live_connection_is_opened_again(shipcast: Any) -> None:
