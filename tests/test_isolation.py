@@ -100,6 +100,21 @@ async def test_an_open_circuit_answers_at_once_without_taking_a_slot() -> None:
     assert verdict.retry_after is not None and 29 < verdict.retry_after <= 30  # what is left of the cool-down
 
 
+async def test_while_the_probe_is_out_the_circuit_stays_open_without_waiting_for_a_slot() -> None:
+    gate = Gate(concurrency=1, rate=0, breaker=Breaker(2, 2, 0.5, 30))
+    for _ in range(2):
+        assert await gate.enter() is None
+        gate.leave(False)
+    gate.breaker.opened_at -= 30                      # the cool-down is over
+    assert await gate.enter() is None and gate.breaker.state == "half_open"   # the probe, in the one slot
+    # The target answered under a second ago, so a slot would be waited for; the circuit says no first.
+    verdict = await gate.enter()
+    assert verdict is not None and verdict.reason == "circuit_open" and "a probe is out" in verdict.detail
+    assert verdict.retry_after is None and gate.inflight == 1 and not gate._waiters
+    gate.leave(True)                                  # the probe succeeded: closed, and the next goes out
+    assert gate.breaker.state == "closed" and await gate.enter() is None
+
+
 async def test_the_rate_limit_spends_a_second_of_tokens_then_defers() -> None:
     gate = Gate(concurrency=100, rate=5, breaker=Breaker(20, 10, 0.5, 30))
     waits = [gate._take_token(defer=True) for _ in range(11)]

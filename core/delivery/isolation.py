@@ -145,6 +145,8 @@ class Gate:
         cooling = breaker.cooling(now)
         if cooling is not None:
             return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted", cooling)
+        if breaker.state == "half_open":  # the probe is out: the circuit is still open until it succeeds
+            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; a probe is out; not attempted")
         if self.inflight < int(self.limit) and not self._waiters:
             self.inflight += 1  # a free slot: no wait, no timer
         else:
