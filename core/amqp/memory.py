@@ -3,9 +3,10 @@
 It does what shipcast relies on the broker for, no more: the events exchange
 routes topic keys the way RabbitMQ does (``*`` one word, ``#`` zero or
 more), a publish that reaches no queue is refused, a consumer gets at most
-``prefetch`` unacked messages, a nack with requeue puts a message back, and
-a retry tier's messages go back to their work queue when the tier's time
-is up (:meth:`MemoryBroker.expire`, rather than waiting). It stands where
+``prefetch`` unacked messages, a nack with requeue puts a message back (and
+so does closing the consumer, for each it left unacked), and a retry tier's
+messages go back to their work queue when the tier's time is up
+(:meth:`MemoryBroker.expire`, rather than waiting). It stands where
 :class:`~shipcast.amqp.connection.Broker` does, so the worker under test is
 the real one; every behaviour it shows is also proven on the real broker.
 """
@@ -22,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import aio_pika
+from aiormq.exceptions import ChannelInvalidStateError
 
 from shipcast.amqp.connection import OnMessage
 from shipcast.amqp.topology import EXCHANGE, ChannelTopology
@@ -72,6 +74,8 @@ class MemoryMessage:
         await self.nack(requeue=requeue)
 
     def _settle(self, how: str) -> None:
+        if self._settled == "closed":
+            raise ChannelInvalidStateError(f"the channel that handed out {self.message_id} is closed")
         if self._settled is not None:
             raise RuntimeError(f"message {self.message_id} settled twice ({self._settled}, then {how})")
         self._settled = how
@@ -125,6 +129,8 @@ class MemoryConsumer:
         self.on_message = on_message
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: What it handed out, by id: those still unacked when it closes go back to the queue.
+        self._handed: dict[int, MemoryMessage] = {}
         self._cancelled = False
         self._loop = asyncio.create_task(self._run(), name=f"memory-consumer-{queue.name}")
 
@@ -136,6 +142,9 @@ class MemoryConsumer:
             while self.queue.ready and len(self.queue.unacked) < self.prefetch and not self._cancelled:
                 message = self.queue.ready.popleft()
                 self.queue.unacked.add(id(message))
+                self._handed[id(message)] = message
+                if len(self._handed) > 2 * self.prefetch + 64:  # forget the settled ones
+                    self._handed = {k: m for k, m in self._handed.items() if m._settled is None}
                 task: asyncio.Task[None] = asyncio.create_task(self.on_message(message))  # type: ignore[arg-type]
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -153,6 +162,13 @@ class MemoryConsumer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.queue.consumer = None
+        for message in self._handed.values():
+            if message._settled is None and id(message) in self.queue.unacked:
+                self.queue.unacked.discard(id(message))
+                message.redelivered = True
+                self.queue.put_back(message)
+                message._settled = "closed"  # settling it now fails, as on a closed AMQP channel
+        self._handed.clear()
 
 
 class MemoryBroker:

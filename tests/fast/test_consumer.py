@@ -5,6 +5,7 @@ stood in for. Each behaviour here is also proven on the real broker
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,34 @@ async def test_a_bug_in_a_channel_is_a_retry_not_a_loss(rig: Rig) -> None:
     [waiting] = rig.broker.messages("shipcast.scripted.retry.5")
     assert waiting.headers[h.TARGET] == "a"
     assert "ZeroDivisionError: oops" in waiting.headers[h.LAST_ERROR]
+
+
+async def test_stopping_cancels_a_delivery_past_the_grace_and_its_message_goes_back(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(consumer, "STOP_GRACE", 0.2)
+    started, cancelled = asyncio.Event(), []
+
+    async def hangs(self: ScriptedChannel, event: Event, body: bytes, target: Target) -> Delivered:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(target.id)
+            raise
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(ScriptedChannel, "deliver", hangs)
+    event = example("OFD", rig.services.registry.event_types)
+    await rig.services.publisher.publish_valid([event])
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(rig.worker.stop(), 10)  # the 30 s grace, made 0.2 s; not the hang
+    assert sorted(cancelled) == ["a", "b"] and not rig.worker._inflight
+    assert "still in flight after" in caplog.text
+    # Nothing recorded, nothing parked or retried: the message is back in its queue, whole.
+    assert await rig.outcomes(event.event_id) == []
+    [back] = rig.broker.messages(WORK)
+    assert back.message_id == event.event_id and back.redelivered
+    assert not rig.broker.messages(DEAD) and not rig.broker.messages("shipcast.scripted.retry.5")
 
 
 async def test_the_exchange_routes_only_what_the_config_binds(rig: Rig) -> None:
