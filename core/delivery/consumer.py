@@ -448,6 +448,14 @@ class ChannelWorker:
             except TimeoutError:
                 error, ok = RetryableDelivery(
                     f"{self.name} delivery took longer than {self.channel.deliver_timeout:g}s"), False
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this delivery is being cancelled (a stop past its grace)
+                # An AMQP call the channel made was cut short by its channel closing, which
+                # aiormq reports as a CancelledError: a retry, or the message would sit unacked.
+                error = RetryableDelivery(f"{self.name} delivery cut short: a connection it used closed",
+                                          target_fault=False)
             except Exception as exc:  # a bug in a channel must not lose the event
                 log.exception("%s: unexpected error delivering %s to %s", self.name, event.event_id, target.id)
                 error = RetryableDelivery(f"{self.name} channel error: {type(exc).__name__}: {exc}")

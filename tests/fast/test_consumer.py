@@ -203,6 +203,17 @@ async def test_a_bug_in_a_channel_is_a_retry_not_a_loss(rig: Rig) -> None:
     assert "ZeroDivisionError: oops" in waiting.headers[h.LAST_ERROR]
 
 
+async def test_a_call_cut_short_by_its_channel_closing_is_a_retry_not_a_stuck_message(rig: Rig) -> None:
+    # aiormq raises CancelledError in a call whose channel closes under it (a
+    # channel's own AMQP client, say), though the delivery's task is not cancelled.
+    rig.script.answers["a"] = [asyncio.CancelledError()]
+    event = example("OFD", rig.services.registry.event_types)
+    await rig.publish(event)  # drained: nothing left unacked
+    assert await rig.outcomes(event.event_id) == [("a", "retry"), ("b", "delivered")]
+    [waiting] = rig.broker.messages("shipcast.scripted.retry.5")
+    assert waiting.headers[h.TARGET] == "a" and "cut short" in waiting.headers[h.LAST_ERROR]
+
+
 async def test_stopping_cancels_a_delivery_past_the_grace_and_its_message_goes_back(
         rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(consumer, "STOP_GRACE", 0.2)
