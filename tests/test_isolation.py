@@ -110,7 +110,7 @@ async def test_while_the_probe_is_out_the_circuit_stays_open_without_waiting_for
     # The target answered under a second ago, so a slot would be waited for; the circuit says no first.
     verdict = await gate.enter()
     assert verdict is not None and verdict.reason == "circuit_open" and "a probe is out" in verdict.detail
-    assert verdict.retry_after is None and gate.inflight == 1 and not gate._waiters
+    assert verdict.retry_after == 30 and gate.inflight == 1 and not gate._waiters   # a failed probe: 30 s more
     gate.leave(True)                                  # the probe succeeded: closed, and the next goes out
     assert gate.breaker.state == "closed" and await gate.enter() is None
 

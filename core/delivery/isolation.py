@@ -139,14 +139,17 @@ class Gate:
         the target is answering: a fast endpoint's burst queues here, a
         hanging one's is deferred at once and holds no more prefetch slots
         than its limit. Without ``defer`` (no retry tier to defer to) it
-        waits as long as it takes."""
+        waits for a slot as long as it takes. An open circuit, or one whose
+        probe is out, refuses at once either way."""
         breaker = self.breaker
         now = time.monotonic()
         cooling = breaker.cooling(now)
         if cooling is not None:
             return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted", cooling)
-        if breaker.state == "half_open":  # the probe is out: the circuit is still open until it succeeds
-            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; a probe is out; not attempted")
+        if breaker.state == "half_open":  # the probe is out: the circuit is still open until it succeeds,
+            # and a failed probe opens it for a whole cool-down
+            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; a probe is out; not attempted",
+                           breaker.cooldown)
         if self.inflight < int(self.limit) and not self._waiters:
             self.inflight += 1  # a free slot: no wait, no timer
         else:
