@@ -46,7 +46,7 @@ async def test_4_misbehaving_receivers_beside_healthy_ones(vhost: str, pg_url: s
             await misbehaving.set_bad(False, "500")  # 500s for a minute; the others stay bad to the end
             ended = time.monotonic()
             await oms.done()
-            accounts = await account(oms, targets, services)
+            accounts = await account(oms, targets, services, limit=240)  # inside the 400 s timeout, after ~80 s of load
             await misbehaving.sync()
             huge_rows = await services.store.list_deliveries(partner_id="bad-huge", status="delivered", limit=n)
             # A healthy partner's event arriving twice is allowed only where its first attempt
