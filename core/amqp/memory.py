@@ -58,6 +58,8 @@ class MemoryMessage:
     timestamp: datetime | None
     routing_key: str
     redelivered: bool = False
+    #: The consumer that handed it out, standing for its AMQP channel (``is_closed``).
+    channel: MemoryConsumer | None = field(default=None, repr=False)
     _queue: MemoryQueue | None = field(default=None, repr=False)
     _settled: str | None = field(default=None, repr=False)
 
@@ -74,7 +76,7 @@ class MemoryMessage:
         await self.nack(requeue=requeue)
 
     def _settle(self, how: str) -> None:
-        if self._settled == "closed":
+        if self.channel is not None and self.channel.is_closed:
             raise ChannelInvalidStateError(f"the channel that handed out {self.message_id} is closed")
         if self._settled is not None:
             raise RuntimeError(f"message {self.message_id} settled twice ({self._settled}, then {how})")
@@ -132,6 +134,7 @@ class MemoryConsumer:
         #: What it handed out, by id: those still unacked when it closes go back to the queue.
         self._handed: dict[int, MemoryMessage] = {}
         self._cancelled = False
+        self.is_closed = False
         self._loop = asyncio.create_task(self._run(), name=f"memory-consumer-{queue.name}")
 
     def wake(self) -> None:
@@ -143,6 +146,7 @@ class MemoryConsumer:
                 message = self.queue.ready.popleft()
                 self.queue.unacked.add(id(message))
                 self._handed[id(message)] = message
+                message.channel = self
                 if len(self._handed) > 2 * self.prefetch + 64:  # forget the settled ones
                     self._handed = {k: m for k, m in self._handed.items() if m._settled is None}
                 task: asyncio.Task[None] = asyncio.create_task(self.on_message(message))  # type: ignore[arg-type]
@@ -162,12 +166,12 @@ class MemoryConsumer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.queue.consumer = None
+        self.is_closed = True  # settling what it handed out fails from now on, as on a closed AMQP channel
         for message in self._handed.values():
             if message._settled is None and id(message) in self.queue.unacked:
                 self.queue.unacked.discard(id(message))
                 message.redelivered = True
                 self.queue.put_back(message)
-                message._settled = "closed"  # settling it now fails, as on a closed AMQP channel
         self._handed.clear()
 
 

@@ -87,7 +87,7 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement, publi
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:
-    channel = getattr(message, "channel", None)  # the in-memory broker's messages have none
+    channel = getattr(message, "channel", None)
     return bool(getattr(channel, "is_closed", False))
 
 

@@ -214,8 +214,9 @@ async def test_a_call_cut_short_by_its_channel_closing_is_a_retry_not_a_stuck_me
     assert waiting.headers[h.TARGET] == "a" and "cut short" in waiting.headers[h.LAST_ERROR]
 
 
+@pytest.mark.parametrize("targets", [["a", "b"], ["a"]], ids=["both targets", "a copy for one"])
 async def test_stopping_cancels_a_delivery_past_the_grace_and_its_message_goes_back(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, targets: list[str]) -> None:
     monkeypatch.setattr(consumer, "STOP_GRACE", 0.2)
     started, cancelled = asyncio.Event(), []
 
@@ -230,10 +231,14 @@ async def test_stopping_cancels_a_delivery_past_the_grace_and_its_message_goes_b
 
     monkeypatch.setattr(ScriptedChannel, "deliver", hangs)
     event = example("OFD", rig.services.registry.event_types)
-    await rig.services.publisher.publish_valid([event])
+    if len(targets) == 1:  # a retry tier's copy: delivered without gathering tasks per target
+        copy = h.retry_headers({}, "a", 0, waiting=False, error="HTTP 503")
+        await rig.broker.publish(h.event_message(event, headers=copy), WORK, exchange="")
+    else:
+        await rig.services.publisher.publish_valid([event])
     await asyncio.wait_for(started.wait(), 5)
     await asyncio.wait_for(rig.worker.stop(), 10)  # the 30 s grace, made 0.2 s; not the hang
-    assert sorted(cancelled) == ["a", "b"] and not rig.worker._inflight
+    assert sorted(cancelled) == targets and not rig.worker._inflight
     assert "still in flight after" in caplog.text
     # Nothing recorded, nothing parked or retried: the message is back in its queue, whole.
     assert await rig.outcomes(event.event_id) == []
