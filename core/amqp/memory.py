@@ -82,7 +82,7 @@ class MemoryMessage:
             raise RuntimeError(f"message {self.message_id} settled twice ({self._settled}, then {how})")
         self._settled = how
         if self._queue is not None:
-            self._queue.unacked.discard(id(self))
+            self._queue.unacked.pop(id(self), None)
             self._queue.wake()
 
     @classmethod
@@ -102,7 +102,8 @@ class MemoryQueue:
     #: For a retry tier: the queue its messages go back to when their time is up.
     dead_letter_to: str | None = None
     ready: deque[MemoryMessage] = field(default_factory=deque)
-    unacked: set[int] = field(default_factory=set)
+    #: Handed out and not settled yet, by id.
+    unacked: dict[int, MemoryMessage] = field(default_factory=dict)
     bindings: set[str] = field(default_factory=set)
     consumer: MemoryConsumer | None = None
 
@@ -131,8 +132,6 @@ class MemoryConsumer:
         self.on_message = on_message
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: What it handed out, by id: those still unacked when it closes go back to the queue.
-        self._handed: dict[int, MemoryMessage] = {}
         self._cancelled = False
         self.is_closed = False
         self._loop = asyncio.create_task(self._run(), name=f"memory-consumer-{queue.name}")
@@ -144,11 +143,8 @@ class MemoryConsumer:
         while not self._cancelled:
             while self.queue.ready and len(self.queue.unacked) < self.prefetch and not self._cancelled:
                 message = self.queue.ready.popleft()
-                self.queue.unacked.add(id(message))
-                self._handed[id(message)] = message
+                self.queue.unacked[id(message)] = message
                 message.channel = self
-                if len(self._handed) > 2 * self.prefetch + 64:  # forget the settled ones
-                    self._handed = {k: m for k, m in self._handed.items() if m._settled is None}
                 task: asyncio.Task[None] = asyncio.create_task(self.on_message(message))  # type: ignore[arg-type]
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -167,12 +163,10 @@ class MemoryConsumer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.queue.consumer = None
         self.is_closed = True  # settling what it handed out fails from now on, as on a closed AMQP channel
-        for message in self._handed.values():
-            if message._settled is None and id(message) in self.queue.unacked:
-                self.queue.unacked.discard(id(message))
-                message.redelivered = True
-                self.queue.put_back(message)
-        self._handed.clear()
+        left, self.queue.unacked = self.queue.unacked, {}
+        for message in reversed(left.values()):  # each to the front: the first handed out ends up first
+            message.redelivered = True
+            self.queue.put_back(message)
 
 
 class MemoryBroker:

@@ -38,7 +38,7 @@ from shipcast.batching import Batcher
 from shipcast.delivery.health import EndpointHealth
 from shipcast.delivery.isolation import Gates, KeyedLock
 from shipcast.delivery.retry import Decision, decide, deferral
-from shipcast.delivery.settle import Copy, Settlement, requeue, settle
+from shipcast.delivery.settle import Copy, Settlement, reraise_if_cancelled, requeue, settle
 from shipcast.exceptions import (
     BrokerError,
     ClaimedElsewhere,
@@ -448,10 +448,8 @@ class ChannelWorker:
             except TimeoutError:
                 error, ok = RetryableDelivery(
                     f"{self.name} delivery took longer than {self.channel.deliver_timeout:g}s"), False
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # this delivery is being cancelled (a stop past its grace)
+            except asyncio.CancelledError as exc:
+                reraise_if_cancelled(exc)  # this delivery is being cancelled (a stop past its grace)
                 # An AMQP call the channel made was cut short by its channel closing, which
                 # aiormq reports as a CancelledError: a retry, or the message would sit unacked.
                 error = RetryableDelivery(f"{self.name} delivery cut short: a connection it used closed",

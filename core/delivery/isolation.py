@@ -61,6 +61,12 @@ class Breaker:
             return self.opened_at + self.cooldown - now
         return None
 
+    def holding_off(self, now: float) -> float | None:
+        """Seconds before a request is worth trying: what is left of the
+        cool-down, or, while the probe is out, a whole one (a failed probe
+        opens the circuit again); ``None`` when one may go now."""
+        return self.cooldown if self.state == "half_open" else self.cooling(now)
+
     def abandon(self, now: float) -> None:
         """A probe that ended without a verdict on the target (cancelled, a
         store outage, the rate limit): open again, so another probe follows."""
@@ -143,13 +149,8 @@ class Gate:
         probe is out, refuses at once either way."""
         breaker = self.breaker
         now = time.monotonic()
-        cooling = breaker.cooling(now)
-        if cooling is not None:
-            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted", cooling)
-        if breaker.state == "half_open":  # the probe is out: the circuit is still open until it succeeds,
-            # and a failed probe opens it for a whole cool-down
-            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; a probe is out; not attempted",
-                           breaker.cooldown)
+        if (wait := breaker.holding_off(now)) is not None:  # open, or its probe is out
+            return _circuit_open(breaker, wait)
         if self.inflight < int(self.limit) and not self._waiters:
             self.inflight += 1  # a free slot: no wait, no timer
         else:
@@ -175,8 +176,7 @@ class Gate:
         now = time.monotonic()
         if not breaker.allow(now):
             self._release()
-            return Verdict("circuit_open", f"circuit open: {breaker.describe()}; not attempted",
-                           breaker.cooling(now))
+            return _circuit_open(breaker, breaker.holding_off(now))
         wait = self._take_token(defer)
         if wait is None:
             self._release()
@@ -231,6 +231,11 @@ class Gate:
             return None
         self._tokens -= 1
         return max(0.0, -self._tokens / self.rate)
+
+
+def _circuit_open(breaker: Breaker, wait: float | None) -> Verdict:
+    probing = "; a probe is out" if breaker.state == "half_open" else ""
+    return Verdict("circuit_open", f"circuit open: {breaker.describe()}{probing}; not attempted", wait)
 
 
 class Gates:

@@ -74,14 +74,14 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement, publi
             await acks.ack(message)
             return True
         except (Exception, asyncio.CancelledError) as exc:  # unconfirmed, or the connection dropped: redelivered
-            _reraise_if_cancelled(exc)  # a publish's channel closed under it cancels the publish, not this task
+            reraise_if_cancelled(exc)  # a publish's channel closed under it cancels the publish, not this task
             log.warning("cannot settle %s (%r); it will be redelivered", message.message_id, exc)
     elif settlement.hold:
         await asyncio.sleep(settlement.hold)
     try:
         await acks.nack(message, requeue=True)
     except (Exception, asyncio.CancelledError) as exc:  # the channel is gone: the broker has it back already
-        _reraise_if_cancelled(exc)
+        reraise_if_cancelled(exc)
         log.debug("nack of %s failed", message.message_id, exc_info=True)
     return False
 
@@ -91,7 +91,7 @@ def _channel_closed(message: AbstractIncomingMessage) -> bool:
     return bool(getattr(channel, "is_closed", False))
 
 
-def _reraise_if_cancelled(exc: BaseException) -> None:
+def reraise_if_cancelled(exc: BaseException) -> None:
     """Raise ``exc`` again when it is this task being cancelled (a worker
     stopping past its grace), not an AMQP call of its cut short by its
     channel closing, which aiormq reports as a CancelledError too."""

@@ -24,7 +24,7 @@ def consumed(headers: dict[str, Any] | None = None) -> tuple[MemoryMessage, Memo
     message = MemoryMessage(b'{"x": 1}', dict(headers or {}), "application/json", "evt_1", "OFD", None, "acme.OFD")
     queue.put(message)
     handed = queue.ready.popleft()
-    queue.unacked.add(id(handed))
+    queue.unacked[id(handed)] = handed
     return handed, queue
 
 
