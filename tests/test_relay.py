@@ -304,6 +304,24 @@ async def test_a_commit_wakes_the_relay_at_once_on_postgresql(vhost: str, tmp_pa
         assert len(wire.events) == 3
 
 
+async def test_the_relays_commits_do_not_wait_for_the_wal_flush_but_the_omss_do(vhost: str, tmp_path: Path,
+                                                                                pg_outbox: Outbox) -> None:
+    """The relay's own session deletes published rows without waiting for
+    the WAL to reach the disk (a crash republishes them, with their ids);
+    any other connection to the OMS's database keeps the server's default."""
+    settings = relay_settings(vhost, tmp_path, pg_outbox)
+    async with applied(settings, DOC) as services:
+        assert settings.relay_database_url
+        source = OutboxSource(settings.relay_database_url, settings.relay_table)
+        try:
+            async with Relay(services, source)._connected() as conn:
+                assert await conn.scalar(sa.text("SHOW synchronous_commit")) == "off"
+            async with source.connect() as other:
+                assert await other.scalar(sa.text("SHOW synchronous_commit")) == "on"
+        finally:
+            await source.close()
+
+
 async def test_a_database_that_never_answers_is_tried_again_not_waited_on(vhost: str, tmp_path: Path) -> None:
     """A connection to the OMS's database that opens but is never answered (a
     server restarting, a half-open path) fails within the statement timeout

@@ -86,6 +86,8 @@ class Relay:
         async with asyncio.timeout(self.statement_timeout):
             conn = await self.source.connect().start()
         try:
+            async with asyncio.timeout(self.statement_timeout):
+                await self.source.prepare(conn)
             yield conn
         finally:
             try:

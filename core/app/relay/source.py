@@ -64,6 +64,17 @@ class OutboxSource:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    async def prepare(self, conn: AsyncConnection) -> None:
+        """Make ``conn`` the relay's: on PostgreSQL its commits (the deletes of
+        published rows, rows moved aside) do not wait for the WAL to reach the
+        disk, so the relay adds no flushes of its own to the OMS's database,
+        whose commits would wait behind them. A database crash may undo the
+        last moment's deletes: those rows are published again, with the same
+        event ids, which consumers deduplicate. The OMS's own commits, and the
+        rows it writes, keep their durability."""
+        if self.dialect == "postgresql":
+            await conn.execute(sa.text("SET synchronous_commit TO off"))
+
     # -- the lock ---------------------------------------------------------------
 
     @property
