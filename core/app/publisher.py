@@ -70,11 +70,13 @@ class Publisher:
     async def publish_valid(self, events: Sequence[Event]) -> list[str]:
         """Publish events already validated by :func:`parse_events`."""
         self.broker.require()
-        await _gather_all(self._publish(event) for event in events)
+        await _gather_all(self.publish_one(event) for event in events)
         return [event.event_id for event in events]
 
-    async def _publish(self, event: Event) -> None:
-        """Publish one event, in a span whose context its message carries."""
+    async def publish_one(self, event: Event) -> None:
+        """Publish one event already validated, in a span whose context its
+        message carries; returns once RabbitMQ confirmed it (raises as
+        :meth:`publish`)."""
         with tracing.span(PUBLISH_SPAN, "producer") as span:
             if span is not None:
                 tracing.describe(span, event, {

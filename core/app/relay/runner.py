@@ -201,11 +201,11 @@ class Relay:
             chains = going_on
         return confirmed
 
-    async def _publish(self, row: OutboxRow, event: Event) -> list[str]:
+    async def _publish(self, row: OutboxRow, event: Event) -> None:
         with tracing.span(self._span, parent=tracing.NEW_TRACE) as span:  # a trace per row
             if span is not None:
                 tracing.describe(span, event, {tracing.OUTBOX_ROW: row.id})
-            return await self.services.publisher.publish_valid([event])
+            await self.services.publisher.publish_one(event)
 
     async def _update_stats(self, conn: AsyncConnection) -> None:
         if time.monotonic() - self._stats_at < STATS_EVERY:
