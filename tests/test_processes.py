@@ -99,6 +99,32 @@ async def test_two_processes_share_the_port_and_the_queues_and_a_killed_one_come
 
 
 @pytest.mark.slow
+async def test_an_ordered_endpoint_under_several_processes_is_warned_about(settings: Settings, vhost: str,
+                                                                          management: httpx.Client,
+                                                                          tmp_path: Path) -> None:
+    """`shipcast run --processes 2` with an ordered endpoint delivers, and the
+    process that delivers says the endpoint's order holds within a process
+    only, and how to keep it (the README says so too)."""
+    async with Receiver() as receiver:
+        config = tmp_path / "shipcast.yaml"
+        config.write_text(yaml.safe_dump(partners_doc("acme", receiver.url, ordered=True)))
+        process = Subprocess(settings, "run", "--processes", "2", env={"SHIPCAST_CONFIG": str(config)}).start()
+        output = ""
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=30,
+                                         headers={"authorization": f"Bearer {TOKEN}"}) as http:
+                await eventually(lambda: _consumers(management, vhost, "shipcast.webhook") == 2, timeout=60)
+                event = orjson.loads(example("OFD", partner_id="acme", order_id="A1").to_json())
+                assert await _post(http, [event])
+                await eventually(lambda: event["event_id"] in receiver.ids, timeout=30)
+        finally:
+            output = process.stop()
+        assert process.process is not None and process.process.returncode == 0, output
+        warned = [line for line in output.splitlines() if "target acme/main is ordered" in line]
+        assert len(warned) == 1, output
+        assert "2 processes of this shipcast run" in warned[0] and "--processes 1" in warned[0], output
+
+
 def test_a_process_that_cannot_start_ends_the_run_with_its_error(settings: Settings, tmp_path: Path) -> None:
     config = tmp_path / "shipcast.yaml"
     config.write_text("partners:\n  - id: Not An Id\n")

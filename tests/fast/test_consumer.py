@@ -37,6 +37,7 @@ WORK, DEAD = "shipcast.scripted", "shipcast.scripted.dead"
 
 class ScriptedConfig(ChannelConfig):
     targets = fields.List(fields.String(), load_default=lambda: ["a"])
+    ordered = fields.Boolean(load_default=False)
 
 
 @dataclass
@@ -56,7 +57,8 @@ class ScriptedChannel(Channel):
     def targets(self, event: Event, partner: Partner | None) -> list[Target]:
         if partner is None or self.name not in partner.channels:
             return []
-        return [Target(t, f"https://{t}.example") for t in partner.channels[self.name]["targets"]]
+        config = partner.channels[self.name]
+        return [Target(t, f"https://{t}.example", ordered=config.get("ordered", False)) for t in config["targets"]]
 
     async def deliver(self, event: Event, body: bytes, target: Target) -> Delivered | None:
         script: Script = self.context.extensions["script"]
@@ -125,6 +127,28 @@ async def test_each_target_is_delivered_once_and_the_message_acked(rig: Rig) -> 
     await rig.broker.publish(h.event_message(event), WORK, exchange="")
     await rig.broker.drain()
     assert len(rig.script.sent) == 2
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_an_ordered_target_in_one_of_several_processes_is_warned_about_once(
+        rig: Rig, processes: int, caplog: pytest.LogCaptureFixture) -> None:
+    """One process of several keeps an ordered target's order only within
+    itself: it says so once, naming the target and the way to keep it; a
+    lone process says nothing. Both events are delivered either way."""
+    rig.services.process_share = processes
+    await rig.services.store.put_partners([Partner("acme", "Acme", {}, {
+        "scripted": {"events": ["*"], "targets": ["a"], "ordered": True}})])
+    await rig.services.partners.reload()
+    events = [example("OFD", rig.services.registry.event_types) for _ in range(2)]
+    for event in events:
+        await rig.publish(event)
+    warned = [record.getMessage() for record in caplog.records if "is ordered" in record.getMessage()]
+    if processes == 1:
+        assert warned == []
+    else:
+        [message] = warned
+        assert "acme/a" in message and "2 processes" in message and "--processes 1" in message
+    assert [await rig.outcomes(event.event_id) for event in events] == [[("a", "delivered")]] * 2
 
 
 async def test_only_the_failing_target_is_retried_through_its_tier(rig: Rig) -> None:
