@@ -104,7 +104,7 @@ async def test_an_ordered_endpoint_under_several_processes_is_warned_about(setti
                                                                           tmp_path: Path) -> None:
     """`shipcast run --processes 2` with an ordered endpoint delivers, and the
     process that delivers says the endpoint's order holds within a process
-    only, and how to keep it (the README says so too)."""
+    only, and how to keep it."""
     async with Receiver() as receiver:
         config = tmp_path / "shipcast.yaml"
         config.write_text(yaml.safe_dump(partners_doc("acme", receiver.url, ordered=True)))
@@ -122,9 +122,10 @@ async def test_an_ordered_endpoint_under_several_processes_is_warned_about(setti
         assert process.process is not None and process.process.returncode == 0, output
         warned = [line for line in output.splitlines() if "target acme/main is ordered" in line]
         assert len(warned) == 1, output
-        assert "2 processes of this shipcast run" in warned[0] and "--processes 1" in warned[0], output
+        assert "2 consumers deliver from shipcast.webhook" in warned[0] and "--processes 1" in warned[0], output
 
 
+@pytest.mark.slow
 def test_a_process_that_cannot_start_ends_the_run_with_its_error(settings: Settings, tmp_path: Path) -> None:
     config = tmp_path / "shipcast.yaml"
     config.write_text("partners:\n  - id: Not An Id\n")

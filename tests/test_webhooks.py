@@ -355,6 +355,27 @@ async def test_an_unordered_endpoint_does_not_wait(shipcast: ShipcastProcess) ->
         assert [r.headers["webhook-id"] for r in receiver.delivered] == [deliv["event_id"], ofd["event_id"]]
 
 
+async def test_a_worker_beside_another_on_its_queue_says_an_ordered_endpoints_order_is_per_process(
+        shipcast: ShipcastProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """Two webhook workers on one queue, as two replicas of `shipcast worker`
+    are: the one that delivers to an ordered endpoint counts the queue's
+    consumers on RabbitMQ and says the order holds within a process only."""
+    from shipcast.app.runtime import start_workers, stop_workers
+
+    second = await start_workers(shipcast.services, ["webhook"])
+    try:
+        async with Receiver() as receiver:
+            await shipcast.apply(partners_doc("acme", receiver.url, ordered=True))
+            events = [body_of("OFD", order_id=f"ORD-{i}", sequence=1) for i in range(4)]
+            await post(shipcast, *events)
+            await eventually(lambda: len(receiver.delivered) == len(events), timeout=20)
+    finally:
+        await stop_workers(second)
+    warned = [r.getMessage() for r in caplog.records if "target acme/main is ordered" in r.getMessage()]
+    assert warned and len(warned) <= 2, warned  # once by each worker that delivered
+    assert all("2 consumers deliver from shipcast.webhook" in message for message in warned), warned
+
+
 def test_endpoint_options_are_validated() -> None:
     doc = partners_doc("acme", "https://hooks.acme.example/x", rate_limit=0, max_concurrency=0, ordered="maybe")
     with pytest.raises(ConfigError) as caught:

@@ -57,6 +57,18 @@ class Consumer:
         except Exception:
             log.debug("close of the channel of %s failed", self.queue.name, exc_info=True)
 
+    async def consumers(self) -> int | None:
+        """How many consumers the queue has now, this one included (a passive
+        declare); ``None`` when the broker cannot say."""
+        try:
+            async with asyncio.timeout(2):
+                underlay = await self.channel.get_underlay_channel()
+                declared = await underlay.queue_declare(self.queue.name, passive=True)
+        except (*_BROKER_ERRORS, aio_pika.exceptions.ChannelInvalidStateError):
+            log.debug("cannot count the consumers of %s", self.queue.name, exc_info=True)
+            return None
+        return int(declared.consumer_count or 0)
+
 
 class Broker:
     """One robust connection to RabbitMQ, opened in the background.

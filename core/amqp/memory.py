@@ -151,6 +151,10 @@ class MemoryConsumer:
             self._wake.clear()
             await self._wake.wait()
 
+    async def consumers(self) -> int:
+        """A queue here has one consumer at most: this one."""
+        return 1
+
     async def cancel(self) -> None:
         self._cancelled = True
         self._wake.set()

@@ -161,8 +161,8 @@ class ChannelWorker:
         self.gates = Gates(services.settings, services.process_share)
         self._order_locks = KeyedLock()
         self._event_locks = KeyedLock()
-        #: Ordered targets warned about: their order is kept within this process only.
-        self._warned_unordered: set[tuple[str, str]] = set()
+        #: Ordered targets looked at for other consumers of the queue (once each).
+        self._ordered_seen: set[tuple[str, str]] = set()
         self._span = f"process {self.topology.work.name}"
         self._attempt_span = f"deliver {self.name}"
 
@@ -398,8 +398,8 @@ class ChannelWorker:
             return await self._attempt(event, body, target, attempt)
         # Ordered: one event of an order at a time for this target, and none
         # while an earlier one is still retrying or waiting.
-        if self.services.process_share > 1:
-            self._warn_order_per_process(event.partner_id, target)
+        if (event.partner_id, target.id) not in self._ordered_seen:
+            await self._say_if_order_is_per_process(event.partner_id, target)
         key = (event.partner_id, target.id, event.order.order_id)
         await self._order_locks.acquire(key)
         try:
@@ -418,17 +418,19 @@ class ChannelWorker:
         finally:
             self._order_locks.release(key)
 
-    def _warn_order_per_process(self, partner_id: str, target: Target) -> None:
-        """Say once per ordered target that its order holds within a process
-        only: the processes of a ``shipcast run`` consume one queue side by
-        side, so two events of an order can be delivered by two of them."""
-        if (partner_id, target.id) in self._warned_unordered:
-            return
-        self._warned_unordered.add((partner_id, target.id))
-        log.warning("%s target %s/%s is ordered, but %d processes of this shipcast run deliver from %s: each "
-                    "order's events keep their order within one process, not across them; run shipcast run "
-                    "--processes 1 (SHIPCAST_PROCESSES=1) to keep it", self.name, partner_id, target.id,
-                    self.services.process_share, self.topology.work.name)
+    async def _say_if_order_is_per_process(self, partner_id: str, target: Target) -> None:
+        """Say once per ordered target when other processes consume this work
+        queue too (the others of a ``shipcast run``, other worker replicas):
+        two events of an order can then be delivered by two of them, so the
+        target's order holds within each process only."""
+        self._ordered_seen.add((partner_id, target.id))
+        counted = await self._consumer.consumers() if self._consumer is not None else None
+        consumers = max(self.services.process_share, counted or 0)
+        if consumers > 1:
+            log.warning("%s target %s/%s is ordered, but %d consumers deliver from %s (the processes of a shipcast "
+                        "run, or other workers): each order's events keep their order within one process, not "
+                        "across them; run a single one (shipcast run --processes 1, or one worker) to keep it",
+                        self.name, partner_id, target.id, consumers, self.topology.work.name)
 
     def _waiting(self, event: Event, target: Target, attempt: int, reason: str) -> Result:
         """A deferral: back through the first retry tier, without spending an

@@ -147,7 +147,7 @@ async def test_an_ordered_target_in_one_of_several_processes_is_warned_about_onc
         assert warned == []
     else:
         [message] = warned
-        assert "acme/a" in message and "2 processes" in message and "--processes 1" in message
+        assert "acme/a" in message and "2 consumers" in message and "--processes 1" in message
     assert [await rig.outcomes(event.event_id) for event in events] == [[("a", "delivered")]] * 2
 
 
