@@ -308,16 +308,18 @@ async def test_the_relays_commits_do_not_wait_for_the_wal_flush_but_the_omss_do(
                                                                                 pg_outbox: Outbox) -> None:
     """The relay's own session deletes published rows without waiting for
     the WAL to reach the disk (a crash republishes them, with their ids);
-    any other connection to the OMS's database keeps the server's default."""
+    the setting is its session's alone: another connection to the OMS's
+    database keeps the server's."""
     settings = relay_settings(vhost, tmp_path, pg_outbox)
+    setting = sa.text("SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'")
     async with applied(settings, DOC) as services:
         assert settings.relay_database_url
         source = OutboxSource(settings.relay_database_url, settings.relay_table)
         try:
             async with Relay(services, source)._connected() as conn:
-                assert await conn.scalar(sa.text("SHOW synchronous_commit")) == "off"
+                assert tuple((await conn.execute(setting)).one()) == ("off", "session")
             async with source.connect() as other:
-                assert await other.scalar(sa.text("SHOW synchronous_commit")) == "on"
+                assert (await other.execute(setting)).one()[1] != "session"
         finally:
             await source.close()
 

@@ -75,8 +75,10 @@ class Publisher:
 
     async def publish_one(self, event: Event) -> None:
         """Publish one event already validated, in a span whose context its
-        message carries; returns once RabbitMQ confirmed it (raises as
-        :meth:`publish`)."""
+        message carries; returns once RabbitMQ confirmed it.
+
+        :raises BrokerUnavailable, PublishNotConfirmed: as :meth:`publish`.
+        """
         with tracing.span(PUBLISH_SPAN, "producer") as span:
             if span is not None:
                 tracing.describe(span, event, {

@@ -58,6 +58,8 @@ TABLE = "shipcast_outbox"
 SHARED, APART = "shared cores", "hosts apart"
 #: Resamples behind each ratio's interval.
 RESAMPLES = 1000
+#: Seconds a backend may hold its WAL counts before pg_stat_wal has them.
+STATS_LAG = 1.2
 
 
 def free_port() -> int:
@@ -156,9 +158,13 @@ async def active(base: str, proc: Any) -> None:
 
 
 async def pending(url: str) -> int:
+    return await _fetch_int(url, f"SELECT count(*) FROM {TABLE} WHERE failed_at IS NULL")
+
+
+async def _fetch_int(url: str, query: str) -> int:
     conn = await asyncpg.connect(_asyncpg_dsn(url))
     try:
-        return int(await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE failed_at IS NULL"))
+        return int(await conn.fetchval(query))
     finally:
         await conn.close()
 
@@ -197,6 +203,8 @@ async def writepath(tmp: Path, quick: bool) -> None:
                     steps: dict[str, Step] = {modes[0]: no_event, modes[1]: outbox_row, modes[2]: posting(http),
                                               modes[3]: outbox_row}
                     shipcast_side = [proc.process.pid for proc in ship.procs] + [receiver.proc.pid]
+                    can_set_hosts_apart()  # before the first layout's minutes, not after them
+                    counted = await wal_syncs(oms_url) is not None
                     for layout in (SHARED, APART):
                         with (hosts_apart(shipcast_side) if layout == APART else contextlib.nullcontext()):
                             # Everything runs through every phase, as it would beside a real OMS, and the
@@ -206,19 +214,21 @@ async def writepath(tmp: Path, quick: bool) -> None:
                             for _ in range(rounds):
                                 for mode in modes:
                                     paused = mode == modes[3]
-                                    if paused:
-                                        os.kill(relay.process.pid, signal.SIGSTOP)
                                     before = await wal_syncs(oms_url)
                                     try:
+                                        if paused:
+                                            os.kill(relay.process.pid, signal.SIGSTOP)
                                         results[layout, mode] += await oms(
                                             oms_url, rate, seconds // rounds, steps[mode],
                                             committed[layout] if mode == modes[1] else None)
                                     finally:
                                         if paused:
                                             os.kill(relay.process.pid, signal.SIGCONT)
-                                    flushes[layout, mode] += await wal_syncs(oms_url) - before
                                     while paused and await pending(oms_url):  # drained before the next phase
                                         await asyncio.sleep(0.2)
+                                    if counted:  # a backend's counts reach pg_stat_wal up to a second late
+                                        await asyncio.sleep(STATS_LAG)
+                                        flushes[layout, mode] += (await wal_syncs(oms_url) or 0) - (before or 0)
                 arrived = await receiver.wait_for({i for ids in committed.values() for i in ids}, 120)
                 ship.profile()  # BENCH_PROFILE=FOLDER: the throughput runs under py-spy
                 throughput = await relay_against_ingest(ship, oms_url, relay, 2000 if quick else 10000)
@@ -234,7 +244,7 @@ async def writepath(tmp: Path, quick: bool) -> None:
                 report(f"10. {layout}: OMS transaction, {mode}, {name}", percentile(results[layout, mode], q),
                        "ms", floor, f"no events (95%: {spread[0]:.2f}–{spread[1]:.2f}×)",
                        "≤ 1.05× at p99" if mode == modes[1] and name == "p99" else "")
-        for mode in modes:
+        for mode in modes if counted else ():
             report(f"10. {layout}: WAL flushes per 100 OMS transactions, {mode}",
                    100 * flushes[layout, mode] / len(results[layout, mode]), "")
         end_to_end = [(arrived[i] - t) * 1000 for i, t in committed[layout].items()]
@@ -256,47 +266,69 @@ def ratio_interval(values: Sequence[float], base: Sequence[float], q: float) -> 
     return ratios[int(0.025 * RESAMPLES)], ratios[int(0.975 * RESAMPLES) - 1]
 
 
-async def wal_syncs(url: str) -> int:
-    """The server's WAL flushes so far (``pg_stat_wal``: all its databases, its WAL writer too)."""
-    conn = await asyncpg.connect(_asyncpg_dsn(url))
+async def wal_syncs(url: str) -> int | None:
+    """The server's WAL flushes so far (``pg_stat_wal``: all its databases, its
+    WAL writer too); ``None`` on a server that no longer counts them there."""
     try:
-        return int(await conn.fetchval("SELECT wal_sync FROM pg_stat_wal"))
-    finally:
-        await conn.close()
+        return await _fetch_int(url, "SELECT wal_sync FROM pg_stat_wal")
+    except asyncpg.UndefinedColumnError:  # PostgreSQL 18 moved them to pg_stat_io
+        return None
+
+
+def servers() -> list[tuple[int, str]]:
+    """The PostgreSQL and RabbitMQ processes of this machine: (pid, name)."""
+    return [(proc.pid, proc.info["name"]) for proc in psutil.process_iter(["name"])
+            if proc.info["name"] in ("postgres", "beam.smp")]
+
+
+def can_set_hosts_apart() -> None:
+    """:raises RuntimeError: the hosts-apart layout cannot be made here."""
+    if {name for _, name in servers()} != {"postgres", "beam.smp"} or len(os.sched_getaffinity(0)) < 2:
+        raise RuntimeError("the hosts-apart layout needs two CPUs, and PostgreSQL and RabbitMQ on this machine")
 
 
 @contextlib.contextmanager
 def hosts_apart(shipcast_side: Iterable[int]) -> Iterator[None]:
     """The OMS (this process) and PostgreSQL on the first CPU, ``shipcast_side``
     (shipcast's processes, the partner's) and RabbitMQ on the rest, every
-    thread of each; as they were again afterwards. New PostgreSQL backends
-    start on the first CPU too: they inherit it from the postmaster."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise RuntimeError("the hosts-apart layout needs two CPUs")
+    thread of each. Afterwards each thread is put back as it was, and one
+    started meanwhile (a new PostgreSQL backend inherits the postmaster's
+    CPU) as its process was, or on every CPU; a SIGTERM meanwhile ends the
+    run as ^C does, through this. What cannot be put back is printed with the
+    command that does it."""
+    everywhere = os.sched_getaffinity(0)
+    cpus = sorted(everywhere)
     oms_cpu, rest = {cpus[0]}, set(cpus[1:])
-    servers = [(proc.pid, name) for proc in psutil.process_iter(["name"])
-               for name in [proc.info["name"]] if name in ("postgres", "beam.smp")]
-    if not any(name == "postgres" for _, name in servers) or not any(name == "beam.smp" for _, name in servers):
-        raise RuntimeError("the hosts-apart layout needs PostgreSQL and RabbitMQ on this machine")
     placed = [(os.getpid(), oms_cpu), *((pid, rest) for pid in shipcast_side),
-              *((pid, oms_cpu if name == "postgres" else rest) for pid, name in servers)]
-    before = {pid: os.sched_getaffinity(pid) for pid, _ in placed if psutil.pid_exists(pid)}
+              *((pid, oms_cpu if name == "postgres" else rest) for pid, name in servers())]
+    before: dict[int, set[int]] = {}  # by thread id, a process's main thread's being the pid
+    terminated = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         for pid, where in placed:
-            _place(pid, where)
+            for thread in _threads(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    before[thread] = os.sched_getaffinity(thread)
+                    os.sched_setaffinity(thread, where)
         yield
-    finally:  # threads started meanwhile too
-        for pid, where in before.items():
-            _place(pid, where)
+    finally:
+        signal.signal(signal.SIGTERM, terminated)
+        for pid in {pid for pid, _ in placed} | {pid for pid, _ in servers()}:
+            for thread in _threads(pid):
+                try:
+                    os.sched_setaffinity(thread, before.get(thread, before.get(pid, everywhere)))
+                except ProcessLookupError:  # ended meanwhile
+                    pass
+                except OSError as exc:
+                    print(f"cannot put thread {thread} of process {pid} back on its CPUs ({exc}): "
+                          f"taskset -a -p -c {','.join(map(str, cpus))} {pid}", flush=True)
 
 
-def _place(pid: int, cpus: set[int]) -> None:
-    """Every thread of process ``pid`` on ``cpus`` (a process that ended meanwhile is left)."""
-    with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-        for thread in psutil.Process(pid).threads():
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(thread.id, cpus)
+def _threads(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` (none once it ended)."""
+    try:
+        return [thread.id for thread in psutil.Process(pid).threads()]
+    except psutil.Error:  # ended, or not ours to look at
+        return []
 
 
 async def relay_against_ingest(ship: Any, oms_url: str, relay: Any, n: int) -> tuple[float, float]:

@@ -47,6 +47,8 @@ def test_a_row_left_without_a_sequence_gets_its_id() -> None:
     (payload(order={"order_id": "ORD-1"}), {}, "order", ""),
     (payload(partner_id="Bad Id"), {"partner_id": "Bad Id"}, "partner_id", ""),
     (payload(otp={"code": "1\u0000"}), {}, "otp", ""),
+    # A raw NUL, which a MySQL TEXT column can hold, is no JSON: JSON carries U+0000 only escaped.
+    (orjson.dumps(payload()).decode().replace("ORD-1", "ORD-\x001", 1), {}, "payload", "not JSON"),
     (payload(), {"order_id": "ORD-2"}, "order_id", "not the payload's"),
     (payload(), {"event_id": "other"}, "event_id", "not the payload's"),
     (payload(), {"partner_id": "zippy"}, "partner_id", "not the payload's"),
