@@ -15,7 +15,8 @@ from shipcast.exceptions import ConfigError
 from shipcast.settings import Settings
 
 from .helpers import ShipcastProcess, eventually, settled
-from .test_sms import FakeTwilio, event_body, sms_settings, twilio, twilio_callback  # noqa: F401 (fixtures)
+from .test_sms import (FakeTwilio, event_body, sent_once_across_a_stop_past_the_grace, sms_settings,  # noqa: F401
+                       twilio, twilio_callback)  # (fixtures)
 
 pytestmark = pytest.mark.broker
 OFD_SID, FAIL_SID = "HX" + "a" * 32, "HX" + "b" * 32
@@ -43,6 +44,12 @@ async def test_a_content_template_goes_with_its_variables(sms_settings: Settings
     fail = orjson.loads(by_sid[FAIL_SID]["ContentVariables"])
     assert (fail["1"], fail["2"]) == ("Ann O'Brien & Co", "Customer not reachable on phone; door locked")  # not HTML
     assert fail["3"].startswith("https://track.example.com/t/")
+
+
+async def test_a_message_twilio_took_from_a_worker_stopped_past_its_grace_is_not_sent_again(
+        sms_settings: Settings, twilio: FakeTwilio, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    await sent_once_across_a_stop_past_the_grace(sms_settings, twilio, monkeypatch, caplog, "whatsapp", wa_doc())
 
 
 @pytest.mark.parametrize("code", [63016, 63003, 63014])
