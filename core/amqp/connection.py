@@ -57,18 +57,6 @@ class Consumer:
         except Exception:
             log.debug("close of the channel of %s failed", self.queue.name, exc_info=True)
 
-    async def consumers(self) -> int | None:
-        """How many consumers the queue has now, this one included (a passive
-        declare); ``None`` when the broker cannot say."""
-        try:
-            async with asyncio.timeout(2):
-                underlay = await self.channel.get_underlay_channel()
-                declared = await underlay.queue_declare(self.queue.name, passive=True)
-        except (*_BROKER_ERRORS, aio_pika.exceptions.ChannelInvalidStateError):
-            log.debug("cannot count the consumers of %s", self.queue.name, exc_info=True)
-            return None
-        return int(declared.consumer_count or 0)
-
 
 class Broker:
     """One robust connection to RabbitMQ, opened in the background.
@@ -238,6 +226,24 @@ class Broker:
         await channel.set_qos(prefetch_count=prefetch)
         queue = await declare(connection, channel, topology)
         return Consumer(channel, queue, await queue.consume(on_message))
+
+    async def consumers(self, queue: str) -> int:
+        """How many consumers ``queue`` has now: a passive declare on a
+        channel of its own, closed after, so that no other channel fails when
+        the queue is gone or the answer is late (aiormq closes the channel of
+        a call cut short).
+
+        :raises BrokerUnavailable: not connected; or what the broker or the
+            connection raise.
+        """
+        probe = await self.require().channel()
+        try:
+            underlay = await probe.get_underlay_channel()
+            declared = await underlay.queue_declare(queue, passive=True)
+        finally:
+            with contextlib.suppress(*_BROKER_ERRORS, aio_pika.exceptions.ChannelInvalidStateError):
+                await probe.close()
+        return int(declared.consumer_count or 0)
 
     @property
     def publishable(self) -> bool:

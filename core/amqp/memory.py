@@ -151,10 +151,6 @@ class MemoryConsumer:
             self._wake.clear()
             await self._wake.wait()
 
-    async def consumers(self) -> int:
-        """A queue here has one consumer at most: this one."""
-        return 1
-
     async def cancel(self) -> None:
         self._cancelled = True
         self._wake.set()
@@ -217,6 +213,10 @@ class MemoryBroker:
             copy = MemoryMessage.of(message, routing_key)
             self.published.append((queue.name, copy))
             queue.put(copy)
+
+    async def consumers(self, queue: str) -> int:
+        """How many consumers ``queue`` has: one at most here."""
+        return 0 if self.queues[queue].consumer is None else 1
 
     async def consume(self, topology: ChannelTopology, prefetch: int, on_message: OnMessage) -> MemoryConsumer:
         self.declare(topology)

@@ -64,6 +64,8 @@ T = TypeVar("T")
 STOP_GRACE = 30.0
 #: How long stopping then waits for the deliveries it cancelled to end.
 CANCEL_GRACE = 5.0
+#: Seconds the count of a work queue's consumers may take (see _say_if_order_is_per_process).
+LOOK_TIMEOUT = 5.0
 #: Seconds a message waits before it goes back, when the channel is misconfigured.
 MISCONFIGURED_HOLD = 5.0
 
@@ -161,8 +163,9 @@ class ChannelWorker:
         self.gates = Gates(services.settings, services.process_share)
         self._order_locks = KeyedLock()
         self._event_locks = KeyedLock()
-        #: Ordered targets looked at for other consumers of the queue (once each).
+        #: Ordered targets looked at for other consumers of the queue, and the looks under way.
         self._ordered_seen: set[tuple[str, str]] = set()
+        self._looking: set[asyncio.Task[None]] = set()
         self._span = f"process {self.topology.work.name}"
         self._attempt_span = f"deliver {self.name}"
 
@@ -176,6 +179,10 @@ class ChannelWorker:
         """Stop taking messages, finish those in flight, then close. Messages
         still unacked when the channel closes go back to the queue."""
         self._stopping = True
+        for looking in self._looking:
+            looking.cancel()
+        if self._looking:
+            await asyncio.wait(set(self._looking), timeout=CANCEL_GRACE)
         if self._consumer is not None:
             await self._consumer.cancel()
         if self._inflight:  # complete: a message handed over from now on goes straight back (_on_message)
@@ -398,8 +405,12 @@ class ChannelWorker:
             return await self._attempt(event, body, target, attempt)
         # Ordered: one event of an order at a time for this target, and none
         # while an earlier one is still retrying or waiting.
-        if (event.partner_id, target.id) not in self._ordered_seen:
-            await self._say_if_order_is_per_process(event.partner_id, target)
+        if (event.partner_id, target.id) not in self._ordered_seen:  # looked at beside, holding nothing up
+            self._ordered_seen.add((event.partner_id, target.id))
+            looking = asyncio.get_running_loop().create_task(self._say_if_order_is_per_process(event.partner_id,
+                                                                                           target.id))
+            self._looking.add(looking)
+            looking.add_done_callback(self._looking.discard)
         key = (event.partner_id, target.id, event.order.order_id)
         await self._order_locks.acquire(key)
         try:
@@ -418,19 +429,27 @@ class ChannelWorker:
         finally:
             self._order_locks.release(key)
 
-    async def _say_if_order_is_per_process(self, partner_id: str, target: Target) -> None:
-        """Say once per ordered target when other processes consume this work
-        queue too (the others of a ``shipcast run``, other worker replicas):
-        two events of an order can then be delivered by two of them, so the
-        target's order holds within each process only."""
-        self._ordered_seen.add((partner_id, target.id))
-        counted = await self._consumer.consumers() if self._consumer is not None else None
-        consumers = max(self.services.process_share, counted or 0)
+    async def _say_if_order_is_per_process(self, partner_id: str, target_id: str) -> None:
+        """Say when other processes consume this work queue too (the others
+        of a ``shipcast run``, other worker replicas): two events of an order
+        can then be delivered by two of them, so the ordered target's order
+        holds within each process only. A count the broker cannot give now
+        is asked for again at the target's next delivery."""
+        queue = self.topology.work.name
+        try:
+            async with asyncio.timeout(LOOK_TIMEOUT):
+                counted = await self.services.broker.consumers(queue)
+        except (Exception, asyncio.CancelledError) as exc:  # says nothing of the order: asked again later
+            reraise_if_cancelled(exc)
+            log.debug("cannot count the consumers of %s: %r", queue, exc)
+            self._ordered_seen.discard((partner_id, target_id))
+            return
+        consumers = max(self.services.process_share, counted)
         if consumers > 1:
             log.warning("%s target %s/%s is ordered, but %d consumers deliver from %s (the processes of a shipcast "
                         "run, or other workers): each order's events keep their order within one process, not "
                         "across them; run a single one (shipcast run --processes 1, or one worker) to keep it",
-                        self.name, partner_id, target.id, consumers, self.topology.work.name)
+                        self.name, partner_id, target_id, consumers, queue)
 
     def _waiting(self, event: Event, target: Target, attempt: int, reason: str) -> Result:
         """A deferral: back through the first retry tier, without spending an

@@ -58,7 +58,10 @@ TABLE = "shipcast_outbox"
 SHARED, APART = "shared cores", "hosts apart"
 #: Resamples behind each ratio's interval.
 RESAMPLES = 1000
-#: Seconds a backend may hold its WAL counts before pg_stat_wal has them.
+#: Seconds to wait for the backends' WAL counts to reach pg_stat_wal: a busy
+#: backend reports at most once a second; a long-lived one that goes idle (the
+#: relay's) may keep its last second's for up to ten, which the next phase's
+#: count then takes.
 STATS_LAG = 1.2
 
 
@@ -226,7 +229,7 @@ async def writepath(tmp: Path, quick: bool) -> None:
                                             os.kill(relay.process.pid, signal.SIGCONT)
                                     while paused and await pending(oms_url):  # drained before the next phase
                                         await asyncio.sleep(0.2)
-                                    if counted:  # a backend's counts reach pg_stat_wal up to a second late
+                                    if counted:  # the backends' counts reach pg_stat_wal late: STATS_LAG
                                         await asyncio.sleep(STATS_LAG)
                                         flushes[layout, mode] += (await wal_syncs(oms_url) or 0) - (before or 0)
                 arrived = await receiver.wait_for({i for ids in committed.values() for i in ids}, 120)
@@ -283,8 +286,14 @@ def servers() -> list[tuple[int, str]]:
 
 def can_set_hosts_apart() -> None:
     """:raises RuntimeError: the hosts-apart layout cannot be made here."""
-    if {name for _, name in servers()} != {"postgres", "beam.smp"} or len(os.sched_getaffinity(0)) < 2:
+    found = dict((name, pid) for pid, name in servers())
+    if set(found) != {"postgres", "beam.smp"} or len(os.sched_getaffinity(0)) < 2:
         raise RuntimeError("the hosts-apart layout needs two CPUs, and PostgreSQL and RabbitMQ on this machine")
+    try:
+        for pid in found.values():  # setting a server's CPUs as they are: allowed (root, or CAP_SYS_NICE)?
+            os.sched_setaffinity(pid, os.sched_getaffinity(pid))
+    except PermissionError as exc:
+        raise RuntimeError(f"the hosts-apart layout cannot move PostgreSQL and RabbitMQ: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -293,16 +302,18 @@ def hosts_apart(shipcast_side: Iterable[int]) -> Iterator[None]:
     (shipcast's processes, the partner's) and RabbitMQ on the rest, every
     thread of each. Afterwards each thread is put back as it was, and one
     started meanwhile (a new PostgreSQL backend inherits the postmaster's
-    CPU) as its process was, or on every CPU; a SIGTERM meanwhile ends the
-    run as ^C does, through this. What cannot be put back is printed with the
-    command that does it."""
-    everywhere = os.sched_getaffinity(0)
-    cpus = sorted(everywhere)
+    CPU) as its process, or its postmaster, was; a SIGTERM meanwhile ends the
+    run through this. What cannot be put back is printed with the command that
+    does it. (Called in the running event loop's task.)"""
+    cpus = sorted(os.sched_getaffinity(0))
     oms_cpu, rest = {cpus[0]}, set(cpus[1:])
     placed = [(os.getpid(), oms_cpu), *((pid, rest) for pid in shipcast_side),
               *((pid, oms_cpu if name == "postgres" else rest) for pid, name in servers())]
     before: dict[int, set[int]] = {}  # by thread id, a process's main thread's being the pid
-    terminated = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    # A SIGTERM ends the run through the finally below: it cancels the task in this layout.
+    loop, task, terminated = asyncio.get_running_loop(), asyncio.current_task(), signal.getsignal(signal.SIGTERM)
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         for pid, where in placed:
             for thread in _threads(pid):
@@ -311,16 +322,29 @@ def hosts_apart(shipcast_side: Iterable[int]) -> Iterator[None]:
                     os.sched_setaffinity(thread, where)
         yield
     finally:
-        signal.signal(signal.SIGTERM, terminated)
         for pid in {pid for pid, _ in placed} | {pid for pid, _ in servers()}:
+            # A thread as it was; one started meanwhile as its process's first thread was, or a new
+            # PostgreSQL backend as its postmaster was; a process never reached is left as it is.
+            process = before.get(pid) or before.get(_parent(pid))
             for thread in _threads(pid):
+                saved = before.get(thread, process)
                 try:
-                    os.sched_setaffinity(thread, before.get(thread, before.get(pid, everywhere)))
+                    if saved is not None:
+                        os.sched_setaffinity(thread, saved)
                 except ProcessLookupError:  # ended meanwhile
                     pass
                 except OSError as exc:
                     print(f"cannot put thread {thread} of process {pid} back on its CPUs ({exc}): "
-                          f"taskset -a -p -c {','.join(map(str, cpus))} {pid}", flush=True)
+                          f"taskset -p -c {','.join(map(str, sorted(saved or ())))} {thread}", flush=True)
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, terminated if terminated is not None else signal.SIG_DFL)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).ppid())
+    except psutil.Error:
+        return 0
 
 
 def _threads(pid: int) -> list[int]:
