@@ -117,6 +117,8 @@ async def test_an_ordered_endpoint_under_several_processes_is_warned_about(setti
                 event = orjson.loads(example("OFD", partner_id="acme", order_id="A1").to_json())
                 assert await _post(http, [event])
                 await eventually(lambda: event["event_id"] in receiver.ids, timeout=30)
+                # Counted beside the delivery: said once the count is in, before the stop cancels it.
+                await eventually(lambda: b"target acme/main is ordered" in process.read(), timeout=30)
         finally:
             output = process.stop()
         assert process.process is not None and process.process.returncode == 0, output

@@ -369,6 +369,8 @@ async def test_a_worker_beside_another_on_its_queue_says_an_ordered_endpoints_or
             events = [body_of("OFD", order_id=f"ORD-{i}", sequence=1) for i in range(4)]
             await post(shipcast, *events)
             await eventually(lambda: len(receiver.delivered) == len(events), timeout=20)
+            # Counted beside the deliveries: said once the count is in, before the stop cancels it.
+            await eventually(lambda: "target acme/main is ordered" in caplog.text, timeout=20)
     finally:
         await stop_workers(second)
     warned = [r.getMessage() for r in caplog.records if "target acme/main is ordered" in r.getMessage()]
