@@ -10,6 +10,7 @@
 #   deploy/cluster.sh alone N   # one more node N (4-9), not joined: a broker of
 #                               # its own to stop and start (AMQP on 570N)
 #   deploy/cluster.sh ctl N ... # rabbitmqctl ... on node N
+#   deploy/cluster.sh diag N ... # rabbitmq-diagnostics ... on node N
 #   deploy/cluster.sh remove N  # stop node N and delete its data
 #
 # Each node has its own name, data and log directories (owned by the
@@ -106,6 +107,12 @@ case "${1:-}" in
     n=$2
     shift 2
     ctl "$n" "$@"
+    ;;
+  diag)
+    number "${2:-}"
+    n=$2
+    shift 2
+    rabbitmq-diagnostics -n "$(node "$n")" "$@"
     ;;
   remove)
     number "${2:-}"

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import fcntl
 import os
 import random
 import shutil
 import socket
-import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,10 +30,6 @@ TOKEN = "test-token-" + uuid.uuid4().hex
 SECRET_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
-#: The services tests share, in the order their locks are taken.
-SERVICES = ("rabbitmq", "postgresql")
-
-
 @pytest.fixture(scope="session", autouse=True)
 async def tasks_end_with_the_session() -> AsyncIterator[None]:
     """Every task a test left running is cancelled when the session ends; one
@@ -57,60 +49,6 @@ async def tasks_end_with_the_session() -> AsyncIterator[None]:
             where.append(f"{task!r} at " + " <- ".join(f"{f.f_code.co_filename}:{f.f_lineno}" for f in frames))
             asyncio.tasks._all_tasks.discard(task)  # type: ignore[attr-defined]  # or the closing loop waits for ever
         raise AssertionError("tasks left running that do not stop when cancelled:\n" + "\n".join(where))
-
-
-@pytest.fixture(autouse=True)
-def shared_services(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The tests share one RabbitMQ and one PostgreSQL, and run in parallel
-    processes. A test marked ``exclusive("rabbitmq")`` or
-    ``exclusive("postgresql")`` stops that service or raises its alarms: it
-    waits for the tests using it to finish and holds new ones off until it is
-    done, while tests that do not use it go on. One readers-writer lock per
-    service, shared by every test process on the machine; a waiting exclusive
-    test closes the service's gate, so a stream of other tests cannot starve it."""
-    marker = request.node.get_closest_marker("exclusive")
-    alone = set(marker.args) if marker is not None else set()
-    assert alone <= set(SERVICES), f"exclusive({', '.join(sorted(alone))}): the services are {SERVICES}"
-    # A test of the fast tier uses no service: it never waits for one that is stopped. Nor
-    # does a test on RabbitMQ nodes of its own wait for (or hold up) the machine's node.
-    own_broker = OWN_BROKER_FIXTURES & set(request.fixturenames) and "vhost" not in request.fixturenames
-    uses = set() if request.node.get_closest_marker("fast") or own_broker else {"rabbitmq"}
-    if {"pg_database", "pg_url"} & set(request.fixturenames):
-        uses.add("postgresql")
-    with contextlib.ExitStack() as held:
-        for service in SERVICES:
-            if service in uses | alone:
-                held.enter_context(_service_lock(service, exclusive=service in alone))
-        yield
-
-
-@contextlib.contextmanager
-def _service_lock(service: str, *, exclusive: bool) -> Iterator[None]:
-    base = Path(tempfile.gettempdir()) / f"shipcast-tests.{service}"
-    with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
-        _flock(gate, exclusive, service)
-        _flock(lock, exclusive, service)
-        if not exclusive:
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        yield
-
-
-#: Fixtures that start RabbitMQ nodes of a test's own, beside the machine's.
-OWN_BROKER_FIXTURES = {"own_broker", "cluster"}
-#: The longest a test waits for its turn at a service (the wait is not part of its own timeout).
-LOCK_WAIT = 600
-
-
-def _flock(file: Any, exclusive: bool, service: str) -> None:
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(file, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {LOCK_WAIT}s for {service}: a test holding it is stuck") from None
-            time.sleep(0.1)
 
 
 #: Fixtures that reach RabbitMQ or PostgreSQL: a test of the fast tier uses none.
@@ -177,13 +115,7 @@ def free_port() -> int:
 def management() -> Iterator[httpx.Client]:
     with httpx.Client(base_url=_mgmt_base(),
                       auth=("guest", "guest"), timeout=30) as client:
-        for _ in range(90):  # an exclusive("rabbitmq") test in another process may have it stopped
-            with contextlib.suppress(httpx.HTTPError):
-                client.get("/api/overview").raise_for_status()
-                break
-            time.sleep(1)
-        else:
-            client.get("/api/overview").raise_for_status()
+        client.get("/api/overview").raise_for_status()
         yield client
 
 
@@ -217,21 +149,9 @@ async def _pg_admin(statement: str) -> None:
 async def pg_database() -> AsyncIterator[str]:
     """A PostgreSQL database for this test session, dropped at the end."""
     name = f"shipcast_test_{uuid.uuid4().hex[:10]}"
-    for _ in range(90):  # an exclusive("postgresql") test in another process may have it stopped
-        try:
-            await _pg_admin(f'CREATE DATABASE "{name}"')
-            break
-        except (OSError, sa.exc.DBAPIError):
-            await asyncio.sleep(1)
-    else:
-        await _pg_admin(f'CREATE DATABASE "{name}"')
+    await _pg_admin(f'CREATE DATABASE "{name}"')
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    for _ in range(90):
-        try:
-            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            return
-        except (OSError, sa.exc.DBAPIError):
-            await asyncio.sleep(1)
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -310,6 +310,13 @@ async def processes(settings: Settings, *commands: Sequence[str]) -> AsyncIterat
 CLUSTER = Path(__file__).parents[2] / "deploy" / "cluster.sh"
 
 
+async def run(*command: str) -> str:
+    """A command off the event loop: shipcast and the receivers keep serving meanwhile."""
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
 def cluster_sh(*args: str) -> str:
     done = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, f"cluster.sh {' '.join(args)}: {done.stdout}{done.stderr}"

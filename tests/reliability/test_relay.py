@@ -34,6 +34,7 @@ from tests.bound import example
 
 from ..conftest import PG_ADMIN_URL, free_port, make_settings
 from ..helpers import Receiver, Subprocess, applied, eventually
+from .conftest import OwnBroker, OwnPostgresql
 from .harness import EVENT_TYPES, Row, Target, account, recovery, summary, webhook_doc
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -47,15 +48,16 @@ def _dsn(url: str) -> str:
 
 
 @asynccontextmanager
-async def oms_database() -> AsyncIterator[str]:
-    """The OMS's own database, with the outbox table as `shipcast relay sql` prints it."""
+async def oms_database(server_url: str = PG_ADMIN_URL) -> AsyncIterator[str]:
+    """The OMS's own database, on the server of ``server_url``, with the outbox
+    table as `shipcast relay sql` prints it."""
     name = f"oms_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(_dsn(PG_ADMIN_URL))
+    admin = await asyncpg.connect(_dsn(server_url))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    url = server_url.rsplit("/", 1)[0] + f"/{name}"
     ddl = subprocess.run([str(Path(sys.executable).with_name("shipcast")), "relay", "sql", "--dialect", "postgresql"],
                          check=True, capture_output=True, text=True).stdout
     conn = await asyncpg.connect(_dsn(url))
@@ -66,7 +68,7 @@ async def oms_database() -> AsyncIterator[str]:
     try:
         yield url
     finally:
-        admin = await asyncpg.connect(_dsn(PG_ADMIN_URL))
+        admin = await asyncpg.connect(_dsn(server_url))
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
@@ -223,10 +225,11 @@ async def test_8a_kill_9_of_the_active_relay_with_a_standby(vhost: str, pg_url: 
     assert set(targets[0].delivered()) == set(oms.confirmed)
 
 
-@pytest.mark.exclusive("rabbitmq")
-async def test_8b_rabbitmq_restarted_while_the_oms_commits(vhost: str, pg_url: str, record_property: Any) -> None:
+async def test_8b_rabbitmq_restarted_while_the_oms_commits(own_broker: OwnBroker, pg_url: str,
+                                                           record_property: Any) -> None:
     async with oms_database() as oms_url, Receiver() as main:
-        settings = make_settings(vhost, pg_url, relay_database_url=oms_url, relay_poll_interval=0.5)
+        settings = make_settings("", pg_url, amqp_url=own_broker.amqp_url, management_url=own_broker.management_url,
+                                 relay_database_url=oms_url, relay_poll_interval=0.5)
         targets = [Target("acme", "main", main)]
         async with applied(settings, webhook_doc(targets)) as services:
             worker = Subprocess(settings, "worker", "--channel", "webhook").start()
@@ -235,13 +238,13 @@ async def test_8b_rabbitmq_restarted_while_the_oms_commits(vhost: str, pg_url: s
             grew = 0
             try:
                 await eventually(lambda: delivered(targets) >= N // 2 * 0.3, timeout=90)
-                await run("rabbitmqctl", "stop_app")
+                await own_broker.ctl("stop_app")
                 try:
                     oms.resume()  # the OMS commits on: its rows wait in the outbox
                     await asyncio.sleep(5)
                     grew = await pending(oms_url)
                 finally:
-                    await run("rabbitmqctl", "start_app")
+                    await own_broker.ctl("start_app")
                 restarted = time.monotonic()
                 recovered = await recovery(restarted, targets, timeout=90)
                 await oms.done()
@@ -257,10 +260,10 @@ async def test_8b_rabbitmq_restarted_while_the_oms_commits(vhost: str, pg_url: s
     assert not accounts.lost and accounts.parked == 0, summary(accounts)
 
 
-@pytest.mark.exclusive("postgresql")
-async def test_8c_the_oms_database_restarted(vhost: str, tmp_path: Path, record_property: Any) -> None:
+async def test_8c_the_oms_database_restarted(vhost: str, own_postgresql: OwnPostgresql, tmp_path: Path,
+                                             record_property: Any) -> None:
     # shipcast's own store is SQLite here: the fault is the OMS's database alone.
-    async with oms_database() as oms_url, Receiver() as main:
+    async with oms_database(own_postgresql.url) as oms_url, Receiver() as main:
         settings = make_settings(vhost, f"sqlite+aiosqlite:///{tmp_path / 'shipcast.db'}",
                                  relay_database_url=oms_url, relay_poll_interval=0.5)
         targets = [Target("acme", "main", main)]
@@ -270,15 +273,14 @@ async def test_8c_the_oms_database_restarted(vhost: str, tmp_path: Path, record_
             oms = OutboxOms(oms_url, ["acme"], N // 2, rate=300).start()
             try:
                 await eventually(lambda: delivered(targets) >= N // 2 * 0.3, timeout=90)
-                cluster = (await run("ls", "/etc/postgresql")).split()[0]
-                await run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast")
+                await own_postgresql.stop()
                 try:
                     committed_before = oms.sent
                     await asyncio.sleep(5)
                     committed_while_down = oms.sent - committed_before
                     nobody_active = await active(relays) is None
                 finally:
-                    await run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start")
+                    await own_postgresql.start()
                 restarted = time.monotonic()
                 recovered = await recovery(restarted, targets, oms, timeout=90)  # type: ignore[arg-type]
                 await oms.done()
@@ -299,8 +301,3 @@ async def test_8c_the_oms_database_restarted(vhost: str, tmp_path: Path, record_
     assert not accounts.lost and accounts.parked == 0, summary(accounts)
     assert set(targets[0].delivered()) == set(oms.confirmed)
 
-
-async def run(*command: str) -> str:
-    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
-    return done.stdout

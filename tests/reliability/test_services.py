@@ -2,15 +2,13 @@
 RabbitMQ is restarted, PostgreSQL is stopped for 30 s, SQLite is locked,
 and RabbitMQ raises its memory and disk alarms, each while events flow.
 
-Scenarios 2, 5 and 6 stop or alarm the machine's shared services: they are
-``exclusive`` and run while no other test uses that service. 2b restarts a
-RabbitMQ node of its own, 20 times, and holds up nobody."""
+Each stops or alarms a server of its own (a RabbitMQ node, a PostgreSQL
+cluster), never the machine's: the rest of the suite goes on beside it."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -28,22 +26,15 @@ from shipcast.settings import Settings
 
 from ..conftest import make_settings
 from ..helpers import Receiver, applied, eventually
-from .harness import (Accounts, Oms, Row, Target, account, cluster_sh, processes, ready, recovery, summary,
-                      webhook_doc)
+from .conftest import OwnBroker, OwnPostgresql
+from .harness import Accounts, Oms, Row, Target, account, processes, ready, recovery, summary, webhook_doc
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
 
 N = 10_000
-#: For the scenarios that stop or alarm RabbitMQ: every other test waits while they run.
+#: For the scenarios that stop or alarm RabbitMQ.
 N_ALONE = 5_000
 WORKERS = ("worker", "--channel", "webhook", "--channel", "archive")
-
-
-async def run(*command: str) -> str:
-    """A command off the event loop: shipcast and the receivers keep serving meanwhile."""
-    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
-    return done.stdout
 
 
 def delivered(targets: Sequence[Target]) -> int:
@@ -70,9 +61,8 @@ async def recorded(services: Services) -> set[str]:
     return {row["event_id"] for row in rows}
 
 
-@pytest.mark.exclusive("rabbitmq")
-async def test_2_rabbitmq_restarted_during_a_run(vhost: str, pg_url: str, record_property: Any) -> None:
-    settings = make_settings(vhost, pg_url)
+async def test_2_rabbitmq_restarted_during_a_run(own_broker: OwnBroker, pg_url: str, record_property: Any) -> None:
+    settings = make_settings("", pg_url, amqp_url=own_broker.amqp_url, management_url=own_broker.management_url)
     base_url = f"http://127.0.0.1:{settings.port}"
     async with Receiver() as main:
         targets = [Target("acme", "main", main)]
@@ -82,14 +72,14 @@ async def test_2_rabbitmq_restarted_during_a_run(vhost: str, pg_url: str, record
             oms = Oms(base_url, settings.api_token or "", ["acme"], N_ALONE, rate=500, hold=0.6).start()
             await eventually(lambda: oms.sent >= N_ALONE * 0.4 and delivered(targets), timeout=60)
             try:
-                await run("rabbitmqctl", "stop_app")
+                await own_broker.ctl("stop_app")
                 # While it is down, ingest refuses (the OMS posts again) and a load balancer takes the API out.
                 code, body = await eventually(lambda: _unready(base_url), timeout=30)
                 assert body["broker"] == "down"
                 oms.resume()
                 await asyncio.sleep(5)
             finally:
-                await run("rabbitmqctl", "start_app")
+                await own_broker.ctl("start_app")
             restarted = time.monotonic()
             await ready(base_url, timeout=60)
             recovered = await recovery(restarted, targets, oms)
@@ -149,13 +139,12 @@ async def _recorded_all(services: Services, ids: set[str]) -> bool:
 
 
 @asynccontextmanager
-async def postgresql_stopped() -> AsyncIterator[None]:
-    cluster = (await run("ls", "/etc/postgresql")).split()[0]
-    await run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast")
+async def postgresql_stopped(server: OwnPostgresql) -> AsyncIterator[None]:
+    await server.stop()
     try:
         yield
     finally:
-        await run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start")
+        await server.start()
 
 
 @asynccontextmanager
@@ -172,9 +161,10 @@ async def sqlite_locked(database: Path) -> AsyncIterator[None]:
         locker.close()
 
 
-@pytest.mark.exclusive("postgresql")
-async def test_5_postgresql_stopped_for_30_s(vhost: str, pg_url: str, record_property: Any) -> None:
-    oms, accounts, recovered, during = await store_outage(make_settings(vhost, pg_url), 250, postgresql_stopped(), 30)
+async def test_5_postgresql_stopped_for_30_s(vhost: str, own_postgresql: OwnPostgresql,
+                                             record_property: Any) -> None:
+    oms, accounts, recovered, during = await store_outage(make_settings(vhost, own_postgresql.url), 250,
+                                                          postgresql_stopped(own_postgresql), 30)
     Row("5. PostgreSQL stopped", oms.sent, "pg_ctlcluster stop -m fast, 30 s down, start",
         0, accounts.duplicates, accounts.parked, recovered,
         f"{during} deliveries while it was down (in flight when it stopped); archive complete; store and "
@@ -200,11 +190,10 @@ ALARMS = {
 }
 
 
-@pytest.mark.exclusive("rabbitmq")
-async def test_6_memory_and_disk_alarms(vhost: str, pg_url: str, record_property: Any) -> None:
+async def test_6_memory_and_disk_alarms(own_broker: OwnBroker, pg_url: str, record_property: Any) -> None:
     """While an alarm blocks publishers, ingest answers 503 at once rather
     than hanging; when it clears, everything flows again."""
-    settings = make_settings(vhost, pg_url)
+    settings = make_settings("", pg_url, amqp_url=own_broker.amqp_url, management_url=own_broker.management_url)
     base_url = f"http://127.0.0.1:{settings.port}"
     answers: dict[str, tuple[int, float, str]] = {}
     async with Receiver() as main:
@@ -218,8 +207,8 @@ async def test_6_memory_and_disk_alarms(vhost: str, pg_url: str, record_property
                 await eventually(lambda: oms.sent >= (0.2, 0.6)[len(answers)] * N_ALONE and delivered(targets),
                                  timeout=60)
                 try:
-                    await run("rabbitmqctl", *raise_it)
-                    await eventually(lambda: _alarm_on(alarm), timeout=30)
+                    await own_broker.ctl(*raise_it)
+                    await eventually(lambda: _alarm_on(own_broker, alarm), timeout=30)
                     oms.resume(until=0.8 if not answers else None)
                     # RabbitMQ tells a connection it is blocked once it publishes: the first post
                     # after the alarm may wait out the confirm timeout (documented); the next is refused at once.
@@ -228,8 +217,8 @@ async def test_6_memory_and_disk_alarms(vhost: str, pg_url: str, record_property
                                                       timeout=30)
                     await asyncio.sleep(3)
                 finally:
-                    await run("rabbitmqctl", *clear_it)
-                await eventually(lambda: _alarm_off(), timeout=30)
+                    await own_broker.ctl(*clear_it)
+                await eventually(lambda: _alarm_off(own_broker), timeout=30)
                 cleared = time.monotonic()
                 recoveries.append(await recovery(cleared, targets))
             await oms.done()
@@ -246,16 +235,12 @@ async def test_6_memory_and_disk_alarms(vhost: str, pg_url: str, record_property
     assert all(code == 503 and "blocked publishing" in detail for code, _, detail in answers.values()), answers
 
 
-async def _alarms() -> str:
-    return await run("rabbitmq-diagnostics", "-q", "alarms")
+async def _alarm_on(node: OwnBroker, kind: str) -> bool:
+    return kind in (await node.diagnostics("-q", "alarms")).lower()
 
 
-async def _alarm_on(kind: str) -> bool:
-    return kind in (await _alarms()).lower()
-
-
-async def _alarm_off() -> bool:
-    return "no alarms" in (await _alarms()).lower()
+async def _alarm_off(node: OwnBroker) -> bool:
+    return "no alarms" in (await node.diagnostics("-q", "alarms")).lower()
 
 
 async def _refused_at_once(base_url: str, token: str) -> tuple[int, float, str] | None:
@@ -278,36 +263,19 @@ RESTARTS = 20
 AGAIN_WHILE_RECONNECTING = {4, 11, 18}
 #: How soon, after the broker is up, ingest must publish again.
 RECOVERY_BOUND = 5.0
-#: The node of RabbitMQ scenario 2b restarts: one of its own (``deploy/cluster.sh alone``),
-#: so the rest of the suite goes on with the main node meanwhile.
-OWN_NODE = "4"
-
-
-@pytest.fixture
-async def own_broker() -> AsyncIterator[str]:
-    """A RabbitMQ node of the test's own, beside the main one: its AMQP URL."""
-    await asyncio.to_thread(cluster_sh, "remove", OWN_NODE)  # one left by an interrupted run
-    try:
-        await asyncio.to_thread(cluster_sh, "alone", OWN_NODE)
-        yield f"amqp://guest:guest@127.0.0.1:570{OWN_NODE}/"
-    finally:
-        await asyncio.to_thread(cluster_sh, "remove", OWN_NODE)
 
 
 @pytest.mark.timeout(900)
-async def test_2b_rabbitmq_restarted_20_times(own_broker: str, sqlite_url: str, record_property: Any) -> None:
+async def test_2b_rabbitmq_restarted_20_times(own_broker: OwnBroker, sqlite_url: str, record_property: Any) -> None:
     """After every one of 20 restarts (0.5 to 10 s down, some while shipcast
     is still reconnecting), ingest publishes again within 5 s of the broker
     being up, /readyz is 200 only when a publish with confirm succeeds, and
     every confirmed event is archived."""
-    settings = make_settings("", sqlite_url, amqp_url=own_broker, management_url=f"http://127.0.0.1:1570{OWN_NODE}")
+    settings = make_settings("", sqlite_url, amqp_url=own_broker.amqp_url, management_url=own_broker.management_url)
     base_url = f"http://127.0.0.1:{settings.port}"
     headers = {"authorization": f"Bearer {settings.api_token}"}
     confirmed: list[str] = []
     worst = 0.0
-
-    async def rabbitmqctl(command: str) -> None:
-        await asyncio.to_thread(cluster_sh, "ctl", OWN_NODE, command)
 
     async with applied(settings, webhook_doc([])) as services, \
             processes(settings, ("api",), ("worker", "--channel", "archive")), \
@@ -326,16 +294,16 @@ async def test_2b_rabbitmq_restarted_20_times(own_broker: str, sqlite_url: str, 
             return response.status_code
 
         for restart in range(RESTARTS):
-            await rabbitmqctl("stop_app")
+            await own_broker.ctl("stop_app")
             await eventually(lambda: _unready(base_url), timeout=30)
             assert await post() == 503  # refused while down, never accepted unconfirmed
             await asyncio.sleep(DOWN_TIMES[restart % len(DOWN_TIMES)])
             if restart in AGAIN_WHILE_RECONNECTING:
-                await rabbitmqctl("start_app")
+                await own_broker.ctl("start_app")
                 await asyncio.sleep(0.3)
-                await rabbitmqctl("stop_app")
+                await own_broker.ctl("stop_app")
                 await asyncio.sleep(1)
-            await rabbitmqctl("start_app")
+            await own_broker.ctl("start_app")
             up = time.monotonic()
             # Ready must mean a publish can be confirmed: every 200 is followed at once by a 202.
             while time.monotonic() - up < RECOVERY_BOUND + 10:
