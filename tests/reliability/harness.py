@@ -153,6 +153,19 @@ class Oms:
     def sent(self) -> int:
         return len(self.confirmed)
 
+    def stopped(self) -> str:
+        """Why the OMS stopped posting before its last event, if it did ("" if it did not)."""
+        return stopped(self._task)
+
+
+def stopped(task: asyncio.Task[None] | None) -> str:
+    """Why an OMS's task ended, if it did: said with a scenario's failure."""
+    if task is None or not task.done():
+        return ""
+    if task.cancelled():
+        return "; its task was cancelled"
+    return f"; its task ended: {task.exception()!r}" if task.exception() else "; its task ended"
+
 
 @dataclass
 class Target:
@@ -264,7 +277,7 @@ async def recovery(fault_ended: float, targets: Sequence[Target], oms: Oms | Non
     except AssertionError:
         delivered = sum(1 for t in targets for r in t.receiver.delivered if r.at >= fault_ended)
         state = (f"; the OMS has {oms.sent} confirmed, refusals {dict(oms.refusals)}, the last: {oms.last_refusal}"
-                 if oms is not None else "")
+                 f"{oms.stopped()}" if oms is not None else "")
         raise AssertionError(f"delivery did not resume in {timeout}s after the fault: {delivered} deliveries "
                              f"since{state}") from None
     return float(seconds)

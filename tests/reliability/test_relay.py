@@ -35,12 +35,14 @@ from tests.bound import example
 from ..conftest import PG_ADMIN_URL, free_port, make_settings
 from ..helpers import Receiver, Subprocess, applied, eventually
 from .conftest import OwnBroker, OwnPostgresql
-from .harness import EVENT_TYPES, Row, Target, account, recovery, summary, webhook_doc
+from .harness import EVENT_TYPES, Row, Target, account, recovery, stopped, summary, webhook_doc
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
 
 N = 4_000
 TABLE = "shipcast_outbox"
+#: Seconds an OMS transaction (connect, insert, commit) may take before it counts as failed.
+COMMIT_TIMEOUT = 5
 
 
 def _dsn(url: str) -> str:
@@ -102,21 +104,27 @@ class OutboxOms:
 
     async def _commit(self, body: dict[str, Any]) -> None:
         while True:
+            conn = None
             try:
-                conn = await asyncpg.connect(_dsn(self.url), timeout=5)
-                try:
+                # Bounded: a statement the restart cuts off half way fails and is tried again, rather
+                # than holding the OMS (and its ledger) still. Its commit may have landed: the row is
+                # then in the outbox twice, with one event id, as an OMS's retry would leave it.
+                async with asyncio.timeout(COMMIT_TIMEOUT):
+                    conn = await asyncpg.connect(_dsn(self.url))
                     async with conn.transaction():
                         await conn.execute(
                             f"INSERT INTO {TABLE} (event_id, partner_id, order_id, payload) VALUES ($1, $2, $3, $4)",
                             body["event_id"], body["partner_id"], body["order"]["order_id"],
                             orjson.dumps(body).decode())
-                finally:
                     await conn.close()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001  # any failed transaction is tried again, as an OMS's would be
                 self.refusals[type(exc).__name__] += 1
                 self.last_refusal = repr(exc)
                 await asyncio.sleep(0.2)
                 continue
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()  # a close cut off by the timeout: its reply may never come
             self.confirmed[body["event_id"]] = time.monotonic()
             return
 
@@ -146,6 +154,9 @@ class OutboxOms:
     @property
     def sent(self) -> int:
         return len(self.confirmed)
+
+    def stopped(self) -> str:
+        return stopped(self._task)
 
 
 async def pending(url: str) -> int:
