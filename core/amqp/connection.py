@@ -105,13 +105,26 @@ class Broker:
         url = aio_pika.connection.make_url(self.settings.amqp_url)
         return str(url.with_password("***")) if url.password else str(url)
 
+    async def _open(self) -> AbstractRobustConnection:
+        """A robust connection, once its first connect succeeded. aio-pika's
+        ``connect_robust`` leaves a connection whose first connect failed, or
+        was cancelled, unclosed in a reference cycle: one more for every retry
+        while the broker is down, each closed (if ever) by a finalizer that
+        cannot schedule the close when a collection runs on another thread."""
+        url = aio_pika.connection.make_url(self.settings.amqp_url, reconnect_interval=1)
+        connection = aio_pika.RobustConnection(url, client_properties={"connection_name": "shipcast"})
+        try:
+            await connection.connect()
+        except BaseException:
+            await asyncio.shield(connection.close())
+            raise
+        return connection
+
     async def _connect(self) -> None:
         delay = 0.2
         while self.connection is None:
             try:
-                connection = await aio_pika.connect_robust(
-                    self.settings.amqp_url, reconnect_interval=1, client_properties={"connection_name": "shipcast"}
-                )
+                connection = await self._open()
             except _BROKER_ERRORS as exc:
                 log.warning("RabbitMQ at %s unreachable (%s); retrying", self._safe_url, exc)
                 await asyncio.sleep(delay)

@@ -1,0 +1,50 @@
+"""Connecting to a broker that is not there: every failed attempt's
+connection is closed, none left for a finalizer to close.
+
+aio-pika's ``connect_robust`` leaves a connection whose first connect failed
+unclosed, in a reference cycle. A collection that happens to run on another
+thread (a store's, say) then finalizes it there, where its close cannot be
+scheduled: "coroutine 'RobustConnection.close' was never awaited", one per
+retry for as long as the broker is down."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import socket
+
+import aio_pika
+import pytest
+
+from shipcast.amqp.connection import Broker
+
+from ..conftest import make_settings
+from ..helpers import eventually
+
+pytestmark = pytest.mark.fast
+
+
+def refused_port() -> int:
+    """A port nothing listens on (bound, never listened: connects are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def unclosed() -> list[aio_pika.RobustConnection]:
+    # No gc.collect(): a collection here would run the finalizers on this thread and hide them.
+    return [o for o in gc.get_objects() if isinstance(o, aio_pika.RobustConnection) and not o.is_closed]
+
+
+async def test_each_refused_attempt_closes_its_connection(caplog: pytest.LogCaptureFixture) -> None:
+    settings = make_settings("", "sqlite+aiosqlite://", amqp_url=f"amqp://guest:guest@127.0.0.1:{refused_port()}/")
+    before = len(unclosed())
+    broker = Broker(settings)
+    with caplog.at_level(logging.WARNING, logger="shipcast.amqp.connection"):
+        await broker.start()
+        try:
+            await eventually(lambda: sum("unreachable" in r.getMessage() for r in caplog.records) >= 2, timeout=10)
+            assert len(unclosed()) == before, "a refused attempt left its connection open"
+        finally:
+            await broker.close()
+    assert len(unclosed()) == before
