@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import sqlalchemy as sa
 import yaml
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from shipcast import metrics
 from shipcast.delivery.isolation import Gates
@@ -42,6 +44,20 @@ async def _post(http: httpx.AsyncClient, events: list[dict[str, Any]]) -> bool:
         return (await http.post("/v1/events", json=events)).status_code == 202
     except httpx.HTTPError:
         return False
+
+
+async def _logged(settings: Settings, n: int) -> bool:
+    """Whether the delivery log holds ``n`` webhook deliveries as delivered."""
+    from shipcast.store.tables import deliveries
+
+    engine = create_async_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            count = (await conn.execute(sa.select(sa.func.count()).select_from(deliveries).where(
+                deliveries.c.channel == "webhook", deliveries.c.status == "delivered"))).scalar_one()
+    finally:
+        await engine.dispose()
+    return int(count) >= n
 
 
 def _figure(text: str, line_start: str) -> float:
@@ -72,6 +88,9 @@ async def test_two_processes_share_the_port_and_the_queues_and_a_killed_one_come
                 for at in range(0, len(first), 4):  # several requests: the kernel spreads the connections
                     assert await _post(http, first[at:at + 4])
                 await eventually(lambda: len(set(receiver.ids)) == len(first), timeout=60)
+                # Each logged too: a delivery the kill cut off between its POST and its record
+                # would rightly be sent again, and the check below is of the deliveries not in flight.
+                await eventually(lambda: _logged(settings, len(first)), timeout=30)
 
                 # kill -9 one process: the other goes on, and the dead one is started again.
                 os.kill(children[1], signal.SIGKILL)
