@@ -55,10 +55,14 @@ async def tasks_end_with_the_session() -> AsyncIterator[None]:
 SERVICE_FIXTURES = {"vhost", "management", "pg_database", "database_url", "settings", "shipcast"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under tests/fast/ is in the fast tier; and a test marked
     ``fast`` that asks for a service is refused, so the tier stays one that
-    runs with no service at all."""
+    runs with no service at all. In several processes, the slow tests start
+    first (:func:`slow_first`)."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        items[:] = slow_first(items, int(workers))
     fast_dir = Path(__file__).parent / "fast"
     for item in items:
         if fast_dir in Path(str(item.path)).parents:
@@ -68,6 +72,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if wanted or item.get_closest_marker("broker") or item.get_closest_marker("store"):
                 raise pytest.UsageError(f"{item.nodeid} is marked fast but needs a service "
                                         f"({', '.join(sorted(wanted)) or 'broker/store marker'})")
+
+
+def slow_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """The collection reordered for ``workers`` processes. pytest-xdist's
+    worksteal hands each process a contiguous share of the collection (each
+    share ``len(rest) // processes left``) and an idle process takes the end
+    of the longest queue. The tests marked ``slow`` open the shares, dealt in
+    turn, the longest timeout first: a scenario of minutes starts at the
+    beginning, beside the others, rather than last and alone. Every process
+    reorders the same collection the same way, as xdist requires."""
+    slow = sorted((item for item in items if item.get_closest_marker("slow")), key=_timeout, reverse=True)
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for n, item in enumerate(slow):
+        shares[n % workers].append(item)
+    left = len(items)
+    for k, share in enumerate(shares):
+        size = left // (workers - k)
+        left -= size
+        while len(share) < size and rest:
+            share.append(rest.pop(0))
+    return [item for share in shares for item in share] + rest
+
+
+def _timeout(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0]) if marker is not None and marker.args else 0.0
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
