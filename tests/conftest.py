@@ -55,14 +55,26 @@ async def tasks_end_with_the_session() -> AsyncIterator[None]:
 SERVICE_FIXTURES = {"vhost", "management", "pg_database", "database_url", "settings", "shipcast"}
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    """In several processes under worksteal, the slow tests start first (:func:`slow_first`)."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers and getattr(config.option, "dist", None) == "worksteal":
+        config.pluginmanager.register(SlowFirst(int(workers)), "shipcast-slow-first")
+
+
+class SlowFirst:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    @pytest.hookimpl(trylast=True)  # after -k, -m and --deselect: the shares are of what runs
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        items[:] = slow_first(items, self.workers)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/fast/ is in the fast tier; and a test marked
     ``fast`` that asks for a service is refused, so the tier stays one that
-    runs with no service at all. In several processes, the slow tests start
-    first (:func:`slow_first`)."""
-    workers = getattr(config, "workerinput", {}).get("workercount")
-    if workers:
-        items[:] = slow_first(items, int(workers))
+    runs with no service at all."""
     fast_dir = Path(__file__).parent / "fast"
     for item in items:
         if fast_dir in Path(str(item.path)).parents:
@@ -84,16 +96,23 @@ def slow_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
     reorders the same collection the same way, as xdist requires."""
     slow = sorted((item for item in items if item.get_closest_marker("slow")), key=_timeout, reverse=True)
     rest = [item for item in items if not item.get_closest_marker("slow")]
-    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
-    for n, item in enumerate(slow):
-        shares[n % workers].append(item)
+    sizes: list[int] = []
     left = len(items)
-    for k, share in enumerate(shares):
-        size = left // (workers - k)
-        left -= size
-        while len(share) < size and rest:
-            share.append(rest.pop(0))
-    return [item for share in shares for item in share] + rest
+    for k in range(workers):
+        sizes.append(left // (workers - k))
+        left -= sizes[-1]
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    turn = 0
+    for item in slow:  # dealt in turn, to the shares with room
+        while len(shares[turn % workers]) >= sizes[turn % workers]:
+            turn += 1
+        shares[turn % workers].append(item)
+        turn += 1
+    for share, size in zip(shares, sizes, strict=True):
+        room = size - len(share)
+        share.extend(rest[:room])
+        del rest[:room]
+    return [item for share in shares for item in share]
 
 
 def _timeout(item: pytest.Item) -> float:

@@ -63,3 +63,12 @@ def test_more_processes_than_slow_tests_and_an_uneven_split() -> None:
     assert [i.name for i in order][0] == "slow"
     assert sorted(i.name for i in order) == sorted(i.name for i in items)
     assert [len(share) for share in shares(order, 3)] == [2, 3, 3]
+
+
+def test_when_every_test_is_slow_each_share_still_opens_with_one_of_the_longest() -> None:
+    items = [item(f"s{n}", timeout=100 * (n + 1), slow=True) for n in range(11)]  # s10 the longest
+    order = slow_first(items, 4)  # type: ignore[arg-type]
+    assert sorted(i.name for i in order) == sorted(i.name for i in items)
+    first = shares(order, 4)
+    assert [len(share) for share in first] == [2, 3, 3, 3]
+    assert [share[0] for share in first] == ["s10", "s9", "s8", "s7"]
