@@ -12,6 +12,8 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import weakref
+from typing import Any
 
 import aio_pika
 import pytest
@@ -31,20 +33,29 @@ def refused_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def unclosed() -> list[aio_pika.RobustConnection]:
-    # No gc.collect(): a collection here would run the finalizers on this thread and hide them.
-    return [o for o in gc.get_objects() if isinstance(o, aio_pika.RobustConnection) and not o.is_closed]
+async def test_each_refused_attempt_closes_its_connection(caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[weakref.ref[aio_pika.RobustConnection]] = []
+    init = aio_pika.RobustConnection.__init__
 
+    def recorded(self: aio_pika.RobustConnection, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
 
-async def test_each_refused_attempt_closes_its_connection(caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(aio_pika.RobustConnection, "__init__", recorded)
     settings = make_settings("", "sqlite+aiosqlite://", amqp_url=f"amqp://guest:guest@127.0.0.1:{refused_port()}/")
-    before = len(unclosed())
     broker = Broker(settings)
-    with caplog.at_level(logging.WARNING, logger="shipcast.amqp.connection"):
-        await broker.start()
-        try:
-            await eventually(lambda: sum("unreachable" in r.getMessage() for r in caplog.records) >= 2, timeout=10)
-            assert len(unclosed()) == before, "a refused attempt left its connection open"
-        finally:
-            await broker.close()
-    assert len(unclosed()) == before
+    gc.disable()  # a collection here would close a leaked connection by its finalizer, and hide it
+    try:
+        with caplog.at_level(logging.WARNING, logger="shipcast.amqp.connection"):
+            await broker.start()
+            try:
+                await eventually(lambda: sum("unreachable" in r.getMessage() for r in caplog.records) >= 2,
+                                 timeout=10)
+            finally:
+                await broker.close()
+        connections = [c for ref in made if (c := ref()) is not None]
+        assert len(connections) >= 2, "each attempt makes a connection"
+        assert all(c.is_closed for c in connections), "a refused attempt left its connection open"
+    finally:
+        gc.enable()
