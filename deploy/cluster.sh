@@ -132,6 +132,6 @@ case "${1:-}" in
     for n in "${NODES[@]}"; do remove_node "$n"; done  # a node started alone is left running
     ;;
   *)
-    sed -n '2,21p' "$0"; exit 2
+    sed -n '2,22p' "$0"; exit 2
     ;;
 esac

@@ -12,12 +12,17 @@ import contextlib
 import fcntl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from shipcast.settings import Settings
+
+from ..conftest import make_settings
 
 from .harness import cluster_sh, run
 
@@ -35,8 +40,8 @@ async def pg_url(pg_database: str) -> AsyncIterator[str]:
     yield pg_database
 
 
-@contextlib.contextmanager
-def _slot(kind: str, numbers: Sequence[int], wait: float = 600) -> Iterator[int]:
+@contextlib.asynccontextmanager
+async def _slot(kind: str, numbers: Sequence[int], wait: float = 600) -> AsyncIterator[int]:
     """One of ``numbers`` no other test process holds, held until the block ends:
     the servers of two scenarios running side by side never share a port."""
     deadline = time.monotonic() + wait
@@ -51,7 +56,7 @@ def _slot(kind: str, numbers: Sequence[int], wait: float = 600) -> Iterator[int]
                 yield number
                 return
         assert time.monotonic() < deadline, f"every {kind} of {list(numbers)} was taken for {wait:.0f}s"
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,11 @@ class OwnBroker:
     def management_url(self) -> str:
         return f"http://127.0.0.1:{15700 + self.number}"
 
+    def settings(self, database_url: str, **overrides: Any) -> Settings:
+        """The test's settings, on this node."""
+        return make_settings("", database_url, amqp_url=self.amqp_url, management_url=self.management_url,
+                             **overrides)
+
     async def ctl(self, *command: str) -> str:
         """``rabbitmqctl`` on this node."""
         return await asyncio.to_thread(cluster_sh, "ctl", str(self.number), *command)
@@ -81,7 +91,7 @@ class OwnBroker:
 async def own_broker() -> AsyncIterator[OwnBroker]:
     """A RabbitMQ node to stop, restart and alarm: nodes 4 to 9 of
     ``deploy/cluster.sh`` (1 to 3 are its cluster's)."""
-    with _slot("rabbitmq-node", range(4, 10)) as number:
+    async with _slot("rabbitmq-node", range(4, 10)) as number:
         node = str(number)
         await asyncio.to_thread(cluster_sh, "remove", node)  # one left by an interrupted run
         try:
@@ -104,18 +114,21 @@ class OwnPostgresql:
         """Its ``postgres`` database, as SQLAlchemy's asyncpg URL."""
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
 
-    async def stop(self) -> None:
+    @contextlib.asynccontextmanager
+    async def stopped(self) -> AsyncIterator[None]:
+        """Stopped (``-m fast``: sessions ended, a shutdown checkpoint) for the block, started again after it."""
         await run("pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop", "-m", "fast")
-
-    async def start(self) -> None:
-        await run("pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start")
+        try:
+            yield
+        finally:
+            await run("pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start")
 
 
 @pytest.fixture
 async def own_postgresql() -> AsyncIterator[OwnPostgresql]:
     """A PostgreSQL server to stop and start, of the machine's version, on ports 5441 to 5446."""
-    version = sorted(path.name for path in Path("/etc/postgresql").iterdir())[-1]
-    with _slot("postgresql", range(1, 7)) as number:
+    version = max((path.name for path in Path("/etc/postgresql").iterdir()), key=lambda name: float(name))
+    async with _slot("postgresql", range(1, 7)) as number:
         server = OwnPostgresql(version, f"shipcast_own_{number}", 5440 + number)
 
         async def drop() -> None:
@@ -124,8 +137,9 @@ async def own_postgresql() -> AsyncIterator[OwnPostgresql]:
 
         await drop()  # one left by an interrupted run
         try:
+            # Started by the test alone: one an interrupted run left behind does not come back with the service.
             await run("pg_createcluster", version, server.name, "--port", str(server.port), "--start",
-                       "--", "--auth=trust")
+                      "--start-conf=manual", "--", "--auth=trust")
             yield server
         finally:
             await drop()

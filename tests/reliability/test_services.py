@@ -62,7 +62,7 @@ async def recorded(services: Services) -> set[str]:
 
 
 async def test_2_rabbitmq_restarted_during_a_run(own_broker: OwnBroker, pg_url: str, record_property: Any) -> None:
-    settings = make_settings("", pg_url, amqp_url=own_broker.amqp_url, management_url=own_broker.management_url)
+    settings = own_broker.settings(pg_url)
     base_url = f"http://127.0.0.1:{settings.port}"
     async with Receiver() as main:
         targets = [Target("acme", "main", main)]
@@ -139,15 +139,6 @@ async def _recorded_all(services: Services, ids: set[str]) -> bool:
 
 
 @asynccontextmanager
-async def postgresql_stopped(server: OwnPostgresql) -> AsyncIterator[None]:
-    await server.stop()
-    try:
-        yield
-    finally:
-        await server.start()
-
-
-@asynccontextmanager
 async def sqlite_locked(database: Path) -> AsyncIterator[None]:
     """Another process's write lock on the database (it waits for the store's
     own writes in flight to finish first)."""
@@ -164,7 +155,7 @@ async def sqlite_locked(database: Path) -> AsyncIterator[None]:
 async def test_5_postgresql_stopped_for_30_s(vhost: str, own_postgresql: OwnPostgresql,
                                              record_property: Any) -> None:
     oms, accounts, recovered, during = await store_outage(make_settings(vhost, own_postgresql.url), 250,
-                                                          postgresql_stopped(own_postgresql), 30)
+                                                          own_postgresql.stopped(), 30)
     Row("5. PostgreSQL stopped", oms.sent, "pg_ctlcluster stop -m fast, 30 s down, start",
         0, accounts.duplicates, accounts.parked, recovered,
         f"{during} deliveries while it was down (in flight when it stopped); archive complete; store and "
@@ -193,7 +184,7 @@ ALARMS = {
 async def test_6_memory_and_disk_alarms(own_broker: OwnBroker, pg_url: str, record_property: Any) -> None:
     """While an alarm blocks publishers, ingest answers 503 at once rather
     than hanging; when it clears, everything flows again."""
-    settings = make_settings("", pg_url, amqp_url=own_broker.amqp_url, management_url=own_broker.management_url)
+    settings = own_broker.settings(pg_url)
     base_url = f"http://127.0.0.1:{settings.port}"
     answers: dict[str, tuple[int, float, str]] = {}
     async with Receiver() as main:
@@ -273,7 +264,7 @@ async def test_2b_rabbitmq_restarted_20_times(own_broker: OwnBroker, sqlite_url:
     is still reconnecting), ingest publishes again within 5 s of the broker
     being up, /readyz is 200 only when a publish with confirm succeeds, and
     every confirmed event is archived."""
-    settings = make_settings("", sqlite_url, amqp_url=own_broker.amqp_url, management_url=own_broker.management_url)
+    settings = own_broker.settings(sqlite_url)
     base_url = f"http://127.0.0.1:{settings.port}"
     headers = {"authorization": f"Bearer {settings.api_token}"}
     confirmed: list[str] = []
