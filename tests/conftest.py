@@ -56,9 +56,12 @@ SERVICE_FIXTURES = {"vhost", "management", "pg_database", "database_url", "setti
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """In several processes under worksteal, the slow tests start first (:func:`slow_first`)."""
+    """In several processes, the slow tests start first (:func:`slow_first`). A
+    worker cannot tell the scheduler (xdist sets its ``--dist`` to "no"); the
+    order is made for worksteal's, which ``make test`` uses, and under another
+    it still starts the slow tests early."""
     workers = getattr(config, "workerinput", {}).get("workercount")
-    if workers and getattr(config.option, "dist", None) == "worksteal":
+    if workers:
         config.pluginmanager.register(SlowFirst(int(workers)), "shipcast-slow-first")
 
 
