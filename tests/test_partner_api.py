@@ -94,7 +94,8 @@ async def test_endpoints_are_registered_updated_and_deleted_by_the_partner(
         again = await acme.post("/v1/partners/acme/endpoints", json={"id": "orders", "url": receiver.url})
         assert again.status_code == 409
 
-        await acme.post("/v1/events")  # refused (403), and nothing else happens
+        refused = await acme.post("/v1/events", json=body_of("OFD"))  # and nothing else happens
+        assert refused.status_code == 403 and "scoped to partner 'acme'" in refused.json()["detail"], refused.text
         await shipcast.http.post("/v1/events", json=[body_of("OFD"), body_of("DEL")])
         await eventually(lambda: len(receiver.requests) == 1)
         assert receiver.requests[0].json["event_type"] == "OFD"

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import aio_pika
+import httpx
 import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -287,6 +288,59 @@ class TestIngest:
             assert response.status_code == 401
             assert "SHIPCAST_API_TOKEN is not set" in response.json()["detail"]
         assert await shipcast.services.store.list_events() == []
+
+    async def test_the_token_is_read_as_every_route_reads_it_and_a_body_may_come_in_pieces(
+            self, shipcast: ShipcastProcess, receiver: Receiver) -> None:
+        """Ingest serves the operator's token itself, past FastAPI's routing
+        (a lean path); it reads the token as the other routes' dependency does."""
+        await shipcast.apply(partners_doc("acme", receiver.url))
+        sent = []
+        for header in (f"bearer {TOKEN}", f"BEARER   {TOKEN}", f"Bearer {TOKEN}"):
+            event = body_of("OFD")
+            response = await shipcast.http.post("/v1/events", json=event, headers={"authorization": header})
+            assert response.status_code == 202 and response.json() == {"ids": [event["event_id"]]}, header
+            assert response.headers["content-type"] == "application/json"
+            sent.append(event["event_id"])
+        for header in (f"Bearer{TOKEN}", f"Token {TOKEN}", f"Bearer {TOKEN}x", "Bearer"):
+            response = await shipcast.http.post("/v1/events", json=body_of("OFD"), headers={"authorization": header})
+            assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer", header
+        # Of two Authorization headers, the first is the one read, by ingest as by every route.
+        async with httpx.AsyncClient(base_url=shipcast.base_url) as bare:
+            twice = [("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN}")]
+            refused = await bare.post("/v1/events", json=body_of("OFD"), headers=twice)
+            assert refused.status_code == 401
+            assert (await bare.get("/v1/partners", headers=twice)).status_code == 401
+
+            # A body sent in pieces (chunked, no length) is read whole.
+            event = body_of("DEL")
+            raw = orjson.dumps(event)
+
+            async def pieces() -> Any:
+                for start in range(0, len(raw), 100):
+                    yield raw[start:start + 100]
+
+            response = await bare.post("/v1/events", content=pieces(),
+                                       headers={"authorization": f"Bearer {TOKEN}", "content-type": "application/json"})
+            assert response.status_code == 202 and response.json() == {"ids": [event["event_id"]]}
+            sent.append(event["event_id"])
+
+        # A caller gone half way through its body gets no answer, and nothing of it is published.
+        cut = body_of("RET")
+        raw = orjson.dumps(cut)
+        reader, writer = await asyncio.open_connection("127.0.0.1", shipcast.settings.port)
+        writer.write(b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"authorization: Bearer " + TOKEN.encode() + b"\r\ncontent-length: "
+                     + str(len(raw)).encode() + b"\r\n\r\n" + raw[: len(raw) // 2])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+        assert await reader.read() == b""
+        last = body_of("FAIL")
+        assert (await shipcast.http.post("/v1/events", json=last)).status_code == 202
+        sent.append(last["event_id"])
+        await eventually(lambda: len(receiver.ids) >= len(sent))
+        await asyncio.sleep(0.5)  # time for anything else to arrive
+        assert sorted(receiver.ids) == sorted(sent)
 
     async def test_invalid_events_get_422_with_field_errors_and_nothing_is_published(
             self, shipcast: ShipcastProcess, receiver: Receiver) -> None:

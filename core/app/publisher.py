@@ -70,7 +70,10 @@ class Publisher:
     async def publish_valid(self, events: Sequence[Event]) -> list[str]:
         """Publish events already validated by :func:`parse_events`."""
         self.broker.require()
-        await _gather_all(self.publish_one(event) for event in events)
+        if len(events) == 1:  # most OMSs post one at a time: no task and gather for it
+            await self.publish_one(events[0])
+        else:
+            await _gather_all(self.publish_one(event) for event in events)
         return [event.event_id for event in events]
 
     async def publish_one(self, event: Event) -> None:

@@ -349,19 +349,23 @@ async def ingest(tmp: Path, quick: bool) -> None:
                     async with semaphore, http.post("/v1/events", data=body) as response:
                         assert response.status == 202, await response.text()
 
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), api.cpu()
                 await asyncio.gather(*(post(body) for body in singles))
                 single_rate = len(singles) / (time.perf_counter() - started)
+                single_cpu = (api.cpu() - cpu) / len(singles)
                 batches = [b"[" + b",".join(b for _, b in bodies[i:i + 100]) + b"]" for i in range(0, n, 100)]
                 semaphore = asyncio.Semaphore(4)
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), api.cpu()
                 await asyncio.gather(*(post(batch) for batch in batches))
                 batch_rate = n / (time.perf_counter() - started)
+                batch_cpu = (api.cpu() - cpu) / n
         finally:
             ship.stop()
     report("4. floor: confirmed publishes, windows of 100", floor, "ev/s")
     report("4. POST /v1/events, one event per request (32 clients)", single_rate, "ev/s", floor, "floor")
     report("4. POST /v1/events, batches of 100 (4 clients)", batch_rate, "ev/s", floor, "floor")
+    report("4. API CPU per event, one per request", single_cpu * 1e6, "µs")
+    report("4. API CPU per event, batches of 100", batch_cpu * 1e6, "µs")
 
 
 # -- fan-out -----------------------------------------------------------------------------

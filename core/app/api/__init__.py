@@ -8,7 +8,7 @@ partner-scoped token (``scp_…``) for ``/v1/partners/{its id}/…`` only.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,16 +17,16 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shipcast import __version__, metrics, tracing
+from shipcast import __version__
 from shipcast.app import portal
 from shipcast.app.api import admin, document, ingest, partner
 from shipcast.app.api.access import (
     JSONAnswer,
     Principal,
+    broker_answer,
     errors,
-    is_operator,
+    invalid_answer,
     partner_scope,
     require_token,
 )
@@ -52,56 +52,6 @@ __all__ = ["PARTNER_TOKEN_PREFIX", "Principal", "create_app", "errors", "operati
            "require_token", "services_of", "token_hash"]
 
 
-async def _caller_context(request: Request) -> Mapping[str, str]:
-    """The trace context a ``POST /v1/events`` continues: the caller's, only
-    once it has shown the token ingest requires (a refused request, 401 or
-    403, is a trace of its own, never part of whatever trace its sender
-    names). One ``traceparent`` (several are none), and every ``tracestate``
-    header as one list."""
-    if not await is_operator(request):
-        return tracing.NEW_TRACE
-    parents = request.headers.getlist(tracing.TRACEPARENT)
-    return tracing.carried(parents[0] if len(parents) == 1 else None,
-                           ",".join(request.headers.getlist(tracing.TRACESTATE)))
-
-
-class IngestRequests:
-    """Count each ``POST /v1/events`` by status, and trace it (continuing the
-    OMS's ``traceparent`` when the request carries the token). A plain ASGI
-    middleware: Starlette's ``BaseHTTPMiddleware`` would cost every request a
-    task group and a streamed copy of its answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/events" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        parent = await _caller_context(Request(scope)) if tracing.enabled() else tracing.NEW_TRACE
-        status: int | None = None
-
-        async def answer(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        with tracing.span(ingest.SPAN, "server", parent=parent) as span:
-            try:
-                await self.app(scope, receive, answer)
-            finally:
-                # An answer that never started here (a body over the limit, which the limit's
-                # own 413 answers; a caller gone mid-body; an error) is not counted.
-                if status is not None:
-                    metrics.inc("shipcast_ingest_requests_total", code=str(status))
-                if span is not None:
-                    tracing.describe(span, None, {"http.request.method": "POST", "http.route": "/v1/events",
-                                                  tracing.HTTP_STATUS: status})
-                    if status is None or status >= 500:
-                        tracing.failed(span, f"HTTP {status}" if status else "no answer")
-
-
 def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     """The ASGI app. With ``manage_services`` the app opens and closes the
     services itself; ``shipcast run`` shares them with the workers instead."""
@@ -122,12 +72,11 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     app.state.services = services
     app.state.resend_quota = Quota(-(-services.settings.partner_resend_quota // services.process_share))
 
-    app.add_middleware(IngestRequests)
+    app.add_middleware(ingest.IngestRequests, services=services)
 
     @app.exception_handler(InvalidEvent)
     async def _invalid(request: Request, exc: InvalidEvent) -> JSONResponse:
-        metrics.inc("shipcast_events_rejected_total")
-        return JSONAnswer({"detail": exc.errors}, status_code=422)
+        return invalid_answer(exc)
 
     @app.exception_handler(ConfigError)
     async def _config(request: Request, exc: ConfigError) -> JSONResponse:
@@ -135,7 +84,7 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
 
     @app.exception_handler(BrokerError)
     async def _broker(request: Request, exc: BrokerError) -> JSONResponse:
-        return JSONAnswer({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return broker_answer(exc)
 
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
