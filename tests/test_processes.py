@@ -1,4 +1,4 @@
-"""``shipcast run`` on several processes: one port, the queues consumed
+"""``shipcast run`` (and ``shipcast api``) on several processes: one port, the queues consumed
 competitively, a dead process started again, limits shared out, and
 ``/metrics`` adding up every process's figures."""
 
@@ -144,6 +144,46 @@ async def test_an_ordered_endpoint_under_several_processes_is_warned_about(setti
         warned = [line for line in output.splitlines() if "target acme/main is ordered" in line]
         assert len(warned) == 1, output
         assert "2 consumers deliver from shipcast.webhook" in warned[0] and "--processes 1" in warned[0], output
+
+
+@pytest.mark.slow
+async def test_the_api_alone_on_two_processes_shares_the_port_and_consumes_nothing(
+        settings: Settings, vhost: str, management: httpx.Client, tmp_path: Path) -> None:
+    """`shipcast api --processes 2`: two API processes on one port, the
+    partners file applied by the first, no queue consumed, and `/metrics`
+    adding up both."""
+    config = tmp_path / "shipcast.yaml"
+    config.write_text(yaml.safe_dump(partners_doc("acme", "http://127.0.0.1:9/hook")))
+    process = Subprocess(settings, "api", "--processes", "2", env={"SHIPCAST_CONFIG": str(config)}).start()
+    assert process.process is not None
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=30,
+                                     headers={"authorization": f"Bearer {TOKEN}"}) as http:
+            async def ready() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await http.get("/readyz")).status_code == 200 and len(_children(process.process.pid)) == 2
+                return False
+            await eventually(ready, timeout=60)
+            events = [orjson.loads(example("OFD", partner_id="acme", order_id=f"A{i}").to_json()) for i in range(30)]
+            for event in events:  # a connection each: the kernel spreads them over the processes
+                async with httpx.AsyncClient(base_url=http.base_url, headers=http.headers) as one:
+                    assert (await one.post("/v1/events", json=event)).status_code == 202
+
+            def queued() -> bool:
+                found = management.get(f"/api/queues/{vhost}/shipcast.webhook").json()
+                return found.get("messages") == len(events) and found.get("consumers") == 0
+            await eventually(queued, timeout=30)
+
+            async def counted() -> bool:
+                return _figure((await http.get("/metrics")).text,
+                               'shipcast_ingest_requests_total{code="202"}') == len(events)
+            await eventually(counted, timeout=10)
+        children = _children(process.process.pid)
+    finally:
+        output = process.stop()
+    assert process.process.returncode == 0, output
+    assert "shipcast api: 2 processes" in output, output
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], output
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """``shipcast run`` on every core: a supervisor and several processes, each
-running the API and every channel worker.
+running the API and every channel worker (``shipcast api --processes N``:
+the API alone in each).
 
 The supervisor binds the API's port (and the operations port) once and hands
 the listening sockets to each process, so the kernel spreads connections
@@ -112,11 +113,13 @@ class Process:
 
 
 class Supervisor:
-    """Starts, watches and stops the processes of one ``shipcast run``."""
+    """Starts, watches and stops the processes of one ``shipcast run`` (or
+    ``shipcast api``: ``command``)."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, command: str = "run") -> None:
         self.settings = settings
         self.count = count
+        self.command = command
         self.api = listening_socket(settings.host, settings.port)
         try:
             self.health = listening_socket(settings.host, settings.health_port) \
@@ -134,7 +137,8 @@ class Supervisor:
         was ever ready (its exit status)."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._stop)
-        log.info("shipcast run: %d processes on http://%s:%d", self.count, self.settings.host, self.settings.port)
+        log.info("shipcast %s: %d processes on http://%s:%d", self.command, self.count, self.settings.host,
+                 self.settings.port)
         try:
             self._start(self.processes[0], prepare=True)
             return self._watch()
@@ -188,13 +192,13 @@ class Supervisor:
         was_ready, ran = process.ready, now - process.started_at
         self._forget(process)
         if process.index == 0 and not was_ready and not process.exits:
-            log.error("shipcast run: process 0 exited (%d) before it was ready; stopping", code)
+            log.error("shipcast %s: process 0 exited (%d) before it was ready; stopping", self.command, code)
             return 128 - code if code < 0 else code or 1  # a signal's number as a shell gives it
         process.exits.append(code)
         process.pause = RESTART_FIRST if ran >= RESTART_RESET else min(process.pause * 2, RESTART_MOST)
         process.restart_at = now + process.pause
-        log.error("shipcast run: process %d exited (%d) after %.1fs; starting it again in %.1fs",
-                  process.index, code, ran, process.pause)
+        log.error("shipcast %s: process %d exited (%d) after %.1fs; starting it again in %.1fs",
+                  self.command, process.index, code, ran, process.pause)
         return None
 
     def _forget(self, process: Process) -> None:
@@ -211,8 +215,8 @@ class Supervisor:
                 "health": self.health.fileno() if self.health is not None else None,
                 "ready": write_fd, "prepare": prepare, "metrics": self.shared}
         try:
-            process.popen = subprocess.Popen([sys.executable, "-m", "shipcast", "run", "--child", json.dumps(spec)],
-                                             pass_fds=inherited)
+            process.popen = subprocess.Popen([sys.executable, "-m", "shipcast", self.command, "--child",
+                                              json.dumps(spec)], pass_fds=inherited)
         finally:
             os.close(write_fd)
         process.ready_fd, process.ready = read_fd, False
@@ -231,7 +235,8 @@ class Supervisor:
             try:
                 process.popen.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("shipcast run: process %d did not stop in %.0fs; killing it", process.index, STOP_GRACE)
+                log.error("shipcast %s: process %d did not stop in %.0fs; killing it", self.command, process.index,
+                          STOP_GRACE)
                 process.popen.kill()
                 process.popen.wait()
         for process in self.processes:
@@ -239,12 +244,12 @@ class Supervisor:
                 self._forget(process)
 
 
-def supervise(settings: Settings, count: int) -> int:
-    """Run ``count`` processes of ``shipcast run``; returns the exit status.
+def supervise(settings: Settings, count: int, command: str = "run") -> int:
+    """Run ``count`` processes of ``shipcast run`` (or ``command``); returns the exit status.
 
     :raises ConfigError: the port (or the operations port) cannot be listened on."""
     try:
-        supervisor = Supervisor(settings, count)
+        supervisor = Supervisor(settings, count, command)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {settings.host} port {settings.port}"
                           f"{f' or {settings.health_port}' if settings.health_port is not None else ''}: "

@@ -61,11 +61,29 @@ def run(processes: int | None, child: str | None) -> None:
 
 
 @cli.command()
-def api() -> None:
+@click.option("--processes", type=click.IntRange(0, 256), default=1, show_default=True, metavar="N",
+              help="Processes sharing the port (0: one per CPU).")
+@click.option("--child", hidden=True, default=None, help="Set by shipcast api for the processes it starts.")
+def api(processes: int, child: str | None) -> None:
     """The HTTP API only (ingest, admin, plugin routes)."""
+    from shipcast.app import processes as several
+
+    found = registry()
+    if child is not None:
+        run_command(lambda: several.serve_child(json.loads(child), [], Services.from_settings(
+            found.settings, registry=found)))
+        return
     _announce()
-    run_command(lambda: serve(api=True, worker_names=[], services=Services.from_settings(
-        registry().settings, registry=registry())))
+    count = several.process_count(found.settings.model_copy(update={"processes": processes}))
+    if count == 1:
+        run_command(lambda: serve(api=True, worker_names=[], services=Services.from_settings(
+            found.settings, registry=found)))
+        return
+    try:
+        status = several.supervise(found.settings, count, command="api")
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(status)
 
 
 @cli.command()
