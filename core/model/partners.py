@@ -367,6 +367,16 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# A number in exponent form without a dot or without the exponent's sign (``1e5``,
+# ``-5e-324``, ``2.5E3``) is a number in JSON and in YAML 1.2, but a string to
+# PyYAML's YAML 1.1 rules: a JSON body, or a filter's ``amount: 1e5``, would then
+# be refused as text where a number goes. The forms YAML 1.1 already reads stay its own.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def read_yaml(text: str | bytes) -> Any:
     """Parse a partners document (YAML, or JSON, which is YAML).
 

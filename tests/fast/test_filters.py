@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 
 from shipcast import metrics
 from shipcast.exceptions import ConfigError, PermanentDelivery
@@ -111,6 +112,21 @@ def test_dates_compare_as_dates_and_a_promised_date_from_yaml_is_taken() -> None
     assert check(spec, event_types()) == {}
     assert compile_filter(spec)(promised) and not compile_filter({"order.promised_date": "2024-04-30"})(promised)
     assert not compile_filter(spec)(event())  # no promised date: not compared
+
+
+def test_a_number_in_exponent_form_is_a_number_as_json_and_yaml_1_2_read_it() -> None:
+    # PyYAML's YAML 1.1 rules read 1e5 (no dot) and 1.5e3 (no sign) as text: a partners
+    # document posted as JSON had its filter refused ("must be a number").
+    read = read_yaml('{"a": 1e5, "b": -5e-324, "c": 1.5e3, "d": 1E+2, "e": .5e3, "f": 10, "g": 1.5, '
+                     '"h": "1e5", "i": 1e5x, "j": e5, "k": 1_000}')
+    assert read == {"a": 100000.0, "b": -5e-324, "c": 1500.0, "d": 100.0, "e": 500.0, "f": 10, "g": 1.5,
+                    "h": "1e5", "i": "1e5x", "j": "e5", "k": 1000}
+    assert isinstance(read["f"], int) and isinstance(read["k"], int)
+    spec = read_yaml("order.payment.amount: {gte: 1e3, lt: 2.5e3}")
+    assert check(spec, event_types()) == {}
+    assert compile_filter(spec)(event())  # its amount is 1499
+    assert not compile_filter(read_yaml("order.payment.amount: {gte: 1.5e3}"))(event())
+    assert yaml.safe_load("a: 1e5") == {"a": "1e5"}  # YAML's own loader is left as it is
 
 
 #: A wrong filter, and the errors by where they are (a word of each message).
