@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -178,11 +179,19 @@ async def test_the_api_alone_on_two_processes_shares_the_port_and_consumes_nothi
                 return _figure((await http.get("/metrics")).text,
                                'shipcast_ingest_requests_total{code="202"}') == len(events)
             await eventually(counted, timeout=10)
-        children = _children(process.process.pid)
+
+            # kill -9 one: the other serves on, and the dead one is started again.
+            children = _children(process.process.pid)
+            os.kill(children[0], signal.SIGKILL)
+            later = orjson.loads(example("DEL", partner_id="acme", order_id="B1").to_json())
+            await eventually(lambda: _post(http, [later]), timeout=30)
+            await eventually(lambda: len(set(_children(process.process.pid)) - {children[0]}) == 2, timeout=30)
+            await eventually(ready, timeout=60)
+            children = _children(process.process.pid)
     finally:
         output = process.stop()
     assert process.process.returncode == 0, output
-    assert "shipcast api: 2 processes" in output, output
+    assert "shipcast api: 2 processes" in output and re.search(r"process [01] exited \(-9\)", output), output
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], output
 
 

@@ -68,8 +68,10 @@ STOP_GRACE = 85.0
 
 
 def process_count(settings: Settings) -> int:
-    """How many processes ``shipcast run`` starts: ``SHIPCAST_PROCESSES``, or
-    one per CPU it may use (those it may run on, within a container's CPU quota)."""
+    """How many processes ``shipcast run`` (or ``shipcast api --processes``)
+    starts: ``settings.processes`` (``SHIPCAST_PROCESSES``, or the option),
+    or, for 0, one per CPU it may use (those it may run on, within a
+    container's CPU quota)."""
     if settings.processes:
         return settings.processes
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

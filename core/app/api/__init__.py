@@ -72,6 +72,7 @@ def create_app(services: Services, *, manage_services: bool = True) -> FastAPI:
     app.state.services = services
     app.state.resend_quota = Quota(-(-services.settings.partner_resend_quota // services.process_share))
 
+    # Before the BodyLimit below, so inside it: ingest's fast path reads a body the limit bounds.
     app.add_middleware(ingest.IngestRequests, services=services)
 
     @app.exception_handler(InvalidEvent)

@@ -85,11 +85,6 @@ def carries_operator_token(scope: Scope, expected: str | None) -> bool:
     return scheme.lower() == "bearer" and _is_operator_token(token, expected)
 
 
-async def is_operator(request: Request) -> bool:
-    """Whether the request carries the operator's token, as :func:`require_token` demands."""
-    return carries_operator_token(request.scope, services_of(request).settings.api_token)
-
-
 async def require_token(caller: Principal = Depends(principal)) -> Principal:
     """The operator's token only: ingest and every cross-partner route.
 

@@ -42,6 +42,9 @@ _EVENTS_BODY = {
 }
 
 
+# The operation as documented. A request with the operator's token, the only one the router's
+# dependencies admit, is served before it gets here, by IngestRequests with the same accept():
+# anything added to the router's dependencies reaches ingest only by being added there too.
 @router.post("/events", status_code=202, openapi_extra=_EVENTS_BODY, responses=errors(413, 422))
 async def post_events(request: Request) -> Response:
     """Publish one event or an array of events. Answers 202 with the ids only
@@ -82,13 +85,13 @@ def accepted(ids: list[str]) -> Response:
     return Response(orjson.dumps({"ids": ids}), status_code=202, media_type="application/json")
 
 
-async def _caller_context(scope: Scope, services: Services) -> Mapping[str, str]:
+def _caller_context(scope: Scope, operator: bool) -> Mapping[str, str]:
     """The trace context a ``POST /v1/events`` continues: the caller's, only
-    once it has shown the token ingest requires (a refused request, 401 or
-    403, is a trace of its own, never part of whatever trace its sender
-    names). One ``traceparent`` (several are none), and every ``tracestate``
-    header as one list."""
-    if not carries_operator_token(scope, services.settings.api_token):
+    once it has shown the token ingest requires (``operator``; a refused
+    request, 401 or 403, is a trace of its own, never part of whatever trace
+    its sender names). One ``traceparent`` (several are none), and every
+    ``tracestate`` header as one list."""
+    if not operator:
         return tracing.NEW_TRACE
     headers = Headers(scope=scope)
     parents = headers.getlist(tracing.TRACEPARENT)
@@ -125,7 +128,8 @@ class IngestRequests:
         if scope["type"] != "http" or scope["path"] != "/v1/events" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        parent = await _caller_context(scope, self.services) if tracing.enabled() else tracing.NEW_TRACE
+        operator = carries_operator_token(scope, self.services.settings.api_token)
+        parent = _caller_context(scope, operator) if tracing.enabled() else tracing.NEW_TRACE
         status: int | None = None
 
         async def answer(message: Message) -> None:
@@ -136,7 +140,7 @@ class IngestRequests:
 
         with tracing.span(SPAN, "server", parent=parent) as span:
             try:
-                if carries_operator_token(scope, self.services.settings.api_token):
+                if operator:
                     await self._serve(scope, receive, answer)
                 else:
                     await self.app(scope, receive, answer)

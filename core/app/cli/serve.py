@@ -21,6 +21,7 @@ from shipcast.app.runtime import select_channels, serve
 from shipcast.app.services import Services
 from shipcast.exceptions import ConfigError
 from shipcast.messaging import outbox
+from shipcast.plugin.registry import Registry
 
 log = logging.getLogger("shipcast")
 
@@ -40,8 +41,7 @@ def run(processes: int | None, child: str | None) -> None:
     found = registry()
     names = select_channels(found, [])
     if child is not None:  # one of several: the supervisor announced, warned and signed in
-        run_command(lambda: several.serve_child(json.loads(child), names, Services.from_settings(
-            found.settings, registry=found)))
+        _serve_on(found, names, child=child)
         return
     count = several.process_count(found.settings if processes is None
                                   else found.settings.model_copy(update={"processes": processes}))
@@ -49,15 +49,7 @@ def run(processes: int | None, child: str | None) -> None:
     _warn_outbox(names)
     if found.settings.development:
         _sign_in_link()
-    if count == 1:
-        run_command(lambda: serve(api=True, worker_names=names, services=Services.from_settings(
-            found.settings, registry=found)))
-        return
-    try:
-        status = several.supervise(found.settings, count)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    sys.exit(status)
+    _serve_on(found, names, count=count, command="run")
 
 
 @cli.command()
@@ -70,20 +62,11 @@ def api(processes: int, child: str | None) -> None:
 
     found = registry()
     if child is not None:
-        run_command(lambda: several.serve_child(json.loads(child), [], Services.from_settings(
-            found.settings, registry=found)))
+        _serve_on(found, [], child=child)
         return
     _announce()
-    count = several.process_count(found.settings.model_copy(update={"processes": processes}))
-    if count == 1:
-        run_command(lambda: serve(api=True, worker_names=[], services=Services.from_settings(
-            found.settings, registry=found)))
-        return
-    try:
-        status = several.supervise(found.settings, count, command="api")
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    sys.exit(status)
+    _serve_on(found, [], count=several.process_count(found.settings.model_copy(update={"processes": processes})),
+              command="api")
 
 
 @cli.command()
@@ -98,6 +81,28 @@ def worker(names: tuple[str, ...]) -> None:
     _warn_outbox(selected)
     run_command(lambda: serve(api=False, worker_names=selected, services=Services.from_settings(
         registry().settings, registry=registry())))
+
+
+def _serve_on(found: Registry, names: Sequence[str], *, count: int = 1, command: str = "",
+              child: str | None = None) -> None:
+    """Serve the API and ``names``' workers: in this process (``count`` 1),
+    as one of several (``child``, the spec its supervisor gave), or as the
+    supervisor of ``count`` processes of ``shipcast command``."""
+    from shipcast.app import processes as several
+
+    def services() -> Services:
+        return Services.from_settings(found.settings, registry=found)
+
+    if child is not None:
+        run_command(lambda: several.serve_child(json.loads(child), names, services()))
+    elif count == 1:
+        run_command(lambda: serve(api=True, worker_names=names, services=services()))
+    else:
+        try:
+            status = several.supervise(found.settings, count, command)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        sys.exit(status)
 
 
 def _announce() -> None:
