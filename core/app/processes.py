@@ -7,7 +7,10 @@ the listening sockets to each process, so the kernel spreads connections
 among them; the processes consume the channels' queues competitively, as
 ``shipcast worker`` processes do. The first process starts alone: it waits
 for RabbitMQ and applies the partners file, which binds the queues; the
-others start once it has, so none serves partners older than the file.
+others start once it has, so none serves partners older than the file. Any
+process but the first at its first start (a second one, one started again)
+takes connections only once it is ready: until then the kernel hands them
+to the others, which can publish, rather than to one that would answer 503.
 
 A process that dies is started again (after a pause that grows while it
 keeps dying); one that exits before it was ever ready ends the command with

@@ -130,7 +130,9 @@ def health_server(services: Services, checks: Checks | None = None) -> ApiServer
 class Inherited:
     """What one of several processes of ``shipcast run`` is handed: the
     listening sockets the supervisor bound, and what to call once its workers
-    are consuming (and, if ``prepare``, the partners file is applied)."""
+    are consuming (and, if ``prepare``, the partners file is applied). Only
+    the first process at its first start (``prepare``) serves while it starts;
+    any other, a restarted one too, takes connections once it is ready."""
 
     api: socket.socket | None
     health: socket.socket | None
@@ -174,8 +176,18 @@ async def _serve(services: Services, *, api: bool, worker_names: Sequence[str],
     listening = ((api_server(services) if api else None, inherited.api if inherited else None),
                  (health_server(services), inherited.health if inherited else None))
     servers = [server for server, _ in listening if server is not None]
-    serving = [asyncio.create_task(server.serve([sock] if sock is not None else None))
-               for server, sock in listening if server is not None]
+    # One of several that is not the first to start takes connections only once it is ready: until
+    # then the kernel gives them to the others, which can publish, where it would answer 503.
+    after_start = inherited is not None and not inherited.prepare
+
+    async def serving_on(server: ApiServer, sock: socket.socket | None) -> None:
+        if after_start:
+            await starting
+            if server.should_exit:  # stopped while it started: it never takes a connection
+                return
+        await server.serve([sock] if sock is not None else None)
+
+    serving = [asyncio.create_task(serving_on(server, sock)) for server, sock in listening if server is not None]
     tasks += serving
     stopping = asyncio.create_task(stop.wait())
     try:
